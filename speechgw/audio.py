@@ -1,0 +1,158 @@
+"""Audio in: RIFF WAV files and raw LINEAR16 chunks, normalised to 16 kHz mono float32.
+
+The WAV reader is written here rather than taken from the standard library because ``wave``
+reads integer PCM only, and clients of the batch protocol send float32 as often as int16.
+Every failure is an :class:`~speechgw.errors.InvalidAudio` with a message that says what was
+wrong with the file, so that a client author can fix their encoder.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from scipy.signal import resample_poly
+
+from .errors import InvalidAudio
+from .jobs import SAMPLE_RATE
+
+__all__ = ["MAX_RATE", "MIN_RATE", "WavInfo", "decode_linear16", "read_wav", "to_16k_mono"]
+
+MIN_RATE = 1_000
+MAX_RATE = 384_000
+"""Sample rates outside these bounds are treated as a corrupt header, not resampled."""
+
+_FORMAT_PCM = 0x0001
+_FORMAT_FLOAT = 0x0003
+_FORMAT_EXTENSIBLE = 0xFFFE
+_UNKNOWN_SIZE = 0xFFFFFFFF  # what streaming WAV writers put in a size they could not know yet
+
+
+@dataclass(frozen=True, slots=True)
+class WavInfo:
+    """What the ``fmt `` chunk said about a WAV file."""
+
+    sample_rate: int
+    channels: int
+    bits: int
+    is_float: bool
+
+
+def read_wav(data: bytes | bytearray | memoryview) -> tuple[np.ndarray, WavInfo]:
+    """Parse a RIFF WAV file and return its samples as mono float32 at the file's own rate.
+
+    Accepts PCM 8/16/24/32-bit and IEEE float 32/64, plain or WAVE_FORMAT_EXTENSIBLE, any number
+    of channels (down-mixed by averaging). A data chunk whose declared size runs past the end of
+    the file (as streaming writers leave it) is read up to the last whole frame. NaN and infinite
+    float samples become silence, so that they cannot poison a model.
+
+    Raises:
+        InvalidAudio: not a RIFF/WAVE file, a truncated or corrupt header, an unsupported
+            encoding, or no samples.
+    """
+    view = memoryview(data)
+    if len(view) < 12 or bytes(view[0:4]) != b"RIFF" or bytes(view[8:12]) != b"WAVE":
+        raise InvalidAudio("not a RIFF WAVE file")
+    info: WavInfo | None = None
+    pos = 12
+    while pos + 8 <= len(view):
+        chunk_id = bytes(view[pos : pos + 4])
+        (size,) = struct.unpack_from("<I", view, pos + 4)
+        body = pos + 8
+        if chunk_id == b"fmt ":
+            info = _parse_fmt(view[body : body + size])
+        elif chunk_id == b"data":
+            if info is None:
+                raise InvalidAudio("the data chunk comes before the fmt chunk")
+            end = len(view) if size == _UNKNOWN_SIZE else min(body + size, len(view))
+            return _decode_samples(view[body:end], info), info
+        pos = body + size + (size & 1)  # chunks are word-aligned
+    if info is None:
+        raise InvalidAudio("the WAV header is truncated: no fmt chunk")
+    raise InvalidAudio("the WAV file has no data chunk")
+
+
+def _parse_fmt(fmt: memoryview) -> WavInfo:
+    if len(fmt) < 16:
+        raise InvalidAudio("the WAV fmt chunk is truncated")
+    tag, channels, rate, _byte_rate, block_align, bits = struct.unpack_from("<HHIIHH", fmt, 0)
+    if tag == _FORMAT_EXTENSIBLE:
+        if len(fmt) < 26:
+            raise InvalidAudio("the WAVE_FORMAT_EXTENSIBLE fmt chunk is truncated")
+        (tag,) = struct.unpack_from("<H", fmt, 24)  # first two bytes of the sub-format GUID
+    if channels < 1:
+        raise InvalidAudio("the WAV header declares no channels")
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise InvalidAudio(f"the WAV header declares an impossible sample rate: {rate} Hz")
+    if tag == _FORMAT_PCM and bits in (8, 16, 24, 32):
+        is_float = False
+    elif tag == _FORMAT_FLOAT and bits in (32, 64):
+        is_float = True
+    else:
+        kind = {_FORMAT_PCM: "PCM", _FORMAT_FLOAT: "float"}.get(tag, f"format tag 0x{tag:04x}")
+        raise InvalidAudio(
+            f"unsupported WAV encoding: {kind} with {bits} bits per sample "
+            "(PCM 8/16/24/32-bit and float 32/64-bit are supported)"
+        )
+    if block_align != channels * bits // 8:
+        raise InvalidAudio("the WAV header is corrupt: block align does not match the format")
+    return WavInfo(sample_rate=rate, channels=channels, bits=bits, is_float=is_float)
+
+
+def _decode_samples(raw: memoryview, info: WavInfo) -> np.ndarray:
+    width = info.bits // 8
+    frame_bytes = width * info.channels
+    frames = len(raw) // frame_bytes
+    if frames == 0:
+        raise InvalidAudio("the WAV file holds no samples")
+    raw = raw[: frames * frame_bytes]
+    if info.is_float:
+        samples = np.frombuffer(raw, dtype="<f4" if width == 4 else "<f8").astype(np.float32)
+        np.nan_to_num(samples, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        np.clip(samples, -1.0, 1.0, out=samples)
+    elif width == 1:  # 8-bit WAV is unsigned
+        samples = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif width == 2:
+        samples = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    elif width == 3:
+        b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
+        ints = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+        ints = np.where(ints & 0x800000, ints - 0x1000000, ints)
+        samples = ints.astype(np.float32) / 8388608.0
+    else:
+        samples = np.frombuffer(raw, dtype="<i4").astype(np.float32) / 2147483648.0
+    if info.channels > 1:
+        samples = samples.reshape(frames, info.channels).mean(axis=1, dtype=np.float32)
+    return samples
+
+
+def decode_linear16(raw: bytes) -> np.ndarray:
+    """Little-endian signed 16-bit PCM bytes -> float32 in [-1, 1).
+
+    Raises:
+        InvalidAudio: an odd number of bytes (half a sample).
+    """
+    if len(raw) % 2:
+        raise InvalidAudio("LINEAR16 audio must hold a whole number of 2-byte samples")
+    return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+
+
+@lru_cache(maxsize=64)
+def _ratio(rate: int) -> tuple[int, int]:
+    g = math.gcd(SAMPLE_RATE, rate)
+    return SAMPLE_RATE // g, rate // g
+
+
+def to_16k_mono(samples: np.ndarray, rate: int) -> np.ndarray:
+    """Resample mono float32 ``samples`` from ``rate`` to 16 kHz with scipy's polyphase filter.
+
+    Polyphase filtering (``resample_poly``) is exact for rational ratios such as 44100/16000 and
+    keeps the anti-aliasing filter short, so it costs little next to inference.
+    """
+    if rate == SAMPLE_RATE:
+        return samples
+    up, down = _ratio(rate)
+    return resample_poly(samples, up, down).astype(np.float32, copy=False)

@@ -1,0 +1,72 @@
+"""The Backend interface: what every recogniser behind the gateway offers the core.
+
+A backend knows no protocol. It gets 16 kHz mono float32 audio and a :class:`JobSpec`, and it
+returns a :class:`Transcript` or raises a :class:`~speechgw.errors.SpeechGWError`. One instance
+serves every connection (one model per process); per-job state stays in the call.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .jobs import JobSpec, Task, Transcript
+
+__all__ = ["Backend", "Capabilities"]
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend can do; the router uses it to skip backends that cannot serve a job."""
+
+    languages: frozenset[str] | None
+    """ISO 639-1 codes it recognises; None means any code the caller sends."""
+    tasks: frozenset[Task]
+    streaming: bool = False
+    """True when it consumes a live stream itself (its own endpointing) instead of utterances."""
+
+    def supports(self, language: str, task: Task) -> bool:
+        return task in self.tasks and (self.languages is None or language in self.languages)
+
+
+class Backend(ABC):
+    """A recogniser. Subclasses declare ``Options``, the dataclass of their YAML settings."""
+
+    Options: ClassVar[type[Any]]
+
+    def __init__(self, name: str, options: Any) -> None:
+        self.name = name
+        self.options = options
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Load models or open channels; called once before the server accepts connections."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what :meth:`start` took; called once at shutdown."""
+
+    @property
+    def ready(self) -> bool:
+        """Whether :meth:`start` has completed; reported by ``/health`` and the metrics."""
+        return True
+
+    @property
+    @abstractmethod
+    def capabilities(self) -> Capabilities: ...
+
+    @abstractmethod
+    async def transcribe(self, audio: np.ndarray, spec: JobSpec) -> Transcript:
+        """Recognise one whole recording (16 kHz mono float32) and return its transcript.
+
+        Must not block the event loop: heavy work belongs in a worker thread.
+        """
+
+    def stream(  # pragma: no cover - only native streaming backends override it
+        self, chunks: AsyncIterator[np.ndarray], spec: JobSpec
+    ) -> AsyncIterator[Transcript]:
+        """Recognise a live stream with the backend's own endpointing, yielding each final
+        utterance. Only backends whose capabilities say ``streaming`` implement it."""
+        raise NotImplementedError(f"backend {self.name!r} does not stream natively")

@@ -1,0 +1,361 @@
+"""Configuration: YAML in, frozen typed dataclasses out, validated once at start.
+
+One generic builder (:func:`build`) turns a mapping into any of the config dataclasses by
+reading their type hints, so that every section, and every backend's own options class, gets
+the same checks: unknown keys, wrong types and bad choices are a :class:`ConfigError` naming the
+key path, the value and what was expected. ``${VAR}`` and ``${VAR:-default}`` in string values
+are replaced from the environment, which is how secrets stay out of the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = [
+    "AuthConfig",
+    "BackendConfig",
+    "Config",
+    "KeyConfig",
+    "LimitsConfig",
+    "LoggingConfig",
+    "MetricsConfig",
+    "RouteMatch",
+    "RouteRule",
+    "ServerConfig",
+    "StreamingConfig",
+    "build",
+    "load_config",
+    "load_config_file",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Where and how the one server process listens."""
+
+    host: str = "0.0.0.0"
+    port: int = 8765
+    certfile: str | None = None
+    """PEM certificate: set it (with ``keyfile``) to serve wss:// and https://."""
+    keyfile: str | None = None
+    websocket_compression: bool = False
+    """Allow permessage-deflate. Off by default: deflating audio costs ~10x throughput."""
+    shutdown_grace_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """What one client may ask of the server."""
+
+    max_frame_bytes: int = 64 * 1024 * 1024
+    """Largest WebSocket message (a batch WAV frame); larger ones are refused with 1009."""
+    max_audio_seconds: float = 600.0
+    """Longest batch recording; longer ones get ``audio_too_long``."""
+    receive_timeout_seconds: float = 30.0
+    """How long the server waits for a client's next expected message before ``timeout``."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyConfig:
+    """A named API key. The name is what logs, usage and metrics show; the key never is."""
+
+    name: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    keys: tuple[KeyConfig, ...] = ()
+    env_key_name: str = "server"
+    """The name under which ``SERVER_API_KEY`` (from the environment) appears in logs and usage."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    """One configured backend instance: its registered ``type`` and that type's own options,
+    already validated by the backend's options class."""
+
+    name: str
+    type: str
+    options: Any
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """Conditions of a routing rule; an empty tuple matches anything."""
+
+    protocol: tuple[str, ...] = ()
+    language: tuple[str, ...] = ()
+    task: tuple[Literal["transcribe", "translate"], ...] = ()
+    key: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRule:
+    """Send jobs that match ``match`` to ``backend``; try ``fallback`` in order if it fails."""
+
+    backend: str
+    match: RouteMatch = field(default_factory=RouteMatch)
+    fallback: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StreamingConfig:
+    """How the webrtcvad segmenter cuts a live stream into utterances."""
+
+    vad_aggressiveness: Literal[0, 1, 2, 3] = 3
+    frame_ms: Literal[10, 20, 30] = 30
+    start_padding_ms: int = 300
+    end_padding_ms: int = 300
+    end_silence_ms: int = 500
+    """Silence that closes an utterance."""
+    min_speech_ms: int = 150
+    """Utterances with less voiced audio than this are dropped as noise."""
+    max_utterance_seconds: float = 25.0
+    session_limit_seconds: float = 240.0
+    """A recognition session's longest audio; the server restarts it invisibly after that."""
+    buffer_seconds: float = 30.0
+    """Audio buffered per connection before back-pressure."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    max_machine_ids: int = 1000
+    """Distinct ``machine_id`` label values kept; later ones are counted under ``other``."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    backends: tuple[BackendConfig, ...] = ()
+    routing: tuple[RouteRule, ...] = ()
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+T = TypeVar("T")
+
+# --- loading -------------------------------------------------------------------------------
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _FromEnv(str):
+    """A string that came from ``${VAR}``: it may stand for a number or a boolean."""
+
+
+def _substitute(value: Any, path: str, env: Mapping[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _substitute(v, f"{path}.{k}" if path else str(k), env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, f"{path}[{i}]", env) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def replace(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{path}: environment variable {name} is not set (use ${{{name}:-x}})")
+
+    return _FromEnv(_ENV_REF.sub(replace, value))
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {type(None): "null", bool: "true/false", int: "an integer", float: "a number"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    fail = ConfigError(f"{path}: expected {_describe(tp)}, got {value!r}")
+    if tp is Any:
+        return value
+    if origin in (types.UnionType, typing.Union):
+        for arg in typing.get_args(tp):
+            try:
+                return _convert(value, arg, path)
+            except ConfigError:
+                continue
+        raise fail
+    if origin is Literal:
+        for choice in typing.get_args(tp):
+            if value == choice and type(value) is type(choice):
+                return choice
+            if isinstance(value, _FromEnv) and str(choice) == value:
+                return choice
+        raise fail
+    if origin is tuple:
+        (item,) = (a for a in typing.get_args(tp) if a is not Ellipsis)
+        items = value if isinstance(value, list) else [value]
+        if value is None or isinstance(value, dict):
+            raise fail
+        return tuple(_convert(v, item, f"{path}[{i}]") for i, v in enumerate(items))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise fail
+        return build(tp, value, path)
+    if tp is type(None):
+        if value is None:
+            return None
+        raise fail
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, _FromEnv) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        raise fail
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, _FromEnv) and re.fullmatch(r"-?\d+", value):
+            return int(value)
+        raise fail
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, _FromEnv):
+            try:
+                return float(value)
+            except ValueError:
+                raise fail from None
+        raise fail
+    if tp is str:
+        if isinstance(value, str):
+            return str(value)
+        raise fail
+    raise ConfigError(f"{path}: no converter for {tp!r} (a bug in speechgw)")
+
+
+def build(cls: type[T], mapping: Mapping[str, Any] | None, path: str = "") -> T:
+    """Build dataclass ``cls`` from ``mapping``, checking every key and value against its hints.
+
+    Raises:
+        ConfigError: an unknown key, a missing required key, or a value of the wrong type,
+            with the dotted key path (``backends.whisper.beam_size``) in the message.
+    """
+    mapping = mapping or {}
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(mapping) - set(fields))
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(
+            f"{where}{unknown[0]}: unknown key (known keys here: {', '.join(sorted(fields))})"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        key_path = f"{path}.{name}" if path else name
+        if name in mapping:
+            kwargs[name] = _convert(mapping[name], hints[name], key_path)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key_path}: required key is missing")
+    return cls(**kwargs)
+
+
+def load_config(
+    mapping: Mapping[str, Any] | None,
+    env: Mapping[str, str] | None = None,
+    backend_options: typing.Callable[[str, str], type] | None = None,
+) -> Config:
+    """Validate a parsed YAML document into a :class:`Config`.
+
+    Args:
+        mapping: the parsed document (None or empty means all defaults).
+        env: where ``${VAR}`` is looked up; ``os.environ`` by default.
+        backend_options: given a backend's ``type`` and key path, returns its options class.
+            The server passes the backend registry's lookup; without it options stay unchecked.
+    """
+    env = os.environ if env is None else env
+    raw = _substitute(dict(mapping or {}), "", env)
+    if not isinstance(raw, dict):
+        raise ConfigError("the config file must hold a mapping at the top level")
+    backends_raw = raw.pop("backends", None) or {}
+    if not isinstance(backends_raw, dict):
+        raise ConfigError("backends: expected a mapping of backend name to its settings")
+    backends = []
+    for name, settings in backends_raw.items():
+        path = f"backends.{name}"
+        settings = dict(settings or {})
+        kind = settings.pop("type", name)
+        if not isinstance(kind, str):
+            raise ConfigError(f"{path}.type: expected a backend type name, got {kind!r}")
+        options = settings
+        if backend_options is not None:
+            options = build(backend_options(kind, f"{path}.type"), settings, path)
+        backends.append(BackendConfig(name=str(name), type=kind, options=options))
+    config = build(Config, raw)
+    config = dataclasses.replace(config, backends=tuple(backends))
+    _check_routing(config)
+    return config
+
+
+def _check_routing(config: Config) -> None:
+    names = {b.name for b in config.backends}
+    if config.backends and not config.routing:
+        raise ConfigError("routing: at least one rule is needed (for example `- backend: NAME`)")
+    for i, rule in enumerate(config.routing):
+        for j, name in enumerate((rule.backend, *rule.fallback)):
+            if name not in names:
+                where = f"routing[{i}].backend" if j == 0 else f"routing[{i}].fallback[{j - 1}]"
+                known = ", ".join(sorted(names)) or "none"
+                raise ConfigError(f"{where}: no backend named {name!r} (configured: {known})")
+
+
+def load_config_file(
+    path: str | Path,
+    env: Mapping[str, str] | None = None,
+    backend_options: typing.Callable[[str, str], type] | None = None,
+) -> Config:
+    """Read and validate a YAML config file.
+
+    Raises:
+        ConfigError: the file is missing or unreadable, is not valid YAML, or fails validation.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if document is not None and not isinstance(document, dict):
+        raise ConfigError(f"{path}: the config file must hold a mapping at the top level")
+    try:
+        return load_config(document, env, backend_options)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
