@@ -1,25 +1,36 @@
-"""A backend that recognises nothing, at once.
+"""A backend that recognises nothing, at once, or as scripted in its config.
 
-It measures the protocol layer alone (the protocol-ceiling benchmark) and lets protocol edge
-cases be tested without a model. Selected in config like any other: ``type: null``.
+It measures the protocol layer alone (the protocol-ceiling benchmark) and drives protocol edge
+cases without a model: a fixed text, a delay, or a failure. Selected in config like any other
+backend (``type: null``); it never touches a patched function.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
+import anyio
 import numpy as np
 
 from speechgw.backend import Backend, Capabilities
-from speechgw.jobs import JobSpec, Transcript
+from speechgw.errors import BackendUnavailable
+from speechgw.jobs import SAMPLE_RATE, JobSpec, Segment, Transcript
 
 __all__ = ["NullBackend", "NullOptions"]
 
 
 @dataclass(frozen=True, slots=True)
 class NullOptions:
+    """Args:
+    text: what every transcript says (empty: "no speech").
+    delay_seconds: how long each job takes.
+    fail: ``unavailable`` raises backend_unavailable, ``crash`` an unexpected exception.
+    """
+
     text: str = ""
-    """What every transcript says; empty by default (no speech)."""
+    delay_seconds: float = 0.0
+    fail: Literal["", "unavailable", "crash"] = ""
 
 
 class NullBackend(Backend):
@@ -31,5 +42,13 @@ class NullBackend(Backend):
         return Capabilities(languages=None, tasks=frozenset({"transcribe", "translate"}))
 
     async def transcribe(self, audio: np.ndarray, spec: JobSpec) -> Transcript:
-        return Transcript(text=self.options.text, segments=(), language=spec.language,
+        if self.options.delay_seconds:
+            await anyio.sleep(self.options.delay_seconds)
+        if self.options.fail == "unavailable":
+            raise BackendUnavailable(f"backend {self.name!r} is unavailable (scripted)")
+        if self.options.fail == "crash":
+            raise RuntimeError("scripted crash")
+        text = self.options.text
+        segments = (Segment(text, 0.0, round(len(audio) / SAMPLE_RATE, 3)),) if text else ()
+        return Transcript(text=text, segments=segments, language=spec.language,
                           backend=self.name)

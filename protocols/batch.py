@@ -8,6 +8,7 @@ the core only through the :class:`~speechgw.gateway.Gateway`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ __all__ = ["PATH", "BatchProtocol", "Metadata", "encode_result", "parse_metadata
 PATH = "/ws/transcribe"
 PROTOCOL = "batch"
 _MAX_MACHINE_ID = 256
+_LINGER_SECONDS = 2.0
 _LOGGER = logging.getLogger(__name__)
 
 
@@ -202,6 +204,21 @@ class BatchProtocol:
             return
         try:
             await websocket.send_json({"error": error.error, "message": error.message})
+            if request.started is None and not isinstance(error, ClientTimeout):
+                await self._absorb_pipelined_audio(websocket)
             await websocket.close(error.close_code, reason=error.error)
-        except (WebSocketDisconnect, RuntimeError, OSError):
+        except (_Disconnected, WebSocketDisconnect, RuntimeError, OSError):
             pass  # the client left first; nothing more to tell it
+
+    async def _absorb_pipelined_audio(self, websocket: WebSocket) -> None:
+        """Read the audio frame a client may already be sending before closing on it.
+
+        Clients usually send metadata and audio back to back without waiting. Closing while
+        that frame is still unread makes the kernel answer with a TCP reset, and a client that
+        is reset loses the error it had not read yet (python-websockets drops it). So after an
+        error found before the audio, the server reads on, briefly, until the frame or the
+        client's own close arrives.
+        """
+        with anyio.move_on_after(_LINGER_SECONDS), contextlib.suppress(ClientTimeout):
+            while (await self._receive(websocket, "audio frame")).get("bytes") is None:
+                pass

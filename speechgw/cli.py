@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one line per request is ours
     log = logging.getLogger("speechgw")
     try:
         config, path = _load(args)

@@ -91,6 +91,10 @@ class Gateway:
         """
         assert request.spec is not None
         request.audio_seconds = len(audio) / SAMPLE_RATE
+        with self.metrics.in_flight.track_inprogress():
+            return await self._run_route(request, audio, route)
+
+    async def _run_route(self, request: Request, audio: np.ndarray, route: Route) -> Transcript:
         last_error: SpeechGWError = BackendUnavailable("no backend could serve the request")
         for i, backend in enumerate(route):
             if i:

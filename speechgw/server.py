@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
+from collections.abc import Awaitable, Callable
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
@@ -13,34 +15,48 @@ from starlette.applications import Starlette
 from ._hypercorn_compat import decline_websocket_compression
 from .config import Config
 
-__all__ = ["hypercorn_config", "run"]
-
-_LOGGER = logging.getLogger(__name__)
+__all__ = ["hypercorn_config", "run", "serve_app"]
 
 
-def hypercorn_config(config: Config) -> HypercornConfig:
+def hypercorn_config(config: Config, sock: socket.socket | None = None) -> HypercornConfig:
+    """hypercorn's settings from ours. ``sock``: an already bound socket to serve on (tests and
+    benchmarks bind port 0 themselves, so that the port is known before the server starts)."""
     hc = HypercornConfig()
-    hc.bind = [f"[{config.server.host}]:{config.server.port}" if ":" in config.server.host
-               else f"{config.server.host}:{config.server.port}"]
+    host, port = config.server.host, config.server.port
+    if sock is not None:
+        hc.bind = [f"fd://{sock.fileno()}"]
+    else:
+        hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hc.websocket_max_message_size = config.limits.max_frame_bytes
     hc.graceful_timeout = config.server.shutdown_grace_seconds
     hc.accesslog = None  # the gateway writes its own access line per request
+    hc.errorlog = logging.getLogger("hypercorn.error")  # through our handlers, once
     if config.server.certfile:
         hc.certfile = config.server.certfile
         hc.keyfile = config.server.keyfile
     return hc
 
 
-async def _serve(app: Starlette, config: Config) -> None:
+async def serve_app(
+    app: Starlette,
+    config: Config,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    sock: socket.socket | None = None,
+) -> None:
+    """Serve ``app`` until ``shutdown_trigger`` returns."""
     if not config.server.websocket_compression:
         decline_websocket_compression()
+    await serve(app, hypercorn_config(config, sock), shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+
+
+async def _serve_until_signalled(app: Starlette, config: Config) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await serve(app, hypercorn_config(config), shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    await serve_app(app, config, stop.wait)
 
 
 def run(app: Starlette, config: Config) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully."""
-    asyncio.run(_serve(app, config))
+    asyncio.run(_serve_until_signalled(app, config))

@@ -1,0 +1,49 @@
+"""Thin real-WebSocket client helpers (the ``websockets`` library), used by the tests."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+
+@dataclass
+class Exchange:
+    """Everything the server sent, and how it closed the connection."""
+
+    messages: list[Any]
+    close_code: int | None
+    close_reason: str
+
+    @property
+    def reply(self) -> Any:
+        assert len(self.messages) == 1, self.messages
+        return self.messages[0]
+
+
+def drain(ws: ClientConnection, timeout: float = 120) -> Exchange:
+    """Read until the server closes; JSON text frames are decoded."""
+    messages: list[Any] = []
+    try:
+        while True:
+            frame = ws.recv(timeout=timeout)
+            messages.append(json.loads(frame) if isinstance(frame, str) else frame)
+    except ConnectionClosed as closed:
+        rcvd = closed.rcvd
+        return Exchange(messages, rcvd.code if rcvd else None, rcvd.reason if rcvd else "")
+
+
+def batch(url: str, *frames: str | bytes | dict, timeout: float = 120) -> Exchange:
+    """Open ``/ws/transcribe``, send ``frames`` (dicts as JSON) and read until closed."""
+    with connect(url + "/ws/transcribe", max_size=None, open_timeout=30) as ws:
+        for frame in frames:
+            ws.send(json.dumps(frame) if isinstance(frame, dict) else frame)
+        return drain(ws, timeout)
+
+
+def transcribe(url: str, wav: bytes, **fields: Any) -> Exchange:
+    metadata = {"type": "transcribe", "language": "en", **fields}
+    return batch(url, metadata, wav)

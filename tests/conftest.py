@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests import speech
+from tests.serving import Server, running_server
+
+
+@pytest.fixture(scope="session")
+def voices(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One espeak-ng WAV per sentence of :data:`tests.speech.SENTENCES`, at 22050 Hz."""
+    speech.require_tools()
+    folder = tmp_path_factory.mktemp("speech")
+    return {name: speech.speak(text, folder / f"{name}.wav") for name, text in
+            speech.SENTENCES.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_server() -> Server:
+    """A real server on tiny.en, no keys, default limits; shared by tests that change nothing."""
+    with running_server() as server:
+        yield server

@@ -1,0 +1,125 @@
+"""A real speechgw server on an ephemeral port, in a thread of the test process.
+
+The socket is bound to port 0 before the server starts, so the port is known without races;
+readiness is the server's own ``/health`` answering 200 (the lifespan has loaded the models).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+
+from speechgw.app import backend_options, build_app
+from speechgw.config import load_config
+from speechgw.gateway import Gateway
+from speechgw.server import serve_app
+
+TINY = {"whisper": {"type": "whisper", "model": "tiny.en", "cpu_threads": 2}}
+
+
+@dataclass
+class Server:
+    port: int
+    app: Starlette
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.app.state.gateway
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.http + path, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def get_json(self, path: str) -> Any:
+        status, body = self.get(path)
+        assert status == 200, body
+        return json.loads(body)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample in ``/metrics`` (0.0 when absent)."""
+        _, body = self.get("/metrics")
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in body.splitlines():
+            if line.startswith("#"):
+                continue
+            sample, _, value = line.rpartition(" ")
+            metric, _, label_text = sample.partition("{")
+            got = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
+            if metric == name and got == want:
+                return float(value)
+        return 0.0
+
+
+def config_for(overrides: Mapping[str, Any] | None = None, backends: Mapping[str, Any] = TINY):
+    document: dict[str, Any] = {"backends": dict(backends), "routing": [{"backend": "whisper"}]}
+    if "null" in backends and "whisper" not in backends:
+        document["routing"] = [{"backend": "null"}]
+    document.update(overrides or {})
+    return load_config(document, env={}, backend_options=backend_options)
+
+
+@contextlib.contextmanager
+def running_server(
+    overrides: Mapping[str, Any] | None = None,
+    backends: Mapping[str, Any] = TINY,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[Server]:
+    config = config_for(overrides, backends)
+    app = build_app(config, env=env or {})
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    failure: list[BaseException] = []
+
+    def main() -> None:
+        try:
+            loop.run_until_complete(serve_app(app, config, stop.wait, sock=sock))
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=main, name=f"speechgw-{port}", daemon=True)
+    thread.start()
+    server = Server(port=port, app=app)
+    deadline = time.monotonic() + 120
+    while True:
+        if failure:
+            raise RuntimeError("the server failed to start") from failure[0]
+        with contextlib.suppress(OSError):
+            if server.get("/health")[0] == 200:
+                break
+        if time.monotonic() > deadline:
+            raise TimeoutError("the server did not become ready in 120 s")
+        time.sleep(0.05)
+    try:
+        yield server
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "the server did not shut down"
+        loop.close()
+        sock.detach()  # hypercorn owned the descriptor and closed it with its listener

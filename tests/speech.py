@@ -1,0 +1,74 @@
+"""Test audio made on the spot with espeak-ng and sox: nothing is downloaded or committed.
+
+sox, not speechgw, converts rates, channels and encodings, so that the reader under test never
+checks its own output.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+SENTENCES = {
+    # Chosen because tiny.en transcribes espeak-ng's 150 wpm rendering of each word for word
+    # (measured); "Thank you ..." is avoided on purpose: it is Whisper's hallucination on silence.
+    "children": "The children are playing football in the park.",
+    "market": "We need to buy bread, milk and eggs from the market.",
+    "window": "Open the window because it is very hot in here.",
+    "coffee": "I would like a cup of coffee with sugar please.",
+    "garden": "My grandmother planted tomatoes and roses in her garden.",
+    "train": "The train to London leaves from platform number four.",
+}
+
+
+def require_tools() -> None:
+    missing = [tool for tool in ("espeak-ng", "sox") if shutil.which(tool) is None]
+    if missing:
+        raise RuntimeError(
+            f"the tests need {' and '.join(missing)}: run the README's test command, which "
+            "installs them (apt-get install espeak-ng sox)"
+        )
+
+
+def speak(text: str, path: Path, voice: str = "en", words_per_minute: int = 150) -> Path:
+    """espeak-ng's own output: 22050 Hz mono 16-bit PCM."""
+    subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-w", str(path), text],
+        check=True, capture_output=True,
+    )
+    return path
+
+
+def convert(source: Path, target: Path, *out_format: str, effects: tuple[str, ...] = ()) -> Path:
+    """``sox source [out_format] target [effects]``: ``out_format`` like ``-r 8000`` or
+    ``-e floating-point -b 32``, ``effects`` like ``("pad", "0", "1")``."""
+    subprocess.run(["sox", str(source), *out_format, str(target), *effects], check=True,
+                   capture_output=True)
+    return target
+
+
+def concat(parts: list[Path], target: Path, silence_seconds: float = 0.0) -> Path:
+    """The parts one after another, each followed by ``silence_seconds`` of silence."""
+    if silence_seconds:
+        padded = []
+        for i, part in enumerate(parts):
+            out = target.with_name(f"{target.stem}.pad{i}.wav")
+            convert(part, out, effects=("pad", "0", str(silence_seconds)))
+            padded.append(out)
+        parts = padded
+    subprocess.run(["sox", *map(str, parts), str(target)], check=True, capture_output=True)
+    return target
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words without punctuation, for comparing transcripts."""
+    return re.findall(r"[\w']+", text.lower())
+
+
+def word_recall(expected: str, heard: str) -> float:
+    """The share of the expected words that appear in what was heard."""
+    want = words(expected)
+    got = set(words(heard))
+    return sum(w in got for w in want) / len(want)

@@ -1,0 +1,136 @@
+"""The WAV reader and the resampler, against files written by sox and by hand."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from speechgw.audio import decode_linear16, read_wav, to_16k_mono
+from speechgw.errors import InvalidAudio
+from tests import speech
+
+
+def sine(rate: int, freq: float = 440.0, seconds: float = 1.0) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def dominant_frequency(samples: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(samples))
+    return float(np.fft.rfftfreq(len(samples), 1 / rate)[np.argmax(spectrum)])
+
+
+@pytest.mark.parametrize("rate", [8000, 11025, 22050, 32000, 44100, 48000, 96000])
+def test_resampling_keeps_pitch_and_duration(rate: int) -> None:
+    out = to_16k_mono(sine(rate), rate)
+    assert out.dtype == np.float32
+    assert abs(len(out) - 16000) <= 1
+    assert abs(dominant_frequency(out, 16000) - 440.0) < 2.0
+    assert 0.45 < np.max(np.abs(out)) < 0.55
+
+
+def test_sixteen_khz_is_passed_through_untouched() -> None:
+    samples = sine(16000)
+    assert to_16k_mono(samples, 16000) is samples
+
+
+@pytest.mark.parametrize(
+    "sox_format",
+    [("-b", "16"), ("-b", "24"), ("-b", "32"), ("-b", "8", "-e", "unsigned-integer"),
+     ("-e", "floating-point", "-b", "32"), ("-e", "floating-point", "-b", "64")],
+    ids=["pcm16", "pcm24", "pcm32", "pcm8", "float32", "float64"],
+)
+def test_every_encoding_decodes_to_the_same_signal(tmp_path: Path, voices,
+                                                   sox_format: tuple[str, ...]) -> None:
+    reference, _ = read_wav(voices["children"].read_bytes())
+    converted = speech.convert(voices["children"], tmp_path / "x.wav", *sox_format)
+    samples, info = read_wav(converted.read_bytes())
+    assert info.sample_rate == 22050 and len(samples) == len(reference)
+    tolerance = 4 / 256 if "8" in sox_format else 1e-3  # sox dithers 8-bit by ~1.5 LSB
+    assert np.max(np.abs(samples - reference)) < tolerance
+
+
+def test_stereo_is_averaged(tmp_path: Path, voices) -> None:
+    stereo = speech.convert(voices["children"], tmp_path / "s.wav", "-c", "2",
+                            effects=("remix", "1", "0"))  # left: speech, right: silence
+    mono, _ = read_wav(voices["children"].read_bytes())
+    mixed, info = read_wav(stereo.read_bytes())
+    assert info.channels == 2
+    np.testing.assert_allclose(mixed, mono / 2, atol=1e-4)
+
+
+def _wav(fmt_tag: int, bits: int, payload: bytes, channels: int = 1, rate: int = 16000,
+         data_size: int | None = None, extra_chunk: bytes = b"") -> bytes:
+    align = channels * bits // 8
+    fmt = struct.pack("<HHIIHH", fmt_tag, channels, rate, rate * align, align, bits)
+    size = len(payload) if data_size is None else data_size
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + extra_chunk
+    body += b"data" + struct.pack("<I", size) + payload
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def test_extensible_format_and_unknown_chunks_are_read() -> None:
+    payload = np.array([0, 16384, -16384], "<i2").tobytes()
+    fmt = struct.pack("<HHIIHHHHI", 0xFFFE, 1, 16000, 32000, 2, 16, 22, 16, 4) + struct.pack(
+        "<H", 1) + b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
+    body = b"WAVE" + b"LIST" + struct.pack("<I", 3) + b"abc\x00"  # odd size: padded
+    body += b"fmt " + struct.pack("<I", len(fmt)) + fmt
+    body += b"data" + struct.pack("<I", len(payload)) + payload
+    samples, info = read_wav(b"RIFF" + struct.pack("<I", len(body)) + body)
+    np.testing.assert_allclose(samples, [0.0, 0.5, -0.5])
+
+
+def test_streaming_writers_unknown_data_size_is_read_to_the_end() -> None:
+    payload = np.array([1000, 2000, 3000], "<i2").tobytes()
+    samples, _ = read_wav(_wav(1, 16, payload + b"\x01", data_size=0xFFFFFFFF))
+    assert len(samples) == 3
+
+
+def test_nan_and_infinity_become_silence_and_loud_floats_are_clipped() -> None:
+    payload = np.array([np.nan, np.inf, -np.inf, 7.0, -0.25], "<f4").tobytes()
+    samples, _ = read_wav(_wav(3, 32, payload))
+    np.testing.assert_array_equal(samples, [0.0, 0.0, 0.0, 1.0, -0.25])
+
+
+def test_linear16_decoding() -> None:
+    np.testing.assert_allclose(decode_linear16(b"\x00\x40\x00\xc0"), [0.5, -0.5])
+    with pytest.raises(InvalidAudio, match="whole number"):
+        decode_linear16(b"\x00\x40\x00")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_are_samples_or_invalid_audio(data: bytes) -> None:
+    for blob in (data, b"RIFF" + data, b"RIFF\x00\x00\x00\x00WAVE" + data):
+        try:
+            samples, _ = read_wav(blob)
+        except InvalidAudio:
+            continue
+        assert samples.dtype == np.float32 and len(samples) > 0
+        assert np.all(np.isfinite(samples))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    fmt_tag=st.sampled_from([1, 3, 6, 0xFFFE, 0x55]),
+    bits=st.sampled_from([0, 8, 12, 16, 24, 32, 64]),
+    channels=st.integers(0, 8),
+    rate=st.integers(0, 500_000),
+    payload=st.binary(max_size=256),
+    cut=st.integers(0, 400),
+)
+def test_mangled_headers_never_escape_as_other_errors(fmt_tag, bits, channels, rate, payload,
+                                                      cut) -> None:
+    blob = _wav(fmt_tag, bits, payload, channels=max(channels, 1), rate=rate)
+    if channels == 0:
+        blob = blob[:22] + b"\x00\x00" + blob[24:]
+    try:
+        samples, _ = read_wav(blob[: len(blob) - cut] if cut < len(blob) else blob)
+    except InvalidAudio:
+        return
+    assert np.all(np.isfinite(samples)) and np.all(np.abs(samples) <= 1.0)

@@ -1,0 +1,163 @@
+"""The batch protocol end to end: a real server, the real tiny.en model, real WebSocket clients
+and espeak-ng speech. Each test checks what a client would: the words, the fields, the close."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from websockets.sync.client import connect
+
+from tests import speech
+from tests.client import batch, drain, transcribe
+from tests.serving import Server
+
+FOX = speech.SENTENCES["children"]
+
+
+def assert_heard(expected: str, text: str, recall: float = 0.75) -> None:
+    got = speech.word_recall(expected, text)
+    assert got >= recall, f"heard {text!r} for {expected!r} (recall {got:.2f})"
+
+
+def test_transcribes_speech_with_every_documented_field(tiny_server: Server, voices) -> None:
+    wav = voices["market"].read_bytes()
+    exchange = transcribe(tiny_server.ws, wav, machine_id="ab12", task="transcribe")
+    reply = exchange.reply
+    assert_heard(speech.SENTENCES["market"], reply["text"])
+    assert reply["language"] == "en"
+    assert reply["postprocessed_text"] is None
+    assert reply["postprocess_ms"] == 0
+    assert reply["postprocess_error"] is None
+    assert exchange.close_code == 1000
+
+
+def test_segments_are_timed_inside_the_audio(tiny_server: Server, voices, tmp_path: Path) -> None:
+    long = speech.concat([voices["children"], voices["garden"], voices["window"]],
+                         tmp_path / "long.wav", silence_seconds=1.0)
+    duration = float(speech.subprocess.run(["soxi", "-D", str(long)], capture_output=True,
+                                           text=True, check=True).stdout)
+    reply = transcribe(tiny_server.ws, long.read_bytes()).reply
+    segments = reply["segments"]
+    assert segments, reply
+    assert " ".join(s["text"] for s in segments).split() == reply["text"].split()
+    previous_end = 0.0
+    for s in segments:
+        assert 0.0 <= s["start"] <= s["end"] <= duration + 0.05, (s, duration)
+        assert s["start"] >= previous_end - 0.05
+        previous_end = s["end"]
+    assert_heard(" ".join(speech.SENTENCES[k] for k in ("children", "garden", "window")),
+                 reply["text"])
+
+
+@pytest.mark.parametrize(
+    "sox_options",
+    [
+        ("-r", "8000"),
+        ("-r", "44100"),
+        ("-r", "16000"),
+        ("-c", "2"),
+        ("-e", "floating-point", "-b", "32"),
+        ("-e", "floating-point", "-b", "64", "-r", "48000"),
+        ("-b", "24", "-r", "32000"),
+        ("-b", "32", "-e", "signed-integer"),
+        ("-b", "8", "-e", "unsigned-integer", "-r", "16000"),
+    ],
+    ids=["8k", "44k1", "16k", "stereo", "float32", "float64-48k", "pcm24-32k", "pcm32", "pcm8"],
+)
+def test_any_rate_width_and_channel_count(tiny_server: Server, voices, tmp_path: Path,
+                                          sox_options) -> None:
+    converted = speech.convert(voices["children"], tmp_path / "in.wav", *sox_options)
+    assert_heard(FOX, transcribe(tiny_server.ws, converted.read_bytes()).reply["text"])
+
+
+def test_stereo_is_mixed_down_not_left_channel_only(tiny_server: Server, voices,
+                                                    tmp_path: Path) -> None:
+    # speech on the right channel only: a reader that kept channel 0 would hear silence
+    stereo = speech.convert(voices["children"], tmp_path / "right.wav", "-c", "2",
+                            effects=("remix", "0", "1"))
+    assert_heard(FOX, transcribe(tiny_server.ws, stereo.read_bytes()).reply["text"])
+
+
+def test_defaults_language_null_means_english(tiny_server: Server, voices) -> None:
+    wav = voices["children"].read_bytes()
+    exchange = batch(tiny_server.ws, {"type": "transcribe", "language": None}, wav)
+    assert exchange.reply["language"] == "en"
+    assert_heard(FOX, exchange.reply["text"])
+    minimal = batch(tiny_server.ws, {"type": "transcribe"}, wav)
+    assert_heard(FOX, minimal.reply["text"])
+
+
+def test_ping_then_transcribe_on_one_connection(tiny_server: Server, voices) -> None:
+    exchange = batch(tiny_server.ws, {"type": "ping"}, {"type": "ping"},
+                     {"type": "transcribe"}, voices["children"].read_bytes())
+    assert exchange.messages[:2] == [{"type": "pong", "status": "ok"}] * 2
+    assert_heard(FOX, exchange.messages[2]["text"])
+    assert exchange.close_code == 1000
+
+
+def test_four_concurrent_clients_each_get_their_own_transcript(tiny_server: Server,
+                                                               voices) -> None:
+    names = ["children", "market", "window", "coffee"]
+
+    def one(name: str) -> str:
+        return transcribe(tiny_server.ws, voices[name].read_bytes()).reply["text"]
+
+    with ThreadPoolExecutor(4) as pool:
+        texts = list(pool.map(one, names))
+    for name, text in zip(names, texts, strict=True):
+        assert_heard(speech.SENTENCES[name], text)
+
+
+def test_ping_is_answered_while_a_transcription_runs(tiny_server: Server, voices,
+                                                     tmp_path: Path) -> None:
+    long = speech.concat([voices[k] for k in speech.SENTENCES] * 3, tmp_path / "long.wav")
+    result: dict = {}
+    with connect(tiny_server.ws + "/ws/transcribe", max_size=None) as busy:
+        busy.send(json.dumps({"type": "transcribe"}))
+        busy.send(long.read_bytes())
+        running = threading.Event()
+
+        def wait_until_in_flight() -> None:
+            while tiny_server.metric("speechgw_requests_in_flight") < 1:
+                pass
+            running.set()
+
+        watcher = threading.Thread(target=wait_until_in_flight, daemon=True)
+        watcher.start()
+        assert running.wait(60), "the transcription never started"
+        with connect(tiny_server.ws + "/ws/transcribe") as pinger:
+            pinger.send(json.dumps({"type": "ping"}))
+            pong = json.loads(pinger.recv(timeout=5))
+        # the pong came back while the long job was still in the model
+        assert tiny_server.metric("speechgw_requests_in_flight") == 1
+        assert pong == {"type": "pong", "status": "ok"}
+        result = drain(busy).reply
+    assert_heard(speech.SENTENCES["window"], result["text"])
+
+
+def test_health(tiny_server: Server) -> None:
+    assert tiny_server.get_json("/health") == {"status": "ok", "postprocess_enabled": False}
+
+
+def test_compression_is_declined_when_the_client_offers_it(tiny_server: Server) -> None:
+    with connect(tiny_server.ws + "/ws/transcribe") as ws:  # offers permessage-deflate
+        assert ws.request.headers.get("Sec-WebSocket-Extensions")
+        assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
+
+
+def test_metrics_count_requests_and_audio(tiny_server: Server, voices) -> None:
+    before = tiny_server.metric("asr_requests_total", machine_id="metrics01", task="transcribe",
+                                status="ok")
+    transcribe(tiny_server.ws, voices["children"].read_bytes(), machine_id="metrics01")
+    after = tiny_server.metric("asr_requests_total", machine_id="metrics01", task="transcribe",
+                               status="ok")
+    assert after == before + 1
+    seconds = tiny_server.metric("asr_audio_seconds_total", machine_id="metrics01",
+                                 task="transcribe")
+    assert 2.0 < seconds < 4.0
+    assert tiny_server.metric("asr_processing_seconds_count", machine_id="metrics01",
+                              task="transcribe") >= 1
