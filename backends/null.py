@@ -50,5 +50,4 @@ class NullBackend(Backend):
             raise RuntimeError("scripted crash")
         text = self.options.text
         segments = (Segment(text, 0.0, round(len(audio) / SAMPLE_RATE, 3)),) if text else ()
-        return Transcript(text=text, segments=segments, language=spec.language,
-                          backend=self.name)
+        return Transcript(text=text, segments=segments, language=spec.language, backend=self.name)

@@ -162,7 +162,10 @@ class WhisperBackend(Backend):
             compute_type = "float16" if device == "cuda" else "int8"
         path = resolve_model(opts.model, opts.cache_dir)
         _LOGGER.info(
-            "loading Whisper model %r (%s) on %s, compute type %s", opts.model, path, device,
+            "loading Whisper model %r (%s) on %s, compute type %s",
+            opts.model,
+            path,
+            device,
             compute_type,
         )
         self._model = WhisperModel(

@@ -39,9 +39,7 @@ def _load(args: argparse.Namespace):  # -> Config
     path = args.config or os.environ.get("SPEECHGW_CONFIG")
     if path is None and _DEFAULT_CONFIG.is_file():
         path = str(_DEFAULT_CONFIG)
-    config = (
-        load_config_file(path, backend_options=backend_options) if path else default_config()
-    )
+    config = load_config_file(path, backend_options=backend_options) if path else default_config()
     if not config.backends:
         defaults = default_config()
         config = dataclasses.replace(config, backends=defaults.backends, routing=defaults.routing)
@@ -71,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"speechgw: config error: {exc}", file=sys.stderr)
         return 2
     log.info(
-        "speechgw %s serving on %s:%d (config: %s)", __version__, config.server.host,
-        config.server.port, path or "embedded default",
+        "speechgw %s serving on %s:%d (config: %s)",
+        __version__,
+        config.server.host,
+        config.server.port,
+        path or "embedded default",
     )
     run(app, config)
     return 0

@@ -101,7 +101,10 @@ class Gateway:
                 self.metrics.fallbacks.labels(route[i - 1].name, backend.name).inc()
                 _LOGGER.warning(
                     "request %s: backend %r failed (%s); falling back to %r",
-                    request.request_id, route[i - 1].name, last_error.message, backend.name,
+                    request.request_id,
+                    route[i - 1].name,
+                    last_error.message,
+                    backend.name,
                 )
             started = time.monotonic()
             try:
@@ -112,8 +115,9 @@ class Gateway:
             except SpeechGWError:
                 raise
             except Exception as exc:
-                _LOGGER.exception("request %s: backend %r crashed", request.request_id,
-                                  backend.name)
+                _LOGGER.exception(
+                    "request %s: backend %r crashed", request.request_id, backend.name
+                )
                 last_error = InternalError(f"backend {backend.name!r} failed: {type(exc).__name__}")
                 continue
             finally:
@@ -147,9 +151,16 @@ class Gateway:
         _ACCESS.info(
             "request=%s protocol=%s key=%s machine_id=%s language=%s task=%s audio_s=%.2f "
             "processing_ms=%d backend=%s outcome=%s",
-            request.request_id, request.protocol, spec.caller.key_name if spec else "-",
-            machine, spec.language if spec else "-", task, request.audio_seconds,
-            round(elapsed * 1000), request.backend, status,
+            request.request_id,
+            request.protocol,
+            spec.caller.key_name if spec else "-",
+            machine,
+            spec.language if spec else "-",
+            task,
+            request.audio_seconds,
+            round(elapsed * 1000),
+            request.backend,
+            status,
         )
 
     # --- lifecycle --------------------------------------------------------------------------

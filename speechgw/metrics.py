@@ -26,20 +26,30 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "asr_requests_total", "Total request count", ["machine_id", "task", "status"],
+            "asr_requests_total",
+            "Total request count",
+            ["machine_id", "task", "status"],
             registry=r,
         )
         self.audio_seconds = Counter(
-            "asr_audio_seconds_total", "Audio duration processed", ["machine_id", "task"],
+            "asr_audio_seconds_total",
+            "Audio duration processed",
+            ["machine_id", "task"],
             registry=r,
         )
         self.processing = Histogram(
-            "asr_processing_seconds", "End-to-end processing latency", ["machine_id", "task"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "asr_processing_seconds",
+            "End-to-end processing latency",
+            ["machine_id", "task"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.postprocess = Histogram(
-            "asr_postprocess_seconds", "LLM post-processing latency", ["machine_id", "task"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "asr_postprocess_seconds",
+            "LLM post-processing latency",
+            ["machine_id", "task"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.in_flight = Gauge(
             "speechgw_requests_in_flight", "Batch requests being processed", registry=r
@@ -48,19 +58,28 @@ class GatewayMetrics:
             "speechgw_active_streams", "Open streaming connections", registry=r
         )
         self.backend_latency = Histogram(
-            "speechgw_backend_seconds", "Time spent in a backend per job", ["backend"],
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "speechgw_backend_seconds",
+            "Time spent in a backend per job",
+            ["backend"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.errors = Counter(
-            "speechgw_errors_total", "Errors returned to clients", ["protocol", "error"],
+            "speechgw_errors_total",
+            "Errors returned to clients",
+            ["protocol", "error"],
             registry=r,
         )
         self.fallbacks = Counter(
-            "speechgw_fallbacks_total", "Jobs moved to a fallback backend", ["from", "to"],
+            "speechgw_fallbacks_total",
+            "Jobs moved to a fallback backend",
+            ["from", "to"],
             registry=r,
         )
         self.backend_ready = Gauge(
-            "speechgw_backend_ready", "1 when a backend's model is loaded", ["backend"],
+            "speechgw_backend_ready",
+            "1 when a backend's model is loaded",
+            ["backend"],
             registry=r,
         )
         self._max_machine_ids = max_machine_ids

@@ -13,8 +13,9 @@ def voices(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One espeak-ng WAV per sentence of :data:`tests.speech.SENTENCES`, at 22050 Hz."""
     speech.require_tools()
     folder = tmp_path_factory.mktemp("speech")
-    return {name: speech.speak(text, folder / f"{name}.wav") for name, text in
-            speech.SENTENCES.items()}
+    return {
+        name: speech.speak(text, folder / f"{name}.wav") for name, text in speech.SENTENCES.items()
+    }
 
 
 @pytest.fixture(scope="session")

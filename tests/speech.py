@@ -36,7 +36,8 @@ def speak(text: str, path: Path, voice: str = "en", words_per_minute: int = 150)
     """espeak-ng's own output: 22050 Hz mono 16-bit PCM."""
     subprocess.run(
         ["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-w", str(path), text],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     return path
 
@@ -44,8 +45,9 @@ def speak(text: str, path: Path, voice: str = "en", words_per_minute: int = 150)
 def convert(source: Path, target: Path, *out_format: str, effects: tuple[str, ...] = ()) -> Path:
     """``sox source [out_format] target [effects]``: ``out_format`` like ``-r 8000`` or
     ``-e floating-point -b 32``, ``effects`` like ``("pad", "0", "1")``."""
-    subprocess.run(["sox", str(source), *out_format, str(target), *effects], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["sox", str(source), *out_format, str(target), *effects], check=True, capture_output=True
+    )
     return target
 
 

@@ -41,12 +41,19 @@ def test_sixteen_khz_is_passed_through_untouched() -> None:
 
 @pytest.mark.parametrize(
     "sox_format",
-    [("-b", "16"), ("-b", "24"), ("-b", "32"), ("-b", "8", "-e", "unsigned-integer"),
-     ("-e", "floating-point", "-b", "32"), ("-e", "floating-point", "-b", "64")],
+    [
+        ("-b", "16"),
+        ("-b", "24"),
+        ("-b", "32"),
+        ("-b", "8", "-e", "unsigned-integer"),
+        ("-e", "floating-point", "-b", "32"),
+        ("-e", "floating-point", "-b", "64"),
+    ],
     ids=["pcm16", "pcm24", "pcm32", "pcm8", "float32", "float64"],
 )
-def test_every_encoding_decodes_to_the_same_signal(tmp_path: Path, voices,
-                                                   sox_format: tuple[str, ...]) -> None:
+def test_every_encoding_decodes_to_the_same_signal(
+    tmp_path: Path, voices, sox_format: tuple[str, ...]
+) -> None:
     reference, _ = read_wav(voices["children"].read_bytes())
     converted = speech.convert(voices["children"], tmp_path / "x.wav", *sox_format)
     samples, info = read_wav(converted.read_bytes())
@@ -56,16 +63,24 @@ def test_every_encoding_decodes_to_the_same_signal(tmp_path: Path, voices,
 
 
 def test_stereo_is_averaged(tmp_path: Path, voices) -> None:
-    stereo = speech.convert(voices["children"], tmp_path / "s.wav", "-c", "2",
-                            effects=("remix", "1", "0"))  # left: speech, right: silence
+    stereo = speech.convert(
+        voices["children"], tmp_path / "s.wav", "-c", "2", effects=("remix", "1", "0")
+    )  # left: speech, right: silence
     mono, _ = read_wav(voices["children"].read_bytes())
     mixed, info = read_wav(stereo.read_bytes())
     assert info.channels == 2
     np.testing.assert_allclose(mixed, mono / 2, atol=1e-4)
 
 
-def _wav(fmt_tag: int, bits: int, payload: bytes, channels: int = 1, rate: int = 16000,
-         data_size: int | None = None, extra_chunk: bytes = b"") -> bytes:
+def _wav(
+    fmt_tag: int,
+    bits: int,
+    payload: bytes,
+    channels: int = 1,
+    rate: int = 16000,
+    data_size: int | None = None,
+    extra_chunk: bytes = b"",
+) -> bytes:
     align = channels * bits // 8
     fmt = struct.pack("<HHIIHH", fmt_tag, channels, rate, rate * align, align, bits)
     size = len(payload) if data_size is None else data_size
@@ -76,13 +91,17 @@ def _wav(fmt_tag: int, bits: int, payload: bytes, channels: int = 1, rate: int =
 
 def test_extensible_format_and_unknown_chunks_are_read() -> None:
     payload = np.array([0, 16384, -16384], "<i2").tobytes()
-    fmt = struct.pack("<HHIIHHHHI", 0xFFFE, 1, 16000, 32000, 2, 16, 22, 16, 4) + struct.pack(
-        "<H", 1) + b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
+    fmt = (
+        struct.pack("<HHIIHHHHI", 0xFFFE, 1, 16000, 32000, 2, 16, 22, 16, 4)
+        + struct.pack("<H", 1)
+        + b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
+    )
     body = b"WAVE" + b"LIST" + struct.pack("<I", 3) + b"abc\x00"  # odd size: padded
     body += b"fmt " + struct.pack("<I", len(fmt)) + fmt
     body += b"data" + struct.pack("<I", len(payload)) + payload
     samples, info = read_wav(b"RIFF" + struct.pack("<I", len(body)) + body)
     np.testing.assert_allclose(samples, [0.0, 0.5, -0.5])
+    assert (info.bits, info.is_float, info.sample_rate) == (16, False, 16000)
 
 
 def test_streaming_writers_unknown_data_size_is_read_to_the_end() -> None:
@@ -124,8 +143,9 @@ def test_arbitrary_bytes_are_samples_or_invalid_audio(data: bytes) -> None:
     payload=st.binary(max_size=256),
     cut=st.integers(0, 400),
 )
-def test_mangled_headers_never_escape_as_other_errors(fmt_tag, bits, channels, rate, payload,
-                                                      cut) -> None:
+def test_mangled_headers_never_escape_as_other_errors(
+    fmt_tag, bits, channels, rate, payload, cut
+) -> None:
     blob = _wav(fmt_tag, bits, payload, channels=max(channels, 1), rate=rate)
     if channels == 0:
         blob = blob[:22] + b"\x00\x00" + blob[24:]

@@ -36,10 +36,16 @@ def test_transcribes_speech_with_every_documented_field(tiny_server: Server, voi
 
 
 def test_segments_are_timed_inside_the_audio(tiny_server: Server, voices, tmp_path: Path) -> None:
-    long = speech.concat([voices["children"], voices["garden"], voices["window"]],
-                         tmp_path / "long.wav", silence_seconds=1.0)
-    duration = float(speech.subprocess.run(["soxi", "-D", str(long)], capture_output=True,
-                                           text=True, check=True).stdout)
+    long = speech.concat(
+        [voices["children"], voices["garden"], voices["window"]],
+        tmp_path / "long.wav",
+        silence_seconds=1.0,
+    )
+    duration = float(
+        speech.subprocess.run(
+            ["soxi", "-D", str(long)], capture_output=True, text=True, check=True
+        ).stdout
+    )
     reply = transcribe(tiny_server.ws, long.read_bytes()).reply
     segments = reply["segments"]
     assert segments, reply
@@ -49,8 +55,9 @@ def test_segments_are_timed_inside_the_audio(tiny_server: Server, voices, tmp_pa
         assert 0.0 <= s["start"] <= s["end"] <= duration + 0.05, (s, duration)
         assert s["start"] >= previous_end - 0.05
         previous_end = s["end"]
-    assert_heard(" ".join(speech.SENTENCES[k] for k in ("children", "garden", "window")),
-                 reply["text"])
+    assert_heard(
+        " ".join(speech.SENTENCES[k] for k in ("children", "garden", "window")), reply["text"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -68,17 +75,20 @@ def test_segments_are_timed_inside_the_audio(tiny_server: Server, voices, tmp_pa
     ],
     ids=["8k", "44k1", "16k", "stereo", "float32", "float64-48k", "pcm24-32k", "pcm32", "pcm8"],
 )
-def test_any_rate_width_and_channel_count(tiny_server: Server, voices, tmp_path: Path,
-                                          sox_options) -> None:
+def test_any_rate_width_and_channel_count(
+    tiny_server: Server, voices, tmp_path: Path, sox_options
+) -> None:
     converted = speech.convert(voices["children"], tmp_path / "in.wav", *sox_options)
     assert_heard(FOX, transcribe(tiny_server.ws, converted.read_bytes()).reply["text"])
 
 
-def test_stereo_is_mixed_down_not_left_channel_only(tiny_server: Server, voices,
-                                                    tmp_path: Path) -> None:
+def test_stereo_is_mixed_down_not_left_channel_only(
+    tiny_server: Server, voices, tmp_path: Path
+) -> None:
     # speech on the right channel only: a reader that kept channel 0 would hear silence
-    stereo = speech.convert(voices["children"], tmp_path / "right.wav", "-c", "2",
-                            effects=("remix", "0", "1"))
+    stereo = speech.convert(
+        voices["children"], tmp_path / "right.wav", "-c", "2", effects=("remix", "0", "1")
+    )
     assert_heard(FOX, transcribe(tiny_server.ws, stereo.read_bytes()).reply["text"])
 
 
@@ -92,15 +102,19 @@ def test_defaults_language_null_means_english(tiny_server: Server, voices) -> No
 
 
 def test_ping_then_transcribe_on_one_connection(tiny_server: Server, voices) -> None:
-    exchange = batch(tiny_server.ws, {"type": "ping"}, {"type": "ping"},
-                     {"type": "transcribe"}, voices["children"].read_bytes())
+    exchange = batch(
+        tiny_server.ws,
+        {"type": "ping"},
+        {"type": "ping"},
+        {"type": "transcribe"},
+        voices["children"].read_bytes(),
+    )
     assert exchange.messages[:2] == [{"type": "pong", "status": "ok"}] * 2
     assert_heard(FOX, exchange.messages[2]["text"])
     assert exchange.close_code == 1000
 
 
-def test_four_concurrent_clients_each_get_their_own_transcript(tiny_server: Server,
-                                                               voices) -> None:
+def test_four_concurrent_clients_each_get_their_own_transcript(tiny_server: Server, voices) -> None:
     names = ["children", "market", "window", "coffee"]
 
     def one(name: str) -> str:
@@ -112,8 +126,9 @@ def test_four_concurrent_clients_each_get_their_own_transcript(tiny_server: Serv
         assert_heard(speech.SENTENCES[name], text)
 
 
-def test_ping_is_answered_while_a_transcription_runs(tiny_server: Server, voices,
-                                                     tmp_path: Path) -> None:
+def test_ping_is_answered_while_a_transcription_runs(
+    tiny_server: Server, voices, tmp_path: Path
+) -> None:
     long = speech.concat([voices[k] for k in speech.SENTENCES] * 3, tmp_path / "long.wav")
     result: dict = {}
     with connect(tiny_server.ws + "/ws/transcribe", max_size=None) as busy:
@@ -150,14 +165,44 @@ def test_compression_is_declined_when_the_client_offers_it(tiny_server: Server) 
 
 
 def test_metrics_count_requests_and_audio(tiny_server: Server, voices) -> None:
-    before = tiny_server.metric("asr_requests_total", machine_id="metrics01", task="transcribe",
-                                status="ok")
+    before = tiny_server.metric(
+        "asr_requests_total", machine_id="metrics01", task="transcribe", status="ok"
+    )
     transcribe(tiny_server.ws, voices["children"].read_bytes(), machine_id="metrics01")
-    after = tiny_server.metric("asr_requests_total", machine_id="metrics01", task="transcribe",
-                               status="ok")
+    after = tiny_server.metric(
+        "asr_requests_total", machine_id="metrics01", task="transcribe", status="ok"
+    )
     assert after == before + 1
-    seconds = tiny_server.metric("asr_audio_seconds_total", machine_id="metrics01",
-                                 task="transcribe")
+    seconds = tiny_server.metric(
+        "asr_audio_seconds_total", machine_id="metrics01", task="transcribe"
+    )
     assert 2.0 < seconds < 4.0
-    assert tiny_server.metric("asr_processing_seconds_count", machine_id="metrics01",
-                              task="transcribe") >= 1
+    assert (
+        tiny_server.metric(
+            "asr_processing_seconds_count", machine_id="metrics01", task="transcribe"
+        )
+        >= 1
+    )
+
+
+def test_example_batch_client(tiny_server: Server, voices) -> None:
+    import subprocess
+    import sys
+
+    from tests.test_config import REPO
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "examples" / "batch_client.py"),
+            str(voices["coffee"]),
+            "--url",
+            tiny_server.ws,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert speech.word_recall(speech.SENTENCES["coffee"], result.stdout) >= 0.75, result
+    assert "[" in result.stderr  # the timed segments

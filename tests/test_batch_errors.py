@@ -17,8 +17,11 @@ from tests.serving import Server, running_server
 
 
 def assert_error(exchange, error: str, close_code: int, message_part: str = "") -> None:
-    assert len(exchange.messages) == 1, (exchange.messages, exchange.close_code,
-                                         exchange.close_reason)
+    assert len(exchange.messages) == 1, (
+        exchange.messages,
+        exchange.close_code,
+        exchange.close_reason,
+    )
     reply = exchange.messages[0]
     assert set(reply) == {"error", "message"}, reply
     assert reply["error"] == error, reply
@@ -32,8 +35,14 @@ def assert_still_serving(server: Server, wav: bytes) -> None:
     assert speech.word_recall(speech.SENTENCES["children"], reply["text"]) >= 0.75, reply
 
 
-def wav_header(fmt_tag: int = 1, channels: int = 1, rate: int = 16000, bits: int = 16,
-               data: bytes = b"\x00\x01" * 1600, block_align: int | None = None) -> bytes:
+def wav_header(
+    fmt_tag: int = 1,
+    channels: int = 1,
+    rate: int = 16000,
+    bits: int = 16,
+    data: bytes = b"\x00\x01" * 1600,
+    block_align: int | None = None,
+) -> bytes:
     block_align = channels * bits // 8 if block_align is None else block_align
     fmt = struct.pack("<HHIIHH", fmt_tag, channels, rate, rate * block_align, block_align, bits)
     body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
@@ -60,8 +69,11 @@ BAD_METADATA = [
 ]
 
 
-@pytest.mark.parametrize(("frame", "error", "message_part"), BAD_METADATA,
-                         ids=[f"{e}-{i}" for i, (_, e, _) in enumerate(BAD_METADATA)])
+@pytest.mark.parametrize(
+    ("frame", "error", "message_part"),
+    BAD_METADATA,
+    ids=[f"{e}-{i}" for i, (_, e, _) in enumerate(BAD_METADATA)],
+)
 def test_bad_metadata(tiny_server: Server, voices, frame, error: str, message_part: str) -> None:
     wav = voices["children"].read_bytes()
     jobs_before = backend_jobs(tiny_server)
@@ -108,8 +120,9 @@ BAD_AUDIO = [
 ]
 
 
-@pytest.mark.parametrize(("wav", "message_part"), BAD_AUDIO,
-                         ids=[f"audio-{i}" for i in range(len(BAD_AUDIO))])
+@pytest.mark.parametrize(
+    ("wav", "message_part"), BAD_AUDIO, ids=[f"audio-{i}" for i in range(len(BAD_AUDIO))]
+)
 def test_invalid_audio(tiny_server: Server, voices, wav: bytes, message_part: str) -> None:
     exchange = transcribe(tiny_server.ws, wav)
     assert_error(exchange, "invalid_audio", 1008, message_part)
@@ -122,8 +135,12 @@ def test_unauthorized_costs_no_backend_time(voices) -> None:
         for fields in ({}, {"api_key": "wrong"}, {"api_key": 12345}, {"api_key": ""}):
             assert_error(transcribe(server.ws, wav, **fields), "unauthorized", 1008)
         assert server.metric("speechgw_backend_seconds_count", backend="whisper") == 0
-        assert server.metric("asr_requests_total", machine_id="unknown", task="transcribe",
-                             status="unauthorized") == 4
+        assert (
+            server.metric(
+                "asr_requests_total", machine_id="unknown", task="transcribe", status="unauthorized"
+            )
+            == 4
+        )
         # a ping needs no key
         with connect(server.ws + "/ws/transcribe") as ws:
             ws.send(json.dumps({"type": "ping"}))
@@ -169,20 +186,28 @@ def test_frame_over_the_limit_is_refused_with_1009(voices) -> None:
         assert_still_serving(server, voices["children"].read_bytes())
 
 
-@pytest.mark.parametrize(("fail", "error", "code"), [("unavailable", "backend_unavailable", 1013),
-                                                      ("crash", "internal_error", 1011)])
+@pytest.mark.parametrize(
+    ("fail", "error", "code"),
+    [("unavailable", "backend_unavailable", 1013), ("crash", "internal_error", 1011)],
+)
 def test_backend_failures(voices, fail: str, error: str, code: int) -> None:
     backends = {"null": {"type": "null", "fail": fail}}
     with running_server(backends=backends) as server:
         exchange = transcribe(server.ws, voices["children"].read_bytes())
         assert_error(exchange, error, code)
-        assert server.metric("asr_requests_total", machine_id="unknown", task="transcribe",
-                             status=error) == 1
+        assert (
+            server.metric(
+                "asr_requests_total", machine_id="unknown", task="transcribe", status=error
+            )
+            == 1
+        )
 
 
 def test_fallback_to_the_next_backend(voices) -> None:
-    backends = {"broken": {"type": "null", "fail": "unavailable"},
-                "spare": {"type": "null", "text": "served by the spare"}}
+    backends = {
+        "broken": {"type": "null", "fail": "unavailable"},
+        "spare": {"type": "null", "text": "served by the spare"},
+    }
     routing = {"routing": [{"backend": "broken", "fallback": ["spare"]}]}
     with running_server(routing, backends=backends) as server:
         reply = transcribe(server.ws, voices["children"].read_bytes()).reply
@@ -190,8 +215,9 @@ def test_fallback_to_the_next_backend(voices) -> None:
         assert server.metric("speechgw_fallbacks_total", **{"from": "broken", "to": "spare"}) == 1
 
 
-def test_client_that_leaves_mid_request_does_not_disturb_others(tiny_server: Server,
-                                                                 voices) -> None:
+def test_client_that_leaves_mid_request_does_not_disturb_others(
+    tiny_server: Server, voices
+) -> None:
     wav = voices["children"].read_bytes()
     for _ in range(3):
         with connect(tiny_server.ws + "/ws/transcribe", max_size=None) as ws:

@@ -19,8 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_shipped_default_config_is_valid_and_uses_the_multilingual_model() -> None:
-    config = load_config_file(REPO / "config" / "speechgw.yaml", env={},
-                              backend_options=backend_options)
+    config = load_config_file(
+        REPO / "config" / "speechgw.yaml", env={}, backend_options=backend_options
+    )
     (whisper,) = config.backends
     assert whisper.type == "whisper" and whisper.options.model == "base"
     assert config.server.port == 8765
@@ -35,17 +36,28 @@ def test_shipped_default_config_is_valid_and_uses_the_multilingual_model() -> No
         ({"limits": {"max_audio_seconds": True}}, "limits.max_audio_seconds: expected a number"),
         ({"streaming": {"frame_ms": 25}}, "streaming.frame_ms: expected one of 10, 20, 30"),
         ({"backends": {"w": {"type": "whisper", "beam": 5}}}, "backends.w.beam: unknown key"),
-        ({"backends": {"w": {"type": "whisper", "device": "tpu"}}},
-         "backends.w.device: expected one of 'auto', 'cpu', 'cuda', got 'tpu'"),
+        (
+            {"backends": {"w": {"type": "whisper", "device": "tpu"}}},
+            "backends.w.device: expected one of 'auto', 'cpu', 'cuda', got 'tpu'",
+        ),
         ({"backends": {"w": {"type": "kaldi"}}}, "backends.w.type: unknown backend type 'kaldi'"),
-        ({"backends": {"w": {"type": "null"}}, "routing": [{"backend": "x"}]},
-         "routing[0].backend: no backend named 'x'"),
+        (
+            {"backends": {"w": {"type": "null"}}, "routing": [{"backend": "x"}]},
+            "routing[0].backend: no backend named 'x'",
+        ),
         ({"backends": {"w": {"type": "null"}}}, "routing: at least one rule"),
         ({"auth": {"keys": [{"name": "a"}]}}, "auth.keys[0].key: required key is missing"),
-        ({"auth": {"keys": [{"name": "a", "key": "${NOT_SET}"}]}},
-         "auth.keys[0].key: environment variable NOT_SET is not set"),
-        ({"backends": {"w": {"type": "null"}}, "routing": [{"backend": "w",
-          "match": {"task": "summarise"}}]}, "routing[0].match.task[0]: expected one of"),
+        (
+            {"auth": {"keys": [{"name": "a", "key": "${NOT_SET}"}]}},
+            "auth.keys[0].key: environment variable NOT_SET is not set",
+        ),
+        (
+            {
+                "backends": {"w": {"type": "null"}},
+                "routing": [{"backend": "w", "match": {"task": "summarise"}}],
+            },
+            "routing[0].match.task[0]: expected one of",
+        ),
     ],
 )
 def test_invalid_config_names_the_key_path(document, message: str) -> None:
@@ -57,9 +69,14 @@ def test_invalid_config_names_the_key_path(document, message: str) -> None:
 def test_environment_substitution_with_defaults_and_types() -> None:
     env = {"PORT": "9000", "KEY": "k-123", "COMPRESS": "true"}
     config = load_config(
-        {"server": {"port": "${PORT}", "host": "${HOST:-127.0.0.1}",
-                    "websocket_compression": "${COMPRESS}"},
-         "auth": {"keys": [{"name": "ops", "key": "${KEY}"}]}},
+        {
+            "server": {
+                "port": "${PORT}",
+                "host": "${HOST:-127.0.0.1}",
+                "websocket_compression": "${COMPRESS}",
+            },
+            "auth": {"keys": [{"name": "ops", "key": "${KEY}"}]},
+        },
         env=env,
     )
     assert config.server.port == 9000 and config.server.host == "127.0.0.1"
@@ -68,8 +85,13 @@ def test_environment_substitution_with_defaults_and_types() -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "speechgw", *args], capture_output=True,
-                          text=True, timeout=60, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "speechgw", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
 
 
 @pytest.mark.parametrize(
@@ -80,8 +102,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         ("server: [oops\n", "not valid YAML"),
     ],
 )
-def test_serve_refuses_a_bad_config_without_a_traceback(tmp_path: Path, yaml_text: str,
-                                                        message: str) -> None:
+def test_serve_refuses_a_bad_config_without_a_traceback(
+    tmp_path: Path, yaml_text: str, message: str
+) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml_text)
     result = run_cli("serve", "--config", str(path))
@@ -111,8 +134,9 @@ class _Fake(Backend):
         raise NotImplementedError
 
 
-def _spec(language: str = "en", task: str = "transcribe", protocol: str = "batch",
-          key: str = "anonymous") -> JobSpec:
+def _spec(
+    language: str = "en", task: str = "transcribe", protocol: str = "batch", key: str = "anonymous"
+) -> JobSpec:
     return JobSpec(language=language, task=task, protocol=protocol, caller=Caller(key_name=key))
 
 
@@ -122,17 +146,24 @@ def test_router_rules_match_in_order_and_fall_through_on_capability() -> None:
     local = _Fake("local", None, {"transcribe", "translate"})
     config = load_config(
         {
-            "backends": {"english": {"type": "null"}, "cloud": {"type": "null"},
-                         "local": {"type": "null"}},
+            "backends": {
+                "english": {"type": "null"},
+                "cloud": {"type": "null"},
+                "local": {"type": "null"},
+            },
             "routing": [
                 {"match": {"key": "vip"}, "backend": "cloud"},
-                {"match": {"protocol": "streaming", "language": ["de", "bg"]},
-                 "backend": "cloud", "fallback": ["local"]},
+                {
+                    "match": {"protocol": "streaming", "language": ["de", "bg"]},
+                    "backend": "cloud",
+                    "fallback": ["local"],
+                },
                 {"match": {"language": "en"}, "backend": "english"},
                 {"backend": "local"},
             ],
         },
-        env={}, backend_options=backend_options,
+        env={},
+        backend_options=backend_options,
     )
     router = Router(config.routing, {"english": english, "cloud": cloud, "local": local})
     names = lambda spec: [b.name for b in router.route(spec)]  # noqa: E731
@@ -147,9 +178,11 @@ def test_router_rules_match_in_order_and_fall_through_on_capability() -> None:
 
 def test_router_says_which_part_is_unsupported() -> None:
     english = _Fake("english", {"en"}, {"transcribe"})
-    config = load_config({"backends": {"english": {"type": "null"}},
-                          "routing": [{"backend": "english"}]}, env={},
-                         backend_options=backend_options)
+    config = load_config(
+        {"backends": {"english": {"type": "null"}}, "routing": [{"backend": "english"}]},
+        env={},
+        backend_options=backend_options,
+    )
     router = Router(config.routing, {"english": english})
     with pytest.raises(UnsupportedTask):
         router.route(_spec("en", task="translate"))

@@ -27,7 +27,8 @@ class ServeProcess:
         self.lines: list[str] = []
         self.ready = threading.Event()
         self.port = 0
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         assert self.process.stderr is not None
@@ -48,7 +49,11 @@ def served() -> Iterator[ServeProcess]:
     env = {**os.environ, "SERVER_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "speechgw", "serve", "--host", "127.0.0.1", "--port", "0"],
-        cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
     )
     serving = ServeProcess(process)
     try:
@@ -58,6 +63,9 @@ def served() -> Iterator[ServeProcess]:
         if process.poll() is None:
             process.kill()
             process.wait()
+        serving.reader.join(timeout=10)
+        assert process.stderr is not None
+        process.stderr.close()
 
 
 @pytest.fixture(scope="module")
@@ -65,26 +73,37 @@ def multilingual(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     speech.require_tools()
     folder = tmp_path_factory.mktemp("multilingual")
     return {
-        "de": speech.speak("Wir fahren morgen mit dem Zug nach Berlin.", folder / "de.wav",
-                           voice="de", words_per_minute=140),
-        "es": speech.speak("Buenos días. Me gusta mucho la música.", folder / "es.wav",
-                           voice="es", words_per_minute=120),
+        "de": speech.speak(
+            "Wir fahren morgen mit dem Zug nach Berlin.",
+            folder / "de.wav",
+            voice="de",
+            words_per_minute=140,
+        ),
+        "es": speech.speak(
+            "Buenos días. Me gusta mucho la música.",
+            folder / "es.wav",
+            voice="es",
+            words_per_minute=120,
+        ),
     }
 
 
 def test_default_config_transcribes_other_languages(served: ServeProcess, multilingual) -> None:
-    german = transcribe(served.url, multilingual["de"].read_bytes(), language="de",
-                        api_key=KEY).reply
+    german = transcribe(
+        served.url, multilingual["de"].read_bytes(), language="de", api_key=KEY
+    ).reply
     assert speech.words(german["text"]) == speech.words("Wir fahren morgen mit dem Zug nach Berlin")
     assert german["language"] == "de"
-    spanish = transcribe(served.url, multilingual["es"].read_bytes(), language="es",
-                         api_key=KEY).reply
+    spanish = transcribe(
+        served.url, multilingual["es"].read_bytes(), language="es", api_key=KEY
+    ).reply
     assert speech.words(spanish["text"]) == speech.words("Buenos días me gusta mucho la música")
 
 
 def test_default_config_translates_to_english(served: ServeProcess, multilingual) -> None:
-    reply = transcribe(served.url, multilingual["de"].read_bytes(), language="de",
-                       task="translate", api_key=KEY).reply
+    reply = transcribe(
+        served.url, multilingual["de"].read_bytes(), language="de", task="translate", api_key=KEY
+    ).reply
     assert {"train", "berlin"} <= set(speech.words(reply["text"])), reply
     assert reply["language"] == "de"
 
