@@ -45,6 +45,10 @@ class WhisperOptions:
         cpu_threads: threads per worker on CPU (0: CTranslate2's default).
         cache_dir: where bundled models are assembled (default ``~/.cache/speechgw``).
         local_files_only: never contact the hub, even for a hub model name.
+        drop_no_speech_prob: drop segments whose ``no_speech_prob`` is above this. Whisper
+            writes "You" or ". . ." over noise with a no-speech probability of 0.9 and more
+            (real speech: about 0.1) but a log-probability just good enough to pass its own
+            filter; 1.0 keeps everything.
     """
 
     model: str = "base"
@@ -56,6 +60,7 @@ class WhisperOptions:
     cpu_threads: int = 0
     cache_dir: str | None = None
     local_files_only: bool = False
+    drop_no_speech_prob: float = 0.8
 
 
 # name -> (package holding config/tokenizer/vocabulary, data dir, model.bin parts in order)
@@ -120,6 +125,11 @@ def resolve_model(name: str, cache_dir: str | None = None) -> str:
                 shutil.copyfileobj(part, out, length=16 * 1024 * 1024)
     os.replace(out.name, model_bin)
     return str(target)
+
+
+def _has_words(text: str) -> bool:
+    """False for empty or punctuation-only text (". . ." is not speech)."""
+    return any(c.isalnum() for c in text)
 
 
 def _cuda_available() -> bool:
@@ -201,7 +211,10 @@ class WhisperBackend(Backend):
             beam_size=self.options.beam_size,
             vad_filter=self.options.vad_filter,
         )
-        raw = [s for s in segments_iter if s.text.strip()]  # decoding happens here, in the thread
+        limit = self.options.drop_no_speech_prob
+        raw = [  # decoding happens here, inside the worker thread
+            s for s in segments_iter if s.no_speech_prob <= limit and _has_words(s.text)
+        ]
         segments = tuple(
             Segment(text=s.text.strip(), start=round(s.start, 3), end=round(s.end, 3)) for s in raw
         )

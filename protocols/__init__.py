@@ -7,4 +7,5 @@ starlette routes, and add a line below. Adapters talk to the core only through
 
 PROTOCOLS: dict[str, str] = {
     "batch": "speechgw.protocols.batch:BatchProtocol",
+    "streaming": "speechgw.protocols.streaming:StreamingProtocol",
 }

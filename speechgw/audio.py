@@ -19,7 +19,15 @@ from scipy.signal import resample_poly
 from .errors import InvalidAudio
 from .jobs import SAMPLE_RATE
 
-__all__ = ["MAX_RATE", "MIN_RATE", "WavInfo", "decode_linear16", "read_wav", "to_16k_mono"]
+__all__ = [
+    "MAX_RATE",
+    "MIN_RATE",
+    "WavInfo",
+    "decode_linear16",
+    "read_wav",
+    "sample_ratio",
+    "to_16k_mono",
+]
 
 MIN_RATE = 1_000
 MAX_RATE = 384_000
@@ -141,7 +149,8 @@ def decode_linear16(raw: bytes) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def _ratio(rate: int) -> tuple[int, int]:
+def sample_ratio(rate: int) -> tuple[int, int]:
+    """``(up, down)`` in lowest terms such that ``rate * up / down == 16000``."""
     g = math.gcd(SAMPLE_RATE, rate)
     return SAMPLE_RATE // g, rate // g
 
@@ -154,5 +163,5 @@ def to_16k_mono(samples: np.ndarray, rate: int) -> np.ndarray:
     """
     if rate == SAMPLE_RATE:
         return samples
-    up, down = _ratio(rate)
+    up, down = sample_ratio(rate)
     return resample_poly(samples, up, down).astype(np.float32, copy=False)

@@ -23,6 +23,7 @@ from .errors import AudioTooLong, BackendUnavailable, InternalError, SpeechGWErr
 from .jobs import SAMPLE_RATE, JobSpec, Transcript, new_request_id
 from .metrics import GatewayMetrics
 from .router import Route, Router
+from .stream import OnError, OnTranscript, Stream
 
 __all__ = ["Gateway", "Request"]
 
@@ -162,6 +163,21 @@ class Gateway:
             request.backend,
             status,
         )
+
+    def open_stream(
+        self,
+        spec: JobSpec,
+        route: Route,
+        rate: int,
+        on_transcript: OnTranscript,
+        on_error: OnError,
+    ) -> Stream:
+        """A live stream of ``rate`` Hz audio for ``spec``; see :class:`~speechgw.stream.Stream`."""
+        return Stream(self, spec, route, rate, self.config.streaming, on_transcript, on_error)
+
+    def note_error(self, protocol: str, error: SpeechGWError) -> None:
+        """Count an error that belongs to no request (a bad message on a stream)."""
+        self.metrics.errors.labels(protocol, error.error).inc()
 
     # --- lifecycle --------------------------------------------------------------------------
 

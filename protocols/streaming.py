@@ -1,0 +1,232 @@
+"""The streaming protocol: ``/api/core/google/asr``, per streaming-protocol.txt as settled by
+CONTRACT.md.
+
+A long-lived connection: the API key in the query string is checked before the upgrade; the
+client sends JSON messages with base64 LINEAR16 ``audio`` (``rate`` and ``language_code`` taken
+from the first accepted message); the server answers one ``asr_reply`` per utterance. Bad
+messages get one of the four documented error messages and the connection keeps working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from speechgw.audio import decode_linear16
+from speechgw.errors import (
+    InvalidAudio,
+    InvalidRequest,
+    SpeechGWError,
+    Unauthorized,
+    UnsupportedLanguage,
+)
+from speechgw.gateway import Gateway
+from speechgw.jobs import Caller, JobSpec, Transcript
+from speechgw.languages import from_bcp47
+from speechgw.stream import Stream
+
+__all__ = ["PATH", "StreamingProtocol", "decode_message", "new_client_id", "wire_message"]
+
+PATH = "/api/core/google/asr"
+PROTOCOL = "streaming"
+MIN_RATE, MAX_RATE = 8000, 48000
+DEFAULT_RATE, DEFAULT_LANGUAGE = 16000, "en-US"
+_LOGGER = logging.getLogger(__name__)
+
+
+class MissingAudio(InvalidRequest):
+    """A message without an ``audio`` field."""
+
+
+def wire_message(error: SpeechGWError) -> str:
+    """The documented ``message`` text for an error."""
+    if isinstance(error, MissingAudio):
+        return "Missing Audio Field"
+    if isinstance(error, InvalidRequest):
+        return "Invalid Message Format"
+    if isinstance(error, InvalidAudio):
+        return "Audio Decoding Error"
+    return "Speech Recognition Error"
+
+
+def new_client_id() -> str:
+    """``<milliseconds since epoch>-<16 lowercase hex>``."""
+    return f"{int(time.time() * 1000)}-{secrets.token_hex(8)}"
+
+
+@dataclass(frozen=True, slots=True)
+class AudioMessage:
+    pcm: bytes
+    rate: object
+    language_code: object
+
+
+def decode_message(text: str | None) -> AudioMessage | None:
+    """Parse one client message: None for ``{"type": "end"}``, else its audio and settings.
+
+    Raises:
+        InvalidRequest: a binary frame, not JSON, or not a JSON object.
+        MissingAudio: no ``audio`` field.
+        InvalidAudio: ``audio`` is not base64 of whole 16-bit samples.
+    """
+    if text is None:
+        raise InvalidRequest("messages must be JSON text frames")
+    try:
+        message: Any = json.loads(text)
+    except ValueError:
+        raise InvalidRequest("the message is not valid JSON") from None
+    if not isinstance(message, dict):
+        raise InvalidRequest("the message must be a JSON object")
+    if message.get("type") == "end":
+        return None
+    audio = message.get("audio")
+    if audio is None:
+        raise MissingAudio("the message has no 'audio' field")
+    if not isinstance(audio, str):
+        raise InvalidAudio("'audio' must be a base64 string")
+    try:
+        pcm = base64.b64decode(audio, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidAudio("'audio' is not valid base64") from None
+    if len(pcm) % 2:
+        raise InvalidAudio("LINEAR16 audio must hold a whole number of 2-byte samples")
+    return AudioMessage(pcm, message.get("rate"), message.get("language_code"))
+
+
+def _settings(message: AudioMessage) -> tuple[int, str, str]:
+    """``(rate, language_code, iso_language)`` from the first message."""
+    rate = DEFAULT_RATE if message.rate is None else message.rate
+    if not isinstance(rate, int) or isinstance(rate, bool) or not MIN_RATE <= rate <= MAX_RATE:
+        raise InvalidAudio(f"'rate' must be an integer from {MIN_RATE} to {MAX_RATE} Hz")
+    code = DEFAULT_LANGUAGE if message.language_code is None else message.language_code
+    if not isinstance(code, str):
+        raise InvalidRequest("'language_code' must be a string such as 'en-US'")
+    iso = from_bcp47(code)
+    if iso is None:
+        raise UnsupportedLanguage(f"language_code {code[:32]!r} is not a BCP-47 tag")
+    return rate, code, iso
+
+
+class _Connection:
+    """One client's connection: its id, its stream once configured, and a send lock (replies
+    come from the stream's task while errors come from the reading loop)."""
+
+    def __init__(self, websocket: WebSocket, gateway: Gateway) -> None:
+        self.websocket = websocket
+        self.gateway = gateway
+        self.client_id = new_client_id()
+        self.stream: Stream | None = None
+        self._send_lock = asyncio.Lock()
+        self.open = True
+
+    async def send(self, payload: dict[str, Any]) -> None:
+        if not self.open:
+            return
+        async with self._send_lock:
+            try:
+                await self.websocket.send_json(payload)
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                self.open = False  # the client left; its audio is still recognised and counted
+
+    async def reply(self, transcript: Transcript) -> None:
+        await self.send({"asr_reply": transcript.text, "clientId": self.client_id})
+
+    async def error(self, error: SpeechGWError) -> None:
+        await self.send(
+            {
+                "type": "error",
+                "message": wire_message(error),
+                "clientId": self.client_id,
+                "error": error.error,
+                "detail": error.message,
+            }
+        )
+
+
+class StreamingProtocol:
+    """Serves ``/api/core/google/asr``."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def routes(self) -> list[BaseRoute]:
+        return [WebSocketRoute(PATH, self.endpoint)]
+
+    async def endpoint(self, websocket: WebSocket) -> None:
+        try:
+            key_name = self.gateway.authenticate(websocket.query_params.get("api_key"))
+        except Unauthorized as exc:
+            self.gateway.note_error(PROTOCOL, exc)
+            await websocket.send_denial_response(
+                JSONResponse({"error": exc.error, "message": exc.message}, status_code=401)
+            )
+            return
+        await websocket.accept()
+        conn = _Connection(websocket, self.gateway)
+        caller = Caller(key_name=key_name, machine_id="unknown")
+        _LOGGER.info("stream %s opened (key=%s)", conn.client_id, key_name)
+        await conn.send(
+            {
+                "type": "connection",
+                "message": "Connected to ASR service",
+                "clientId": conn.client_id,
+            }
+        )
+        self.gateway.metrics.active_streams.inc()
+        worker: asyncio.Task[None] | None = None
+        ended_by_client = False
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    conn.open = False
+                    break
+                try:
+                    decoded = decode_message(message.get("text"))
+                    if decoded is None:
+                        ended_by_client = True
+                        break
+                    if conn.stream is None:
+                        conn.stream = self._open(conn, decoded, caller)
+                        worker = asyncio.create_task(conn.stream.run())
+                    if decoded.pcm:
+                        await conn.stream.feed(decode_linear16(decoded.pcm))
+                except SpeechGWError as exc:
+                    self.gateway.note_error(PROTOCOL, exc)
+                    await conn.error(exc)
+            if conn.stream is not None:
+                await conn.stream.end()
+            if worker is not None:
+                await worker
+        finally:
+            self.gateway.metrics.active_streams.dec()
+            if worker is not None and not worker.done():
+                worker.cancel()
+        _LOGGER.info("stream %s closed", conn.client_id)
+        if ended_by_client and conn.open:
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                await websocket.close(1000)
+
+    def _open(self, conn: _Connection, first: AudioMessage, caller: Caller) -> Stream:
+        rate, _code, language = _settings(first)
+        spec = JobSpec(
+            language=language,
+            task="transcribe",
+            protocol=PROTOCOL,
+            caller=caller,
+            request_id=conn.client_id,
+        )
+        route = self.gateway.route(spec)
+        return self.gateway.open_stream(spec, route, rate, conn.reply, conn.error)

@@ -1,0 +1,164 @@
+"""Live audio in pieces: a stateful resampler and a webrtcvad utterance segmenter.
+
+Both are synchronous, allocation-light and I/O-free, so that the streaming driver can call them
+per chunk on the event loop and they can be tested sample for sample.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+import webrtcvad
+from scipy.signal import resample_poly
+
+from .audio import sample_ratio
+from .config import StreamingConfig
+from .jobs import SAMPLE_RATE
+
+__all__ = ["Segmenter", "StreamResampler"]
+
+
+class StreamResampler:
+    """Resamples a stream chunk by chunk to 16 kHz, giving the same samples as resampling the
+    whole signal at once.
+
+    Resampling each chunk on its own would treat every chunk edge as silence and put a click at
+    each one. Instead each block is resampled with ``pad`` real input samples of context on both
+    sides (at least the half-length of ``resample_poly``'s filter, rounded up to whole periods
+    of the rate ratio so that the polyphase phase lines up), and only the middle is kept. The
+    price is ``pad`` input samples of look-ahead (10 ms at 44.1 kHz). Work per chunk is
+    proportional to the chunk: the carried buffer never exceeds ``2 * pad + period`` samples
+    beyond the new chunk.
+    """
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.up, self.down = sample_ratio(rate)
+        half_len_in = math.ceil(10 * max(self.up, self.down) / self.up)  # resample_poly's filter
+        self.pad = math.ceil(half_len_in / self.down) * self.down
+        self._buffer = np.zeros(self.pad, dtype=np.float32)  # left context: silence, as at t=0
+        self._consumed = 0  # input samples already emitted (excluding the leading context)
+
+    def feed(self, samples: np.ndarray) -> np.ndarray:
+        if self.rate == SAMPLE_RATE:
+            return samples
+        self._buffer = np.concatenate((self._buffer, samples))
+        ready = (len(self._buffer) - 2 * self.pad) // self.down * self.down
+        if ready <= 0:
+            return np.zeros(0, dtype=np.float32)
+        return self._emit(ready, self._buffer[: self.pad + ready + self.pad])
+
+    def flush(self) -> np.ndarray:
+        """The rest of the stream, with silence assumed after its end (as ``resample_poly``)."""
+        if self.rate == SAMPLE_RATE:
+            return np.zeros(0, dtype=np.float32)
+        pending = len(self._buffer) - self.pad
+        if pending <= 0:
+            return np.zeros(0, dtype=np.float32)
+        emitted = self._consumed * self.up // self.down
+        total_out = math.ceil((self._consumed + pending) * self.up / self.down)
+        ready = math.ceil(pending / self.down) * self.down
+        window = np.concatenate(
+            (self._buffer, np.zeros(ready - pending + self.pad, dtype=np.float32))
+        )
+        return self._emit(ready, window)[: total_out - emitted]
+
+    def _emit(self, ready: int, window: np.ndarray) -> np.ndarray:
+        y = resample_poly(window, self.up, self.down)
+        first = self.pad * self.up // self.down
+        out = y[first : first + ready * self.up // self.down].astype(np.float32, copy=False)
+        self._buffer = self._buffer[ready:]
+        self._consumed += ready
+        return out
+
+
+class Segmenter:
+    """Cuts 16 kHz audio into utterances with webrtcvad.
+
+    Not speaking, it keeps ``start_padding_ms`` of audio; it starts an utterance when at least
+    half of that window is voiced, and the window becomes the utterance's start. Speaking, it
+    ends the utterance after ``end_silence_ms`` of unvoiced frames, keeping ``end_padding_ms`` of
+    them; or when the utterance reaches ``max_utterance_seconds``. Utterances with less than
+    ``min_speech_ms`` of voiced frames are dropped as noise. Every sample fed belongs to at most
+    one utterance; none is repeated.
+    """
+
+    def __init__(self, config: StreamingConfig) -> None:
+        self._vad = webrtcvad.Vad(config.vad_aggressiveness)
+        self._frame = SAMPLE_RATE * config.frame_ms // 1000
+        ms = config.frame_ms
+        self._start_frames = max(1, config.start_padding_ms // ms)
+        self._end_pad_frames = config.end_padding_ms // ms
+        self._end_silence_frames = max(1, config.end_silence_ms // ms)
+        self._min_voiced_frames = max(1, config.min_speech_ms // ms)
+        self._max_frames = max(1, int(config.max_utterance_seconds * 1000) // ms)
+        self._pending = np.zeros(0, dtype=np.int16)  # less than one frame
+        self._ring: deque[tuple[np.ndarray, bool]] = deque(maxlen=self._start_frames)
+        self._utterance: list[np.ndarray] = []
+        self._voiced = 0
+        self._silent_run = 0
+
+    @property
+    def speaking(self) -> bool:
+        return bool(self._utterance)
+
+    @property
+    def buffered_samples(self) -> int:
+        """Samples held for the utterance in progress (for back-pressure accounting)."""
+        return len(self._utterance) * self._frame
+
+    def feed(self, samples: np.ndarray) -> list[np.ndarray]:
+        """Feed 16 kHz float32 samples; returns the utterances that closed (float32)."""
+        pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
+        if len(self._pending):
+            pcm = np.concatenate((self._pending, pcm))
+        whole = len(pcm) // self._frame * self._frame
+        self._pending = pcm[whole:]
+        done: list[np.ndarray] = []
+        for start in range(0, whole, self._frame):
+            frame = pcm[start : start + self._frame]
+            utterance = self._step(frame, self._vad.is_speech(frame.tobytes(), SAMPLE_RATE))
+            if utterance is not None:
+                done.append(utterance)
+        return done
+
+    def flush(self) -> list[np.ndarray]:
+        """End of stream: close the utterance in progress, if it holds enough speech."""
+        if len(self._pending) and self._utterance:
+            self._utterance.append(self._pending)
+        self._pending = np.zeros(0, dtype=np.int16)
+        utterance = self._close(trailing_silence=0)
+        self._ring.clear()
+        return [] if utterance is None else [utterance]
+
+    def _step(self, frame: np.ndarray, voiced: bool) -> np.ndarray | None:
+        if not self._utterance:
+            self._ring.append((frame, voiced))
+            if sum(v for _, v in self._ring) * 2 >= self._start_frames and voiced:
+                self._utterance = [f for f, _ in self._ring]
+                self._voiced = sum(v for _, v in self._ring)
+                self._silent_run = 0
+                self._ring.clear()
+            return None
+        self._utterance.append(frame)
+        if voiced:
+            self._voiced += 1
+            self._silent_run = 0
+        else:
+            self._silent_run += 1
+        if self._silent_run >= self._end_silence_frames:
+            return self._close(trailing_silence=self._silent_run)
+        if len(self._utterance) >= self._max_frames:
+            return self._close(trailing_silence=0)
+        return None
+
+    def _close(self, trailing_silence: int) -> np.ndarray | None:
+        frames, voiced = self._utterance, self._voiced
+        self._utterance, self._voiced, self._silent_run = [], 0, 0
+        if not frames or voiced < self._min_voiced_frames:
+            return None
+        keep = len(frames) - max(0, trailing_silence - self._end_pad_frames)
+        # the dropped trailing silence is not speech; it is not re-fed anywhere
+        return np.concatenate(frames[:keep]).astype(np.float32) / 32768.0

@@ -1,0 +1,89 @@
+"""A client of the streaming protocol for the tests and benchmarks: WAV in, replies out."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+
+def read_pcm16(path: Path) -> tuple[bytes, int]:
+    """The frames and rate of a mono 16-bit WAV (as espeak-ng and sox write them)."""
+    with wave.open(str(path), "rb") as w:
+        assert w.getsampwidth() == 2 and w.getnchannels() == 1, path
+        return w.readframes(w.getnframes()), w.getframerate()
+
+
+@dataclass
+class StreamResult:
+    connection: dict[str, Any]
+    replies: list[str] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    reply_times: list[float] = field(default_factory=list)
+    close_code: int | None = None
+
+
+def open_stream(url: str, api_key: str | None = None) -> ClientConnection:
+    query = f"?api_key={api_key}" if api_key is not None else ""
+    return connect(f"{url}/api/core/google/asr{query}", max_size=None, open_timeout=30)
+
+
+def collect(ws: ClientConnection, result: StreamResult, timeout: float = 300) -> None:
+    """Read replies and errors until the server closes."""
+    try:
+        while True:
+            message = json.loads(ws.recv(timeout=timeout))
+            if "asr_reply" in message:
+                result.replies.append(message["asr_reply"])
+                result.reply_times.append(time.monotonic())
+            elif message.get("type") == "error":
+                result.errors.append(message)
+    except ConnectionClosed as closed:
+        result.close_code = closed.rcvd.code if closed.rcvd else None
+
+
+def stream_pcm(
+    url: str,
+    pcm: bytes,
+    rate: int,
+    *,
+    chunk_ms: int = 100,
+    realtime: float = 0.0,
+    language_code: str | None = None,
+    api_key: str | None = None,
+    end: bool = True,
+) -> StreamResult:
+    """Send ``pcm`` in ``chunk_ms`` chunks (paced at ``realtime`` x real time; 0 = at once),
+    then ``{"type": "end"}``, and collect every reply until the server closes."""
+    ws = open_stream(url, api_key)
+    with ws:
+        result = StreamResult(connection=json.loads(ws.recv(timeout=30)))
+        reader = threading.Thread(target=collect, args=(ws, result), daemon=True)
+        reader.start()
+        step = rate * 2 * chunk_ms // 1000
+        started = time.monotonic()
+        for i, offset in enumerate(range(0, len(pcm), step)):
+            message: dict[str, Any] = {
+                "audio": base64.b64encode(pcm[offset : offset + step]).decode()
+            }
+            if i == 0:
+                message["rate"] = rate
+                if language_code:
+                    message["language_code"] = language_code
+            if realtime:
+                delay = started + i * chunk_ms / 1000 / realtime - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            ws.send(json.dumps(message))
+        if end:
+            ws.send(json.dumps({"type": "end"}))
+        reader.join(timeout=600)
+    return result
