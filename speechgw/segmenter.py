@@ -78,7 +78,8 @@ class Segmenter:
     """Cuts 16 kHz audio into utterances with webrtcvad.
 
     Not speaking, it keeps ``start_padding_ms`` of audio; it starts an utterance when at least
-    half of that window is voiced, and the window becomes the utterance's start. Speaking, it
+    half of that window is voiced, and the window becomes the utterance's start (padded with
+    silence at the very start of a stream). Speaking, it
     ends the utterance after ``end_silence_ms`` of unvoiced frames, keeping ``end_padding_ms`` of
     them; or when the utterance reaches ``max_utterance_seconds``. Utterances with less than
     ``min_speech_ms`` of voiced frames are dropped as noise. Every sample fed belongs to at most
@@ -95,6 +96,7 @@ class Segmenter:
         self._min_voiced_frames = max(1, config.min_speech_ms // ms)
         self._max_frames = max(1, int(config.max_utterance_seconds * 1000) // ms)
         self._pending = np.zeros(0, dtype=np.int16)  # less than one frame
+        self._silence = np.zeros(self._frame, dtype=np.int16)
         self._ring: deque[tuple[np.ndarray, bool]] = deque(maxlen=self._start_frames)
         self._utterance: list[np.ndarray] = []
         self._voiced = 0
@@ -137,7 +139,10 @@ class Segmenter:
         if not self._utterance:
             self._ring.append((frame, voiced))
             if sum(v for _, v in self._ring) * 2 >= self._start_frames and voiced:
-                self._utterance = [f for f, _ in self._ring]
+                # Speech in the stream's first moments has less lead-in than the padding; make
+                # it up with silence: Whisper mishears words that begin at sample 0.
+                missing = self._start_frames - len(self._ring)
+                self._utterance = [self._silence] * missing + [f for f, _ in self._ring]
                 self._voiced = sum(v for _, v in self._ring)
                 self._silent_run = 0
                 self._ring.clear()

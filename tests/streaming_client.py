@@ -68,7 +68,7 @@ def stream_pcm(
         result = StreamResult(connection=json.loads(ws.recv(timeout=30)))
         reader = threading.Thread(target=collect, args=(ws, result), daemon=True)
         reader.start()
-        step = rate * 2 * chunk_ms // 1000
+        step = rate * chunk_ms // 1000 * 2  # whole 16-bit samples
         started = time.monotonic()
         for i, offset in enumerate(range(0, len(pcm), step)):
             message: dict[str, Any] = {

@@ -1,0 +1,242 @@
+"""The streaming protocol end to end: a real server, tiny.en, espeak-ng speech sent as base64
+LINEAR16 the way clients send it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from tests import speech
+from tests.serving import Server, running_server
+from tests.streaming_client import StreamResult, open_stream, read_pcm16, stream_pcm
+
+ORDER = ["children", "market", "window"]
+
+
+@pytest.fixture(scope="module")
+def three(voices, tmp_path_factory) -> Path:
+    """Three sentences with a second of silence after each, 22050 Hz."""
+    folder = tmp_path_factory.mktemp("stream")
+    return speech.concat([voices[k] for k in ORDER], folder / "three.wav", silence_seconds=1.0)
+
+
+def assert_sentences(
+    result: StreamResult, names: list[str], floor: float = 0.6, mean: float = 0.75
+) -> None:
+    """One reply per sentence, in order; each reply has most of its sentence's words.
+
+    tiny.en on espeak-ng speech mishears a word or two of some utterances depending on where
+    the cut falls (as it does in batch mode), so each reply must reach ``floor`` and the
+    replies together ``mean``. Losing or repeating audio shows up as a wrong count or order.
+    """
+    assert len(result.replies) == len(names), result.replies
+    recalls = []
+    for name, reply in zip(names, result.replies, strict=True):
+        recalls.append(speech.word_recall(speech.SENTENCES[name], reply))
+        assert recalls[-1] >= floor, (name, reply)
+    assert sum(recalls) / len(recalls) >= mean, list(zip(names, result.replies, strict=True))
+
+
+@pytest.mark.parametrize("realtime", [1.0, 0.0], ids=["real-time", "as-fast-as-possible"])
+def test_one_reply_per_utterance(tiny_server: Server, three: Path, realtime: float) -> None:
+    pcm, rate = read_pcm16(three)
+    result = stream_pcm(tiny_server.ws, pcm, rate, chunk_ms=100, realtime=realtime)
+    assert_sentences(result, ORDER)
+    assert result.errors == []
+    assert result.close_code == 1000
+
+
+def test_connection_message(tiny_server: Server) -> None:
+    with open_stream(tiny_server.ws) as ws:
+        hello = json.loads(ws.recv(timeout=10))
+    assert hello["type"] == "connection"
+    assert hello["message"] == "Connected to ASR service"
+    assert re.fullmatch(r"\d{13}-[0-9a-f]{16}", hello["clientId"]), hello
+
+
+@pytest.mark.parametrize("rate", [8000, 44100, 48000, 11025])
+def test_other_rates_are_resampled(
+    tiny_server: Server, three: Path, tmp_path: Path, rate: int
+) -> None:
+    converted = speech.convert(three, tmp_path / "r.wav", "-r", str(rate))
+    pcm, got_rate = read_pcm16(converted)
+    assert got_rate == rate
+    assert_sentences(stream_pcm(tiny_server.ws, pcm, rate), ORDER)
+
+
+def test_end_flushes_speech_that_has_no_trailing_silence(tiny_server: Server, voices) -> None:
+    pcm, rate = read_pcm16(voices["coffee"])  # ends right after the last word
+    result = stream_pcm(tiny_server.ws, pcm, rate)
+    assert_sentences(result, ["coffee"])
+    assert result.close_code == 1000
+
+
+def test_bcp47_language_codes(tiny_server: Server, voices) -> None:
+    pcm, rate = read_pcm16(voices["coffee"])
+    assert_sentences(stream_pcm(tiny_server.ws, pcm, rate, language_code="en-GB"), ["coffee"])
+
+
+def test_ten_concurrent_streams(tiny_server: Server, voices, tmp_path: Path) -> None:
+    names = list(speech.SENTENCES)
+    files = []
+    for i in range(10):
+        pair = [names[i % len(names)], names[(i + 1) % len(names)]]
+        files.append(
+            (
+                pair,
+                speech.concat(
+                    [voices[n] for n in pair], tmp_path / f"{i}.wav", silence_seconds=1.0
+                ),
+            )
+        )
+
+    def one(item) -> tuple[list[str], StreamResult]:
+        pair, path = item
+        pcm, rate = read_pcm16(path)
+        return pair, stream_pcm(tiny_server.ws, pcm, rate, realtime=1.0)
+
+    with ThreadPoolExecutor(10) as pool:
+        for pair, result in pool.map(one, files):
+            assert_sentences(result, pair)
+
+
+@pytest.mark.parametrize("kind", ["silence", "whitenoise", "pinknoise", "brownnoise"])
+def test_silence_and_noise_give_no_reply(tiny_server: Server, tmp_path: Path, kind: str) -> None:
+    path = tmp_path / f"{kind}.wav"
+    synth = ["trim", "0", "30"] if kind == "silence" else ["synth", "30", kind, "vol", "0.3"]
+    subprocess.run(
+        ["sox", "-n", "-r", "16000", "-b", "16", "-c", "1", str(path), *synth],
+        check=True,
+        capture_output=True,
+    )
+    pcm, rate = read_pcm16(path)
+    result = stream_pcm(tiny_server.ws, pcm, rate)
+    assert result.replies == [] and result.errors == []
+    assert result.close_code == 1000
+
+
+def _send(ws, payload) -> None:
+    ws.send(payload if isinstance(payload, str | bytes) else json.dumps(payload))
+
+
+GOOD = base64.b64encode(b"\x00\x00" * 1600).decode()
+BAD_MESSAGES = [
+    ("not json at all", "Invalid Message Format"),
+    ("[1, 2, 3]", "Invalid Message Format"),
+    (b"\x00\x01binary", "Invalid Message Format"),
+    ({"rate": 16000}, "Missing Audio Field"),
+    ({"type": "audio"}, "Missing Audio Field"),
+    ({"audio": "@@not base64@@"}, "Audio Decoding Error"),
+    ({"audio": base64.b64encode(b"\x00\x01\x02").decode()}, "Audio Decoding Error"),
+    ({"audio": 12345}, "Audio Decoding Error"),
+    ({"audio": GOOD, "rate": 0}, "Audio Decoding Error"),
+    ({"audio": GOOD, "rate": -16000}, "Audio Decoding Error"),
+    ({"audio": GOOD, "rate": 10**9}, "Audio Decoding Error"),
+    ({"audio": GOOD, "rate": "16000"}, "Audio Decoding Error"),
+    ({"audio": GOOD, "rate": 16000.5}, "Audio Decoding Error"),
+    ({"audio": GOOD, "language_code": "de-DE"}, "Speech Recognition Error"),
+]
+
+
+def test_every_bad_message_gets_its_error_and_the_stream_keeps_working(
+    tiny_server: Server, voices
+) -> None:
+    pcm, rate = read_pcm16(voices["market"])
+    with open_stream(tiny_server.ws) as ws:
+        client_id = json.loads(ws.recv(timeout=10))["clientId"]
+        for payload, expected in BAD_MESSAGES:
+            _send(ws, payload)
+            error = json.loads(ws.recv(timeout=10))
+            assert error["type"] == "error" and error["clientId"] == client_id, error
+            assert error["message"] == expected, (payload, error)
+        # the same connection still recognises speech
+        _send(ws, {"audio": base64.b64encode(pcm).decode(), "rate": rate})
+        _send(ws, {"type": "end"})
+        reply = json.loads(ws.recv(timeout=60))
+    assert reply["clientId"] == client_id
+    assert speech.word_recall(speech.SENTENCES["market"], reply["asr_reply"]) >= 0.75
+
+
+def test_settings_come_from_the_first_message(tiny_server: Server, voices) -> None:
+    pcm, rate = read_pcm16(voices["children"])  # 22050 Hz
+    half = len(pcm) // 2 // 2 * 2
+    with open_stream(tiny_server.ws) as ws:
+        ws.recv(timeout=10)
+        _send(ws, {"audio": base64.b64encode(pcm[:half]).decode(), "rate": rate})
+        # a later rate is ignored, as the spec says only the first message sets it
+        _send(ws, {"audio": base64.b64encode(pcm[half:]).decode(), "rate": 8000})
+        _send(ws, {"type": "end"})
+        reply = json.loads(ws.recv(timeout=60))
+    assert speech.word_recall(speech.SENTENCES["children"], reply["asr_reply"]) >= 0.75
+
+
+def test_missing_or_invalid_key_is_refused_before_the_upgrade(voices) -> None:
+    with running_server(env={"SERVER_API_KEY": "stream-key-1"}) as server:
+        for key in (None, "wrong"):
+            with pytest.raises(InvalidStatus) as refused:
+                open_stream(server.ws, api_key=key)
+            response = refused.value.response
+            assert response.status_code == 401
+            body = json.loads(response.body)
+            assert body["error"] == "unauthorized" and body["message"]
+        pcm, rate = read_pcm16(voices["coffee"])
+        result = stream_pcm(server.ws, pcm, rate, api_key="stream-key-1")
+        assert_sentences(result, ["coffee"])
+
+
+def test_a_client_that_just_closes_still_has_its_audio_recognised(
+    tiny_server: Server, voices
+) -> None:
+    before = tiny_server.metric(
+        "asr_requests_total", machine_id="unknown", task="transcribe", status="ok"
+    )
+    pcm, rate = read_pcm16(voices["garden"])
+    with open_stream(tiny_server.ws) as ws:
+        ws.recv(timeout=10)
+        _send(ws, {"audio": base64.b64encode(pcm).decode(), "rate": rate})
+    # closed without {"type": "end"} and without waiting: the utterance is still recognised
+    deadline = 60.0
+    import time
+
+    started = time.monotonic()
+    while (
+        tiny_server.metric(
+            "asr_requests_total", machine_id="unknown", task="transcribe", status="ok"
+        )
+        < before + 1
+    ):
+        assert time.monotonic() - started < deadline, "the buffered utterance was not recognised"
+        time.sleep(0.05)
+
+
+def test_more_than_240_seconds_restarts_sessions_without_losing_or_repeating(
+    tiny_server: Server, voices, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    names = list(speech.SENTENCES) * 11  # 66 utterances, about 265 s with their pauses
+    long = speech.concat([voices[n] for n in names], tmp_path / "long.wav", silence_seconds=1.0)
+    pcm, rate = read_pcm16(long)
+    assert len(pcm) / 2 / rate > 250
+    with caplog.at_level(logging.INFO, logger="speechgw.stream"):
+        result = stream_pcm(tiny_server.ws, pcm, rate, chunk_ms=100)
+    assert_sentences(result, names)
+    assert any("recognition session 2 begins" in r.getMessage() for r in caplog.records)
+
+
+def test_a_slow_backend_pushes_back_instead_of_buffering_or_dropping(
+    three: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    backends = {"null": {"type": "null", "text": "heard", "delay_seconds": 0.5}}
+    with running_server({"streaming": {"buffer_seconds": 4}}, backends=backends) as server:
+        pcm, rate = read_pcm16(three)
+        with caplog.at_level(logging.WARNING, logger="speechgw.stream"):
+            result = stream_pcm(server.ws, pcm * 4, rate)  # 12 utterances at once
+        assert result.replies == ["heard"] * 12
+        assert any("Audio stream buffer full" in r.getMessage() for r in caplog.records)
