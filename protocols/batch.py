@@ -32,6 +32,7 @@ from speechgw.errors import (
 from speechgw.gateway import Gateway, Request
 from speechgw.jobs import Caller, JobSpec, Task, Transcript
 from speechgw.languages import normalise_iso
+from speechgw.postprocess import PostprocessResult
 
 __all__ = ["PATH", "BatchProtocol", "Metadata", "encode_result", "parse_metadata"]
 
@@ -108,16 +109,18 @@ def parse_metadata(text: str) -> Metadata | None:
     )
 
 
-def encode_result(transcript: Transcript, request: Request) -> dict[str, Any]:
+def encode_result(
+    transcript: Transcript, corrected: PostprocessResult, request: Request
+) -> dict[str, Any]:
     """The success response: every field of batch-protocol.txt, plus ``request_id`` and
     ``duration`` (seconds of audio received)."""
     return {
         "text": transcript.text,
         "segments": [{"text": s.text, "start": s.start, "end": s.end} for s in transcript.segments],
         "language": transcript.language,
-        "postprocessed_text": None,
-        "postprocess_ms": 0,
-        "postprocess_error": None,
+        "postprocessed_text": corrected.text,
+        "postprocess_ms": corrected.milliseconds,
+        "postprocess_error": corrected.error,
         "request_id": request.request_id,
         "duration": round(request.audio_seconds, 3),
     }
@@ -156,7 +159,9 @@ class BatchProtocol:
         request = self.gateway.begin(PROTOCOL)
         try:
             transcript = await self._serve(websocket, request)
-            await websocket.send_json(encode_result(transcript, request))
+            corrected = await self.gateway.postprocess(request, transcript)
+            await self.gateway.settle(request)  # durable before the client can see it
+            await websocket.send_json(encode_result(transcript, corrected, request))
         except SpeechGWError as exc:
             await self._fail(websocket, request, exc)
             return

@@ -20,8 +20,15 @@ from .errors import ConfigError
 from .gateway import Gateway
 from .metrics import GatewayMetrics
 from .registry import resolve
+from .store import SQLiteStore, Store
 
-__all__ = ["backend_options", "build_app", "build_gateway", "default_config"]
+__all__ = [
+    "backend_options",
+    "build_app",
+    "build_gateway",
+    "default_config",
+    "open_store",
+]
 
 
 def _backends_registry() -> dict[str, str]:
@@ -52,12 +59,21 @@ def build_gateway(config: Config, env: Mapping[str, str]) -> Gateway:
     for b in config.backends:
         cls = resolve(_backends_registry(), b.type, "backend type", f"backends.{b.name}.type")
         backends[b.name] = cls(b.name, b.options)
+    store = open_store(config)
     return Gateway(
         config,
         backends,
-        Keyring.from_config(config.auth, env),
+        Keyring.from_config(config.auth, env, store),
         GatewayMetrics(config.metrics.max_machine_ids),
+        store,
     )
+
+
+def open_store(config: Config) -> Store | None:
+    """The configured key and usage store, or None when ``store.path`` is null."""
+    if config.store.path is None:
+        return None
+    return SQLiteStore(config.store.path, config.store.synchronous)
 
 
 def build_app(config: Config, env: Mapping[str, str] | None = None) -> Starlette:
@@ -68,7 +84,11 @@ def build_app(config: Config, env: Mapping[str, str] | None = None) -> Starlette
 
     async def health(request: Request) -> Response:
         return JSONResponse(
-            {"status": "ok" if gateway.ready else "loading", "postprocess_enabled": False},
+            {
+                "status": "ok" if gateway.ready else "loading",
+                "postprocess_enabled": gateway.postprocessor.configured
+                and config.postprocess.enabled,
+            },
             status_code=200 if gateway.ready else 503,
         )
 

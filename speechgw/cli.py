@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
+import json
 import logging
 import os
 import sys
@@ -29,7 +31,30 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+
+    keys = commands.add_parser("keys", help="manage the API keys kept in the store")
+    keys.add_argument("--config", help="config file naming the store (as for serve)")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create a key and print it (only once)")
+    create.add_argument("name", help="the name logs and usage will show")
+    key_commands.add_parser("list", help="list key names (never the keys)")
+    revoke = key_commands.add_parser("revoke", help="revoke a key; it stops working at once")
+    revoke.add_argument("name")
+
+    usage = commands.add_parser("usage", help="usage totals per API key")
+    usage.add_argument("--config", help="config file naming the store (as for serve)")
+    usage.add_argument("--since", type=_date, help="only usage from this date (YYYY-MM-DD) on")
+    usage.add_argument("--key", help="only this key name")
+    usage.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+def _date(text: str) -> float:
+    try:
+        day = datetime.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+    return datetime.datetime.combine(day, datetime.time(), datetime.UTC).timestamp()
 
 
 def _load(args: argparse.Namespace):  # -> Config
@@ -44,15 +69,93 @@ def _load(args: argparse.Namespace):  # -> Config
         defaults = default_config()
         config = dataclasses.replace(config, backends=defaults.backends, routing=defaults.routing)
     server = config.server
-    if args.host is not None:
+    if getattr(args, "host", None) is not None:
         server = dataclasses.replace(server, host=args.host)
-    if args.port is not None:
+    if getattr(args, "port", None) is not None:
         server = dataclasses.replace(server, port=args.port)
     return dataclasses.replace(config, server=server), path
 
 
+def _open_store(args: argparse.Namespace):  # -> Store
+    from .app import open_store
+
+    config, _ = _load(args)
+    store = open_store(config)
+    if store is None:
+        raise ConfigError("store.path: the store is turned off (null) in this config")
+    return store
+
+
+def _keys(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    try:
+        if args.keys_command == "create":
+            try:
+                key = store.create_key(args.name)
+            except ValueError as exc:
+                print(f"speechgw: {exc}", file=sys.stderr)
+                return 1
+            print(key)
+            print(f"created key {args.name!r}; it is shown only this once", file=sys.stderr)
+        elif args.keys_command == "list":
+            for info in store.list_keys():
+                created = datetime.datetime.fromtimestamp(info.created, datetime.UTC)
+                state = "active" if info.revoked is None else "revoked"
+                print(f"{info.name}\t{state}\tcreated {created:%Y-%m-%d %H:%M} UTC")
+        elif not store.revoke_key(args.name):
+            print(f"speechgw: no active key named {args.name!r}", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        store.close()
+
+
+def _usage(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    try:
+        totals = store.totals(since=args.since, key=args.key)
+    finally:
+        store.close()
+    per_key: dict[str, dict] = {}
+    for t in totals:
+        entry = per_key.setdefault(
+            t.key_name, {"key": t.key_name, "requests": 0, "audio_minutes": 0.0, "by": []}
+        )
+        entry["requests"] += t.requests
+        entry["audio_minutes"] += t.audio_seconds / 60
+        entry["by"].append(
+            {
+                "protocol": t.protocol,
+                "backend": t.backend,
+                "requests": t.requests,
+                "audio_minutes": t.audio_seconds / 60,
+            }
+        )
+    if args.json:
+        print(json.dumps(list(per_key.values()), indent=2))
+        return 0
+    print(f"{'key':<20} {'protocol':<10} {'backend':<12} {'requests':>9} {'audio min':>10}")
+    for entry in per_key.values():
+        for part in entry["by"]:
+            print(
+                f"{entry['key']:<20} {part['protocol']:<10} {part['backend']:<12} "
+                f"{part['requests']:>9} {part['audio_minutes']:>10.2f}"
+            )
+        print(
+            f"{entry['key']:<20} {'total':<10} {'':<12} {entry['requests']:>9} "
+            f"{entry['audio_minutes']:>10.2f}"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("keys", "usage"):
+        try:
+            return _keys(args) if args.command == "keys" else _usage(args)
+        except ConfigError as exc:
+            print(f"speechgw: config error: {exc}", file=sys.stderr)
+            return 2
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

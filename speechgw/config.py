@@ -31,9 +31,11 @@ __all__ = [
     "LimitsConfig",
     "LoggingConfig",
     "MetricsConfig",
+    "PostprocessConfig",
     "RouteMatch",
     "RouteRule",
     "ServerConfig",
+    "StoreConfig",
     "StreamingConfig",
     "build",
     "load_config",
@@ -80,6 +82,17 @@ class AuthConfig:
     keys: tuple[KeyConfig, ...] = ()
     env_key_name: str = "server"
     """The name under which ``SERVER_API_KEY`` (from the environment) appears in logs and usage."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """The SQLite file that holds API keys (``speechgw keys``) and the usage ledger."""
+
+    path: str | None = "speechgw.db"
+    """Relative paths are relative to the working directory; null turns keys-in-store and the
+    usage ledger off."""
+    synchronous: Literal["normal", "full"] = "normal"
+    """``normal``: a committed row survives the process being killed; ``full``: power loss too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +143,32 @@ class StreamingConfig:
     """Audio buffered per connection before back-pressure."""
 
 
+DEFAULT_CORRECTION_PROMPT = (
+    "You correct speech recognition output. Fix spelling, punctuation, capitalisation and "
+    "obvious mis-recognitions; keep the language, the wording and the meaning. Answer with the "
+    "corrected text only."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PostprocessConfig:
+    """Optional LLM correction of transcripts through an OpenAI-compatible chat-completions
+    endpoint (vLLM, llama.cpp's server, Ollama, OpenAI)."""
+
+    enabled: bool = False
+    """The server default for requests that do not say (the batch ``postprocess`` field)."""
+    base_url: str | None = None
+    """Up to and including ``/v1``, e.g. ``http://127.0.0.1:11434/v1``; required to use it."""
+    model: str | None = None
+    api_key: str | None = None
+    timeout_seconds: float = 10.0
+    concurrency: int = 4
+    temperature: float = 0.0
+    prompt: str = DEFAULT_CORRECTION_PROMPT
+    prompts: dict[str, str] = field(default_factory=dict)
+    """Per-language system prompts (ISO 639-1 code -> prompt); others use ``prompt``."""
+
+
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
     max_machine_ids: int = 1000
@@ -146,9 +185,11 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     backends: tuple[BackendConfig, ...] = ()
     routing: tuple[RouteRule, ...] = ()
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -191,6 +232,8 @@ def _describe(tp: Any) -> str:
         return " or ".join(_describe(a) for a in typing.get_args(tp))
     if origin is tuple:
         return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"a mapping of {_describe(typing.get_args(tp)[1])}"
     if dataclasses.is_dataclass(tp):
         return "a mapping"
     return {type(None): "null", bool: "true/false", int: "an integer", float: "a number"}.get(
@@ -217,6 +260,14 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             if isinstance(value, _FromEnv) and str(choice) == value:
                 return choice
         raise fail
+    if origin is dict:
+        key_type, value_type = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise fail
+        return {
+            _convert(k, key_type, path): _convert(v, value_type, f"{path}.{k}")
+            for k, v in value.items()
+        }
     if origin is tuple:
         (item,) = (a for a in typing.get_args(tp) if a is not Ellipsis)
         items = value if isinstance(value, list) else [value]
@@ -309,9 +360,17 @@ def load_config(
     for name, settings in backends_raw.items():
         path = f"backends.{name}"
         settings = dict(settings or {})
+        if not isinstance(name, str):
+            raise ConfigError(
+                f"backends: a backend name must be a string, got {name!r} (YAML reads a bare "
+                "null, true or a number as such: quote it)"
+            )
         kind = settings.pop("type", name)
         if not isinstance(kind, str):
-            raise ConfigError(f"{path}.type: expected a backend type name, got {kind!r}")
+            raise ConfigError(
+                f"{path}.type: expected a backend type name, got {kind!r} (YAML reads a bare "
+                "null as nothing: write type: 'null' for the null backend)"
+            )
         options = settings
         if backend_options is not None:
             options = build(backend_options(kind, f"{path}.type"), settings, path)

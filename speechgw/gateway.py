@@ -22,7 +22,10 @@ from .config import Config
 from .errors import AudioTooLong, BackendUnavailable, InternalError, SpeechGWError
 from .jobs import SAMPLE_RATE, JobSpec, Transcript, new_request_id
 from .metrics import GatewayMetrics
+from .postprocess import OFF as POSTPROCESS_OFF
+from .postprocess import Postprocessor, PostprocessResult
 from .router import Route, Router
+from .store import Store, UsageRecord
 from .stream import OnError, OnTranscript, Stream
 
 __all__ = ["Gateway", "Request"]
@@ -56,11 +59,15 @@ class Gateway:
         backends: Mapping[str, Backend],
         keyring: Keyring,
         metrics: GatewayMetrics,
+        store: Store | None = None,
+        postprocessor: Postprocessor | None = None,
     ) -> None:
         self.config = config
         self.backends = dict(backends)
         self.keyring = keyring
         self.metrics = metrics
+        self.store = store
+        self.postprocessor = postprocessor or Postprocessor(config.postprocess)
         self.router = Router(config.routing, self.backends)
 
     # --- the steps of a request, in order ---------------------------------------------------
@@ -129,6 +136,48 @@ class Gateway:
             return transcript
         raise last_error
 
+    async def postprocess(self, request: Request, transcript: Transcript) -> PostprocessResult:
+        """LLM correction when the request (or the server default) wants it; never raises."""
+        spec = request.spec
+        if spec is None or not self.postprocessor.wanted(spec.postprocess):
+            return POSTPROCESS_OFF
+        result = await self.postprocessor.correct(transcript.text, spec.language)
+        machine = self.metrics.machine_label(spec.caller.machine_id)
+        self.metrics.postprocess.labels(machine, spec.task).observe(result.milliseconds / 1000)
+        if result.error:
+            _LOGGER.warning(
+                "request %s: post-processing failed: %s", request.request_id, result.error
+            )
+        return result
+
+    async def settle(self, request: Request) -> None:
+        """Record a success in the usage ledger; returns once the row is durable, so the
+        caller sends the reply after it and nothing a client received goes unrecorded.
+
+        Raises:
+            InternalError: the row could not be committed (the reply must not be sent).
+        """
+        spec = request.spec
+        if self.store is None or spec is None:
+            return
+        elapsed = time.monotonic() - request.started if request.started is not None else 0.0
+        record = UsageRecord(
+            request_id=request.request_id,
+            at=time.time(),
+            key_name=spec.caller.key_name,
+            protocol=request.protocol,
+            backend=request.backend,
+            task=spec.task,
+            language=spec.language,
+            machine_id=spec.caller.machine_id,
+            audio_seconds=round(request.audio_seconds, 3),
+            processing_seconds=round(elapsed, 3),
+        )
+        try:
+            await self.store.record(record)
+        except Exception as exc:
+            raise InternalError("the usage ledger could not record the request") from exc
+
     def finish(
         self, request: Request, error: SpeechGWError | None = None, *, abandoned: bool = False
     ) -> None:
@@ -187,6 +236,8 @@ class Gateway:
             self.metrics.backend_ready.labels(backend.name).set(1 if backend.ready else 0)
 
     async def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
         for backend in self.backends.values():
             try:
                 await backend.close()

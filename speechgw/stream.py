@@ -143,6 +143,8 @@ class Stream:
             request.start_clock()
             try:
                 transcript = await self.gateway.transcribe(request, utterance, self.route)
+                if transcript.text:  # only recognised speech is billed, before its reply
+                    await self.gateway.settle(request)
             except SpeechGWError as exc:
                 self.gateway.finish(request, exc)
                 await self._on_error(exc)

@@ -73,7 +73,12 @@ class Server:
 
 
 def config_for(overrides: Mapping[str, Any] | None = None, backends: Mapping[str, Any] = TINY):
-    document: dict[str, Any] = {"backends": dict(backends), "routing": [{"backend": "whisper"}]}
+    # the store is off unless a test names one: tests must not share a ledger
+    document: dict[str, Any] = {
+        "backends": dict(backends),
+        "routing": [{"backend": "whisper"}],
+        "store": {"path": None},
+    }
     if "null" in backends and "whisper" not in backends:
         document["routing"] = [{"backend": "null"}]
     document.update(overrides or {})

@@ -41,6 +41,7 @@ def test_shipped_default_config_is_valid_and_uses_the_multilingual_model() -> No
             "backends.w.device: expected one of 'auto', 'cpu', 'cuda', got 'tpu'",
         ),
         ({"backends": {"w": {"type": "kaldi"}}}, "backends.w.type: unknown backend type 'kaldi'"),
+        ({"backends": {"w": {"type": None}}}, "write type: 'null' for the null backend"),
         (
             {"backends": {"w": {"type": "null"}}, "routing": [{"backend": "x"}]},
             "routing[0].backend: no backend named 'x'",

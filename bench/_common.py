@@ -1,0 +1,136 @@
+"""What the benchmark scripts share: a real ``speechgw serve`` process, and real speech."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_AUDIO = REPO.parent / "shared" / "audio"
+
+
+@dataclass
+class Clip:
+    name: str
+    path: Path  # 16 kHz mono 16-bit WAV
+    reference: str
+    seconds: float
+
+    def pcm(self) -> bytes:
+        with wave.open(str(self.path), "rb") as w:
+            return w.readframes(w.getnframes())
+
+
+def english_clips(workdir: Path) -> list[Clip]:
+    """The English recordings of ../shared/audio (real people), as 16 kHz WAV; espeak-ng
+    sentences when that folder is absent."""
+    clips = []
+    manifest = SHARED_AUDIO / "MANIFEST.tsv"
+    if manifest.exists():
+        with open(manifest, encoding="utf-8") as f:
+            for row in csv.DictReader(f, delimiter="\t"):
+                if row["language"] != "en" or "stereo" in row["file"] or "mp3" in row["file"]:
+                    continue
+                out = workdir / (row["file"].replace("/", "_") + ".wav")
+                subprocess.run(
+                    [
+                        "sox",
+                        str(SHARED_AUDIO / row["file"]),
+                        "-r",
+                        "16000",
+                        "-c",
+                        "1",
+                        "-b",
+                        "16",
+                        str(out),
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
+                clips.append(
+                    Clip(row["file"], out, row["reference_transcript"], float(row["duration_s"]))
+                )
+        return clips
+    sys.path.insert(0, str(REPO))
+    from tests import speech
+
+    for name, text in speech.SENTENCES.items():
+        raw = speech.speak(text, workdir / f"{name}.raw.wav")
+        out = speech.convert(raw, workdir / f"{name}.wav", "-r", "16000")
+        with wave.open(str(out)) as w:
+            clips.append(Clip(name, out, text, w.getnframes() / 16000))
+    return clips
+
+
+def normalise(text: str) -> list[str]:
+    return re.findall(r"[\w']+", text.lower())
+
+
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(edit distance in words, reference length): the parts of a word error rate."""
+    ref, hyp = normalise(reference), normalise(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1], len(ref)
+
+
+@contextmanager
+def served(config: Path) -> Iterator[str]:
+    """``speechgw serve --config config`` on a free port; yields its ws:// base URL."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "speechgw",
+            "serve",
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "SERVER_API_KEY": ""},
+    )
+    port: list[int] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            found = re.search(r"Running on http://[\d.]+:(\d+)", line)
+            if found:
+                port.append(int(found.group(1)))
+                ready.set()
+            elif "ERROR" in line or "Traceback" in line:
+                print(line, end="", file=sys.stderr)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        if not ready.wait(180):
+            raise RuntimeError("the server did not start")
+        yield f"ws://127.0.0.1:{port[0]}"
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def tempdir() -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix="speechgw-bench-")

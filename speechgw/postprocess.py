@@ -1,0 +1,112 @@
+"""Optional LLM correction of transcripts, through an OpenAI-compatible chat-completions API.
+
+vLLM, llama.cpp's server, Ollama and OpenAI all speak ``POST {base_url}/chat/completions``.
+The HTTP call is the standard library's ``urllib`` in a worker thread under a capacity limiter:
+a request or two per transcript does not justify another dependency. Failure never costs the
+client its transcript: the raw text still comes back, with the reason in ``postprocess_error``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import anyio
+import anyio.to_thread
+
+from .config import PostprocessConfig
+
+__all__ = ["PostprocessResult", "Postprocessor"]
+
+
+@dataclass(frozen=True, slots=True)
+class PostprocessResult:
+    text: str | None
+    """The corrected text; None when the stage was off or failed."""
+    milliseconds: int
+    error: str | None
+    """Why it failed; None when it worked or was off."""
+
+
+OFF = PostprocessResult(text=None, milliseconds=0, error=None)
+
+
+class Postprocessor:
+    def __init__(self, config: PostprocessConfig) -> None:
+        self.config = config
+        self._limiter = anyio.CapacityLimiter(max(1, config.concurrency))
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.config.base_url and self.config.model)
+
+    def wanted(self, requested: bool | None) -> bool:
+        """Whether a request gets the stage: its own choice, else the server default."""
+        return self.config.enabled if requested is None else requested
+
+    async def correct(self, text: str, language: str) -> PostprocessResult:
+        if not self.configured:
+            return PostprocessResult(None, 0, "post-processing is not configured on this server")
+        if not text.strip():
+            return PostprocessResult(text, 0, None)
+        started = time.monotonic()
+        with anyio.move_on_after(self.config.timeout_seconds):
+            try:
+                corrected = await anyio.to_thread.run_sync(
+                    self._call, text, language, limiter=self._limiter, abandon_on_cancel=True
+                )
+            except _Failure as exc:
+                return PostprocessResult(None, _ms(started), str(exc))
+            return PostprocessResult(corrected, _ms(started), None)
+        return PostprocessResult(
+            None, _ms(started), f"timeout after {self.config.timeout_seconds:g} s"
+        )
+
+    def _call(self, text: str, language: str) -> str:
+        config = self.config
+        body = {
+            "model": config.model,
+            "temperature": config.temperature,
+            "messages": [
+                {"role": "system", "content": config.prompts.get(language, config.prompt)},
+                {"role": "user", "content": text},
+            ],
+        }
+        headers = {"Content-Type": "application/json"}
+        if config.api_key:
+            headers["Authorization"] = f"Bearer {config.api_key}"
+        request = urllib.request.Request(
+            f"{config.base_url.rstrip('/')}/chat/completions",  # type: ignore[union-attr]
+            data=json.dumps(body).encode(),
+            headers=headers,
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=config.timeout_seconds) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as exc:
+            exc.close()  # it holds the response's socket
+            raise _Failure(f"the LLM endpoint answered HTTP {exc.code}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, TimeoutError):
+                raise _Failure(f"timeout after {config.timeout_seconds:g} s") from None
+            raise _Failure(f"the LLM endpoint is unreachable: {reason}") from None
+        try:
+            content = json.loads(payload)["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise _Failure("the LLM endpoint sent a malformed response") from None
+        if not isinstance(content, str) or not content.strip():
+            raise _Failure("the LLM endpoint sent no text")
+        return content.strip()
+
+
+class _Failure(Exception):
+    """A post-processing failure, stated for the client."""
+
+
+def _ms(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)

@@ -1,0 +1,279 @@
+"""The durable store: API keys and the usage ledger, in SQLite by default.
+
+:class:`Store` is the interface a multi-replica deployment would implement on PostgreSQL;
+:class:`SQLiteStore` is the default. Usage rows are written by one thread that commits them in
+groups (every record waiting when a commit starts goes into it), and :meth:`Store.record`
+returns only once its row is committed, so a reply that a client received always has its row,
+even if the server is killed right after. The database runs in WAL mode: a committed row
+survives the process dying; ``synchronous: full`` makes it survive power loss too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import secrets
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import astuple, dataclass
+from pathlib import Path
+from typing import Any
+
+from .auth import hash_key
+
+__all__ = ["KeyInfo", "SQLiteStore", "Store", "UsageRecord", "UsageTotal", "new_api_key"]
+
+_LOGGER = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    name TEXT PRIMARY KEY,
+    digest BLOB NOT NULL UNIQUE,
+    created REAL NOT NULL,
+    revoked REAL
+);
+CREATE TABLE IF NOT EXISTS usage (
+    id INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    key_name TEXT NOT NULL,
+    protocol TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    task TEXT NOT NULL,
+    language TEXT NOT NULL,
+    machine_id TEXT NOT NULL,
+    audio_seconds REAL NOT NULL,
+    processing_seconds REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_at ON usage (at);
+CREATE INDEX IF NOT EXISTS usage_key ON usage (key_name, at);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRecord:
+    request_id: str
+    at: float
+    key_name: str
+    protocol: str
+    backend: str
+    task: str
+    language: str
+    machine_id: str
+    audio_seconds: float
+    processing_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotal:
+    key_name: str
+    protocol: str
+    backend: str
+    requests: int
+    audio_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    name: str
+    created: float
+    revoked: float | None
+
+
+def new_api_key() -> str:
+    """A fresh key: ``sgw_`` and 32 bytes from the OS's CSPRNG, URL-safe."""
+    return "sgw_" + secrets.token_urlsafe(32)
+
+
+class Store(ABC):
+    """Keys and usage. Methods that touch the database are safe to call from any thread."""
+
+    @abstractmethod
+    async def record(self, record: UsageRecord) -> None:
+        """Add a usage row; returns once it is durably committed."""
+
+    @abstractmethod
+    def totals(self, since: float | None = None, key: str | None = None) -> list[UsageTotal]:
+        """Requests and audio seconds per key, protocol and backend."""
+
+    @abstractmethod
+    def key_name(self, presented: str) -> str | None:
+        """The name of the active stored key ``presented``, or None."""
+
+    @abstractmethod
+    def has_keys(self) -> bool:
+        """Whether keys are managed here (any key was ever created): then every request needs
+        one."""
+
+    @abstractmethod
+    def create_key(self, name: str) -> str: ...
+
+    @abstractmethod
+    def list_keys(self) -> list[KeyInfo]: ...
+
+    @abstractmethod
+    def revoke_key(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class SQLiteStore(Store):
+    """A SQLite file; one connection per thread that uses it, one writer thread for usage."""
+
+    def __init__(self, path: str | Path, synchronous: str = "normal") -> None:
+        self.path = Path(path).expanduser()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._synchronous = synchronous.upper()
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        with self._connection() as db:
+            db.executescript(_SCHEMA)
+        self._pending: queue.SimpleQueue[tuple[UsageRecord, Any] | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
+
+    def _connection(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
+            self._local.db = db
+            with self._connections_lock:
+                self._connections.append(db)
+        return db
+
+    # --- usage ------------------------------------------------------------------------------
+
+    async def record(self, record: UsageRecord) -> None:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._start_writer()
+        self._pending.put((record, (loop, done)))
+        await done
+
+    def _start_writer(self) -> None:
+        if self._writer is None:
+            with self._writer_lock:
+                if self._writer is None:
+                    self._writer = threading.Thread(
+                        target=self._write_loop, daemon=True, name="speechgw-usage-writer"
+                    )
+                    self._writer.start()
+
+    def _write_loop(self) -> None:
+        db = self._connection()
+        stop = False
+        while not stop:
+            first = self._pending.get()
+            batch = [first] if first is not None else []
+            stop = first is None
+            with contextlib.suppress(queue.Empty):
+                while True:  # group commit: take everything already waiting
+                    item = self._pending.get_nowait()
+                    if item is None:
+                        stop = True
+                        break
+                    batch.append(item)
+            if not batch:
+                continue
+            error: BaseException | None = None
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany(
+                    "INSERT INTO usage (request_id, at, key_name, protocol, backend, task, "
+                    "language, machine_id, audio_seconds, processing_seconds) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [astuple(record) for record, _ in batch],
+                )
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                _LOGGER.exception("usage: %d rows could not be committed", len(batch))
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                error = exc
+            for _, (loop, done) in batch:
+                loop.call_soon_threadsafe(_settle, done, error)
+
+    def totals(self, since: float | None = None, key: str | None = None) -> list[UsageTotal]:
+        sql = (
+            "SELECT key_name, protocol, backend, COUNT(*), SUM(audio_seconds) FROM usage "
+            "WHERE at >= ? AND (? IS NULL OR key_name = ?) "
+            "GROUP BY key_name, protocol, backend ORDER BY key_name, protocol, backend"
+        )
+        rows = self._connection().execute(sql, (since or 0.0, key, key)).fetchall()
+        return [UsageTotal(*row) for row in rows]
+
+    def request_ids(self) -> set[str]:
+        return {r for (r,) in self._connection().execute("SELECT request_id FROM usage")}
+
+    # --- keys -------------------------------------------------------------------------------
+
+    def key_name(self, presented: str) -> str | None:
+        row = (
+            self._connection()
+            .execute(
+                "SELECT name FROM api_keys WHERE digest = ? AND revoked IS NULL",
+                (hash_key(presented),),
+            )
+            .fetchone()
+        )
+        return row[0] if row else None
+
+    def has_keys(self) -> bool:
+        # any key ever created, revoked ones included: revoking the last key must not open
+        # the gateway to everyone
+        return self._connection().execute("SELECT 1 FROM api_keys LIMIT 1").fetchone() is not None
+
+    def create_key(self, name: str) -> str:
+        key = new_api_key()
+        try:
+            self._connection().execute(
+                "INSERT INTO api_keys (name, digest, created) VALUES (?, ?, ?)",
+                (name, hash_key(key), time.time()),
+            )
+        except sqlite3.IntegrityError:
+            raise ValueError(f"a key named {name!r} exists already") from None
+        return key
+
+    def list_keys(self) -> list[KeyInfo]:
+        rows = (
+            self._connection()
+            .execute("SELECT name, created, revoked FROM api_keys ORDER BY name")
+            .fetchall()
+        )
+        return [KeyInfo(*row) for row in rows]
+
+    def revoke_key(self, name: str) -> bool:
+        cursor = self._connection().execute(
+            "UPDATE api_keys SET revoked = ? WHERE name = ? AND revoked IS NULL",
+            (time.time(), name),
+        )
+        return cursor.rowcount == 1
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._pending.put(None)
+            self._writer.join(timeout=30)
+        with self._connections_lock:
+            for db in self._connections:
+                db.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    if done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)

@@ -1,0 +1,265 @@
+"""The layer both protocols share: keys from the store, the usage ledger, metrics bounds and
+LLM post-processing, each through a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from tests import speech
+from tests.client import transcribe
+from tests.llm_server import base_url, llm_server
+from tests.serving import running_server
+from tests.streaming_client import open_stream, read_pcm16, stream_pcm
+from tests.test_config import REPO
+
+NULL = {"null": {"type": "null", "text": "hello from the null backend"}}
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "speechgw", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+
+
+def store_config(tmp_path: Path) -> Path:
+    path = tmp_path / "speechgw.yaml"
+    path.write_text(f"store:\n  path: {tmp_path / 'ledger.db'}\n")
+    return path
+
+
+def test_keys_created_with_the_cli_work_at_once_and_revoking_stops_them(
+    tmp_path: Path, voices
+) -> None:
+    config = store_config(tmp_path)
+    created = cli("keys", "--config", str(config), "create", "alice")
+    assert created.returncode == 0, created.stderr
+    alice = created.stdout.strip()
+    assert alice.startswith("sgw_") and len(alice) > 40
+    wav = voices["children"].read_bytes()
+    with running_server(
+        {"store": {"path": str(tmp_path / "ledger.db")}},
+        backends={"whisper": {"type": "whisper", "model": "tiny.en"}},
+    ) as server:
+        assert transcribe(server.ws, wav).reply["error"] == "unauthorized"
+        assert transcribe(server.ws, wav, api_key=alice).close_code == 1000
+        bob = cli("keys", "--config", str(config), "create", "bob").stdout.strip()
+        pcm, rate = read_pcm16(voices["coffee"])
+        assert stream_pcm(server.ws, pcm, rate, api_key=bob).replies  # no restart needed
+        listed = cli("keys", "--config", str(config), "list").stdout
+        assert "alice\tactive" in listed and "bob\tactive" in listed
+        assert alice not in listed
+        assert cli("keys", "--config", str(config), "revoke", "alice").returncode == 0
+        assert transcribe(server.ws, wav, api_key=alice).reply["error"] == "unauthorized"
+        assert cli("keys", "--config", str(config), "revoke", "bob").returncode == 0
+        # every key revoked: the gateway stays closed, it does not fall open
+        assert transcribe(server.ws, wav).reply["error"] == "unauthorized"
+        with pytest.raises(InvalidStatus):
+            open_stream(server.ws, api_key=bob)
+    digests = sqlite3.connect(tmp_path / "ledger.db").execute("SELECT digest FROM api_keys")
+    assert all(alice.encode() not in row[0] for row in digests)  # stored hashed
+
+
+def test_usage_ledger_records_both_protocols_and_the_cli_totals_them(
+    tmp_path: Path, voices
+) -> None:
+    config = store_config(tmp_path)
+    key = cli("keys", "--config", str(config), "create", "carol").stdout.strip()
+    store = {"store": {"path": str(tmp_path / "ledger.db")}}
+    with running_server(
+        store, backends={"whisper": {"type": "whisper", "model": "tiny.en"}}
+    ) as server:
+        batch_reply = transcribe(
+            server.ws, voices["children"].read_bytes(), api_key=key, machine_id="m1"
+        ).reply
+        three = speech.concat(
+            [voices[n] for n in ("market", "window", "coffee")],
+            tmp_path / "three.wav",
+            silence_seconds=1.0,
+        )
+        pcm, rate = read_pcm16(three)
+        streamed = stream_pcm(server.ws, pcm, rate, api_key=key)
+        assert len(streamed.replies) == 3
+        failed = transcribe(server.ws, b"not a wav", api_key=key)
+        assert failed.reply["error"] == "invalid_audio"
+    rows = (
+        sqlite3.connect(tmp_path / "ledger.db")
+        .execute(
+            "SELECT request_id, key_name, protocol, backend, task, language, machine_id, "
+            "audio_seconds FROM usage ORDER BY id"
+        )
+        .fetchall()
+    )
+    assert len(rows) == 4  # the failed request is not billed
+    batch_row = rows[0]
+    assert batch_row[0] == batch_reply["request_id"]
+    assert batch_row[1:7] == ("carol", "batch", "whisper", "transcribe", "en", "m1")
+    assert batch_row[7] == pytest.approx(batch_reply["duration"], abs=0.01)
+    assert [r[2] for r in rows[1:]] == ["streaming"] * 3
+    assert all(1.5 < r[7] < 6 for r in rows[1:])
+    report = json.loads(cli("usage", "--config", str(config), "--json").stdout)
+    (carol,) = report
+    assert carol["key"] == "carol" and carol["requests"] == 4
+    assert {(p["protocol"], p["requests"]) for p in carol["by"]} == {("batch", 1), ("streaming", 3)}
+    text = cli("usage", "--config", str(config), "--key", "carol").stdout
+    assert "carol" in text and "streaming" in text
+    assert (
+        json.loads(cli("usage", "--config", str(config), "--json", "--since", "2999-01-01").stdout)
+        == []
+    )
+
+
+def test_machine_id_label_values_are_bounded(voices) -> None:
+    wav = voices["children"].read_bytes()
+    with running_server({"metrics": {"max_machine_ids": 2}}, backends=NULL) as server:
+        for machine in ("aa11", "bb22", "cc33", "dd44", 'bad"id\n'):
+            assert transcribe(server.ws, wav, machine_id=machine).close_code == 1000
+
+        def count(machine: str) -> float:
+            return server.metric(
+                "asr_requests_total", machine_id=machine, task="transcribe", status="ok"
+            )
+
+        assert (count("aa11"), count("bb22"), count("other"), count("invalid")) == (1, 1, 2, 1)
+        assert count("cc33") == 0
+
+
+def test_llm_postprocessing_and_its_failures(voices) -> None:
+    wav = voices["children"].read_bytes()
+    with llm_server() as llm:
+        settings = {
+            "enabled": True,
+            "base_url": base_url(llm),
+            "model": "upper",
+            "api_key": "llm-secret",
+            "timeout_seconds": 1.0,
+            "prompts": {"de": "Korrigiere den Text."},
+        }
+        with running_server({"postprocess": settings}, backends=NULL) as server:
+            assert server.get_json("/health")["postprocess_enabled"] is True
+            ok = transcribe(server.ws, wav).reply
+            assert ok["text"] == "hello from the null backend"
+            assert ok["postprocessed_text"] == "HELLO FROM THE NULL BACKEND"
+            assert ok["postprocess_error"] is None and ok["postprocess_ms"] >= 0
+            sent = llm.requests[-1]
+            assert sent["path"] == "/v1/chat/completions"
+            assert sent["auth"] == "Bearer llm-secret"
+            assert sent["body"]["messages"][-1] == {
+                "role": "user",
+                "content": "hello from the null backend",
+            }
+            transcribe(server.ws, wav, language="de")
+            assert llm.requests[-1]["body"]["messages"][0]["content"] == "Korrigiere den Text."
+            calls = len(llm.requests)
+            off = transcribe(server.ws, wav, postprocess=False).reply
+            assert (off["postprocessed_text"], off["postprocess_ms"], off["postprocess_error"]) == (
+                None,
+                0,
+                None,
+            )
+            assert len(llm.requests) == calls
+            assert (
+                server.metric(
+                    "asr_postprocess_seconds_count", machine_id="unknown", task="transcribe"
+                )
+                == 2
+            )
+        for model, error in [
+            ("http500", "HTTP 500"),
+            ("garbage", "malformed response"),
+            ("empty", "malformed response"),
+            ("slow", "timeout after 1 s"),
+        ]:
+            broken = {**settings, "model": model}
+            with running_server({"postprocess": broken}, backends=NULL) as server:
+                started = time.monotonic()
+                reply = transcribe(server.ws, wav).reply
+                assert time.monotonic() - started < 2.5
+                assert reply["text"] == "hello from the null backend"  # the raw text survives
+                assert reply["postprocessed_text"] is None
+                assert error in reply["postprocess_error"], reply
+    with running_server({"postprocess": {"enabled": False}}, backends=NULL) as server:
+        assert server.get_json("/health")["postprocess_enabled"] is False
+        asked = transcribe(server.ws, wav, postprocess=True).reply
+        assert asked["postprocessed_text"] is None
+        assert "not configured" in asked["postprocess_error"]
+
+
+def test_every_reply_survives_kill_9_in_the_ledger(tmp_path: Path, voices) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        f"store:\n  path: {tmp_path / 'ledger.db'}\n"
+        "backends:\n  'null': {type: 'null', text: counted}\nrouting:\n  - backend: 'null'\n"
+    )
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "speechgw",
+            "serve",
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "SERVER_API_KEY": ""},
+    )
+    assert process.stderr is not None
+    port = None
+    for line in process.stderr:
+        if "Running on" in line:
+            port = int(line.rsplit(":", 1)[1].split()[0])
+            break
+    assert port, "the server did not start"
+    threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
+    wav = voices["children"].read_bytes()
+    received: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                reply = transcribe(f"ws://127.0.0.1:{port}", wav).messages
+            except Exception:  # refused, reset mid-handshake: the server is gone
+                return
+            if reply and "request_id" in reply[0]:
+                received.append(reply[0]["request_id"])
+
+    workers = [threading.Thread(target=client, daemon=True) for _ in range(8)]
+    for w in workers:
+        w.start()
+    deadline = time.monotonic() + 60
+    while len(received) < 200 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)  # in the middle of the load, no shutdown at all
+    process.wait(timeout=30)
+    stop.set()
+    for w in workers:
+        w.join(timeout=30)
+    process.stderr.close()
+    assert len(received) >= 200
+    rows = {
+        r
+        for (r,) in sqlite3.connect(tmp_path / "ledger.db").execute("SELECT request_id FROM usage")
+    }
+    missing = set(received) - rows
+    assert not missing, f"{len(missing)} replies have no ledger row"
