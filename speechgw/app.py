@@ -26,6 +26,7 @@ __all__ = [
     "backend_options",
     "build_app",
     "build_gateway",
+    "build_metrics_app",
     "default_config",
     "open_store",
 ]
@@ -76,6 +77,18 @@ def open_store(config: Config) -> Store | None:
     return SQLiteStore(config.store.path, config.store.synchronous)
 
 
+def metrics_endpoint(gateway: Gateway):  # -> an ASGI request handler
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return metrics
+
+
+def build_metrics_app(gateway: Gateway) -> Starlette:
+    """``/metrics`` alone, for ``metrics.port``."""
+    return Starlette(routes=[Route("/metrics", metrics_endpoint(gateway), methods=["GET"])])
+
+
 def build_app(config: Config, env: Mapping[str, str] | None = None) -> Starlette:
     """The whole server as one ASGI app; models load in its lifespan, before it accepts."""
     from speechgw.protocols import PROTOCOLS
@@ -92,8 +105,7 @@ def build_app(config: Config, env: Mapping[str, str] | None = None) -> Starlette
             status_code=200 if gateway.ready else 503,
         )
 
-    async def metrics(request: Request) -> Response:
-        return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    metrics = metrics_endpoint(gateway)
 
     routes: list[BaseRoute] = [
         Route("/health", health, methods=["GET"]),

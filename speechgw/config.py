@@ -171,6 +171,9 @@ class PostprocessConfig:
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
+    port: int | None = None
+    """Also serve ``/metrics`` on this port (same host), e.g. for a scraper on a private
+    network; it stays on the main port too."""
     max_machine_ids: int = 1000
     """Distinct ``machine_id`` label values kept; later ones are counted under ``other``."""
 

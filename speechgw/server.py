@@ -46,7 +46,21 @@ async def serve_app(
     """Serve ``app`` until ``shutdown_trigger`` returns."""
     if not config.server.websocket_compression:
         decline_websocket_compression()
-    await serve(app, hypercorn_config(config, sock), shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+    main = serve(app, hypercorn_config(config, sock), shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+    if config.metrics.port is None:
+        await main
+        return
+    from .app import build_metrics_app
+
+    metrics_config = hypercorn_config(config)
+    host = config.server.host
+    port = config.metrics.port
+    metrics_config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    metrics_app = build_metrics_app(app.state.gateway)
+    await asyncio.gather(
+        main,
+        serve(metrics_app, metrics_config, shutdown_trigger=shutdown_trigger),  # type: ignore[arg-type]
+    )
 
 
 async def _serve_until_signalled(app: Starlette, config: Config) -> None:

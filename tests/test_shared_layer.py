@@ -263,3 +263,27 @@ def test_every_reply_survives_kill_9_in_the_ledger(tmp_path: Path, voices) -> No
     }
     missing = set(received) - rows
     assert not missing, f"{len(missing)} replies have no ledger row"
+
+
+def test_metrics_on_a_separate_port(voices) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:  # a free port for the metrics listener
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+    overrides = {"metrics": {"port": metrics_port}, "server": {"host": "127.0.0.1"}}
+    with running_server(overrides, backends=NULL) as server:
+        transcribe(server.ws, voices["children"].read_bytes(), machine_id="sep01")
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        deadline = time.monotonic() + 30
+        while True:  # the second listener may come up a moment after the first
+            try:
+                with urllib.request.urlopen(url, timeout=10) as response:
+                    body = response.read().decode()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the metrics port never answered"
+                time.sleep(0.05)
+        assert 'asr_requests_total{machine_id="sep01",status="ok",task="transcribe"} 1.0' in body
+        assert server.get("/metrics")[0] == 200  # still on the main port
