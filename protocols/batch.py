@@ -25,6 +25,7 @@ from speechgw.errors import (
     ClientTimeout,
     InternalError,
     InvalidRequest,
+    ServerBusy,
     SpeechGWError,
     UnsupportedLanguage,
     UnsupportedTask,
@@ -200,15 +201,19 @@ class BatchProtocol:
         if data is None:
             raise InvalidRequest("expected a binary frame holding a WAV file, got a text frame")
         request.start_clock()
-        audio = await anyio.to_thread.run_sync(_decode_wav, data, self.gateway)
-        return await self.gateway.transcribe(request, audio, route)
+        with self.gateway.admit_job():
+            audio = await anyio.to_thread.run_sync(_decode_wav, data, self.gateway)
+            return await self.gateway.transcribe(request, audio, route)
 
     async def _fail(self, websocket: WebSocket, request: Request, error: SpeechGWError) -> None:
         self.gateway.finish(request, error)
         if websocket.client_state != WebSocketState.CONNECTED:
             return
         try:
-            await websocket.send_json({"error": error.error, "message": error.message})
+            payload: dict[str, Any] = {"error": error.error, "message": error.message}
+            if isinstance(error, ServerBusy):
+                payload["retry_after"] = error.retry_after
+            await websocket.send_json(payload)
             if request.started is None and not isinstance(error, ClientTimeout):
                 await self._absorb_pipelined_audio(websocket)
             await websocket.close(error.close_code, reason=error.error)

@@ -28,6 +28,7 @@ from speechgw.audio import decode_linear16
 from speechgw.errors import (
     InvalidAudio,
     InvalidRequest,
+    ServerBusy,
     SpeechGWError,
     Unauthorized,
     UnsupportedLanguage,
@@ -173,6 +174,20 @@ class StreamingProtocol:
                 JSONResponse({"error": exc.error, "message": exc.message}, status_code=401)
             )
             return
+        try:
+            with self.gateway.admit_stream():
+                await self._serve(websocket, key_name)
+        except ServerBusy as exc:
+            self.gateway.note_error(PROTOCOL, exc)
+            await websocket.send_denial_response(
+                JSONResponse(
+                    {"error": exc.error, "message": exc.message, "retry_after": exc.retry_after},
+                    status_code=503,
+                    headers={"Retry-After": str(exc.retry_after)},
+                )
+            )
+
+    async def _serve(self, websocket: WebSocket, key_name: str) -> None:
         await websocket.accept()
         conn = _Connection(websocket, self.gateway)
         caller = Caller(key_name=key_name, machine_id="unknown")
@@ -184,12 +199,16 @@ class StreamingProtocol:
                 "clientId": conn.client_id,
             }
         )
-        self.gateway.metrics.active_streams.inc()
         worker: asyncio.Task[None] | None = None
-        ended_by_client = False
+        ended_by_client = timed_out = False
+        idle = self.gateway.config.limits.stream_idle_seconds
         try:
             while True:
-                message = await websocket.receive()
+                try:
+                    message = await asyncio.wait_for(websocket.receive(), idle)
+                except TimeoutError:
+                    timed_out = True
+                    break
                 if message["type"] == "websocket.disconnect":
                     conn.open = False
                     break
@@ -211,13 +230,15 @@ class StreamingProtocol:
             if worker is not None:
                 await worker
         finally:
-            self.gateway.metrics.active_streams.dec()
             if worker is not None and not worker.done():
                 worker.cancel()
-        _LOGGER.info("stream %s closed", conn.client_id)
-        if ended_by_client and conn.open:
+        _LOGGER.info("stream %s closed%s", conn.client_id, " (idle)" if timed_out else "")
+        if (ended_by_client or timed_out) and conn.open:
             with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-                await websocket.close(1000)
+                if timed_out:
+                    await websocket.close(1008, reason="timeout")
+                else:
+                    await websocket.close(1000)
 
     def _open(self, conn: _Connection, first: AudioMessage, caller: Caller) -> Stream:
         rate, _code, language = _settings(first)

@@ -67,6 +67,16 @@ class LimitsConfig:
     """Longest batch recording; longer ones get ``audio_too_long``."""
     receive_timeout_seconds: float = 30.0
     """How long the server waits for a client's next expected message before ``timeout``."""
+    stream_idle_seconds: float = 60.0
+    """A stream with no message for this long is closed (1008 "timeout") after its buffered
+    audio is recognised and replied to."""
+    max_pending_jobs: int = 32
+    """Batch jobs admitted at once (running or waiting for a backend); more get
+    ``server_busy`` instead of an unbounded queue."""
+    max_streams: int = 64
+    """Open streaming connections; more are refused with HTTP 503 before the upgrade."""
+    busy_retry_after_seconds: int = 5
+    """What ``server_busy`` tells clients to wait before retrying."""
 
 
 @dataclass(frozen=True, slots=True)

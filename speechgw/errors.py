@@ -89,8 +89,14 @@ class ClientTimeout(SpeechGWError):
 
 
 class ServerBusy(SpeechGWError):
+    """Over capacity; ``retry_after`` (seconds) tells the client when to try again."""
+
     error = "server_busy"
     close_code = WS_1013_TRY_AGAIN_LATER
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class BackendUnavailable(SpeechGWError):

@@ -9,9 +9,10 @@ served it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +20,13 @@ import numpy as np
 from .auth import Keyring
 from .backend import Backend
 from .config import Config
-from .errors import AudioTooLong, BackendUnavailable, InternalError, SpeechGWError
+from .errors import (
+    AudioTooLong,
+    BackendUnavailable,
+    InternalError,
+    ServerBusy,
+    SpeechGWError,
+)
 from .jobs import SAMPLE_RATE, JobSpec, Transcript, new_request_id
 from .metrics import GatewayMetrics
 from .postprocess import OFF as POSTPROCESS_OFF
@@ -69,6 +76,8 @@ class Gateway:
         self.store = store
         self.postprocessor = postprocessor or Postprocessor(config.postprocess)
         self.router = Router(config.routing, self.backends)
+        self._pending_jobs = 0
+        self._open_streams = 0
 
     # --- the steps of a request, in order ---------------------------------------------------
 
@@ -82,6 +91,39 @@ class Gateway:
     def route(self, spec: JobSpec) -> Route:
         """Backends for ``spec``; raises ``UnsupportedLanguage`` / ``UnsupportedTask``."""
         return self.router.route(spec)
+
+    @contextlib.contextmanager
+    def admit_job(self) -> Iterator[None]:
+        """Hold one of ``limits.max_pending_jobs`` places while a batch job is decoded and run.
+
+        Raises:
+            ServerBusy: every place is taken; the client is told when to retry.
+        """
+        with self._admit("_pending_jobs", self.config.limits.max_pending_jobs, "jobs"):
+            yield
+
+    @contextlib.contextmanager
+    def admit_stream(self) -> Iterator[None]:
+        """Hold one of ``limits.max_streams`` places for an open stream (raises ServerBusy)."""
+        with self._admit("_open_streams", self.config.limits.max_streams, "streams"):
+            self.metrics.active_streams.inc()
+            try:
+                yield
+            finally:
+                self.metrics.active_streams.dec()
+
+    @contextlib.contextmanager
+    def _admit(self, counter: str, limit: int, what: str) -> Iterator[None]:
+        if getattr(self, counter) >= limit:
+            retry = self.config.limits.busy_retry_after_seconds
+            raise ServerBusy(
+                f"the server is at its limit of {limit} {what}; retry in {retry} s", retry
+            )
+        setattr(self, counter, getattr(self, counter) + 1)
+        try:
+            yield
+        finally:
+            setattr(self, counter, getattr(self, counter) - 1)
 
     def check_duration(self, samples: int, rate: int) -> None:
         """Refuse audio over ``limits.max_audio_seconds`` before spending anything on it."""

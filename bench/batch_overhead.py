@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Batch overhead: gateway end-to-end latency against in-process faster-whisper, side by side.
+
+For each 10-30 s recording (the English files of ../shared/audio, concatenated into pieces of
+10-30 s; espeak-ng speech without it) and each run, the same audio goes once through
+``WhisperModel.transcribe`` in this process and once through a ``speechgw serve`` process over
+the batch protocol, with the same model (tiny.en), options (beam 5, int8, 2 threads) and
+language, alternating which goes first. Reported: the median ratio gateway / in-process, and
+whether the texts match.
+
+    python bench/batch_overhead.py [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+from _common import REPO, english_clips, served, tempdir
+from faster_whisper import WhisperModel
+from speechgw.backends.whisper import resolve_model
+from websockets.sync.client import connect
+
+from speechgw.audio import read_wav
+
+
+def recordings(work: Path) -> list[Path]:
+    """Pieces of 10-30 s made by joining the clips in order."""
+    clips = english_clips(work)
+    pieces, current, seconds = [], [], 0.0
+    for clip in clips:
+        current.append(clip.path)
+        seconds += clip.seconds
+        if seconds >= 10:
+            out = work / f"piece{len(pieces)}.wav"
+            subprocess.run(["sox", *map(str, current), str(out)], check=True)
+            pieces.append(out)
+            current, seconds = [], 0.0
+    return pieces
+
+
+def in_process(model: WhisperModel, audio: np.ndarray) -> tuple[float, str]:
+    started = time.perf_counter()
+    segments, _ = model.transcribe(audio, language="en", beam_size=5)
+    text = "".join(s.text for s in segments).strip()
+    return time.perf_counter() - started, text
+
+
+def through_gateway(url: str, wav: bytes) -> tuple[float, str]:
+    started = time.perf_counter()
+    with connect(url + "/ws/transcribe", max_size=None, compression=None) as ws:
+        ws.send(json.dumps({"type": "transcribe", "language": "en"}))
+        ws.send(wav)
+        reply = json.loads(ws.recv())
+    return time.perf_counter() - started, reply["text"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    model = WhisperModel(resolve_model("tiny.en"), device="cpu", compute_type="int8", cpu_threads=2)
+    ratios: list[float] = []
+    same_text = total = 0
+    with tempdir() as work:
+        pieces = recordings(Path(work))
+        with served(REPO / "bench" / "tiny.en.yaml") as url:
+            through_gateway(url, pieces[0].read_bytes())  # warm both up
+            in_process(model, read_wav(pieces[0].read_bytes())[0])
+            for run in range(args.runs):
+                for i, piece in enumerate(pieces):
+                    wav = piece.read_bytes()
+                    audio = read_wav(wav)[0]
+                    if (run + i) % 2:
+                        local, local_text = in_process(model, audio)
+                        remote, remote_text = through_gateway(url, wav)
+                    else:
+                        remote, remote_text = through_gateway(url, wav)
+                        local, local_text = in_process(model, audio)
+                    ratios.append(remote / local)
+                    total += 1
+                    same_text += remote_text == local_text
+                    print(
+                        f"run {run + 1} piece {i} ({len(audio) / 16000:.1f} s): in-process "
+                        f"{local:.3f} s, gateway {remote:.3f} s, ratio {remote / local:.3f}",
+                        flush=True,
+                    )
+    print(
+        f"median ratio gateway/in-process over {total}: {statistics.median(ratios):.3f}; "
+        f"identical texts: {same_text}/{total}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Protocol ceiling: what the gateway itself costs, measured with the ``null`` backend.
+
+Batch: CLIENTS connections loop over connect, metadata, one 10 s WAV frame (16 kHz int16,
+320 KB), reply, close, for SECONDS; requests per second are counted. Streaming: CLIENTS
+connections each send 100 ms base64 LINEAR16 chunks as fast as the server takes them;
+messages per second are counted. The clients are the ``websockets`` library with its defaults,
+so they offer permessage-deflate as browsers do; the server must decline it.
+
+    python bench/protocol_ceiling.py [--runs 5] [--seconds 10] [--clients 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import statistics
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+from _common import REPO, served
+from websockets.asyncio.client import connect
+
+
+def ten_second_wav() -> bytes:
+    rng = np.random.default_rng(0)
+    samples = (rng.standard_normal(160_000) * 3000).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(samples.tobytes())
+    return buffer.getvalue()
+
+
+async def batch_load(url: str, wav: bytes, clients: int, seconds: float) -> tuple[int, int, bool]:
+    done = errors = 0
+    deflate_accepted = False
+    metadata = json.dumps({"type": "transcribe", "language": "en"})
+    deadline = time.monotonic() + seconds
+
+    async def client() -> None:
+        nonlocal done, errors, deflate_accepted
+        while time.monotonic() < deadline:
+            async with connect(url + "/ws/transcribe", max_size=None) as ws:
+                if ws.response.headers.get("Sec-WebSocket-Extensions"):
+                    deflate_accepted = True
+                await ws.send(metadata)
+                await ws.send(wav)
+                reply = json.loads(await ws.recv())
+                if "text" in reply:
+                    done += 1
+                else:
+                    errors += 1
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return done, errors, deflate_accepted
+
+
+async def stream_load(url: str, clients: int, seconds: float) -> int:
+    rng = np.random.default_rng(1)
+    chunk = base64.b64encode((rng.standard_normal(1600) * 300).astype("<i2").tobytes()).decode()
+    message = json.dumps({"audio": chunk, "rate": 16000})
+    sent = 0
+    deadline = time.monotonic() + seconds
+
+    async def client() -> None:
+        nonlocal sent
+        async with connect(url + "/api/core/google/asr", max_size=None) as ws:
+            await ws.recv()
+            while time.monotonic() < deadline:
+                await ws.send(message)
+                sent += 1
+            await ws.send(json.dumps({"type": "end"}))
+            async for _ in ws:
+                pass
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return sent
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=8)
+    args = parser.parse_args()
+    wav = ten_second_wav()
+    os.environ.setdefault("SPEECHGW_BENCH_STORE", f"/tmp/speechgw-bench-{os.getpid()}.db")
+    batch_rates, stream_rates = [], []
+    with served(REPO / "bench" / "null.yaml") as url:
+        for run in range(args.runs):
+            started = time.monotonic()
+            done, errors, deflate = asyncio.run(batch_load(url, wav, args.clients, args.seconds))
+            batch_rates.append(done / (time.monotonic() - started))
+            started = time.monotonic()
+            sent = asyncio.run(stream_load(url, args.clients, args.seconds))
+            stream_rates.append(sent / (time.monotonic() - started))
+            print(
+                f"run {run + 1}: batch {batch_rates[-1]:.0f} requests/s ({errors} errors, "
+                f"deflate {'ACCEPTED' if deflate else 'declined'}); streaming "
+                f"{stream_rates[-1]:.0f} messages/s ({stream_rates[-1] / 10:.0f}x real time)",
+                flush=True,
+            )
+    print(
+        f"median of {args.runs}: batch {statistics.median(batch_rates):.0f} requests/s of "
+        f"{len(wav) // 1000} KB WAVs, streaming {statistics.median(stream_rates):.0f} "
+        f"messages/s of 100 ms, {args.clients} clients"
+    )
+    Path(os.environ["SPEECHGW_BENCH_STORE"]).unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""Limits and the busy signal: over capacity, clients are told so and when to retry."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.client import transcribe
+from tests.serving import running_server
+from tests.streaming_client import open_stream
+
+SLOW = {"null": {"type": "null", "text": "done", "delay_seconds": 1.0}}
+
+
+def test_batch_over_capacity_gets_server_busy_with_retry_after(voices) -> None:
+    wav = voices["children"].read_bytes()
+    limits = {"limits": {"max_pending_jobs": 2, "busy_retry_after_seconds": 7}}
+    with running_server(limits, backends=SLOW) as server:
+        with ThreadPoolExecutor(5) as pool:
+            exchanges = list(pool.map(lambda _: transcribe(server.ws, wav), range(5)))
+        served = [e for e in exchanges if e.messages and "text" in e.messages[0]]
+        busy = [e for e in exchanges if e.messages and e.messages[0].get("error") == "server_busy"]
+        assert len(served) == 2 and len(busy) == 3, [e.messages for e in exchanges]
+        for e in busy:
+            assert e.messages[0]["retry_after"] == 7
+            assert "retry in 7 s" in e.messages[0]["message"]
+            assert e.close_code == 1013
+        # capacity comes back once the jobs are done
+        assert transcribe(server.ws, wav).reply["text"] == "done"
+
+
+def test_streams_over_capacity_are_refused_before_the_upgrade() -> None:
+    with running_server({"limits": {"max_streams": 1}}, backends=SLOW) as server:
+        with open_stream(server.ws) as first:
+            first.recv(timeout=10)
+            with pytest.raises(InvalidStatus) as refused:
+                open_stream(server.ws)
+            response = refused.value.response
+            assert response.status_code == 503
+            assert response.headers["Retry-After"] == "5"
+            body = json.loads(response.body)
+            assert body["error"] == "server_busy" and "1 streams" in body["message"]
+            assert server.metric("speechgw_active_streams") == 1
+        # the place is free again once the server has seen the first stream go
+        deadline = time.monotonic() + 30
+        while server.metric("speechgw_active_streams") != 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        with open_stream(server.ws) as again:
+            assert json.loads(again.recv(timeout=10))["type"] == "connection"
+
+
+def test_an_idle_stream_is_closed_after_its_buffered_audio_is_answered(voices) -> None:
+    import base64
+
+    from tests.streaming_client import read_pcm16
+
+    pcm, rate = read_pcm16(voices["coffee"])  # no trailing pause: still buffered when idle
+    backends = {"null": {"type": "null", "text": "answered"}}
+    limits = {"limits": {"stream_idle_seconds": 0.5}}
+    with running_server(limits, backends=backends) as server, open_stream(server.ws) as ws:
+        ws.recv(timeout=10)
+        ws.send(json.dumps({"audio": base64.b64encode(pcm).decode(), "rate": rate}))
+        started = time.monotonic()
+        reply = json.loads(ws.recv(timeout=10))
+        assert reply["asr_reply"] == "answered"
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd.code == 1008 and closed.value.rcvd.reason == "timeout"
+        assert time.monotonic() - started < 5

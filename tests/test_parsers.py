@@ -1,0 +1,77 @@
+"""Property tests of both protocols' message parsers: whatever a client sends, the answer is a
+documented error or a well-formed request, never another exception."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from speechgw.protocols.batch import Metadata, parse_metadata
+from speechgw.protocols.streaming import AudioMessage, decode_message, wire_message
+
+from speechgw.errors import SpeechGWError
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+KEYS = [
+    "type",
+    "language",
+    "task",
+    "api_key",
+    "machine_id",
+    "postprocess",
+    "audio",
+    "rate",
+    "language_code",
+]
+messages = st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=8), json_values, max_size=6)
+texts = st.one_of(st.text(max_size=200), messages.map(json.dumps), json_values.map(json.dumps))
+
+
+@settings(max_examples=500, deadline=None)
+@given(texts)
+def test_batch_metadata_parser(text: str) -> None:
+    try:
+        parsed = parse_metadata(text)
+    except SpeechGWError as exc:
+        assert exc.error in {"invalid_request", "unsupported_language", "unsupported_task"}
+        return
+    assert parsed is None or isinstance(parsed, Metadata)
+    if parsed is not None:
+        assert parsed.task in ("transcribe", "translate")
+        assert parsed.language.isalpha() and parsed.language.islower()
+        assert isinstance(parsed.machine_id, str) and len(parsed.machine_id) <= 256
+
+
+@settings(max_examples=500, deadline=None)
+@given(texts | st.none())
+def test_streaming_message_parser(text: str | None) -> None:
+    try:
+        parsed = decode_message(text)
+    except SpeechGWError as exc:
+        assert wire_message(exc) in {
+            "Invalid Message Format",
+            "Missing Audio Field",
+            "Audio Decoding Error",
+        }
+        return
+    assert parsed is None or (isinstance(parsed, AudioMessage) and len(parsed.pcm) % 2 == 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64), st.integers(-(10**12), 10**12) | st.none())
+def test_streaming_audio_round_trips(pcm: bytes, rate: int | None) -> None:
+    text = json.dumps({"audio": base64.b64encode(pcm).decode(), "rate": rate})
+    try:
+        parsed = decode_message(text)
+    except SpeechGWError as exc:
+        assert len(pcm) % 2 == 1 and wire_message(exc) == "Audio Decoding Error"
+        return
+    assert parsed is not None and parsed.pcm == pcm and parsed.rate == rate
