@@ -72,6 +72,20 @@ def english_clips(workdir: Path) -> list[Clip]:
     return clips
 
 
+def recordings(work: Path) -> list[Path]:
+    """The clips joined in order into pieces of 10-30 s (16 kHz mono WAV files)."""
+    pieces, current, seconds = [], [], 0.0
+    for clip in english_clips(work):
+        current.append(clip.path)
+        seconds += clip.seconds
+        if seconds >= 10:
+            out = work / f"piece{len(pieces)}.wav"
+            subprocess.run(["sox", *map(str, current), str(out)], check=True)
+            pieces.append(out)
+            current, seconds = [], 0.0
+    return pieces
+
+
 def normalise(text: str) -> list[str]:
     return re.findall(r"[\w']+", text.lower())
 
@@ -87,8 +101,22 @@ def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
     return row[-1], len(ref)
 
 
+class ServerURL(str):
+    """A running server's ws:// base URL, which also knows the server's process id."""
+
+    pid: int
+
+    def rss_mib(self) -> float:
+        """The server process's resident memory."""
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        kib = next(
+            int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")
+        )
+        return kib / 1024
+
+
 @contextmanager
-def served(config: Path) -> Iterator[str]:
+def served(config: Path) -> Iterator[ServerURL]:
     """``speechgw serve --config config`` on a free port; yields its ws:// base URL."""
     process = subprocess.Popen(
         [
@@ -126,7 +154,9 @@ def served(config: Path) -> Iterator[str]:
     try:
         if not ready.wait(180):
             raise RuntimeError("the server did not start")
-        yield f"ws://127.0.0.1:{port[0]}"
+        url = ServerURL(f"ws://127.0.0.1:{port[0]}")
+        url.pid = process.pid
+        yield url
     finally:
         process.terminate()
         process.wait(timeout=60)

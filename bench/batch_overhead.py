@@ -16,32 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import REPO, english_clips, served, tempdir
+from _common import REPO, recordings, served, tempdir
 from faster_whisper import WhisperModel
 from speechgw.backends.whisper import resolve_model
 from websockets.sync.client import connect
 
 from speechgw.audio import read_wav
-
-
-def recordings(work: Path) -> list[Path]:
-    """Pieces of 10-30 s made by joining the clips in order."""
-    clips = english_clips(work)
-    pieces, current, seconds = [], [], 0.0
-    for clip in clips:
-        current.append(clip.path)
-        seconds += clip.seconds
-        if seconds >= 10:
-            out = work / f"piece{len(pieces)}.wav"
-            subprocess.run(["sox", *map(str, current), str(out)], check=True)
-            pieces.append(out)
-            current, seconds = [], 0.0
-    return pieces
 
 
 def in_process(model: WhisperModel, audio: np.ndarray) -> tuple[float, str]:

@@ -47,6 +47,19 @@ DEFAULT_RATE, DEFAULT_LANGUAGE = 16000, "en-US"
 _LOGGER = logging.getLogger(__name__)
 
 
+_CLOSE: dict[str, tuple[int, str]] = {
+    "end": (1000, ""),
+    "idle": (1008, "timeout"),
+    "shutdown": (1001, "server shutting down"),
+}
+"""How the server closes after each way a stream can end (a disconnect needs no close)."""
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class MissingAudio(InvalidRequest):
     """A message without an ``audio`` field."""
 
@@ -199,46 +212,60 @@ class StreamingProtocol:
                 "clientId": conn.client_id,
             }
         )
-        worker: asyncio.Task[None] | None = None
-        ended_by_client = timed_out = False
-        idle = self.gateway.config.limits.stream_idle_seconds
+        worker: list[asyncio.Task[None]] = []  # the stream's recogniser, once configured
+        # The reading loop is a task of its own so that a server shutdown can stop it without
+        # stopping this handler, which then still flushes the stream.
+        reader = asyncio.create_task(self._read(conn, caller, worker))
+        self.gateway.track_reader(reader)
         try:
-            while True:
-                try:
-                    message = await asyncio.wait_for(websocket.receive(), idle)
-                except TimeoutError:
-                    timed_out = True
-                    break
-                if message["type"] == "websocket.disconnect":
-                    conn.open = False
-                    break
-                try:
-                    decoded = decode_message(message.get("text"))
-                    if decoded is None:
-                        ended_by_client = True
-                        break
-                    if conn.stream is None:
-                        conn.stream = self._open(conn, decoded, caller)
-                        worker = asyncio.create_task(conn.stream.run())
-                    if decoded.pcm:
-                        await conn.stream.feed(decode_linear16(decoded.pcm))
-                except SpeechGWError as exc:
-                    self.gateway.note_error(PROTOCOL, exc)
-                    await conn.error(exc)
+            try:
+                ending = await reader
+            except asyncio.CancelledError:
+                if _being_cancelled():
+                    raise
+                ending = "shutdown"
             if conn.stream is not None:
                 await conn.stream.end()
-            if worker is not None:
-                await worker
+            if worker:
+                await worker[0]
         finally:
-            if worker is not None and not worker.done():
-                worker.cancel()
-        _LOGGER.info("stream %s closed%s", conn.client_id, " (idle)" if timed_out else "")
-        if (ended_by_client or timed_out) and conn.open:
+            if worker and not worker[0].done():
+                worker[0].cancel()
+        _LOGGER.info("stream %s closed (%s)", conn.client_id, ending)
+        close = _CLOSE.get(ending)
+        if close is not None and conn.open:
             with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-                if timed_out:
-                    await websocket.close(1008, reason="timeout")
-                else:
-                    await websocket.close(1000)
+                await websocket.close(*close)
+
+    async def _read(
+        self, conn: _Connection, caller: Caller, worker: list[asyncio.Task[None]]
+    ) -> str:
+        """Read and feed messages until the stream ends; returns why it ended."""
+        loop = asyncio.get_running_loop()
+        idle = self.gateway.config.limits.stream_idle_seconds
+        try:
+            async with asyncio.timeout(None) as deadline:
+                while True:
+                    deadline.reschedule(loop.time() + idle)  # one timer per connection
+                    message = await conn.websocket.receive()
+                    if message["type"] == "websocket.disconnect":
+                        conn.open = False
+                        return "disconnect"
+                    try:
+                        decoded = decode_message(message.get("text"))
+                        if decoded is None:
+                            return "end"
+                        if conn.stream is None:
+                            conn.stream = self._open(conn, decoded, caller)
+                            worker.append(asyncio.create_task(conn.stream.run()))
+                        if decoded.pcm:
+                            deadline.reschedule(None)  # waiting out back-pressure is not idling
+                            await conn.stream.feed(decode_linear16(decoded.pcm))
+                    except SpeechGWError as exc:
+                        self.gateway.note_error(PROTOCOL, exc)
+                        await conn.error(exc)
+        except TimeoutError:
+            return "idle"
 
     def _open(self, conn: _Connection, first: AudioMessage, caller: Caller) -> Stream:
         rate, _code, language = _settings(first)

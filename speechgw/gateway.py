@@ -9,11 +9,13 @@ served it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -78,6 +80,8 @@ class Gateway:
         self.router = Router(config.routing, self.backends)
         self._pending_jobs = 0
         self._open_streams = 0
+        self._readers: set[asyncio.Task[Any]] = set()
+        self.draining = False
 
     # --- the steps of a request, in order ---------------------------------------------------
 
@@ -269,6 +273,22 @@ class Gateway:
     def note_error(self, protocol: str, error: SpeechGWError) -> None:
         """Count an error that belongs to no request (a bad message on a stream)."""
         self.metrics.errors.labels(protocol, error.error).inc()
+
+    def track_reader(self, task: asyncio.Task[Any]) -> None:
+        """A long-lived connection's reading loop: :meth:`drain` cancels it at shutdown."""
+        if self.draining:
+            task.cancel()
+            return
+        self._readers.add(task)
+        task.add_done_callback(self._readers.discard)
+
+    def drain(self) -> None:
+        """Shutdown has begun: stop reading live streams so that they flush and close."""
+        self.draining = True
+        if self._readers:
+            _LOGGER.info("shutting down: closing %d open streams", len(self._readers))
+        for task in list(self._readers):
+            task.cancel()
 
     # --- lifecycle --------------------------------------------------------------------------
 

@@ -46,7 +46,14 @@ async def serve_app(
     """Serve ``app`` until ``shutdown_trigger`` returns."""
     if not config.server.websocket_compression:
         decline_websocket_compression()
-    main = serve(app, hypercorn_config(config, sock), shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+
+    async def begin_shutdown() -> None:
+        await shutdown_trigger()
+        # hypercorn now stops accepting and waits up to its grace period for connections;
+        # open streams are told to flush and close instead of being cut off at its end
+        app.state.gateway.drain()
+
+    main = serve(app, hypercorn_config(config, sock), shutdown_trigger=begin_shutdown)  # type: ignore[arg-type]
     if config.metrics.port is None:
         await main
         return

@@ -103,7 +103,9 @@ class Stream:
         self._queue = _UtteranceQueue(int(config.buffer_seconds * SAMPLE_RATE), spec.request_id)
         self._on_transcript = on_transcript
         self._on_error = on_error
+        self._backlog: deque[np.ndarray] = deque()  # closed utterances not yet queued
         self._session_samples = 0
+        self._session_limit = int(config.session_limit_seconds * SAMPLE_RATE)
         self.sessions = 1
         self.samples_in = 0
 
@@ -114,21 +116,26 @@ class Stream:
     async def end(self) -> None:
         """No more input: recognise what is buffered, then let :meth:`run` finish."""
         await self._segment(self._resampler.flush())
-        for utterance in self._segmenter.flush():
-            await self._queue.put(utterance)
+        self._backlog.extend(self._segmenter.flush())
+        await self._enqueue_backlog()
         await self._queue.close()
 
+    async def _enqueue_backlog(self) -> None:
+        # An utterance leaves the backlog only once it is in the queue: if the wait for room
+        # is cancelled (a shutdown stops the reader), it is still here for end() to queue.
+        while self._backlog:
+            await self._queue.put(self._backlog[0])
+            self._backlog.popleft()
+
     async def _segment(self, samples: np.ndarray) -> None:
-        if not len(samples):
-            return
-        self.samples_in += len(samples)
-        self._session_samples += len(samples)
-        for utterance in self._segmenter.feed(samples):
-            await self._queue.put(utterance)
+        if len(samples):
+            self.samples_in += len(samples)
+            self._session_samples += len(samples)
+            self._backlog.extend(self._segmenter.feed(samples))
+        await self._enqueue_backlog()
         # A recognition session ends at the first utterance boundary after its limit, so no
         # utterance straddles two sessions: nothing is cut, lost or repeated by the restart.
-        limit = self.config.session_limit_seconds * SAMPLE_RATE
-        if self._session_samples >= limit and not self._segmenter.speaking:
+        if self._session_samples >= self._session_limit and not self._segmenter.speaking:
             self.sessions += 1
             self._session_samples = 0
             _LOGGER.info(

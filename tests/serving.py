@@ -9,13 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -32,6 +37,7 @@ TINY = {"whisper": {"type": "whisper", "model": "tiny.en", "cpu_threads": 2}}
 class Server:
     port: int
     app: Starlette
+    loop: asyncio.AbstractEventLoop
 
     @property
     def ws(self) -> str:
@@ -109,7 +115,7 @@ def running_server(
 
     thread = threading.Thread(target=main, name=f"speechgw-{port}", daemon=True)
     thread.start()
-    server = Server(port=port, app=app)
+    server = Server(port=port, app=app, loop=loop)
     deadline = time.monotonic() + 120
     while True:
         if failure:
@@ -128,3 +134,73 @@ def running_server(
         assert not thread.is_alive(), "the server did not shut down"
         loop.close()
         sock.detach()  # hypercorn owned the descriptor and closed it with its listener
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class ServeProcess:
+    """``python -m speechgw serve`` as a real process on a free port, its log collected."""
+
+    def __init__(self, *args: str, env: Mapping[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "speechgw",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                *args,
+            ],
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "SERVER_API_KEY": "", **(env or {})},
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self.port = 0
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+            found = re.search(r"Running on http://[\d.]+:(\d+)", line)
+            if found:
+                self.port = int(found.group(1))
+                self.ready.set()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def __enter__(self) -> ServeProcess:
+        if not self.ready.wait(180):
+            self.stop()
+            raise RuntimeError("the server did not start:\n" + self.log)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.reader.join(timeout=10)
+        assert self.process.stderr is not None
+        self.process.stderr.close()

@@ -3,12 +3,7 @@ a real process, SIGTERM to stop it."""
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,56 +11,15 @@ import pytest
 
 from tests import speech
 from tests.client import transcribe
-from tests.test_config import REPO
+from tests.serving import ServeProcess
 
 KEY = "process-test-key-0123"
 
 
-class ServeProcess:
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self.process = process
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        self.port = 0
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line)
-            found = re.search(r"Running on http://[\d.]+:(\d+)", line)
-            if found:
-                self.port = int(found.group(1))
-                self.ready.set()
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-
 @pytest.fixture(scope="module")
 def served() -> Iterator[ServeProcess]:
-    env = {**os.environ, "SERVER_API_KEY": KEY, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "speechgw", "serve", "--host", "127.0.0.1", "--port", "0"],
-        cwd=REPO,
-        env=env,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
-    serving = ServeProcess(process)
-    try:
-        assert serving.ready.wait(180), "".join(serving.lines)
+    with ServeProcess(env={"SERVER_API_KEY": KEY}) as serving:  # the shipped config
         yield serving
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        serving.reader.join(timeout=10)
-        assert process.stderr is not None
-        process.stderr.close()
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +68,6 @@ def test_sigterm_stops_the_server_cleanly_and_the_key_never_reaches_the_log(
     assert transcribe(served.url, voices["children"].read_bytes(), api_key=KEY).close_code == 1000
     served.process.send_signal(signal.SIGTERM)
     assert served.process.wait(timeout=60) == 0
-    log = "".join(served.lines)
+    log = served.log
     assert "key=server" in log and "outcome=ok" in log
     assert KEY not in log

@@ -4,11 +4,8 @@ LLM post-processing, each through a real server."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,21 +16,14 @@ from websockets.exceptions import InvalidStatus
 from tests import speech
 from tests.client import transcribe
 from tests.llm_server import base_url, llm_server
-from tests.serving import running_server
+from tests.serving import ServeProcess, running_server
 from tests.streaming_client import open_stream, read_pcm16, stream_pcm
-from tests.test_config import REPO
+from tests.test_config import run_cli
 
 NULL = {"null": {"type": "null", "text": "hello from the null backend"}}
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "speechgw", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+cli = run_cli
 
 
 def store_config(tmp_path: Path) -> Path:
@@ -205,32 +195,8 @@ def test_every_reply_survives_kill_9_in_the_ledger(tmp_path: Path, voices) -> No
         f"store:\n  path: {tmp_path / 'ledger.db'}\n"
         "backends:\n  'null': {type: 'null', text: counted}\nrouting:\n  - backend: 'null'\n"
     )
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "speechgw",
-            "serve",
-            "--config",
-            str(config),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-        ],
-        cwd=REPO,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "SERVER_API_KEY": ""},
-    )
-    assert process.stderr is not None
-    port = None
-    for line in process.stderr:
-        if "Running on" in line:
-            port = int(line.rsplit(":", 1)[1].split()[0])
-            break
-    assert port, "the server did not start"
-    threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()
+    server = ServeProcess("--config", str(config)).__enter__()
+    port = server.port
     wav = voices["children"].read_bytes()
     received: list[str] = []
     stop = threading.Event()
@@ -250,12 +216,12 @@ def test_every_reply_survives_kill_9_in_the_ledger(tmp_path: Path, voices) -> No
     deadline = time.monotonic() + 60
     while len(received) < 200 and time.monotonic() < deadline:
         time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)  # in the middle of the load, no shutdown at all
-    process.wait(timeout=30)
+    server.process.send_signal(signal.SIGKILL)  # in the middle of the load, no shutdown at all
+    server.process.wait(timeout=30)
+    server.stop()
     stop.set()
     for w in workers:
         w.join(timeout=30)
-    process.stderr.close()
     assert len(received) >= 200
     rows = {
         r

@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Saturation: audio seconds processed per wall second by the gateway under 1, 2, 4, 8 and 16
+concurrent batch clients, against in-process faster-whisper running the same jobs back to back
+with the same model and options, measured side by side at each level.
+
+    python bench/saturation.py [--runs 5] [--levels 1,2,4,8,16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from _common import REPO, recordings, served, tempdir
+from faster_whisper import WhisperModel
+from speechgw.backends.whisper import resolve_model
+from websockets.sync.client import connect
+
+from speechgw.audio import read_wav
+
+
+def gateway_request(url: str, wav: bytes) -> tuple[float, bool]:
+    started = time.perf_counter()
+    with connect(url + "/ws/transcribe", max_size=None, compression=None) as ws:
+        ws.send(json.dumps({"type": "transcribe", "language": "en"}))
+        ws.send(wav)
+        reply = json.loads(ws.recv(timeout=600))
+    return time.perf_counter() - started, "text" in reply
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--levels", default="1,2,4,8,16")
+    args = parser.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    model = WhisperModel(resolve_model("tiny.en"), device="cpu", compute_type="int8", cpu_threads=2)
+    with tempdir() as work:
+        pieces = [p.read_bytes() for p in recordings(Path(work))]
+        audio = [read_wav(w)[0] for w in pieces]
+        seconds = [len(a) / 16000 for a in audio]
+        with served(REPO / "bench" / "tiny.en.yaml") as url:
+            gateway_request(url, pieces[0])
+            print(f"{len(pieces)} recordings, {sum(seconds):.1f} s of audio per pass")
+            print(
+                "clients | in-process audio s/s | gateway audio s/s | ratio | p95 latency | errors"
+            )
+            for level in levels:
+                jobs = list(range(len(pieces))) * max(1, -(-2 * level // len(pieces)))
+                job_seconds = sum(seconds[j] for j in jobs)
+                ratios, local_rates, remote_rates, latencies, errors = [], [], [], [], 0
+                for _ in range(args.runs):
+                    started = time.perf_counter()
+                    for j in jobs:
+                        list(model.transcribe(audio[j], language="en", beam_size=5)[0])
+                    local_rates.append(job_seconds / (time.perf_counter() - started))
+                    started = time.perf_counter()
+                    with ThreadPoolExecutor(level) as pool:
+                        results = list(pool.map(lambda j: gateway_request(url, pieces[j]), jobs))
+                    remote_rates.append(job_seconds / (time.perf_counter() - started))
+                    latencies += [t for t, _ in results]
+                    errors += sum(not ok for _, ok in results)
+                    ratios.append(remote_rates[-1] / local_rates[-1])
+                    print(
+                        f"  in-process {job_seconds / local_rates[-1]:.2f} s, gateway "
+                        f"{job_seconds / remote_rates[-1]:.2f} s for {len(jobs)} jobs",
+                        flush=True,
+                    )
+                p95 = statistics.quantiles(latencies, n=20)[18]
+                print(
+                    f"{level:7d} | {statistics.median(local_rates):20.1f} | "
+                    f"{statistics.median(remote_rates):17.1f} | "
+                    f"{statistics.median(ratios):5.3f} | {p95:9.2f} s | {errors}",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Streaming capacity: how many real-time streams one CPU server carries.
+
+N clients at once each stream the first English recordings of ../shared/audio at 1x real time
+(as bench/stream_latency.py does, 3 s of silence after each), for N = 1, 2, 3, ...; reported
+per N: p95 of "last chunk of an utterance -> its asr_reply", utterances without a reply, and
+the server's resident memory. The capacity is the largest N whose p95 stays under 1.5 s.
+
+    python bench/stream_capacity.py [--levels 1,2,3,4,6,8] [--clips 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from _common import REPO, english_clips, served, tempdir
+from stream_latency import run_once
+
+
+class Peak:
+    """The server's peak resident memory while the block runs, sampled every 0.2 s."""
+
+    def __init__(self, url) -> None:
+        self.url = url
+        self.mib = url.rss_mib()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            self.mib = max(self.mib, self.url.rss_mib())
+
+    def __enter__(self) -> Peak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levels", default="1,2,3,4,6,8")
+    parser.add_argument("--clips", type=int, default=4)
+    args = parser.parse_args()
+    with tempdir() as work:
+        clips = english_clips(Path(work))[: args.clips]
+        print(f"{len(clips)} clips per stream, {sum(c.seconds for c in clips):.1f} s of speech")
+        with served(REPO / "bench" / "tiny.en.yaml") as url:
+            run_once(url, clips[:1], 0)  # warm up
+            idle = url.rss_mib()
+            print(f"server RSS idle (model loaded): {idle:.0f} MiB")
+            print("streams | p50 | p95 | without reply | server RSS | RSS per stream")
+            for level in [int(x) for x in args.levels.split(",")]:
+                peak = Peak(url)
+                with peak, ThreadPoolExecutor(level) as pool:
+                    results = list(pool.map(lambda _: run_once(url, clips, 1.0), range(level)))
+                results = [(lat, missed) for lat, _texts, missed in results]
+                latencies = [x for lat, _ in results for x in lat]
+                missed = sum(m for _, m in results)
+                p95 = statistics.quantiles(latencies, n=20)[18] if len(latencies) > 1 else 0
+                rss = peak.mib
+                print(
+                    f"{level:7d} | {statistics.median(latencies):.2f} s | {p95:.2f} s | "
+                    f"{missed} | {rss:.0f} MiB | {(rss - idle) / level:.1f} MiB",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,144 @@
+"""Hostile clients against a real server: each must get its documented answer (or nothing)
+while the server keeps serving everyone else, leaks no task or thread, and stays bounded."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import socket
+import struct
+import threading
+import time
+
+import numpy as np
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from tests import speech
+from tests.client import transcribe
+from tests.serving import Server, running_server
+from tests.streaming_client import open_stream, read_pcm16, stream_pcm
+
+NULL = {"null": {"type": "null", "text": "ok"}}
+
+
+def server_tasks(server: Server) -> int:
+    """Tasks alive on the server's event loop."""
+    import asyncio
+
+    return len(asyncio.all_tasks(server.loop))
+
+
+def wait_for(condition, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+def test_two_hundred_idle_connections_do_not_stop_real_clients(tiny_server: Server, voices) -> None:
+    with contextlib.ExitStack() as idle:
+        for i in range(200):  # 150 batch, 50 streams (the default cap on streams is 64)
+            path = "/api/core/google/asr" if i % 4 == 0 else "/ws/transcribe"
+            idle.enter_context(connect(tiny_server.ws + path, open_timeout=30))
+        reply = transcribe(tiny_server.ws, voices["children"].read_bytes()).reply
+        assert speech.word_recall(speech.SENTENCES["children"], reply["text"]) >= 0.75
+        pcm, rate = read_pcm16(voices["coffee"])
+        assert stream_pcm(tiny_server.ws, pcm, rate).replies
+
+
+def test_ten_thousand_tiny_chunks(voices) -> None:
+    pcm, rate = read_pcm16(voices["children"])
+    with running_server(backends=NULL) as server:
+        # 2-byte chunks (one sample each): 10,000 messages, then the rest at once
+        with open_stream(server.ws) as ws:
+            ws.recv(timeout=10)
+            for i in range(10_000):
+                message = {"audio": base64.b64encode(pcm[2 * i : 2 * i + 2]).decode()}
+                if i == 0:
+                    message["rate"] = rate
+                ws.send(json.dumps(message))
+            ws.send(json.dumps({"audio": base64.b64encode(pcm[20_000:]).decode()}))
+            ws.send(json.dumps({"type": "end"}))
+            replies = [json.loads(m) for m in ws]
+        assert [r.get("asr_reply") for r in replies] == ["ok"]
+
+
+def test_huge_base64_and_huge_frames(voices) -> None:
+    """A message over ``max_frame_bytes`` is refused with 1009. hypercorn sends the close but
+    does not tell the application, so the connection ends at the stream's idle timeout."""
+    limits = {"limits": {"max_frame_bytes": 2_000_000, "stream_idle_seconds": 2}}
+    with running_server(limits, backends=NULL) as server:
+        huge = base64.b64encode(b"\x00\x00" * 2_000_000).decode()  # a 5.3 MB message
+        with open_stream(server.ws) as ws:
+            ws.recv(timeout=10)
+            ws.send(json.dumps({"audio": huge}))
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+        pcm, rate = read_pcm16(voices["coffee"])
+        assert stream_pcm(server.ws, pcm, rate).replies == ["ok"]
+
+
+def test_nan_and_infinite_float_samples(tiny_server: Server) -> None:
+    samples = np.full(16000, np.nan, dtype="<f4")
+    samples[::3] = np.inf
+    samples[1::3] = -np.inf
+    fmt = struct.pack("<HHIIHH", 3, 1, 16000, 64000, 4, 32)
+    body = b"WAVEfmt " + struct.pack("<I", 16) + fmt
+    body += b"data" + struct.pack("<I", samples.nbytes) + samples.tobytes()
+    wav = b"RIFF" + struct.pack("<I", len(body)) + body
+    reply = transcribe(tiny_server.ws, wav).reply
+    assert reply["text"] == "" and reply["segments"] == []
+
+
+def test_disconnects_during_inference_leak_nothing(tiny_server: Server, voices) -> None:
+    wav = voices["children"].read_bytes()
+    transcribe(tiny_server.ws, wav)  # warm: worker threads exist
+    threads_before = threading.active_count()
+    tasks_before = server_tasks(tiny_server)
+    for _ in range(5):
+        with connect(tiny_server.ws + "/ws/transcribe", max_size=None) as ws:
+            ws.send(json.dumps({"type": "transcribe"}))
+            ws.send(wav)
+            wait_for(lambda: tiny_server.metric("speechgw_requests_in_flight") == 1)
+        # gone while the model works on its audio
+    wait_for(lambda: tiny_server.metric("speechgw_requests_in_flight") == 0)
+    wait_for(lambda: server_tasks(tiny_server) <= tasks_before)
+    assert threading.active_count() <= threads_before + 1
+    assert transcribe(tiny_server.ws, wav).close_code == 1000
+
+
+def test_a_client_that_never_reads_its_replies(voices) -> None:
+    """The server's replies back up in TCP; it stops reading that client instead of
+    buffering without bound, and serves others meanwhile."""
+    backends = {"null": {"type": "null", "text": "x" * 60_000}}
+    three = speech.concat(
+        [voices[n] for n in ("children", "market", "window")] * 4,
+        voices["children"].parent / "twelve.wav",
+        silence_seconds=1.0,
+    )
+    pcm, rate = read_pcm16(three)
+    with running_server({"streaming": {"buffer_seconds": 4}}, backends=backends) as server:
+        raw = socket.create_connection(("127.0.0.1", server.port))
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.sendall(
+            b"GET /api/core/google/asr HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        raw.settimeout(2)
+        try:
+            for i in range(0, len(pcm), 3200):  # masked text frames, never reading a byte
+                message = {"audio": base64.b64encode(pcm[i : i + 3200]).decode(), "rate": rate}
+                payload = json.dumps(message).encode()
+                # FIN + text; masked, 16-bit length; an all-zero mask leaves the payload as is
+                frame = b"\x81" + bytes([0x80 | 126]) + struct.pack(">H", len(payload))
+                raw.sendall(frame + b"\x00\x00\x00\x00" + payload)
+        except (TimeoutError, OSError):
+            pass  # the server stopped reading us: back-pressure reached the client
+        # meanwhile everyone else is served
+        assert transcribe(server.ws, voices["coffee"].read_bytes()).reply["text"] == "x" * 60_000
+        raw.close()

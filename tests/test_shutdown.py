@@ -1,0 +1,70 @@
+"""Graceful shutdown: SIGTERM with clients in flight. Batch jobs finish, streams recognise what
+they buffered, reply and close with 1001, usage is committed, and the process exits 0."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import signal
+import sqlite3
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from websockets.exceptions import ConnectionClosed
+
+from tests.client import transcribe
+from tests.serving import ServeProcess
+from tests.streaming_client import open_stream, read_pcm16
+
+
+def test_sigterm_with_a_batch_job_and_a_stream_in_flight(tmp_path: Path, voices) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        f"store:\n  path: {tmp_path / 'ledger.db'}\n"
+        "backends:\n  'null': {type: 'null', text: finished, delay_seconds: 1.5}\n"
+        "routing:\n  - backend: 'null'\n"
+    )
+    server = ServeProcess("--config", str(config)).__enter__()
+    process, port = server.process, server.port
+    url = f"ws://127.0.0.1:{port}"
+
+    def in_flight() -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        return float(re.search(r"^speechgw_requests_in_flight (\S+)", text, re.M).group(1))
+
+    try:
+        with open_stream(url) as stream:
+            stream.recv(timeout=10)
+            pcm, rate = read_pcm16(voices["coffee"])  # ends on speech: still buffered
+            stream.send(json.dumps({"audio": base64.b64encode(pcm).decode(), "rate": rate}))
+            batch_result: list = []
+            wav = voices["children"].read_bytes()
+            batch = threading.Thread(target=lambda: batch_result.append(transcribe(url, wav)))
+            batch.start()
+            deadline = time.monotonic() + 30
+            while in_flight() < 1:
+                assert time.monotonic() < deadline, "the batch job never started"
+            process.send_signal(signal.SIGTERM)
+            replies = []
+            try:
+                while True:
+                    replies.append(json.loads(stream.recv(timeout=30)))
+            except ConnectionClosed as closed:
+                assert closed.rcvd is not None and closed.rcvd.code == 1001
+            assert [r.get("asr_reply") for r in replies] == ["finished"]
+        batch.join(timeout=30)
+        assert batch_result[0].reply["text"] == "finished"
+        assert batch_result[0].close_code == 1000
+        assert process.wait(timeout=30) == 0
+    finally:
+        server.stop()
+    rows = (
+        sqlite3.connect(tmp_path / "ledger.db")
+        .execute("SELECT protocol FROM usage ORDER BY protocol")
+        .fetchall()
+    )
+    assert rows == [("batch",), ("streaming",)]
