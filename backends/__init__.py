@@ -7,6 +7,7 @@ a line below. The core imports a backend module only when a config names it.
 BACKENDS: dict[str, str] = {
     "whisper": "speechgw.backends.whisper:WhisperBackend",
     "null": "speechgw.backends.null:NullBackend",
+    "google": "speechgw.backends.google:GoogleBackend",
 }
 
 DEFAULT_BACKENDS: dict[str, dict[str, object]] = {"whisper": {"type": "whisper", "model": "base"}}

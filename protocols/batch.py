@@ -138,7 +138,10 @@ class BatchProtocol:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.timeout = gateway.config.limits.receive_timeout_seconds
+
+    @property
+    def timeout(self) -> float:
+        return self.gateway.config.limits.receive_timeout_seconds  # follows a config reload
 
     def routes(self) -> list[BaseRoute]:
         return [WebSocketRoute(PATH, self.endpoint)]

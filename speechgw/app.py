@@ -4,9 +4,12 @@ shared HTTP endpoints (``/health``, ``/metrics``)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 
+import anyio
+import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -15,20 +18,24 @@ from starlette.routing import BaseRoute, Route
 
 from .auth import Keyring
 from .backend import Backend
-from .config import Config, load_config
+from .config import Config, load_config, load_config_file
 from .errors import ConfigError
 from .gateway import Gateway
 from .metrics import GatewayMetrics
 from .registry import resolve
 from .store import SQLiteStore, Store
 
+_LOGGER = logging.getLogger(__name__)
+
 __all__ = [
     "backend_options",
     "build_app",
+    "build_backends",
     "build_gateway",
     "build_metrics_app",
     "default_config",
     "open_store",
+    "reload_gateway",
 ]
 
 
@@ -53,13 +60,53 @@ def default_config(env: Mapping[str, str] | None = None) -> Config:
     )
 
 
-def build_gateway(config: Config, env: Mapping[str, str]) -> Gateway:
+def build_backends(
+    config: Config, existing: Mapping[str, Backend] | None = None
+) -> dict[str, Backend]:
+    """One instance per configured backend; one in ``existing`` with the same name, type and
+    options is reused (a reload must not load a model twice)."""
     if not config.backends:
         raise ConfigError("backends: no backend is configured")
     backends: dict[str, Backend] = {}
     for b in config.backends:
         cls = resolve(_backends_registry(), b.type, "backend type", f"backends.{b.name}.type")
-        backends[b.name] = cls(b.name, b.options)
+        old = (existing or {}).get(b.name)
+        if old is not None and type(old) is cls and old.options == b.options:
+            backends[b.name] = old
+        else:
+            backends[b.name] = cls(b.name, b.options)
+    return backends
+
+
+async def reload_gateway(gateway: Gateway, path: str, env: Mapping[str, str]) -> bool:
+    """Re-read ``path`` and apply it to the running gateway; False (with a log line) when the
+    new config is invalid, in which case the old one keeps serving.
+
+    Routing, keys, limits, streaming and post-processing change at once for new requests;
+    requests in flight finish on what they started with. New or changed backends are started
+    before the switch. ``server``, ``store`` and ``metrics`` take effect only on a restart.
+    """
+    try:
+        config = await anyio.to_thread.run_sync(
+            lambda: load_config_file(path, env, backend_options)
+        )
+        backends = build_backends(config, gateway.backends)
+        for backend in backends.values():
+            if backend not in gateway.backends.values():
+                await backend.start()
+    except ConfigError as exc:
+        _LOGGER.error("config reload refused, the running config stays: %s", exc)
+        return False
+    for section in ("server", "store", "metrics"):
+        if getattr(config, section) != getattr(gateway.config, section):
+            _LOGGER.warning("config reload: the %r section changes only on a restart", section)
+    gateway.reconfigure(config, backends, Keyring.from_config(config.auth, env, gateway.store))
+    _LOGGER.info("config reloaded from %s", path)
+    return True
+
+
+def build_gateway(config: Config, env: Mapping[str, str]) -> Gateway:
+    backends = build_backends(config)
     store = open_store(config)
     return Gateway(
         config,

@@ -178,5 +178,5 @@ def main(argv: list[str] | None = None) -> int:
         config.server.port,
         path or "embedded default",
     )
-    run(app, config)
+    run(app, config, path)
     return 0

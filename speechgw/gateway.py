@@ -81,6 +81,7 @@ class Gateway:
         self._pending_jobs = 0
         self._open_streams = 0
         self._readers: set[asyncio.Task[Any]] = set()
+        self._retired: list[Backend] = []
         self.draining = False
 
     # --- the steps of a request, in order ---------------------------------------------------
@@ -274,6 +275,22 @@ class Gateway:
         """Count an error that belongs to no request (a bad message on a stream)."""
         self.metrics.errors.labels(protocol, error.error).inc()
 
+    def reconfigure(
+        self, config: Config, backends: Mapping[str, Backend], keyring: Keyring
+    ) -> None:
+        """Switch to a reloaded config in one step (the event loop runs nothing in between).
+        Backends no longer configured are closed at shutdown, not now: requests in flight may
+        still be using them."""
+        retired = [b for b in self.backends.values() if b not in backends.values()]
+        self._retired.extend(retired)
+        self.config = config
+        self.backends = dict(backends)
+        self.keyring = keyring
+        self.router = Router(config.routing, self.backends)
+        self.postprocessor = Postprocessor(config.postprocess)
+        for backend in self.backends.values():
+            self.metrics.backend_ready.labels(backend.name).set(1 if backend.ready else 0)
+
     def track_reader(self, task: asyncio.Task[Any]) -> None:
         """A long-lived connection's reading loop: :meth:`drain` cancels it at shutdown."""
         if self.draining:
@@ -300,7 +317,7 @@ class Gateway:
     async def close(self) -> None:
         if self.store is not None:
             self.store.close()
-        for backend in self.backends.values():
+        for backend in [*self.backends.values(), *self._retired]:
             try:
                 await backend.close()
             except Exception:

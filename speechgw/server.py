@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,8 @@ from ._hypercorn_compat import decline_websocket_compression
 from .config import Config
 
 __all__ = ["hypercorn_config", "run", "serve_app"]
+
+_LOGGER = logging.getLogger(__name__)
 
 
 def hypercorn_config(config: Config, sock: socket.socket | None = None) -> HypercornConfig:
@@ -70,14 +73,27 @@ async def serve_app(
     )
 
 
-async def _serve_until_signalled(app: Starlette, config: Config) -> None:
+async def _serve_until_signalled(app: Starlette, config: Config, path: str | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def reload() -> None:
+        if path is None:
+            _LOGGER.warning("SIGHUP: no config file to reload (running on the embedded default)")
+            return
+        from .app import reload_gateway
+
+        task = loop.create_task(reload_gateway(app.state.gateway, path, os.environ))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     await serve_app(app, config, stop.wait)
 
 
-def run(app: Starlette, config: Config) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down gracefully."""
-    asyncio.run(_serve_until_signalled(app, config))
+def run(app: Starlette, config: Config, path: str | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully; SIGHUP reloads ``path``."""
+    asyncio.run(_serve_until_signalled(app, config, path))

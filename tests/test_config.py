@@ -29,6 +29,14 @@ def test_shipped_default_config_is_valid_and_uses_the_multilingual_model() -> No
 
 
 @pytest.mark.parametrize(
+    "path", sorted((REPO / "config" / "examples").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_example_configs_are_valid(path: Path) -> None:
+    config = load_config_file(path, env={}, backend_options=backend_options)
+    assert config.backends and config.routing
+
+
+@pytest.mark.parametrize(
     ("document", "message"),
     [
         ({"server": {"prot": 1}}, "server.prot: unknown key"),
