@@ -189,29 +189,40 @@ class GoogleBackend(Backend):
         self, pcm: np.ndarray, spec: JobSpec
     ) -> list[tuple[str, float, float]]:
         """StreamingRecognize in sessions of ``session_seconds``; each session's results are
-        timed from its own start, so they are shifted by where it began."""
+        timed from its own start, so they are shifted by where it began. A session that fails
+        transiently is sent again whole, from a fresh request stream."""
         from google.cloud import speech
 
         session = int(self.options.session_seconds * SAMPLE_RATE)
         streaming_config = speech.StreamingRecognitionConfig(config=self._config(spec))
+        send_session = self._retry()(self._stream_session)
         pieces: list[tuple[str, float, float]] = []
         for start in range(0, len(pcm), session):
             part = pcm[start : start + session]
-
-            async def requests(part: np.ndarray = part) -> AsyncIterator:
-                yield speech.StreamingRecognizeRequest(streaming_config=streaming_config)
-                for i in range(0, len(part), _STREAM_CHUNK_SAMPLES):
-                    chunk = part[i : i + _STREAM_CHUNK_SAMPLES].tobytes()
-                    yield speech.StreamingRecognizeRequest(audio_content=chunk)
-
-            responses = await self._client.streaming_recognize(  # type: ignore[union-attr]
-                requests=requests(), timeout=self.options.timeout_seconds + len(part) / SAMPLE_RATE
-            )
-            finals = []
-            async for response in responses:
-                finals.extend(r for r in response.results if r.is_final)
+            finals = await send_session(part, streaming_config)
             pieces += _pieces(finals, offset=start / SAMPLE_RATE, duration=len(part) / SAMPLE_RATE)
         return pieces
+
+    async def _stream_session(self, part: np.ndarray, streaming_config) -> list:
+        from google.cloud import speech
+
+        async def requests() -> AsyncIterator:
+            yield speech.StreamingRecognizeRequest(streaming_config=streaming_config)
+            for i in range(0, len(part), _STREAM_CHUNK_SAMPLES):
+                chunk = part[i : i + _STREAM_CHUNK_SAMPLES].tobytes()
+                yield speech.StreamingRecognizeRequest(audio_content=chunk)
+
+        responses = await self._client.streaming_recognize(  # type: ignore[union-attr]
+            requests=requests(),
+            # the library's default retry would re-send a half-consumed request stream for up
+            # to 5000 s; the session is retried whole by the caller instead
+            retry=None,
+            timeout=self.options.timeout_seconds + len(part) / SAMPLE_RATE,
+        )
+        finals = []
+        async for response in responses:
+            finals.extend(r for r in response.results if r.is_final)
+        return finals
 
 
 def _describe(exc: BaseException | None) -> str:

@@ -31,7 +31,7 @@ from speechgw.errors import (
     UnsupportedTask,
 )
 from speechgw.gateway import Gateway, Request
-from speechgw.jobs import Caller, JobSpec, Task, Transcript
+from speechgw.jobs import AudioJob, Caller, JobSpec, Task, Transcript
 from speechgw.languages import normalise_iso
 from speechgw.postprocess import PostprocessResult
 
@@ -171,7 +171,7 @@ class BatchProtocol:
             return
         except (_Disconnected, WebSocketDisconnect):
             if request.spec is not None:
-                self.gateway.finish(request, abandoned=True)
+                self.gateway.finish(request, uncounted="abandoned")
             return
         except Exception:
             _LOGGER.exception("request %s: unexpected failure", request.request_id)
@@ -206,7 +206,7 @@ class BatchProtocol:
         request.start_clock()
         with self.gateway.admit_job():
             audio = await anyio.to_thread.run_sync(_decode_wav, data, self.gateway)
-            return await self.gateway.transcribe(request, audio, route)
+            return await self.gateway.transcribe(request, AudioJob(request.spec, audio), route)
 
     async def _fail(self, websocket: WebSocket, request: Request, error: SpeechGWError) -> None:
         self.gateway.finish(request, error)

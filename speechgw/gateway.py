@@ -17,8 +17,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from .auth import Keyring
 from .backend import Backend
 from .config import Config
@@ -29,7 +27,7 @@ from .errors import (
     ServerBusy,
     SpeechGWError,
 )
-from .jobs import SAMPLE_RATE, JobSpec, Transcript, new_request_id
+from .jobs import AudioJob, JobSpec, Transcript, new_request_id
 from .metrics import GatewayMetrics
 from .postprocess import OFF as POSTPROCESS_OFF
 from .postprocess import Postprocessor, PostprocessResult
@@ -137,19 +135,19 @@ class Gateway:
         if seconds > limit:
             raise AudioTooLong(f"the audio lasts {seconds:.1f} s; the limit is {limit:g} s")
 
-    async def transcribe(self, request: Request, audio: np.ndarray, route: Route) -> Transcript:
-        """Run ``audio`` (16 kHz mono float32) through ``route``, falling back on failure.
+    async def transcribe(self, request: Request, job: AudioJob, route: Route) -> Transcript:
+        """Run ``job`` through ``route``, falling back on failure.
 
         A backend that raises :class:`BackendUnavailable` or fails unexpectedly hands the job to
         the next backend of the route, with a log line and a ``speechgw_fallbacks_total`` count.
         Errors about the request itself (bad audio, unsupported task) are not retried.
         """
-        assert request.spec is not None
-        request.audio_seconds = len(audio) / SAMPLE_RATE
+        request.spec = job.spec
+        request.audio_seconds = job.duration
         with self.metrics.in_flight.track_inprogress():
-            return await self._run_route(request, audio, route)
+            return await self._run_route(request, job, route)
 
-    async def _run_route(self, request: Request, audio: np.ndarray, route: Route) -> Transcript:
+    async def _run_route(self, request: Request, job: AudioJob, route: Route) -> Transcript:
         last_error: SpeechGWError = BackendUnavailable("no backend could serve the request")
         for i, backend in enumerate(route):
             if i:
@@ -163,7 +161,7 @@ class Gateway:
                 )
             started = time.monotonic()
             try:
-                transcript = await backend.transcribe(audio, request.spec)
+                transcript = await backend.transcribe(job.audio, job.spec)
             except (BackendUnavailable, InternalError) as exc:
                 last_error = exc
                 continue
@@ -226,25 +224,26 @@ class Gateway:
             raise InternalError("the usage ledger could not record the request") from exc
 
     def finish(
-        self, request: Request, error: SpeechGWError | None = None, *, abandoned: bool = False
+        self, request: Request, error: SpeechGWError | None = None, *, uncounted: str = ""
     ) -> None:
         """Count the request in the metrics and write its one access-log line.
 
-        ``abandoned`` marks a request whose client left before its answer: it is logged but
-        not counted, since no status was ever delivered.
+        ``uncounted`` names an outcome that is logged but not counted as a request, because
+        no answer was delivered: ``abandoned`` (the client left first) or ``no_speech`` (an
+        utterance of noise, which gets no reply and is not billed either).
         """
         spec = request.spec
         machine = self.metrics.machine_label(spec.caller.machine_id if spec else "unknown")
         task = spec.task if spec else "transcribe"
-        status = "abandoned" if abandoned else "ok" if error is None else error.error
+        status = uncounted or ("ok" if error is None else error.error)
         elapsed = time.monotonic() - request.started if request.started is not None else 0.0
-        if not abandoned:
-            self.metrics.requests.labels(machine, task, status).inc()
-        if error is None and not abandoned:
-            self.metrics.audio_seconds.labels(machine, task).inc(request.audio_seconds)
-            self.metrics.processing.labels(machine, task).observe(elapsed)
-        elif error is not None:
+        if error is not None:
             self.metrics.errors.labels(request.protocol, error.error).inc()
+        if not uncounted:
+            self.metrics.requests.labels(machine, task, status).inc()
+            if error is None:
+                self.metrics.audio_seconds.labels(machine, task).inc(request.audio_seconds)
+                self.metrics.processing.labels(machine, task).observe(elapsed)
         _ACCESS.info(
             "request=%s protocol=%s key=%s machine_id=%s language=%s task=%s audio_s=%.2f "
             "processing_ms=%d backend=%s outcome=%s",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -54,23 +53,20 @@ class JobSpec:
 
 @dataclass(frozen=True, slots=True)
 class AudioJob:
-    """One unit of work: a whole recording (``audio``) or a live stream of chunks (``stream``).
+    """One unit of work for a backend: a whole recording (a batch request, or one utterance
+    cut from a stream), as 16 kHz mono float32 samples, with what to do with it.
 
-    Exactly one of ``audio`` and ``stream`` is set. Both carry 16 kHz mono float32 samples.
+    A live stream is not one job: the adapter opens a :class:`~speechgw.stream.Stream` with a
+    :class:`JobSpec` and feeds it; the stream turns each utterance into an ``AudioJob``.
     """
 
     spec: JobSpec
-    audio: np.ndarray | None = None
-    stream: AsyncIterator[np.ndarray] | None = None
-
-    def __post_init__(self) -> None:
-        if (self.audio is None) == (self.stream is None):
-            raise ValueError("an AudioJob carries either audio or a stream, not both or neither")
+    audio: np.ndarray
 
     @property
     def duration(self) -> float:
-        """Seconds of audio in a whole-recording job (0.0 for a stream)."""
-        return 0.0 if self.audio is None else len(self.audio) / SAMPLE_RATE
+        """Seconds of audio."""
+        return len(self.audio) / SAMPLE_RATE
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import StreamingConfig
 from .errors import InternalError, SpeechGWError
-from .jobs import SAMPLE_RATE, JobSpec, Transcript
+from .jobs import SAMPLE_RATE, AudioJob, JobSpec, Transcript
 from .router import Route
 from .segmenter import Segmenter, StreamResampler
 
@@ -146,10 +146,10 @@ class Stream:
         """Transcribe queued utterances in order until :meth:`end` and the queue is drained."""
         while (utterance := await self._queue.get()) is not None:
             request = self.gateway.begin(self.spec.protocol)
-            request.spec = self.spec
             request.start_clock()
             try:
-                transcript = await self.gateway.transcribe(request, utterance, self.route)
+                job = AudioJob(self.spec, utterance)
+                transcript = await self.gateway.transcribe(request, job, self.route)
                 if transcript.text:  # only recognised speech is billed, before its reply
                     await self.gateway.settle(request)
             except SpeechGWError as exc:
@@ -162,6 +162,8 @@ class Stream:
                 self.gateway.finish(request, error)
                 await self._on_error(error)
                 continue
-            self.gateway.finish(request)
             if transcript.text:
+                self.gateway.finish(request)
                 await self._on_transcript(transcript)
+            else:
+                self.gateway.finish(request, uncounted="no_speech")

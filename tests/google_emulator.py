@@ -47,9 +47,13 @@ class SpeechEmulator:
     port: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _fault(self, context: grpc.ServicerContext) -> str | None:
+    def _take_fault(self) -> str | None:
         with self._lock:
-            fault = self.faults.popleft() if self.faults else None
+            return self.faults.popleft() if self.faults else None
+
+    def _fault(self, context: grpc.ServicerContext, fault: str | None = "next") -> str | None:
+        if fault == "next":
+            fault = self._take_fault()
         if fault in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "PERMISSION_DENIED"):
             messages = {
                 "UNAVAILABLE": "The service is currently unavailable.",
@@ -90,7 +94,11 @@ class SpeechEmulator:
                 "Malordered Data Received. Send exactly one config, followed by audio data.",
             )
         config = first.streaming_config.config
-        fault = self._fault(context)
+        # a stream's fault is answered once its requests are read: failing while the client
+        # still writes makes grpc report INTERNAL instead of the status sent
+        fault = self._take_fault()
+        if fault == "SLOW":
+            self._fault(context, fault)
         audio = bytearray()
         for request in requests:
             if request.HasField("streaming_config"):
@@ -106,6 +114,8 @@ class SpeechEmulator:
                     grpc.StatusCode.OUT_OF_RANGE,
                     "Exceeded maximum allowed stream duration of 305 seconds.",
                 )
+        if fault != "SLOW":
+            self._fault(context, fault)
         self.calls.append(Call("StreamingRecognize", config, bytes(audio)))
         response = self._response(bytes(audio), config, speech.StreamingRecognizeResponse)
         yield speech.StreamingRecognizeResponse.pb(response)

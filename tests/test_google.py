@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from google.cloud import speech
 
@@ -140,9 +141,49 @@ def test_long_audio_goes_through_streaming_recognize_in_sessions(
     )  # about 125 s
     backends = {"google": google(fresh, session_seconds=50, timeout_seconds=30)}
     with running_server({"routing": [{"backend": "google"}]}, backends=backends) as server:
+        fresh.faults.extend(["", "UNAVAILABLE"])  # the second session fails once: sent again
         reply = transcribe(server.ws, long.read_bytes()).reply
     assert [c.method for c in fresh.calls] == ["StreamingRecognize"] * 3
     sent = sum(len(c.audio) for c in fresh.calls) / 32000
     assert abs(sent - reply["duration"]) < 0.01  # every sample sent once
     assert [s["start"] for s in reply["segments"]] == [0.0, 50.0, 100.0]
     assert reply["segments"][-1]["end"] == pytest.approx(reply["duration"], abs=0.01)
+
+
+def test_a_stream_aborted_midway_falls_back(fresh: SpeechEmulator, voices, tmp_path) -> None:
+    long = voices_module.concat(
+        [voices[n] for n in voices_module.SENTENCES] * 4, tmp_path / "long.wav", silence_seconds=0.5
+    )  # about 85 s
+    backends = {
+        "google": google(fresh, timeout_seconds=30),
+        "spare": {"type": "null", "text": "served by the spare"},
+    }
+    routing = {"routing": [{"backend": "google", "fallback": ["spare"]}]}
+    with running_server(routing, backends=backends) as server:
+        fresh.faults.append("ABORT")
+        reply = transcribe(server.ws, long.read_bytes()).reply
+    assert reply["text"] == "served by the spare"
+    assert fresh.calls == []  # the aborted stream never completed
+
+
+def test_real_words_through_the_emulator(voices) -> None:
+    """The emulator answering with a real recognizer: the words cross the real client, gRPC
+    and the gateway intact."""
+    from faster_whisper import WhisperModel
+    from speechgw.backends.whisper import resolve_model
+
+    model = WhisperModel(resolve_model("tiny.en"), device="cpu", compute_type="int8", cpu_threads=2)
+
+    def recognize(pcm: bytes, language_code: str) -> str:
+        audio = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0
+        segments, _ = model.transcribe(audio, language=language_code.split("-")[0])
+        return "".join(s.text for s in segments).strip()
+
+    with (
+        running_emulator(SpeechEmulator(recognizer=recognize)) as emulator,
+        running_server(
+            {"routing": [{"backend": "google"}]}, backends={"google": google(emulator)}
+        ) as server,
+    ):
+        reply = transcribe(server.ws, voices["coffee"].read_bytes()).reply
+    assert voices_module.word_recall(voices_module.SENTENCES["coffee"], reply["text"]) >= 0.75
