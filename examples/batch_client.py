@@ -5,7 +5,8 @@
         [--url ws://localhost:8765] [--api-key KEY]
 
 Any WAV works as it is (PCM 8/16/24/32-bit or float, any rate, mono or stereo): the server
-converts it. Needs only the ``websockets`` package. Prints the transcript, then the segments.
+converts it. Needs only the ``websockets`` package. Sends the spec's hardware ``machine_id``
+(see machine_id.py). Prints the transcript, then the timed segments on stderr.
 """
 
 from __future__ import annotations
@@ -15,11 +16,17 @@ import json
 import os
 import sys
 
+from machine_id import machine_id  # examples/machine_id.py, beside this file
 from websockets.sync.client import connect
 
 
 def transcribe(url: str, wav: bytes, language: str | None, task: str, api_key: str | None) -> dict:
-    metadata = {"type": "transcribe", "language": language, "task": task}
+    metadata = {
+        "type": "transcribe",
+        "language": language,
+        "task": task,
+        "machine_id": machine_id(),
+    }
     if api_key:
         metadata["api_key"] = api_key
     # compression=None: audio does not deflate, and asking for it only costs CPU

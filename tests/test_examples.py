@@ -1,0 +1,135 @@
+"""The integrators' examples, each run as a user would run it against a real server."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import speech
+from tests.serving import REPO, Server, running_server
+
+EXAMPLES = REPO / "examples"
+
+
+def run(*command: str, cwd: Path = EXAMPLES, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def two_sentences(voices, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("examples")
+    return speech.concat(
+        [voices["children"], voices["coffee"]], folder / "two.wav", silence_seconds=1.0
+    )
+
+
+def assert_two_sentences(lines: list[str]) -> None:
+    assert len(lines) == 2, lines
+    for name, line in zip(["children", "coffee"], lines, strict=True):
+        assert speech.word_recall(speech.SENTENCES[name], line) >= 0.6, lines
+
+
+def test_machine_id_is_a_sha256() -> None:
+    result = run(sys.executable, "machine_id.py")
+    assert re.fullmatch(r"[0-9a-f]{64}\n", result.stdout), result
+
+
+def test_python_stream_client(tiny_server: Server, two_sentences: Path) -> None:
+    result = run(
+        sys.executable,
+        "stream_client.py",
+        str(two_sentences),
+        "--url",
+        tiny_server.ws,
+        "--speed",
+        "0",
+    )
+    assert result.returncode == 0, result.stderr
+    assert_two_sentences(result.stdout.splitlines())
+
+
+def test_load_generator(two_sentences: Path) -> None:
+    with running_server(backends={"null": {"type": "null", "text": "ok"}}) as server:
+        for protocol in ("batch", "stream"):
+            result = run(
+                sys.executable,
+                "load_generator.py",
+                protocol,
+                str(two_sentences),
+                "--url",
+                server.ws,
+                "--clients",
+                "3",
+                "--seconds",
+                "2",
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert re.search(rf"{protocol}: [1-9]\d* ok in .*, 0 errors", result.stdout), result
+
+
+@pytest.fixture(scope="module")
+def node_client(tmp_path_factory) -> Path:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("Node.js is not installed here (apt-get install nodejs npm)")
+    folder = tmp_path_factory.mktemp("node")
+    shutil.copytree(EXAMPLES / "node", folder, dirs_exist_ok=True)
+    installed = run("npm", "install", "--no-audit", "--no-fund", cwd=folder, timeout=300)
+    if installed.returncode != 0:
+        pytest.skip(f"npm cannot install the ws package here: {installed.stderr[-300:]}")
+    return folder
+
+
+def test_node_client_batch(tiny_server: Server, node_client: Path, voices) -> None:
+    result = run(
+        "node",
+        "client.mjs",
+        "batch",
+        str(voices["coffee"]),
+        "--url",
+        tiny_server.ws,
+        cwd=node_client,
+    )
+    assert result.returncode == 0, result.stderr
+    assert speech.word_recall(speech.SENTENCES["coffee"], result.stdout) >= 0.75
+    assert "[" in result.stderr  # timed segments
+
+
+def test_node_client_stream(tiny_server: Server, node_client: Path, two_sentences) -> None:
+    result = run(
+        "node",
+        "client.mjs",
+        "stream",
+        str(two_sentences),
+        "--url",
+        tiny_server.ws,
+        "--speed",
+        "0",
+        cwd=node_client,
+    )
+    assert result.returncode == 0, result.stderr
+    assert_two_sentences(result.stdout.splitlines())
+
+
+def test_rust_client(tiny_server: Server, voices, tmp_path: Path) -> None:
+    if shutil.which("cargo") is None:
+        pytest.skip("cargo is not installed here")
+    shutil.copytree(EXAMPLES / "rust", tmp_path / "rust")
+    built = run("cargo", "build", "--offline", "--quiet", cwd=tmp_path / "rust", timeout=600)
+    if built.returncode != 0:
+        pytest.skip(
+            "the tungstenite and serde_json crates are not available offline here "
+            "(crates.io is unreachable)"
+        )
+    result = run(
+        str(tmp_path / "rust" / "target" / "debug" / "speechgw-client"),
+        str(voices["coffee"]),
+        tiny_server.ws,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert speech.word_recall(speech.SENTENCES["coffee"], result.stdout) >= 0.75
