@@ -45,10 +45,11 @@ class WhisperOptions:
         cpu_threads: threads per worker on CPU (0: CTranslate2's default).
         cache_dir: where bundled models are assembled (default ``~/.cache/speechgw``).
         local_files_only: never contact the hub, even for a hub model name.
-        drop_no_speech_prob: drop segments whose ``no_speech_prob`` is above this. Whisper
-            writes "You" or ". . ." over noise with a no-speech probability of 0.9 and more
-            (real speech: about 0.1) but a log-probability just good enough to pass its own
-            filter; 1.0 keeps everything.
+        utterance_no_speech_prob: for utterances cut from a live stream (``spec.segmented``),
+            drop segments whose ``no_speech_prob`` is above this. Over noise that fooled the
+            VAD, Whisper writes "You" or ". . ." rated 0.65 and more; real speech cut the same
+            way rated at most 0.39 on ../shared/audio. Whole recordings keep faster-whisper's
+            own rule (in context, real speech can rate 0.88 there). 1.0 turns it off.
     """
 
     model: str = "base"
@@ -60,7 +61,7 @@ class WhisperOptions:
     cpu_threads: int = 0
     cache_dir: str | None = None
     local_files_only: bool = False
-    drop_no_speech_prob: float = 0.8
+    utterance_no_speech_prob: float = 0.5
 
 
 # name -> (package holding config/tokenizer/vocabulary, data dir, model.bin parts in order)
@@ -211,7 +212,7 @@ class WhisperBackend(Backend):
             beam_size=self.options.beam_size,
             vad_filter=self.options.vad_filter,
         )
-        limit = self.options.drop_no_speech_prob
+        limit = self.options.utterance_no_speech_prob if spec.segmented else 1.0
         raw = [  # decoding happens here, inside the worker thread
             s for s in segments_iter if s.no_speech_prob <= limit and _has_words(s.text)
         ]

@@ -49,6 +49,10 @@ class JobSpec:
     caller: Caller = field(default_factory=Caller)
     postprocess: bool | None = None
     request_id: str = ""
+    segmented: bool = False
+    """The audio is one utterance cut from a live stream by a voice-activity detector, not a
+    whole recording. Noise that fooled the detector is the classic trigger of recogniser
+    hallucinations ("You", "Thank you."), so backends may filter such jobs more strictly."""
 
 
 @dataclass(frozen=True, slots=True)

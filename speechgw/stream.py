@@ -10,6 +10,7 @@ stops reading the socket and TCP pushes back on the client. Audio is never dropp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -95,7 +96,7 @@ class Stream:
         on_error: OnError,
     ) -> None:
         self.gateway = gateway
-        self.spec = spec
+        self.spec = dataclasses.replace(spec, segmented=True)  # its jobs are VAD-cut utterances
         self.route = route
         self.config = config
         self._resampler = StreamResampler(rate)
