@@ -55,7 +55,7 @@ def main() -> int:
             run_once(url, clips[:1], 0)  # warm up
             idle = url.rss_mib()
             print(f"server RSS idle (model loaded): {idle:.0f} MiB")
-            print("streams | p50 | p95 | without reply | server RSS | RSS per stream")
+            print("streams | p50 | p95 | without reply | server peak RSS")
             for level in [int(x) for x in args.levels.split(",")]:
                 peak = Peak(url)
                 with peak, ThreadPoolExecutor(level) as pool:
@@ -67,7 +67,7 @@ def main() -> int:
                 rss = peak.mib
                 print(
                     f"{level:7d} | {statistics.median(latencies):.2f} s | {p95:.2f} s | "
-                    f"{missed} | {rss:.0f} MiB | {(rss - idle) / level:.1f} MiB",
+                    f"{missed} | {rss:.0f} MiB",
                     flush=True,
                 )
     return 0

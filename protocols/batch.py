@@ -161,16 +161,20 @@ class BatchProtocol:
     async def endpoint(self, websocket: WebSocket) -> None:
         await websocket.accept()
         request = self.gateway.begin(PROTOCOL)
+        settled = False
         try:
             transcript = await self._serve(websocket, request)
             corrected = await self.gateway.postprocess(request, transcript)
             await self.gateway.settle(request)  # durable before the client can see it
+            settled = True
             await websocket.send_json(encode_result(transcript, corrected, request))
         except SpeechGWError as exc:
             await self._fail(websocket, request, exc)
             return
         except (_Disconnected, WebSocketDisconnect):
-            if request.spec is not None:
+            if settled:  # done and billed; only the delivery failed
+                self.gateway.finish(request)
+            elif request.spec is not None:
                 self.gateway.finish(request, uncounted="abandoned")
             return
         except Exception:
