@@ -97,6 +97,8 @@ class Segmenter:
         self._max_frames = max(1, int(config.max_utterance_seconds * 1000) // ms)
         self._pending = np.zeros(0, dtype=np.int16)  # less than one frame
         self._silence = np.zeros(self._frame, dtype=np.int16)
+        self.lead_in_padding = 0
+        """Samples of silence put before the stream's first utterance (not client audio)."""
         self._ring: deque[tuple[np.ndarray, bool]] = deque(maxlen=self._start_frames)
         self._utterance: list[np.ndarray] = []
         self._voiced = 0
@@ -143,6 +145,8 @@ class Segmenter:
                 # it up with silence: Whisper mishears words that begin at sample 0.
                 missing = self._start_frames - len(self._ring)
                 self._utterance = [self._silence] * missing + [f for f, _ in self._ring]
+                if missing:  # only the stream's first utterance can lack its lead-in
+                    self.lead_in_padding = missing * self._frame
                 self._voiced = sum(v for _, v in self._ring)
                 self._silent_run = 0
                 self._ring.clear()

@@ -145,12 +145,18 @@ class Stream:
 
     async def run(self) -> None:
         """Transcribe queued utterances in order until :meth:`end` and the queue is drained."""
+        first = True
         while (utterance := await self._queue.get()) is not None:
             request = self.gateway.begin(self.spec.protocol)
             request.start_clock()
+            # the spec bills the audio the client sent: not the lead-in silence added to the
+            # stream's first utterance
+            synthetic = self._segmenter.lead_in_padding if first else 0
+            first = False
             try:
                 job = AudioJob(self.spec, utterance)
                 transcript = await self.gateway.transcribe(request, job, self.route)
+                request.audio_seconds = (len(utterance) - synthetic) / SAMPLE_RATE
                 if transcript.text:  # only recognised speech is billed, before its reply
                     await self.gateway.settle(request)
             except SpeechGWError as exc:

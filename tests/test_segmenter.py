@@ -72,3 +72,16 @@ def test_max_utterance_length_cuts_without_losing_samples(voices, tmp_path) -> N
 def test_silence_gives_no_utterance() -> None:
     segmenter = Segmenter(StreamingConfig())
     assert segmenter.feed(np.zeros(16000 * 30, np.float32)) + segmenter.flush() == []
+
+
+def test_lead_in_silence_is_added_at_the_stream_start_and_accounted(voices) -> None:
+    samples, info = read_wav(voices["children"].read_bytes())  # speech from the first frames
+    audio = to_16k_mono(samples, info.sample_rate)
+    segmenter = Segmenter(StreamingConfig())
+    (utterance,) = segmenter.feed(audio) + segmenter.flush()
+    pad = segmenter.lead_in_padding
+    assert 0 < pad <= 16000 * 300 // 1000
+    assert not np.any(utterance[:pad])
+    pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16).astype(np.float32) / 32768.0
+    body = utterance[pad:]
+    np.testing.assert_array_equal(body, pcm[: len(body)])  # the rest is the client's audio
