@@ -3,7 +3,7 @@
 # in .venv, and speechgw installed into it (editable). Safe to run again; it skips what is done.
 #
 #   scripts/setup.sh          # what the gateway needs
-#   scripts/setup.sh --test   # plus what the tests need (espeak-ng, sox, pytest, ...)
+#   scripts/setup.sh --test   # plus what the tests need (espeak-ng, sox, chromium, node, pytest)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +16,10 @@ packages=()
 if $with_tests; then
     command -v espeak-ng >/dev/null || packages+=(espeak-ng)
     command -v sox >/dev/null || packages+=(sox)
+    # the browser test of the page at /, and the Node.js example's test
+    command -v chromium >/dev/null || packages+=(chromium)
+    command -v node >/dev/null || packages+=(nodejs)
+    command -v npm >/dev/null || packages+=(npm)
 fi
 if ((${#packages[@]})); then
     sudo=""

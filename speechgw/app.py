@@ -7,14 +7,16 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 
 import anyio
 import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from .auth import Keyring
 from .backend import Backend
@@ -26,6 +28,8 @@ from .registry import resolve
 from .store import SQLiteStore, Store
 
 _LOGGER = logging.getLogger(__name__)
+_WEB = Path(__file__).parent / "web"
+"""The page at ``/``: the microphone over the streaming protocol, a file over the batch one."""
 
 __all__ = [
     "backend_options",
@@ -154,7 +158,12 @@ def build_app(config: Config, env: Mapping[str, str] | None = None) -> Starlette
 
     metrics = metrics_endpoint(gateway)
 
+    async def page(request: Request) -> Response:
+        return FileResponse(_WEB / "index.html")
+
     routes: list[BaseRoute] = [
+        Route("/", page, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=_WEB), name="static"),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
