@@ -70,6 +70,9 @@ class GoogleBackend(Backend):
         super().__init__(name, options)
         self._client = None
         self._channel = None
+        self._capabilities = Capabilities(
+            languages=frozenset(options.languages), tasks=frozenset({"transcribe"})
+        )
         unknown = [code for code in options.languages if code not in DEFAULT_REGION]
         if unknown:
             _LOGGER.info("backend %r: no default region for %s; sent as is", name, unknown)
@@ -115,9 +118,7 @@ class GoogleBackend(Backend):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(
-            languages=frozenset(self.options.languages), tasks=frozenset({"transcribe"})
-        )
+        return self._capabilities
 
     def _config(self, spec: JobSpec):  # -> speech.RecognitionConfig
         from google.cloud import speech

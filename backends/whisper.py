@@ -151,7 +151,7 @@ class WhisperBackend(Backend):
     def __init__(self, name: str, options: WhisperOptions) -> None:
         super().__init__(name, options)
         self._model = None
-        self._languages: frozenset[str] = frozenset()
+        self._capabilities = Capabilities(languages=frozenset(), tasks=frozenset())
         self._limiter = anyio.CapacityLimiter(max(1, options.concurrency))
 
     @property
@@ -187,15 +187,16 @@ class WhisperBackend(Backend):
             num_workers=max(1, opts.concurrency),
             local_files_only=opts.local_files_only,
         )
-        self._languages = frozenset(self._model.supported_languages)
+        languages = frozenset(self._model.supported_languages)
+        multilingual = len(languages) > 1  # English-only models cannot translate either
+        self._capabilities = Capabilities(
+            languages=languages,
+            tasks=frozenset({"transcribe", "translate"} if multilingual else {"transcribe"}),
+        )
 
     @property
     def capabilities(self) -> Capabilities:
-        multilingual = len(self._languages) > 1
-        return Capabilities(
-            languages=self._languages,
-            tasks=frozenset({"transcribe", "translate"} if multilingual else {"transcribe"}),
-        )
+        return self._capabilities
 
     async def transcribe(self, audio: np.ndarray, spec: JobSpec) -> Transcript:
         if self._model is None:

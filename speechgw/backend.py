@@ -8,7 +8,6 @@ serves every connection (one model per process); per-job state stays in the call
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,8 +25,6 @@ class Capabilities:
     languages: frozenset[str] | None
     """ISO 639-1 codes it recognises; None means any code the caller sends."""
     tasks: frozenset[Task]
-    streaming: bool = False
-    """True when it consumes a live stream itself (its own endpointing) instead of utterances."""
 
     def supports(self, language: str, task: Task) -> bool:
         return task in self.tasks and (self.languages is None or language in self.languages)
@@ -63,10 +60,3 @@ class Backend(ABC):
 
         Must not block the event loop: heavy work belongs in a worker thread.
         """
-
-    def stream(  # pragma: no cover - only native streaming backends override it
-        self, chunks: AsyncIterator[np.ndarray], spec: JobSpec
-    ) -> AsyncIterator[Transcript]:
-        """Recognise a live stream with the backend's own endpointing, yielding each final
-        utterance. Only backends whose capabilities say ``streaming`` implement it."""
-        raise NotImplementedError(f"backend {self.name!r} does not stream natively")

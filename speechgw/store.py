@@ -212,9 +212,6 @@ class SQLiteStore(Store):
         rows = self._connection().execute(sql, (since or 0.0, key, key)).fetchall()
         return [UsageTotal(*row) for row in rows]
 
-    def request_ids(self) -> set[str]:
-        return {r for (r,) in self._connection().execute("SELECT request_id FROM usage")}
-
     # --- keys -------------------------------------------------------------------------------
 
     def key_name(self, presented: str) -> str | None:

@@ -108,7 +108,6 @@ class Stream:
         self._session_samples = 0
         self._session_limit = int(config.session_limit_seconds * SAMPLE_RATE)
         self.sessions = 1
-        self.samples_in = 0
 
     async def feed(self, samples: np.ndarray) -> None:
         """Take native-rate samples; waits while the stream's buffer is full (back-pressure)."""
@@ -130,7 +129,6 @@ class Stream:
 
     async def _segment(self, samples: np.ndarray) -> None:
         if len(samples):
-            self.samples_in += len(samples)
             self._session_samples += len(samples)
             self._backlog.extend(self._segmenter.feed(samples))
         await self._enqueue_backlog()
