@@ -25,7 +25,7 @@ from speechgw.errors import (
     ClientTimeout,
     InternalError,
     InvalidRequest,
-    ServerBusy,
+    RetryLater,
     SpeechGWError,
     UnsupportedLanguage,
     UnsupportedTask,
@@ -162,8 +162,10 @@ class BatchProtocol:
         await websocket.accept()
         request = self.gateway.begin(PROTOCOL)
         settled = False
+        held = contextlib.ExitStack()  # the places this request holds, released at the end
         try:
-            transcript = await self._serve(websocket, request)
+            held.enter_context(self.gateway.admit_connection())
+            transcript = await self._serve(websocket, request, held)
             corrected = await self.gateway.postprocess(request, transcript)
             await self.gateway.settle(request)  # durable before the client can see it
             settled = True
@@ -181,10 +183,14 @@ class BatchProtocol:
             _LOGGER.exception("request %s: unexpected failure", request.request_id)
             await self._fail(websocket, request, InternalError("internal server error"))
             return
+        finally:
+            held.close()
         self.gateway.finish(request)
         await websocket.close(1000)
 
-    async def _serve(self, websocket: WebSocket, request: Request) -> Transcript:
+    async def _serve(
+        self, websocket: WebSocket, request: Request, held: contextlib.ExitStack
+    ) -> Transcript:
         while True:  # metadata, after any number of pings
             message = await self._receive(websocket, "metadata frame")
             if message.get("text") is None:
@@ -194,6 +200,7 @@ class BatchProtocol:
                 break
             await websocket.send_json({"type": "pong", "status": "ok"})
         key_name = self.gateway.authenticate(metadata.api_key)
+        held.enter_context(self.gateway.admit_key(key_name))
         request.spec = JobSpec(
             language=metadata.language,
             task=metadata.task,
@@ -218,7 +225,7 @@ class BatchProtocol:
             return
         try:
             payload: dict[str, Any] = {"error": error.error, "message": error.message}
-            if isinstance(error, ServerBusy):
+            if isinstance(error, RetryLater):
                 payload["retry_after"] = error.retry_after
             await websocket.send_json(payload)
             if request.started is None and not isinstance(error, ClientTimeout):

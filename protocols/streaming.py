@@ -28,7 +28,7 @@ from speechgw.audio import decode_linear16
 from speechgw.errors import (
     InvalidAudio,
     InvalidRequest,
-    ServerBusy,
+    RetryLater,
     SpeechGWError,
     Unauthorized,
     UnsupportedLanguage,
@@ -179,23 +179,25 @@ class StreamingProtocol:
         return [WebSocketRoute(PATH, self.endpoint)]
 
     async def endpoint(self, websocket: WebSocket) -> None:
+        # every check happens before the upgrade, so a refused client gets a plain HTTP answer
         try:
-            key_name = self.gateway.authenticate(websocket.query_params.get("api_key"))
+            with contextlib.ExitStack() as held:
+                held.enter_context(self.gateway.admit_connection())
+                key_name = self.gateway.authenticate(websocket.query_params.get("api_key"))
+                held.enter_context(self.gateway.admit_key(key_name))
+                held.enter_context(self.gateway.admit_stream())
+                await self._serve(websocket, key_name)
         except Unauthorized as exc:
             self.gateway.note_error(PROTOCOL, exc)
             await websocket.send_denial_response(
                 JSONResponse({"error": exc.error, "message": exc.message}, status_code=401)
             )
-            return
-        try:
-            with self.gateway.admit_stream():
-                await self._serve(websocket, key_name)
-        except ServerBusy as exc:
+        except RetryLater as exc:
             self.gateway.note_error(PROTOCOL, exc)
             await websocket.send_denial_response(
                 JSONResponse(
                     {"error": exc.error, "message": exc.message, "retry_after": exc.retry_after},
-                    status_code=503,
+                    status_code=exc.http_status,
                     headers={"Retry-After": str(exc.retry_after)},
                 )
             )

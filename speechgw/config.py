@@ -77,6 +77,14 @@ class LimitsConfig:
     """Open streaming connections; more are refused with HTTP 503 before the upgrade."""
     busy_retry_after_seconds: int = 5
     """What ``server_busy`` tells clients to wait before retrying."""
+    max_connections: int = 512
+    """Open WebSocket connections of both protocols together; more get ``server_busy``."""
+    max_connections_per_key: int | None = None
+    """Open connections per API key name (only when keys are configured); null: no limit."""
+    rate_limit_per_key: float | None = None
+    """Requests (batch requests and stream openings) per minute per API key; null: no limit."""
+    rate_limit_burst: int = 10
+    """Requests a key may make at once before the per-minute rate applies."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,9 @@ adapters map these onto their own wire shapes; nothing else decides them.
     ├── InvalidAudio            invalid_audio           1008
     ├── AudioTooLong            audio_too_long          1009
     ├── ClientTimeout           timeout                 1008
-    ├── ServerBusy              server_busy             1013
+    ├── RetryLater                                      1013  (+ retry_after)
+    │   ├── ServerBusy          server_busy
+    │   └── RateLimited         rate_limited
     ├── BackendUnavailable      backend_unavailable     1013
     └── InternalError           internal_error          1011
 """
@@ -28,6 +30,8 @@ __all__ = [
     "InternalError",
     "InvalidAudio",
     "InvalidRequest",
+    "RateLimited",
+    "RetryLater",
     "ServerBusy",
     "SpeechGWError",
     "Unauthorized",
@@ -88,15 +92,28 @@ class ClientTimeout(SpeechGWError):
     close_code = WS_1008_POLICY_VIOLATION
 
 
-class ServerBusy(SpeechGWError):
-    """Over capacity; ``retry_after`` (seconds) tells the client when to try again."""
+class RetryLater(SpeechGWError):
+    """Refused for now; ``retry_after`` (whole seconds) tells the client when to try again."""
 
-    error = "server_busy"
     close_code = WS_1013_TRY_AGAIN_LATER
+    http_status = 503
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ServerBusy(RetryLater):
+    """The server is at a capacity limit."""
+
+    error = "server_busy"
+
+
+class RateLimited(RetryLater):
+    """The API key has used up its request rate."""
+
+    error = "rate_limited"
+    http_status = 429
 
 
 class BackendUnavailable(SpeechGWError):

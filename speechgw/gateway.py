@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .admission import Admission
 from .auth import Keyring
 from .backend import Backend
 from .config import Config
@@ -24,7 +25,6 @@ from .errors import (
     AudioTooLong,
     BackendUnavailable,
     InternalError,
-    ServerBusy,
     SpeechGWError,
 )
 from .jobs import AudioJob, JobSpec, Transcript, new_request_id
@@ -76,8 +76,7 @@ class Gateway:
         self.store = store
         self.postprocessor = postprocessor or Postprocessor(config.postprocess)
         self.router = Router(config.routing, self.backends)
-        self._pending_jobs = 0
-        self._open_streams = 0
+        self.admission = Admission(lambda: self.config.limits)
         self._readers: set[asyncio.Task[Any]] = set()
         self._retired: list[Backend] = []
         self.draining = False
@@ -96,37 +95,47 @@ class Gateway:
         return self.router.route(spec)
 
     @contextlib.contextmanager
+    def admit_connection(self) -> Iterator[None]:
+        """Hold one of ``limits.max_connections`` places (both protocols together)."""
+        with self.admission.hold("connections", self.config.limits.max_connections, "connections"):
+            yield
+
+    @contextlib.contextmanager
+    def admit_key(self, key_name: str) -> Iterator[None]:
+        """A request of ``key_name``: its rate limit and its share of connections. Applies
+        only when keys are configured (otherwise every caller is the same "anonymous").
+
+        Raises:
+            RateLimited: the key is over ``limits.rate_limit_per_key``.
+            ServerBusy: the key holds ``limits.max_connections_per_key`` connections already.
+        """
+        if not self.keyring.enabled:
+            yield
+            return
+        self.admission.take(key_name)
+        limit = self.config.limits.max_connections_per_key
+        with self.admission.hold(f"key:{key_name}", limit, f"connections for key {key_name!r}"):
+            yield
+
+    @contextlib.contextmanager
     def admit_job(self) -> Iterator[None]:
         """Hold one of ``limits.max_pending_jobs`` places while a batch job is decoded and run.
 
         Raises:
             ServerBusy: every place is taken; the client is told when to retry.
         """
-        with self._admit("_pending_jobs", self.config.limits.max_pending_jobs, "jobs"):
+        with self.admission.hold("jobs", self.config.limits.max_pending_jobs, "jobs"):
             yield
 
     @contextlib.contextmanager
     def admit_stream(self) -> Iterator[None]:
         """Hold one of ``limits.max_streams`` places for an open stream (raises ServerBusy)."""
-        with self._admit("_open_streams", self.config.limits.max_streams, "streams"):
+        with self.admission.hold("streams", self.config.limits.max_streams, "streams"):
             self.metrics.active_streams.inc()
             try:
                 yield
             finally:
                 self.metrics.active_streams.dec()
-
-    @contextlib.contextmanager
-    def _admit(self, counter: str, limit: int, what: str) -> Iterator[None]:
-        if getattr(self, counter) >= limit:
-            retry = self.config.limits.busy_retry_after_seconds
-            raise ServerBusy(
-                f"the server is at its limit of {limit} {what}; retry in {retry} s", retry
-            )
-        setattr(self, counter, getattr(self, counter) + 1)
-        try:
-            yield
-        finally:
-            setattr(self, counter, getattr(self, counter) - 1)
 
     def check_duration(self, samples: int, rate: int) -> None:
         """Refuse audio over ``limits.max_audio_seconds`` before spending anything on it."""

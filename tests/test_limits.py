@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
 
 from tests.client import transcribe
 from tests.serving import running_server
@@ -72,3 +73,60 @@ def test_an_idle_stream_is_closed_after_its_buffered_audio_is_answered(voices) -
             ws.recv(timeout=10)
         assert closed.value.rcvd.code == 1008 and closed.value.rcvd.reason == "timeout"
         assert time.monotonic() - started < 5
+
+
+def test_overall_connection_cap_covers_both_protocols(voices) -> None:
+    wav = voices["children"].read_bytes()
+    limits = {"limits": {"max_connections": 2}}
+    with (
+        running_server(limits, backends=SLOW) as server,
+        open_stream(server.ws) as first,
+        connect(server.ws + "/ws/transcribe") as second,
+    ):
+        first.recv(timeout=10)
+        second.send(json.dumps({"type": "ping"}))
+        second.recv(timeout=10)  # both are in: 2 of 2 places
+        refused = transcribe(server.ws, wav)
+        assert refused.messages[0]["error"] == "server_busy"
+        assert "2 connections" in refused.messages[0]["message"]
+        assert refused.close_code == 1013
+        with pytest.raises(InvalidStatus) as stream_refused:
+            open_stream(server.ws)
+        assert stream_refused.value.response.status_code == 503
+
+
+def test_per_key_connection_cap(voices) -> None:
+    wav = voices["children"].read_bytes()
+    keys = {
+        "auth": {
+            "keys": [{"name": "alice", "key": "alice-key"}, {"name": "bob", "key": "bob-key"}]
+        },
+        "limits": {"max_connections_per_key": 1},
+    }
+    with (
+        running_server(keys, backends=SLOW) as server,
+        open_stream(server.ws, api_key="alice-key") as alice,
+    ):
+        alice.recv(timeout=10)
+        busy = transcribe(server.ws, wav, api_key="alice-key").messages[0]
+        assert busy["error"] == "server_busy" and "'alice'" in busy["message"]
+        assert transcribe(server.ws, wav, api_key="bob-key").reply["text"] == "done"
+
+
+def test_per_key_rate_limit(voices) -> None:
+    wav = voices["children"].read_bytes()
+    settings = {
+        "auth": {"keys": [{"name": "carol", "key": "carol-key"}]},
+        "limits": {"rate_limit_per_key": 6, "rate_limit_burst": 2},
+    }
+    with running_server(settings, backends={"null": {"type": "null", "text": "ok"}}) as server:
+        for _ in range(2):  # the burst
+            assert transcribe(server.ws, wav, api_key="carol-key").reply["text"] == "ok"
+        limited = transcribe(server.ws, wav, api_key="carol-key")
+        assert limited.messages[0]["error"] == "rate_limited"
+        assert 1 <= limited.messages[0]["retry_after"] <= 10  # one token per 10 s
+        assert limited.close_code == 1013
+        with pytest.raises(InvalidStatus) as refused:
+            open_stream(server.ws, api_key="carol-key")
+        assert refused.value.response.status_code == 429
+        assert json.loads(refused.value.response.body)["error"] == "rate_limited"
