@@ -50,6 +50,7 @@ _LOGGER = logging.getLogger(__name__)
 _CLOSE: dict[str, tuple[int, str]] = {
     "end": (1000, ""),
     "idle": (1008, "timeout"),
+    "too_long": (1008, "stream too long"),
     "shutdown": (1001, "server shutting down"),
 }
 """How the server closes after each way a stream can end (a disconnect needs no close)."""
@@ -219,6 +220,7 @@ class StreamingProtocol:
         # stopping this handler, which then still flushes the stream.
         reader = asyncio.create_task(self._read(conn, caller, worker))
         self.gateway.track_reader(reader)
+        discard: asyncio.Task[None] | None = None
         try:
             try:
                 ending = await reader
@@ -226,25 +228,39 @@ class StreamingProtocol:
                 if _being_cancelled():
                     raise
                 ending = "shutdown"
+            # A client the server stops early may still be sending: keep reading (and
+            # dropping) its messages, or hypercorn's full queue would hold back our close.
+            if ending in ("too_long", "shutdown") and conn.open:
+                discard = asyncio.create_task(self._discard(conn))
             if conn.stream is not None:
                 await conn.stream.end()
             if worker:
                 await worker[0]
+            _LOGGER.info("stream %s closed (%s)", conn.client_id, ending)
+            close = _CLOSE.get(ending)
+            if close is not None and conn.open:
+                with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+                    await websocket.close(*close)
         finally:
             if worker and not worker[0].done():
                 worker[0].cancel()
-        _LOGGER.info("stream %s closed (%s)", conn.client_id, ending)
-        close = _CLOSE.get(ending)
-        if close is not None and conn.open:
-            with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-                await websocket.close(*close)
+            if discard is not None:
+                discard.cancel()
+
+    @staticmethod
+    async def _discard(conn: _Connection) -> None:
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+            while (await conn.websocket.receive())["type"] != "websocket.disconnect":
+                pass
 
     async def _read(
         self, conn: _Connection, caller: Caller, worker: list[asyncio.Task[None]]
     ) -> str:
         """Read and feed messages until the stream ends; returns why it ended."""
         loop = asyncio.get_running_loop()
-        idle = self.gateway.config.limits.stream_idle_seconds
+        limits = self.gateway.config.limits
+        idle = limits.stream_idle_seconds
+        bytes_left = float("inf")  # of limits.max_stream_seconds, once the rate is known
         try:
             async with asyncio.timeout(None) as deadline:
                 while True:
@@ -260,6 +276,11 @@ class StreamingProtocol:
                         if conn.stream is None:
                             conn.stream = self._open(conn, decoded, caller)
                             worker.append(asyncio.create_task(conn.stream.run()))
+                            if limits.max_stream_seconds is not None:
+                                bytes_left = limits.max_stream_seconds * conn.stream.rate * 2
+                        bytes_left -= len(decoded.pcm)
+                        if bytes_left < 0:
+                            return "too_long"
                         if decoded.pcm:
                             deadline.reschedule(None)  # waiting out back-pressure is not idling
                             await conn.stream.feed(decode_linear16(decoded.pcm))

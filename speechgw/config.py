@@ -67,6 +67,9 @@ class LimitsConfig:
     """Longest batch recording; longer ones get ``audio_too_long``."""
     receive_timeout_seconds: float = 30.0
     """How long the server waits for a client's next expected message before ``timeout``."""
+    max_stream_seconds: float | None = None
+    """Audio one stream may send in all; reaching it, the stream's buffered audio is answered
+    and the server closes (1008 "stream too long"). Null: no limit (sessions restart)."""
     stream_idle_seconds: float = 60.0
     """A stream with no message for this long is closed (1008 "timeout") after its buffered
     audio is recognised and replied to."""

@@ -99,6 +99,7 @@ class Stream:
         self.spec = dataclasses.replace(spec, segmented=True)  # its jobs are VAD-cut utterances
         self.route = route
         self.config = config
+        self.rate = rate
         self._resampler = StreamResampler(rate)
         self._segmenter = Segmenter(config)
         self._queue = _UtteranceQueue(int(config.buffer_seconds * SAMPLE_RATE), spec.request_id)

@@ -130,3 +130,31 @@ def test_per_key_rate_limit(voices) -> None:
             open_stream(server.ws, api_key="carol-key")
         assert refused.value.response.status_code == 429
         assert json.loads(refused.value.response.body)["error"] == "rate_limited"
+
+
+def test_longest_stream(voices) -> None:
+    import base64
+
+    from tests.streaming_client import read_pcm16
+
+    pcm, rate = read_pcm16(voices["coffee"])  # about 3 s; the limit is 2 s
+    backends = {"null": {"type": "null", "text": "answered"}}
+    with (
+        running_server({"limits": {"max_stream_seconds": 2}}, backends=backends) as server,
+        open_stream(server.ws) as ws,
+    ):
+        ws.recv(timeout=10)
+        step = rate // 10 * 2
+        for i in range(0, len(pcm), step):
+            message = {"audio": base64.b64encode(pcm[i : i + step]).decode(), "rate": rate}
+            try:
+                ws.send(json.dumps(message))
+            except ConnectionClosed:
+                break
+        replies = []
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                replies.append(json.loads(ws.recv(timeout=10)))
+        assert [r.get("asr_reply") for r in replies] == ["answered"]  # what came before
+        assert closed.value.rcvd.code == 1008
+        assert closed.value.rcvd.reason == "stream too long"
