@@ -4,6 +4,7 @@ shared HTTP endpoints (``/health``, ``/metrics``)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -38,6 +39,7 @@ __all__ = [
     "build_gateway",
     "build_metrics_app",
     "default_config",
+    "load_app_config",
     "open_store",
     "reload_gateway",
 ]
@@ -91,9 +93,7 @@ async def reload_gateway(gateway: Gateway, path: str, env: Mapping[str, str]) ->
     before the switch. ``server``, ``store`` and ``metrics`` take effect only on a restart.
     """
     try:
-        config = await anyio.to_thread.run_sync(
-            lambda: load_config_file(path, env, backend_options)
-        )
+        config = await anyio.to_thread.run_sync(load_app_config, path, env)
         backends = build_backends(config, gateway.backends)
         for backend in backends.values():
             if backend not in gateway.backends.values():
@@ -107,6 +107,18 @@ async def reload_gateway(gateway: Gateway, path: str, env: Mapping[str, str]) ->
     gateway.reconfigure(config, backends, Keyring.from_config(config.auth, env, gateway.store))
     _LOGGER.info("config reloaded from %s", path)
     return True
+
+
+def load_app_config(path: str | None, env: Mapping[str, str] | None = None) -> Config:
+    """The config ``path`` (or the embedded default when None), validated; a file that names
+    no backend gets the embedded default backends. The one loader for start and reload."""
+    if path is None:
+        return default_config(env)
+    config = load_config_file(path, env, backend_options)
+    if config.backends:
+        return config
+    defaults = default_config(env)
+    return dataclasses.replace(config, backends=defaults.backends, routing=defaults.routing)
 
 
 def build_gateway(config: Config, env: Mapping[str, str]) -> Gateway:

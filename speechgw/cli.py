@@ -58,16 +58,12 @@ def _date(text: str) -> float:
 
 
 def _load(args: argparse.Namespace):  # -> Config
-    from .app import backend_options, default_config
-    from .config import load_config_file
+    from .app import load_app_config
 
     path = args.config or os.environ.get("SPEECHGW_CONFIG")
     if path is None and _DEFAULT_CONFIG.is_file():
         path = str(_DEFAULT_CONFIG)
-    config = load_config_file(path, backend_options=backend_options) if path else default_config()
-    if not config.backends:
-        defaults = default_config()
-        config = dataclasses.replace(config, backends=defaults.backends, routing=defaults.routing)
+    config = load_app_config(path)
     server = config.server
     if getattr(args, "host", None) is not None:
         server = dataclasses.replace(server, host=args.host)

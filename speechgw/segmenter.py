@@ -100,6 +100,7 @@ class Segmenter:
         self.lead_in_padding = 0
         """Samples of silence put before the stream's first utterance (not client audio)."""
         self._ring: deque[tuple[np.ndarray, bool]] = deque(maxlen=self._start_frames)
+        self._ring_voiced = 0  # voiced frames in the ring, kept as frames come and go
         self._utterance: list[np.ndarray] = []
         self._voiced = 0
         self._silent_run = 0
@@ -135,21 +136,26 @@ class Segmenter:
         self._pending = np.zeros(0, dtype=np.int16)
         utterance = self._close(trailing_silence=0)
         self._ring.clear()
+        self._ring_voiced = 0
         return [] if utterance is None else [utterance]
 
     def _step(self, frame: np.ndarray, voiced: bool) -> np.ndarray | None:
         if not self._utterance:
+            if len(self._ring) == self._start_frames:
+                self._ring_voiced -= self._ring[0][1]  # about to fall out of the window
             self._ring.append((frame, voiced))
-            if sum(v for _, v in self._ring) * 2 >= self._start_frames and voiced:
+            self._ring_voiced += voiced
+            if self._ring_voiced * 2 >= self._start_frames and voiced:
                 # Speech in the stream's first moments has less lead-in than the padding; make
                 # it up with silence: Whisper mishears words that begin at sample 0.
                 missing = self._start_frames - len(self._ring)
                 self._utterance = [self._silence] * missing + [f for f, _ in self._ring]
                 if missing:  # only the stream's first utterance can lack its lead-in
                     self.lead_in_padding = missing * self._frame
-                self._voiced = sum(v for _, v in self._ring)
+                self._voiced = self._ring_voiced
                 self._silent_run = 0
                 self._ring.clear()
+                self._ring_voiced = 0
             return None
         self._utterance.append(frame)
         if voiced:

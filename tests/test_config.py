@@ -197,3 +197,13 @@ def test_router_says_which_part_is_unsupported() -> None:
         router.route(_spec("en", task="translate"))
     with pytest.raises(UnsupportedLanguage):
         router.route(_spec("de"))
+
+
+def test_a_file_without_backends_gets_the_embedded_default(tmp_path: Path) -> None:
+    from speechgw.app import load_app_config
+
+    path = tmp_path / "only-limits.yaml"
+    path.write_text("limits:\n  max_audio_seconds: 30\n")
+    config = load_app_config(str(path), env={})  # used at start and on SIGHUP alike
+    assert [b.options.model for b in config.backends] == ["base"]
+    assert config.limits.max_audio_seconds == 30
