@@ -2,31 +2,43 @@
 
 Whole recordings of up to 60 s go through ``Recognize``; longer ones through
 ``StreamingRecognize``, in sessions of at most 240 s of audio (Google ends a stream at about
-305 s). Transient gRPC failures (UNAVAILABLE, DEADLINE_EXCEEDED) are retried with exponential
-backoff by the client library's own ``AsyncRetry``; anything that still fails becomes
-``BackendUnavailable``, which the router answers with the rule's fallback backend. Google does
-not translate, so the backend declares ``transcribe`` only and the router keeps ``translate``
-jobs away from it.
+305 s). Live streams go through ``StreamingRecognize`` too, with Google's own endpointing: each
+final result is one utterance. A live session is restarted at the first final after
+``session_seconds``, and the audio Google had not finalised is sent again to the new session,
+so a restart loses and repeats nothing.
+
+Transient gRPC failures (UNAVAILABLE, DEADLINE_EXCEEDED) are retried with exponential backoff;
+anything that still fails becomes ``BackendUnavailable``, which the gateway answers with the
+route's fallback backend. Google does not translate, so the backend declares ``transcribe``
+only and the router keeps ``translate`` jobs away from it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from speechgw.backend import Backend, Capabilities
-from speechgw.errors import BackendUnavailable
+from speechgw.errors import BackendUnavailable, ConfigError
 from speechgw.jobs import SAMPLE_RATE, JobSpec, Segment, Transcript
 from speechgw.languages import BATCH_LANGUAGES, DEFAULT_REGION, to_bcp47
+from speechgw.live_audio import LiveAudio, Reader
 
 __all__ = ["GoogleBackend", "GoogleOptions"]
 
 _LOGGER = logging.getLogger(__name__)
 _RECOGNIZE_LIMIT_SECONDS = 60.0
-_STREAM_CHUNK_SAMPLES = SAMPLE_RATE // 10  # 100 ms per StreamingRecognizeRequest
+_STREAM_CHUNK_SAMPLES = SAMPLE_RATE // 10  # 100 ms per StreamingRecognizeRequest, Google's advice
+_STREAM_LIMIT_SECONDS = 305.0  # Google ends a stream here
+_FINAL_WAIT_SECONDS = 40.0  # after session_seconds, how long a live session waits for a final
+_IDLE_SECONDS = 5.0  # a live session idle this long is closed (Google aborts one after ~10 s)
+_UNFINALISED_LIMIT_SECONDS = 60.0  # a live session this far behind its last final is closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +55,12 @@ class GoogleOptions:
         timeout_seconds: deadline of one call.
         retry_seconds: total time spent retrying UNAVAILABLE and DEADLINE_EXCEEDED.
         backoff_seconds: the first retry's delay; it doubles each time.
-        session_seconds: audio per StreamingRecognize session for long recordings.
+        session_seconds: audio per StreamingRecognize session: a long recording is sent in
+            sessions this long; a live stream's session is restarted at the first final
+            result after this long (at most 265: Google ends a stream at 305 s).
+        native_streaming: live streams go through StreamingRecognize with Google's
+            endpointing; false: the gateway cuts them into utterances (webrtcvad) and sends
+            each through Recognize.
         languages: ISO 639-1 codes this backend accepts (default: the batch protocol's 25 and
             ja, ko, zh).
     """
@@ -59,6 +76,7 @@ class GoogleOptions:
     retry_seconds: float = 10.0
     backoff_seconds: float = 0.25
     session_seconds: float = 240.0
+    native_streaming: bool = True
     languages: tuple[str, ...] = (*BATCH_LANGUAGES, "ja", "ko", "zh")
 
 
@@ -70,8 +88,16 @@ class GoogleBackend(Backend):
         super().__init__(name, options)
         self._client = None
         self._channel = None
+        if not 0 < options.session_seconds <= _STREAM_LIMIT_SECONDS - _FINAL_WAIT_SECONDS:
+            raise ConfigError(
+                f"backends.{name}.session_seconds must be in (0, "
+                f"{_STREAM_LIMIT_SECONDS - _FINAL_WAIT_SECONDS:g}]: Google ends a stream at "
+                f"{_STREAM_LIMIT_SECONDS:g} s"
+            )
         self._capabilities = Capabilities(
-            languages=frozenset(options.languages), tasks=frozenset({"transcribe"})
+            languages=frozenset(options.languages),
+            tasks=frozenset({"transcribe"}),
+            streaming=options.native_streaming,
         )
         unknown = [code for code in options.languages if code not in DEFAULT_REGION]
         if unknown:
@@ -120,11 +146,12 @@ class GoogleBackend(Backend):
     def capabilities(self) -> Capabilities:
         return self._capabilities
 
-    def _config(self, spec: JobSpec):  # -> speech.RecognitionConfig
+    def _config(self, spec: JobSpec, **extra):  # -> speech.RecognitionConfig
         from google.cloud import speech
 
         opts = self.options
         return speech.RecognitionConfig(
+            **extra,
             encoding=speech.RecognitionConfig.AudioEncoding.LINEAR16,
             sample_rate_hertz=SAMPLE_RATE,
             audio_channel_count=1,
@@ -224,6 +251,142 @@ class GoogleBackend(Backend):
         async for response in responses:
             finals.extend(r for r in response.results if r.is_final)
         return finals
+
+    # --- live streams ---------------------------------------------------------------------
+
+    async def stream(self, audio: LiveAudio, spec: JobSpec) -> AsyncGenerator[Transcript, None]:
+        """Recognise a live stream in StreamingRecognize sessions; see the module docstring.
+
+        A failed session is retried (after a backoff, replaying from the last final) while
+        failures are transient and for at most ``retry_seconds`` since the last success.
+        """
+        if self._client is None:
+            raise BackendUnavailable(f"backend {self.name!r} has no Google Speech client")
+        from google.api_core import exceptions
+        from google.cloud import speech
+
+        streaming_config = speech.StreamingRecognitionConfig(
+            config=self._config(spec, enable_word_time_offsets=True), interim_results=False
+        )
+        opts = self.options
+        failing_since: float | None = None
+        delay = opts.backoff_seconds
+        while await audio.wait_for_audio():  # an idle client holds no session open
+            session = self._live_session(audio, streaming_config, spec)
+            try:
+                async with contextlib.aclosing(session):
+                    async for transcript in session:
+                        failing_since, delay = None, opts.backoff_seconds
+                        yield transcript
+                failing_since, delay = None, opts.backoff_seconds
+            except exceptions.GoogleAPICallError as exc:
+                if not isinstance(exc, _transient_in_streams()):
+                    raise BackendUnavailable(f"Google Speech failed: {_describe(exc)}") from None
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now + delay - failing_since > opts.retry_seconds:
+                    raise BackendUnavailable(
+                        f"Google Speech kept failing for {opts.retry_seconds:g} s: {_describe(exc)}"
+                    ) from None
+                _LOGGER.warning(
+                    "stream %s: Google session failed (%s); resuming from the last final in %.2f s",
+                    spec.request_id,
+                    _describe(exc),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _live_session(
+        self, audio: LiveAudio, streaming_config, spec: JobSpec
+    ) -> AsyncGenerator[Transcript, None]:
+        """One StreamingRecognize call, from the last committed sample on.
+
+        It ends by half-closing (Google then finalises everything it was sent) when the
+        client's audio ends, after ``_IDLE_SECONDS`` without audio, when nothing has been
+        final for ``_UNFINALISED_LIMIT_SECONDS``, or ``_FINAL_WAIT_SECONDS`` after
+        ``session_seconds``; and by cancelling at the first final after ``session_seconds``:
+        the next session replays what came after that final.
+        """
+        from google.cloud import speech
+
+        reader = audio.reader()
+        opened = time.monotonic()
+        restart_at = self.options.session_seconds
+        hard_limit = restart_at + _FINAL_WAIT_SECONDS
+
+        def age() -> float:
+            return max(reader.seconds, time.monotonic() - opened)
+
+        async def requests() -> AsyncIterator:
+            yield speech.StreamingRecognizeRequest(streaming_config=streaming_config)
+            while age() < hard_limit:
+                if (reader.position - audio.committed) / SAMPLE_RATE > _UNFINALISED_LIMIT_SECONDS:
+                    return
+                try:
+                    async with asyncio.timeout(_IDLE_SECONDS):
+                        pcm = await reader.read(_STREAM_CHUNK_SAMPLES)
+                except TimeoutError:
+                    return
+                if pcm is None:
+                    return
+                yield speech.StreamingRecognizeRequest(audio_content=pcm.tobytes())
+
+        responses = await self._client.streaming_recognize(  # type: ignore[union-attr]
+            requests=requests(),
+            retry=None,  # a half-sent stream cannot be re-sent by the library: see stream()
+            timeout=hard_limit + self.options.timeout_seconds,
+        )
+        previous = reader.start
+        try:
+            async for response in responses:
+                finals = [r for r in response.results if r.is_final and r.alternatives]
+                for result in finals:
+                    end = reader.start + _samples(result.result_end_time)
+                    end = min(max(end, previous), reader.position)
+                    transcript = _final(result, reader, previous, end, spec, self.name)
+                    audio.commit(end)
+                    previous = end
+                    if transcript.text:
+                        yield transcript
+                if finals and age() >= restart_at:
+                    _LOGGER.info(
+                        "stream %s: Google session restarted after %.0f s",
+                        spec.request_id,
+                        reader.seconds,
+                    )
+                    return
+            audio.commit(reader.position)  # half-closed: everything sent is final
+        finally:
+            responses.cancel()
+
+
+def _transient_in_streams() -> tuple[type[Exception], ...]:
+    from google.api_core import exceptions
+
+    # INTERNAL too: grpc's asyncio client reports a status that races a write as INTERNAL
+    # "Internal error from Core" (grpc/grpc#36066), so an UNAVAILABLE can arrive as INTERNAL
+    return (
+        exceptions.ServiceUnavailable,
+        exceptions.DeadlineExceeded,
+        exceptions.InternalServerError,
+    )
+
+
+def _samples(offset) -> int:  # a datetime.timedelta from the proto-plus message
+    return round(offset.total_seconds() * SAMPLE_RATE) if offset else 0
+
+
+def _final(result, reader: Reader, previous: int, end: int, spec: JobSpec, backend: str):
+    """A final result as a transcript timed from the stream's start: from its first word
+    (when Google timed the words) or the previous final, to its end."""
+    alternative = result.alternatives[0]
+    start = previous
+    if alternative.words:
+        start = min(max(reader.start + _samples(alternative.words[0].start_time), previous), end)
+    text = alternative.transcript.strip()
+    segments = (Segment(text, start / SAMPLE_RATE, end / SAMPLE_RATE),) if text else ()
+    return Transcript(text=text, segments=segments, language=spec.language, backend=backend)
 
 
 def _describe(exc: BaseException | None) -> str:

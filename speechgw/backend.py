@@ -1,19 +1,25 @@
 """The Backend interface: what every recogniser behind the gateway offers the core.
 
 A backend knows no protocol. It gets 16 kHz mono float32 audio and a :class:`JobSpec`, and it
-returns a :class:`Transcript` or raises a :class:`~speechgw.errors.SpeechGWError`. One instance
-serves every connection (one model per process); per-job state stays in the call.
+returns a :class:`Transcript` or raises a :class:`~speechgw.errors.SpeechGWError`. A backend
+that recognises live streams natively (endpointing included) also implements
+:meth:`Backend.stream`. One instance serves every connection (one model per process);
+per-job state stays in the call.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from .jobs import JobSpec, Task, Transcript
+
+if TYPE_CHECKING:
+    from .live_audio import LiveAudio
 
 __all__ = ["Backend", "Capabilities"]
 
@@ -25,6 +31,9 @@ class Capabilities:
     languages: frozenset[str] | None
     """ISO 639-1 codes it recognises; None means any code the caller sends."""
     tasks: frozenset[Task]
+    streaming: bool = False
+    """It recognises a live stream itself, deciding where utterances end (:meth:`Backend.stream`);
+    otherwise the gateway cuts streams into utterances with a voice-activity detector."""
 
     def supports(self, language: str, task: Task) -> bool:
         return task in self.tasks and (self.languages is None or language in self.languages)
@@ -60,3 +69,15 @@ class Backend(ABC):
 
         Must not block the event loop: heavy work belongs in a worker thread.
         """
+
+    def stream(self, audio: LiveAudio, spec: JobSpec) -> AsyncGenerator[Transcript, None]:
+        """Recognise a live stream, for a backend whose capabilities say ``streaming``.
+
+        Read the audio through ``audio.reader()``; yield one transcript per final utterance,
+        its segments timed in seconds from the stream's first sample, and ``audio.commit()``
+        the samples each one settles, so that a restarted session (a new reader) replays only
+        what is not yet recognised. Stop when the reader returns None. Raise
+        :class:`~speechgw.errors.BackendUnavailable` to give up: the gateway hands the
+        uncommitted audio to the route's fallback backend.
+        """
+        raise NotImplementedError(f"backend {self.name!r} does not recognise streams itself")

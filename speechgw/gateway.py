@@ -160,14 +160,7 @@ class Gateway:
         last_error: SpeechGWError = BackendUnavailable("no backend could serve the request")
         for i, backend in enumerate(route):
             if i:
-                self.metrics.fallbacks.labels(route[i - 1].name, backend.name).inc()
-                _LOGGER.warning(
-                    "request %s: backend %r failed (%s); falling back to %r",
-                    request.request_id,
-                    route[i - 1].name,
-                    last_error.message,
-                    backend.name,
-                )
+                self.note_fallback(request.request_id, route[i - 1], backend, last_error)
             started = time.monotonic()
             try:
                 transcript = await backend.transcribe(job.audio, job.spec)
@@ -189,6 +182,19 @@ class Gateway:
             request.backend = backend.name
             return transcript
         raise last_error
+
+    def note_fallback(
+        self, request_id: str, failed: Backend, spare: Backend, error: SpeechGWError
+    ) -> None:
+        """Log and count a hand-over from a failed backend to the route's next one."""
+        self.metrics.fallbacks.labels(failed.name, spare.name).inc()
+        _LOGGER.warning(
+            "request %s: backend %r failed (%s); falling back to %r",
+            request_id,
+            failed.name,
+            error.message,
+            spare.name,
+        )
 
     async def postprocess(self, request: Request, transcript: Transcript) -> PostprocessResult:
         """LLM correction when the request (or the server default) wants it; never raises."""

@@ -3,11 +3,17 @@
 ``google-cloud-speech`` package's own protobuf messages.
 
 It enforces the rules a client can break (the config comes first in a stream, 60 s of audio
-per Recognize, about 305 s per stream), answering with Google's status codes and messages, and
+per Recognize, 305 s per stream), answering with Google's status codes and messages, and
 injects faults on demand: queue ``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ``PERMISSION_DENIED``,
-``SLOW`` (answers after ``slow_seconds``) or ``ABORT`` (a stream cut midway) in ``faults``;
-each call takes the next one. Transcripts come from ``recognizer(pcm, language_code)`` (for
-example a real faster-whisper model) or are the scripted ``text``.
+``SLOW`` (answers after ``slow_seconds``) or ``ABORT`` (a stream cut after 0.5 s of audio) in
+``faults``; each call takes the next one. A stream's fault is answered once the client has
+half-closed, or, written ``UNAVAILABLE@2.5``, as soon as 2.5 s of audio have arrived.
+
+StreamingRecognize endpoints as Google does: webrtcvad finds speech, and after
+``endpoint_seconds`` of silence the utterance gets one final result (its words timed when the
+config asks for word offsets), while the client is still sending. Transcripts come from
+``recognizer(pcm, language_code)`` (for example a real faster-whisper model) or are the
+scripted ``text``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import webrtcvad
 from google.cloud import speech
 from google.protobuf import duration_pb2
 
@@ -32,9 +39,14 @@ STREAM_LIMIT_SECONDS = 305
 
 @dataclass
 class Call:
+    """One call as the emulator saw it; a stream's audio and finals grow as they arrive."""
+
     method: str
     config: Any
-    audio: bytes
+    audio: bytes | bytearray
+    finals: list[str] = field(default_factory=list)
+    status: str = "open"
+    """``open`` while a stream runs, then ``ok``, ``cancelled`` or the code it failed with."""
 
 
 @dataclass
@@ -42,6 +54,7 @@ class SpeechEmulator:
     text: str = "hello from the emulator"
     recognizer: Callable[[bytes, str], str] | None = None
     slow_seconds: float = 3.0
+    endpoint_seconds: float = 0.5
     faults: deque[str] = field(default_factory=deque)
     calls: list[Call] = field(default_factory=list)
     port: int = 0
@@ -55,12 +68,7 @@ class SpeechEmulator:
         if fault == "next":
             fault = self._take_fault()
         if fault in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "PERMISSION_DENIED"):
-            messages = {
-                "UNAVAILABLE": "The service is currently unavailable.",
-                "DEADLINE_EXCEEDED": "Deadline Exceeded",
-                "PERMISSION_DENIED": "Cloud Speech-to-Text API has not been used in this project",
-            }
-            context.abort(getattr(grpc.StatusCode, fault), messages[fault])
+            context.abort(getattr(grpc.StatusCode, fault), _MESSAGES[fault])
         if fault == "SLOW":
             time.sleep(self.slow_seconds)
         return fault
@@ -94,42 +102,163 @@ class SpeechEmulator:
                 "Malordered Data Received. Send exactly one config, followed by audio data.",
             )
         config = first.streaming_config.config
-        # a stream's fault is answered once its requests are read: failing while the client
-        # still writes makes grpc report INTERNAL instead of the status sent
-        fault = self._take_fault()
+        call = Call("StreamingRecognize", config, bytearray())
+        self.calls.append(call)
+        context.add_callback(lambda: _ended(call))
+        fault, at = self._take_stream_fault()
         if fault == "SLOW":
-            self._fault(context, fault)
-        audio = bytearray()
+            time.sleep(self.slow_seconds)
+        rate = config.sample_rate_hertz or 16000
+        endpointer = Endpointer(rate, self.endpoint_seconds)
         for request in requests:
             if request.HasField("streaming_config"):
-                context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
+                self._abort(
+                    call,
+                    context,
+                    "INVALID_ARGUMENT",
                     "Malordered Data Received. Send exactly one config.",
                 )
-            audio += request.audio_content
-            if fault == "ABORT" and len(audio) > 16000:
-                context.abort(grpc.StatusCode.ABORTED, "The stream was aborted.")
-            if self._seconds(bytes(audio), config) > STREAM_LIMIT_SECONDS:
-                context.abort(
-                    grpc.StatusCode.OUT_OF_RANGE,
+            call.audio += request.audio_content
+            if at is not None and self._seconds(call.audio, config) >= at:
+                self._abort(call, context, fault)
+            if self._seconds(call.audio, config) > STREAM_LIMIT_SECONDS:
+                self._abort(
+                    call,
+                    context,
+                    "OUT_OF_RANGE",
                     "Exceeded maximum allowed stream duration of 305 seconds.",
                 )
-        if fault != "SLOW":
-            self._fault(context, fault)
-        self.calls.append(Call("StreamingRecognize", config, bytes(audio)))
-        response = self._response(bytes(audio), config, speech.StreamingRecognizeResponse)
-        yield speech.StreamingRecognizeResponse.pb(response)
+            for utterance in endpointer.feed(request.audio_content):
+                yield self._final(call, config, utterance)
+        # a fault without a time is answered once the client has half-closed: failing
+        # while it still writes often reaches grpc's asyncio client as INTERNAL
+        # (grpc/grpc#36066), which these faults are not about
+        if fault not in (None, "", "SLOW"):
+            self._abort(call, context, fault)
+        for utterance in endpointer.flush():
+            yield self._final(call, config, utterance)
+        call.status = "ok"
+
+    def _take_stream_fault(self) -> tuple[str | None, float | None]:
+        fault = self._take_fault()
+        if fault == "ABORT":
+            return "ABORTED", 0.5
+        if fault and "@" in fault:
+            name, at = fault.split("@")
+            return name, float(at)
+        return fault, None
+
+    def _abort(self, call: Call, context: grpc.ServicerContext, code: str, message: str = ""):
+        call.status = code
+        message = message or _MESSAGES.get(code, "")
+        context.abort(getattr(grpc.StatusCode, code), message)
+
+    def _final(self, call: Call, config: Any, utterance: tuple[int, int, int]) -> Any:
+        """The final result for speech ``[start, end)`` (in samples) that began after the
+        previous final's end ``begin``."""
+        begin, start, end = utterance
+        pcm = bytes(call.audio[begin * 2 : end * 2])
+        text = self._transcript(pcm, config)
+        rate = config.sample_rate_hertz or 16000
+        alternative: dict[str, Any] = {"transcript": text, "confidence": 0.9}
+        if config.enable_word_time_offsets and text:
+            words = text.split()
+            step = (end - start) / len(words)
+            alternative["words"] = [
+                {
+                    "word": word,
+                    "start_time": _duration((start + i * step) / rate),
+                    "end_time": _duration((start + (i + 1) * step) / rate),
+                }
+                for i, word in enumerate(words)
+            ]
+        call.finals.append(text)
+        result = {"alternatives": [alternative], "is_final": True}
+        result["result_end_time"] = _duration(end / rate)
+        return speech.StreamingRecognizeResponse.pb(
+            speech.StreamingRecognizeResponse(results=[result])
+        )
 
     def _response(self, pcm: bytes, config: Any, kind: type) -> Any:
         seconds = self._seconds(pcm, config)
-        end = duration_pb2.Duration(seconds=int(seconds), nanos=int(seconds % 1 * 1e9))
         text = self._transcript(pcm, config)
         if not text:
             return kind(results=[])
-        result = {"alternatives": [{"transcript": text, "confidence": 0.9}], "result_end_time": end}
-        if kind is speech.StreamingRecognizeResponse:
-            result["is_final"] = True
+        result = {
+            "alternatives": [{"transcript": text, "confidence": 0.9}],
+            "result_end_time": _duration(seconds),
+        }
         return kind(results=[result])
+
+
+_MESSAGES = {
+    "UNAVAILABLE": "The service is currently unavailable.",
+    "DEADLINE_EXCEEDED": "Deadline Exceeded",
+    "PERMISSION_DENIED": "Cloud Speech-to-Text API has not been used in this project",
+    "ABORTED": "The stream was aborted.",
+}
+
+
+def _ended(call: Call) -> None:
+    if call.status == "open":  # the client went away first
+        call.status = "cancelled"
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    return duration_pb2.Duration(seconds=int(seconds), nanos=int(seconds % 1 * 1e9))
+
+
+class Endpointer:
+    """Google-like endpointing: an utterance is final after ``silence_seconds`` without voice.
+
+    :meth:`feed` takes 16-bit PCM and returns ``(begin, start, end)`` sample positions per
+    finished utterance: ``begin`` is where the previous one ended, ``[start, end)`` the voiced
+    part. Voice needs 3 voiced 30 ms frames out of 5 to start (clicks are not speech).
+    """
+
+    def __init__(self, rate: int, silence_seconds: float) -> None:
+        self._vad = webrtcvad.Vad(2)
+        self._rate = rate
+        self._frame = rate * 30 // 1000
+        self._silence_frames = max(1, round(silence_seconds / 0.03))
+        self._pending = bytearray()
+        self._position = 0  # samples framed so far
+        self._begin = 0
+        self._start: int | None = None
+        self._end = 0
+        self._recent: list[bool] = []
+        self._quiet = 0
+
+    def feed(self, pcm: bytes) -> list[tuple[int, int, int]]:
+        self._pending += pcm
+        done: list[tuple[int, int, int]] = []
+        size = self._frame * 2
+        while len(self._pending) >= size:
+            frame = bytes(self._pending[:size])
+            del self._pending[:size]
+            voiced = self._vad.is_speech(frame, self._rate)
+            self._position += self._frame
+            self._recent = [*self._recent[-4:], voiced]
+            if self._start is None:
+                if sum(self._recent) >= 3:
+                    self._start = self._position - self._frame * 5
+                    self._start = max(self._start, self._begin)
+                    self._end, self._quiet = self._position, 0
+                continue
+            if voiced:
+                self._end, self._quiet = self._position, 0
+            else:
+                self._quiet += 1
+                if self._quiet >= self._silence_frames:
+                    done.append((self._begin, self._start, self._end))
+                    self._begin, self._start, self._recent = self._end, None, []
+        return done
+
+    def flush(self) -> list[tuple[int, int, int]]:
+        if self._start is None:
+            return []
+        self._end = self._position + len(self._pending) // 2
+        return [(self._begin, self._start, self._end)]
 
 
 @contextmanager

@@ -3,6 +3,11 @@ to the local Speech API emulator; nothing of the client library is patched."""
 
 from __future__ import annotations
 
+import base64
+import json
+import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +19,8 @@ from tests import speech as voices_module
 from tests.client import transcribe
 from tests.google_emulator import SpeechEmulator, running_emulator
 from tests.serving import Server, running_server
-from tests.streaming_client import read_pcm16, stream_pcm
+from tests.streaming_client import StreamResult, collect, open_stream, read_pcm16, stream_pcm
+from tests.test_streaming import assert_sentences
 
 TINY = {"type": "whisper", "model": "tiny.en", "cpu_threads": 2}
 
@@ -71,13 +77,39 @@ def test_batch_through_recognize(google_first: Server, fresh: SpeechEmulator, vo
 def test_streaming_protocol_through_google(
     google_first: Server, fresh: SpeechEmulator, voices, tmp_path: Path
 ) -> None:
+    """One StreamingRecognize session; Google's endpointing decides the utterances, each final
+    is one asr_reply, and the usage ledger bills the speech Google timed."""
     two = voices_module.concat(
         [voices["market"], voices["window"]], tmp_path / "two.wav", silence_seconds=1.0
     )
     pcm, rate = read_pcm16(two)
+    billed = google_first.metric("asr_audio_seconds_total", machine_id="unknown", task="transcribe")
     result = stream_pcm(google_first.ws, pcm, rate, language_code="de-DE")
     assert result.replies == ["hello from the emulator"] * 2
-    assert [c.config.language_code for c in fresh.calls] == ["de-DE", "de-DE"]
+    (call,) = fresh.calls
+    assert call.method == "StreamingRecognize" and call.status == "ok"
+    assert call.config.language_code == "de-DE" and call.config.enable_word_time_offsets
+    assert call.finals == ["hello from the emulator"] * 2
+    assert len(call.audio) == pytest.approx(len(pcm) / 2 / rate * 32000, abs=640)  # all, once
+    speech_seconds = (
+        google_first.metric("asr_audio_seconds_total", machine_id="unknown", task="transcribe")
+        - billed
+    )
+    # the two sentences (about 3 s each), not the silence around them
+    assert 5.0 < speech_seconds < len(pcm) / 2 / rate - 1.0
+
+
+def test_native_streaming_can_be_turned_off(fresh: SpeechEmulator, voices, tmp_path) -> None:
+    """native_streaming: false -> webrtcvad cuts the stream and each utterance is a Recognize."""
+    two = voices_module.concat(
+        [voices["market"], voices["window"]], tmp_path / "two.wav", silence_seconds=1.0
+    )
+    pcm, rate = read_pcm16(two)
+    backends = {"google": google(fresh, native_streaming=False)}
+    with running_server({"routing": [{"backend": "google"}]}, backends=backends) as server:
+        result = stream_pcm(server.ws, pcm, rate, language_code="de-DE")
+    assert result.replies == ["hello from the emulator"] * 2
+    assert [(c.method, c.config.language_code) for c in fresh.calls] == [("Recognize", "de-DE")] * 2
 
 
 def test_translate_is_routed_past_google(
@@ -130,6 +162,8 @@ def test_without_a_fallback_the_client_gets_backend_unavailable(
         fresh.faults.extend(["PERMISSION_DENIED"] * 5)
         result = stream_pcm(server.ws, pcm, rate)
         assert [e["message"] for e in result.errors] == ["Speech Recognition Error"]
+        assert "PERMISSION_DENIED" in result.errors[0]["detail"]
+        assert result.replies == []
         fresh.faults.clear()
 
 
@@ -138,16 +172,22 @@ def test_long_audio_goes_through_streaming_recognize_in_sessions(
 ) -> None:
     long = voices_module.concat(
         [voices[n] for n in voices_module.SENTENCES] * 6, tmp_path / "long.wav", silence_seconds=0.5
-    )  # about 125 s
+    )  # about 141 s
     backends = {"google": google(fresh, session_seconds=50, timeout_seconds=30)}
     with running_server({"routing": [{"backend": "google"}]}, backends=backends) as server:
         fresh.faults.extend(["", "UNAVAILABLE"])  # the second session fails once: sent again
         reply = transcribe(server.ws, long.read_bytes()).reply
-    assert [c.method for c in fresh.calls] == ["StreamingRecognize"] * 3
-    sent = sum(len(c.audio) for c in fresh.calls) / 32000
-    assert abs(sent - reply["duration"]) < 0.01  # every sample sent once
-    assert [s["start"] for s in reply["segments"]] == [0.0, 50.0, 100.0]
-    assert reply["segments"][-1]["end"] == pytest.approx(reply["duration"], abs=0.01)
+    # about 141 s: sessions of 50 + 50 + 41 s, the second sent twice
+    assert [c.method for c in fresh.calls] == ["StreamingRecognize"] * 4
+    assert [c.status for c in fresh.calls] == ["ok", "UNAVAILABLE", "ok", "ok"]
+    answered = [c for c in fresh.calls if c.status == "ok"]
+    assert abs(sum(len(c.audio) for c in answered) / 32000 - reply["duration"]) < 0.01
+    # one segment per final: Google endpoints each sentence; sessions start at 0, 50, 100 s
+    finals = [text for c in answered for text in c.finals]
+    assert len(reply["segments"]) == len(finals) >= 30
+    starts = [s["start"] for s in reply["segments"]]
+    assert starts == sorted(starts) and {0.0, 50.0, 100.0} <= set(starts)
+    assert reply["duration"] - 1.0 < reply["segments"][-1]["end"] <= reply["duration"]
 
 
 def test_a_stream_aborted_midway_falls_back(fresh: SpeechEmulator, voices, tmp_path) -> None:
@@ -163,12 +203,12 @@ def test_a_stream_aborted_midway_falls_back(fresh: SpeechEmulator, voices, tmp_p
         fresh.faults.append("ABORT")
         reply = transcribe(server.ws, long.read_bytes()).reply
     assert reply["text"] == "served by the spare"
-    assert fresh.calls == []  # the aborted stream never completed
+    assert [c.status for c in fresh.calls] == ["ABORTED"]
 
 
-def test_real_words_through_the_emulator(voices) -> None:
-    """The emulator answering with a real recognizer: the words cross the real client, gRPC
-    and the gateway intact."""
+@pytest.fixture(scope="module")
+def tiny_words():
+    """A real recognizer for the emulator: tiny.en, so that words prove what audio arrived."""
     from faster_whisper import WhisperModel
     from speechgw.backends.whisper import resolve_model
 
@@ -179,11 +219,142 @@ def test_real_words_through_the_emulator(voices) -> None:
         segments, _ = model.transcribe(audio, language=language_code.split("-")[0])
         return "".join(s.text for s in segments).strip()
 
+    return recognize
+
+
+def test_real_words_through_the_emulator(voices, tiny_words) -> None:
+    """The emulator answering with a real recognizer: the words cross the real client, gRPC
+    and the gateway intact."""
     with (
-        running_emulator(SpeechEmulator(recognizer=recognize)) as emulator,
+        running_emulator(SpeechEmulator(recognizer=tiny_words)) as emulator,
         running_server(
             {"routing": [{"backend": "google"}]}, backends={"google": google(emulator)}
         ) as server,
     ):
         reply = transcribe(server.ws, voices["coffee"].read_bytes()).reply
     assert voices_module.word_recall(voices_module.SENTENCES["coffee"], reply["text"]) >= 0.75
+
+
+# --- live streams through StreamingRecognize ---------------------------------------------------
+
+
+def sentences(voices, names: list[str], target: Path) -> tuple[bytes, int]:
+    return read_pcm16(voices_module.concat([voices[n] for n in names], target, 1.0))
+
+
+def test_live_sessions_restart_without_losing_or_repeating_audio(
+    voices, tiny_words, tmp_path
+) -> None:
+    """Sessions of 12 s over a 75 s stream: each restarts at the first final after 12 s and
+    replays what Google had not finalised. Every sentence is answered once, in order."""
+    names = list(voices_module.SENTENCES) * 3
+    pcm, rate = sentences(voices, names, tmp_path / "long.wav")
+    with (
+        running_emulator(SpeechEmulator(recognizer=tiny_words)) as emulator,
+        running_server(
+            {"routing": [{"backend": "google"}]},
+            backends={"google": google(emulator, session_seconds=12)},
+        ) as server,
+    ):
+        result = stream_pcm(server.ws, pcm, rate)
+    assert_sentences(result, names)
+    calls = emulator.calls
+    assert len(calls) >= 5
+    assert {c.status for c in calls[:-1]} == {"cancelled"} and calls[-1].status == "ok"
+    assert all(len(c.audio) / 32000 < 12 + 40 for c in calls)
+    assert sum(len(c.finals) for c in calls) == len(names)
+
+
+def test_a_stream_longer_than_google_allows_is_carried_by_restarts(voices, tmp_path) -> None:
+    """About 340 s of speech on the default 240 s sessions: Google would end one stream at
+    305 s (the emulator does, with OUT_OF_RANGE); the second session picks up after the first
+    final past 240 s."""
+    names = list(voices_module.SENTENCES) * 14
+    pcm, rate = sentences(voices, names, tmp_path / "long.wav")
+    assert len(pcm) / 2 / rate > 320
+    with (
+        running_emulator() as emulator,
+        running_server(
+            {"routing": [{"backend": "google"}]},
+            backends={"google": google(emulator, timeout_seconds=30)},
+        ) as server,
+    ):
+        result = stream_pcm(server.ws, pcm, rate)
+    assert result.errors == []
+    assert result.replies == ["hello from the emulator"] * len(names)
+    first, *rest = emulator.calls
+    assert first.status == "cancelled" and 240 <= len(first.audio) / 32000 < 250
+    assert [c.status for c in rest] == ["ok"]
+
+
+def test_a_transient_failure_midway_resumes_from_the_last_final(
+    voices, tiny_words, tmp_path
+) -> None:
+    names = ["children", "coffee", "train"]
+    pcm, rate = sentences(voices, names, tmp_path / "three.wav")
+    emulator = SpeechEmulator(recognizer=tiny_words, faults=deque(["UNAVAILABLE@5.5"]))
+    with (
+        running_emulator(emulator),
+        running_server(
+            {"routing": [{"backend": "google"}]}, backends={"google": google(emulator)}
+        ) as server,
+    ):
+        result = stream_pcm(server.ws, pcm, rate)
+    assert_sentences(result, names)
+    first, second = emulator.calls
+    assert first.status == "UNAVAILABLE" and second.status == "ok"
+    # the second session began where the first's final ended, not at the start
+    assert len(second.audio) < len(pcm) * 16000 / rate - 2 * 32000
+
+
+def test_google_failing_midway_hands_the_rest_to_the_fallback(
+    google_first: Server, fresh: SpeechEmulator, voices, tmp_path
+) -> None:
+    """PERMISSION_DENIED once the first sentence is final: that sentence was Google's, the rest
+    of the stream (from the last final on) is cut by webrtcvad and heard by tiny.en."""
+    names = ["children", "coffee", "train"]
+    pcm, rate = sentences(voices, names, tmp_path / "three.wav")
+    fresh.faults.extend(["PERMISSION_DENIED@5.5"] + ["PERMISSION_DENIED@0.1"] * 50)
+    labels = {"from": "google", "to": "whisper"}
+    before = google_first.metric("speechgw_fallbacks_total", **labels)
+    result = stream_pcm(google_first.ws, pcm, rate)
+    fresh.faults.clear()
+    assert result.errors == []
+    assert result.replies[0] == "hello from the emulator"
+    for name, reply in zip(names[1:], result.replies[1:], strict=True):
+        assert voices_module.word_recall(voices_module.SENTENCES[name], reply) >= 0.6, reply
+    assert google_first.metric("speechgw_fallbacks_total", **labels) == before + 1
+
+
+def test_an_idle_client_holds_no_session_open(voices, tmp_path) -> None:
+    """Google aborts a stream that gets no audio for about 10 s: after 5 s without audio the
+    session is half-closed (its utterance final), and the next audio opens a new one."""
+    with (
+        running_emulator() as emulator,
+        running_server(
+            {"routing": [{"backend": "google"}]}, backends={"google": google(emulator)}
+        ) as server,
+    ):
+        ws = open_stream(server.ws)
+        with ws:
+            result = StreamResult(connection=json.loads(ws.recv(timeout=30)))
+            reader = threading.Thread(target=collect, args=(ws, result), daemon=True)
+            reader.start()
+            for name in ("children", "coffee"):
+                pcm, rate = read_pcm16(voices[name])
+                message = {"audio": base64.b64encode(pcm).decode(), "rate": rate}
+                ws.send(json.dumps(message))
+                if name == "children":
+                    wait_for(lambda: len(result.replies) == 1, seconds=10)
+                    wait_for(lambda: emulator.calls[0].status == "ok", seconds=10)
+            ws.send(json.dumps({"type": "end"}))
+            reader.join(timeout=30)
+    assert result.replies == ["hello from the emulator"] * 2
+    assert [c.status for c in emulator.calls] == ["ok", "ok"]
+
+
+def wait_for(condition, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
