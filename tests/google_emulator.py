@@ -3,11 +3,12 @@
 ``google-cloud-speech`` package's own protobuf messages.
 
 It enforces the rules a client can break (the config comes first in a stream, 60 s of audio
-per Recognize, 305 s per stream), answering with Google's status codes and messages, and
-injects faults on demand: queue ``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ``PERMISSION_DENIED``,
-``SLOW`` (answers after ``slow_seconds``) or ``ABORT`` (a stream cut after 0.5 s of audio) in
-``faults``; each call takes the next one. A stream's fault is answered once the client has
-half-closed, or, written ``UNAVAILABLE@2.5``, as soon as 2.5 s of audio have arrived.
+per Recognize, 25 KB of audio per streaming request, 305 s per stream), answering with
+Google's status codes and messages, and injects faults on demand: queue ``UNAVAILABLE``,
+``DEADLINE_EXCEEDED``, ``PERMISSION_DENIED``, ``SLOW`` (answers after ``slow_seconds``) or
+``ABORT`` (a stream cut after 0.5 s of audio) in ``faults``; each call takes the next one. A
+stream's fault is answered once the client has half-closed, or, written ``UNAVAILABLE@2.5``,
+as soon as 2.5 s of audio have arrived.
 
 StreamingRecognize endpoints as Google does: webrtcvad finds speech, and after
 ``endpoint_seconds`` of silence the utterance gets one final result (its words timed when the
@@ -35,6 +36,7 @@ from google.protobuf import duration_pb2
 SERVICE = "google.cloud.speech.v1.Speech"
 SYNC_LIMIT_SECONDS = 60
 STREAM_LIMIT_SECONDS = 305
+STREAM_REQUEST_BYTES = 25 * 1024  # audio per StreamingRecognizeRequest
 
 
 @dataclass
@@ -117,6 +119,13 @@ class SpeechEmulator:
                     context,
                     "INVALID_ARGUMENT",
                     "Malordered Data Received. Send exactly one config.",
+                )
+            if len(request.audio_content) > STREAM_REQUEST_BYTES:
+                self._abort(
+                    call,
+                    context,
+                    "INVALID_ARGUMENT",
+                    "Request audio can be a maximum of 25600 bytes.",  # Google's limit, our words
                 )
             call.audio += request.audio_content
             if at is not None and self._seconds(call.audio, config) >= at:

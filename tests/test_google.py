@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -14,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from google.cloud import speech
+from websockets.exceptions import ConnectionClosed
 
 from tests import speech as voices_module
 from tests.client import transcribe
 from tests.google_emulator import SpeechEmulator, running_emulator
-from tests.serving import Server, running_server
+from tests.serving import ServeProcess, Server, running_server
 from tests.streaming_client import StreamResult, collect, open_stream, read_pcm16, stream_pcm
 from tests.test_streaming import assert_sentences
 
@@ -358,3 +361,32 @@ def wait_for(condition, seconds: float) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def test_sigterm_finalises_a_live_google_stream(fresh: SpeechEmulator, voices, tmp_path) -> None:
+    """Shutdown half-closes the session: Google finalises the utterance still open, the client
+    gets it, the stream closes with 1001, and the ledger has its row."""
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        f"store:\n  path: {tmp_path / 'ledger.db'}\n"
+        f"backends:\n  google: {json.dumps(google(fresh))}\n"
+        "routing:\n  - backend: google\n"
+    )
+    pcm, rate = read_pcm16(voices["coffee"])  # ends on speech: no final until the half-close
+    with ServeProcess("--config", str(config)) as server:
+        with open_stream(f"ws://127.0.0.1:{server.port}") as ws:
+            ws.recv(timeout=10)
+            ws.send(json.dumps({"audio": base64.b64encode(pcm).decode(), "rate": rate}))
+            sent = len(pcm) * 16000 // rate - 6400  # bytes at 16 kHz; the resampler keeps a bit
+            wait_for(lambda: fresh.calls and len(fresh.calls[0].audio) >= sent, seconds=10)
+            assert fresh.calls[0].finals == []
+            server.process.send_signal(signal.SIGTERM)
+            replies = []
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    replies.append(json.loads(ws.recv(timeout=30)))
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        assert [r.get("asr_reply") for r in replies] == ["hello from the emulator"]
+        assert server.process.wait(timeout=30) == 0
+    rows = sqlite3.connect(tmp_path / "ledger.db").execute("SELECT protocol, backend FROM usage")
+    assert rows.fetchall() == [("streaming", "google")]
