@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 
 from ._hypercorn_compat import decline_websocket_compression
 from .config import Config
+from .memory import retain_freed_memory
 
 __all__ = ["hypercorn_config", "run", "serve_app"]
 
@@ -96,4 +97,6 @@ async def _serve_until_signalled(app: Starlette, config: Config, path: str | Non
 
 def run(app: Starlette, config: Config, path: str | None = None) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully; SIGHUP reloads ``path``."""
+    if config.server.retain_freed_memory_mib is not None:
+        retain_freed_memory(config.server.retain_freed_memory_mib)
     asyncio.run(_serve_until_signalled(app, config, path))
