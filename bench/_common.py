@@ -164,3 +164,23 @@ def served(config: Path) -> Iterator[ServerURL]:
 
 def tempdir() -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix="speechgw-bench-")
+
+
+def in_process_model(name: str = "tiny.en", workers: int = 1, threads: int = 1):
+    """faster-whisper in this process, set up as ``speechgw serve`` sets up its own: int8 on
+    CPU, the same worker and thread counts as the bench config, and the same allocator
+    settings (``server.retain_freed_memory_mib``' default), so that the baseline is the best
+    this machine does, not one slowed by page faults the gateway avoids."""
+    from faster_whisper import WhisperModel
+    from speechgw.backends.whisper import resolve_model
+
+    from speechgw.memory import retain_freed_memory
+
+    retain_freed_memory(1024)
+    return WhisperModel(
+        resolve_model(name),
+        device="cpu",
+        compute_type="int8",
+        cpu_threads=threads,
+        num_workers=workers,
+    )

@@ -4,9 +4,9 @@
 For each 10-30 s recording (the English files of ../shared/audio, concatenated into pieces of
 10-30 s; espeak-ng speech without it) and each run, the same audio goes once through
 ``WhisperModel.transcribe`` in this process and once through a ``speechgw serve`` process over
-the batch protocol, with the same model (tiny.en), options (beam 5, int8, 2 threads) and
-language, alternating which goes first. Reported: the median ratio gateway / in-process, and
-whether the texts match.
+the batch protocol, with the same model (tiny.en), options (beam 5, int8, 1 thread),
+allocator settings and language, alternating which goes first. Reported: the median ratio
+gateway / in-process, and whether the texts match.
 
     python bench/batch_overhead.py [--runs 5]
 """
@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import REPO, recordings, served, tempdir
+from _common import REPO, in_process_model, recordings, served, tempdir
 from faster_whisper import WhisperModel
-from speechgw.backends.whisper import resolve_model
 from websockets.sync.client import connect
 
 from speechgw.audio import read_wav
@@ -48,7 +47,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    model = WhisperModel(resolve_model("tiny.en"), device="cpu", compute_type="int8", cpu_threads=2)
+    model = in_process_model("tiny.en", workers=1, threads=1)  # as bench/tiny.en.yaml
     ratios: list[float] = []
     same_text = total = 0
     with tempdir() as work:

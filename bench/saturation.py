@@ -1,7 +1,13 @@
 #!/usr/bin/env python3
 """Saturation: audio seconds processed per wall second by the gateway under 1, 2, 4, 8 and 16
-concurrent batch clients, against in-process faster-whisper running the same jobs back to back
-with the same model and options, measured side by side at each level.
+concurrent batch clients, against in-process faster-whisper running the same jobs from as many
+threads, with the same model and options, measured side by side at each level.
+
+Both sides run tiny.en with two CTranslate2 workers of one thread each (one per core: the
+fastest setting on these 2 cores, see BENCHMARKS.md) and the same allocator settings: the
+gateway from ``bench/tiny.en-x2.yaml``, in-process as ``WhisperModel(num_workers=2,
+cpu_threads=1)``. From 2 clients on, both are saturated (two jobs at once); one client keeps
+one worker busy on either side.
 
     python bench/saturation.py [--runs 5] [--levels 1,2,4,8,16]
 """
@@ -15,21 +21,22 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import REPO, recordings, served, tempdir
-from faster_whisper import WhisperModel
-from speechgw.backends.whisper import resolve_model
+from _common import REPO, in_process_model, recordings, served, tempdir
 from websockets.sync.client import connect
 
 from speechgw.audio import read_wav
 
+WORKERS = 2
 
-def gateway_request(url: str, wav: bytes) -> tuple[float, bool]:
+
+def gateway_request(url: str, wav: bytes) -> tuple[float, str | None]:
+    """(latency, text or None on an error reply)."""
     started = time.perf_counter()
     with connect(url + "/ws/transcribe", max_size=None, compression=None) as ws:
         ws.send(json.dumps({"type": "transcribe", "language": "en"}))
         ws.send(wav)
         reply = json.loads(ws.recv(timeout=600))
-    return time.perf_counter() - started, "text" in reply
+    return time.perf_counter() - started, reply.get("text")
 
 
 def main() -> int:
@@ -38,32 +45,44 @@ def main() -> int:
     parser.add_argument("--levels", default="1,2,4,8,16")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
-    model = WhisperModel(resolve_model("tiny.en"), device="cpu", compute_type="int8", cpu_threads=2)
+    model = in_process_model("tiny.en", workers=WORKERS, threads=1)
+
+    def local(audio) -> str:
+        segments, _ = model.transcribe(audio, language="en", beam_size=5)
+        return "".join(s.text for s in segments).strip()
+
     with tempdir() as work:
         pieces = [p.read_bytes() for p in recordings(Path(work))]
         audio = [read_wav(w)[0] for w in pieces]
         seconds = [len(a) / 16000 for a in audio]
-        with served(REPO / "bench" / "tiny.en.yaml") as url:
+        expected = [local(a) for a in audio]
+        with served(REPO / "bench" / "tiny.en-x2.yaml") as url:
             gateway_request(url, pieces[0])
             print(f"{len(pieces)} recordings, {sum(seconds):.1f} s of audio per pass")
             print(
-                "clients | in-process audio s/s | gateway audio s/s | ratio | p95 latency | errors"
+                "clients | in-process audio s/s | gateway audio s/s | ratio | p95 latency "
+                "| errors | texts differing"
             )
             for level in levels:
                 jobs = list(range(len(pieces))) * max(1, -(-2 * level // len(pieces)))
                 job_seconds = sum(seconds[j] for j in jobs)
-                ratios, local_rates, remote_rates, latencies, errors = [], [], [], [], 0
+                ratios, local_rates, remote_rates, latencies = [], [], [], []
+                errors = differing = 0
                 for _ in range(args.runs):
                     started = time.perf_counter()
-                    for j in jobs:
-                        list(model.transcribe(audio[j], language="en", beam_size=5)[0])
+                    with ThreadPoolExecutor(level) as pool:
+                        list(pool.map(lambda j: local(audio[j]), jobs))
                     local_rates.append(job_seconds / (time.perf_counter() - started))
                     started = time.perf_counter()
                     with ThreadPoolExecutor(level) as pool:
                         results = list(pool.map(lambda j: gateway_request(url, pieces[j]), jobs))
                     remote_rates.append(job_seconds / (time.perf_counter() - started))
                     latencies += [t for t, _ in results]
-                    errors += sum(not ok for _, ok in results)
+                    errors += sum(text is None for _, text in results)
+                    differing += sum(
+                        text is not None and text != expected[j]
+                        for j, (_, text) in zip(jobs, results, strict=True)
+                    )
                     ratios.append(remote_rates[-1] / local_rates[-1])
                     print(
                         f"  in-process {job_seconds / local_rates[-1]:.2f} s, gateway "
@@ -74,7 +93,7 @@ def main() -> int:
                 print(
                     f"{level:7d} | {statistics.median(local_rates):20.1f} | "
                     f"{statistics.median(remote_rates):17.1f} | "
-                    f"{statistics.median(ratios):5.3f} | {p95:9.2f} s | {errors}",
+                    f"{statistics.median(ratios):5.3f} | {p95:9.2f} s | {errors} | {differing}",
                     flush=True,
                 )
     return 0
