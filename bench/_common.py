@@ -168,15 +168,16 @@ def tempdir() -> tempfile.TemporaryDirectory[str]:
 
 def in_process_model(name: str = "tiny.en", workers: int = 1, threads: int = 1):
     """faster-whisper in this process, set up as ``speechgw serve`` sets up its own: int8 on
-    CPU, the same worker and thread counts as the bench config, and the same allocator
-    settings (``server.retain_freed_memory_mib``' default), so that the baseline is the best
-    this machine does, not one slowed by page faults the gateway avoids."""
+    CPU, the same worker and thread counts as the bench config, and the same process settings
+    (``server.retain_freed_memory_mib`` and ``server.blas_threads`` defaults), so that the
+    baseline is the best this machine does, not one slowed by costs the gateway avoids."""
     from faster_whisper import WhisperModel
     from speechgw.backends.whisper import resolve_model
 
-    from speechgw.memory import retain_freed_memory
+    from speechgw.tuning import limit_blas_threads, retain_freed_memory
 
     retain_freed_memory(1024)
+    limit_blas_threads(1)
     return WhisperModel(
         resolve_model(name),
         device="cpu",

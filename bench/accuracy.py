@@ -22,9 +22,7 @@ import sys
 import threading
 from pathlib import Path
 
-from _common import REPO, SHARED_AUDIO, served, tempdir, word_errors
-from faster_whisper import WhisperModel
-from speechgw.backends.whisper import resolve_model
+from _common import REPO, SHARED_AUDIO, in_process_model, served, tempdir, word_errors
 from websockets.sync.client import connect
 
 
@@ -88,9 +86,7 @@ def main() -> int:
         sets.append(("other", "base", REPO / "bench" / "base.yaml"))
     with tempdir() as work:
         for which, model_name, config in sets:
-            model = WhisperModel(
-                resolve_model(model_name), device="cpu", compute_type="int8", cpu_threads=2
-            )
+            model = in_process_model(model_name, workers=1, threads=1)  # as the bench configs
             chosen = [
                 r for r in rows(args.multilingual) if (r["language"] == "en") == (which == "en")
             ]

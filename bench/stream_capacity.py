@@ -6,7 +6,7 @@ N clients at once each stream the first English recordings of ../shared/audio at
 per N: p95 of "last chunk of an utterance -> its asr_reply", utterances without a reply, and
 the server's resident memory. The capacity is the largest N whose p95 stays under 1.5 s.
 
-    python bench/stream_capacity.py [--levels 1,2,3,4,6,8] [--clips 4]
+    python bench/stream_capacity.py [--levels 1,2,3,4,6,8] [--clips 4] [--config bench/tiny.en.yaml]
 """
 
 from __future__ import annotations
@@ -47,11 +47,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default="1,2,3,4,6,8")
     parser.add_argument("--clips", type=int, default=4)
+    parser.add_argument("--config", type=Path, default=REPO / "bench" / "tiny.en.yaml")
     args = parser.parse_args()
     with tempdir() as work:
         clips = english_clips(Path(work))[: args.clips]
         print(f"{len(clips)} clips per stream, {sum(c.seconds for c in clips):.1f} s of speech")
-        with served(REPO / "bench" / "tiny.en.yaml") as url:
+        with served(args.config) as url:
             run_once(url, clips[:1], 0)  # warm up
             idle = url.rss_mib()
             print(f"server RSS idle (model loaded): {idle:.0f} MiB")

@@ -57,8 +57,12 @@ class ServerConfig:
     shutdown_grace_seconds: float = 30.0
     retain_freed_memory_mib: int | None = 1024
     """glibc: keep up to this much freed memory for reuse instead of returning it to the
-    kernel after each request (``speechgw/memory.py``: it saves CTranslate2 ~53,000 page
+    kernel after each request (``speechgw/tuning.py``: it saves CTranslate2 ~53,000 page
     faults per 10 s request). Null: glibc's defaults. Applies to ``speechgw serve``."""
+    blas_threads: int | None = 1
+    """Threads of numpy's BLAS (feature extraction, resampling): one keeps idle BLAS threads
+    from spinning on the cores inference uses (``speechgw/tuning.py``). Null: the library's
+    default. Applies to ``speechgw serve``."""
 
 
 @dataclass(frozen=True, slots=True)

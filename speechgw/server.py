@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 
 from ._hypercorn_compat import decline_websocket_compression
 from .config import Config
-from .memory import retain_freed_memory
+from .tuning import limit_blas_threads, retain_freed_memory
 
 __all__ = ["hypercorn_config", "run", "serve_app"]
 
@@ -99,4 +99,6 @@ def run(app: Starlette, config: Config, path: str | None = None) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully; SIGHUP reloads ``path``."""
     if config.server.retain_freed_memory_mib is not None:
         retain_freed_memory(config.server.retain_freed_memory_mib)
+    if config.server.blas_threads is not None:
+        limit_blas_threads(config.server.blas_threads)
     asyncio.run(_serve_until_signalled(app, config, path))

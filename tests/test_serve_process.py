@@ -93,6 +93,7 @@ def test_requests_reuse_memory_instead_of_faulting_it_in_again(voices, tmp_path:
 
     with ServeProcess() as shipped:  # config/speechgw.yaml: base, retain_freed_memory_mib 1024
         retained = faults_per_request(shipped)
+        assert "BLAS libraries limited to 1 thread(s)" in shipped.log
     config = tmp_path / "glibc-defaults.yaml"
     config.write_text(
         "server: {retain_freed_memory_mib: null}\n"
