@@ -30,7 +30,7 @@ from speechgw.config import load_config
 from speechgw.gateway import Gateway
 from speechgw.server import serve_app
 
-TINY = {"whisper": {"type": "whisper", "model": "tiny.en", "cpu_threads": 2}}
+TINY = {"whisper": {"type": "whisper", "model": "tiny.en", "cpu_threads": 1}}
 
 
 @dataclass
