@@ -142,7 +142,11 @@ REPO = Path(__file__).resolve().parents[1]
 class ServeProcess:
     """``python -m speechgw serve`` as a real process on a free port, its log collected."""
 
-    def __init__(self, *args: str, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
+        """``cwd``: where relative paths of the config (the ledger) land; the checkout by
+        default, so a test of the shipped config should pass a temporary directory."""
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -155,7 +159,7 @@ class ServeProcess:
                 "0",
                 *args,
             ],
-            cwd=REPO,
+            cwd=cwd or REPO,
             env={**os.environ, "PYTHONUNBUFFERED": "1", "SERVER_API_KEY": "", **(env or {})},
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,

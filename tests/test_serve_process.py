@@ -17,8 +17,9 @@ KEY = "process-test-key-0123"
 
 
 @pytest.fixture(scope="module")
-def served() -> Iterator[ServeProcess]:
-    with ServeProcess(env={"SERVER_API_KEY": KEY}) as serving:  # the shipped config
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    here = tmp_path_factory.mktemp("served")  # the shipped config's ledger lands here
+    with ServeProcess(env={"SERVER_API_KEY": KEY}, cwd=here) as serving:  # the shipped config
         yield serving
 
 
@@ -91,11 +92,13 @@ def test_requests_reuse_memory_instead_of_faulting_it_in_again(voices, tmp_path:
         assert transcribe(server.url, wav).reply.get("text")
         return minor_faults(server.process.pid) - before
 
-    with ServeProcess() as shipped:  # config/speechgw.yaml: base, retain_freed_memory_mib 1024
+    # config/speechgw.yaml: base, retain_freed_memory_mib 1024, blas_threads 1
+    with ServeProcess(cwd=tmp_path) as shipped:
         retained = faults_per_request(shipped)
         assert "BLAS libraries limited to 1 thread(s)" in shipped.log
     config = tmp_path / "glibc-defaults.yaml"
     config.write_text(
+        f"store: {{path: {tmp_path / 'ledger.db'}}}\n"
         "server: {retain_freed_memory_mib: null}\n"
         "backends: {whisper: {type: whisper, model: base}}\n"
         "routing: [{backend: whisper}]\n"
