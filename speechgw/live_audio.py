@@ -158,8 +158,8 @@ class LiveAudio:
         return self._arrivals[self._index(min(position, self._end) - 1)]
 
     def _index(self, position: int) -> int:
-        """The live chunk holding sample ``position`` (``committed <= position < end``), or the
-        chunk count when the position is the end."""
+        """The live chunk holding sample ``position`` (``committed <= position < end``); for
+        ``position == end``, the last chunk (whose end it is)."""
         return max(bisect.bisect_right(self._starts, position, lo=self._head) - 1, self._head)
 
     def _read(self, reader: Reader, max_samples: int) -> np.ndarray:

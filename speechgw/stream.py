@@ -101,8 +101,8 @@ class _UtteranceQueue:
 
 
 _RETAINED_SECONDS = 330.0
-"""Most audio a native streaming backend may leave unanswered before the client is paused: a
-session longer than Google's 305 s limit is refused anyway."""
+"""Most audio a native streaming backend may leave unanswered before the client is paused;
+streaming recognition APIs end a session after about five minutes anyway."""
 
 
 class Stream:
@@ -139,11 +139,6 @@ class Stream:
         self._session_samples = 0
         self._session_limit = int(config.session_limit_seconds * SAMPLE_RATE)
         self.sessions = 1
-
-    @property
-    def native(self) -> bool:
-        """Whether a streaming backend is recognising this stream (no fallback has happened)."""
-        return self._live is not None
 
     async def feed(self, samples: np.ndarray) -> None:
         """Take native-rate samples; waits while the stream's buffer is full (back-pressure)."""
