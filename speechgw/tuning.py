@@ -3,9 +3,9 @@
 **BLAS threads.** faster-whisper computes each recording's log-mel features with numpy, whose
 OpenBLAS runs the filter-bank product on a pool of threads, and those threads then busy-wait
 for more work: about 55 ms of CPU per request on 2 cores, taken from the inference threads.
-One BLAS thread makes that product a millisecond of the calling thread's time (tiny.en at
-saturation on 2 cores: 13 % more throughput). ``threadpoolctl`` sets this at run time for
-whichever BLAS numpy loaded.
+One BLAS thread makes that product a millisecond of the calling thread's time (tiny.en, two
+workers on 2 cores: 57.8 -> 66.2 audio s/s, ``bench/cpu_settings.py``). ``threadpoolctl``
+sets this at run time for whichever BLAS numpy loaded.
 
 **Allocator.** CTranslate2 allocates its working buffers afresh for every transcription
 (about 200 MB for a 10 s recording on tiny.en, 400 MB on base) and frees them after. glibc
@@ -13,8 +13,9 @@ serves such blocks with ``mmap`` or from per-thread heaps that it unmaps once th
 so the next request page-faults every page in again, with the kernel zeroing each one: about
 53,000 minor faults per 10 s request on tiny.en, 105,000 on base, on the inference threads.
 Keeping freed memory in one heap makes those faults disappear after the first request
-(tiny.en, 2 cores: 11 % faster in-process). The price is that the process keeps its peak
-footprint (up to the configured amount of free memory) instead of shrinking between requests.
+(tiny.en, two workers on 2 cores: 43.8 -> 57.8 audio s/s). The price is that the process
+keeps its peak footprint (up to the configured amount of free memory) instead of shrinking
+between requests.
 """
 
 from __future__ import annotations
