@@ -392,3 +392,15 @@ def test_sigterm_finalises_a_live_google_stream(fresh: SpeechEmulator, voices, t
         assert server.process.wait(timeout=30) == 0
     rows = sqlite3.connect(tmp_path / "ledger.db").execute("SELECT protocol, backend FROM usage")
     assert rows.fetchall() == [("streaming", "google")]
+
+
+def test_thousands_of_tiny_messages_reach_google_whole(
+    google_first: Server, fresh: SpeechEmulator, voices, tmp_path
+) -> None:
+    """5 ms messages (about 1,300 of them): every sample reaches Google once, and each sentence
+    is one reply."""
+    pcm, rate = sentences(voices, ["children", "coffee"], tmp_path / "two.wav")
+    result = stream_pcm(google_first.ws, pcm, rate, chunk_ms=5)
+    assert result.replies == ["hello from the emulator"] * 2
+    (call,) = fresh.calls
+    assert len(call.audio) == pytest.approx(len(pcm) / 2 / rate * 32000, abs=640)
