@@ -37,7 +37,7 @@ _RECOGNIZE_LIMIT_SECONDS = 60.0
 _STREAM_CHUNK_SAMPLES = SAMPLE_RATE // 10  # 100 ms per StreamingRecognizeRequest, Google's advice
 _STREAM_LIMIT_SECONDS = 305.0  # Google ends a stream here
 _FINAL_WAIT_SECONDS = 40.0  # after session_seconds, how long a live session waits for a final
-_IDLE_SECONDS = 5.0  # a live session idle this long is closed (Google aborts one after ~10 s)
+_IDLE_SECONDS = 5.0  # a live session idle this long is closed (Google aborts idle streams)
 _UNFINALISED_LIMIT_SECONDS = 60.0  # a live session this far behind its last final is closed
 
 
