@@ -332,8 +332,8 @@ def test_google_failing_midway_hands_the_rest_to_the_fallback(
 
 
 def test_an_idle_client_holds_no_session_open(voices, tmp_path) -> None:
-    """Google aborts a stream that gets no audio for about 10 s: after 5 s without audio the
-    session is half-closed (its utterance final), and the next audio opens a new one."""
+    """Google aborts a stream that stops getting audio: after 5 s without audio the session is
+    half-closed (its utterance final), and the next audio opens a new one."""
     with (
         running_emulator() as emulator,
         running_server(
