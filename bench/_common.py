@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from websockets.sync.client import connect
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_AUDIO = REPO.parent / "shared" / "audio"
@@ -185,3 +189,20 @@ def in_process_model(name: str = "tiny.en", workers: int = 1, threads: int = 1):
         cpu_threads=threads,
         num_workers=workers,
     )
+
+
+def gateway_transcribe(url: str, wav: bytes) -> tuple[float, str | None]:
+    """One batch request as a client sees it: (seconds from connecting to the reply, the text,
+    or None for an error reply)."""
+    started = time.perf_counter()
+    with connect(url + "/ws/transcribe", max_size=None, compression=None) as ws:
+        ws.send(json.dumps({"type": "transcribe", "language": "en"}))
+        ws.send(wav)
+        reply = json.loads(ws.recv(timeout=600))
+    return time.perf_counter() - started, reply.get("text")
+
+
+def model_transcribe(model, audio) -> str:
+    """In-process faster-whisper with the options the gateway uses (beam 5, English)."""
+    segments, _ = model.transcribe(audio, language="en", beam_size=5)
+    return "".join(s.text for s in segments).strip()

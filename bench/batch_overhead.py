@@ -14,33 +14,29 @@ gateway / in-process, and whether the texts match.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import REPO, in_process_model, recordings, served, tempdir
+from _common import (
+    REPO,
+    gateway_transcribe,
+    in_process_model,
+    model_transcribe,
+    recordings,
+    served,
+    tempdir,
+)
 from faster_whisper import WhisperModel
-from websockets.sync.client import connect
 
 from speechgw.audio import read_wav
 
 
 def in_process(model: WhisperModel, audio: np.ndarray) -> tuple[float, str]:
     started = time.perf_counter()
-    segments, _ = model.transcribe(audio, language="en", beam_size=5)
-    text = "".join(s.text for s in segments).strip()
+    text = model_transcribe(model, audio)
     return time.perf_counter() - started, text
-
-
-def through_gateway(url: str, wav: bytes) -> tuple[float, str]:
-    started = time.perf_counter()
-    with connect(url + "/ws/transcribe", max_size=None, compression=None) as ws:
-        ws.send(json.dumps({"type": "transcribe", "language": "en"}))
-        ws.send(wav)
-        reply = json.loads(ws.recv())
-    return time.perf_counter() - started, reply["text"]
 
 
 def main() -> int:
@@ -53,7 +49,7 @@ def main() -> int:
     with tempdir() as work:
         pieces = recordings(Path(work))
         with served(REPO / "bench" / "tiny.en.yaml") as url:
-            through_gateway(url, pieces[0].read_bytes())  # warm both up
+            gateway_transcribe(url, pieces[0].read_bytes())  # warm both up
             in_process(model, read_wav(pieces[0].read_bytes())[0])
             for run in range(args.runs):
                 for i, piece in enumerate(pieces):
@@ -61,9 +57,9 @@ def main() -> int:
                     audio = read_wav(wav)[0]
                     if (run + i) % 2:
                         local, local_text = in_process(model, audio)
-                        remote, remote_text = through_gateway(url, wav)
+                        remote, remote_text = gateway_transcribe(url, wav)
                     else:
-                        remote, remote_text = through_gateway(url, wav)
+                        remote, remote_text = gateway_transcribe(url, wav)
                         local, local_text = in_process(model, audio)
                     ratios.append(remote / local)
                     total += 1

@@ -15,28 +15,24 @@ one worker busy on either side.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import REPO, in_process_model, recordings, served, tempdir
-from websockets.sync.client import connect
+from _common import (
+    REPO,
+    gateway_transcribe,
+    in_process_model,
+    model_transcribe,
+    recordings,
+    served,
+    tempdir,
+)
 
 from speechgw.audio import read_wav
 
 WORKERS = 2
-
-
-def gateway_request(url: str, wav: bytes) -> tuple[float, str | None]:
-    """(latency, text or None on an error reply)."""
-    started = time.perf_counter()
-    with connect(url + "/ws/transcribe", max_size=None, compression=None) as ws:
-        ws.send(json.dumps({"type": "transcribe", "language": "en"}))
-        ws.send(wav)
-        reply = json.loads(ws.recv(timeout=600))
-    return time.perf_counter() - started, reply.get("text")
 
 
 def main() -> int:
@@ -48,8 +44,7 @@ def main() -> int:
     model = in_process_model("tiny.en", workers=WORKERS, threads=1)
 
     def local(audio) -> str:
-        segments, _ = model.transcribe(audio, language="en", beam_size=5)
-        return "".join(s.text for s in segments).strip()
+        return model_transcribe(model, audio)
 
     with tempdir() as work:
         pieces = [p.read_bytes() for p in recordings(Path(work))]
@@ -57,7 +52,7 @@ def main() -> int:
         seconds = [len(a) / 16000 for a in audio]
         expected = [local(a) for a in audio]
         with served(REPO / "bench" / "tiny.en-x2.yaml") as url:
-            gateway_request(url, pieces[0])
+            gateway_transcribe(url, pieces[0])
             print(f"{len(pieces)} recordings, {sum(seconds):.1f} s of audio per pass")
             print(
                 "clients | in-process audio s/s | gateway audio s/s | ratio | p95 latency "
@@ -75,7 +70,7 @@ def main() -> int:
                     local_rates.append(job_seconds / (time.perf_counter() - started))
                     started = time.perf_counter()
                     with ThreadPoolExecutor(level) as pool:
-                        results = list(pool.map(lambda j: gateway_request(url, pieces[j]), jobs))
+                        results = list(pool.map(lambda j: gateway_transcribe(url, pieces[j]), jobs))
                     remote_rates.append(job_seconds / (time.perf_counter() - started))
                     latencies += [t for t, _ in results]
                     errors += sum(text is None for _, text in results)

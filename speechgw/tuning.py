@@ -8,14 +8,13 @@ workers on 2 cores: 57.8 -> 66.2 audio s/s, ``bench/cpu_settings.py``). ``thread
 sets this at run time for whichever BLAS numpy loaded.
 
 **Allocator.** CTranslate2 allocates its working buffers afresh for every transcription
-(about 200 MB for a 10 s recording on tiny.en, 400 MB on base) and frees them after. glibc
-serves such blocks with ``mmap`` or from per-thread heaps that it unmaps once they are free,
-so the next request page-faults every page in again, with the kernel zeroing each one: about
-53,000 minor faults per 10 s request on tiny.en, 105,000 on base, on the inference threads.
-Keeping freed memory in one heap makes those faults disappear after the first request
-(tiny.en, two workers on 2 cores: 43.8 -> 57.8 audio s/s). The price is that the process
-keeps its peak footprint (up to the configured amount of free memory) instead of shrinking
-between requests.
+(hundreds of megabytes for a 10 s recording) and frees them after. glibc serves such blocks
+with ``mmap`` or from per-thread heaps that it unmaps once they are free, so the next request
+page-faults every page in again, with the kernel zeroing each one: about 53,000 minor faults
+per 10 s request on tiny.en, about 200,000 on base, on the inference threads. Keeping freed
+memory in one heap makes those faults disappear after the first request (tiny.en, two
+workers on 2 cores: 43.8 -> 57.8 audio s/s). The price is that the process keeps its peak
+footprint (up to the configured amount of free memory) instead of shrinking between requests.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from tests import speech
+
 
 def read_pcm16(path: Path) -> tuple[bytes, int]:
     """The frames and rate of a mono 16-bit WAV (as espeak-ng and sox write them)."""
@@ -87,3 +89,20 @@ def stream_pcm(
             ws.send(json.dumps({"type": "end"}))
         reader.join(timeout=600)
     return result
+
+
+def assert_sentences(
+    result: StreamResult, names: list[str], floor: float = 0.6, mean: float = 0.75
+) -> None:
+    """One reply per sentence, in order; each reply has most of its sentence's words.
+
+    tiny.en on espeak-ng speech mishears a word or two of some utterances depending on where
+    the cut falls (as it does in batch mode), so each reply must reach ``floor`` and the
+    replies together ``mean``. Losing or repeating audio shows up as a wrong count or order.
+    """
+    assert len(result.replies) == len(names), result.replies
+    recalls = []
+    for name, reply in zip(names, result.replies, strict=True):
+        recalls.append(speech.word_recall(speech.SENTENCES[name], reply))
+        assert recalls[-1] >= floor, (name, reply)
+    assert sum(recalls) / len(recalls) >= mean, list(zip(names, result.replies, strict=True))

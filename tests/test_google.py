@@ -22,8 +22,14 @@ from tests import speech as voices_module
 from tests.client import transcribe
 from tests.google_emulator import SpeechEmulator, running_emulator
 from tests.serving import ServeProcess, Server, running_server
-from tests.streaming_client import StreamResult, collect, open_stream, read_pcm16, stream_pcm
-from tests.test_streaming import assert_sentences
+from tests.streaming_client import (
+    StreamResult,
+    assert_sentences,
+    collect,
+    open_stream,
+    read_pcm16,
+    stream_pcm,
+)
 
 TINY = {"type": "whisper", "model": "tiny.en", "cpu_threads": 1}
 

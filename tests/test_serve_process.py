@@ -82,7 +82,7 @@ def minor_faults(pid: int) -> int:
 def test_requests_reuse_memory_instead_of_faulting_it_in_again(voices, tmp_path: Path) -> None:
     """With the shipped config the allocator keeps CTranslate2's freed buffers: after a warm-up
     a request costs almost no page faults. With ``retain_freed_memory_mib: null`` (glibc's own
-    policy) every request faults its buffers (~400 MB on base) in again."""
+    policy) every request faults its buffers in again."""
     wav = voices["children"].read_bytes()
 
     def faults_per_request(server: ServeProcess) -> int:

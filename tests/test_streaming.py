@@ -16,7 +16,13 @@ from websockets.exceptions import InvalidStatus
 
 from tests import speech
 from tests.serving import Server, running_server
-from tests.streaming_client import StreamResult, open_stream, read_pcm16, stream_pcm
+from tests.streaming_client import (
+    StreamResult,
+    assert_sentences,
+    open_stream,
+    read_pcm16,
+    stream_pcm,
+)
 
 ORDER = ["children", "market", "window"]
 
@@ -26,23 +32,6 @@ def three(voices, tmp_path_factory) -> Path:
     """Three sentences with a second of silence after each, 22050 Hz."""
     folder = tmp_path_factory.mktemp("stream")
     return speech.concat([voices[k] for k in ORDER], folder / "three.wav", silence_seconds=1.0)
-
-
-def assert_sentences(
-    result: StreamResult, names: list[str], floor: float = 0.6, mean: float = 0.75
-) -> None:
-    """One reply per sentence, in order; each reply has most of its sentence's words.
-
-    tiny.en on espeak-ng speech mishears a word or two of some utterances depending on where
-    the cut falls (as it does in batch mode), so each reply must reach ``floor`` and the
-    replies together ``mean``. Losing or repeating audio shows up as a wrong count or order.
-    """
-    assert len(result.replies) == len(names), result.replies
-    recalls = []
-    for name, reply in zip(names, result.replies, strict=True):
-        recalls.append(speech.word_recall(speech.SENTENCES[name], reply))
-        assert recalls[-1] >= floor, (name, reply)
-    assert sum(recalls) / len(recalls) >= mean, list(zip(names, result.replies, strict=True))
 
 
 @pytest.mark.parametrize("realtime", [1.0, 0.0], ids=["real-time", "as-fast-as-possible"])
