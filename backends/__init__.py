@@ -6,7 +6,8 @@ a line below. The core imports a backend module only when a config names it.
 
 BACKENDS: dict[str, str] = {
     "whisper": "speechgw.backends.whisper:WhisperBackend",
-    "null": "speechgw.backends.null:NullBackend",
+    "scripted": "speechgw.backends.scripted:ScriptedBackend",
+    "null": "speechgw.backends.scripted:ScriptedBackend",  # its old name (a YAML keyword)
     "google": "speechgw.backends.google:GoogleBackend",
 }
 

@@ -21,11 +21,14 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 
+from speechgw.audio import to_pcm16
 from speechgw.backend import Backend, Capabilities
-from speechgw.errors import BackendUnavailable, ConfigError
+from speechgw.config import NonNegative, Positive, Range
+from speechgw.errors import BackendUnavailable
 from speechgw.jobs import SAMPLE_RATE, JobSpec, Segment, Transcript
 from speechgw.languages import BATCH_LANGUAGES, DEFAULT_REGION, to_bcp47
 from speechgw.live_audio import LiveAudio, Reader
@@ -39,6 +42,7 @@ _STREAM_LIMIT_SECONDS = 305.0  # Google ends a stream here
 _FINAL_WAIT_SECONDS = 40.0  # after session_seconds, how long a live session waits for a final
 _IDLE_SECONDS = 5.0  # a live session idle this long is closed (Google aborts idle streams)
 _UNFINALISED_LIMIT_SECONDS = 60.0  # a live session this far behind its last final is closed
+_SESSION_LIMIT_SECONDS = _STREAM_LIMIT_SECONDS - _FINAL_WAIT_SECONDS  # longest session_seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +76,10 @@ class GoogleOptions:
     use_enhanced: bool = False
     enable_automatic_punctuation: bool = True
     profanity_filter: bool = False
-    timeout_seconds: float = 30.0
-    retry_seconds: float = 10.0
-    backoff_seconds: float = 0.25
-    session_seconds: float = 240.0
+    timeout_seconds: Annotated[float, Positive] = 30.0
+    retry_seconds: Annotated[float, NonNegative] = 10.0
+    backoff_seconds: Annotated[float, Positive] = 0.25
+    session_seconds: Annotated[float, Range(gt=0, le=_SESSION_LIMIT_SECONDS)] = 240.0
     native_streaming: bool = True
     languages: tuple[str, ...] = (*BATCH_LANGUAGES, "ja", "ko", "zh")
 
@@ -88,12 +92,6 @@ class GoogleBackend(Backend):
         super().__init__(name, options)
         self._client = None
         self._channel = None
-        if not 0 < options.session_seconds <= _STREAM_LIMIT_SECONDS - _FINAL_WAIT_SECONDS:
-            raise ConfigError(
-                f"backends.{name}.session_seconds must be in (0, "
-                f"{_STREAM_LIMIT_SECONDS - _FINAL_WAIT_SECONDS:g}]: Google ends a stream at "
-                f"{_STREAM_LIMIT_SECONDS:g} s"
-            )
         self._capabilities = Capabilities(
             languages=frozenset(options.languages),
             tasks=frozenset({"transcribe"}),
@@ -179,7 +177,7 @@ class GoogleBackend(Backend):
             raise BackendUnavailable(f"backend {self.name!r} has no Google Speech client")
         from google.api_core import exceptions
 
-        pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
+        pcm = to_pcm16(audio)
         try:
             if len(pcm) <= _RECOGNIZE_LIMIT_SECONDS * SAMPLE_RATE:
                 pieces = await self._recognize(pcm, spec)
@@ -342,7 +340,9 @@ class GoogleBackend(Backend):
             async for response in responses:
                 finals = [r for r in response.results if r.is_final and r.alternatives]
                 for result in finals:
-                    end = reader.start + _samples(result.result_end_time)
+                    # untimed, a final covers the audio Google has consumed so far
+                    timed = result.result_end_time
+                    end = reader.start + _samples(timed) if timed else reader.position
                     end = min(max(end, previous), reader.position)
                     transcript = _final(result, reader, previous, end, spec, self.name)
                     audio.commit(end)

@@ -14,13 +14,14 @@ import tempfile
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import anyio
 import anyio.to_thread
 import numpy as np
 
 from speechgw.backend import Backend, Capabilities
+from speechgw.config import AtLeastOne, NonNegative, Range
 from speechgw.errors import BackendUnavailable
 from speechgw.jobs import JobSpec, Segment, Transcript
 
@@ -55,13 +56,13 @@ class WhisperOptions:
     model: str = "base"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compute_type: str = "auto"
-    beam_size: int = 5
+    beam_size: Annotated[int, AtLeastOne] = 5
     vad_filter: bool = False
-    concurrency: int = 1
-    cpu_threads: int = 0
+    concurrency: Annotated[int, AtLeastOne] = 1
+    cpu_threads: Annotated[int, NonNegative] = 0
     cache_dir: str | None = None
     local_files_only: bool = False
-    utterance_no_speech_prob: float = 0.5
+    utterance_no_speech_prob: Annotated[float, Range(ge=0, le=1)] = 0.5
 
 
 # name -> (package holding config/tokenizer/vocabulary, data dir, model.bin parts in order)
@@ -152,7 +153,7 @@ class WhisperBackend(Backend):
         super().__init__(name, options)
         self._model = None
         self._capabilities = Capabilities(languages=frozenset(), tasks=frozenset())
-        self._limiter = anyio.CapacityLimiter(max(1, options.concurrency))
+        self._limiter = anyio.CapacityLimiter(options.concurrency)
 
     @property
     def ready(self) -> bool:
@@ -184,7 +185,7 @@ class WhisperBackend(Backend):
             device=device,
             compute_type=compute_type,
             cpu_threads=opts.cpu_threads,
-            num_workers=max(1, opts.concurrency),
+            num_workers=opts.concurrency,
             local_files_only=opts.local_files_only,
         )
         languages = frozenset(self._model.supported_languages)

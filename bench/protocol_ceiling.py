@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Protocol ceiling: what the gateway itself costs, measured with the ``null`` backend.
+"""Protocol ceiling: what the gateway itself costs, measured with the ``scripted`` backend.
 
 Batch: CLIENTS connections loop over connect, metadata, one 10 s WAV frame (16 kHz int16,
 320 KB), reply, close, for SECONDS; requests per second are counted. Streaming: CLIENTS
@@ -8,6 +8,10 @@ messages per second are counted. The clients are the ``websockets`` library with
 so they offer permessage-deflate as browsers do; the server must decline it.
 
     python bench/protocol_ceiling.py [--runs 5] [--seconds 10] [--clients 8]
+    python bench/protocol_ceiling.py --url ws://127.0.0.1:PORT   # a server already running
+
+``--url`` loads a server someone else started (two builds side by side, loaded in turn);
+without it the script starts ``speechgw serve --config bench/scripted.yaml`` itself.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
@@ -91,11 +96,15 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--url", help="load this running server instead of starting one")
     args = parser.parse_args()
     wav = ten_second_wav()
     os.environ.setdefault("SPEECHGW_BENCH_STORE", f"/tmp/speechgw-bench-{os.getpid()}.db")
     batch_rates, stream_rates = [], []
-    with served(REPO / "bench" / "null.yaml") as url:
+    server = (
+        contextlib.nullcontext(args.url) if args.url else served(REPO / "bench" / "scripted.yaml")
+    )
+    with server as url:
         for run in range(args.runs):
             started = time.monotonic()
             done, errors, deflate = asyncio.run(batch_load(url, wav, args.clients, args.seconds))

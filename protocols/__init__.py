@@ -1,8 +1,10 @@
 """Protocol adapters: one module per wire protocol, registered here by name.
 
-To add one: write ``protocols/NAME.py`` with a class that has ``routes(gateway)`` returning
-starlette routes, and add a line below. Adapters talk to the core only through
-:class:`speechgw.gateway.Gateway`; they never see a backend.
+To add one: write ``protocols/NAME.py`` with a class built as ``Class(gateway)`` whose
+``routes()`` returns its starlette routes, and add a line below. An adapter holds only its wire
+format: it calls one :class:`speechgw.gateway.Gateway` operation per request
+(``run_recording``, or ``live_stream`` for a live stream) and renders the result or the typed
+error in its own terms. It never sees a backend, an admission counter or the ledger.
 """
 
 PROTOCOLS: dict[str, str] = {

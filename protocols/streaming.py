@@ -20,21 +20,23 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from speechgw.audio import decode_linear16
+from speechgw.audio import check_rate, linear16
 from speechgw.errors import (
     InvalidAudio,
     InvalidRequest,
+    RateLimited,
     RetryLater,
     SpeechGWError,
     Unauthorized,
     UnsupportedLanguage,
 )
-from speechgw.gateway import Gateway
-from speechgw.jobs import Caller, JobSpec, Transcript
+from speechgw.gateway import Gateway, StreamSession
+from speechgw.jobs import Transcript
 from speechgw.languages import from_bcp47
 from speechgw.stream import Stream
 
@@ -42,7 +44,6 @@ __all__ = ["PATH", "StreamingProtocol", "decode_message", "new_client_id", "wire
 
 PATH = "/api/core/google/asr"
 PROTOCOL = "streaming"
-MIN_RATE, MAX_RATE = 8000, 48000
 DEFAULT_RATE, DEFAULT_LANGUAGE = 16000, "en-US"
 _LOGGER = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ def new_client_id() -> str:
 
 @dataclass(frozen=True, slots=True)
 class AudioMessage:
-    pcm: bytes
+    samples: np.ndarray
+    """The LINEAR16 audio as int16 samples at the stream's own rate."""
     rate: object
     language_code: object
 
@@ -115,16 +117,15 @@ def decode_message(text: str | None) -> AudioMessage | None:
         pcm = base64.b64decode(audio, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidAudio("'audio' is not valid base64") from None
-    if len(pcm) % 2:
-        raise InvalidAudio("LINEAR16 audio must hold a whole number of 2-byte samples")
-    return AudioMessage(pcm, message.get("rate"), message.get("language_code"))
+    return AudioMessage(linear16(pcm), message.get("rate"), message.get("language_code"))
 
 
 def _settings(message: AudioMessage) -> tuple[int, str, str]:
     """``(rate, language_code, iso_language)`` from the first message."""
     rate = DEFAULT_RATE if message.rate is None else message.rate
-    if not isinstance(rate, int) or isinstance(rate, bool) or not MIN_RATE <= rate <= MAX_RATE:
-        raise InvalidAudio(f"'rate' must be an integer from {MIN_RATE} to {MAX_RATE} Hz")
+    if not isinstance(rate, int) or isinstance(rate, bool):
+        raise InvalidAudio("'rate' must be an integer number of Hz")
+    check_rate(rate, "'rate'")
     code = DEFAULT_LANGUAGE if message.language_code is None else message.language_code
     if not isinstance(code, str):
         raise InvalidRequest("'language_code' must be a string such as 'en-US'")
@@ -138,10 +139,10 @@ class _Connection:
     """One client's connection: its id, its stream once configured, and a send lock (replies
     come from the stream's task while errors come from the reading loop)."""
 
-    def __init__(self, websocket: WebSocket, gateway: Gateway) -> None:
+    def __init__(self, websocket: WebSocket, session: StreamSession) -> None:
         self.websocket = websocket
-        self.gateway = gateway
-        self.client_id = new_client_id()
+        self.session = session
+        self.client_id = session.stream_id
         self.stream: Stream | None = None
         self._send_lock = asyncio.Lock()
         self.open = True
@@ -180,34 +181,28 @@ class StreamingProtocol:
         return [WebSocketRoute(PATH, self.endpoint)]
 
     async def endpoint(self, websocket: WebSocket) -> None:
-        # every check happens before the upgrade, so a refused client gets a plain HTTP answer
+        # admission happens before the upgrade, so a refused client gets a plain HTTP answer
+        key = websocket.query_params.get("api_key")
         try:
-            with contextlib.ExitStack() as held:
-                held.enter_context(self.gateway.admit_connection())
-                key_name = self.gateway.authenticate(websocket.query_params.get("api_key"))
-                held.enter_context(self.gateway.admit_key(key_name))
-                held.enter_context(self.gateway.admit_stream())
-                await self._serve(websocket, key_name)
+            async with self.gateway.live_stream(PROTOCOL, key, new_client_id()) as session:
+                await self._serve(websocket, session)
         except Unauthorized as exc:
-            self.gateway.note_error(PROTOCOL, exc)
             await websocket.send_denial_response(
                 JSONResponse({"error": exc.error, "message": exc.message}, status_code=401)
             )
         except RetryLater as exc:
-            self.gateway.note_error(PROTOCOL, exc)
             await websocket.send_denial_response(
                 JSONResponse(
                     {"error": exc.error, "message": exc.message, "retry_after": exc.retry_after},
-                    status_code=exc.http_status,
+                    status_code=429 if isinstance(exc, RateLimited) else 503,
                     headers={"Retry-After": str(exc.retry_after)},
                 )
             )
 
-    async def _serve(self, websocket: WebSocket, key_name: str) -> None:
+    async def _serve(self, websocket: WebSocket, session: StreamSession) -> None:
         await websocket.accept()
-        conn = _Connection(websocket, self.gateway)
-        caller = Caller(key_name=key_name, machine_id="unknown")
-        _LOGGER.info("stream %s opened (key=%s)", conn.client_id, key_name)
+        conn = _Connection(websocket, session)
+        _LOGGER.info("stream %s opened (key=%s)", conn.client_id, session.caller.key_name)
         await conn.send(
             {
                 "type": "connection",
@@ -218,7 +213,7 @@ class StreamingProtocol:
         worker: list[asyncio.Task[None]] = []  # the stream's recogniser, once configured
         # The reading loop is a task of its own so that a server shutdown can stop it without
         # stopping this handler, which then still flushes the stream.
-        reader = asyncio.create_task(self._read(conn, caller, worker))
+        reader = asyncio.create_task(self._read(conn, worker))
         self.gateway.track_reader(reader)
         discard: asyncio.Task[None] | None = None
         try:
@@ -253,14 +248,10 @@ class StreamingProtocol:
             while (await conn.websocket.receive())["type"] != "websocket.disconnect":
                 pass
 
-    async def _read(
-        self, conn: _Connection, caller: Caller, worker: list[asyncio.Task[None]]
-    ) -> str:
+    async def _read(self, conn: _Connection, worker: list[asyncio.Task[None]]) -> str:
         """Read and feed messages until the stream ends; returns why it ended."""
         loop = asyncio.get_running_loop()
-        limits = self.gateway.config.limits
-        idle = limits.stream_idle_seconds
-        bytes_left = float("inf")  # of limits.max_stream_seconds, once the rate is known
+        idle = self.gateway.config.limits.stream_idle_seconds
         try:
             async with asyncio.timeout(None) as deadline:
                 while True:
@@ -274,30 +265,18 @@ class StreamingProtocol:
                         if decoded is None:
                             return "end"
                         if conn.stream is None:
-                            conn.stream = self._open(conn, decoded, caller)
+                            conn.stream = self._open(conn, decoded)
                             worker.append(asyncio.create_task(conn.stream.run()))
-                            if limits.max_stream_seconds is not None:
-                                bytes_left = limits.max_stream_seconds * conn.stream.rate * 2
-                        bytes_left -= len(decoded.pcm)
-                        if bytes_left < 0:
+                        deadline.reschedule(None)  # waiting out back-pressure is not idling
+                        if not await conn.stream.feed(decoded.samples):
                             return "too_long"
-                        if decoded.pcm:
-                            deadline.reschedule(None)  # waiting out back-pressure is not idling
-                            await conn.stream.feed(decode_linear16(decoded.pcm))
                     except SpeechGWError as exc:
-                        self.gateway.note_error(PROTOCOL, exc)
+                        conn.session.refused(exc)
                         await conn.error(exc)
         except TimeoutError:
             return "idle"
 
-    def _open(self, conn: _Connection, first: AudioMessage, caller: Caller) -> Stream:
+    @staticmethod
+    def _open(conn: _Connection, first: AudioMessage) -> Stream:
         rate, _code, language = _settings(first)
-        spec = JobSpec(
-            language=language,
-            task="transcribe",
-            protocol=PROTOCOL,
-            caller=caller,
-            request_id=conn.client_id,
-        )
-        route = self.gateway.route(spec)
-        return self.gateway.open_stream(spec, route, rate, conn.reply, conn.error)
+        return conn.session.start(language, rate, conn.reply, conn.error)

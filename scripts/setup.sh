@@ -35,10 +35,31 @@ fi
     exit 1
 }
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-if $with_tests; then
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
-else
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e .
+
+# Installed already for this pyproject.toml (and, for --test, with the test extras)? Then there
+# is nothing to do: a second start goes straight to serving.
+digest=$(sha256sum pyproject.toml | cut -c1-16)
+stamp_test=.venv/.speechgw-installed-$digest-test
+stamp_base=.venv/.speechgw-installed-$digest-base
+if [[ -x .venv/bin/speechgw && ( -f $stamp_test || ( $with_tests == false && -f $stamp_base ) ) ]]; then
+    exit 0
 fi
+
+target=.
+stamp=$stamp_base
+if $with_tests; then
+    target='.[test]'
+    stamp=$stamp_test
+fi
+echo "setup: installing speechgw and its Python packages into .venv (the first time takes a minute)"
+# pip and setuptools talk at length about things a user cannot act on (editable-install
+# notices); their output is shown only when the install fails.
+if ! log=$(.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 &&
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e "$target" 2>&1); then
+    echo "$log" >&2
+    echo "setup: installing the Python packages failed (output above)" >&2
+    exit 1
+fi
+rm -f .venv/.speechgw-installed-*
+touch "$stamp"
 echo "setup: done (.venv)"

@@ -1,9 +1,10 @@
-"""Admission: whether a connection, a stream, a job or a key's request may start now.
+"""Admission: whether a connection, a key's request, a recording job or a stream may start now.
 
-Counters for the capacity limits (connections, streams, batch jobs; per API key too) and a
+Counters for the capacity limits (connections, streams, recording jobs; per API key too) and a
 token bucket per key for the optional rate limit. Everything runs on the event loop, so plain
 integers need no lock. Refusals are :class:`~speechgw.errors.RetryLater` errors that tell the
-client when to come back, instead of work queuing without bound.
+client when to come back, instead of work queuing without bound. Limits are read at each
+decision, so a config reload applies at once.
 """
 
 from __future__ import annotations
@@ -21,14 +22,50 @@ __all__ = ["Admission"]
 
 
 class Admission:
+    """The places and tokens every request of every protocol is admitted against."""
+
     def __init__(self, limits: Callable[[], LimitsConfig]) -> None:
-        self._limits = limits  # read at each decision, so a config reload applies at once
+        self._limits = limits
         self.counts: defaultdict[str, int] = defaultdict(int)
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when)
 
     @contextlib.contextmanager
-    def hold(self, counter: str, limit: int | None, what: str) -> Iterator[None]:
-        """One of ``limit`` places named ``counter`` for the duration of the block."""
+    def connection(self) -> Iterator[None]:
+        """One of ``limits.max_connections`` places (every protocol together)."""
+        with self._hold("connections", self._limits().max_connections, "connections"):
+            yield
+
+    @contextlib.contextmanager
+    def key(self, key_name: str, keys_enabled: bool) -> Iterator[None]:
+        """A request of ``key_name``: its rate limit and its share of connections. Applies
+        only when keys are configured (otherwise every caller is the same "anonymous").
+
+        Raises:
+            RateLimited: the key is over ``limits.rate_limit_per_key``.
+            ServerBusy: the key holds ``limits.max_connections_per_key`` connections already.
+        """
+        if not keys_enabled:
+            yield
+            return
+        self._take(key_name)
+        limit = self._limits().max_connections_per_key
+        with self._hold(f"key:{key_name}", limit, f"connections for key {key_name!r}"):
+            yield
+
+    @contextlib.contextmanager
+    def job(self) -> Iterator[None]:
+        """One of ``limits.max_pending_jobs`` places while a recording is decoded and run."""
+        with self._hold("jobs", self._limits().max_pending_jobs, "jobs"):
+            yield
+
+    @contextlib.contextmanager
+    def stream(self) -> Iterator[None]:
+        """One of ``limits.max_streams`` places for an open live stream."""
+        with self._hold("streams", self._limits().max_streams, "streams"):
+            yield
+
+    @contextlib.contextmanager
+    def _hold(self, counter: str, limit: int | None, what: str) -> Iterator[None]:
         if limit is not None and self.counts[counter] >= limit:
             retry = self._limits().busy_retry_after_seconds
             raise ServerBusy(
@@ -42,12 +79,9 @@ class Admission:
             if not self.counts[counter]:
                 del self.counts[counter]  # per-key counters must not accumulate
 
-    def take(self, key: str) -> None:
-        """Spend one of ``key``'s request tokens (``limits.rate_limit_per_key``).
-
-        Raises:
-            RateLimited: none left; the client is told when the next one is due.
-        """
+    def _take(self, key: str) -> None:
+        """Spend one of ``key``'s request tokens (``limits.rate_limit_per_key``, which the
+        config guarantees is positive when set)."""
         limits = self._limits()
         if limits.rate_limit_per_key is None:
             return

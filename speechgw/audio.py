@@ -23,15 +23,23 @@ __all__ = [
     "MAX_RATE",
     "MIN_RATE",
     "WavInfo",
+    "check_rate",
     "decode_linear16",
+    "from_pcm16",
+    "linear16",
     "read_wav",
     "sample_ratio",
     "to_16k_mono",
+    "to_pcm16",
 ]
 
-MIN_RATE = 1_000
+MIN_RATE = 8_000
 MAX_RATE = 384_000
-"""Sample rates outside these bounds are treated as a corrupt header, not resampled."""
+"""The sample rates speechgw takes, from any protocol: below 8 kHz (telephony) no recogniser
+has the speech band it needs; 384 kHz is the highest rate audio interfaces record at."""
+
+_PCM16_SCALE = 32768.0
+"""int16 <-> float: one scale both ways, so a sample survives the round trip exactly."""
 
 _FORMAT_PCM = 0x0001
 _FORMAT_FLOAT = 0x0003
@@ -93,8 +101,7 @@ def _parse_fmt(fmt: memoryview) -> WavInfo:
         (tag,) = struct.unpack_from("<H", fmt, 24)  # first two bytes of the sub-format GUID
     if channels < 1:
         raise InvalidAudio("the WAV header declares no channels")
-    if not MIN_RATE <= rate <= MAX_RATE:
-        raise InvalidAudio(f"the WAV header declares an impossible sample rate: {rate} Hz")
+    check_rate(rate, "the WAV header's sample rate")
     if tag == _FORMAT_PCM and bits in (8, 16, 24, 32):
         is_float = False
     elif tag == _FORMAT_FLOAT and bits in (32, 64):
@@ -124,7 +131,7 @@ def _decode_samples(raw: memoryview, info: WavInfo) -> np.ndarray:
     elif width == 1:  # 8-bit WAV is unsigned
         samples = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
     elif width == 2:
-        samples = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+        samples = from_pcm16(np.frombuffer(raw, dtype="<i2"))
     elif width == 3:
         b = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3).astype(np.int32)
         ints = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
@@ -137,15 +144,51 @@ def _decode_samples(raw: memoryview, info: WavInfo) -> np.ndarray:
     return samples
 
 
-def decode_linear16(raw: bytes) -> np.ndarray:
-    """Little-endian signed 16-bit PCM bytes -> float32 in [-1, 1).
+def check_rate(rate: int, what: str = "the sample rate") -> None:
+    """Refuse a rate outside :data:`MIN_RATE`..:data:`MAX_RATE`.
+
+    Raises:
+        InvalidAudio: naming ``what`` and the accepted range.
+    """
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise InvalidAudio(f"{what} is {rate} Hz; {MIN_RATE} to {MAX_RATE} Hz are accepted")
+
+
+def from_pcm16(pcm: np.ndarray) -> np.ndarray:
+    """int16 samples -> float32 in [-1, 1); float samples are returned as they are."""
+    if pcm.dtype != np.int16:
+        return pcm
+    return pcm.astype(np.float32) / _PCM16_SCALE
+
+
+def to_pcm16(samples: np.ndarray) -> np.ndarray:
+    """float32 -> little-endian int16, rounded to the nearest step and saturated: the inverse
+    of :func:`from_pcm16` for every value it produces, and no wrap-around for values past ±1.
+    int16 samples are returned as they are."""
+    if samples.dtype == np.int16:
+        return samples
+    # ufuncs in place: np.clip's dispatch costs more than the work on a 100 ms chunk
+    scaled = np.multiply(samples, _PCM16_SCALE, dtype=np.float32)
+    np.rint(scaled, out=scaled)
+    np.minimum(scaled, 32767.0, out=scaled)
+    np.maximum(scaled, -32768.0, out=scaled)
+    return scaled.astype("<i2")
+
+
+def linear16(raw: bytes) -> np.ndarray:
+    """Little-endian signed 16-bit PCM bytes (LINEAR16) as int16 samples, without a copy.
 
     Raises:
         InvalidAudio: an odd number of bytes (half a sample).
     """
     if len(raw) % 2:
         raise InvalidAudio("LINEAR16 audio must hold a whole number of 2-byte samples")
-    return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
+    return np.frombuffer(raw, dtype="<i2")
+
+
+def decode_linear16(raw: bytes) -> np.ndarray:
+    """LINEAR16 bytes -> float32 in [-1, 1) (see :func:`linear16`)."""
+    return from_pcm16(linear16(raw))
 
 
 @lru_cache(maxsize=64)

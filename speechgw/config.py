@@ -2,14 +2,18 @@
 
 One generic builder (:func:`build`) turns a mapping into any of the config dataclasses by
 reading their type hints, so that every section, and every backend's own options class, gets
-the same checks: unknown keys, wrong types and bad choices are a :class:`ConfigError` naming the
-key path, the value and what was expected. ``${VAR}`` and ``${VAR:-default}`` in string values
-are replaced from the environment, which is how secrets stay out of the file.
+the same checks: unknown keys, wrong types, bad choices and numbers out of range (a
+:class:`Range` in an ``Annotated`` hint) are a :class:`ConfigError` naming the key path, the
+value and what was expected. Relations between keys are checked after the build
+(:func:`_check_relations`). The same checks run at start and on every reload. ``${VAR}`` and
+``${VAR:-default}`` in string values are replaced from the environment, which is how secrets
+stay out of the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import types
@@ -17,13 +21,14 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 
 from .errors import ConfigError
 
 __all__ = [
+    "AtLeastOne",
     "AuthConfig",
     "BackendConfig",
     "Config",
@@ -31,7 +36,10 @@ __all__ = [
     "LimitsConfig",
     "LoggingConfig",
     "MetricsConfig",
+    "NonNegative",
+    "Positive",
     "PostprocessConfig",
+    "Range",
     "RouteMatch",
     "RouteRule",
     "ServerConfig",
@@ -43,23 +51,57 @@ __all__ = [
 ]
 
 
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """Bounds on a number, written into a field's hint: ``Annotated[int, Range(ge=1)]``."""
+
+    gt: float | None = None
+    ge: float | None = None
+    le: float | None = None
+
+    def check(self, value: float, path: str) -> None:
+        """Raises ConfigError: ``limits.rate_limit_per_key: must be > 0, got 0``."""
+        low_ok = (self.gt is None or value > self.gt) and (self.ge is None or value >= self.ge)
+        if low_ok and (self.le is None or value <= self.le):
+            return
+        parts = []
+        if self.gt is not None:
+            parts.append(f"> {self.gt:g}")
+        if self.ge is not None:
+            parts.append(f">= {self.ge:g}")
+        if self.le is not None:
+            parts.append(f"<= {self.le:g}")
+        raise ConfigError(f"{path}: must be {' and '.join(parts)}, got {value:g}")
+
+
+Positive = Range(gt=0)
+AtLeastOne = Range(ge=1)
+NonNegative = Range(ge=0)
+Port = Range(ge=0, le=65535)
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     """Where and how the one server process listens."""
 
     host: str = "0.0.0.0"
-    port: int = 8765
+    port: Annotated[int, Port] = 8765
+    """0: any free port (tests)."""
     certfile: str | None = None
     """PEM certificate: set it (with ``keyfile``) to serve wss:// and https://."""
     keyfile: str | None = None
     websocket_compression: bool = False
     """Allow permessage-deflate. Off by default: deflating audio costs ~10x throughput."""
-    shutdown_grace_seconds: float = 30.0
-    retain_freed_memory_mib: int | None = 1024
+    shutdown_grace_seconds: Annotated[float, NonNegative] = 30.0
+    """0: stop at once, cutting off what is in flight."""
+    retain_freed_memory_mib: Annotated[int | None, NonNegative] = 1024
     """glibc: keep up to this much freed memory for reuse instead of returning it to the
     kernel after each request (``speechgw/tuning.py``: it saves CTranslate2 ~53,000 page
     faults per 10 s request). Null: glibc's defaults. Applies to ``speechgw serve``."""
-    blas_threads: int | None = 1
+    blas_threads: Annotated[int | None, AtLeastOne] = 1
     """Threads of numpy's BLAS (feature extraction, resampling): one keeps idle BLAS threads
     from spinning on the cores inference uses (``speechgw/tuning.py``). Null: the library's
     default. Applies to ``speechgw serve``."""
@@ -69,32 +111,32 @@ class ServerConfig:
 class LimitsConfig:
     """What one client may ask of the server."""
 
-    max_frame_bytes: int = 64 * 1024 * 1024
+    max_frame_bytes: Annotated[int, AtLeastOne] = 64 * 1024 * 1024
     """Largest WebSocket message (a batch WAV frame); larger ones are refused with 1009."""
-    max_audio_seconds: float = 600.0
+    max_audio_seconds: Annotated[float, Positive] = 600.0
     """Longest batch recording; longer ones get ``audio_too_long``."""
-    receive_timeout_seconds: float = 30.0
+    receive_timeout_seconds: Annotated[float, Positive] = 30.0
     """How long the server waits for a client's next expected message before ``timeout``."""
-    max_stream_seconds: float | None = None
+    max_stream_seconds: Annotated[float | None, Positive] = None
     """Audio one stream may send in all; reaching it, the stream's buffered audio is answered
     and the server closes (1008 "stream too long"). Null: no limit (sessions restart)."""
-    stream_idle_seconds: float = 60.0
+    stream_idle_seconds: Annotated[float, Positive] = 60.0
     """A stream with no message for this long is closed (1008 "timeout") after its buffered
     audio is recognised and replied to."""
-    max_pending_jobs: int = 32
+    max_pending_jobs: Annotated[int, AtLeastOne] = 32
     """Batch jobs admitted at once (running or waiting for a backend); more get
     ``server_busy`` instead of an unbounded queue."""
-    max_streams: int = 64
+    max_streams: Annotated[int, AtLeastOne] = 64
     """Open streaming connections; more are refused with HTTP 503 before the upgrade."""
-    busy_retry_after_seconds: int = 5
+    busy_retry_after_seconds: Annotated[int, AtLeastOne] = 5
     """What ``server_busy`` tells clients to wait before retrying."""
-    max_connections: int = 512
+    max_connections: Annotated[int, AtLeastOne] = 512
     """Open WebSocket connections of both protocols together; more get ``server_busy``."""
-    max_connections_per_key: int | None = None
+    max_connections_per_key: Annotated[int | None, AtLeastOne] = None
     """Open connections per API key name (only when keys are configured); null: no limit."""
-    rate_limit_per_key: float | None = None
+    rate_limit_per_key: Annotated[float | None, Positive] = None
     """Requests (batch requests and stream openings) per minute per API key; null: no limit."""
-    rate_limit_burst: int = 10
+    rate_limit_burst: Annotated[int, AtLeastOne] = 10
     """Requests a key may make at once before the per-minute rate applies."""
 
 
@@ -159,16 +201,14 @@ class StreamingConfig:
 
     vad_aggressiveness: Literal[0, 1, 2, 3] = 3
     frame_ms: Literal[10, 20, 30] = 30
-    start_padding_ms: int = 300
-    end_padding_ms: int = 300
-    end_silence_ms: int = 500
+    start_padding_ms: Annotated[int, NonNegative] = 300
+    end_padding_ms: Annotated[int, NonNegative] = 300
+    end_silence_ms: Annotated[int, Positive] = 500
     """Silence that closes an utterance."""
-    min_speech_ms: int = 150
+    min_speech_ms: Annotated[int, NonNegative] = 150
     """Utterances with less voiced audio than this are dropped as noise."""
-    max_utterance_seconds: float = 25.0
-    session_limit_seconds: float = 240.0
-    """A recognition session's longest audio; the server restarts it invisibly after that."""
-    buffer_seconds: float = 30.0
+    max_utterance_seconds: Annotated[float, Positive] = 25.0
+    buffer_seconds: Annotated[float, Positive] = 30.0
     """Audio buffered per connection before back-pressure."""
 
 
@@ -190,9 +230,9 @@ class PostprocessConfig:
     """Up to and including ``/v1``, e.g. ``http://127.0.0.1:11434/v1``; required to use it."""
     model: str | None = None
     api_key: str | None = None
-    timeout_seconds: float = 10.0
-    concurrency: int = 4
-    temperature: float = 0.0
+    timeout_seconds: Annotated[float, Positive] = 10.0
+    concurrency: Annotated[int, AtLeastOne] = 4
+    temperature: Annotated[float, Range(ge=0, le=2)] = 0.0
     prompt: str = DEFAULT_CORRECTION_PROMPT
     prompts: dict[str, str] = field(default_factory=dict)
     """Per-language system prompts (ISO 639-1 code -> prompt); others use ``prompt``."""
@@ -200,11 +240,12 @@ class PostprocessConfig:
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
-    port: int | None = None
+    port: Annotated[int | None, Range(ge=1, le=65535)] = None
     """Also serve ``/metrics`` on this port (same host), e.g. for a scraper on a private
     network; it stays on the main port too."""
-    max_machine_ids: int = 1000
-    """Distinct ``machine_id`` label values kept; later ones are counted under ``other``."""
+    max_machine_ids: Annotated[int, NonNegative] = 1000
+    """Distinct ``machine_id`` label values kept; later ones are counted under ``other``
+    (0: every machine counts as ``other``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +299,8 @@ def _substitute(value: Any, path: str, env: Mapping[str, str]) -> Any:
 
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _describe(typing.get_args(tp)[0])
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (types.UnionType, typing.Union):
@@ -278,6 +321,14 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     fail = ConfigError(f"{path}: expected {_describe(tp)}, got {value!r}")
     if tp is Any:
         return value
+    if origin is Annotated:
+        inner, *extras = typing.get_args(tp)
+        converted = _convert(value, inner, path)
+        if converted is not None:
+            for extra in extras:
+                if isinstance(extra, Range):
+                    extra.check(converted, path)
+        return converted
     if origin in (types.UnionType, typing.Union):
         for arg in typing.get_args(tp):
             try:
@@ -350,7 +401,7 @@ def build(cls: type[T], mapping: Mapping[str, Any] | None, path: str = "") -> T:
             with the dotted key path (``backends.whisper.beam_size``) in the message.
     """
     mapping = mapping or {}
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(mapping) - set(fields))
     if unknown:
@@ -400,17 +451,52 @@ def load_config(
         kind = settings.pop("type", name)
         if not isinstance(kind, str):
             raise ConfigError(
-                f"{path}.type: expected a backend type name, got {kind!r} (YAML reads a bare "
-                "null as nothing: write type: 'null' for the null backend)"
+                f"{path}.type: expected a backend type name such as whisper, google or "
+                f"scripted, got {kind!r}"
             )
         options = settings
         if backend_options is not None:
             options = build(backend_options(kind, f"{path}.type"), settings, path)
         backends.append(BackendConfig(name=str(name), type=kind, options=options))
+    streaming = raw.get("streaming")
+    if isinstance(streaming, dict) and "session_limit_seconds" in streaming:
+        streaming = raw["streaming"] = dict(streaming)
+        del streaming["session_limit_seconds"]
+        _LOGGER.warning(
+            "streaming.session_limit_seconds has no effect and can be removed: utterances are "
+            "recognised one by one, so no recognition session needs restarting"
+        )
     config = build(Config, raw)
     config = dataclasses.replace(config, backends=tuple(backends))
     _check_routing(config)
+    _check_relations(config)
     return config
+
+
+def _check_relations(config: Config) -> None:
+    """What no single key's range can say."""
+    server = config.server
+    if (server.certfile is None) != (server.keyfile is None):
+        raise ConfigError("server.certfile and server.keyfile: set both (for TLS) or neither")
+    if config.metrics.port is not None and config.metrics.port == server.port:
+        raise ConfigError(
+            f"metrics.port: {config.metrics.port} is server.port already (/metrics is served "
+            "there anyway); pick another port or null"
+        )
+    streaming = config.streaming
+    if streaming.min_speech_ms > streaming.max_utterance_seconds * 1000:
+        raise ConfigError(
+            f"streaming.min_speech_ms: {streaming.min_speech_ms} is longer than "
+            f"streaming.max_utterance_seconds ({streaming.max_utterance_seconds:g} s): no "
+            "utterance could ever be long enough"
+        )
+    limits = config.limits
+    per_key = limits.max_connections_per_key
+    if per_key is not None and per_key > limits.max_connections:
+        raise ConfigError(
+            f"limits.max_connections_per_key: {per_key} is more than limits.max_connections "
+            f"({limits.max_connections}): it could never apply"
+        )
 
 
 def _check_routing(config: Config) -> None:

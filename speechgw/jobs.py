@@ -14,6 +14,7 @@ __all__ = [
     "SAMPLE_RATE",
     "AudioJob",
     "Caller",
+    "JobRequest",
     "JobSpec",
     "Segment",
     "Task",
@@ -33,6 +34,17 @@ class Caller:
 
     key_name: str = "anonymous"
     machine_id: str = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class JobRequest:
+    """What a client asked for, as its protocol adapter read and validated it; the gateway
+    adds who asked (after the key is checked) to make a :class:`JobSpec`."""
+
+    language: str
+    task: Task = "transcribe"
+    machine_id: str = "unknown"
+    postprocess: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

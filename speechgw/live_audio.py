@@ -23,16 +23,12 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .audio import from_pcm16, to_pcm16
 from .jobs import SAMPLE_RATE
 
 __all__ = ["LiveAudio", "Reader"]
 
 _COMPACT_AT = 1024  # dropped chunk slots kept before the lists are compacted
-
-
-def to_pcm16(samples: np.ndarray) -> np.ndarray:
-    """float32 in [-1, 1] -> little-endian int16."""
-    return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
 
 
 class LiveAudio:
@@ -57,9 +53,9 @@ class LiveAudio:
     # --- the producer: the gateway's stream ------------------------------------------------
 
     async def put(self, samples: np.ndarray) -> bool:
-        """Append 16 kHz float32 samples; waits while the buffer is full. Returns False (and
-        keeps nothing) once the audio has been :meth:`abandon`-ed: the caller takes it
-        elsewhere. Cancelling the wait keeps nothing either."""
+        """Append 16 kHz samples (int16, or float32 in [-1, 1]); waits while the buffer is
+        full. Returns False (and keeps nothing) once the audio has been :meth:`abandon`-ed: the
+        caller takes it elsewhere. Cancelling the wait keeps nothing either."""
         if not len(samples):
             return not self._abandoned
         await self._changed.wait_for(lambda: self._abandoned or self._has_room())
@@ -94,7 +90,7 @@ class LiveAudio:
         self._changed.notify()
         if not pending:
             return np.zeros(0, np.float32)
-        return np.concatenate(pending).astype(np.float32) / 32768.0
+        return from_pcm16(np.concatenate(pending))
 
     # --- the consumer: a backend ------------------------------------------------------------
 

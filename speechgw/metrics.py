@@ -52,7 +52,9 @@ class GatewayMetrics:
             registry=r,
         )
         self.in_flight = Gauge(
-            "speechgw_requests_in_flight", "Batch requests being processed", registry=r
+            "speechgw_requests_in_flight",
+            "Jobs being recognised (recordings and stream utterances)",
+            registry=r,
         )
         self.active_streams = Gauge(
             "speechgw_active_streams", "Open streaming connections", registry=r

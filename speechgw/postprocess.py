@@ -37,7 +37,7 @@ OFF = PostprocessResult(text=None, milliseconds=0, error=None)
 class Postprocessor:
     def __init__(self, config: PostprocessConfig) -> None:
         self.config = config
-        self._limiter = anyio.CapacityLimiter(max(1, config.concurrency))
+        self._limiter = anyio.CapacityLimiter(config.concurrency)
 
     @property
     def configured(self) -> bool:

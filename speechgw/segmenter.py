@@ -13,7 +13,7 @@ import numpy as np
 import webrtcvad
 from scipy.signal import resample_poly
 
-from .audio import sample_ratio
+from .audio import from_pcm16, sample_ratio, to_pcm16
 from .config import StreamingConfig
 from .jobs import SAMPLE_RATE
 
@@ -115,8 +115,9 @@ class Segmenter:
         return len(self._utterance) * self._frame
 
     def feed(self, samples: np.ndarray) -> list[np.ndarray]:
-        """Feed 16 kHz float32 samples; returns the utterances that closed (float32)."""
-        pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
+        """Feed 16 kHz samples (int16, or float32 in [-1, 1]); returns the utterances that
+        closed (float32)."""
+        pcm = to_pcm16(samples)
         if len(self._pending):
             pcm = np.concatenate((self._pending, pcm))
         whole = len(pcm) // self._frame * self._frame
@@ -176,4 +177,4 @@ class Segmenter:
             return None
         keep = len(frames) - max(0, trailing_silence - self._end_pad_frames)
         # the dropped trailing silence is not speech; it is not re-fed anywhere
-        return np.concatenate(frames[:keep]).astype(np.float32) / 32768.0
+        return from_pcm16(np.concatenate(frames[:keep]))

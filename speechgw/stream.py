@@ -8,12 +8,15 @@ Two ways to recognise, chosen by the route's first backend:
   each final transcript it yields becomes one reply. If it gives up mid-stream, the audio it
   had not answered for goes, with the rest of the stream, to the route's fallback backends;
 - *utterances*: webrtcvad cuts the stream into utterances and each is a job for the route, as a
-  batch request would be (with fallback per utterance).
+  recording would be (with fallback per utterance).
 
-Protocol-free: an adapter feeds native-rate float32 samples and gets each utterance's
-transcript (or error) through callbacks. Memory is bounded per stream: audio waits in buffers
-capped in seconds, and when they are full :meth:`Stream.feed` waits, so the adapter stops
-reading the socket and TCP pushes back on the client. Audio is never dropped.
+Both paths fall back by the one rule of :mod:`speechgw.execution` and settle each utterance
+through :class:`~speechgw.accounting.Accounting`, which decides what is billed.
+
+Protocol-free: an adapter feeds native-rate samples (int16 PCM or float32) and gets each
+utterance's transcript (or error) through callbacks. Memory is bounded per stream: audio waits
+in buffers capped in seconds, and when they are full :meth:`Stream.feed` waits, so the adapter
+stops reading the socket and TCP pushes back on the client. Audio is never dropped.
 """
 
 from __future__ import annotations
@@ -22,22 +25,21 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
+import typing
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .accounting import Accounting, Books
+from .audio import from_pcm16
 from .config import StreamingConfig
 from .errors import InternalError, SpeechGWError
+from .execution import as_outage, run_route
 from .jobs import SAMPLE_RATE, AudioJob, JobSpec, Transcript
 from .live_audio import LiveAudio
 from .router import Route
 from .segmenter import Segmenter, StreamResampler
-
-if TYPE_CHECKING:
-    from .gateway import Gateway, Request
 
 __all__ = ["Stream"]
 
@@ -110,15 +112,16 @@ class Stream:
 
     def __init__(
         self,
-        gateway: Gateway,
+        accounting: Accounting,
         spec: JobSpec,
         route: Route,
         rate: int,
         config: StreamingConfig,
+        max_seconds: float | None,
         on_transcript: OnTranscript,
         on_error: OnError,
     ) -> None:
-        self.gateway = gateway
+        self._accounting = accounting
         self.spec = spec
         self.route = route
         self.config = config
@@ -136,16 +139,26 @@ class Stream:
         self._on_transcript = on_transcript
         self._on_error = on_error
         self._backlog: deque[np.ndarray] = deque()  # closed utterances not yet queued
-        self._session_samples = 0
-        self._session_limit = int(config.session_limit_seconds * SAMPLE_RATE)
-        self.sessions = 1
+        # input samples the stream may still take (limits.max_stream_seconds)
+        self._samples_left = float("inf") if max_seconds is None else max_seconds * rate
 
-    async def feed(self, samples: np.ndarray) -> None:
-        """Take native-rate samples; waits while the stream's buffer is full (back-pressure)."""
-        samples = self._resampler.feed(samples)
+    async def feed(self, samples: np.ndarray) -> bool:
+        """Take native-rate samples (int16 PCM, or float32 in [-1, 1]); waits while the
+        stream's buffer is full (back-pressure). 16 kHz int16 goes to the segmenter or the
+        live buffer as it is: both work on int16, so it is never converted there and back.
+
+        Returns False, taking nothing, when they would carry the stream past
+        ``limits.max_stream_seconds``: the stream is over and only :meth:`end` remains.
+        """
+        self._samples_left -= len(samples)
+        if self._samples_left < 0:
+            return False
+        if self.rate != SAMPLE_RATE:
+            samples = self._resampler.feed(from_pcm16(samples))
         if self._live is not None and await self._live.put(samples):
-            return
+            return True
         await self._segment(samples)
+        return True
 
     async def end(self) -> None:
         """No more input: recognise what is buffered, then let :meth:`run` finish."""
@@ -168,17 +181,8 @@ class Stream:
 
     async def _segment(self, samples: np.ndarray) -> None:
         if len(samples):
-            self._session_samples += len(samples)
             self._backlog.extend(self._segmenter.feed(samples))
         await self._enqueue_backlog()
-        # A recognition session ends at the first utterance boundary after its limit, so no
-        # utterance straddles two sessions: nothing is cut, lost or repeated by the restart.
-        if self._session_samples >= self._session_limit and not self._segmenter.speaking:
-            self.sessions += 1
-            self._session_samples = 0
-            _LOGGER.info(
-                "stream %s: recognition session %d begins", self.spec.request_id, self.sessions
-            )
 
     async def run(self) -> None:
         """Recognise until :meth:`end` and everything buffered is answered."""
@@ -197,11 +201,10 @@ class Stream:
                 async for transcript in finals:
                     await self._deliver_final(backend.name, live, transcript)
             return True
-        except SpeechGWError as exc:
-            error = exc
-        except Exception:
-            _LOGGER.exception("stream %s: backend %r failed", self.spec.request_id, backend.name)
-            error = InternalError(f"backend {backend.name!r} failed")
+        except Exception as exc:
+            # an outage goes to the fallback; an error about the request is the answer
+            outage = as_outage(exc, self.spec.request_id, backend.name)
+            error = outage if outage is not None else typing.cast(SpeechGWError, exc)
         pending = live.abandon()
         self._live = None
         _LOGGER.warning(
@@ -212,8 +215,8 @@ class Stream:
             len(pending) / SAMPLE_RATE,
         )
         spares = self.route[1:]
-        if spares:
-            self.gateway.note_fallback(self.spec.request_id, backend, spares[0], error)
+        if spares and outage is not None:
+            self._accounting.fallback(self.spec.request_id, backend.name, spares[0].name, error)
             self.route = spares
             # the unanswered audio goes first, before anything the client sends next (no
             # other feed runs until this returns)
@@ -221,10 +224,10 @@ class Stream:
             self._queue_backlog_now()
         else:
             # nobody else can answer for that audio: the client hears of it once, and the
-            # rest of the stream goes to the same backend utterance by utterance
-            request = self._request(backend.name)
-            request.audio_seconds = len(pending) / SAMPLE_RATE
-            self.gateway.finish(request, error)
+            # rest of the stream goes to the same route utterance by utterance
+            books = self._books(backend.name)
+            books.audio_seconds = len(pending) / SAMPLE_RATE
+            self._accounting.close(books, error)
             await self._on_error(error)
         if self._live_closed:  # the client had finished: nothing more will come
             self._backlog.extend(self._segmenter.flush())
@@ -236,33 +239,29 @@ class Stream:
         while self._backlog:
             self._queue.put_nowait(self._backlog.popleft())
 
-    def _request(self, backend: str) -> Request:
-        request = self.gateway.begin(self.spec.protocol)
-        request.spec = self.spec
-        request.backend = backend
-        return request
+    def _books(self, backend: str) -> Books:
+        return Books(self.spec.protocol, spec=self.spec, backend=backend, utterance=True)
 
     async def _deliver_final(self, backend: str, live: LiveAudio, transcript: Transcript) -> None:
-        request = self._request(backend)
+        books = self._books(backend)
         # billed: the speech the backend timed (an utterance with its pauses, not the
         # silence between utterances); latency counts from the arrival of its last sample
-        request.audio_seconds = sum(s.end - s.start for s in transcript.segments)
+        books.audio_seconds = sum(s.end - s.start for s in transcript.segments)
         end = transcript.segments[-1].end if transcript.segments else 0.0
-        request.started = live.arrival(round(end * SAMPLE_RATE))
-        self.gateway.metrics.backend_latency.labels(backend).observe(
-            time.monotonic() - request.started
-        )
-        if not transcript.text:
-            self.gateway.finish(request, uncounted="no_speech")
-            return
+        books.start_clock(at=live.arrival(round(end * SAMPLE_RATE)))
+        self._accounting.backend_time(backend, books.elapsed)
+        await self._settle(books, transcript)
+
+    async def _settle(self, books: Books, transcript: Transcript) -> None:
+        """Bill and count an utterance, then reply (an utterance without words gets none)."""
         try:
-            await self.gateway.settle(request)
+            answered = await self._accounting.settle(books, transcript)
         except SpeechGWError as exc:
-            self.gateway.finish(request, exc)
+            self._accounting.close(books, exc)
             await self._on_error(exc)
             return
-        self.gateway.finish(request)
-        await self._on_transcript(transcript)
+        if answered:
+            await self._on_transcript(transcript)
 
     # --- utterances: webrtcvad cuts, the route transcribes ----------------------------------
 
@@ -270,30 +269,22 @@ class Stream:
         """Transcribe queued utterances in order until :meth:`end` and the queue is drained."""
         first = True
         while (utterance := await self._queue.get()) is not None:
-            request = self._request("-")
-            request.start_clock()
+            books = self._books("-")
+            books.start_clock()
             # the spec bills the audio the client sent: not the lead-in silence added to the
             # stream's first utterance
             synthetic = self._segmenter.lead_in_padding if first else 0
             first = False
+            books.audio_seconds = (len(utterance) - synthetic) / SAMPLE_RATE
             try:
                 job = AudioJob(self._utterance_spec, utterance)
-                transcript = await self.gateway.transcribe(request, job, self.route)
-                request.audio_seconds = (len(utterance) - synthetic) / SAMPLE_RATE
-                if transcript.text:  # only recognised speech is billed, before its reply
-                    await self.gateway.settle(request)
-            except SpeechGWError as exc:
-                self.gateway.finish(request, exc)
-                await self._on_error(exc)
-                continue
-            except Exception:
-                _LOGGER.exception("stream %s: utterance failed", self.spec.request_id)
-                error = InternalError("internal server error")
-                self.gateway.finish(request, error)
+                transcript = await run_route(job, self.route, books, self._accounting)
+            except Exception as exc:
+                error = exc if isinstance(exc, SpeechGWError) else None
+                if error is None:
+                    _LOGGER.exception("stream %s: utterance failed", self.spec.request_id)
+                    error = InternalError("internal server error")
+                self._accounting.close(books, error)
                 await self._on_error(error)
                 continue
-            if transcript.text:
-                self.gateway.finish(request)
-                await self._on_transcript(transcript)
-            else:
-                self.gateway.finish(request, uncounted="no_speech")
+            await self._settle(books, transcript)

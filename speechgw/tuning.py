@@ -43,7 +43,7 @@ def retain_freed_memory(mib: int) -> bool:
         _LOGGER.info("allocator left as it is: not glibc")
         return False
     libc = ctypes.CDLL(None)
-    threshold = min(max(mib, 0) * 1024 * 1024, 2**31 - 1)  # mallopt takes a C int
+    threshold = min(mib * 1024 * 1024, 2**31 - 1)  # mallopt takes a C int
     settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, threshold))
     if not all(libc.mallopt(option, value) for option, value in settings):
         _LOGGER.warning("mallopt refused the allocator settings; glibc defaults stay")
@@ -56,6 +56,5 @@ def limit_blas_threads(threads: int) -> None:
     """Cap the threads of every BLAS library loaded in the process (numpy's OpenBLAS)."""
     from threadpoolctl import threadpool_limits
 
-    threads = max(threads, 1)
     threadpool_limits(limits=threads, user_api="blas")
     _LOGGER.info("BLAS libraries limited to %d thread(s)", threads)

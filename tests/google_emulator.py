@@ -57,6 +57,8 @@ class SpeechEmulator:
     recognizer: Callable[[bytes, str], str] | None = None
     slow_seconds: float = 3.0
     endpoint_seconds: float = 0.5
+    untimed: bool = False
+    """Finals without ``result_end_time`` or word times (the API leaves them out at times)."""
     faults: deque[str] = field(default_factory=deque)
     calls: list[Call] = field(default_factory=list)
     port: int = 0
@@ -170,7 +172,7 @@ class SpeechEmulator:
         text = self._transcript(pcm, config)
         rate = config.sample_rate_hertz or 16000
         alternative: dict[str, Any] = {"transcript": text, "confidence": 0.9}
-        if config.enable_word_time_offsets and text:
+        if config.enable_word_time_offsets and text and not self.untimed:
             words = text.split()
             step = (end - start) / len(words)
             alternative["words"] = [
@@ -183,7 +185,8 @@ class SpeechEmulator:
             ]
         call.finals.append(text)
         result = {"alternatives": [alternative], "is_final": True}
-        result["result_end_time"] = _duration(end / rate)
+        if not self.untimed:
+            result["result_end_time"] = _duration(end / rate)
         return speech.StreamingRecognizeResponse.pb(
             speech.StreamingRecognizeResponse(results=[result])
         )

@@ -10,7 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from speechgw.audio import decode_linear16, read_wav, to_16k_mono
+from speechgw.audio import (
+    MAX_RATE,
+    MIN_RATE,
+    check_rate,
+    decode_linear16,
+    from_pcm16,
+    read_wav,
+    to_16k_mono,
+    to_pcm16,
+)
 from speechgw.errors import InvalidAudio
 from tests import speech
 
@@ -114,6 +123,22 @@ def test_nan_and_infinity_become_silence_and_loud_floats_are_clipped() -> None:
     payload = np.array([np.nan, np.inf, -np.inf, 7.0, -0.25], "<f4").tobytes()
     samples, _ = read_wav(_wav(3, 32, payload))
     np.testing.assert_array_equal(samples, [0.0, 0.0, 0.0, 1.0, -0.25])
+
+
+def test_int16_and_float_convert_both_ways_with_one_scale() -> None:
+    every = np.arange(-32768, 32768, dtype="<i2")
+    np.testing.assert_array_equal(to_pcm16(from_pcm16(every)), every)  # exact round trip
+    # rounding, not truncation, and saturation instead of wrap-around past full scale
+    floats = np.array([0.49 / 32768, -0.51 / 32768, 1.0, -1.0, 1.5, -7.0], np.float32)
+    np.testing.assert_array_equal(to_pcm16(floats), [0, -1, 32767, -32768, 32767, -32768])
+
+
+def test_one_rate_range_for_every_protocol() -> None:
+    check_rate(MIN_RATE)
+    check_rate(MAX_RATE)
+    for rate in (MIN_RATE - 1, MAX_RATE + 1, 0):
+        with pytest.raises(InvalidAudio, match=f"{MIN_RATE} to {MAX_RATE} Hz are accepted"):
+            check_rate(rate)
 
 
 def test_linear16_decoding() -> None:

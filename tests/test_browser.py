@@ -65,7 +65,7 @@ def test_a_refused_stream_is_explained(voices, tmp_path: Path) -> None:
     if chromium_path() is None:
         pytest.skip("chromium is not installed")
     with running_server(
-        backends={"null": {"type": "null"}}, env={"SERVER_API_KEY": "right-key"}
+        backends={"null": {"type": "scripted"}}, env={"SERVER_API_KEY": "right-key"}
     ) as server:
         browser = Browser(
             server.http + "/", tmp_path / "profile", fake_microphone=voices["children"]

@@ -49,12 +49,12 @@ def test_example_configs_are_valid(path: Path) -> None:
             "backends.w.device: expected one of 'auto', 'cpu', 'cuda', got 'tpu'",
         ),
         ({"backends": {"w": {"type": "kaldi"}}}, "backends.w.type: unknown backend type 'kaldi'"),
-        ({"backends": {"w": {"type": None}}}, "write type: 'null' for the null backend"),
+        ({"backends": {"w": {"type": None}}}, "expected a backend type name such as whisper"),
         (
-            {"backends": {"w": {"type": "null"}}, "routing": [{"backend": "x"}]},
+            {"backends": {"w": {"type": "scripted"}}, "routing": [{"backend": "x"}]},
             "routing[0].backend: no backend named 'x'",
         ),
-        ({"backends": {"w": {"type": "null"}}}, "routing: at least one rule"),
+        ({"backends": {"w": {"type": "scripted"}}}, "routing: at least one rule"),
         ({"auth": {"keys": [{"name": "a"}]}}, "auth.keys[0].key: required key is missing"),
         (
             {"auth": {"keys": [{"name": "a", "key": "${NOT_SET}"}]}},
@@ -62,7 +62,7 @@ def test_example_configs_are_valid(path: Path) -> None:
         ),
         (
             {
-                "backends": {"w": {"type": "null"}},
+                "backends": {"w": {"type": "scripted"}},
                 "routing": [{"backend": "w", "match": {"task": "summarise"}}],
             },
             "routing[0].match.task[0]: expected one of",
@@ -156,9 +156,9 @@ def test_router_rules_match_in_order_and_fall_through_on_capability() -> None:
     config = load_config(
         {
             "backends": {
-                "english": {"type": "null"},
-                "cloud": {"type": "null"},
-                "local": {"type": "null"},
+                "english": {"type": "scripted"},
+                "cloud": {"type": "scripted"},
+                "local": {"type": "scripted"},
             },
             "routing": [
                 {"match": {"key": "vip"}, "backend": "cloud"},
@@ -188,7 +188,7 @@ def test_router_rules_match_in_order_and_fall_through_on_capability() -> None:
 def test_router_says_which_part_is_unsupported() -> None:
     english = _Fake("english", {"en"}, {"transcribe"})
     config = load_config(
-        {"backends": {"english": {"type": "null"}}, "routing": [{"backend": "english"}]},
+        {"backends": {"english": {"type": "scripted"}}, "routing": [{"backend": "english"}]},
         env={},
         backend_options=backend_options,
     )
@@ -207,3 +207,142 @@ def test_a_file_without_backends_gets_the_embedded_default(tmp_path: Path) -> No
     config = load_app_config(str(path), env={})  # used at start and on SIGHUP alike
     assert [b.options.model for b in config.backends] == ["base"]
     assert config.limits.max_audio_seconds == 30
+
+
+LIMITS_AT_ZERO_OR_BELOW = [
+    ("limits", "max_frame_bytes", 0, "must be >= 1"),
+    ("limits", "max_audio_seconds", 0, "must be > 0"),
+    ("limits", "receive_timeout_seconds", -1, "must be > 0"),
+    ("limits", "max_stream_seconds", 0, "must be > 0"),
+    ("limits", "stream_idle_seconds", 0, "must be > 0"),
+    ("limits", "max_pending_jobs", -3, "must be >= 1"),
+    ("limits", "max_streams", 0, "must be >= 1"),
+    ("limits", "busy_retry_after_seconds", 0, "must be >= 1"),
+    ("limits", "max_connections", 0, "must be >= 1"),
+    ("limits", "max_connections_per_key", 0, "must be >= 1"),
+    ("limits", "rate_limit_per_key", 0, "must be > 0"),
+    ("limits", "rate_limit_burst", 0, "must be >= 1"),
+    ("server", "port", -1, "must be >= 0 and <= 65535"),
+    ("server", "shutdown_grace_seconds", -1, "must be >= 0"),
+    ("server", "retain_freed_memory_mib", -1, "must be >= 0"),
+    ("server", "blas_threads", 0, "must be >= 1"),
+    ("streaming", "end_silence_ms", 0, "must be > 0"),
+    ("streaming", "start_padding_ms", -30, "must be >= 0"),
+    ("streaming", "max_utterance_seconds", 0, "must be > 0"),
+    ("streaming", "buffer_seconds", 0, "must be > 0"),
+    ("postprocess", "concurrency", 0, "must be >= 1"),
+    ("postprocess", "timeout_seconds", 0, "must be > 0"),
+    ("postprocess", "temperature", 3, "must be >= 0 and <= 2"),
+    ("metrics", "port", 0, "must be >= 1 and <= 65535"),
+    ("metrics", "max_machine_ids", -1, "must be >= 0"),
+]
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "rule"),
+    LIMITS_AT_ZERO_OR_BELOW,
+    ids=[f"{s}.{k}" for s, k, _, _ in LIMITS_AT_ZERO_OR_BELOW],
+)
+def test_a_number_out_of_range_is_refused_with_its_key_path(
+    section: str, key: str, value: int, rule: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config({section: {key: value}}, env={})
+    assert str(caught.value) == f"{section}.{key}: {rule}, got {value}"
+
+
+def test_every_limit_at_zero_in_one_file_is_refused_at_start(tmp_path: Path) -> None:
+    """The file an admin might write to "turn limits off": refused, naming the first key."""
+    path = tmp_path / "zeros.yaml"
+    keys = [k for s, k, _, _ in LIMITS_AT_ZERO_OR_BELOW if s == "limits"]
+    path.write_text("limits:\n" + "".join(f"  {k}: 0\n" for k in keys))
+    result = run_cli("serve", "--config", str(path))
+    assert result.returncode == 2
+    assert "limits.max_frame_bytes: must be >= 1, got 0" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "rule"),
+    [
+        ({"type": "whisper", "beam_size": 0}, "backends.b.beam_size: must be >= 1, got 0"),
+        ({"type": "whisper", "concurrency": 0}, "backends.b.concurrency: must be >= 1, got 0"),
+        ({"type": "whisper", "cpu_threads": -1}, "backends.b.cpu_threads: must be >= 0"),
+        (
+            {"type": "whisper", "utterance_no_speech_prob": 1.5},
+            "backends.b.utterance_no_speech_prob: must be >= 0 and <= 1, got 1.5",
+        ),
+        (
+            {"type": "google", "session_seconds": 300},
+            "backends.b.session_seconds: must be > 0 and <= 265, got 300",
+        ),
+        ({"type": "google", "backoff_seconds": 0}, "backends.b.backoff_seconds: must be > 0"),
+        ({"type": "scripted", "delay_seconds": -1}, "backends.b.delay_seconds: must be >= 0"),
+    ],
+)
+def test_backend_options_out_of_range_are_refused(options: dict, rule: str) -> None:
+    document = {"backends": {"b": options}, "routing": [{"backend": "b"}]}
+    with pytest.raises(ConfigError) as caught:
+        load_config(document, env={}, backend_options=backend_options)
+    assert rule in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"server": {"certfile": "c.pem"}}, "server.certfile and server.keyfile: set both"),
+        ({"metrics": {"port": 8765}}, "metrics.port: 8765 is server.port already"),
+        (
+            {"streaming": {"min_speech_ms": 3000, "max_utterance_seconds": 2}},
+            "streaming.min_speech_ms: 3000 is longer than streaming.max_utterance_seconds",
+        ),
+        (
+            {"limits": {"max_connections": 10, "max_connections_per_key": 11}},
+            "limits.max_connections_per_key: 11 is more than limits.max_connections (10)",
+        ),
+    ],
+)
+def test_relations_between_keys_are_checked(document: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(document, env={})
+    assert message in str(caught.value)
+
+
+def test_zero_where_it_means_off_is_accepted() -> None:
+    """Zero is a documented setting for these: no grace at shutdown, no freed memory kept,
+    no machine ids as labels, no padding, CTranslate2's default thread count."""
+    config = load_config(
+        {
+            "server": {"shutdown_grace_seconds": 0, "retain_freed_memory_mib": 0, "port": 0},
+            "metrics": {"max_machine_ids": 0},
+            "streaming": {"start_padding_ms": 0, "end_padding_ms": 0, "min_speech_ms": 0},
+            "postprocess": {"temperature": 0},
+            "backends": {"w": {"type": "whisper", "cpu_threads": 0}},
+            "routing": [{"backend": "w"}],
+        },
+        env={},
+        backend_options=backend_options,
+    )
+    assert config.server.shutdown_grace_seconds == 0 and config.metrics.max_machine_ids == 0
+    assert config.backends[0].options.cpu_threads == 0
+
+
+def test_limits_from_the_environment_are_range_checked() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config({"limits": {"max_pending_jobs": "${JOBS}"}}, env={"JOBS": "0"})
+    assert str(caught.value) == "limits.max_pending_jobs: must be >= 1, got 0"
+
+
+def test_the_old_session_limit_key_is_accepted_and_ignored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    load_config({"streaming": {"session_limit_seconds": 240}}, env={})
+    assert "streaming.session_limit_seconds has no effect" in caplog.text
+
+
+def test_the_scripted_backend_keeps_its_old_quoted_name() -> None:
+    config = load_config(
+        {"backends": {"b": {"type": "null"}}, "routing": [{"backend": "b"}]},
+        env={},
+        backend_options=backend_options,
+    )
+    assert config.backends[0].type == "null"

@@ -24,7 +24,7 @@ def test_grafana_dashboard_uses_only_real_metric_names(voices) -> None:
         for e in exprs
         for m in re.findall(r"\b(asr_\w+|speechgw_\w+)", e)
     }
-    with running_server(backends={"null": {"type": "null", "text": "x"}}) as server:
+    with running_server(backends={"null": {"type": "scripted", "text": "x"}}) as server:
         transcribe(server.ws, voices["children"].read_bytes())
         served = set(re.findall(r"^# TYPE (\w+) ", server.get("/metrics")[1], re.M))
     assert used and used <= served, used - served

@@ -54,7 +54,7 @@ def test_python_stream_client(tiny_server: Server, two_sentences: Path) -> None:
 
 
 def test_load_generator(two_sentences: Path) -> None:
-    with running_server(backends={"null": {"type": "null", "text": "ok"}}) as server:
+    with running_server(backends={"null": {"type": "scripted", "text": "ok"}}) as server:
         for protocol in ("batch", "stream"):
             result = run(
                 sys.executable,

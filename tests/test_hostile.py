@@ -21,7 +21,7 @@ from tests.client import transcribe
 from tests.serving import Server, running_server
 from tests.streaming_client import open_stream, read_pcm16, stream_pcm
 
-NULL = {"null": {"type": "null", "text": "ok"}}
+NULL = {"null": {"type": "scripted", "text": "ok"}}
 
 
 def server_tasks(server: Server) -> int:
@@ -121,7 +121,7 @@ def test_disconnects_during_inference_leak_nothing(tiny_server: Server, voices) 
 def test_a_client_that_never_reads_its_replies(voices) -> None:
     """The server's replies back up in TCP; it stops reading that client instead of
     buffering without bound, and serves others meanwhile."""
-    backends = {"null": {"type": "null", "text": "x" * 60_000}}
+    backends = {"null": {"type": "scripted", "text": "x" * 60_000}}
     three = speech.concat(
         [voices[n] for n in ("children", "market", "window")] * 4,
         voices["children"].parent / "twelve.wav",

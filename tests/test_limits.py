@@ -14,7 +14,7 @@ from tests.client import transcribe
 from tests.serving import running_server
 from tests.streaming_client import open_stream
 
-SLOW = {"null": {"type": "null", "text": "done", "delay_seconds": 1.0}}
+SLOW = {"null": {"type": "scripted", "text": "done", "delay_seconds": 1.0}}
 
 
 def test_batch_over_capacity_gets_server_busy_with_retry_after(voices) -> None:
@@ -61,7 +61,7 @@ def test_an_idle_stream_is_closed_after_its_buffered_audio_is_answered(voices) -
     from tests.streaming_client import read_pcm16
 
     pcm, rate = read_pcm16(voices["coffee"])  # no trailing pause: still buffered when idle
-    backends = {"null": {"type": "null", "text": "answered"}}
+    backends = {"null": {"type": "scripted", "text": "answered"}}
     limits = {"limits": {"stream_idle_seconds": 0.5}}
     with running_server(limits, backends=backends) as server, open_stream(server.ws) as ws:
         ws.recv(timeout=10)
@@ -119,7 +119,7 @@ def test_per_key_rate_limit(voices) -> None:
         "auth": {"keys": [{"name": "carol", "key": "carol-key"}]},
         "limits": {"rate_limit_per_key": 6, "rate_limit_burst": 2},
     }
-    with running_server(settings, backends={"null": {"type": "null", "text": "ok"}}) as server:
+    with running_server(settings, backends={"null": {"type": "scripted", "text": "ok"}}) as server:
         for _ in range(2):  # the burst
             assert transcribe(server.ws, wav, api_key="carol-key").reply["text"] == "ok"
         limited = transcribe(server.ws, wav, api_key="carol-key")
@@ -138,7 +138,7 @@ def test_longest_stream(voices) -> None:
     from tests.streaming_client import read_pcm16
 
     pcm, rate = read_pcm16(voices["coffee"])  # about 3 s; the limit is 2 s
-    backends = {"null": {"type": "null", "text": "answered"}}
+    backends = {"null": {"type": "scripted", "text": "answered"}}
     with (
         running_server({"limits": {"max_stream_seconds": 2}}, backends=backends) as server,
         open_stream(server.ws) as ws,

@@ -8,10 +8,12 @@ import json
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from speechgw.protocols.batch import Metadata, parse_metadata
+from speechgw.protocols.batch import parse_request, read_frame
 from speechgw.protocols.streaming import AudioMessage, decode_message, wire_message
 
+from speechgw.audio import to_pcm16
 from speechgw.errors import SpeechGWError
+from speechgw.jobs import JobRequest
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
@@ -39,11 +41,12 @@ texts = st.one_of(st.text(max_size=200), messages.map(json.dumps), json_values.m
 @given(texts)
 def test_batch_metadata_parser(text: str) -> None:
     try:
-        parsed = parse_metadata(text)
+        frame = read_frame(text)
+        parsed = None if frame is None else parse_request(frame)
     except SpeechGWError as exc:
         assert exc.error in {"invalid_request", "unsupported_language", "unsupported_task"}
         return
-    assert parsed is None or isinstance(parsed, Metadata)
+    assert parsed is None or isinstance(parsed, JobRequest)
     if parsed is not None:
         assert parsed.task in ("transcribe", "translate")
         assert parsed.language.isalpha() and parsed.language.islower()
@@ -62,7 +65,7 @@ def test_streaming_message_parser(text: str | None) -> None:
             "Audio Decoding Error",
         }
         return
-    assert parsed is None or (isinstance(parsed, AudioMessage) and len(parsed.pcm) % 2 == 0)
+    assert parsed is None or isinstance(parsed, AudioMessage)
 
 
 @settings(max_examples=200, deadline=None)
@@ -74,4 +77,6 @@ def test_streaming_audio_round_trips(pcm: bytes, rate: int | None) -> None:
     except SpeechGWError as exc:
         assert len(pcm) % 2 == 1 and wire_message(exc) == "Audio Decoding Error"
         return
-    assert parsed is not None and parsed.pcm == pcm and parsed.rate == rate
+    # LINEAR16 -> float -> LINEAR16 gives back every sample exactly
+    assert parsed is not None and to_pcm16(parsed.samples).tobytes() == pcm
+    assert parsed.rate == rate

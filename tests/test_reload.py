@@ -16,8 +16,8 @@ from tests.streaming_client import open_stream, read_pcm16
 CONFIG = """
 store: {{path: null}}
 backends:
-  first: {{type: 'null', text: from the first backend}}
-  second: {{type: 'null', text: from the second backend}}
+  first: {{type: scripted, text: from the first backend}}
+  second: {{type: scripted, text: from the second backend}}
 routing:
   - backend: {backend}
 """

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.signal import resample_poly
 
-from speechgw.audio import read_wav, sample_ratio, to_16k_mono
+from speechgw.audio import from_pcm16, read_wav, sample_ratio, to_16k_mono, to_pcm16
 from speechgw.config import StreamingConfig
 from speechgw.segmenter import Segmenter, StreamResampler
 from tests import speech
@@ -47,7 +47,7 @@ def test_utterances_are_ordered_disjoint_slices_of_the_input(voices, tmp_path, c
         utterances += segmenter.feed(audio[i : i + chunk])
     utterances += segmenter.flush()
     assert len(utterances) == 3
-    pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16).astype(np.float32) / 32768.0
+    pcm = from_pcm16(to_pcm16(audio))  # the segmenter works on LINEAR16, as webrtcvad does
     cursor = 0
     for u in utterances:  # each one is found, in order, after the previous one: none repeated
         for start in range(cursor, len(pcm) - len(u) + 1, 480):
@@ -82,6 +82,6 @@ def test_lead_in_silence_is_added_at_the_stream_start_and_accounted(voices) -> N
     pad = segmenter.lead_in_padding
     assert 0 < pad <= 16000 * 300 // 1000
     assert not np.any(utterance[:pad])
-    pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16).astype(np.float32) / 32768.0
+    pcm = from_pcm16(to_pcm16(audio))  # the segmenter works on LINEAR16, as webrtcvad does
     body = utterance[pad:]
     np.testing.assert_array_equal(body, pcm[: len(body)])  # the rest is the client's audio

@@ -20,7 +20,7 @@ from tests.serving import ServeProcess, running_server
 from tests.streaming_client import open_stream, read_pcm16, stream_pcm
 from tests.test_config import run_cli
 
-NULL = {"null": {"type": "null", "text": "hello from the null backend"}}
+NULL = {"null": {"type": "scripted", "text": "hello from the null backend"}}
 
 
 cli = run_cli
@@ -193,7 +193,7 @@ def test_every_reply_survives_kill_9_in_the_ledger(tmp_path: Path, voices) -> No
     config = tmp_path / "gw.yaml"
     config.write_text(
         f"store:\n  path: {tmp_path / 'ledger.db'}\n"
-        "backends:\n  'null': {type: 'null', text: counted}\nrouting:\n  - backend: 'null'\n"
+        "backends:\n  'null': {type: scripted, text: counted}\nrouting:\n  - backend: 'null'\n"
     )
     server = ServeProcess("--config", str(config)).__enter__()
     port = server.port

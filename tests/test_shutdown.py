@@ -24,7 +24,7 @@ def test_sigterm_with_a_batch_job_and_a_stream_in_flight(tmp_path: Path, voices)
     config = tmp_path / "gw.yaml"
     config.write_text(
         f"store:\n  path: {tmp_path / 'ledger.db'}\n"
-        "backends:\n  'null': {type: 'null', text: finished, delay_seconds: 1.5}\n"
+        "backends:\n  'null': {type: scripted, text: finished, delay_seconds: 1.5}\n"
         "routing:\n  - backend: 'null'\n"
     )
     server = ServeProcess("--config", str(config)).__enter__()

@@ -2,26 +2,28 @@
 
 It measures the protocol layer alone (the protocol-ceiling benchmark) and drives protocol edge
 cases without a model: a fixed text, a delay, or a failure. Selected in config like any other
-backend (``type: null``); it never touches a patched function.
+backend (``type: scripted``; the old name ``'null'``, quoted, still works); it never touches a
+patched function.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import anyio
 import numpy as np
 
 from speechgw.backend import Backend, Capabilities
+from speechgw.config import NonNegative
 from speechgw.errors import BackendUnavailable
 from speechgw.jobs import SAMPLE_RATE, JobSpec, Segment, Transcript
 
-__all__ = ["NullBackend", "NullOptions"]
+__all__ = ["ScriptedBackend", "ScriptedOptions"]
 
 
 @dataclass(frozen=True, slots=True)
-class NullOptions:
+class ScriptedOptions:
     """Args:
     text: what every transcript says (empty: "no speech").
     delay_seconds: how long each job takes.
@@ -29,13 +31,13 @@ class NullOptions:
     """
 
     text: str = ""
-    delay_seconds: float = 0.0
+    delay_seconds: Annotated[float, NonNegative] = 0.0
     fail: Literal["", "unavailable", "crash"] = ""
 
 
-class NullBackend(Backend):
-    Options = NullOptions
-    options: NullOptions
+class ScriptedBackend(Backend):
+    Options = ScriptedOptions
+    options: ScriptedOptions
 
     @property
     def capabilities(self) -> Capabilities:
