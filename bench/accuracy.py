@@ -14,15 +14,13 @@ recordings with tiny.en; with --multilingual, the other languages too with base 
 from __future__ import annotations
 
 import argparse
-import base64
-import csv
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 from _common import REPO, SHARED_AUDIO, in_process_model, served, tempdir, word_errors
+from stream_accuracy import recordings, stream
 from websockets.sync.client import connect
 
 
@@ -31,47 +29,6 @@ def batch(url: str, wav: bytes, language: str) -> str:
         ws.send(json.dumps({"type": "transcribe", "language": language}))
         ws.send(wav)
         return json.loads(ws.recv(timeout=600))["text"]
-
-
-def stream(url: str, pcm: bytes, rate: int, language: str) -> str:
-    replies: list[str] = []
-    with connect(url + "/api/core/google/asr", max_size=None, compression=None) as ws:
-        ws.recv(timeout=30)
-
-        def read() -> None:
-            try:
-                for message in ws:
-                    reply = json.loads(message)
-                    if "asr_reply" in reply:
-                        replies.append(reply["asr_reply"])
-            except Exception:
-                return
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        step = rate // 10 * 2
-        for i in range(0, len(pcm), step):
-            message = {"audio": base64.b64encode(pcm[i : i + step]).decode()}
-            if i == 0:
-                message |= {"rate": rate, "language_code": language}
-            ws.send(json.dumps(message))
-        ws.send(json.dumps({"type": "end"}))
-        reader.join(timeout=600)
-    return " ".join(replies)
-
-
-def rows(multilingual: bool) -> list[dict[str, str]]:
-    with open(SHARED_AUDIO / "MANIFEST.tsv", encoding="utf-8") as f:
-        every = list(csv.DictReader(f, delimiter="\t"))
-    keep = []
-    for row in every:
-        if "stereo_diarization" in row["file"] or "multilingual" in row["file"]:
-            continue  # two sentences on two channels; a model's output as reference
-        if row["language"] == "zh":
-            continue  # no spaces between words: a word error rate says nothing there
-        if row["language"] == "en" or multilingual:
-            keep.append(row)
-    return keep
 
 
 def main() -> int:
@@ -88,7 +45,9 @@ def main() -> int:
         for which, model_name, config in sets:
             model = in_process_model(model_name, workers=1, threads=1)  # as the bench configs
             chosen = [
-                r for r in rows(args.multilingual) if (r["language"] == "en") == (which == "en")
+                r
+                for r in recordings(args.multilingual)
+                if (r["language"] == "en") == (which == "en")
             ]
             totals = {"in-process": [0, 0], "gateway batch": [0, 0], "gateway stream": [0, 0]}
             with served(config) as url:
@@ -118,7 +77,7 @@ def main() -> int:
                         "gateway batch": batch(url, wav.read_bytes(), language),
                     }
                     if which == "en":
-                        texts["gateway stream"] = stream(url, mono.read_bytes(), rate, language)
+                        texts["gateway stream"] = stream(url, mono.read_bytes(), language, 0, rate)
                     for name, text in texts.items():
                         e, n = word_errors(reference, text)
                         totals[name][0] += e

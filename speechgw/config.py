@@ -208,6 +208,10 @@ class StreamingConfig:
     min_speech_ms: Annotated[int, NonNegative] = 150
     """Utterances with less voiced audio than this are dropped as noise."""
     max_utterance_seconds: Annotated[float, Positive] = 25.0
+    context_chars: Annotated[int, NonNegative] = 200
+    """How much of the stream's previous replies (characters, cut at a word) goes with each
+    utterance as its context: a fragment cut off by a pause is then decoded knowing what was
+    said before it, as inside a whole recording. 0: each utterance is decoded alone."""
     buffer_seconds: Annotated[float, Positive] = 30.0
     """Audio buffered per connection before back-pressure."""
 

@@ -61,6 +61,10 @@ class JobSpec:
     caller: Caller = field(default_factory=Caller)
     postprocess: bool | None = None
     request_id: str = ""
+    prompt: str | None = None
+    """Text said just before this audio (a stream's previous replies): a recogniser that can
+    condition on it (Whisper's initial prompt) hears the audio in context, as it would inside
+    the whole recording. Never a transcript of the audio itself."""
     segmented: bool = False
     """The audio is one utterance cut from a live stream by a voice-activity detector, not a
     whole recording. Noise that fooled the detector is the classic trigger of recogniser

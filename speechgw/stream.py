@@ -107,6 +107,20 @@ _RETAINED_SECONDS = 330.0
 streaming recognition APIs end a session after about five minutes anyway."""
 
 
+def _context(context: str, text: str, limit: int) -> str:
+    """``context`` followed by ``text``, keeping the last ``limit`` characters from a word on."""
+    if limit <= 0:
+        return ""
+    joined = f"{context} {text.strip()}".strip()
+    if len(joined) <= limit:
+        return joined
+    cut = joined[-limit:]
+    if joined[-limit - 1] == " ":  # the cut falls between two words
+        return cut
+    space = cut.find(" ")
+    return cut[space + 1 :] if 0 <= space < len(cut) - 1 else cut
+
+
 class Stream:
     """A live stream's pipeline. Run :meth:`run` in a task; :meth:`feed`; then :meth:`end`."""
 
@@ -252,22 +266,30 @@ class Stream:
         self._accounting.backend_time(backend, books.elapsed)
         await self._settle(books, transcript)
 
-    async def _settle(self, books: Books, transcript: Transcript) -> None:
-        """Bill and count an utterance, then reply (an utterance without words gets none)."""
+    async def _settle(self, books: Books, transcript: Transcript) -> bool:
+        """Bill and count an utterance, then reply (an utterance without words gets none).
+        True when the client was answered."""
         try:
             answered = await self._accounting.settle(books, transcript)
         except SpeechGWError as exc:
             self._accounting.close(books, exc)
             await self._on_error(exc)
-            return
+            return False
         if answered:
             await self._on_transcript(transcript)
+        return answered
 
     # --- utterances: webrtcvad cuts, the route transcribes ----------------------------------
 
     async def _run_utterances(self) -> None:
-        """Transcribe queued utterances in order until :meth:`end` and the queue is drained."""
+        """Transcribe queued utterances in order until :meth:`end` and the queue is drained.
+
+        Each utterance goes with the stream's last replies as its context (``prompt``), so
+        that a fragment cut off by a pause is decoded knowing what came before it. Only what
+        the client was sent becomes context: noise, failures and dropped text never do.
+        """
         first = True
+        context = ""
         while (utterance := await self._queue.get()) is not None:
             books = self._books("-")
             books.start_clock()
@@ -277,8 +299,10 @@ class Stream:
             first = False
             books.audio_seconds = (len(utterance) - synthetic) / SAMPLE_RATE
             try:
-                job = AudioJob(self._utterance_spec, utterance)
-                transcript = await run_route(job, self.route, books, self._accounting)
+                spec = dataclasses.replace(self._utterance_spec, prompt=context or None)
+                transcript = await run_route(
+                    AudioJob(spec, utterance), self.route, books, self._accounting
+                )
             except Exception as exc:
                 error = exc if isinstance(exc, SpeechGWError) else None
                 if error is None:
@@ -287,4 +311,5 @@ class Stream:
                 self._accounting.close(books, error)
                 await self._on_error(error)
                 continue
-            await self._settle(books, transcript)
+            if await self._settle(books, transcript):
+                context = _context(context, transcript.text, self.config.context_chars)

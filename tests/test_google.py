@@ -84,18 +84,25 @@ def test_batch_through_recognize(google_first: Server, fresh: SpeechEmulator, vo
     assert abs(len(call.audio) / 32000 - reply["duration"]) < 0.01
 
 
+def _stream_two_sentences(server: Server, voices, tmp_path: Path) -> tuple[bytes, int, float]:
+    """Stream two sentences a second apart; each gets the emulator's reply. Returns the audio,
+    its rate, and the billed audio seconds before the stream (to subtract)."""
+    two = voices_module.concat(
+        [voices["market"], voices["window"]], tmp_path / "two.wav", silence_seconds=1.0
+    )
+    pcm, rate = read_pcm16(two)
+    billed = server.metric("asr_audio_seconds_total", machine_id="unknown", task="transcribe")
+    result = stream_pcm(server.ws, pcm, rate, language_code="de-DE")
+    assert result.replies == ["hello from the emulator"] * 2
+    return pcm, rate, billed
+
+
 def test_streaming_protocol_through_google(
     google_first: Server, fresh: SpeechEmulator, voices, tmp_path: Path
 ) -> None:
     """One StreamingRecognize session; Google's endpointing decides the utterances, each final
     is one asr_reply, and the usage ledger bills the speech Google timed."""
-    two = voices_module.concat(
-        [voices["market"], voices["window"]], tmp_path / "two.wav", silence_seconds=1.0
-    )
-    pcm, rate = read_pcm16(two)
-    billed = google_first.metric("asr_audio_seconds_total", machine_id="unknown", task="transcribe")
-    result = stream_pcm(google_first.ws, pcm, rate, language_code="de-DE")
-    assert result.replies == ["hello from the emulator"] * 2
+    pcm, rate, billed = _stream_two_sentences(google_first, voices, tmp_path)
     (call,) = fresh.calls
     assert call.method == "StreamingRecognize" and call.status == "ok"
     assert call.config.language_code == "de-DE" and call.config.enable_word_time_offsets
@@ -115,13 +122,7 @@ def test_an_untimed_final_is_billed_by_the_audio_it_covers(
     """A final without ``result_end_time`` covers what Google had consumed when it came: that
     is what is billed, not 0 s."""
     fresh.untimed = True
-    two = voices_module.concat(
-        [voices["market"], voices["window"]], tmp_path / "two.wav", silence_seconds=1.0
-    )
-    pcm, rate = read_pcm16(two)
-    billed = google_first.metric("asr_audio_seconds_total", machine_id="unknown", task="transcribe")
-    result = stream_pcm(google_first.ws, pcm, rate, language_code="de-DE")
-    assert result.replies == ["hello from the emulator"] * 2
+    pcm, rate, billed = _stream_two_sentences(google_first, voices, tmp_path)
     seconds = (
         google_first.metric("asr_audio_seconds_total", machine_id="unknown", task="transcribe")
         - billed

@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Streaming accuracy: streamed words against whole-file words, per recording, side by side.
+
+For each English recording of ../shared/audio (read speech and the conversational recordings of
+transcription-benchmark/; each decoded to 16 kHz mono by PyAV, as faster-whisper decodes
+files): the word error rate of in-process ``WhisperModel.transcribe`` on the whole file (beam
+5, its defaults: the best the model does with all the context), and of the same audio streamed
+through ``speechgw serve`` over ``/api/core/google/asr`` in 100 ms chunks, unpaced and at 1x
+real time (PARALLEL recordings at once, each at real-time pace), with the server's default
+``streaming`` settings or ``--context-chars N``. With ``--multilingual``, the other languages
+too, with the base model. Reported: a table per recording, totals, and totals without the 1949
+interview (its old disc recording dominates any average; ../shared/audio's README).
+
+    python bench/stream_accuracy.py [--context-chars N] [--parallel 3] [--multilingual]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import yaml
+from _common import REPO, SHARED_AUDIO, in_process_model, served, tempdir, word_errors
+from websockets.sync.client import connect
+
+from speechgw.audio import to_pcm16
+
+OLD_DISC = "fountain-hughes"
+
+
+def stream(url: str, pcm: bytes, language: str, pace: float, rate: int = 16000) -> str:
+    """The replies to ``pcm`` (LINEAR16 at ``rate``) streamed in 100 ms chunks at ``pace`` x
+    real time (0: unpaced)."""
+    replies: list[str] = []
+    with connect(url + "/api/core/google/asr", max_size=None, compression=None) as ws:
+        ws.recv(timeout=30)
+
+        def read() -> None:
+            try:
+                for message in ws:
+                    reply = json.loads(message)
+                    if "asr_reply" in reply:
+                        replies.append(reply["asr_reply"])
+            except Exception:
+                return
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        started = time.monotonic()
+        step = rate // 10 * 2
+        for i in range(0, len(pcm), step):
+            if pace:
+                delay = started + i / (rate * 2) / pace - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            message = {"audio": base64.b64encode(pcm[i : i + step]).decode()}
+            if i == 0:
+                message |= {"rate": rate, "language_code": language}
+            ws.send(json.dumps(message))
+        ws.send(json.dumps({"type": "end"}))
+        reader.join(timeout=900)
+    return " ".join(replies)
+
+
+def recordings(multilingual: bool) -> list[dict[str, str]]:
+    with open(SHARED_AUDIO / "MANIFEST.tsv", encoding="utf-8") as f:
+        every = list(csv.DictReader(f, delimiter="\t"))
+    keep = []
+    for row in every:
+        if "stereo_diarization" in row["file"] or "multilingual" in row["file"]:
+            continue  # two sentences on two channels; a model's output as reference
+        if row["language"] == "zh":
+            continue  # no spaces between words: a word error rate says nothing there
+        if row["language"] == "en" or multilingual:
+            keep.append(row)
+    return keep
+
+
+def server_config(base: Path, context_chars: int | None, work: Path) -> Path:
+    if context_chars is None:
+        return base
+    document = yaml.safe_load(base.read_text())
+    document["streaming"] = {"context_chars": context_chars}
+    out = work / f"{base.stem}-context{context_chars}.yaml"
+    out.write_text(yaml.safe_dump(document))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--context-chars", type=int, default=None)
+    parser.add_argument("--parallel", type=int, default=3, help="streams at once at 1x")
+    parser.add_argument("--multilingual", action="store_true")
+    parser.add_argument("--no-paced", action="store_true", help="skip the 1x pass")
+    args = parser.parse_args()
+    if not (SHARED_AUDIO / "MANIFEST.tsv").exists():
+        print("../shared/audio is absent: no real speech to score")
+        return 1
+    from faster_whisper import decode_audio
+
+    sets = [("en", "tiny.en", REPO / "bench" / "tiny.en.yaml")]
+    if args.multilingual:
+        sets.append(("other", "base", REPO / "bench" / "base.yaml"))
+    paths = ["whole file", "stream unpaced"] + ([] if args.no_paced else ["stream 1x"])
+    with tempdir() as work:
+        for which, model_name, base in sets:
+            rows = [
+                r
+                for r in recordings(args.multilingual)
+                if (r["language"] == "en") == (which == "en")
+            ]
+            audio = {r["file"]: decode_audio(str(SHARED_AUDIO / r["file"])) for r in rows}
+            model = in_process_model(model_name, workers=1, threads=1)  # as the bench configs
+            texts: dict[str, dict[str, str]] = {r["file"]: {} for r in rows}
+            for r in rows:
+                segments, _ = model.transcribe(
+                    audio[r["file"]], language=r["language"], beam_size=5
+                )
+                texts[r["file"]]["whole file"] = "".join(s.text for s in segments)
+            del model
+            config = server_config(base, args.context_chars, Path(work))
+            with served(config) as url:
+                for r in rows:
+                    pcm = to_pcm16(audio[r["file"]]).tobytes()
+                    texts[r["file"]]["stream unpaced"] = stream(url, pcm, r["language"], 0)
+                if not args.no_paced:
+                    with ThreadPoolExecutor(args.parallel) as pool:
+                        paced = pool.map(
+                            lambda r, audio=audio: stream(
+                                url, to_pcm16(audio[r["file"]]).tobytes(), r["language"], 1.0
+                            ),
+                            rows,
+                        )
+                        for r, text in zip(rows, paced, strict=True):
+                            texts[r["file"]]["stream 1x"] = text
+            totals = {p: np.zeros(2, int) for p in paths}
+            without_disc = {p: np.zeros(2, int) for p in paths}
+            chars = "default" if args.context_chars is None else args.context_chars
+            print(f"\n{which} ({model_name}), context_chars={chars}")
+            print("| recording | words | " + " | ".join(paths) + " |")
+            print("|---|---|" + "---|" * len(paths))
+            for r in rows:
+                errors = {
+                    p: np.array(word_errors(r["reference_transcript"], texts[r["file"]][p]))
+                    for p in paths
+                }
+                words = errors[paths[0]][1]
+                print(
+                    f"| {r['file']} | {words} | "
+                    + " | ".join(f"{errors[p][0] / words:.3f}" for p in paths)
+                    + " |"
+                )
+                for p in paths:
+                    totals[p] += errors[p]
+                    if OLD_DISC not in r["file"]:
+                        without_disc[p] += errors[p]
+                same = (
+                    texts[r["file"]].get("stream 1x", texts[r["file"]]["stream unpaced"])
+                    == texts[r["file"]]["stream unpaced"]
+                )
+                if not same:
+                    print(f"|   (1x and unpaced differ for {r['file']}) |")
+            for name, sums in (("all", totals), (f"without {OLD_DISC}", without_disc)):
+                whole = sums["whole file"][0] / sums["whole file"][1]
+                print(
+                    f"{name}: "
+                    + ", ".join(
+                        f"{p} WER {sums[p][0] / sums[p][1]:.3f} ({sums[p][0]}/{sums[p][1]}, "
+                        f"{sums[p][0] / sums[p][1] / whole:.2f}x)"
+                        for p in paths
+                    ),
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
