@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -160,7 +160,7 @@ class Gateway:
                 transcript = await run_route(job, route, books, self.accounting)
         return transcript
 
-    def _decode(self, decode: Any, data: bytes) -> np.ndarray:
+    def _decode(self, decode: Callable[[bytes], tuple[np.ndarray, int]], data: bytes) -> np.ndarray:
         """Decode, refuse what is over ``limits.max_audio_seconds`` before resampling it."""
         samples, rate = decode(data)
         seconds = len(samples) / rate
