@@ -77,7 +77,9 @@ def main() -> int:
                         "gateway batch": batch(url, wav.read_bytes(), language),
                     }
                     if which == "en":
-                        texts["gateway stream"] = stream(url, mono.read_bytes(), language, 0, rate)
+                        texts["gateway stream"] = " ".join(
+                            stream(url, mono.read_bytes(), language, 0, rate)
+                        )
                     for name, text in texts.items():
                         e, n = word_errors(reference, text)
                         totals[name][0] += e

@@ -9,7 +9,8 @@ through ``speechgw serve`` over ``/api/core/google/asr`` in 100 ms chunks, unpac
 real time (PARALLEL recordings at once, each at real-time pace), with the server's default
 ``streaming`` settings or ``--context-chars N``. With ``--multilingual``, the other languages
 too, with the base model. Reported: a table per recording, totals, and totals without the 1949
-interview (its old disc recording dominates any average; ../shared/audio's README).
+interview (its old disc recording dominates any average; ../shared/audio's README), and how
+many replies only repeated the replies just before them (a context prompt carried over).
 
     python bench/stream_accuracy.py [--context-chars N] [--parallel 3] [--multilingual]
 """
@@ -27,7 +28,15 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from _common import REPO, SHARED_AUDIO, in_process_model, served, tempdir, word_errors
+from _common import (
+    REPO,
+    SHARED_AUDIO,
+    in_process_model,
+    normalise,
+    served,
+    tempdir,
+    word_errors,
+)
 from websockets.sync.client import connect
 
 from speechgw.audio import to_pcm16
@@ -35,7 +44,7 @@ from speechgw.audio import to_pcm16
 OLD_DISC = "fountain-hughes"
 
 
-def stream(url: str, pcm: bytes, language: str, pace: float, rate: int = 16000) -> str:
+def stream(url: str, pcm: bytes, language: str, pace: float, rate: int = 16000) -> list[str]:
     """The replies to ``pcm`` (LINEAR16 at ``rate``) streamed in 100 ms chunks at ``pace`` x
     real time (0: unpaced)."""
     replies: list[str] = []
@@ -66,7 +75,19 @@ def stream(url: str, pcm: bytes, language: str, pace: float, rate: int = 16000) 
             ws.send(json.dumps(message))
         ws.send(json.dumps({"type": "end"}))
         reader.join(timeout=900)
-    return " ".join(replies)
+    return replies
+
+
+def repeats(replies: list[str]) -> int:
+    """Replies of two words or more that only repeat words of the replies just before them
+    (the last 200 characters): text a context prompt carried over instead of new speech."""
+    count = 0
+    for i, reply in enumerate(replies):
+        words = " ".join(normalise(reply))
+        before = " ".join(normalise(" ".join(replies[:i])[-200:]))
+        if len(words.split()) >= 2 and f" {words} " in f" {before} ":
+            count += 1
+    return count
 
 
 def recordings(multilingual: bool) -> list[dict[str, str]]:
@@ -126,10 +147,13 @@ def main() -> int:
                 texts[r["file"]]["whole file"] = "".join(s.text for s in segments)
             del model
             config = server_config(base, args.context_chars, Path(work))
+            repeated = 0
             with served(config) as url:
                 for r in rows:
                     pcm = to_pcm16(audio[r["file"]]).tobytes()
-                    texts[r["file"]]["stream unpaced"] = stream(url, pcm, r["language"], 0)
+                    replies = stream(url, pcm, r["language"], 0)
+                    repeated += repeats(replies)
+                    texts[r["file"]]["stream unpaced"] = " ".join(replies)
                 if not args.no_paced:
                     with ThreadPoolExecutor(args.parallel) as pool:
                         paced = pool.map(
@@ -138,8 +162,9 @@ def main() -> int:
                             ),
                             rows,
                         )
-                        for r, text in zip(rows, paced, strict=True):
-                            texts[r["file"]]["stream 1x"] = text
+                        for r, replies in zip(rows, paced, strict=True):
+                            repeated += repeats(replies)
+                            texts[r["file"]]["stream 1x"] = " ".join(replies)
             totals = {p: np.zeros(2, int) for p in paths}
             without_disc = {p: np.zeros(2, int) for p in paths}
             chars = "default" if args.context_chars is None else args.context_chars
@@ -178,6 +203,7 @@ def main() -> int:
                     ),
                     flush=True,
                 )
+            print(f"replies that only repeat the replies before them: {repeated}", flush=True)
     return 0
 
 
