@@ -17,11 +17,14 @@ import argparse
 import json
 import subprocess
 import sys
+import wave
 from pathlib import Path
 
 from _common import REPO, SHARED_AUDIO, in_process_model, served, tempdir, word_errors
 from stream_accuracy import recordings, stream
 from websockets.sync.client import connect
+
+from speechgw.audio import to_pcm16
 
 
 def batch(url: str, wav: bytes, language: str) -> str:
@@ -29,6 +32,33 @@ def batch(url: str, wav: bytes, language: str) -> str:
         ws.send(json.dumps({"type": "transcribe", "language": language}))
         ws.send(wav)
         return json.loads(ws.recv(timeout=600))["text"]
+
+
+def _as_wav(source: Path, work: Path) -> tuple[Path, Path, int]:
+    """``source`` as a 16-bit WAV at its own rate and channels, the same as mono raw PCM, and
+    its rate (sox). Formats Debian's sox cannot read (mp3) are decoded by PyAV to 16 kHz mono,
+    as faster-whisper decodes them, and that is what the gateway gets then."""
+    wav, mono = work / "x.wav", work / "mono.raw"
+    try:
+        subprocess.run(["sox", str(source), "-b", "16", str(wav)], check=True, capture_output=True)
+        subprocess.run(
+            ["sox", str(source), "-b", "16", "-c", "1", "-t", "raw", str(mono)], check=True
+        )
+        rate = subprocess.run(
+            ["soxi", "-r", str(source)], capture_output=True, text=True, check=True
+        )
+        return wav, mono, int(rate.stdout)
+    except subprocess.CalledProcessError:
+        from faster_whisper import decode_audio
+
+        pcm = to_pcm16(decode_audio(str(source))).tobytes()
+        mono.write_bytes(pcm)
+        with wave.open(str(wav), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(16000)
+            w.writeframes(pcm)
+        return wav, mono, 16000
 
 
 def main() -> int:
@@ -55,18 +85,7 @@ def main() -> int:
                     source = SHARED_AUDIO / row["file"]
                     language = row["language"]
                     reference = row["reference_transcript"]
-                    wav = Path(work) / "x.wav"
-                    subprocess.run(["sox", str(source), "-b", "16", str(wav)], check=True)
-                    mono = Path(work) / "mono.wav"
-                    subprocess.run(
-                        ["sox", str(source), "-b", "16", "-c", "1", "-t", "raw", str(mono)],
-                        check=True,
-                    )
-                    rate = int(
-                        subprocess.run(
-                            ["soxi", "-r", str(source)], capture_output=True, text=True, check=True
-                        ).stdout
-                    )
+                    wav, mono, rate = _as_wav(source, Path(work))
                     texts = {
                         "in-process": "".join(
                             s.text
