@@ -51,7 +51,7 @@ def test_connection_message(tiny_server: Server) -> None:
     assert re.fullmatch(r"\d{13}-[0-9a-f]{16}", hello["clientId"]), hello
 
 
-@pytest.mark.parametrize("rate", [8000, 44100, 48000, 11025])
+@pytest.mark.parametrize("rate", [8000, 44100, 48000, 11025, 96000])
 def test_other_rates_are_resampled(
     tiny_server: Server, three: Path, tmp_path: Path, rate: int
 ) -> None:
