@@ -24,7 +24,6 @@ __all__ = [
     "MIN_RATE",
     "WavInfo",
     "check_rate",
-    "decode_linear16",
     "from_pcm16",
     "linear16",
     "read_wav",
@@ -184,11 +183,6 @@ def linear16(raw: bytes) -> np.ndarray:
     if len(raw) % 2:
         raise InvalidAudio("LINEAR16 audio must hold a whole number of 2-byte samples")
     return np.frombuffer(raw, dtype="<i2")
-
-
-def decode_linear16(raw: bytes) -> np.ndarray:
-    """LINEAR16 bytes -> float32 in [-1, 1) (see :func:`linear16`)."""
-    return from_pcm16(linear16(raw))
 
 
 @lru_cache(maxsize=64)
