@@ -26,11 +26,13 @@ __all__ = ["ScriptedBackend", "ScriptedOptions"]
 class ScriptedOptions:
     """Args:
     text: what every transcript says (empty: "no speech").
+    detected_language: the language it "hears" in a job that names none.
     delay_seconds: how long each job takes.
     fail: ``unavailable`` raises backend_unavailable, ``crash`` an unexpected exception.
     """
 
     text: str = ""
+    detected_language: str = "en"
     delay_seconds: Annotated[float, NonNegative] = 0.0
     fail: Literal["", "unavailable", "crash"] = ""
 
@@ -41,7 +43,9 @@ class ScriptedBackend(Backend):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(languages=None, tasks=frozenset({"transcribe", "translate"}))
+        return Capabilities(
+            languages=None, tasks=frozenset({"transcribe", "translate"}), detects_language=True
+        )
 
     async def transcribe(self, audio: np.ndarray, spec: JobSpec) -> Transcript:
         if self.options.delay_seconds:
@@ -52,4 +56,5 @@ class ScriptedBackend(Backend):
             raise RuntimeError("scripted crash")
         text = self.options.text
         segments = (Segment(text, 0.0, round(len(audio) / SAMPLE_RATE, 3)),) if text else ()
-        return Transcript(text=text, segments=segments, language=spec.language, backend=self.name)
+        language = spec.language or self.options.detected_language
+        return Transcript(text=text, segments=segments, language=language, backend=self.name)

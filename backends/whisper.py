@@ -24,7 +24,7 @@ import numpy as np
 from speechgw.backend import Backend, Capabilities
 from speechgw.config import AtLeastOne, NonNegative, Range
 from speechgw.errors import BackendUnavailable
-from speechgw.jobs import JobSpec, Segment, Transcript
+from speechgw.jobs import JobSpec, Segment, Transcript, Word
 
 __all__ = ["BUNDLED_MODELS", "WhisperBackend", "WhisperOptions", "resolve_model"]
 
@@ -147,6 +147,15 @@ def _echoes(segments: list, prompt: str) -> bool:
     return len(heard) >= 2 and f" {' '.join(heard)} " in f" {told} "
 
 
+def _temperatures(start: float | None) -> tuple[float, ...]:
+    """Whisper's fallback schedule from ``start``: 0 (or None) is faster-whisper's default,
+    0.0 then 0.2 steps to 1.0 when a decode looks wrong (as openai-whisper's
+    ``--temperature`` with its 0.2 increment)."""
+    first = start or 0.0
+    steps = int((1.0 - first) / 0.2 + 1e-9)
+    return tuple(round(first + 0.2 * i, 3) for i in range(steps + 1))
+
+
 def _cuda_available() -> bool:
     try:
         import ctranslate2
@@ -206,6 +215,9 @@ class WhisperBackend(Backend):
         self._capabilities = Capabilities(
             languages=languages,
             tasks=frozenset({"transcribe", "translate"} if multilingual else {"transcribe"}),
+            # an English-only model "detects" English: it is the only language it writes
+            detects_language=True,
+            word_timestamps=True,
         )
 
     @property
@@ -230,9 +242,16 @@ class WhisperBackend(Backend):
         segments = tuple(
             Segment(text=s.text.strip(), start=round(s.start, 3), end=round(s.end, 3)) for s in raw
         )
+        words = tuple(
+            Word(text=w.word.strip(), start=round(w.start, 3), end=round(w.end, 3))
+            for s in raw
+            for w in s.words or ()
+        )
         # Whisper's segment texts carry their own leading spaces (none in Chinese or Japanese).
         text = "".join(s.text for s in raw).strip()
-        return Transcript(text=text, segments=segments, language=language, backend=self.name)
+        return Transcript(
+            text=text, segments=segments, language=language, backend=self.name, words=words
+        )
 
     def _decode(self, audio: np.ndarray, spec: JobSpec, prompt: str | None) -> tuple[list, str]:
         """The segments worth keeping, and the language; decoding happens here, in the worker
@@ -244,6 +263,8 @@ class WhisperBackend(Backend):
             beam_size=self.options.beam_size,
             vad_filter=self.options.vad_filter,
             initial_prompt=prompt,
+            temperature=_temperatures(spec.temperature),
+            word_timestamps=spec.word_timestamps,
             # An utterance's context is the stream's last replies (``prompt``). Conditioning
             # its second window on its first as well made tiny.en rate 19 s of clear speech
             # 0.57 "no speech" (NASA podcast part 1), which the filter below then dropped.

@@ -44,6 +44,15 @@ class Books:
     """Monotonic time when the audio was in hand: processing latency counts from here."""
     utterance: bool = False
     """Part of a live stream, where only words are answered: no words, no reply, no bill."""
+    detected_language: str = ""
+    """The language the backend heard, for a job that named none."""
+
+    @property
+    def language(self) -> str:
+        """What the ledger and the log record: the job's language, else the detected one."""
+        if self.spec is not None and self.spec.language is not None:
+            return self.spec.language
+        return self.detected_language or "-"
 
     def start_clock(self, at: float | None = None) -> None:
         self.started = time.monotonic() if at is None else at
@@ -71,6 +80,7 @@ class Accounting:
             InternalError: the row could not be committed (the answer must not be sent);
                 the caller closes the books with it.
         """
+        books.detected_language = transcript.language
         if books.utterance and not transcript.text:
             self.close(books, uncounted="no_speech")
             return False
@@ -89,7 +99,7 @@ class Accounting:
             protocol=books.protocol,
             backend=books.backend,
             task=spec.task,
-            language=spec.language,
+            language=books.language,
             machine_id=spec.caller.machine_id,
             audio_seconds=round(books.audio_seconds, 3),
             processing_seconds=round(books.elapsed, 3),
@@ -128,7 +138,7 @@ class Accounting:
             books.protocol,
             spec.caller.key_name if spec else "-",
             machine,
-            spec.language if spec else "-",
+            books.language,
             task,
             books.audio_seconds,
             round(elapsed * 1000),

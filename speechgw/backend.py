@@ -34,9 +34,24 @@ class Capabilities:
     streaming: bool = False
     """It recognises a live stream itself, deciding where utterances end (:meth:`Backend.stream`);
     otherwise the gateway cuts streams into utterances with a voice-activity detector."""
+    detects_language: bool = False
+    """It takes jobs whose language is None and says in the transcript which one it heard."""
+    word_timestamps: bool = False
+    """It times each word when a job asks (``JobSpec.word_timestamps``)."""
 
-    def supports(self, language: str, task: Task) -> bool:
-        return task in self.tasks and (self.languages is None or language in self.languages)
+    def supports(self, language: str | None, task: Task) -> bool:
+        """Whether it recognises ``language`` (None: detects it) and does ``task``."""
+        if task not in self.tasks:
+            return False
+        if language is None:
+            return self.detects_language
+        return self.languages is None or language in self.languages
+
+    def serves(self, spec: JobSpec) -> bool:
+        """Whether it can do everything ``spec`` asks."""
+        return self.supports(spec.language, spec.task) and (
+            self.word_timestamps or not spec.word_timestamps
+        )
 
 
 class Backend(ABC):

@@ -112,7 +112,8 @@ class LimitsConfig:
     """What one client may ask of the server."""
 
     max_frame_bytes: Annotated[int, AtLeastOne] = 64 * 1024 * 1024
-    """Largest WebSocket message (a batch WAV frame); larger ones are refused with 1009."""
+    """Largest recording upload: a batch WAV frame (larger ones are refused with 1009) or an
+    HTTP request body (413, refused while it is read)."""
     max_audio_seconds: Annotated[float, Positive] = 600.0
     """Longest batch recording; longer ones get ``audio_too_long``."""
     receive_timeout_seconds: Annotated[float, Positive] = 30.0
@@ -131,7 +132,8 @@ class LimitsConfig:
     busy_retry_after_seconds: Annotated[int, AtLeastOne] = 5
     """What ``server_busy`` tells clients to wait before retrying."""
     max_connections: Annotated[int, AtLeastOne] = 512
-    """Open WebSocket connections of both protocols together; more get ``server_busy``."""
+    """Open connections of every protocol together (WebSockets, and HTTP requests in
+    progress); more get ``server_busy``."""
     max_connections_per_key: Annotated[int | None, AtLeastOne] = None
     """Open connections per API key name (only when keys are configured); null: no limit."""
     rate_limit_per_key: Annotated[float | None, Positive] = None
@@ -184,6 +186,9 @@ class RouteMatch:
     language: tuple[str, ...] = ()
     task: tuple[Literal["transcribe", "translate"], ...] = ()
     key: tuple[str, ...] = ()
+    model: tuple[str, ...] = ()
+    """Model names a client asks for (the OpenAI API's ``model`` field); the names in all rules
+    are the ones clients may send (``GET /v1/models``)."""
 
 
 @dataclass(frozen=True, slots=True)

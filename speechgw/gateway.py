@@ -178,6 +178,10 @@ class Gateway:
             caller=Caller(key_name=key_name, machine_id=asked.machine_id),
             postprocess=asked.postprocess,
             request_id=request_id,
+            prompt=asked.prompt,
+            model=asked.model,
+            temperature=asked.temperature,
+            word_timestamps=asked.word_timestamps,
         )
 
     async def _postprocess(self, books: Books, transcript: Transcript) -> PostprocessResult:
@@ -185,13 +189,28 @@ class Gateway:
         spec = books.spec
         if spec is None or not self.postprocessor.wanted(spec.postprocess):
             return POSTPROCESS_OFF
-        result = await self.postprocessor.correct(transcript.text, spec.language)
+        result = await self.postprocessor.correct(
+            transcript.text, spec.language or transcript.language
+        )
         self.accounting.postprocessed(spec, result.milliseconds / 1000)
         if result.error:
             _LOGGER.warning(
                 "request %s: post-processing failed: %s", books.request_id, result.error
             )
         return result
+
+    def models(self, protocol: str, presented_key: object) -> tuple[str, ...]:
+        """The model names a client may ask for, once its key is accepted.
+
+        Raises:
+            Unauthorized: a missing or wrong key (counted).
+        """
+        try:
+            self.keyring.authenticate(presented_key)
+        except SpeechGWError as exc:
+            self.accounting.refused(protocol, exc)
+            raise
+        return self.router.models
 
     # --- a live stream ----------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ __all__ = [
     "Segment",
     "Task",
     "Transcript",
+    "Word",
     "new_request_id",
 ]
 
@@ -41,30 +42,44 @@ class JobRequest:
     """What a client asked for, as its protocol adapter read and validated it; the gateway
     adds who asked (after the key is checked) to make a :class:`JobSpec`."""
 
-    language: str
+    language: str | None
+    """ISO 639-1; None asks the backend to detect it."""
     task: Task = "transcribe"
     machine_id: str = "unknown"
     postprocess: bool | None = None
+    model: str | None = None
+    prompt: str | None = None
+    temperature: float | None = None
+    word_timestamps: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """Everything about a job except its audio: what routing and capability checks look at.
 
-    ``language`` is an ISO 639-1 code (``"en"``); ``protocol`` names the adapter that built the
-    job (``"batch"``, ``"streaming"``), so that routing rules can match on it.
+    ``language`` is an ISO 639-1 code (``"en"``), or None to have the backend detect it (only
+    backends whose capabilities say ``detects_language`` are routed such jobs); ``protocol``
+    names the adapter that built the job (``"batch"``, ``"streaming"``, ``"openai"``) and
+    ``model`` the model name the client asked for, if its protocol has one, so that routing
+    rules can match on them.
     """
 
-    language: str
+    language: str | None
     task: Task
     protocol: str
     caller: Caller = field(default_factory=Caller)
     postprocess: bool | None = None
     request_id: str = ""
     prompt: str | None = None
-    """Text said just before this audio (a stream's previous replies): a recogniser that can
-    condition on it (Whisper's initial prompt) hears the audio in context, as it would inside
-    the whole recording. Never a transcript of the audio itself."""
+    """Text said just before this audio (a stream's previous replies, or a client's own
+    vocabulary hint): a recogniser that can condition on it (Whisper's initial prompt) hears
+    the audio in context, as it would inside the whole recording."""
+    model: str | None = None
+    temperature: float | None = None
+    """Sampling temperature to start from (a recogniser's default schedule when None or 0)."""
+    word_timestamps: bool = False
+    """The client wants each word timed (:attr:`Transcript.words`); costs extra compute, so
+    backends do it only when asked, and only backends that can are routed such jobs."""
     segmented: bool = False
     """The audio is one utterance cut from a live stream by a voice-activity detector, not a
     whole recording. Noise that fooled the detector is the classic trigger of recogniser
@@ -99,14 +114,25 @@ class Segment:
 
 
 @dataclass(frozen=True, slots=True)
+class Word:
+    """One timed word (only when the job asked for ``word_timestamps``)."""
+
+    text: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True, slots=True)
 class Transcript:
     """A backend's answer. An empty ``text`` means "no speech", never "the backend failed":
-    failures are raised as errors."""
+    failures are raised as errors. ``language`` is the one recognised: the job's, or the one
+    detected when the job named none."""
 
     text: str
     segments: tuple[Segment, ...]
     language: str
     backend: str = ""
+    words: tuple[Word, ...] = ()
 
 
 _request_counter = itertools.count(1)

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["BATCH_LANGUAGES", "DEFAULT_REGION", "from_bcp47", "normalise_iso", "to_bcp47"]
+__all__ = [
+    "BATCH_LANGUAGES",
+    "DEFAULT_REGION",
+    "LANGUAGE_NAMES",
+    "from_bcp47",
+    "language_name",
+    "normalise_iso",
+    "to_bcp47",
+]
 
 BATCH_LANGUAGES: tuple[str, ...] = (
     "bg", "en", "de", "fr", "es", "it", "pt", "nl", "pl", "ru", "cs", "da", "sv",
@@ -26,6 +34,32 @@ DEFAULT_REGION: dict[str, str] = {
 }  # fmt: skip
 """The BCP-47 tag used when a bare ISO code must be sent to a vendor that wants a region."""
 
+LANGUAGE_NAMES: dict[str, str] = {
+    "en": "english", "zh": "chinese", "de": "german", "es": "spanish", "ru": "russian",
+    "ko": "korean", "fr": "french", "ja": "japanese", "pt": "portuguese", "tr": "turkish",
+    "pl": "polish", "ca": "catalan", "nl": "dutch", "ar": "arabic", "sv": "swedish",
+    "it": "italian", "id": "indonesian", "hi": "hindi", "fi": "finnish", "vi": "vietnamese",
+    "he": "hebrew", "uk": "ukrainian", "el": "greek", "ms": "malay", "cs": "czech",
+    "ro": "romanian", "da": "danish", "hu": "hungarian", "ta": "tamil", "no": "norwegian",
+    "th": "thai", "ur": "urdu", "hr": "croatian", "bg": "bulgarian", "lt": "lithuanian",
+    "la": "latin", "mi": "maori", "ml": "malayalam", "cy": "welsh", "sk": "slovak",
+    "te": "telugu", "fa": "persian", "lv": "latvian", "bn": "bengali", "sr": "serbian",
+    "az": "azerbaijani", "sl": "slovenian", "kn": "kannada", "et": "estonian",
+    "mk": "macedonian", "br": "breton", "eu": "basque", "is": "icelandic", "hy": "armenian",
+    "ne": "nepali", "mn": "mongolian", "bs": "bosnian", "kk": "kazakh", "sq": "albanian",
+    "sw": "swahili", "gl": "galician", "mr": "marathi", "pa": "punjabi", "si": "sinhala",
+    "km": "khmer", "sn": "shona", "yo": "yoruba", "so": "somali", "af": "afrikaans",
+    "oc": "occitan", "ka": "georgian", "be": "belarusian", "tg": "tajik", "sd": "sindhi",
+    "gu": "gujarati", "am": "amharic", "yi": "yiddish", "lo": "lao", "uz": "uzbek",
+    "fo": "faroese", "ht": "haitian creole", "ps": "pashto", "tk": "turkmen", "nn": "nynorsk",
+    "mt": "maltese", "sa": "sanskrit", "lb": "luxembourgish", "my": "myanmar", "bo": "tibetan",
+    "tl": "tagalog", "mg": "malagasy", "as": "assamese", "tt": "tatar", "haw": "hawaiian",
+    "ln": "lingala", "ha": "hausa", "ba": "bashkir", "jw": "javanese", "su": "sundanese",
+    "yue": "cantonese",
+}  # fmt: skip
+"""English names of the languages Whisper knows, lower case, as OpenAI's transcription API
+writes them (``"language": "english"``)."""
+
 _ISO = re.compile(r"^[a-z]{2,3}$")
 _BCP47 = re.compile(r"^([A-Za-z]{2,3})(?:[-_][A-Za-z0-9]{1,8})*$")
 
@@ -40,6 +74,11 @@ def from_bcp47(tag: str) -> str | None:
     """``"en-US"`` -> ``"en"``, ``"es-419"`` -> ``"es"``; None for something that is no tag."""
     match = _BCP47.match(tag.strip())
     return match.group(1).lower() if match else None
+
+
+def language_name(iso: str) -> str:
+    """``"de"`` -> ``"german"``; a code without a known name is returned as it is."""
+    return LANGUAGE_NAMES.get(iso, iso)
 
 
 def to_bcp47(iso: str) -> str:
