@@ -2,7 +2,10 @@
 """Protocol ceiling: what the gateway itself costs, measured with the ``scripted`` backend.
 
 Batch: CLIENTS connections loop over connect, metadata, one 10 s WAV frame (16 kHz int16,
-320 KB), reply, close, for SECONDS; requests per second are counted. Streaming: CLIENTS
+320 KB), reply, close, for SECONDS; requests per second are counted. OpenAI-compatible HTTP:
+CLIENTS clients (the official ``openai`` SDK's async client, keep-alive) loop over
+``POST /v1/audio/transcriptions`` with the same WAV as multipart/form-data; requests per
+second. Streaming: CLIENTS
 connections each send 100 ms base64 LINEAR16 chunks as fast as the server takes them;
 messages per second are counted. The clients are the ``websockets`` library with its defaults,
 so they offer permessage-deflate as browsers do; the server must decline it.
@@ -30,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import REPO, served
+from openai import AsyncOpenAI, OpenAIError
 from websockets.asyncio.client import connect
 
 
@@ -69,6 +73,27 @@ async def batch_load(url: str, wav: bytes, clients: int, seconds: float) -> tupl
     return done, errors, deflate_accepted
 
 
+async def http_load(url: str, wav: bytes, clients: int, seconds: float) -> tuple[int, int]:
+    done = errors = 0
+    deadline = time.monotonic() + seconds
+    base = url.replace("ws://", "http://") + "/v1"
+
+    async def client(sdk: AsyncOpenAI) -> None:
+        nonlocal done, errors
+        while time.monotonic() < deadline:
+            try:
+                await sdk.audio.transcriptions.create(
+                    model="whisper-1", file=("a.wav", wav), language="en"
+                )
+                done += 1
+            except OpenAIError:
+                errors += 1
+
+    async with AsyncOpenAI(base_url=base, api_key="none", max_retries=0) as sdk:
+        await asyncio.gather(*(client(sdk) for _ in range(clients)))
+    return done, errors
+
+
 async def stream_load(url: str, clients: int, seconds: float) -> int:
     rng = np.random.default_rng(1)
     chunk = base64.b64encode((rng.standard_normal(1600) * 300).astype("<i2").tobytes()).decode()
@@ -100,7 +125,7 @@ def main() -> int:
     args = parser.parse_args()
     wav = ten_second_wav()
     os.environ.setdefault("SPEECHGW_BENCH_STORE", f"/tmp/speechgw-bench-{os.getpid()}.db")
-    batch_rates, stream_rates = [], []
+    batch_rates, http_rates, stream_rates = [], [], []
     server = (
         contextlib.nullcontext(args.url) if args.url else served(REPO / "bench" / "scripted.yaml")
     )
@@ -110,17 +135,22 @@ def main() -> int:
             done, errors, deflate = asyncio.run(batch_load(url, wav, args.clients, args.seconds))
             batch_rates.append(done / (time.monotonic() - started))
             started = time.monotonic()
+            http_done, http_errors = asyncio.run(http_load(url, wav, args.clients, args.seconds))
+            http_rates.append(http_done / (time.monotonic() - started))
+            started = time.monotonic()
             sent = asyncio.run(stream_load(url, args.clients, args.seconds))
             stream_rates.append(sent / (time.monotonic() - started))
             print(
                 f"run {run + 1}: batch {batch_rates[-1]:.0f} requests/s ({errors} errors, "
-                f"deflate {'ACCEPTED' if deflate else 'declined'}); streaming "
+                f"deflate {'ACCEPTED' if deflate else 'declined'}); openai "
+                f"{http_rates[-1]:.0f} requests/s ({http_errors} errors); streaming "
                 f"{stream_rates[-1]:.0f} messages/s ({stream_rates[-1] / 10:.0f}x real time)",
                 flush=True,
             )
     print(
         f"median of {args.runs}: batch {statistics.median(batch_rates):.0f} requests/s of "
-        f"{len(wav) // 1000} KB WAVs, streaming {statistics.median(stream_rates):.0f} "
+        f"{len(wav) // 1000} KB WAVs, openai {statistics.median(http_rates):.0f} requests/s of "
+        f"the same, streaming {statistics.median(stream_rates):.0f} "
         f"messages/s of 100 ms, {args.clients} clients"
     )
     Path(os.environ["SPEECHGW_BENCH_STORE"]).unlink(missing_ok=True)

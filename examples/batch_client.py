@@ -1,20 +1,24 @@
 #!/usr/bin/env python3
-"""Transcribe a WAV file with a speechgw server over the batch protocol.
+"""Transcribe an audio file with a speechgw server over the batch protocol.
 
-    python examples/batch_client.py recording.wav [--language bg] [--task translate]
+    python examples/batch_client.py recording.m4a [--language bg] [--task translate]
         [--url ws://localhost:8765] [--api-key KEY]
 
-Any WAV works as it is (PCM 8/16/24/32-bit or float, any rate, mono or stereo): the server
-converts it. Needs only the ``websockets`` package. Sends the spec's hardware ``machine_id``
-(see machine_id.py). Prints the transcript, then the timed segments on stderr.
+Any WAV goes as it is (PCM 8/16/24/32-bit or float, any rate, mono or stereo): the server
+converts it. Any other audio file (mp3, m4a, flac, ogg/opus, webm...) is decoded here into the
+16 kHz mono WAV the protocol carries, with PyAV (``pip install av``: FFmpeg's decoders in a
+wheel). Needs the ``websockets`` package. Sends the spec's hardware ``machine_id`` (see
+machine_id.py). Prints the transcript, then the timed segments on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
+import wave
 
 from machine_id import machine_id  # examples/machine_id.py, beside this file
 from websockets.sync.client import connect
@@ -36,16 +40,40 @@ def transcribe(url: str, wav: bytes, language: str | None, task: str, api_key: s
         return json.loads(ws.recv())
 
 
+def as_wav(data: bytes) -> bytes:
+    """``data`` as it is when it is a WAV file, else decoded into 16 kHz mono 16-bit WAV."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        return data
+    import av  # only for files that are not WAV
+
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+    pcm = bytearray()
+    with av.open(io.BytesIO(data)) as container:
+        for frame in container.decode(audio=0):
+            for out in resampler.resample(frame):
+                pcm += out.to_ndarray().tobytes()
+        for out in resampler.resample(None):
+            pcm += out.to_ndarray().tobytes()
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+        wav.writeframes(bytes(pcm))
+    return buffer.getvalue()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("wav", help="a WAV file")
+    parser.add_argument("audio", help="an audio file: WAV, or anything FFmpeg decodes")
     parser.add_argument("--url", default="ws://localhost:8765")
     parser.add_argument("--language", default=None, help="ISO 639-1 code (default: en)")
     parser.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
     parser.add_argument("--api-key", default=os.environ.get("SPEECHGW_API_KEY"))
     args = parser.parse_args()
-    with open(args.wav, "rb") as f:
-        result = transcribe(args.url, f.read(), args.language, args.task, args.api_key)
+    with open(args.audio, "rb") as f:
+        wav = as_wav(f.read())
+    result = transcribe(args.url, wav, args.language, args.task, args.api_key)
     if "error" in result:
         print(f"error: {result['error']}: {result.get('message', '')}", file=sys.stderr)
         return 1

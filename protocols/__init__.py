@@ -10,4 +10,5 @@ error in its own terms. It never sees a backend, an admission counter or the led
 PROTOCOLS: dict[str, str] = {
     "batch": "speechgw.protocols.batch:BatchProtocol",
     "streaming": "speechgw.protocols.streaming:StreamingProtocol",
+    "openai": "speechgw.protocols.openai:OpenAIProtocol",
 }

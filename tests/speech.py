@@ -64,6 +64,14 @@ def concat(parts: list[Path], target: Path, silence_seconds: float = 0.0) -> Pat
     return target
 
 
+def duration(path: Path) -> float:
+    """Seconds of audio in a WAV file."""
+    import wave
+
+    with wave.open(str(path)) as wav:
+        return wav.getnframes() / wav.getframerate()
+
+
 def words(text: str) -> list[str]:
     """Lower-case words without punctuation, for comparing transcripts."""
     return re.findall(r"[\w']+", text.lower())
@@ -74,3 +82,33 @@ def word_recall(expected: str, heard: str) -> float:
     want = words(expected)
     got = set(words(heard))
     return sum(w in got for w in want) / len(want)
+
+
+ENCODINGS = {
+    # container -> (PyAV format, codec): FFmpeg's own encoders, from the PyAV wheel
+    "wav": ("wav", "pcm_s16le"),
+    "mp3": ("mp3", "libmp3lame"),
+    "flac": ("flac", "flac"),
+    "ogg": ("ogg", "libopus"),
+    "webm": ("webm", "libopus"),
+    "m4a": ("ipod", "aac"),
+}
+
+
+def encode(source: Path, target: Path, container: str, rate: int = 48000) -> Path:
+    """``source`` (any file FFmpeg reads) re-encoded as ``container`` (a key of
+    :data:`ENCODINGS`) at ``rate`` Hz stereo, the way a phone or browser recorder writes it."""
+    import av
+
+    fmt, codec = ENCODINGS[container]
+    with av.open(str(source)) as src, av.open(str(target), "w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=rate)
+        stream.layout = "stereo"
+        wanted = stream.codec_context.codec.audio_formats[0].name
+        resampler = av.AudioResampler(format=wanted, layout="stereo", rate=rate)
+        frames = [*src.decode(audio=0), None]
+        for frame in frames:
+            for resampled in resampler.resample(frame):
+                out.mux(stream.encode(resampled))
+        out.mux(stream.encode(None))
+    return target

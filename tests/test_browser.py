@@ -61,6 +61,17 @@ def test_file_upload_shows_transcript_and_segments(page: Browser, voices) -> Non
     page.screenshot(ARTIFACTS / "page-file.png")
 
 
+def test_any_audio_file_is_uploaded(page: Browser, voices, tmp_path: Path) -> None:
+    """Not WAV: the page sends it to the OpenAI-compatible API, where the server decodes it."""
+    ogg = speech.encode(voices["window"], tmp_path / "window.ogg", "ogg")
+    page.set_file("#file", ogg)
+    page.click("#file-send")
+    page.wait_for("document.getElementById('transcript').textContent.includes('window')")
+    transcript = page.evaluate("document.getElementById('transcript').textContent")
+    assert speech.word_recall(speech.SENTENCES["window"], transcript) >= 0.75, transcript
+    assert "Transcribed" in page.evaluate("document.getElementById('status').textContent")
+
+
 def test_a_refused_stream_is_explained(voices, tmp_path: Path) -> None:
     if chromium_path() is None:
         pytest.skip("chromium is not installed")

@@ -133,3 +133,26 @@ def test_rust_client(tiny_server: Server, voices, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert speech.word_recall(speech.SENTENCES["coffee"], result.stdout) >= 0.75
+
+
+def test_batch_client_decodes_any_audio_file(tiny_server: Server, voices, tmp_path: Path) -> None:
+    """The batch protocol carries WAV; the example turns an mp3 into one on the client."""
+    mp3 = speech.encode(voices["children"], tmp_path / "children.mp3", "mp3")
+    result = run(sys.executable, "batch_client.py", str(mp3), "--url", tiny_server.ws)
+    assert result.returncode == 0, result.stderr
+    assert speech.word_recall(speech.SENTENCES["children"], result.stdout) >= 0.8, result
+
+
+def test_openai_client(tiny_server: Server, voices, tmp_path: Path) -> None:
+    """The official SDK, as the example drives it: an ogg/opus file, timed words."""
+    ogg = speech.encode(voices["window"], tmp_path / "window.ogg", "ogg")
+    url = tiny_server.http + "/v1"
+    result = run(sys.executable, "openai_client.py", str(ogg), "--url", url, "--words")
+    assert result.returncode == 0, result.stderr
+    assert speech.word_recall(speech.SENTENCES["window"], result.stdout) >= 0.8, result
+    timed = re.findall(r"\[\s*([\d.]+) -\s*([\d.]+)\] (\S+)", result.stderr)
+    assert [w.lower() for _, _, w in timed][:2] == ["open", "the"], result.stderr
+    srt = run(sys.executable, "openai_client.py", str(ogg), "--url", url, "--format", "srt")
+    assert srt.stdout.startswith("1\n00:00:00,000 --> "), srt
+    refused = run(sys.executable, "openai_client.py", str(ogg), "--url", url, "--model", "x")
+    assert refused.returncode == 1 and "known: whisper-1" in refused.stderr

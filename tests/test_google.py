@@ -153,6 +153,54 @@ def test_translate_is_routed_past_google(
     assert fresh.calls == []
 
 
+def test_openai_requests_without_a_language_or_wanting_words_go_past_google(
+    google_first: Server, fresh: SpeechEmulator, voices, emulator: SpeechEmulator
+) -> None:
+    """Google needs a language and gives no word times here: such requests reach the rule
+    that can serve them (Whisper), and Google alone refuses them with a reason."""
+    from openai import BadRequestError, OpenAI
+
+    wav = voices["children"].read_bytes()
+    with OpenAI(base_url=google_first.http + "/v1", api_key="-", max_retries=0) as sdk:
+        named = sdk.audio.transcriptions.create(
+            model="whisper-1", file=("a.wav", wav), language="bg"
+        )
+        assert named.text == "hello from the emulator" and len(fresh.calls) == 1
+        detected = sdk.audio.transcriptions.create(
+            model="whisper-1", file=("a.wav", wav), response_format="verbose_json"
+        )
+        assert detected.language == "english" and "football" in detected.text
+        timed = sdk.audio.transcriptions.create(
+            model="whisper-1",
+            file=("a.wav", wav),
+            language="en",
+            response_format="verbose_json",
+            timestamp_granularities=["word"],
+        )
+        assert "football" in [w.word.strip(".").lower() for w in timed.words]
+        assert len(fresh.calls) == 1  # only the request that named a language reached Google
+    backends = {"google": google(emulator)}
+    with (
+        running_server({"routing": [{"backend": "google"}]}, backends=backends) as server,
+        OpenAI(base_url=server.http + "/v1", api_key="-", max_retries=0) as sdk,
+    ):
+        with pytest.raises(BadRequestError) as undetected:
+            sdk.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav))
+        assert undetected.value.body["code"] == "unsupported_language"
+        assert "language detection is not available" in undetected.value.body["message"]
+        with pytest.raises(BadRequestError) as untimed:
+            sdk.audio.transcriptions.create(
+                model="whisper-1",
+                file=("a.wav", wav),
+                language="de",
+                response_format="verbose_json",
+                timestamp_granularities=["word"],
+            )
+        assert untimed.value.body["code"] == "invalid_request"
+        assert "word timestamps are not available" in untimed.value.body["message"]
+        assert len(fresh.calls) == 1
+
+
 def test_transient_unavailable_is_retried(
     google_first: Server, fresh: SpeechEmulator, voices
 ) -> None:

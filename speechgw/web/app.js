@@ -1,5 +1,6 @@
 // speechgw's page: the microphone over the streaming protocol (AudioWorklet -> 16 kHz
-// LINEAR16 -> base64 JSON messages), and a WAV file over the batch protocol.
+// LINEAR16 -> base64 JSON messages), a WAV file over the batch protocol, and any other audio
+// file over the OpenAI-compatible HTTP API.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -130,10 +131,54 @@ function stopMic() {
   $("mic-stop").disabled = true;
 }
 
+function showResult(result) {
+  $("transcript").textContent = result.postprocessed_text || result.text;
+  const body = $("segments").querySelector("tbody");
+  body.replaceChildren(...result.segments.map((s) => {
+    const row = document.createElement("tr");
+    row.innerHTML = `<td class="time"></td><td class="time"></td><td></td>`;
+    row.children[0].textContent = s.start.toFixed(2);
+    row.children[1].textContent = s.end.toFixed(2);
+    row.children[2].textContent = s.text;
+    return row;
+  }));
+  $("segments").hidden = false;
+  status(`Transcribed ${result.duration.toFixed(1)} s of audio.`);
+}
+
 async function sendFile() {
   const file = $("file").files[0];
-  if (!file) { status("Choose a WAV file first.", true); return; }
-  const wav = await file.arrayBuffer();
+  if (!file) { status("Choose an audio file first.", true); return; }
+  const data = await file.arrayBuffer();
+  const head = new Uint8Array(data.slice(0, 12));
+  const text = String.fromCharCode(...head);
+  if (text.startsWith("RIFF") && text.endsWith("WAVE")) sendWav(file, data);
+  else await sendOther(file);
+}
+
+// anything but WAV (mp3, m4a, ogg, webm, flac...): the OpenAI-compatible HTTP API, where the
+// server decodes it
+async function sendOther(file) {
+  status(`Sending ${file.name} (OpenAI-compatible API)...`);
+  const form = new FormData();
+  form.append("file", file, file.name);
+  form.append("model", "whisper-1");
+  form.append("response_format", "verbose_json");
+  if ($("language").value) form.append("language", $("language").value);
+  const headers = {};
+  const key = $("api-key").value.trim();
+  if (key) headers.Authorization = `Bearer ${key}`;
+  try {
+    const response = await fetch("/v1/audio/transcriptions", { method: "POST", body: form, headers });
+    const result = await response.json();
+    if (!response.ok) { status(`Error: ${result.error.code}: ${result.error.message}`, true); return; }
+    showResult(result);
+  } catch (error) {
+    status(`Error: ${error}`, true);
+  }
+}
+
+function sendWav(file, wav) {
   const ws = new WebSocket(`${wsBase}/ws/transcribe`);
   ws.binaryType = "arraybuffer";
   let answered = false;
@@ -149,18 +194,7 @@ async function sendFile() {
     answered = true;
     const result = JSON.parse(event.data);
     if (result.error) { status(`Error: ${result.error}: ${result.message}`, true); return; }
-    $("transcript").textContent = result.postprocessed_text || result.text;
-    const body = $("segments").querySelector("tbody");
-    body.replaceChildren(...result.segments.map((s) => {
-      const row = document.createElement("tr");
-      row.innerHTML = `<td class="time"></td><td class="time"></td><td></td>`;
-      row.children[0].textContent = s.start.toFixed(2);
-      row.children[1].textContent = s.end.toFixed(2);
-      row.children[2].textContent = s.text;
-      return row;
-    }));
-    $("segments").hidden = false;
-    status(`Transcribed ${result.duration.toFixed(1)} s of audio.`);
+    showResult(result);
   };
   ws.onclose = (event) => {
     if (!answered) status(`Connection closed (${event.code}${event.reason ? `: ${event.reason}` : ""}).`, true);

@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""The OpenAI-compatible HTTP path next to the batch WebSocket path, on the same recordings.
+
+One ``speechgw serve`` (bench/tiny.en.yaml: tiny.en, one worker, one thread) answers, for each
+10-30 s recording (the English files of ../shared/audio joined into pieces; espeak-ng speech
+without it) and each run, in turn (the order rotating):
+
+- the WAV over the batch protocol (``/ws/transcribe``),
+- the same WAV to ``POST /v1/audio/transcriptions`` through the official ``openai`` SDK,
+- the same audio as a 64 kbit/s mono mp3 over the same HTTP path (what decoding adds).
+
+Latency: seconds from the request to its answer, as the client sees it, and each path's median
+ratio to the WebSocket one. Throughput: ``--clients`` clients at once loop over the pieces for
+``--seconds`` per path; audio seconds answered per second. Texts are compared too (the WAV over
+HTTP is decoded by FFmpeg, the WebSocket one by speechgw's WAV reader: the same samples).
+
+    python bench/openai_overhead.py [--runs 3] [--clients 2] [--seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import av
+from _common import REPO, gateway_transcribe, normalise, recordings, served, tempdir, word_errors
+from openai import OpenAI
+
+
+def to_mp3(wav: Path) -> bytes:
+    """``wav`` as a 64 kbit/s mono mp3, encoded by FFmpeg's libmp3lame (PyAV)."""
+    out = io.BytesIO()
+    with av.open(str(wav)) as src, av.open(out, "w", format="mp3") as dst:
+        stream = dst.add_stream("libmp3lame", rate=16000)
+        stream.layout = "mono"
+        stream.bit_rate = 64_000
+        resampler = av.AudioResampler(format="s16p", layout="mono", rate=16000)
+        for frame in [*src.decode(audio=0), None]:
+            for resampled in resampler.resample(frame):
+                dst.mux(stream.encode(resampled))
+        dst.mux(stream.encode(None))
+    return out.getvalue()
+
+
+def http_transcribe(client: OpenAI, name: str, data: bytes) -> tuple[float, str]:
+    started = time.perf_counter()
+    text = client.audio.transcriptions.create(
+        model="whisper-1", file=(name, data), language="en"
+    ).text
+    return time.perf_counter() - started, text
+
+
+def throughput(call, pieces: list[tuple[bytes, bytes, float]], clients: int, seconds: float):
+    """Audio seconds answered per second by ``clients`` threads looping ``call(piece)``."""
+    answered = [0.0] * clients
+    deadline = time.monotonic() + seconds
+
+    def loop(i: int) -> None:
+        n = i
+        while time.monotonic() < deadline:
+            piece = pieces[n % len(pieces)]
+            call(piece)
+            answered[i] += piece[2]
+            n += 1
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(answered) / (time.monotonic() - started)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    latency: dict[str, list[float]] = {"ws": [], "http-wav": [], "http-mp3": []}
+    ratios: dict[str, list[float]] = {"http-wav": [], "http-mp3": []}
+    same = {"http-wav": 0, "http-mp3": 0}
+    differing = {"http-wav": 0, "http-mp3": 0}  # words that differ from the ws text
+    words = total = 0
+    with tempdir() as work, served(REPO / "bench" / "tiny.en.yaml") as url:
+        files = recordings(Path(work))
+        pieces = []
+        for path in files:
+            wav = path.read_bytes()
+            pieces.append((wav, to_mp3(path), (len(wav) - 44) / 32000))
+        client = OpenAI(base_url=url.replace("ws://", "http://") + "/v1", api_key="none")
+        paths = {
+            "ws": lambda p: gateway_transcribe(url, p[0]),
+            "http-wav": lambda p: http_transcribe(client, "a.wav", p[0]),
+            "http-mp3": lambda p: http_transcribe(client, "a.mp3", p[1]),
+        }
+        for call in paths.values():  # warm up
+            call(pieces[0])
+        order = list(paths)
+        for run in range(args.runs):
+            for i, piece in enumerate(pieces):
+                shift = (run + i) % len(order)
+                results = {}
+                for name in order[shift:] + order[:shift]:
+                    results[name] = paths[name](piece)
+                for name, (seconds, _) in results.items():
+                    latency[name].append(seconds)
+                for name in ratios:
+                    ratios[name].append(results[name][0] / results["ws"][0])
+                    same[name] += results[name][1] == results["ws"][1]
+                    differing[name] += word_errors(results["ws"][1], results[name][1])[0]
+                words += len(normalise(results["ws"][1]))
+                total += 1
+                print(
+                    f"run {run + 1} piece {i} ({piece[2]:.1f} s): "
+                    + ", ".join(f"{n} {results[n][0]:.3f} s" for n in order),
+                    flush=True,
+                )
+        rates = {
+            name: throughput(call, pieces, args.clients, args.seconds)
+            for name, call in paths.items()
+        }
+        client.close()
+    print(f"\n{total} requests per path, {len(pieces)} recordings, tiny.en, 1 worker x 1 thread")
+    for name in order:
+        line = f"{name:9s} latency p50 {statistics.median(latency[name]):.3f} s"
+        if name in ratios:
+            line += (
+                f", ratio to ws p50 {statistics.median(ratios[name]):.3f}"
+                f", same text as ws {same[name]}/{total}"
+                f" ({differing[name]} of {words} words differ)"
+            )
+        line += f"; throughput {rates[name]:.1f} audio s/s ({args.clients} clients)"
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,422 @@
+"""OpenAI's HTTP transcription API: ``POST /v1/audio/transcriptions`` and ``/translations``,
+``GET /v1/models``, so that the official ``openai`` SDKs, curl and the tools built on them work
+unchanged (``OpenAI(base_url="http://HOST:8765/v1", api_key=KEY)``).
+
+A request is ``multipart/form-data`` as OpenAI documents it: ``file`` (any container and codec
+FFmpeg decodes), ``model``, ``language`` (absent: detected), ``prompt``, ``response_format``,
+``temperature`` and ``timestamp_granularities[]``; the key comes as ``Authorization: Bearer
+KEY``. This module holds the wire format only: reading the form under the upload limit,
+rendering the five response formats, and OpenAI's error shape with the statuses its SDKs act
+on. Admission, keys, routing (``model`` is a routing condition), the ledger, metrics,
+post-processing and fallback come from :meth:`speechgw.gateway.Gateway.run_recording`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import numpy as np
+from starlette.background import BackgroundTask
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from speechgw.errors import (
+    AudioTooLong,
+    ClientGone,
+    ClientTimeout,
+    InvalidRequest,
+    RetryLater,
+    SpeechGWError,
+    UnsupportedLanguage,
+)
+from speechgw.gateway import Gateway, RecordingResult
+from speechgw.jobs import JobRequest, Segment, Task
+from speechgw.languages import from_bcp47, language_name
+from speechgw.media import decode_media
+
+__all__ = ["BASE", "OpenAIProtocol", "error_response", "parse_form", "render"]
+
+BASE = "/v1"
+PROTOCOL = "openai"
+RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+GRANULARITIES = ("segment", "word")
+_MAX_FIELD_BYTES = 64 * 1024  # prompt and the like; the file has its own limit
+_MAX_FIELDS = 32
+_DISCARD_SECONDS = 2.0
+_LOGGER = logging.getLogger(__name__)
+
+_STATUS = {
+    "invalid_request": 400,
+    "unsupported_language": 400,
+    "unsupported_task": 400,
+    "unauthorized": 401,
+    "timeout": 408,
+    "audio_too_long": 413,
+    "invalid_audio": 415,
+    "rate_limited": 429,
+    "internal_error": 500,
+    "server_busy": 503,
+    "backend_unavailable": 503,
+}
+_TYPE = {401: "authentication_error", 429: "rate_limit_error"}
+
+
+def status_of(error: SpeechGWError) -> int:
+    """The HTTP status that OpenAI's SDKs act on for ``error`` (they retry 408, 429, 5xx)."""
+    return _STATUS.get(error.error, 400)
+
+
+def error_response(
+    error: SpeechGWError, retry_after: float = 1, background: BackgroundTask | None = None
+) -> Response:
+    """OpenAI's error shape, ``{"error": {"message", "type", "param", "code"}}``; ``code`` is
+    speechgw's error code, the same one the other protocols send. Retry-After on 429 and 503
+    (the error's own wait, else ``retry_after``)."""
+    status = status_of(error)
+    kind = _TYPE.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    body = {"error": {"message": error.message, "type": kind, "param": None, "code": error.error}}
+    headers = {}
+    if isinstance(error, RetryLater):
+        retry_after = error.retry_after
+    if status in (429, 503):
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    if background is not None:  # the body was not read to its end: the connection is done
+        headers["Connection"] = "close"
+    return JSONResponse(body, status_code=status, headers=headers, background=background)
+
+
+# --- the request ---------------------------------------------------------------------------
+
+
+def bearer_key(request: Request) -> str | None:
+    """The key of ``Authorization: Bearer KEY`` (None without one)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def _text(form: FormData, name: str) -> str | None:
+    value = form.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"field '{name}' must be text, not a file")
+    return value
+
+
+def parse_form(form: FormData, task: Task) -> tuple[JobRequest, str]:
+    """The job a form asks for, and its response format.
+
+    Raises:
+        InvalidRequest: no ``file`` or ``model``, a bad ``response_format``, ``temperature``
+            or ``timestamp_granularities[]``, or ``stream`` (not offered here).
+        UnsupportedLanguage: ``language`` is not an ISO 639-1 code.
+    """
+    if not isinstance(form.get("file"), UploadFile):
+        raise InvalidRequest("field 'file' is required: the audio file to transcribe")
+    model = _text(form, "model")
+    if not model:
+        raise InvalidRequest("field 'model' is required (GET /v1/models lists the names)")
+    response_format = _text(form, "response_format") or "json"
+    if response_format not in RESPONSE_FORMATS:
+        known = ", ".join(RESPONSE_FORMATS)
+        raise InvalidRequest(f"response_format {response_format[:32]!r} is unknown ({known})")
+    if (_text(form, "stream") or "false").lower() == "true":
+        raise InvalidRequest("stream is not offered here: use the streaming protocol")
+    temperature = _temperature(_text(form, "temperature"))
+    granularities = [
+        g for name in ("timestamp_granularities[]", "timestamp_granularities")
+        for g in form.getlist(name)
+    ]  # fmt: skip
+    for granularity in granularities:
+        if granularity not in GRANULARITIES:
+            raise InvalidRequest(
+                f"timestamp_granularities[] {str(granularity)[:32]!r} is unknown (segment, word)"
+            )
+    words = "word" in granularities
+    if words and response_format != "verbose_json":
+        raise InvalidRequest("word timestamps need response_format 'verbose_json'")
+    language_raw = _text(form, "language") or None
+    language = None
+    if language_raw is not None:
+        language = from_bcp47(language_raw)
+        if language is None:
+            raise UnsupportedLanguage(f"language {language_raw[:32]!r} is not an ISO 639-1 code")
+    request = JobRequest(
+        language=language,
+        task=task,
+        model=model,
+        prompt=_text(form, "prompt") or None,
+        temperature=temperature,
+        word_timestamps=words,
+    )
+    return request, response_format
+
+
+def _temperature(raw: str | None) -> float | None:
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequest("temperature must be a number between 0 and 1") from None
+    if not 0.0 <= value <= 1.0:
+        raise InvalidRequest("temperature must be a number between 0 and 1")
+    return value
+
+
+class _Exchange:
+    """One HTTP request, read as the gateway asks for it: the header, then the form (with
+    the file, under the upload limit), then the file's bytes."""
+
+    def __init__(self, request: Request, task: Task, gateway: Gateway) -> None:
+        limits = gateway.config.limits
+        self.http = request
+        self.task = task
+        self.max_bytes = limits.max_frame_bytes
+        self.max_seconds = limits.max_audio_seconds
+        self.timeout = limits.receive_timeout_seconds
+        self.response_format = "json"
+        self.form: FormData | None = None
+        self.body_done = False
+        self._received = 0
+
+    async def credentials(self) -> object:
+        return bearer_key(self.http)
+
+    async def request(self) -> JobRequest:
+        self.form = await self._read_form()
+        asked, self.response_format = parse_form(self.form, self.task)
+        return asked
+
+    async def audio(self) -> bytes:
+        assert self.form is not None
+        upload = self.form["file"]
+        assert isinstance(upload, UploadFile)
+        return await upload.read()
+
+    def decode(self, data: bytes) -> tuple[np.ndarray, int]:
+        return decode_media(data, self.max_seconds)
+
+    async def _read_form(self) -> FormData:
+        content_type = self.http.headers.get("content-type", "")
+        if not content_type.lower().startswith("multipart/form-data"):
+            raise InvalidRequest("the request body must be multipart/form-data")
+        length = self.http.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_bytes:
+            raise self._too_large()
+        parser = MultiPartParser(
+            self.http.headers,
+            self._body(),
+            max_files=1,
+            max_fields=_MAX_FIELDS,
+            max_part_size=_MAX_FIELD_BYTES,
+        )
+        try:
+            return await parser.parse()
+        except MultiPartException as exc:
+            raise InvalidRequest(f"the multipart body is malformed: {exc.message}") from None
+
+    async def _body(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, refused the moment it passes the limit (never buffered
+        whole: the parser spools the file to disk past 1 MiB)."""
+        while not self.body_done:
+            message = await self._receive()
+            chunk = message.get("body", b"")
+            self._received += len(chunk)
+            if self._received > self.max_bytes:
+                raise self._too_large()
+            self.body_done = not message.get("more_body", False)
+            if chunk:
+                yield chunk
+
+    async def _receive(self) -> dict[str, Any]:
+        try:
+            with anyio.fail_after(self.timeout):
+                message = await self.http.receive()
+        except TimeoutError:
+            raise ClientTimeout(f"the request body stalled for {self.timeout:g} s") from None
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        return message
+
+    def _too_large(self) -> AudioTooLong:
+        return AudioTooLong(f"the request body is larger than the limit of {self.max_bytes} bytes")
+
+    async def discard_rest(self) -> None:
+        """Read and drop what the client still sends after an early error, briefly.
+
+        Clients send the whole body before they read the answer; closing on an unread body
+        makes the kernel reset the connection, and the reset can destroy the error response
+        before the client reads it. So the rest is read and thrown away (never stored) for up
+        to two seconds, then the connection closes.
+        """
+        with anyio.move_on_after(_DISCARD_SECONDS), contextlib.suppress(ClientGone):
+            while not self.body_done:
+                message = await self.http.receive()
+                if message["type"] == "http.disconnect":
+                    return
+                self.body_done = not message.get("more_body", False)
+
+    async def close(self) -> None:
+        if self.form is not None:
+            await self.form.close()
+
+
+# --- the response --------------------------------------------------------------------------
+
+
+def _clock(seconds: float, separator: str) -> str:
+    millis = max(0, round(seconds * 1000))
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
+
+
+def subtitles(segments: tuple[Segment, ...], kind: str) -> str:
+    """SubRip (``srt``) or WebVTT (``vtt``) cues, one per segment."""
+    if kind == "vtt":
+        cues = [f"{_clock(s.start, '.')} --> {_clock(s.end, '.')}\n{s.text}\n" for s in segments]
+        return "WEBVTT\n\n" + "\n".join(cues)
+    cues = [
+        f"{i}\n{_clock(s.start, ',')} --> {_clock(s.end, ',')}\n{s.text}\n"
+        for i, s in enumerate(segments, 1)
+    ]
+    return "\n".join(cues)
+
+
+def _verbose(result: RecordingResult, task: Task, granularities: tuple[str, ...]) -> dict:
+    transcript = result.transcript
+    body: dict[str, Any] = {
+        "task": task,
+        # transcriptions name the language heard; translations the one written (OpenAI's way)
+        "language": "english" if task == "translate" else language_name(transcript.language),
+        "duration": round(result.audio_seconds, 3),
+        "text": _final_text(result),
+    }
+    if "segment" in granularities or "word" not in granularities:
+        # Whisper's per-segment decoding statistics are not carried through the gateway:
+        # the fields OpenAI's schema has are present, with neutral values
+        body["segments"] = [
+            {
+                "id": i,
+                "seek": 0,
+                "start": s.start,
+                "end": s.end,
+                "text": s.text,
+                "tokens": [],
+                "temperature": 0.0,
+                "avg_logprob": 0.0,
+                "compression_ratio": 1.0,
+                "no_speech_prob": 0.0,
+            }
+            for i, s in enumerate(transcript.segments)
+        ]
+    if "word" in granularities:
+        body["words"] = [{"word": w.text, "start": w.start, "end": w.end} for w in transcript.words]
+    return body
+
+
+def _final_text(result: RecordingResult) -> str:
+    """The corrected text when post-processing ran and succeeded, else the recogniser's."""
+    return result.corrected.text or result.transcript.text
+
+
+def render(
+    result: RecordingResult, response_format: str, task: Task, granularities: tuple[str, ...]
+) -> Response:
+    """The success response in ``response_format``, with the request id in a header."""
+    headers = {"X-Request-Id": result.request_id}
+    if response_format == "json":
+        return JSONResponse({"text": _final_text(result)}, headers=headers)
+    if response_format == "verbose_json":
+        return JSONResponse(_verbose(result, task, granularities), headers=headers)
+    if response_format == "text":
+        return PlainTextResponse(_final_text(result) + "\n", headers=headers)
+    media = "text/vtt" if response_format == "vtt" else "text/plain"
+    body = subtitles(result.transcript.segments, response_format)
+    return Response(body, media_type=media, headers=headers)
+
+
+class OpenAIProtocol:
+    """Serves ``/v1/audio/transcriptions``, ``/v1/audio/translations`` and ``/v1/models``."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route(f"{BASE}/audio/transcriptions", self.transcriptions, methods=["POST"]),
+            Route(f"{BASE}/audio/translations", self.translations, methods=["POST"]),
+            Route(f"{BASE}/models", self.models, methods=["GET"]),
+            Route(f"{BASE}/models/{{model:path}}", self.model, methods=["GET"]),
+        ]
+
+    async def transcriptions(self, request: Request) -> Response:
+        return await self._recognise(request, "transcribe")
+
+    async def translations(self, request: Request) -> Response:
+        return await self._recognise(request, "translate")
+
+    async def _recognise(self, request: Request, task: Task) -> Response:
+        exchange = _Exchange(request, task, self.gateway)
+        try:
+            result = await self.gateway.run_recording(PROTOCOL, exchange)
+        except SpeechGWError as exc:
+            wait = self.gateway.config.limits.busy_retry_after_seconds
+            if exchange.body_done:
+                return error_response(exc, wait)
+            return error_response(exc, wait, BackgroundTask(exchange.discard_rest))
+        except ClientGone:
+            return Response(status_code=499)  # nobody reads it; the server logged the request
+        finally:
+            await exchange.close()
+        assert exchange.form is not None
+        granularities = tuple(
+            str(g)
+            for name in ("timestamp_granularities[]", "timestamp_granularities")
+            for g in exchange.form.getlist(name)
+        )
+        return render(result, exchange.response_format, task, granularities)
+
+    async def models(self, request: Request) -> Response:
+        try:
+            names = self._models(request)
+        except SpeechGWError as exc:
+            return error_response(exc)
+        return JSONResponse({"object": "list", "data": [_model(name) for name in names]})
+
+    async def model(self, request: Request) -> Response:
+        try:
+            names = self._models(request)
+        except SpeechGWError as exc:
+            return error_response(exc)
+        name = request.path_params["model"]
+        if name not in names:
+            body = {
+                "error": {
+                    "message": f"model {name[:64]!r} does not exist (known: {', '.join(names)})",
+                    "type": "invalid_request_error",
+                    "param": "model",
+                    "code": "model_not_found",
+                }
+            }
+            return JSONResponse(body, status_code=404)
+        return JSONResponse(_model(name))
+
+    def _models(self, request: Request) -> tuple[str, ...]:
+        return self.gateway.models(PROTOCOL, bearer_key(request))
+
+
+def _model(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "speechgw"}
