@@ -7,7 +7,8 @@ without it) and each run, in turn (the order rotating):
 
 - the WAV over the batch protocol (``/ws/transcribe``),
 - the same WAV to ``POST /v1/audio/transcriptions`` through the official ``openai`` SDK,
-- the same audio as a 64 kbit/s mono mp3 over the same HTTP path (what decoding adds).
+- the same audio as a 64 kbit/s mono mp3 over the same HTTP path (what decoding adds; its
+  in-process decoding time is reported too, as the lossy audio can change the model's work).
 
 Latency: seconds from the request to its answer, as the client sees it, and each path's median
 ratio to the WebSocket one. Throughput: ``--clients`` clients at once loop over the pieces for
@@ -29,6 +30,8 @@ from pathlib import Path
 import av
 from _common import REPO, gateway_transcribe, normalise, recordings, served, tempdir, word_errors
 from openai import OpenAI
+
+from speechgw.media import decode_media
 
 
 def to_mp3(wav: Path) -> bytes:
@@ -121,12 +124,18 @@ def main() -> int:
                     + ", ".join(f"{n} {results[n][0]:.3f} s" for n in order),
                     flush=True,
                 )
+        decode_ms = []
+        for _, mp3, seconds in pieces:
+            started = time.perf_counter()
+            decode_media(mp3, 600)
+            decode_ms.append((time.perf_counter() - started) * 1000 / seconds * 10)
         rates = {
             name: throughput(call, pieces, args.clients, args.seconds)
             for name, call in paths.items()
         }
         client.close()
     print(f"\n{total} requests per path, {len(pieces)} recordings, tiny.en, 1 worker x 1 thread")
+    print(f"mp3 decoding in-process (PyAV): median {statistics.median(decode_ms):.1f} ms per 10 s")
     for name in order:
         line = f"{name:9s} latency p50 {statistics.median(latency[name]):.3f} s"
         if name in ratios:

@@ -14,9 +14,9 @@ post-processing and fallback come from :meth:`speechgw.gateway.Gateway.run_recor
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -42,7 +42,7 @@ from speechgw.jobs import JobRequest, Segment, Task
 from speechgw.languages import from_bcp47, language_name
 from speechgw.media import decode_media
 
-__all__ = ["BASE", "OpenAIProtocol", "error_response", "parse_form", "render"]
+__all__ = ["BASE", "OpenAIProtocol", "Reply", "error_response", "parse_form", "render"]
 
 BASE = "/v1"
 PROTOCOL = "openai"
@@ -51,7 +51,6 @@ GRANULARITIES = ("segment", "word")
 _MAX_FIELD_BYTES = 64 * 1024  # prompt and the like; the file has its own limit
 _MAX_FIELDS = 32
 _DISCARD_SECONDS = 2.0
-_LOGGER = logging.getLogger(__name__)
 
 _STATUS = {
     "invalid_request": 400,
@@ -113,8 +112,18 @@ def _text(form: FormData, name: str) -> str | None:
     return value
 
 
-def parse_form(form: FormData, task: Task) -> tuple[JobRequest, str]:
-    """The job a form asks for, and its response format.
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """How the client wants its answer."""
+
+    format: str = "json"
+    segments: bool = True
+    """``verbose_json`` lists segments (asked for, or no granularity asked at all)."""
+    words: bool = False
+
+
+def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
+    """The job a form asks for, and how to answer it.
 
     Raises:
         InvalidRequest: no ``file`` or ``model``, a bad ``response_format``, ``temperature``
@@ -159,7 +168,8 @@ def parse_form(form: FormData, task: Task) -> tuple[JobRequest, str]:
         temperature=temperature,
         word_timestamps=words,
     )
-    return request, response_format
+    segments = "segment" in granularities or not words
+    return request, Reply(response_format, segments=segments, words=words)
 
 
 def _temperature(raw: str | None) -> float | None:
@@ -185,7 +195,7 @@ class _Exchange:
         self.max_bytes = limits.max_frame_bytes
         self.max_seconds = limits.max_audio_seconds
         self.timeout = limits.receive_timeout_seconds
-        self.response_format = "json"
+        self.reply = Reply()
         self.form: FormData | None = None
         self.body_done = False
         self._received = 0
@@ -195,7 +205,7 @@ class _Exchange:
 
     async def request(self) -> JobRequest:
         self.form = await self._read_form()
-        asked, self.response_format = parse_form(self.form, self.task)
+        asked, self.reply = parse_form(self.form, self.task)
         return asked
 
     async def audio(self) -> bytes:
@@ -295,7 +305,7 @@ def subtitles(segments: tuple[Segment, ...], kind: str) -> str:
     return "\n".join(cues)
 
 
-def _verbose(result: RecordingResult, task: Task, granularities: tuple[str, ...]) -> dict:
+def _verbose(result: RecordingResult, task: Task, reply: Reply) -> dict[str, Any]:
     transcript = result.transcript
     body: dict[str, Any] = {
         "task": task,
@@ -304,7 +314,7 @@ def _verbose(result: RecordingResult, task: Task, granularities: tuple[str, ...]
         "duration": round(result.audio_seconds, 3),
         "text": _final_text(result),
     }
-    if "segment" in granularities or "word" not in granularities:
+    if reply.segments:
         # Whisper's per-segment decoding statistics are not carried through the gateway:
         # the fields OpenAI's schema has are present, with neutral values
         body["segments"] = [
@@ -322,7 +332,7 @@ def _verbose(result: RecordingResult, task: Task, granularities: tuple[str, ...]
             }
             for i, s in enumerate(transcript.segments)
         ]
-    if "word" in granularities:
+    if reply.words:
         body["words"] = [{"word": w.text, "start": w.start, "end": w.end} for w in transcript.words]
     return body
 
@@ -332,19 +342,17 @@ def _final_text(result: RecordingResult) -> str:
     return result.corrected.text or result.transcript.text
 
 
-def render(
-    result: RecordingResult, response_format: str, task: Task, granularities: tuple[str, ...]
-) -> Response:
-    """The success response in ``response_format``, with the request id in a header."""
+def render(result: RecordingResult, reply: Reply, task: Task) -> Response:
+    """The success response in the format asked for, with the request id in a header."""
     headers = {"X-Request-Id": result.request_id}
-    if response_format == "json":
+    if reply.format == "json":
         return JSONResponse({"text": _final_text(result)}, headers=headers)
-    if response_format == "verbose_json":
-        return JSONResponse(_verbose(result, task, granularities), headers=headers)
-    if response_format == "text":
+    if reply.format == "verbose_json":
+        return JSONResponse(_verbose(result, task, reply), headers=headers)
+    if reply.format == "text":
         return PlainTextResponse(_final_text(result) + "\n", headers=headers)
-    media = "text/vtt" if response_format == "vtt" else "text/plain"
-    body = subtitles(result.transcript.segments, response_format)
+    media = "text/vtt" if reply.format == "vtt" else "text/plain"
+    body = subtitles(result.transcript.segments, reply.format)
     return Response(body, media_type=media, headers=headers)
 
 
@@ -381,13 +389,7 @@ class OpenAIProtocol:
             return Response(status_code=499)  # nobody reads it; the server logged the request
         finally:
             await exchange.close()
-        assert exchange.form is not None
-        granularities = tuple(
-            str(g)
-            for name in ("timestamp_granularities[]", "timestamp_granularities")
-            for g in exchange.form.getlist(name)
-        )
-        return render(result, exchange.response_format, task, granularities)
+        return render(result, exchange.reply, task)
 
     async def models(self, request: Request) -> Response:
         try:
