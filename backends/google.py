@@ -264,7 +264,8 @@ class GoogleBackend(Backend):
         from google.cloud import speech
 
         streaming_config = speech.StreamingRecognitionConfig(
-            config=self._config(spec, enable_word_time_offsets=True), interim_results=False
+            config=self._config(spec, enable_word_time_offsets=True),
+            interim_results=spec.interim_results,
         )
         opts = self.options
         failing_since: float | None = None
@@ -338,6 +339,9 @@ class GoogleBackend(Backend):
         previous = reader.start
         try:
             async for response in responses:
+                interim = _interim(response.results, spec, self.name)
+                if interim is not None:
+                    yield interim
                 finals = [r for r in response.results if r.is_final and r.alternatives]
                 for result in finals:
                     # untimed, a final covers the audio Google has consumed so far
@@ -375,6 +379,22 @@ def _transient_in_streams() -> tuple[type[Exception], ...]:
 
 def _samples(offset) -> int:  # a datetime.timedelta from the proto-plus message
     return round(offset.total_seconds() * SAMPLE_RATE) if offset else 0
+
+
+def _interim(results, spec: JobSpec, backend: str) -> Transcript | None:
+    """Google's interim hypothesis of the utterance being spoken, when the client asked.
+
+    Google splits it into results of falling stability (the settled words, then the guess at
+    the last ones); together they are what it has heard so far, and the next interim replaces
+    them all, so they are joined and passed on unfiltered.
+    """
+    if not spec.interim_results:
+        return None
+    parts = [r.alternatives[0].transcript for r in results if not r.is_final and r.alternatives]
+    text = "".join(parts).strip()
+    if not text:
+        return None
+    return Transcript(text, (), spec.language or "", backend, interim=True)
 
 
 def _final(result, reader: Reader, previous: int, end: int, spec: JobSpec, backend: str):

@@ -21,7 +21,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from speechgw.backend import Backend, Capabilities
+from speechgw.backend import Backend, Capabilities, InterimSkipped
 from speechgw.config import AtLeastOne, NonNegative, Range
 from speechgw.errors import BackendUnavailable
 from speechgw.jobs import JobSpec, Segment, Transcript, Word
@@ -227,9 +227,20 @@ class WhisperBackend(Backend):
     async def transcribe(self, audio: np.ndarray, spec: JobSpec) -> Transcript:
         if self._model is None:
             raise BackendUnavailable(f"the Whisper model of backend {self.name!r} is not loaded")
-        return await anyio.to_thread.run_sync(
-            self._transcribe_sync, audio, spec, limiter=self._limiter
-        )
+        if not spec.interim:
+            return await anyio.to_thread.run_sync(
+                self._transcribe_sync, audio, spec, limiter=self._limiter
+            )
+        # An interim takes a worker only if one is free this instant, so nothing queued waits
+        # behind it: a job arriving while it runs waits at most one greedy decode.
+        try:
+            self._limiter.acquire_nowait()
+        except anyio.WouldBlock:
+            raise InterimSkipped from None
+        try:
+            return await anyio.to_thread.run_sync(self._transcribe_sync, audio, spec)
+        finally:
+            self._limiter.release()
 
     def _transcribe_sync(self, audio: np.ndarray, spec: JobSpec) -> Transcript:
         raw, language = self._decode(audio, spec, spec.prompt)
@@ -260,10 +271,11 @@ class WhisperBackend(Backend):
             audio,
             language=spec.language,
             task=spec.task,
-            beam_size=self.options.beam_size,
+            # an interim is a glimpse, replaced within a second: greedy, one temperature
+            beam_size=1 if spec.interim else self.options.beam_size,
             vad_filter=self.options.vad_filter,
             initial_prompt=prompt,
-            temperature=_temperatures(spec.temperature),
+            temperature=(0.0,) if spec.interim else _temperatures(spec.temperature),
             word_timestamps=spec.word_timestamps,
             # An utterance's context is the stream's last replies (``prompt``). Conditioning
             # its second window on its first as well made tiny.en rate 19 s of clear speech

@@ -2,12 +2,15 @@
 """Stream speech to a speechgw server over the streaming protocol and print each utterance.
 
     python examples/stream_client.py recording.wav [--url ws://localhost:8765]
-        [--language-code en-US] [--api-key KEY] [--speed 1]
+        [--language-code en-US] [--api-key KEY] [--speed 1] [--interim]
     python examples/stream_client.py --mic            # needs: pip install sounddevice
 
 A WAV file (16-bit PCM, mono, any rate) is sent in 100 ms chunks at real-time pace (--speed 0
 sends as fast as the server takes it); the microphone is recorded at 16 kHz until Ctrl+C.
-Then ``{"type": "end"}`` asks the server for the last replies. Needs the ``websockets`` package.
+Then ``{"type": "end"}`` asks the server for the last replies. With ``--interim`` the server
+also sends the words so far of the utterance being spoken (speechgw's ``asr_interim``
+extension): they go to stderr, marked ``...``, each replacing the last (on a terminal, on one
+line); finals go to stdout. Needs the ``websockets`` package.
 """
 
 from __future__ import annotations
@@ -89,7 +92,9 @@ def main() -> int:
     parser.add_argument("--language-code", default="en-US")
     parser.add_argument("--api-key", default=os.environ.get("SPEECHGW_API_KEY"))
     parser.add_argument("--speed", type=float, default=1.0, help="x real time; 0: no pacing")
+    parser.add_argument("--interim", action="store_true", help="show words while speaking")
     args = parser.parse_args()
+    live = sys.stderr.isatty()  # redraw the interim line in place
     if not args.mic and not args.wav:
         parser.error("give a WAV file or --mic")
     rate, chunks = mic_chunks() if args.mic else wav_chunks(args.wav, args.speed)
@@ -101,7 +106,14 @@ def main() -> int:
         def show() -> None:
             for message in ws:
                 reply = json.loads(message)
-                if "asr_reply" in reply:
+                if "asr_interim" in reply:
+                    if live:  # carriage return, erase the line, write the new words
+                        print(f"\r\033[K... {reply['asr_interim']}", end="", file=sys.stderr)
+                    else:
+                        print(f"... {reply['asr_interim']}", file=sys.stderr)
+                elif "asr_reply" in reply:
+                    if live and args.interim:
+                        print("\r\033[K", end="", file=sys.stderr)
                     print(reply["asr_reply"], flush=True)
                 elif reply.get("type") == "error":
                     print(f"error: {reply['message']} ({reply.get('detail', '')})", file=sys.stderr)
@@ -112,6 +124,8 @@ def main() -> int:
             message = {"audio": base64.b64encode(chunk).decode()}
             if i == 0:
                 message |= {"rate": rate, "language_code": args.language_code}
+                if args.interim:
+                    message["interim_results"] = True
             ws.send(json.dumps(message))
         ws.send(json.dumps({"type": "end"}))
         reader.join()

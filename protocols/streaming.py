@@ -88,6 +88,7 @@ class AudioMessage:
     """The LINEAR16 audio as int16 samples at the stream's own rate."""
     rate: object
     language_code: object
+    interim_results: object = None
 
 
 def decode_message(text: str | None) -> AudioMessage | None:
@@ -117,11 +118,16 @@ def decode_message(text: str | None) -> AudioMessage | None:
         pcm = base64.b64decode(audio, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidAudio("'audio' is not valid base64") from None
-    return AudioMessage(linear16(pcm), message.get("rate"), message.get("language_code"))
+    return AudioMessage(
+        linear16(pcm),
+        message.get("rate"),
+        message.get("language_code"),
+        message.get("interim_results"),
+    )
 
 
-def _settings(message: AudioMessage) -> tuple[int, str, str]:
-    """``(rate, language_code, iso_language)`` from the first message."""
+def _settings(message: AudioMessage) -> tuple[int, str, str, bool]:
+    """``(rate, language_code, iso_language, interim_results)`` from the first message."""
     rate = DEFAULT_RATE if message.rate is None else message.rate
     if not isinstance(rate, int) or isinstance(rate, bool):
         raise InvalidAudio("'rate' must be an integer number of Hz")
@@ -132,7 +138,10 @@ def _settings(message: AudioMessage) -> tuple[int, str, str]:
     iso = from_bcp47(code)
     if iso is None:
         raise UnsupportedLanguage(f"language_code {code[:32]!r} is not a BCP-47 tag")
-    return rate, code, iso
+    interim = False if message.interim_results is None else message.interim_results
+    if not isinstance(interim, bool):
+        raise InvalidRequest("'interim_results' must be true or false")
+    return rate, code, iso, interim
 
 
 class _Connection:
@@ -158,6 +167,10 @@ class _Connection:
 
     async def reply(self, transcript: Transcript) -> None:
         await self.send({"asr_reply": transcript.text, "clientId": self.client_id})
+
+    async def interim(self, text: str) -> None:
+        """Our extension (docs/PROTOCOLS.md): the words so far of the utterance being spoken."""
+        await self.send({"asr_interim": text, "clientId": self.client_id})
 
     async def error(self, error: SpeechGWError) -> None:
         await self.send(
@@ -278,5 +291,6 @@ class StreamingProtocol:
 
     @staticmethod
     def _open(conn: _Connection, first: AudioMessage) -> Stream:
-        rate, _code, language = _settings(first)
-        return conn.session.start(language, rate, conn.reply, conn.error)
+        rate, _code, language, interim = _settings(first)
+        on_interim = conn.interim if interim else None
+        return conn.session.start(language, rate, conn.reply, conn.error, on_interim)

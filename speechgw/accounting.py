@@ -154,6 +154,10 @@ class Accounting:
         """Counts a job in ``speechgw_requests_in_flight`` while a backend recognises it."""
         return self.metrics.in_flight.track_inprogress()
 
+    def interim(self, protocol: str) -> None:
+        """Count an interim result sent: not a request, not billed."""
+        self.metrics.interims.labels(protocol).inc()
+
     def backend_time(self, backend: str, seconds: float) -> None:
         self.metrics.backend_latency.labels(backend).observe(seconds)
 

@@ -21,7 +21,12 @@ from .jobs import JobSpec, Task, Transcript
 if TYPE_CHECKING:
     from .live_audio import LiveAudio
 
-__all__ = ["Backend", "Capabilities"]
+__all__ = ["Backend", "Capabilities", "InterimSkipped"]
+
+
+class InterimSkipped(Exception):
+    """A backend had no free capacity for a best-effort interim job (``JobSpec.interim``) and
+    did not run it: finals, of this stream or any other, always go first. Not an error."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -219,6 +219,9 @@ class StreamingConfig:
     said before it, as inside a whole recording. 0: each utterance is decoded alone."""
     buffer_seconds: Annotated[float, Positive] = 30.0
     """Audio buffered per connection before back-pressure."""
+    interim_interval_ms: Annotated[int, Positive] = 1000
+    """For clients that ask for interim results: how often the utterance still being spoken
+    is decoded again (when the backend has room; finals always go first)."""
 
 
 DEFAULT_CORRECTION_PROMPT = (

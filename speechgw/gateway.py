@@ -45,7 +45,7 @@ from .postprocess import OFF as POSTPROCESS_OFF
 from .postprocess import Postprocessor, PostprocessResult
 from .router import Router
 from .store import Store
-from .stream import OnError, OnTranscript, Stream
+from .stream import OnError, OnInterim, OnTranscript, Stream
 
 __all__ = ["Gateway", "RecordingExchange", "RecordingResult", "StreamSession"]
 
@@ -305,9 +305,15 @@ class StreamSession:
         self.stream_id = stream_id
 
     def start(
-        self, language: str, rate: int, on_transcript: OnTranscript, on_error: OnError
+        self,
+        language: str,
+        rate: int,
+        on_transcript: OnTranscript,
+        on_error: OnError,
+        on_interim: OnInterim | None = None,
     ) -> Stream:
-        """Route the stream and open its pipeline for ``rate`` Hz audio in ``language``.
+        """Route the stream and open its pipeline for ``rate`` Hz audio in ``language``;
+        with ``on_interim``, the client also gets interim results (words so far).
 
         Raises:
             UnsupportedLanguage: no routed backend recognises ``language``.
@@ -319,6 +325,7 @@ class StreamSession:
             protocol=self.protocol,
             caller=self.caller,
             request_id=self.stream_id,
+            interim_results=on_interim is not None,
         )
         route = gateway.router.route(spec)
         return Stream(
@@ -330,6 +337,7 @@ class StreamSession:
             gateway.config.limits.max_stream_seconds,
             on_transcript,
             on_error,
+            on_interim,
         )
 
     def refused(self, error: SpeechGWError) -> None:

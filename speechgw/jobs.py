@@ -80,6 +80,13 @@ class JobSpec:
     word_timestamps: bool = False
     """The client wants each word timed (:attr:`Transcript.words`); costs extra compute, so
     backends do it only when asked, and only backends that can are routed such jobs."""
+    interim: bool = False
+    """A best-effort look at an utterance still being spoken (an interim result): a backend
+    decodes it cheaply, and raises :class:`~speechgw.backend.InterimSkipped` rather than make
+    any other job wait for it. Never billed."""
+    interim_results: bool = False
+    """For a live stream: the client wants interim results. A backend that recognises streams
+    itself yields them as transcripts with ``interim`` set."""
     segmented: bool = False
     """The audio is one utterance cut from a live stream by a voice-activity detector, not a
     whole recording. Noise that fooled the detector is the classic trigger of recogniser
@@ -133,6 +140,8 @@ class Transcript:
     language: str
     backend: str = ""
     words: tuple[Word, ...] = ()
+    interim: bool = False
+    """Not final: the words so far of an utterance still being spoken (streams only)."""
 
 
 _request_counter = itertools.count(1)

@@ -72,6 +72,12 @@ class GatewayMetrics:
             ["protocol", "error"],
             registry=r,
         )
+        self.interims = Counter(
+            "speechgw_interims_total",
+            "Interim results sent (text of an utterance still being spoken; not billed)",
+            ["protocol"],
+            registry=r,
+        )
         self.fallbacks = Counter(
             "speechgw_fallbacks_total",
             "Jobs moved to a fallback backend",

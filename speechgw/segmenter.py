@@ -104,10 +104,19 @@ class Segmenter:
         self._utterance: list[np.ndarray] = []
         self._voiced = 0
         self._silent_run = 0
+        self.utterances_started = 0
+        """How many utterances have begun: identifies the one in progress."""
 
     @property
     def speaking(self) -> bool:
         return bool(self._utterance)
+
+    def open_utterance(self) -> np.ndarray | None:
+        """A copy of the utterance in progress so far (float32), or None between utterances:
+        what an interim result is decoded from."""
+        if not self._utterance:
+            return None
+        return from_pcm16(np.concatenate(self._utterance))
 
     @property
     def buffered_samples(self) -> int:
@@ -151,6 +160,7 @@ class Segmenter:
                 # it up with silence: Whisper mishears words that begin at sample 0.
                 missing = self._start_frames - len(self._ring)
                 self._utterance = [self._silence] * missing + [f for f, _ in self._ring]
+                self.utterances_started += 1
                 if missing:  # only the stream's first utterance can lack its lead-in
                     self.lead_in_padding = missing * self._frame
                 self._voiced = self._ring_voiced

@@ -14,9 +14,12 @@ Both paths fall back by the one rule of :mod:`speechgw.execution` and settle eac
 through :class:`~speechgw.accounting.Accounting`, which decides what is billed.
 
 Protocol-free: an adapter feeds native-rate samples (int16 PCM or float32) and gets each
-utterance's transcript (or error) through callbacks. Memory is bounded per stream: audio waits
-in buffers capped in seconds, and when they are full :meth:`Stream.feed` waits, so the adapter
-stops reading the socket and TCP pushes back on the client. Audio is never dropped.
+utterance's transcript (or error) through callbacks, and, when it asks, interim results: the
+words so far of the utterance still being spoken (decoded again every
+``streaming.interim_interval_ms`` when the backend has room, or a native backend's own).
+Memory is bounded per stream: audio waits in buffers capped in seconds, and when they are
+full :meth:`Stream.feed` waits, so the adapter stops reading the socket and TCP pushes back on
+the client. Audio is never dropped.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import numpy as np
 
 from .accounting import Accounting, Books
 from .audio import from_pcm16
+from .backend import InterimSkipped
 from .config import StreamingConfig
 from .errors import InternalError, SpeechGWError
 from .execution import as_outage, run_route
@@ -47,6 +51,12 @@ _LOGGER = logging.getLogger(__name__)
 
 OnTranscript = Callable[[Transcript], Awaitable[None]]
 OnError = Callable[[SpeechGWError], Awaitable[None]]
+OnInterim = Callable[[str], Awaitable[None]]
+
+_FIRST_INTERIM_SECONDS = 0.8
+"""An utterance's first interim is decoded once it holds this much audio (its 0.3 s lead-in
+and about half a second of speech); the next ones every ``interim_interval_ms`` of audio."""
+_INTERIM_POLL_SECONDS = 0.1
 
 
 class _UtteranceQueue:
@@ -134,6 +144,7 @@ class Stream:
         max_seconds: float | None,
         on_transcript: OnTranscript,
         on_error: OnError,
+        on_interim: OnInterim | None = None,
     ) -> None:
         self._accounting = accounting
         self.spec = spec
@@ -152,6 +163,9 @@ class Stream:
         self._queue = _UtteranceQueue(buffer_samples, spec.request_id)
         self._on_transcript = on_transcript
         self._on_error = on_error
+        self._on_interim = on_interim
+        self._context = ""  # the last replies, for the next utterance's prompt
+        self._final_running = False  # an utterance's final is being recognised
         self._backlog: deque[np.ndarray] = deque()  # closed utterances not yet queued
         # input samples the stream may still take (limits.max_stream_seconds)
         self._samples_left = float("inf") if max_seconds is None else max_seconds * rate
@@ -202,7 +216,58 @@ class Stream:
         """Recognise until :meth:`end` and everything buffered is answered."""
         if self._live is not None and await self._run_native(self._live):
             return
-        await self._run_utterances()
+        interims = None
+        if self._on_interim is not None:
+            interims = asyncio.create_task(self._run_interims())
+        try:
+            await self._run_utterances()
+        finally:
+            if interims is not None:
+                interims.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await interims
+
+    async def _run_interims(self) -> None:
+        """Each time the utterance still being spoken has grown by ``interim_interval_ms`` of
+        audio, decode it again and send its words so far, unless a final is waiting or running
+        (finals go first) or the backend has no free worker (it skips the interim rather than
+        delay anyone's final).
+
+        An interim is sent only while its utterance is still open, so it can never arrive
+        after that utterance's final; it goes to the route's first backend, with the same
+        context as a final, and failures are only logged: the final will say what it heard.
+        """
+        assert self._on_interim is not None
+        every = self.config.interim_interval_ms * SAMPLE_RATE // 1000
+        first = int(_FIRST_INTERIM_SECONDS * SAMPLE_RATE)
+        spec = dataclasses.replace(self._utterance_spec, interim=True)
+        backend = self.route[0]
+        decoded = (0, 0)  # (utterance number, samples) of the last interim decoded
+        while True:
+            # audio arrives in chunks of about this size; checking costs a few comparisons
+            await asyncio.sleep(_INTERIM_POLL_SECONDS)
+            segmenter = self._segmenter
+            if not segmenter.speaking or self._final_running or self._queue.samples:
+                continue
+            number, length = segmenter.utterances_started, segmenter.buffered_samples
+            due = length - decoded[1] >= every if decoded[0] == number else length >= first
+            if not due or self._backlog:
+                continue
+            audio = segmenter.open_utterance()
+            assert audio is not None
+            job_spec = dataclasses.replace(spec, prompt=self._context or None)
+            try:
+                transcript = await backend.transcribe(audio, job_spec)
+            except InterimSkipped:
+                continue
+            except Exception as exc:
+                _LOGGER.debug("stream %s: interim failed: %r", self.spec.request_id, exc)
+                continue
+            decoded = (number, len(audio))
+            still_open = self._segmenter.speaking and self._segmenter.utterances_started == number
+            if transcript.text and still_open:
+                self._accounting.interim(self.spec.protocol)
+                await self._on_interim(transcript.text)
 
     # --- native: the backend recognises the stream ------------------------------------------
 
@@ -213,7 +278,10 @@ class Stream:
         try:
             async with contextlib.aclosing(backend.stream(live, self.spec)) as finals:
                 async for transcript in finals:
-                    await self._deliver_final(backend.name, live, transcript)
+                    if transcript.interim:
+                        await self._deliver_interim(transcript)
+                    else:
+                        await self._deliver_final(backend.name, live, transcript)
             return True
         except Exception as exc:
             # an outage goes to the fallback; an error about the request is the answer
@@ -256,6 +324,12 @@ class Stream:
     def _books(self, backend: str) -> Books:
         return Books(self.spec.protocol, spec=self.spec, backend=backend, utterance=True)
 
+    async def _deliver_interim(self, transcript: Transcript) -> None:
+        """A natively streaming backend's interim: passed on (not billed) when asked for."""
+        if self._on_interim is not None and transcript.text:
+            self._accounting.interim(self.spec.protocol)
+            await self._on_interim(transcript.text)
+
     async def _deliver_final(self, backend: str, live: LiveAudio, transcript: Transcript) -> None:
         books = self._books(backend)
         # billed: the speech the backend timed (an utterance with its pauses, not the
@@ -289,7 +363,6 @@ class Stream:
         the client was sent becomes context: noise, failures and dropped text never do.
         """
         first = True
-        context = ""
         while (utterance := await self._queue.get()) is not None:
             books = self._books("-")
             books.start_clock()
@@ -298,12 +371,14 @@ class Stream:
             synthetic = self._segmenter.lead_in_padding if first else 0
             first = False
             books.audio_seconds = (len(utterance) - synthetic) / SAMPLE_RATE
+            self._final_running = True
             try:
-                spec = dataclasses.replace(self._utterance_spec, prompt=context or None)
+                spec = dataclasses.replace(self._utterance_spec, prompt=self._context or None)
                 transcript = await run_route(
                     AudioJob(spec, utterance), self.route, books, self._accounting
                 )
             except Exception as exc:
+                self._final_running = False
                 error = exc if isinstance(exc, SpeechGWError) else None
                 if error is None:
                     _LOGGER.exception("stream %s: utterance failed", self.spec.request_id)
@@ -311,5 +386,10 @@ class Stream:
                 self._accounting.close(books, error)
                 await self._on_error(error)
                 continue
-            if await self._settle(books, transcript):
-                context = _context(context, transcript.text, self.config.context_chars)
+            try:
+                if await self._settle(books, transcript):
+                    self._context = _context(
+                        self._context, transcript.text, self.config.context_chars
+                    )
+            finally:
+                self._final_running = False

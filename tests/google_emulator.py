@@ -47,6 +47,7 @@ class Call:
     config: Any
     audio: bytes | bytearray
     finals: list[str] = field(default_factory=list)
+    interims: list[str] = field(default_factory=list)
     status: str = "open"
     """``open`` while a stream runs, then ``ok``, ``cancelled`` or the code it failed with."""
 
@@ -114,6 +115,8 @@ class SpeechEmulator:
             time.sleep(self.slow_seconds)
         rate = config.sample_rate_hertz or 16000
         endpointer = Endpointer(rate, self.endpoint_seconds)
+        interims = first.streaming_config.interim_results
+        last_interim = 0
         for request in requests:
             if request.HasField("streaming_config"):
                 self._abort(
@@ -141,6 +144,10 @@ class SpeechEmulator:
                 )
             for utterance in endpointer.feed(request.audio_content):
                 yield self._final(call, config, utterance)
+            # as Google does when asked: the utterance so far, about twice a second
+            if interims and endpointer.speaking and endpointer.position - last_interim >= rate / 2:
+                last_interim = endpointer.position
+                yield self._interim(call, config, endpointer.open_since)
         # a fault without a time is answered once the client has half-closed: failing
         # while it still writes often reaches grpc's asyncio client as INTERNAL
         # (grpc/grpc#36066), which these faults are not about
@@ -163,6 +170,21 @@ class SpeechEmulator:
         call.status = code
         message = message or _MESSAGES.get(code, "")
         context.abort(getattr(grpc.StatusCode, code), message)
+
+    def _interim(self, call: Call, config: Any, begin: int) -> Any:
+        """An interim result (two, as Google splits them: stable words, then the rest) for the
+        utterance open since sample ``begin``."""
+        text = self._transcript(bytes(call.audio[begin * 2 :]), config)
+        call.interims.append(text)
+        words = text.split()
+        settled, guess = " ".join(words[:-1]), (" " + words[-1]) if words else ""
+        results = [
+            {"alternatives": [{"transcript": settled}], "is_final": False, "stability": 0.9},
+            {"alternatives": [{"transcript": guess}], "is_final": False, "stability": 0.1},
+        ]
+        return speech.StreamingRecognizeResponse.pb(
+            speech.StreamingRecognizeResponse(results=results)
+        )
 
     def _final(self, call: Call, config: Any, utterance: tuple[int, int, int]) -> Any:
         """The final result for speech ``[start, end)`` (in samples) that began after the
@@ -265,6 +287,19 @@ class Endpointer:
                     done.append((self._begin, self._start, self._end))
                     self._begin, self._start, self._recent = self._end, None, []
         return done
+
+    @property
+    def speaking(self) -> bool:
+        return self._start is not None
+
+    @property
+    def position(self) -> int:
+        return self._position
+
+    @property
+    def open_since(self) -> int:
+        """Where the utterance in progress began (the previous one's end)."""
+        return self._begin
 
     def flush(self) -> list[tuple[int, int, int]]:
         if self._start is None:

@@ -31,6 +31,12 @@ class StreamResult:
     errors: list[dict[str, Any]] = field(default_factory=list)
     reply_times: list[float] = field(default_factory=list)
     close_code: int | None = None
+    interims: list[str] = field(default_factory=list)
+    events: list[tuple[str, str, float]] = field(default_factory=list)
+    """Every reply and interim in arrival order: (``reply`` or ``interim``, text, time)."""
+    others: list[dict[str, Any]] = field(default_factory=list)
+    started: float = 0.0
+    """When the first chunk was sent (``time.monotonic()``)."""
 
 
 def open_stream(url: str, api_key: str | None = None) -> ClientConnection:
@@ -46,8 +52,14 @@ def collect(ws: ClientConnection, result: StreamResult, timeout: float = 300) ->
             if "asr_reply" in message:
                 result.replies.append(message["asr_reply"])
                 result.reply_times.append(time.monotonic())
+                result.events.append(("reply", message["asr_reply"], time.monotonic()))
+            elif "asr_interim" in message:
+                result.interims.append(message["asr_interim"])
+                result.events.append(("interim", message["asr_interim"], time.monotonic()))
             elif message.get("type") == "error":
                 result.errors.append(message)
+            else:
+                result.others.append(message)
     except ConnectionClosed as closed:
         result.close_code = closed.rcvd.code if closed.rcvd else None
 
@@ -62,6 +74,7 @@ def stream_pcm(
     language_code: str | None = None,
     api_key: str | None = None,
     end: bool = True,
+    interim_results: bool | None = None,
 ) -> StreamResult:
     """Send ``pcm`` in ``chunk_ms`` chunks (paced at ``realtime`` x real time; 0 = at once),
     then ``{"type": "end"}``, and collect every reply until the server closes."""
@@ -71,7 +84,7 @@ def stream_pcm(
         reader = threading.Thread(target=collect, args=(ws, result), daemon=True)
         reader.start()
         step = rate * chunk_ms // 1000 * 2  # whole 16-bit samples
-        started = time.monotonic()
+        started = result.started = time.monotonic()
         for i, offset in enumerate(range(0, len(pcm), step)):
             message: dict[str, Any] = {
                 "audio": base64.b64encode(pcm[offset : offset + step]).decode()
@@ -80,6 +93,8 @@ def stream_pcm(
                 message["rate"] = rate
                 if language_code:
                     message["language_code"] = language_code
+                if interim_results is not None:
+                    message["interim_results"] = interim_results
             if realtime:
                 delay = started + i * chunk_ms / 1000 / realtime - time.monotonic()
                 if delay > 0:

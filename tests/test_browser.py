@@ -33,7 +33,9 @@ def page(tiny_server: Server, voices, tmp_path: Path) -> Iterator[Browser]:
 
 def test_microphone_streams_and_utterances_appear(page: Browser) -> None:
     page.click("#mic-start")
-    page.wait_for("document.querySelectorAll('#utterances li').length >= 2", timeout_s=90)
+    page.wait_for(
+        "document.querySelectorAll('#utterances li:not(.interim)').length >= 2", timeout_s=90
+    )
     page.click("#mic-stop")
     page.wait_for("document.getElementById('status').textContent === 'Stream finished.'")
     heard = page.evaluate(
@@ -59,6 +61,39 @@ def test_file_upload_shows_transcript_and_segments(page: Browser, voices) -> Non
     assert rows and float(rows[0][0]) == 0.0 and float(rows[-1][1]) > 1.0, rows
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(ARTIFACTS / "page-file.png")
+
+
+def test_interim_words_show_greyed_then_the_final_takes_their_place(
+    tiny_server: Server, voices, tmp_path: Path
+) -> None:
+    if chromium_path() is None:
+        pytest.skip("chromium is not installed")
+    names = ["children", "market", "window"]
+    speaking = speech.concat([voices[n] for n in names], tmp_path / "continuous.wav")
+    microphone = speech.convert(speaking, tmp_path / "continuous48k.wav", "-r", "48000")
+    page = Browser(tiny_server.http + "/", tmp_path / "profile", fake_microphone=microphone)
+    try:
+        page.wait_loaded()
+        page.click("#mic-start")
+        page.wait_for("document.querySelector('#utterances li.interim') !== null", timeout_s=60)
+        interim = page.evaluate("document.querySelector('#utterances li.interim').textContent")
+        color = page.evaluate(
+            "getComputedStyle(document.querySelector('#utterances li.interim')).color"
+        )
+        assert interim and color == "rgb(136, 136, 136)", (interim, color)
+        assert (
+            page.evaluate("document.querySelectorAll('#utterances li:not(.interim)').length") == 0
+        )
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(ARTIFACTS / "page-interim.png")
+        page.wait_for(
+            "document.querySelectorAll('#utterances li:not(.interim)').length >= 1", timeout_s=90
+        )
+        final = page.evaluate("document.querySelector('#utterances li').textContent")
+        assert speech.word_recall(speech.SENTENCES["children"], final) >= 0.6, final
+        assert page.evaluate("document.querySelectorAll('#utterances li').length") == 1
+    finally:
+        page.close()
 
 
 def test_any_audio_file_is_uploaded(page: Browser, voices, tmp_path: Path) -> None:

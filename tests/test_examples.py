@@ -156,3 +156,50 @@ def test_openai_client(tiny_server: Server, voices, tmp_path: Path) -> None:
     assert srt.stdout.startswith("1\n00:00:00,000 --> "), srt
     refused = run(sys.executable, "openai_client.py", str(ogg), "--url", url, "--model", "x")
     assert refused.returncode == 1 and "known: whisper-1" in refused.stderr
+
+
+@pytest.fixture(scope="module")
+def continuous(voices, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("examples-continuous")
+    names = ["children", "market", "window"]
+    return speech.concat([voices[n] for n in names], folder / "continuous.wav")
+
+
+def assert_interims_then_final(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr
+    interims = [line for line in result.stderr.splitlines() if line.startswith("... ")]
+    assert len(interims) >= 2, result.stderr
+    (final,) = result.stdout.splitlines()
+    assert speech.word_recall(speech.SENTENCES["window"], final) >= 0.6, final
+
+
+def test_python_stream_client_shows_interims(tiny_server: Server, continuous: Path) -> None:
+    assert_interims_then_final(
+        run(
+            sys.executable,
+            "stream_client.py",
+            str(continuous),
+            "--url",
+            tiny_server.ws,
+            "--speed",
+            "2",
+            "--interim",
+        )
+    )
+
+
+def test_node_client_shows_interims(tiny_server: Server, node_client: Path, continuous) -> None:
+    assert_interims_then_final(
+        run(
+            "node",
+            "client.mjs",
+            "stream",
+            str(continuous),
+            "--url",
+            tiny_server.ws,
+            "--speed",
+            "2",
+            "--interim",
+            cwd=node_client,
+        )
+    )

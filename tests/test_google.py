@@ -116,6 +116,33 @@ def test_streaming_protocol_through_google(
     assert 5.0 < speech_seconds < len(pcm) / 2 / rate - 1.0
 
 
+def test_googles_interim_results_are_passed_through_when_asked(
+    google_first: Server, fresh: SpeechEmulator, voices, tmp_path: Path
+) -> None:
+    two = voices_module.concat(
+        [voices["market"], voices["window"]], tmp_path / "two.wav", silence_seconds=1.5
+    )
+    pcm, rate = read_pcm16(two)
+    before = google_first.metric("speechgw_interims_total", protocol="streaming")
+    result = stream_pcm(google_first.ws, pcm, rate, realtime=4.0, interim_results=True)
+    assert result.replies == ["hello from the emulator"] * 2
+    (call,) = fresh.calls
+    # asked for in Google's streaming config, and each of Google's interims (two results:
+    # settled words and the last guess) reached the client as one text
+    assert len(call.interims) >= 2
+    assert result.interims == call.interims
+    kinds = [kind for kind, _, _ in result.events]
+    assert kinds[-1] == "reply" and kinds.index("interim") < kinds.index("reply")
+    after = google_first.metric("speechgw_interims_total", protocol="streaming")
+    assert after - before == len(result.interims)
+    # a client that did not ask: Google is not asked either, and nothing else changes
+    fresh.calls.clear()
+    plain = stream_pcm(google_first.ws, pcm, rate, realtime=4.0)
+    assert plain.replies == ["hello from the emulator"] * 2 and plain.interims == []
+    (call,) = fresh.calls
+    assert call.interims == []
+
+
 def test_an_untimed_final_is_billed_by_the_audio_it_covers(
     google_first: Server, fresh: SpeechEmulator, voices, tmp_path: Path
 ) -> None:

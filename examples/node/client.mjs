@@ -2,12 +2,13 @@
 // A Node.js client of both speechgw protocols, with the `ws` package (npm install).
 //
 //   node client.mjs batch recording.wav [--language de] [--task translate]
-//   node client.mjs stream recording.wav [--language-code en-US] [--speed 1]
+//   node client.mjs stream recording.wav [--language-code en-US] [--speed 1] [--interim]
 //   options: --url ws://localhost:8765   --api-key KEY (or SPEECHGW_API_KEY)
 //
 // batch sends any WAV file as it is and prints the transcript; stream sends a 16-bit mono WAV
 // in 100 ms chunks of base64 LINEAR16 (at real-time pace unless --speed 0) and prints each
-// utterance as it arrives.
+// utterance as it arrives; with --interim, also the words so far of the utterance being spoken
+// (speechgw's asr_interim extension), on stderr, marked "...".
 import { readFileSync } from "node:fs";
 import WebSocket from "ws";
 
@@ -17,6 +18,7 @@ const option = (name, fallback) => {
   return i >= 0 ? rest[i + 1] : fallback;
 };
 const url = option("url", "ws://localhost:8765");
+const interim = rest.includes("--interim");
 const apiKey = option("api-key", process.env.SPEECHGW_API_KEY);
 // perMessageDeflate: false — audio does not compress, and deflating it only costs CPU
 const wsOptions = { perMessageDeflate: false, maxPayload: 0 };
@@ -77,11 +79,16 @@ function stream() {
       const step = Math.floor(rate / 10) * 2;
       for (let i = 0; i < pcm.length; i += step) {
         const chunk = { audio: pcm.subarray(i, i + step).toString("base64") };
-        if (i === 0) Object.assign(chunk, { rate, language_code: option("language-code", "en-US") });
+        if (i === 0) {
+          Object.assign(chunk, { rate, language_code: option("language-code", "en-US") });
+          if (interim) chunk.interim_results = true;
+        }
         ws.send(JSON.stringify(chunk));
         if (speed > 0) await new Promise((r) => setTimeout(r, 100 / speed));
       }
       ws.send(JSON.stringify({ type: "end" }));
+    } else if ("asr_interim" in message) {
+      console.error(`... ${message.asr_interim}`);
     } else if ("asr_reply" in message) {
       console.log(message.asr_reply);
     } else if (message.type === "error") {

@@ -57,6 +57,7 @@ function sendPending(force) {
     if (mic.first) {
       message.rate = RATE;
       message.language_code = $("language").value;
+      message.interim_results = true; // our extension: words while the person speaks
       mic.first = false;
     }
     if (mic.ws.readyState === WebSocket.OPEN) mic.ws.send(JSON.stringify(message));
@@ -94,8 +95,19 @@ async function startMic() {
       source.connect(node);
       mic.node = node;
       $("mic-stop").disabled = false;
+    } else if ("asr_interim" in message) {
+      // the utterance being spoken: one greyed line, replaced as its words change
+      let li = $("utterances").querySelector("li.interim");
+      if (!li) {
+        li = document.createElement("li");
+        li.className = "interim";
+        $("utterances").appendChild(li);
+      }
+      li.textContent = message.asr_interim;
     } else if ("asr_reply" in message) {
-      const li = document.createElement("li");
+      // the final takes the interim's place
+      const li = $("utterances").querySelector("li.interim") || document.createElement("li");
+      li.className = "";
       li.textContent = message.asr_reply;
       $("utterances").appendChild(li);
     } else if (message.type === "error") {

@@ -1,0 +1,99 @@
+"""Interim results on the streaming protocol (our extension): the words so far of the utterance
+being spoken, for clients that ask, from a real server with the real model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from websockets.sync.client import connect
+
+from tests import speech
+from tests.serving import Server
+from tests.streaming_client import assert_sentences, read_pcm16, stream_pcm
+
+CONTINUOUS = ["children", "market", "window"]
+
+
+@pytest.fixture(scope="module")
+def continuous(voices, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three sentences without a pause between them: one utterance of about 9 s."""
+    folder = tmp_path_factory.mktemp("interim")
+    return speech.concat([voices[n] for n in CONTINUOUS], folder / "continuous.wav")
+
+
+@pytest.fixture(scope="module")
+def paused(voices, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("interim-paused")
+    names = ["children", "coffee", "train"]
+    return speech.concat([voices[n] for n in names], folder / "paused.wav", silence_seconds=2.0)
+
+
+def test_interims_come_while_speaking_and_the_final_closes_the_utterance(
+    tiny_server: Server, continuous: Path
+) -> None:
+    before = tiny_server.metric("speechgw_interims_total", protocol="streaming")
+    requests_before = tiny_server.metric(
+        "asr_requests_total", machine_id="unknown", task="transcribe", status="ok"
+    )
+    pcm, rate = read_pcm16(continuous)
+    result = stream_pcm(tiny_server.ws, pcm, rate, realtime=2.0, interim_results=True)
+    assert len(result.replies) == 1, result.events
+    kinds = [kind for kind, _, _ in result.events]
+    # words while the utterance was open, then its final, and nothing after it
+    assert kinds.count("interim") >= 3, result.events
+    assert kinds[-1] == "reply" and "reply" not in kinds[:-1]
+    final = result.replies[0]
+    for name in CONTINUOUS:
+        assert speech.word_recall(speech.SENTENCES[name], final) >= 0.6, final
+    # each interim is a growing prefix of what was said: the last one has most of the words
+    assert len(speech.words(result.interims[-1])) > len(speech.words(result.interims[0]))
+    assert speech.word_recall(speech.SENTENCES["children"], result.interims[-1]) >= 0.6
+    # interims are counted as interims, not as requests, and are not billed
+    after = tiny_server.metric("speechgw_interims_total", protocol="streaming")
+    assert after - before == len(result.interims)
+    requests_after = tiny_server.metric(
+        "asr_requests_total", machine_id="unknown", task="transcribe", status="ok"
+    )
+    assert requests_after - requests_before == 1
+
+
+def test_a_client_that_did_not_ask_gets_no_interim(tiny_server: Server, continuous: Path) -> None:
+    pcm, rate = read_pcm16(continuous)
+    for asked in (None, False):
+        result = stream_pcm(tiny_server.ws, pcm, rate, realtime=2.0, interim_results=asked)
+        assert result.interims == [] and result.others == [], result.events
+        assert len(result.replies) == 1
+
+
+def test_interims_never_reorder_finals(tiny_server: Server, voices, paused: Path) -> None:
+    names = ["children", "coffee", "train"]
+    pcm, rate = read_pcm16(paused)
+    pace = 2.0
+    result = stream_pcm(tiny_server.ws, pcm, rate, realtime=pace, interim_results=True)
+    assert_sentences(result, names)
+    assert result.interims, "no interim for three utterances of 2-3 s"
+    assert result.events[-1][0] == "reply"
+    # An interim after utterance k's final can only be utterance k+1's: it must come after
+    # that sentence's audio began to arrive. A stale interim of k would come right after the
+    # final, about 0.3 s after k's silence closed it; the next sentence starts 1 s later.
+    starts, at = [], 0.0
+    for name in names:
+        starts.append(result.started + at / pace)
+        at += speech.duration(voices[name]) + 2.0
+    finals = [t for kind, _, t in result.events if kind == "reply"]
+    for kind, text, t in result.events:
+        if kind == "interim":
+            answered = sum(f < t for f in finals)  # finals already sent
+            assert answered < len(names) and t > starts[answered], (text, result.events)
+
+
+def test_interim_results_must_be_a_boolean(tiny_server: Server) -> None:
+    with connect(tiny_server.ws + "/api/core/google/asr") as ws:
+        ws.recv(timeout=30)
+        audio = {"audio": "AAAAAA==", "rate": 16000, "interim_results": "yes"}
+        ws.send(json.dumps(audio))
+        error = json.loads(ws.recv(timeout=30))
+        assert error["type"] == "error" and error["message"] == "Invalid Message Format"
+        assert "interim_results" in error["detail"]
