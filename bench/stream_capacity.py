@@ -7,6 +7,10 @@ per N: p95 of "last chunk of an utterance -> its asr_reply", utterances without 
 the server's resident memory. The capacity is the largest N whose p95 stays under 1.5 s.
 
     python bench/stream_capacity.py [--levels 1,2,3,4,6,8] [--clips 4] [--config bench/tiny.en.yaml]
+        [--interim]
+
+``--interim``: every stream asks for interim results, which then compete with the finals for
+the worker (finals first).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ def main() -> int:
     parser.add_argument("--levels", default="1,2,3,4,6,8")
     parser.add_argument("--clips", type=int, default=4)
     parser.add_argument("--config", type=Path, default=REPO / "bench" / "tiny.en.yaml")
+    parser.add_argument("--interim", action="store_true")
     args = parser.parse_args()
     with tempdir() as work:
         clips = english_clips(Path(work))[: args.clips]
@@ -60,7 +65,12 @@ def main() -> int:
             for level in [int(x) for x in args.levels.split(",")]:
                 peak = Peak(url)
                 with peak, ThreadPoolExecutor(level) as pool:
-                    results = list(pool.map(lambda _: run_once(url, clips, 1.0), range(level)))
+                    results = list(
+                        pool.map(
+                            lambda _: run_once(url, clips, 1.0, interim=args.interim),
+                            range(level),
+                        )
+                    )
                 results = [(lat, missed) for lat, _texts, missed in results]
                 latencies = [x for lat, _ in results for x in lat]
                 missed = sum(m for _, m in results)

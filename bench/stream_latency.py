@@ -7,7 +7,15 @@ latency is from sending its last chunk to receiving the last asr_reply that arri
 (replies that arrive earlier belong to pauses inside the recording). Reported: p50/p95 over all
 recordings and runs, and the word error rate of the replies against the references.
 
-    python bench/stream_latency.py [--runs 5] [--pace 1] [--config bench/tiny.en.yaml]
+``--interim on`` asks for interim results (``"interim_results": true``) and also reports the
+*first text*: from sending a recording's first chunk to the first interim or reply of it (the
+recordings start with speech; any leading silence counts against the figure). ``--interim
+both`` runs without and with them in turn on the same server, side by side. ``--continuous``
+streams the recordings back to back without the silence (read speech, over 20 s without a
+pause long enough to end an utterance) and reports the gaps between successive texts.
+
+    python bench/stream_latency.py [--runs 5] [--pace 1] [--interim off|on|both] [--continuous]
+        [--config bench/tiny.en.yaml]
 """
 
 from __future__ import annotations
@@ -15,10 +23,12 @@ from __future__ import annotations
 import argparse
 import base64
 import bisect
+import itertools
 import json
 import statistics
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from _common import REPO, english_clips, served, tempdir, word_errors
@@ -28,23 +38,45 @@ CHUNK_MS = 100
 GAP_SECONDS = 3.0
 
 
-def _paced_send(ws, audio: bytes, clock: dict[str, float]) -> None:
-    """Send ``audio`` in 100 ms chunks, each when its first sample is due in real time."""
+def _paced_send(ws, audio: bytes, clock: dict[str, float], first: dict | None = None) -> None:
+    """Send ``audio`` in 100 ms chunks, each when its first sample is due in real time;
+    ``first`` goes into the first message of the stream."""
     step = 16000 * CHUNK_MS // 1000 * 2
     for offset in range(0, len(audio), step):
         chunk = audio[offset : offset + step]
         delay = clock["started"] + clock["sent"] / 32000 / clock["pace"] - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        ws.send(json.dumps({"audio": base64.b64encode(chunk).decode(), "rate": 16000}))
+        message = {"audio": base64.b64encode(chunk).decode(), "rate": 16000}
+        if first and not clock["sent"]:
+            message |= first
+        ws.send(json.dumps(message))
         clock["sent"] += len(chunk)
 
 
-def run_once(url: str, clips, pace: float) -> tuple[list[float], list[str], int]:
-    """Stream every clip once; returns the latencies, each clip's replies joined, and the
-    number of clips that got no reply after their last chunk."""
-    silence = b"\x00\x00" * int(16000 * GAP_SECONDS)
+@dataclass
+class Run:
+    latencies: list[float]
+    """Per clip: its last chunk -> the last reply after it."""
+    texts: list[str]
+    missed: int
+    first_text: list[float] = field(default_factory=list)
+    """Per clip: its first chunk -> its first interim or reply."""
+    events: list[tuple[float, str, str]] = field(default_factory=list)
+    """(time, "interim" or "reply", text) as they arrived."""
+
+    def __iter__(self):  # unpacks as (latencies, texts, missed), as before
+        return iter((self.latencies, self.texts, self.missed))
+
+
+def run_once(
+    url: str, clips, pace: float, interim: bool = False, gap_seconds: float = GAP_SECONDS
+) -> Run:
+    """Stream every clip once (each followed by ``gap_seconds`` of silence), with interim
+    results when ``interim``."""
+    silence = b"\x00\x00" * int(16000 * gap_seconds)
     replies: list[tuple[float, str]] = []
+    events: list[tuple[float, str, str]] = []
     starts, ends = [], []
     with connect(url + "/api/core/google/asr", max_size=None, compression=None) as ws:
         ws.recv(timeout=30)
@@ -55,6 +87,9 @@ def run_once(url: str, clips, pace: float) -> tuple[list[float], list[str], int]
                     message = json.loads(ws.recv())
                     if "asr_reply" in message:
                         replies.append((time.monotonic(), message["asr_reply"]))
+                        events.append((time.monotonic(), "reply", message["asr_reply"]))
+                    elif "asr_interim" in message:
+                        events.append((time.monotonic(), "interim", message["asr_interim"]))
             except Exception:
                 return
 
@@ -62,11 +97,13 @@ def run_once(url: str, clips, pace: float) -> tuple[list[float], list[str], int]
         reader.start()
         # pace 0: as fast as the socket takes it
         clock = {"started": time.monotonic(), "sent": 0.0, "pace": pace or float("inf")}
+        first = {"interim_results": True} if interim else None
         for clip in clips:
             starts.append(time.monotonic())
-            _paced_send(ws, clip.pcm(), clock)
+            _paced_send(ws, clip.pcm(), clock, first)
             ends.append(time.monotonic())
-            _paced_send(ws, silence, clock)
+            if silence:
+                _paced_send(ws, silence, clock)
         ws.send(json.dumps({"type": "end"}))
         reader.join(timeout=120)
     # a reply belongs to the last clip that had begun when it arrived
@@ -80,7 +117,33 @@ def run_once(url: str, clips, pace: float) -> tuple[list[float], list[str], int]
             latencies.append(max(after_end))
         else:
             missed += 1
-    return latencies, texts, missed
+    first_text = []
+    for k, start in enumerate(starts):
+        following = [t for t, _, _ in events if t >= start]
+        if following and bisect.bisect_right(starts, following[0]) - 1 == k:
+            first_text.append(following[0] - start)
+    return Run(latencies, texts, missed, first_text, events)
+
+
+def continuous(url: str, clips, runs: int) -> None:
+    """The clips back to back with interims: how often text arrives during long speech."""
+    gaps: list[float] = []
+    for _ in range(runs):
+        run = run_once(url, clips, 1.0, interim=True, gap_seconds=0.0)
+        times = [t for t, _, _ in run.events]
+        gaps += [b - a for a, b in itertools.pairwise(times)]
+        seconds = sum(c.seconds for c in clips)
+        kinds = [k for _, k, _ in run.events]
+        print(
+            f"continuous {seconds:.1f} s: {kinds.count('interim')} interims, "
+            f"{kinds.count('reply')} replies; first text after {run.first_text[0]:.2f} s",
+            flush=True,
+        )
+    q = statistics.quantiles(gaps, n=20)
+    print(
+        f"gap between successive texts: p50 {statistics.median(gaps):.2f} s, "
+        f"p95 {q[18]:.2f} s, max {max(gaps):.2f} s"
+    )
 
 
 def main() -> int:
@@ -94,34 +157,58 @@ def main() -> int:
         help="times real time; 0 sends as fast as possible (latency then "
         "means little; the WER shows whether text was lost)",
     )
+    parser.add_argument("--interim", choices=["off", "on", "both"], default="off")
+    parser.add_argument("--continuous", action="store_true")
     args = parser.parse_args()
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.interim]
     with tempdir() as work:
         clips = english_clips(Path(work))
         print(f"{len(clips)} clips, {sum(c.seconds for c in clips):.1f} s of speech")
-        all_latencies, errors, words, missed = [], 0, 0, 0
+        if args.continuous:
+            with served(args.config) as url:
+                continuous(url, clips, args.runs)
+            return 0
+        collected = {
+            mode: {"latencies": [], "first": [], "errors": 0, "words": 0, "missed": 0}
+            for mode in modes
+        }
         with served(args.config) as url:
             for run in range(args.runs):
-                latencies, texts, run_missed = run_once(url, clips, args.pace)
-                all_latencies += latencies
-                missed += run_missed
-                # all replies in order against all references in order: lost or repeated
-                # text shows up here whatever the pacing
-                e, n = word_errors(" ".join(c.reference for c in clips), " ".join(texts))
-                errors, words = errors + e, words + n
-                print(f"run {run + 1}: WER {e / n:.3f}", flush=True)
-                if args.pace:
-                    print(
-                        f"run {run + 1}: p50 {statistics.median(latencies):.3f} s, "
-                        f"max {max(latencies):.3f} s, missed {run_missed}"
-                    )
-    if args.pace:
-        q = statistics.quantiles(all_latencies, n=20)
-        print(
-            f"latency over {len(all_latencies)} utterances: p50 "
-            f"{statistics.median(all_latencies):.3f} s, p95 {q[18]:.3f} s; "
-            f"utterances without a reply: {missed}"
-        )
-    print(f"WER over all replies in order: {errors / words:.3f} ({errors}/{words} words)")
+                for mode in modes:
+                    result = run_once(url, clips, args.pace, interim=mode)
+                    got = collected[mode]
+                    got["latencies"] += result.latencies
+                    got["first"] += result.first_text
+                    got["missed"] += result.missed
+                    # all replies in order against all references in order: lost or repeated
+                    # text shows up here whatever the pacing
+                    e, n = word_errors(" ".join(c.reference for c in clips), " ".join(result.texts))
+                    got["errors"] += e
+                    got["words"] += n
+                    label = "interims on" if mode else "interims off"
+                    line = f"run {run + 1}, {label}: WER {e / n:.3f}"
+                    if args.pace:
+                        line += (
+                            f", final p50 {statistics.median(result.latencies):.3f} s, max "
+                            f"{max(result.latencies):.3f} s, first text p50 "
+                            f"{statistics.median(result.first_text):.3f} s, "
+                            f"missed {result.missed}"
+                        )
+                    print(line, flush=True)
+    for mode, got in collected.items():
+        label = "interims on " if mode else "interims off"
+        line = f"{label}: WER over all replies in order {got['errors'] / got['words']:.3f}"
+        line += f" ({got['errors']}/{got['words']} words)"
+        if args.pace:
+            q = statistics.quantiles(got["latencies"], n=20)
+            first = statistics.quantiles(got["first"], n=20)
+            line += (
+                f"; final latency over {len(got['latencies'])} utterances p50 "
+                f"{statistics.median(got['latencies']):.3f} s, p95 {q[18]:.3f} s, without a "
+                f"reply {got['missed']}; first text p50 {statistics.median(got['first']):.3f} "
+                f"s, p95 {first[18]:.3f} s"
+            )
+        print(line)
     return 0
 
 
