@@ -53,9 +53,11 @@ OnTranscript = Callable[[Transcript], Awaitable[None]]
 OnError = Callable[[SpeechGWError], Awaitable[None]]
 OnInterim = Callable[[str], Awaitable[None]]
 
-_FIRST_INTERIM_SECONDS = 0.8
+_FIRST_INTERIM_SECONDS = 0.5
 """An utterance's first interim is decoded once it holds this much audio (its 0.3 s lead-in
-and about half a second of speech); the next ones every ``interim_interval_ms`` of audio."""
+and the first 0.2 s of speech); the next ones every ``interim_interval_ms`` of audio, or
+0.3 s later when the last one heard no words yet."""
+_INTERIM_RETRY_SAMPLES = int(0.3 * SAMPLE_RATE)
 _INTERIM_POLL_SECONDS = 0.1
 
 
@@ -242,7 +244,7 @@ class Stream:
         first = int(_FIRST_INTERIM_SECONDS * SAMPLE_RATE)
         spec = dataclasses.replace(self._utterance_spec, interim=True)
         backend = self.route[0]
-        decoded = (0, 0)  # (utterance number, samples) of the last interim decoded
+        due = (0, first)  # (utterance number, length in samples) when the next one is due
         while True:
             # audio arrives in chunks of about this size; checking costs a few comparisons
             await asyncio.sleep(_INTERIM_POLL_SECONDS)
@@ -250,8 +252,7 @@ class Stream:
             if not segmenter.speaking or self._final_running or self._queue.samples:
                 continue
             number, length = segmenter.utterances_started, segmenter.buffered_samples
-            due = length - decoded[1] >= every if decoded[0] == number else length >= first
-            if not due or self._backlog:
+            if length < (due[1] if due[0] == number else first) or self._backlog:
                 continue
             audio = segmenter.open_utterance()
             assert audio is not None
@@ -263,7 +264,8 @@ class Stream:
             except Exception as exc:
                 _LOGGER.debug("stream %s: interim failed: %r", self.spec.request_id, exc)
                 continue
-            decoded = (number, len(audio))
+            # nothing heard yet (a word just begun): look again soon, not a whole interval later
+            due = (number, len(audio) + (every if transcript.text else _INTERIM_RETRY_SAMPLES))
             still_open = self._segmenter.speaking and self._segmenter.utterances_started == number
             if transcript.text and still_open:
                 self._accounting.interim(self.spec.protocol)

@@ -372,16 +372,22 @@ def test_language_is_detected_when_not_given(multilingual_server: Server, german
 
 
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
-def test_translation_to_english(multilingual_server: Server, german: Path) -> None:
+def test_translation_to_english_in_each_format(multilingual_server: Server, german: Path) -> None:
     sdk = client(multilingual_server)
-    with german.open("rb") as audio:
-        text = sdk.audio.translations.create(model="whisper-1", file=audio)
-    assert {"train", "berlin"} <= set(speech.words(text.text)), text
-    with german.open("rb") as audio:
-        verbose = sdk.audio.translations.create(
-            model="whisper-1", file=audio, response_format="verbose_json"
-        )
+    answers = {}
+    for kind in ("json", "text", "srt", "vtt", "verbose_json"):
+        with german.open("rb") as audio:
+            answers[kind] = sdk.audio.translations.create(
+                model="whisper-1", file=audio, response_format=kind
+            )
+    for kind in ("text", "srt", "vtt"):
+        assert {"train", "berlin"} <= set(speech.words(answers[kind])), (kind, answers[kind])
+    assert answers["srt"].startswith("1\n00:00:00,")
+    assert answers["vtt"].startswith("WEBVTT\n\n00:00:00.")
+    assert {"train", "berlin"} <= set(speech.words(answers["json"].text))
+    verbose = answers["verbose_json"]
     assert verbose.language == "english"  # what OpenAI's API says of a translation
+    assert verbose.task == "translate"
     assert {"train", "berlin"} <= set(speech.words(verbose.text))
 
 
