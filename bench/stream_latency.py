@@ -12,7 +12,9 @@ recordings and runs, and the word error rate of the replies against the referenc
 recordings start with speech; any leading silence counts against the figure). ``--interim
 both`` runs without and with them in turn on the same server, side by side. ``--continuous``
 streams the recordings back to back without the silence (read speech, over 20 s without a
-pause long enough to end an utterance) and reports the gaps between successive texts.
+pause long enough to end an utterance) and reports the gaps between successive texts; with
+``--one-utterance``, the six espeak-ng test sentences joined without any pause instead (one
+utterance of about 20 s).
 
     python bench/stream_latency.py [--runs 5] [--pace 1] [--interim off|on|both] [--continuous]
         [--config bench/tiny.en.yaml]
@@ -26,12 +28,14 @@ import bisect
 import itertools
 import json
 import statistics
+import sys
 import threading
 import time
+import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import REPO, english_clips, served, tempdir, word_errors
+from _common import REPO, Clip, english_clips, served, tempdir, word_errors
 from websockets.sync.client import connect
 
 CHUNK_MS = 100
@@ -125,6 +129,21 @@ def run_once(
     return Run(latencies, texts, missed, first_text, events)
 
 
+def one_utterance(work: Path) -> Clip:
+    """The six espeak-ng test sentences back to back, without a pause: about 20 s of speech
+    that webrtcvad keeps as one utterance."""
+    sys.path.insert(0, str(REPO))
+    from tests import speech
+
+    parts = [speech.speak(text, work / f"{name}.wav") for name, text in speech.SENTENCES.items()]
+    joined = speech.convert(
+        speech.concat(parts, work / "joined.wav"), work / "one.wav", "-r", "16000"
+    )
+    with wave.open(str(joined)) as w:
+        seconds = w.getnframes() / 16000
+    return Clip("one-utterance", joined, " ".join(speech.SENTENCES.values()), seconds)
+
+
 def continuous(url: str, clips, runs: int) -> None:
     """The clips back to back with interims: how often text arrives during long speech."""
     gaps: list[float] = []
@@ -159,12 +178,15 @@ def main() -> int:
     )
     parser.add_argument("--interim", choices=["off", "on", "both"], default="off")
     parser.add_argument("--continuous", action="store_true")
+    parser.add_argument("--one-utterance", action="store_true", help="with --continuous")
     args = parser.parse_args()
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.interim]
     with tempdir() as work:
         clips = english_clips(Path(work))
         print(f"{len(clips)} clips, {sum(c.seconds for c in clips):.1f} s of speech")
         if args.continuous:
+            if args.one_utterance:
+                clips = [one_utterance(Path(work))]
             with served(args.config) as url:
                 continuous(url, clips, args.runs)
             return 0
