@@ -218,7 +218,6 @@ class WhisperBackend(Backend):
             # an English-only model "detects" English: it is the only language it writes
             detects_language=True,
             word_timestamps=True,
-            left_context=True,
         )
 
     @property
@@ -251,8 +250,6 @@ class WhisperBackend(Backend):
                 "request %s: output echoed its prompt; decoded again without", spec.request_id
             )
             raw, language = self._decode(audio, spec, None)
-        if spec.context_seconds:
-            return self._after_context(raw, language, spec)
         segments = tuple(
             Segment(text=s.text.strip(), start=round(s.start, 3), end=round(s.end, 3)) for s in raw
         )
@@ -267,31 +264,6 @@ class WhisperBackend(Backend):
             text=text, segments=segments, language=language, backend=self.name, words=words
         )
 
-    def _after_context(self, raw: list, language: str, spec: JobSpec) -> Transcript:
-        """Only the words whose middle lies after the context audio, timed from its end."""
-        cut = spec.context_seconds
-        segments, words, texts = [], [], []
-        for segment in raw:
-            kept = [w for w in segment.words or () if (w.start + w.end) / 2 >= cut]
-            if not kept:
-                continue
-            text = "".join(w.word for w in kept)
-            texts.append(text)
-            start, end = max(kept[0].start - cut, 0.0), max(segment.end - cut, 0.0)
-            segments.append(Segment(text.strip(), round(start, 3), round(end, 3)))
-            if spec.word_timestamps:
-                words += [
-                    Word(w.word.strip(), round(w.start - cut, 3), round(w.end - cut, 3))
-                    for w in kept
-                ]
-        return Transcript(
-            text="".join(texts).strip(),
-            segments=tuple(segments),
-            language=language,
-            backend=self.name,
-            words=tuple(words),
-        )
-
     def _decode(self, audio: np.ndarray, spec: JobSpec, prompt: str | None) -> tuple[list, str]:
         """The segments worth keeping, and the language; decoding happens here, in the worker
         thread, as faster-whisper's segment generator is consumed."""
@@ -304,7 +276,7 @@ class WhisperBackend(Backend):
             vad_filter=self.options.vad_filter,
             initial_prompt=prompt,
             temperature=(0.0,) if spec.interim else _temperatures(spec.temperature),
-            word_timestamps=spec.word_timestamps or spec.context_seconds > 0,
+            word_timestamps=spec.word_timestamps,
             # An utterance's context is the stream's last replies (``prompt``). Conditioning
             # its second window on its first as well made tiny.en rate 19 s of clear speech
             # 0.57 "no speech" (NASA podcast part 1), which the filter below then dropped.

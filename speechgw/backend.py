@@ -43,9 +43,6 @@ class Capabilities:
     """It takes jobs whose language is None and says in the transcript which one it heard."""
     word_timestamps: bool = False
     """It times each word when a job asks (``JobSpec.word_timestamps``)."""
-    left_context: bool = False
-    """It takes audio context before the job's own audio (``JobSpec.context_seconds``) and
-    answers for the audio after it only."""
 
     def supports(self, language: str | None, task: Task) -> bool:
         """Whether it recognises ``language`` (None: detects it) and does ``task``."""

@@ -219,9 +219,6 @@ class StreamingConfig:
     said before it, as inside a whole recording. 0: each utterance is decoded alone."""
     buffer_seconds: Annotated[float, Positive] = 30.0
     """Audio buffered per connection before back-pressure."""
-    left_context_seconds: Annotated[float, NonNegative] = 0.0
-    """Audio of the previous utterance (its last seconds, up to this) decoded before each
-    utterance as context, keeping only the words after it (backends with word timing); 0: off."""
     interim_interval_ms: Annotated[int, Positive] = 1000
     """For clients that ask for interim results: how often the utterance still being spoken
     is decoded again (when the backend has room; finals always go first)."""

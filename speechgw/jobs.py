@@ -80,11 +80,6 @@ class JobSpec:
     word_timestamps: bool = False
     """The client wants each word timed (:attr:`Transcript.words`); costs extra compute, so
     backends do it only when asked, and only backends that can are routed such jobs."""
-    context_seconds: float = 0.0
-    """The first seconds of the audio are context only: audio heard just before this job's
-    (the end of a stream's previous utterance), so that a fragment is heard in context. A
-    backend that can (``Capabilities.left_context``) returns only the words after it, timed
-    from its end."""
     interim: bool = False
     """A best-effort look at an utterance still being spoken (an interim result): a backend
     decodes it cheaply, and raises :class:`~speechgw.backend.InterimSkipped` rather than make

@@ -167,10 +167,6 @@ class Stream:
         self._on_error = on_error
         self._on_interim = on_interim
         self._context = ""  # the last replies, for the next utterance's prompt
-        # the end of the last answered utterance, heard again before the next one
-        # (streaming.left_context_seconds), and the context text from before it
-        self._left_audio: np.ndarray | None = None
-        self._context_before_left = ""
         self._final_running = False  # an utterance's final is being recognised
         self._backlog: deque[np.ndarray] = deque()  # closed utterances not yet queued
         # input samples the stream may still take (limits.max_stream_seconds)
@@ -379,8 +375,9 @@ class Stream:
             books.audio_seconds = (len(utterance) - synthetic) / SAMPLE_RATE
             self._final_running = True
             try:
+                spec = dataclasses.replace(self._utterance_spec, prompt=self._context or None)
                 transcript = await run_route(
-                    self._utterance_job(utterance), self.route, books, self._accounting
+                    AudioJob(spec, utterance), self.route, books, self._accounting
                 )
             except Exception as exc:
                 self._final_running = False
@@ -393,28 +390,8 @@ class Stream:
                 continue
             try:
                 if await self._settle(books, transcript):
-                    self._context_before_left = self._context
                     self._context = _context(
                         self._context, transcript.text, self.config.context_chars
                     )
-                    keep = int(self.config.left_context_seconds * SAMPLE_RATE)
-                    self._left_audio = utterance[-keep:] if keep else None
             finally:
                 self._final_running = False
-
-    def _utterance_job(self, utterance: np.ndarray) -> AudioJob:
-        """The job for an utterance: with the stream's last replies as its prompt, and, where
-        every backend of the route can take it, the end of the previous answered utterance as
-        audio context before it (its words are not answered again). With audio context the
-        prompt is the text from before that audio, so the model is not told what it is about
-        to hear."""
-        left = self._left_audio
-        if left is not None and all(b.capabilities.left_context for b in self.route):
-            spec = dataclasses.replace(
-                self._utterance_spec,
-                prompt=self._context_before_left or None,
-                context_seconds=len(left) / SAMPLE_RATE,
-            )
-            return AudioJob(spec, np.concatenate((left, utterance)))
-        spec = dataclasses.replace(self._utterance_spec, prompt=self._context or None)
-        return AudioJob(spec, utterance)
