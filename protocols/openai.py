@@ -235,6 +235,12 @@ class _Exchange:
             return await parser.parse()
         except MultiPartException as exc:
             raise InvalidRequest(f"the multipart body is malformed: {exc.message}") from None
+        except BaseException:
+            # refused mid-upload (too large, stalled, gone): the parser closes its spooled
+            # files only on its own errors
+            for upload in getattr(parser, "_files_to_close_on_error", ()):
+                upload.close()
+            raise
 
     async def _body(self) -> AsyncIterator[bytes]:
         """The body as it arrives, refused the moment it passes the limit (never buffered

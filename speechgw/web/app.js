@@ -172,15 +172,19 @@ async function sendFile() {
 // server decodes it
 async function sendOther(file) {
   status(`Sending ${file.name} (OpenAI-compatible API)...`);
-  const form = new FormData();
-  form.append("file", file, file.name);
-  form.append("model", "whisper-1");
-  form.append("response_format", "verbose_json");
-  if ($("language").value) form.append("language", $("language").value);
   const headers = {};
   const key = $("api-key").value.trim();
   if (key) headers.Authorization = `Bearer ${key}`;
   try {
+    // the first model name the routing offers (whisper-1 unless the admin named others)
+    const models = await fetch("/v1/models", { headers });
+    const listed = await models.json();
+    if (!models.ok) { status(`Error: ${listed.error.code}: ${listed.error.message}`, true); return; }
+    const form = new FormData();
+    form.append("file", file, file.name);
+    form.append("model", listed.data[0].id);
+    form.append("response_format", "verbose_json");
+    if ($("language").value) form.append("language", $("language").value);
     const response = await fetch("/v1/audio/transcriptions", { method: "POST", body: form, headers });
     const result = await response.json();
     if (!response.ok) { status(`Error: ${result.error.code}: ${result.error.message}`, true); return; }
