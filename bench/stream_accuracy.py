@@ -7,10 +7,11 @@ files): the word error rate of in-process ``WhisperModel.transcribe`` on the who
 5, its defaults: the best the model does with all the context), and of the same audio streamed
 through ``speechgw serve`` over ``/api/core/google/asr`` in 100 ms chunks, unpaced and at 1x
 real time (PARALLEL recordings at once, each at real-time pace), with the server's default
-``streaming`` settings or ``--context-chars N``. With ``--multilingual``, the other languages
-too, with the base model. Reported: a table per recording, totals, and totals without the 1949
-interview (its old disc recording dominates any average; ../shared/audio's README), and how
-many replies only repeated the replies just before them (a context prompt carried over).
+``streaming`` settings, ``--context-chars N``, or any ``--streaming KEY=VALUE``. With
+``--multilingual``, the other languages too, with the base model. Reported: a table per
+recording, totals, and totals without the 1949 interview (its old disc recording dominates any
+average; ../shared/audio's README), and how many replies only repeated the replies just before
+them (a context prompt carried over).
 
     python bench/stream_accuracy.py [--context-chars N] [--parallel 3] [--multilingual]
 """
@@ -104,12 +105,13 @@ def recordings(multilingual: bool) -> list[dict[str, str]]:
     return keep
 
 
-def server_config(base: Path, context_chars: int | None, work: Path) -> Path:
-    if context_chars is None:
+def server_config(base: Path, streaming: dict[str, object], work: Path) -> Path:
+    """``base`` with ``streaming`` settings over the defaults."""
+    if not streaming:
         return base
     document = yaml.safe_load(base.read_text())
-    document["streaming"] = {"context_chars": context_chars}
-    out = work / f"{base.stem}-context{context_chars}.yaml"
+    document["streaming"] = streaming
+    out = work / f"{base.stem}-{len(list(work.iterdir()))}.yaml"
     out.write_text(yaml.safe_dump(document))
     return out
 
@@ -117,6 +119,10 @@ def server_config(base: Path, context_chars: int | None, work: Path) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--context-chars", type=int, default=None)
+    parser.add_argument(
+        "--streaming", action="append", default=[], metavar="KEY=VALUE",
+        help="a streaming setting of the server (repeatable), e.g. fragment_speech_ms=1500",
+    )  # fmt: skip
     parser.add_argument("--parallel", type=int, default=3, help="streams at once at 1x")
     parser.add_argument("--multilingual", action="store_true")
     parser.add_argument("--no-paced", action="store_true", help="skip the 1x pass")
@@ -146,7 +152,13 @@ def main() -> int:
                 )
                 texts[r["file"]]["whole file"] = "".join(s.text for s in segments)
             del model
-            config = server_config(base, args.context_chars, Path(work))
+            settings: dict[str, object] = {
+                key: yaml.safe_load(value)
+                for key, value in (item.split("=", 1) for item in args.streaming)
+            }
+            if args.context_chars is not None:
+                settings["context_chars"] = args.context_chars
+            config = server_config(base, settings, Path(work))
             repeated = 0
             with served(config) as url:
                 for r in rows:
@@ -167,8 +179,7 @@ def main() -> int:
                             texts[r["file"]]["stream 1x"] = " ".join(replies)
             totals = {p: np.zeros(2, int) for p in paths}
             without_disc = {p: np.zeros(2, int) for p in paths}
-            chars = "default" if args.context_chars is None else args.context_chars
-            print(f"\n{which} ({model_name}), context_chars={chars}")
+            print(f"\n{which} ({model_name}), streaming settings: {settings or 'defaults'}")
             print("| recording | words | " + " | ".join(paths) + " |")
             print("|---|---|" + "---|" * len(paths))
             for r in rows:

@@ -219,6 +219,12 @@ class StreamingConfig:
     said before it, as inside a whole recording. 0: each utterance is decoded alone."""
     buffer_seconds: Annotated[float, Positive] = 30.0
     """Audio buffered per connection before back-pressure."""
+    fragment_speech_ms: Annotated[int, NonNegative] = 1500
+    """An utterance with less voiced speech than this so far is a fragment: it closes only
+    after ``fragment_silence_ms`` of silence, so that a speaker pausing mid-sentence ("de |
+    grano medio", "one | two | three") is heard as one utterance; 0: off."""
+    fragment_silence_ms: Annotated[int, Positive] = 1000
+    """The pause that ends a fragment (at least ``end_silence_ms``)."""
     interim_interval_ms: Annotated[int, Positive] = 1000
     """For clients that ask for interim results: how often the utterance still being spoken
     is decoded again (when the backend has room; finals always go first)."""

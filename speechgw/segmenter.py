@@ -93,6 +93,10 @@ class Segmenter:
         self._start_frames = max(1, config.start_padding_ms // ms)
         self._end_pad_frames = config.end_padding_ms // ms
         self._end_silence_frames = max(1, config.end_silence_ms // ms)
+        self._fragment_frames = config.fragment_speech_ms // ms
+        self._fragment_silence_frames = max(
+            self._end_silence_frames, config.fragment_silence_ms // ms
+        )
         self._min_voiced_frames = max(1, config.min_speech_ms // ms)
         self._max_frames = max(1, int(config.max_utterance_seconds * 1000) // ms)
         self._pending = np.zeros(0, dtype=np.int16)  # less than one frame
@@ -174,7 +178,12 @@ class Segmenter:
             self._silent_run = 0
         else:
             self._silent_run += 1
-        if self._silent_run >= self._end_silence_frames:
+        needed = (
+            self._fragment_silence_frames
+            if self._voiced < self._fragment_frames
+            else self._end_silence_frames
+        )
+        if self._silent_run >= needed:
             return self._close(trailing_silence=self._silent_run)
         if len(self._utterance) >= self._max_frames:
             return self._close(trailing_silence=0)

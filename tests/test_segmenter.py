@@ -85,3 +85,30 @@ def test_lead_in_silence_is_added_at_the_stream_start_and_accounted(voices) -> N
     pcm = from_pcm16(to_pcm16(audio))  # the segmenter works on LINEAR16, as webrtcvad does
     body = utterance[pad:]
     np.testing.assert_array_equal(body, pcm[: len(body)])  # the rest is the client's audio
+
+
+def _utterances(path, config: StreamingConfig) -> list[np.ndarray]:
+    samples, info = read_wav(path.read_bytes())
+    audio = to_16k_mono(samples, info.sample_rate)
+    segmenter = Segmenter(config)
+    return segmenter.feed(audio) + segmenter.flush()
+
+
+def test_a_short_fragment_waits_for_a_longer_pause(voices, tmp_path) -> None:
+    """A speaker who says a word or two and pauses mid-sentence is not cut there: an
+    utterance with under fragment_speech_ms of speech needs fragment_silence_ms to end, while
+    a sentence still ends at the first end_silence_ms pause."""
+    word = speech.speak("Well", tmp_path / "well.wav")
+    sentence = voices["children"]
+    # espeak-ng ends and starts its audio with silence of its own: 0.3 s more makes a pause
+    # that ends an utterance at end_silence_ms (as the rule switched off shows)
+    fragment_then_sentence = speech.concat([word, sentence], tmp_path / "a.wav", 0.3)
+    assert len(_utterances(fragment_then_sentence, StreamingConfig())) == 1
+    off = StreamingConfig(fragment_speech_ms=0)
+    assert len(_utterances(fragment_then_sentence, off)) == 2
+    # a long pause still ends the fragment
+    fragment_alone = speech.concat([word, sentence], tmp_path / "b.wav", 1.0)
+    assert len(_utterances(fragment_alone, StreamingConfig())) == 2
+    # after a whole sentence, the ordinary pause ends the utterance
+    two_sentences = speech.concat([sentence, voices["coffee"]], tmp_path / "c.wav", 0.3)
+    assert len(_utterances(two_sentences, StreamingConfig())) == 2
