@@ -223,7 +223,7 @@ class StreamingConfig:
     """An utterance with less voiced speech than this so far is a fragment: it closes only
     after ``fragment_silence_ms`` of silence, so that a speaker pausing mid-sentence ("de |
     grano medio", "one | two | three") is heard as one utterance; 0: off."""
-    fragment_silence_ms: Annotated[int, Positive] = 1000
+    fragment_silence_ms: Annotated[int, Positive] = 700
     """The pause that ends a fragment (at least ``end_silence_ms``)."""
     interim_interval_ms: Annotated[int, Positive] = 1000
     """For clients that ask for interim results: how often the utterance still being spoken
