@@ -79,11 +79,12 @@ class Segmenter:
 
     Not speaking, it keeps ``start_padding_ms`` of audio; it starts an utterance when at least
     half of that window is voiced, and the window becomes the utterance's start (padded with
-    silence at the very start of a stream). Speaking, it
-    ends the utterance after ``end_silence_ms`` of unvoiced frames (``fragment_silence_ms`` while
-    it holds less than ``fragment_speech_ms`` of voiced frames: a word or two and a hesitation
-    are not an utterance of their own), keeping ``end_padding_ms`` of them; or when the utterance reaches ``max_utterance_seconds``. Utterances with less than
-    ``min_speech_ms`` of voiced frames are dropped as noise. Every sample fed belongs to at most
+    silence at the very start of a stream). Speaking, it ends the utterance after
+    ``end_silence_ms`` of unvoiced frames (``fragment_silence_ms`` while it holds less than
+    ``fragment_speech_ms`` of voiced frames: a word or two and a hesitation are not an
+    utterance of their own), keeping ``end_padding_ms`` of them; or when the utterance reaches
+    ``max_utterance_seconds``. Utterances with less than ``min_speech_ms`` of voiced frames are
+    dropped as noise. Every sample fed belongs to at most
     one utterance; none is repeated.
     """
 
