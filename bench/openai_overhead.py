@@ -21,13 +21,12 @@ HTTP is decoded by FFmpeg, the WebSocket one by speechgw's WAV reader: the same 
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
 
-import av
 from _common import REPO, gateway_transcribe, normalise, recordings, served, tempdir, word_errors
 from openai import OpenAI
 
@@ -35,18 +34,12 @@ from speechgw.media import decode_media
 
 
 def to_mp3(wav: Path) -> bytes:
-    """``wav`` as a 64 kbit/s mono mp3, encoded by FFmpeg's libmp3lame (PyAV)."""
-    out = io.BytesIO()
-    with av.open(str(wav)) as src, av.open(out, "w", format="mp3") as dst:
-        stream = dst.add_stream("libmp3lame", rate=16000)
-        stream.layout = "mono"
-        stream.bit_rate = 64_000
-        resampler = av.AudioResampler(format="s16p", layout="mono", rate=16000)
-        for frame in [*src.decode(audio=0), None]:
-            for resampled in resampler.resample(frame):
-                dst.mux(stream.encode(resampled))
-        dst.mux(stream.encode(None))
-    return out.getvalue()
+    """``wav`` as a 64 kbit/s mono mp3, encoded by FFmpeg's libmp3lame (the tests' encoder)."""
+    sys.path.insert(0, str(REPO))
+    from tests import speech
+
+    mp3 = wav.with_suffix(".mp3")
+    return speech.encode(wav, mp3, "mp3", 16000, "mono", 64_000).read_bytes()
 
 
 def http_transcribe(client: OpenAI, name: str, data: bytes) -> tuple[float, str]:

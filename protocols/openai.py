@@ -80,8 +80,6 @@ def error_response(
     speechgw's error code, the same one the other protocols send. Retry-After on 429 and 503
     (the error's own wait, else ``retry_after``)."""
     status = status_of(error)
-    kind = _TYPE.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    body = {"error": {"message": error.message, "type": kind, "param": None, "code": error.error}}
     headers = {}
     if isinstance(error, RetryLater):
         retry_after = error.retry_after
@@ -89,7 +87,13 @@ def error_response(
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     if background is not None:  # the body was not read to its end: the connection is done
         headers["Connection"] = "close"
+    body = _error_body(status, error.message, error.error)
     return JSONResponse(body, status_code=status, headers=headers, background=background)
+
+
+def _error_body(status: int, message: str, code: str, param: str | None = None) -> dict:
+    kind = _TYPE.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 # --- the request ---------------------------------------------------------------------------
@@ -411,14 +415,8 @@ class OpenAIProtocol:
             return error_response(exc)
         name = request.path_params["model"]
         if name not in names:
-            body = {
-                "error": {
-                    "message": f"model {name[:64]!r} does not exist (known: {', '.join(names)})",
-                    "type": "invalid_request_error",
-                    "param": "model",
-                    "code": "model_not_found",
-                }
-            }
+            message = f"model {name[:64]!r} does not exist (known: {', '.join(names)})"
+            body = _error_body(404, message, "model_not_found", param="model")
             return JSONResponse(body, status_code=404)
         return JSONResponse(_model(name))
 

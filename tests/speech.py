@@ -95,17 +95,27 @@ ENCODINGS = {
 }
 
 
-def encode(source: Path, target: Path, container: str, rate: int = 48000) -> Path:
+def encode(
+    source: Path,
+    target: Path,
+    container: str,
+    rate: int = 48000,
+    layout: str = "stereo",
+    bit_rate: int | None = None,
+) -> Path:
     """``source`` (any file FFmpeg reads) re-encoded as ``container`` (a key of
-    :data:`ENCODINGS`) at ``rate`` Hz stereo, the way a phone or browser recorder writes it."""
+    :data:`ENCODINGS`), by default at 48 kHz stereo, the way a phone or browser recorder
+    writes it."""
     import av
 
     fmt, codec = ENCODINGS[container]
     with av.open(str(source)) as src, av.open(str(target), "w", format=fmt) as out:
         stream = out.add_stream(codec, rate=rate)
-        stream.layout = "stereo"
+        stream.layout = layout
+        if bit_rate:
+            stream.bit_rate = bit_rate
         wanted = stream.codec_context.codec.audio_formats[0].name
-        resampler = av.AudioResampler(format=wanted, layout="stereo", rate=rate)
+        resampler = av.AudioResampler(format=wanted, layout=layout, rate=rate)
         frames = [*src.decode(audio=0), None]
         for frame in frames:
             for resampled in resampler.resample(frame):
