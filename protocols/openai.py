@@ -403,14 +403,14 @@ class OpenAIProtocol:
 
     async def models(self, request: Request) -> Response:
         try:
-            names = self._models(request)
+            names = await self._models(request)
         except SpeechGWError as exc:
             return error_response(exc)
         return JSONResponse({"object": "list", "data": [_model(name) for name in names]})
 
     async def model(self, request: Request) -> Response:
         try:
-            names = self._models(request)
+            names = await self._models(request)
         except SpeechGWError as exc:
             return error_response(exc)
         name = request.path_params["model"]
@@ -420,8 +420,8 @@ class OpenAIProtocol:
             return JSONResponse(body, status_code=404)
         return JSONResponse(_model(name))
 
-    def _models(self, request: Request) -> tuple[str, ...]:
-        return self.gateway.models(PROTOCOL, bearer_key(request))
+    async def _models(self, request: Request) -> tuple[str, ...]:
+        return await self.gateway.models(PROTOCOL, bearer_key(request))
 
 
 def _model(name: str) -> dict[str, Any]:

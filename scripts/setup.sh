@@ -3,7 +3,8 @@
 # in .venv, and speechgw installed into it (editable). Safe to run again; it skips what is done.
 #
 #   scripts/setup.sh          # what the gateway needs
-#   scripts/setup.sh --test   # plus what the tests need (espeak-ng, sox, chromium, node, pytest)
+#   scripts/setup.sh --test   # plus what the tests need (espeak-ng, sox, chromium, node,
+#                             # postgresql, nginx, pytest)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,9 @@ if $with_tests; then
     command -v chromium >/dev/null || packages+=(chromium)
     command -v node >/dev/null || packages+=(nodejs)
     command -v npm >/dev/null || packages+=(npm)
+    # the fleet tests: a private PostgreSQL cluster where none listens, nginx in front
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || packages+=(postgresql)
+    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || packages+=(nginx)
 fi
 if ((${#packages[@]})); then
     sudo=""

@@ -14,13 +14,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .errors import InternalError, SpeechGWError
+from .errors import InternalError, ServerBusy, SpeechGWError
 from .jobs import JobSpec, Transcript, new_request_id
 from .metrics import GatewayMetrics
-from .store import Store, UsageRecord
+from .store import Store, StoreUnavailable, UsageRecord
 
 __all__ = ["Accounting", "Books"]
 
@@ -65,9 +66,16 @@ class Books:
 class Accounting:
     """The usage ledger, the request metrics and the access log, for every protocol alike."""
 
-    def __init__(self, metrics: GatewayMetrics, store: Store | None) -> None:
+    def __init__(
+        self,
+        metrics: GatewayMetrics,
+        store: Store | None,
+        busy_retry_after: Callable[[], int] = lambda: 5,
+    ) -> None:
         self.metrics = metrics
         self.store = store
+        self._busy_retry_after = busy_retry_after
+        """What ``server_busy`` tells a client to wait when the ledger is unreachable."""
 
     async def settle(self, books: Books, transcript: Transcript) -> bool:
         """Close the books of a recognised job: True when its answer is to be sent.
@@ -106,6 +114,16 @@ class Accounting:
         )
         try:
             await self.store.record(record)
+        except StoreUnavailable as exc:
+            # never answered unbilled: the client is told to come back (its audio was heard,
+            # but nothing it receives goes unrecorded)
+            self.metrics.store_errors.labels("ledger").inc()
+            _LOGGER.warning(
+                "request %s: the usage ledger is unreachable: %s", books.request_id, exc
+            )
+            retry = self._busy_retry_after()
+            message = f"the usage ledger is unreachable; retry in {retry} s"
+            raise ServerBusy(message, retry) from exc
         except Exception as exc:
             _LOGGER.exception("request %s: the usage ledger failed", books.request_id)
             raise InternalError("the usage ledger could not record the request") from exc

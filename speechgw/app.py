@@ -134,10 +134,16 @@ def build_gateway(config: Config, env: Mapping[str, str]) -> Gateway:
 
 
 def open_store(config: Config) -> Store | None:
-    """The configured key and usage store, or None when ``store.path`` is null."""
-    if config.store.path is None:
+    """The configured key and usage store: PostgreSQL when ``store.url`` is set, else the
+    SQLite file ``store.path``, or None when that is null."""
+    store = config.store
+    if store.url is not None:
+        from .postgres import PostgresStore
+
+        return PostgresStore(store.url, store.pool_size, store.timeout_seconds)
+    if store.path is None:
         return None
-    return SQLiteStore(config.store.path, config.store.synchronous)
+    return SQLiteStore(store.path, store.synchronous)
 
 
 def metrics_endpoint(gateway: Gateway):  # -> an ASGI request handler
@@ -159,14 +165,18 @@ def build_app(config: Config, env: Mapping[str, str] | None = None) -> Starlette
     gateway = build_gateway(config, os.environ if env is None else env)
 
     async def health(request: Request) -> Response:
-        return JSONResponse(
-            {
-                "status": "ok" if gateway.ready else "loading",
-                "postprocess_enabled": gateway.postprocessor.configured
-                and config.postprocess.enabled,
-            },
-            status_code=200 if gateway.ready else 503,
-        )
+        # a replica whose store is unreachable can answer nobody (no key check, no ledger
+        # row): 503 takes it out of its load balancer until the store is back
+        store_up = gateway.store is None or await gateway.store.ping()
+        gateway.metrics.store_up.set(1 if store_up else 0)
+        status = "loading" if not gateway.ready else "ok" if store_up else "store_unreachable"
+        body = {
+            "status": status,
+            "postprocess_enabled": gateway.postprocessor.configured and config.postprocess.enabled,
+        }
+        if gateway.store is not None:
+            body["store"] = "ok" if store_up else "unreachable"
+        return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     metrics = metrics_endpoint(gateway)
 

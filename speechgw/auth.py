@@ -43,31 +43,37 @@ class Keyring:
             entries.append((auth.env_key_name, hash_key(env["SERVER_API_KEY"])))
         return cls(entries, store)
 
-    @property
-    def enabled(self) -> bool:
-        """Keys in the config or environment, or a store that manages keys (read each time, so
-        that ``speechgw keys create`` takes effect without a restart)."""
-        return bool(self._digests) or (self._store is not None and self._store.has_keys())
+    async def authenticate(self, presented: object) -> tuple[str, bool]:
+        """The name of the key ``presented`` (``"anonymous"`` when no keys are configured),
+        and whether keys are configured (then per-key limits apply).
 
-    def authenticate(self, presented: object) -> str:
-        """The name of the key ``presented``, or ``"anonymous"`` when no keys are configured.
+        Config and environment keys are checked here; the store is asked at every request (one
+        round trip that also says whether it manages keys), so that ``speechgw keys create``
+        or ``revoke`` on any replica applies at the next request, without a restart.
 
         Raises:
             Unauthorized: keys are configured and ``presented`` is missing, not a string, or
                 matches none of them.
+            StoreUnavailable: the store must be asked and cannot be reached (keys fail closed).
         """
-        if not self.enabled:
-            return "anonymous"
-        if not isinstance(presented, str) or not presented:
-            raise Unauthorized("an API key is required")
-        digest = hash_key(presented)
+        valid = isinstance(presented, str) and bool(presented)
+        digest = hash_key(presented) if valid else None  # type: ignore[arg-type]
         found = None
-        for name, stored in self._digests:
-            if hmac.compare_digest(digest, stored) and found is None:
-                found = name
-        if found is None and self._store is not None:
+        if digest is not None:
+            for name, stored in self._digests:
+                if hmac.compare_digest(digest, stored) and found is None:
+                    found = name
+        if found is not None:
+            return found, True
+        managed = bool(self._digests)
+        if self._store is not None:
             # looked up by digest: the index reveals nothing about the key itself
-            found = self._store.key_name(presented)
-        if found is None:
-            raise Unauthorized("invalid API key")
-        return found
+            lookup = await self._store.find_key(digest)
+            if lookup.name is not None:
+                return lookup.name, True
+            managed = managed or lookup.managed
+        if not managed:
+            return "anonymous", False
+        if not valid:
+            raise Unauthorized("an API key is required")
+        raise Unauthorized("invalid API key")

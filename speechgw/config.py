@@ -159,13 +159,25 @@ class AuthConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    """The SQLite file that holds API keys (``speechgw keys``) and the usage ledger."""
+    """Where API keys (``speechgw keys``) and the usage ledger live: a SQLite file (one
+    gateway), or a PostgreSQL database that a fleet of gateways shares."""
 
     path: str | None = "speechgw.db"
-    """Relative paths are relative to the working directory; null turns keys-in-store and the
-    usage ledger off."""
+    """SQLite file; relative paths are relative to the working directory. Null (with no
+    ``url``) turns keys-in-store and the usage ledger off."""
     synchronous: Literal["normal", "full"] = "normal"
-    """``normal``: a committed row survives the process being killed; ``full``: power loss too."""
+    """SQLite: ``normal``: a committed row survives the process being killed; ``full``: power
+    loss too."""
+    url: str | None = None
+    """``postgresql://user@host:port/database``: PostgreSQL instead of ``path``, shared by every
+    replica (keys, ledger, and the per-key limits of the whole fleet). Usually
+    ``${SPEECHGW_STORE_URL}``, so that a password stays out of the file."""
+    pool_size: Annotated[int, AtLeastOne] = 8
+    """PostgreSQL: connections per replica for key checks and rate limits (the ledger writer and
+    the connection-place holder have one each besides)."""
+    timeout_seconds: Annotated[float, Positive] = 5.0
+    """PostgreSQL: the longest a request waits on the database (connecting, a query, a commit)
+    before it is refused with ``server_busy``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,6 +519,12 @@ def _check_relations(config: Config) -> None:
             f"streaming.min_speech_ms: {streaming.min_speech_ms} is longer than "
             f"streaming.max_utterance_seconds ({streaming.max_utterance_seconds:g} s): no "
             "utterance could ever be long enough"
+        )
+    url = config.store.url
+    if url is not None and not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            f"store.url: must be a postgresql:// URL, got {url.split('://')[0]!r}://... "
+            "(a SQLite file is store.path)"
         )
     limits = config.limits
     per_key = limits.max_connections_per_key

@@ -37,14 +37,14 @@ from .audio import to_16k_mono
 from .auth import Keyring
 from .backend import Backend
 from .config import Config
-from .errors import AudioTooLong, ClientGone, InternalError, SpeechGWError
+from .errors import AudioTooLong, ClientGone, InternalError, ServerBusy, SpeechGWError
 from .execution import run_route
 from .jobs import SAMPLE_RATE, AudioJob, Caller, JobRequest, JobSpec, Transcript
 from .metrics import GatewayMetrics
 from .postprocess import OFF as POSTPROCESS_OFF
 from .postprocess import Postprocessor, PostprocessResult
 from .router import Router
-from .store import Store
+from .store import Store, StoreUnavailable
 from .stream import OnError, OnInterim, OnTranscript, Stream
 
 __all__ = ["Gateway", "RecordingExchange", "RecordingResult", "StreamSession"]
@@ -107,10 +107,16 @@ class Gateway:
         self.keyring = keyring
         self.metrics = metrics
         self.store = store
-        self.accounting = Accounting(metrics, store)
+        self.accounting = Accounting(
+            metrics, store, lambda: self.config.limits.busy_retry_after_seconds
+        )
         self.postprocessor = postprocessor or Postprocessor(config.postprocess)
         self.router = Router(config.routing, self.backends)
-        self.admission = Admission(lambda: self.config.limits)
+        self.admission = Admission(
+            lambda: self.config.limits,
+            fleet=store.limits if store is not None else None,
+            on_fallback=lambda limit: metrics.limit_fallbacks.labels(limit).inc(),
+        )
         self._readers: set[asyncio.Task[Any]] = set()
         self._retired: list[Backend] = []
         self.draining = False
@@ -144,10 +150,10 @@ class Gateway:
         return RecordingResult(books.request_id, transcript, corrected, books.audio_seconds)
 
     async def _recognise_recording(self, books: Books, exchange: RecordingExchange) -> Transcript:
-        with contextlib.ExitStack() as held:
+        async with contextlib.AsyncExitStack() as held:
             held.enter_context(self.admission.connection())
-            key_name = self.keyring.authenticate(await exchange.credentials())
-            held.enter_context(self.admission.key(key_name, self.keyring.enabled))
+            key_name, keys_enabled = await self._authenticate(await exchange.credentials())
+            await held.enter_async_context(self.admission.key(key_name, keys_enabled))
             asked = await exchange.request()
             books.spec = self._spec(asked, books.protocol, key_name, books.request_id)
             route = self.router.route(books.spec)
@@ -199,14 +205,25 @@ class Gateway:
             )
         return result
 
-    def models(self, protocol: str, presented_key: object) -> tuple[str, ...]:
+    async def _authenticate(self, presented: object) -> tuple[str, bool]:
+        """The keyring's answer; a store that cannot be asked refuses the request as busy
+        (keys fail closed: a revoked key must not work while the store is away)."""
+        try:
+            return await self.keyring.authenticate(presented)
+        except StoreUnavailable as exc:
+            self.metrics.store_errors.labels("keys").inc()
+            retry = self.config.limits.busy_retry_after_seconds
+            raise ServerBusy(f"the key store is unreachable; retry in {retry} s", retry) from exc
+
+    async def models(self, protocol: str, presented_key: object) -> tuple[str, ...]:
         """The model names a client may ask for, once its key is accepted.
 
         Raises:
             Unauthorized: a missing or wrong key (counted).
+            ServerBusy: the key store is unreachable (counted).
         """
         try:
-            self.keyring.authenticate(presented_key)
+            await self._authenticate(presented_key)
         except SpeechGWError as exc:
             self.accounting.refused(protocol, exc)
             raise
@@ -224,17 +241,17 @@ class Gateway:
             Unauthorized: a missing or wrong key.
             RetryLater: a connection, key or stream limit is reached.
         """
-        held = contextlib.ExitStack()
+        held = contextlib.AsyncExitStack()
         try:
             held.enter_context(self.admission.connection())
-            key_name = self.keyring.authenticate(presented_key)
-            held.enter_context(self.admission.key(key_name, self.keyring.enabled))
+            key_name, keys_enabled = await self._authenticate(presented_key)
+            await held.enter_async_context(self.admission.key(key_name, keys_enabled))
             held.enter_context(self.admission.stream())
         except SpeechGWError as exc:
-            held.close()
+            await held.aclose()
             self.accounting.refused(protocol, exc)
             raise
-        with held:
+        async with held:
             self.metrics.active_streams.inc()
             try:
                 yield StreamSession(self, protocol, Caller(key_name=key_name), stream_id)
@@ -276,13 +293,15 @@ class Gateway:
             self.metrics.backend_ready.labels(backend.name).set(1 if backend.ready else 0)
 
     async def start(self) -> None:
+        if self.store is not None:
+            await self.store.open()
         for backend in self.backends.values():
             await backend.start()
             self.metrics.backend_ready.labels(backend.name).set(1 if backend.ready else 0)
 
     async def close(self) -> None:
         if self.store is not None:
-            self.store.close()
+            await self.store.aclose()
         for backend in [*self.backends.values(), *self._retired]:
             try:
                 await backend.close()

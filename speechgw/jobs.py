@@ -145,9 +145,10 @@ class Transcript:
 
 
 _request_counter = itertools.count(1)
-_process_tag = os.urandom(3).hex()
+_process_tag = os.urandom(5).hex()
 
 
 def new_request_id() -> str:
-    """A short id unique within this process and unlikely to repeat across restarts."""
+    """A short id unique within this process and, with 40 random bits per process, unlikely to
+    repeat across restarts or the replicas of a fleet sharing one ledger."""
     return f"{_process_tag}-{next(_request_counter):06d}"

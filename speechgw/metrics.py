@@ -90,6 +90,25 @@ class GatewayMetrics:
             ["backend"],
             registry=r,
         )
+        self.store_up = Gauge(
+            "speechgw_store_up",
+            "1 when the key and usage store answered its last health check, else 0",
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "speechgw_store_errors_total",
+            "Requests refused (server_busy) because the store was unreachable, by what was "
+            "needed of it (keys, ledger)",
+            ["operation"],
+            registry=r,
+        )
+        self.limit_fallbacks = Counter(
+            "speechgw_limit_fallbacks_total",
+            "Per-key limit decisions taken on this replica's own count because the shared "
+            "store was unreachable (limit: rate, connections)",
+            ["limit"],
+            registry=r,
+        )
         self._max_machine_ids = max_machine_ids
         self._machine_ids: set[str] = set()
         self._lock = threading.Lock()

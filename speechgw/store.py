@@ -1,11 +1,16 @@
 """The durable store: API keys and the usage ledger, in SQLite by default.
 
-:class:`Store` is the interface a multi-replica deployment would implement on PostgreSQL;
-:class:`SQLiteStore` is the default. Usage rows are written by one thread that commits them in
-groups (every record waiting when a commit starts goes into it), and :meth:`Store.record`
-returns only once its row is committed, so a reply that a client received always has its row,
-even if the server is killed right after. The database runs in WAL mode: a committed row
-survives the process dying; ``synchronous: full`` makes it survive power loss too.
+:class:`Store` is the interface; :class:`SQLiteStore` is the embedded default, and
+:class:`speechgw.postgres.PostgresStore` the one a fleet of replicas shares (``store.url``).
+What a request needs of the store (its key, its ledger row, the fleet's limits) is async, so a
+store across the network never blocks the event loop; the administrative calls (``speechgw
+keys``, ``speechgw usage``) are plain blocking calls.
+
+In SQLite, usage rows are written by one thread that commits them in groups (every record
+waiting when a commit starts goes into it), and :meth:`Store.record` returns only once its row
+is committed, so a reply that a client received always has its row, even if the server is
+killed right after. The database runs in WAL mode: a committed row survives the process dying;
+``synchronous: full`` makes it survive power loss too.
 """
 
 from __future__ import annotations
@@ -21,11 +26,23 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .auth import hash_key
 
-__all__ = ["KeyInfo", "SQLiteStore", "Store", "UsageRecord", "UsageTotal", "new_api_key"]
+if TYPE_CHECKING:
+    from .admission import FleetLimits
+
+__all__ = [
+    "KeyInfo",
+    "KeyLookup",
+    "SQLiteStore",
+    "Store",
+    "StoreUnavailable",
+    "UsageRecord",
+    "UsageTotal",
+    "new_api_key",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -84,30 +101,65 @@ class KeyInfo:
     revoked: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class KeyLookup:
+    """What the store says of a presented key, in one round trip."""
+
+    name: str | None
+    """The name of the active key presented; None when it is unknown, revoked or absent."""
+    managed: bool
+    """Whether the store manages keys (any was ever created): then every request needs one."""
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached now (a restart, the network): the request is refused with
+    ``server_busy`` and the client retries; never answered without its ledger row."""
+
+
 def new_api_key() -> str:
     """A fresh key: ``sgw_`` and 32 bytes from the OS's CSPRNG, URL-safe."""
     return "sgw_" + secrets.token_urlsafe(32)
 
 
 class Store(ABC):
-    """Keys and usage. Methods that touch the database are safe to call from any thread."""
+    """Keys and usage. The blocking methods are safe to call from any thread; the async ones
+    run on the serving event loop, between :meth:`open` and :meth:`aclose`."""
+
+    limits: FleetLimits | None = None
+    """Request limits this store holds for the whole fleet (None: each replica counts its own)."""
+
+    async def open(self) -> None:  # noqa: B027 (optional: an embedded store needs nothing)
+        """Connect for serving (on the serving event loop); a no-op for an embedded store."""
+
+    async def aclose(self) -> None:
+        """Finish pending rows and disconnect (on the serving event loop)."""
+        self.close()
+
+    async def ping(self) -> bool:
+        """Whether the store answers now (``/health``)."""
+        return True
 
     @abstractmethod
     async def record(self, record: UsageRecord) -> None:
-        """Add a usage row; returns once it is durably committed."""
+        """Add a usage row; returns once it is durably committed.
+
+        Raises:
+            StoreUnavailable: the row could not be committed because the store is unreachable.
+        """
+
+    @abstractmethod
+    async def find_key(self, digest: bytes | None) -> KeyLookup:
+        """The active key whose SHA-256 is ``digest`` (None: no key was presented), and
+        whether the store manages keys at all. Read at every request, so that a key created
+        or revoked anywhere applies at the next one.
+
+        Raises:
+            StoreUnavailable: the store cannot be reached.
+        """
 
     @abstractmethod
     def totals(self, since: float | None = None, key: str | None = None) -> list[UsageTotal]:
         """Requests and audio seconds per key, protocol and backend."""
-
-    @abstractmethod
-    def key_name(self, presented: str) -> str | None:
-        """The name of the active stored key ``presented``, or None."""
-
-    @abstractmethod
-    def has_keys(self) -> bool:
-        """Whether keys are managed here (any key was ever created): then every request needs
-        one."""
 
     @abstractmethod
     def create_key(self, name: str) -> str: ...
@@ -214,21 +266,23 @@ class SQLiteStore(Store):
 
     # --- keys -------------------------------------------------------------------------------
 
-    def key_name(self, presented: str) -> str | None:
-        row = (
-            self._connection()
-            .execute(
-                "SELECT name FROM api_keys WHERE digest = ? AND revoked IS NULL",
-                (hash_key(presented),),
-            )
-            .fetchone()
-        )
-        return row[0] if row else None
-
-    def has_keys(self) -> bool:
+    async def find_key(self, digest: bytes | None) -> KeyLookup:
+        # a local file and two indexed reads: cheap enough for the event loop
+        db = self._connection()
+        name = None
+        if digest is not None:
+            row = db.execute(
+                "SELECT name FROM api_keys WHERE digest = ? AND revoked IS NULL", (digest,)
+            ).fetchone()
+            name = row[0] if row else None
         # any key ever created, revoked ones included: revoking the last key must not open
         # the gateway to everyone
-        return self._connection().execute("SELECT 1 FROM api_keys LIMIT 1").fetchone() is not None
+        managed = name is not None or self._has_keys(db)
+        return KeyLookup(name, managed)
+
+    @staticmethod
+    def _has_keys(db: sqlite3.Connection) -> bool:
+        return db.execute("SELECT 1 FROM api_keys LIMIT 1").fetchone() is not None
 
     def create_key(self, name: str) -> str:
         key = new_api_key()

@@ -23,3 +23,12 @@ def tiny_server() -> Server:
     """A real server on tiny.en, no keys, default limits; shared by tests that change nothing."""
     with running_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """A PostgreSQL server URL (no database): the machine's, or a private cluster."""
+    from tests.postgres import machine_or_private_postgres
+
+    with machine_or_private_postgres() as url:
+        yield url
