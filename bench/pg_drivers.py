@@ -23,7 +23,8 @@ import psycopg_pool
 
 SETUP = """
 DROP TABLE IF EXISTS bench_keys, bench_usage;
-CREATE TABLE bench_keys (name TEXT PRIMARY KEY, digest BYTEA NOT NULL UNIQUE, revoked DOUBLE PRECISION);
+CREATE TABLE bench_keys (name TEXT PRIMARY KEY, digest BYTEA NOT NULL UNIQUE,
+  revoked DOUBLE PRECISION);
 CREATE TABLE bench_usage (id BIGSERIAL PRIMARY KEY, request_id TEXT, at DOUBLE PRECISION,
   key_name TEXT, audio_seconds DOUBLE PRECISION);
 """

@@ -146,16 +146,23 @@ def _usage(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from .store import StoreUnavailable
+
     if args.command in ("keys", "usage"):
         try:
             return _keys(args) if args.command == "keys" else _usage(args)
         except ConfigError as exc:
             print(f"speechgw: config error: {exc}", file=sys.stderr)
             return 2
+        except StoreUnavailable as exc:
+            print(f"speechgw: the store is unreachable: {exc}", file=sys.stderr)
+            return 1
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one line per request is ours
+    # a pool's every failed reconnection is a warning; the store says once that it is down
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     log = logging.getLogger("speechgw")
     try:
         config, path = _load(args)
@@ -164,9 +171,15 @@ def main(argv: list[str] | None = None) -> int:
         from .server import run
 
         app = build_app(config)
+        store = app.state.gateway.store
+        if store is not None:
+            store.prepare()
     except ConfigError as exc:
         print(f"speechgw: config error: {exc}", file=sys.stderr)
         return 2
+    except StoreUnavailable as exc:
+        print(f"speechgw: the store is unreachable: {exc}", file=sys.stderr)
+        return 1
     log.info(
         "speechgw %s serving on %s:%d (config: %s)",
         __version__,

@@ -153,6 +153,11 @@ class PostgresStore(Store):
         self._writer: asyncio.Task[None] | None = None
         self._writer_db: psycopg.AsyncConnection[Any] | None = None
         self._closing = False
+        self._prepared = False
+        self._down = False
+        self._probed = 0.0
+        self._probe_lock = asyncio.Lock()
+        self._closing_pools: set[asyncio.Task[None]] = set()
         self.limits: PostgresLimits = PostgresLimits(self)
 
     def _connect_kwargs(self) -> dict[str, Any]:
@@ -164,13 +169,23 @@ class PostgresStore(Store):
 
     # --- serving ----------------------------------------------------------------------------
 
+    def prepare(self) -> None:
+        """Connect once and bring the schema up to date: ``speechgw serve`` calls it before
+        it listens, so that an unreachable database stops the start with a clear message."""
+        with self._admin():
+            pass
+        self._prepared = True
+
     async def open(self) -> None:
-        """Migrate, then open the pool, the ledger writer and the fleet limits."""
-        try:
-            await asyncio.to_thread(self._migrate)
-        except psycopg.Error as exc:
-            raise StoreUnavailable(f"PostgreSQL at {self._where()}: {exc}") from exc
-        self._pool = psycopg_pool.AsyncConnectionPool(
+        """Migrate (unless prepared), then open the pool, the ledger writer and the limits."""
+        if not self._prepared:
+            await asyncio.to_thread(self.prepare)
+        self._pool = await self._new_pool()
+        self._wake = asyncio.Event()
+        self._writer = asyncio.create_task(self._write_loop(), name="speechgw-usage-writer")
+
+    async def _new_pool(self) -> psycopg_pool.AsyncConnectionPool:
+        pool = psycopg_pool.AsyncConnectionPool(
             self.url,
             min_size=1,
             max_size=self._pool_size,
@@ -179,13 +194,38 @@ class PostgresStore(Store):
             open=False,
             name="speechgw",
         )
-        await self._pool.open(wait=True, timeout=self.timeout)
-        self._wake = asyncio.Event()
-        self._writer = asyncio.create_task(self._write_loop(), name="speechgw-usage-writer")
+        await pool.open(wait=True, timeout=self.timeout)
+        return pool
 
-    def _migrate(self) -> None:
-        with psycopg.connect(self.url, **self._connect_kwargs()) as db:
-            migrate(db)
+    async def _probe(self) -> bool:
+        """While the database is down: whether it answers again (asked at most once a
+        second, however many requests wonder). When it does, requests move to a fresh pool.
+
+        A pool whose connections were lost retries with a growing back-off (psycopg_pool's
+        1, 2, 4... s): after a 15 s outage it would keep refusing requests for about as long
+        again. Probing directly and starting a new pool makes recovery take a second.
+        """
+        async with self._probe_lock:
+            if not self._down:
+                return True
+            now = time.monotonic()
+            if now - self._probed < 1.0:
+                return False
+            self._probed = now
+            try:
+                probe = await psycopg.AsyncConnection.connect(self.url, **self._connect_kwargs())
+                await probe.close()
+                fresh = await self._new_pool()
+            except (psycopg.Error, psycopg_pool.PoolTimeout, OSError):
+                return False
+            stale, self._pool = self._pool, fresh
+            self._down = False
+            _LOGGER.info("store: the database answers again")
+            if stale is not None:
+                task = asyncio.create_task(stale.close(timeout=self.timeout))
+                self._closing_pools.add(task)
+                task.add_done_callback(self._closing_pools.discard)
+            return True
 
     def _where(self) -> str:
         info = psycopg.conninfo.conninfo_to_dict(self.url)
@@ -214,20 +254,31 @@ class PostgresStore(Store):
 
     async def _query(self, run: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
         """``run`` on a pooled connection, once more on another if the first was lost (the
-        database restarted since it was opened); StoreUnavailable when both fail."""
+        database restarted since it was opened); StoreUnavailable when both fail, at once
+        while the database is known to be down."""
+        if self._down and not await self._probe():
+            raise StoreUnavailable(f"PostgreSQL at {self._where()} is unreachable")
         assert self._pool is not None, "the store is not open"
         for attempt in (1, 2):
             try:
                 async with self._pool.connection() as db:
                     return await run(db)
             except psycopg_pool.PoolTimeout as exc:
+                self._went_down(exc)
                 raise StoreUnavailable(f"no database connection in {self.timeout:g} s") from exc
             except psycopg.OperationalError as exc:
                 if attempt == 2:
+                    self._went_down(exc)
                     raise StoreUnavailable(str(exc).strip()) from exc
                 # the database restarted: its other idle connections are dead too
                 await self._pool.check()
         raise AssertionError("unreachable")
+
+    def _went_down(self, exc: Exception) -> None:
+        if not self._down:
+            self._down = True
+            self._probed = time.monotonic()
+            _LOGGER.error("store: PostgreSQL at %s is unreachable: %s", self._where(), exc)
 
     async def find_key(self, digest: bytes | None) -> KeyLookup:
         async def lookup(db: psycopg.AsyncConnection[Any]) -> tuple[Any, ...] | None:
@@ -290,8 +341,21 @@ class PostgresStore(Store):
     # --- administration (blocking: the command line) ----------------------------------------
 
     def _admin(self) -> psycopg.Connection[Any]:
-        db = psycopg.connect(self.url, autocommit=True, **self._connect_kwargs())
-        migrate(db)
+        """A connection for one administrative call, the schema brought up to date first.
+
+        Raises:
+            StoreUnavailable: the database cannot be reached.
+        """
+        try:
+            db = psycopg.connect(self.url, autocommit=True, **self._connect_kwargs())
+        except psycopg.OperationalError as exc:
+            message = str(exc).strip().splitlines()[0]
+            raise StoreUnavailable(f"PostgreSQL at {self._where()}: {message}") from exc
+        try:
+            migrate(db)
+        except BaseException:
+            db.close()
+            raise
         return db
 
     def totals(self, since: float | None = None, key: str | None = None) -> list[UsageTotal]:

@@ -128,6 +128,13 @@ class Store(ABC):
     limits: FleetLimits | None = None
     """Request limits this store holds for the whole fleet (None: each replica counts its own)."""
 
+    def prepare(self) -> None:  # noqa: B027 (optional: an embedded store needs nothing)
+        """Check, before serving, that the store can be reached and its schema is current.
+
+        Raises:
+            StoreUnavailable: it cannot be reached.
+        """
+
     async def open(self) -> None:  # noqa: B027 (optional: an embedded store needs nothing)
         """Connect for serving (on the serving event loop); a no-op for an embedded store."""
 

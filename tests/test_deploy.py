@@ -36,10 +36,17 @@ def test_grafana_dashboard_uses_only_real_metric_names(voices) -> None:
     } <= used
 
 
-def test_prometheus_config_scrapes_metrics() -> None:
+def test_prometheus_scrapes_every_replica_and_grafana_sums_them() -> None:
     config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
     (job,) = config["scrape_configs"]
     assert job["metrics_path"] == "/metrics"
+    (targets,) = [c["targets"] for c in job["static_configs"]]
+    assert len(targets) >= 2  # each gateway directly, not one address behind the balancer
+    dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    # one line per fleet, not per replica: every expression aggregates over instances
+    assert all(e.startswith(("sum", "histogram_quantile(")) for e in exprs), exprs
+    assert all("sum" in e for e in exprs), exprs
 
 
 def test_nginx_config_is_valid_and_proxies_both_paths(tmp_path) -> None:

@@ -1,0 +1,158 @@
+"""The PostgreSQL store through real servers: schema migrations raced by replicas, a key's
+connection places held across replicas (and freed by one killed), and what a replica does
+while its database is down: ``/health`` 503, requests refused with ``server_busy`` (keys and
+the ledger fail closed, per-key limits fall back to the replica's own count), recovery by
+itself."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+
+import psycopg
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from speechgw.postgres import MIGRATIONS, PostgresStore, migrate
+from tests.client import transcribe
+from tests.postgres import Cluster, fresh_database
+from tests.serving import ServeProcess, running_server
+from tests.streaming_client import open_stream
+from tests.test_config import run_cli
+
+NULL = {"null": {"type": "scripted", "text": "counted"}}
+
+
+def test_migrations_apply_once_when_replicas_start_together(postgres_server: str) -> None:
+    with fresh_database(postgres_server) as url:
+        start = threading.Barrier(4)
+        versions: list[int] = []
+        errors: list[BaseException] = []
+
+        def replica() -> None:
+            try:
+                with psycopg.connect(url) as db:
+                    start.wait()
+                    versions.append(migrate(db))
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=replica) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not errors, errors
+        assert versions == [len(MIGRATIONS)] * 4
+        with psycopg.connect(url) as db:
+            applied = [v for (v,) in db.execute("SELECT version FROM speechgw_schema ORDER BY 1")]
+            assert applied == list(range(1, len(MIGRATIONS) + 1))
+            assert migrate(db) == len(MIGRATIONS)  # again: nothing to do
+
+
+def _refused(url: str, key: str) -> int:
+    with pytest.raises(InvalidStatus) as refused:
+        open_stream(url, api_key=key)
+    return refused.value.response.status_code
+
+
+def _admitted_soon(url: str, key: str, within: float = 10.0) -> None:
+    """The stream opens within ``within`` s (a place is given back asynchronously)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with open_stream(url, api_key=key):
+                return
+        except InvalidStatus:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_a_keys_connection_places_hold_across_replicas(postgres_server: str, tmp_path) -> None:
+    with fresh_database(postgres_server) as url:
+        key = PostgresStore(url).create_key("one-at-a-time")
+        overrides = {"store": {"url": url}, "limits": {"max_connections_per_key": 1}}
+        config = tmp_path / "replica.yaml"
+        config.write_text(
+            f"store: {{url: '{url}'}}\nlimits: {{max_connections_per_key: 1}}\n"
+            "backends:\n  'null': {type: scripted, text: counted}\n"
+            "routing:\n  - backend: 'null'\nlogging: {level: INFO}\n"
+        )
+        listed = run_cli("keys", "--config", str(config), "list")
+        assert listed.stdout.startswith("one-at-a-time\tactive"), listed.stderr
+        with (
+            running_server(overrides, backends=NULL) as a,
+            running_server(overrides, backends=NULL) as b,
+        ):
+            with open_stream(a.ws, api_key=key):
+                assert _refused(b.ws, key) == 503  # the key's one place is taken on replica a
+                assert _refused(a.ws, key) == 503
+            _admitted_soon(b.ws, key)
+
+            # a replica killed while it holds the place: PostgreSQL ends its session, and
+            # with it the place; nothing has to expire
+            with (
+                ServeProcess("--config", str(config)) as doomed,
+                open_stream(doomed.url, api_key=key),
+            ):
+                assert _refused(b.ws, key) == 503
+                doomed.process.send_signal(signal.SIGKILL)
+                doomed.process.wait(timeout=30)
+                _admitted_soon(b.ws, key)
+
+
+def test_a_replica_whose_store_is_down_says_so_and_recovers(voices) -> None:
+    cluster = Cluster()  # ours to stop: never the machine's PostgreSQL
+    try:
+        with fresh_database(cluster.url) as url:
+            stored = PostgresStore(url).create_key("stored")
+            overrides = {
+                "store": {"url": url, "timeout_seconds": 1},
+                "auth": {"keys": [{"name": "configured", "key": "from-the-yaml"}]},
+                "limits": {"rate_limit_per_key": 600},
+            }
+            wav = voices["children"].read_bytes()
+            with running_server(overrides, backends=NULL) as server:
+                assert transcribe(server.ws, wav, api_key=stored).reply["text"] == "counted"
+                assert server.get_json("/health")["store"] == "ok"
+                cluster.stop("fast")
+
+                status, body = server.get("/health")
+                assert status == 503
+                assert json.loads(body) == {
+                    "status": "store_unreachable",
+                    "postprocess_enabled": False,
+                    "store": "unreachable",
+                }
+                assert server.metric("speechgw_store_up") == 0
+                # a key from the store cannot be checked: refused, not let through
+                reply = transcribe(server.ws, wav, api_key=stored).reply
+                assert reply["error"] == "server_busy", reply
+                assert server.metric("speechgw_store_errors_total", operation="keys") == 1
+                # a key from the config passes, its rate is counted here alone, and its answer
+                # is not sent: it could not be billed
+                reply = transcribe(server.ws, wav, api_key="from-the-yaml").reply
+                assert reply == {
+                    "error": "server_busy",
+                    "message": "the usage ledger is unreachable; retry in 5 s",
+                    "retry_after": 5,
+                }
+                assert server.metric("speechgw_store_errors_total", operation="ledger") == 1
+                assert server.metric("speechgw_limit_fallbacks_total", limit="rate") == 1
+
+                cluster.start()
+                deadline = time.monotonic() + 10  # by itself, no restart: a load balancer
+                while server.get("/health")[0] != 200:  # polls /health the same way
+                    assert time.monotonic() < deadline, "the replica did not recover"
+                    time.sleep(0.2)
+                assert server.metric("speechgw_store_up") == 1
+                for key in (stored, "from-the-yaml"):
+                    assert transcribe(server.ws, wav, api_key=key).reply["text"] == "counted"
+            with psycopg.connect(url) as db:
+                rows = db.execute("SELECT key_name FROM usage ORDER BY id").fetchall()
+            assert [r for (r,) in rows] == ["stored", "stored", "configured"]
+    finally:
+        cluster.close()
