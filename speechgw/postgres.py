@@ -74,9 +74,30 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE rate_buckets (
         key_name TEXT PRIMARY KEY,
         tokens DOUBLE PRECISION NOT NULL,
-        at DOUBLE PRECISION NOT NULL,
-        admitted BOOLEAN NOT NULL
+        at DOUBLE PRECISION NOT NULL
     );
+    CREATE FUNCTION speechgw_take_token(
+        k TEXT, burst FLOAT8, rate FLOAT8, OUT tokens FLOAT8, OUT admitted BOOLEAN
+    ) LANGUAGE plpgsql AS $$
+    DECLARE
+        now FLOAT8;
+        last FLOAT8;
+    BEGIN
+        INSERT INTO rate_buckets VALUES (k, burst, extract(epoch FROM clock_timestamp()))
+        ON CONFLICT (key_name) DO NOTHING;
+        SELECT b.tokens, b.at INTO tokens, last FROM rate_buckets b WHERE b.key_name = k
+        FOR UPDATE;
+        -- the database's clock (replicas' clocks may differ), read once the row is ours: the
+        -- requests of one key refill in the order they spend
+        now := extract(epoch FROM clock_timestamp());
+        tokens := LEAST(burst, tokens + GREATEST(0, now - last) * rate);
+        admitted := tokens >= 1;
+        IF admitted THEN
+            tokens := tokens - 1;
+        END IF;
+        UPDATE rate_buckets SET tokens = speechgw_take_token.tokens, at = GREATEST(last, now)
+        WHERE key_name = k;
+    END $$;
     CREATE FUNCTION speechgw_take_place(k INTEGER, places INTEGER, own INTEGER[])
     RETURNS INTEGER LANGUAGE plpgsql AS $$
     BEGIN
@@ -100,18 +121,7 @@ _INSERT = (
     "INSERT INTO usage (request_id, at, key_name, protocol, backend, task, language, "
     "machine_id, audio_seconds, processing_seconds) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
-# one statement, on the database's clock (replicas' clocks may differ): refill, then spend a
-# token if there is one; `admitted` says which happened
-_REFILLED = "LEAST(%(burst)s::float8, b.tokens + (EXCLUDED.at - b.at) * %(rate)s::float8)"
-_TAKE_TOKEN = f"""
-INSERT INTO rate_buckets AS b (key_name, tokens, at, admitted)
-VALUES (%(key)s, %(burst)s::float8 - 1, extract(epoch FROM clock_timestamp()), true)
-ON CONFLICT (key_name) DO UPDATE SET
-    tokens = {_REFILLED} - CASE WHEN {_REFILLED} >= 1 THEN 1 ELSE 0 END,
-    admitted = {_REFILLED} >= 1,
-    at = EXCLUDED.at
-RETURNING b.tokens, b.admitted
-"""
+_TAKE_TOKEN = "SELECT tokens, admitted FROM speechgw_take_token(%(key)s, %(burst)s, %(rate)s)"
 
 
 def migrate(connection: psycopg.Connection[Any]) -> int:

@@ -6,6 +6,7 @@ itself."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import threading
@@ -156,3 +157,31 @@ def test_a_replica_whose_store_is_down_says_so_and_recovers(voices) -> None:
             assert [r for (r,) in rows] == ["stored", "stored", "configured"]
     finally:
         cluster.close()
+
+
+def test_the_shared_token_bucket_under_concurrent_requests(postgres_server: str) -> None:
+    """Many requests of one key at once, from two replicas' pools: a slow rate admits exactly
+    its burst, and a fast one refuses none (a request that waited for the bucket's row behind
+    a later one must not count time backwards)."""
+
+    async def run(url: str) -> tuple[list[float | None], list[float | None]]:
+        replicas = [PostgresStore(url, pool_size=8), PostgresStore(url, pool_size=8)]
+        for store in replicas:
+            await store.open()
+        try:
+
+            async def burst(key: str, per_minute: float, n: int) -> list[float | None]:
+                return await asyncio.gather(
+                    *(replicas[i % 2].limits.take(key, per_minute, 5) for i in range(n))
+                )
+
+            return await burst("slow", 1.0, 40), await burst("fast", 6e6, 400)
+        finally:
+            for store in replicas:
+                await store.aclose()
+
+    with fresh_database(postgres_server) as url:
+        slow, fast = asyncio.run(run(url))
+    assert sum(wait is None for wait in slow) == 5
+    assert all(50 < wait <= 60 for wait in slow if wait is not None)  # 1 a minute: ~a minute
+    assert fast.count(None) == len(fast)
