@@ -1,0 +1,238 @@
+"""Batching: model calls that jobs make at about the same time run as one batched call.
+
+Each job runs its own recognition algorithm in its own worker thread, unchanged; only the calls
+it makes into the model go through a :class:`CallBatcher`, which holds them for a moment
+(``window``, or until ``batch_size`` calls of one kind wait, or until every job in flight is
+waiting, so that nobody waits for company that cannot come) and runs them together. So a job's
+result is what it would be alone (the same algorithm, the same calls), while an accelerator
+sees one call for many jobs.
+
+- **Priority**: each job says how urgent it is (:class:`JobContext`): a batch is formed around
+  the most urgent waiting call (a stream's final before an interim before a recording), then
+  filled with calls of the same kind in that order.
+- **Failure isolation**: when a batched call raises, its calls are run again one by one, so
+  only the call that fails gets the error.
+- **Cancellation**: a job whose client left is marked cancelled; its waiting calls are dropped
+  and it gets :class:`BatchCancelled` at its next call, freeing its place in the next batch.
+- **Back-pressure**: a job makes one call at a time, so waiting calls never outnumber the jobs
+  in flight, which the backend bounds.
+
+It is thread-based (the callers are worker threads; the batches run on ``workers`` dispatcher
+threads), so nothing here touches the event loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["BatchCancelled", "BatchStats", "CallBatcher", "JobContext", "Priority"]
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class Priority:
+    """Lower goes first."""
+
+    FINAL = 0
+    """A live stream's utterance: someone is waiting for each word."""
+    INTERIM = 1
+    """A glimpse of an utterance still open."""
+    RECORDING = 2
+    """A whole recording (batch protocol, HTTP upload)."""
+
+
+class BatchCancelled(Exception):
+    """The job was cancelled (its client left) while it waited for a batch."""
+
+
+@dataclass(slots=True)
+class JobContext:
+    """What the batcher knows of the job a worker thread is running."""
+
+    priority: int = Priority.RECORDING
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """Counts for benchmarks and tests: how full the batches were."""
+
+    calls: int = 0
+    batches: int = 0
+    largest: int = 0
+    retried_alone: int = 0
+
+    @property
+    def mean_size(self) -> float:
+        return self.calls / self.batches if self.batches else 0.0
+
+
+@dataclass(slots=True)
+class _Call:
+    kind: Hashable
+    item: Any
+    priority: int
+    seq: int
+    context: JobContext
+    arrived: float
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+RunBatch = Callable[[Hashable, Sequence[Any]], Sequence[Any]]
+"""``run(kind, items)``: one result per item, in order (raises to fail the whole batch)."""
+
+
+class CallBatcher:
+    """Merges the model calls of concurrent jobs into batched calls."""
+
+    def __init__(
+        self,
+        run: RunBatch,
+        *,
+        batch_size: int,
+        window: float,
+        workers: int = 1,
+        name: str = "batcher",
+    ) -> None:
+        self._run = run
+        self.batch_size = batch_size
+        self.window = window
+        self.stats = BatchStats()
+        self._local = threading.local()
+        self._lock = threading.Condition()
+        self._waiting: list[_Call] = []
+        self._active_jobs = 0
+        self._seq = itertools.count()
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._dispatch, name=f"{name}-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for a batch now."""
+        with self._lock:
+            return len(self._waiting)
+
+    # --- the jobs' side (worker threads) ----------------------------------------------------
+
+    @contextmanager
+    def job(self, context: JobContext) -> Iterator[None]:
+        """Run a job in this thread: its calls carry ``context``, and while it runs the
+        batcher counts it among the jobs that may still make a call."""
+        self._local.context = context
+        with self._lock:
+            self._active_jobs += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active_jobs -= 1
+                self._lock.notify_all()
+            self._local.context = None
+
+    def call(self, kind: Hashable, item: Any) -> Any:
+        """Run ``item`` in the next batch of ``kind`` and return its result (blocking).
+
+        Raises:
+            BatchCancelled: the job was cancelled.
+            Exception: what the batched run raised for this item.
+        """
+        context: JobContext = getattr(self._local, "context", None) or JobContext()
+        if context.cancelled.is_set():
+            raise BatchCancelled
+        call = _Call(kind, item, context.priority, next(self._seq), context, time.monotonic())
+        with self._lock:
+            if self._closed:
+                raise BatchCancelled
+            self._waiting.append(call)
+            self._lock.notify_all()
+        call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    # --- the dispatchers --------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while True:
+            with self._lock:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+            self._execute(batch)
+
+    def _next_batch(self) -> list[_Call] | None:
+        """Wait (holding the lock) until a batch is due, and take it; None when closed."""
+        while True:
+            self._drop_cancelled()
+            if self._closed and not self._waiting:
+                return None
+            if not self._waiting:
+                self._lock.wait()
+                continue
+            head = min(self._waiting, key=lambda c: (c.priority, c.seq))
+            same = [c for c in self._waiting if c.kind == head.kind]
+            due = head.arrived + self.window
+            # every job in flight is waiting here: no one else can join this batch
+            everyone = len(self._waiting) >= self._active_jobs
+            now = time.monotonic()
+            if len(same) >= self.batch_size or everyone or now >= due or self._closed:
+                same.sort(key=lambda c: (c.priority, c.seq))
+                batch = same[: self.batch_size]
+                taken = {id(c) for c in batch}
+                self._waiting = [c for c in self._waiting if id(c) not in taken]
+                return batch
+            self._lock.wait(timeout=due - now)
+
+    def _drop_cancelled(self) -> None:
+        for call in [c for c in self._waiting if c.context.cancelled.is_set()]:
+            self._waiting.remove(call)
+            call.error = BatchCancelled()
+            call.done.set()
+
+    def _execute(self, batch: list[_Call]) -> None:
+        kind = batch[0].kind
+        self.stats.calls += len(batch)
+        self.stats.batches += 1
+        self.stats.largest = max(self.stats.largest, len(batch))
+        try:
+            results = self._run(kind, [c.item for c in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"{len(results)} results for a batch of {len(batch)}")
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].error = exc
+                batch[0].done.set()
+                return
+            # one bad item must not fail its batch-mates: each runs again alone
+            self.stats.retried_alone += len(batch)
+            _LOGGER.warning(
+                "a batch of %d calls failed (%s); running them one by one", len(batch), exc
+            )
+            for call in batch:
+                self._execute([call])
+            return
+        for call, result in zip(batch, results, strict=True):
+            call.result = result
+            call.done.set()
+
+    def close(self) -> None:
+        """Run what waits, then stop the dispatchers."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=60)

@@ -1,0 +1,153 @@
+"""The call batcher: calls that jobs make together run as one batch, the most urgent first;
+one bad call fails alone; a cancelled job's calls are dropped; and a lone job does not wait
+for company."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from speechgw.batching import BatchCancelled, CallBatcher, JobContext, Priority
+
+
+class Recorder:
+    """A batch function: doubles each item, records each batch; ``gate`` holds the first
+    batch until released, so that the next calls queue behind it."""
+
+    def __init__(self, hold_first: bool = False) -> None:
+        self.batches: list[tuple[Any, list[Any]]] = []
+        self.gate = threading.Event()
+        self.started = threading.Event()
+        if not hold_first:
+            self.gate.set()
+
+    def __call__(self, kind: Any, items: Sequence[Any]) -> list[Any]:
+        self.batches.append((kind, list(items)))
+        self.started.set()
+        self.gate.wait(30)
+        if "bad" in items:
+            raise ValueError("cannot double a bad item")
+        return [item * 2 for item in items]
+
+
+def run_jobs(batcher: CallBatcher, jobs: list[tuple[Any, Any, int]]) -> dict[Any, Any]:
+    """Each (kind, item, priority) as a job in its own thread; item -> result or error."""
+    results: dict[Any, Any] = {}
+    barrier = threading.Barrier(len(jobs))
+
+    def job(kind: Any, item: Any, priority: int) -> None:
+        with batcher.job(JobContext(priority=priority)):
+            barrier.wait()
+            try:
+                results[item] = batcher.call(kind, item)
+            except Exception as exc:
+                results[item] = exc
+
+    threads = [threading.Thread(target=job, args=spec) for spec in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return results
+
+
+def test_calls_made_together_run_as_one_batch_and_get_their_own_results() -> None:
+    recorder = Recorder()
+    batcher = CallBatcher(recorder, batch_size=8, window=5.0)
+    results = run_jobs(batcher, [("decode", n, Priority.RECORDING) for n in (1, 2, 3, 4)])
+    batcher.close()
+    assert results == {1: 2, 2: 4, 3: 6, 4: 8}
+    # all four jobs were waiting, so the batch left at once, not after the 5 s window
+    assert [sorted(items) for _, items in recorder.batches] == [[1, 2, 3, 4]]
+
+
+def test_a_lone_job_does_not_wait_for_the_window() -> None:
+    batcher = CallBatcher(Recorder(), batch_size=8, window=30.0)
+    started = time.monotonic()
+    with batcher.job(JobContext()):
+        assert batcher.call("decode", 21) == 42
+    assert time.monotonic() - started < 5  # not the 30 s window
+    batcher.close()
+
+
+def test_batches_hold_one_kind_and_at_most_batch_size_calls() -> None:
+    recorder = Recorder()
+    batcher = CallBatcher(recorder, batch_size=2, window=5.0)
+    jobs = [("a", 1, 2), ("a", 2, 2), ("a", 3, 2), ("b", 10, 2), ("b", 20, 2)]
+    results = run_jobs(batcher, jobs)
+    batcher.close()
+    assert results == {1: 2, 2: 4, 3: 6, 10: 20, 20: 40}
+    assert all(len(items) <= 2 for _, items in recorder.batches)
+    for kind, items in recorder.batches:
+        assert all((kind == "a") == (item < 10) for item in items)
+
+
+def test_the_most_urgent_calls_go_first() -> None:
+    recorder = Recorder(hold_first=True)
+    batcher = CallBatcher(recorder, batch_size=2, window=0.0)
+    blocker = threading.Thread(target=run_jobs, args=(batcher, [("decode", 0, 2)]))
+    blocker.start()
+    assert recorder.started.wait(10)  # the one worker is busy with the first batch
+    queued = [
+        ("decode", 1, Priority.RECORDING),
+        ("decode", 2, Priority.RECORDING),
+        ("decode", 3, Priority.FINAL),
+        ("decode", 4, Priority.INTERIM),
+    ]
+    waiting = threading.Thread(target=lambda: results.update(run_jobs(batcher, queued)))
+    results: dict[Any, Any] = {}
+    waiting.start()
+    while batcher.waiting < 4:  # all four have queued
+        time.sleep(0.01)
+    recorder.gate.set()
+    waiting.join(30)
+    blocker.join(30)
+    batcher.close()
+    assert [sorted(items) for _, items in recorder.batches] == [[0], [3, 4], [1, 2]]
+    assert results == {1: 2, 2: 4, 3: 6, 4: 8}
+
+
+def test_a_failing_call_does_not_fail_its_batch_mates() -> None:
+    recorder = Recorder()
+    batcher = CallBatcher(recorder, batch_size=8, window=5.0)
+    results = run_jobs(batcher, [("decode", x, 2) for x in ("ok", "bad", "fine")])
+    batcher.close()
+    assert results["ok"] == "okok" and results["fine"] == "finefine"
+    assert isinstance(results["bad"], ValueError)
+    assert batcher.stats.retried_alone == 3
+    assert len(recorder.batches[0][1]) == 3  # they were one batch first
+
+
+def test_a_cancelled_jobs_waiting_call_is_dropped() -> None:
+    recorder = Recorder(hold_first=True)
+    batcher = CallBatcher(recorder, batch_size=4, window=0.0)
+    blocker = threading.Thread(target=run_jobs, args=(batcher, [("decode", 0, 2)]))
+    blocker.start()
+    assert recorder.started.wait(10)
+    context = JobContext()
+    outcome: list[Any] = []
+
+    def job() -> None:
+        with batcher.job(context):
+            try:
+                outcome.append(batcher.call("decode", 5))
+            except BatchCancelled as exc:
+                outcome.append(exc)
+
+    waiting = threading.Thread(target=job)
+    waiting.start()
+    while not batcher.waiting:
+        time.sleep(0.01)
+    context.cancelled.set()  # the client left while its call waited
+    recorder.gate.set()
+    waiting.join(30)
+    blocker.join(30)
+    batcher.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], BatchCancelled)
+    assert [items for _, items in recorder.batches] == [[0]]  # 5 never ran
+    with batcher.job(context), pytest.raises(BatchCancelled):
+        batcher.call("decode", 6)  # and its later calls do not start
