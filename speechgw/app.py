@@ -176,6 +176,10 @@ def build_app(config: Config, env: Mapping[str, str] | None = None) -> Starlette
         }
         if gateway.store is not None:
             body["store"] = "ok" if store_up else "unreachable"
+        body["backends"] = {
+            name: {"ready": backend.ready, **backend.info}
+            for name, backend in gateway.backends.items()
+        }
         return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     metrics = metrics_endpoint(gateway)

@@ -80,6 +80,12 @@ class Backend(ABC):
         return True
 
     @property
+    def info(self) -> dict[str, object]:
+        """What ``/health`` shows of it besides readiness (a local model's device, say), so
+        that an operator can see where it runs; JSON values only."""
+        return {}
+
+    @property
     @abstractmethod
     def capabilities(self) -> Capabilities: ...
 

@@ -155,7 +155,14 @@ def test_ping_is_answered_while_a_transcription_runs(
 
 
 def test_health(tiny_server: Server) -> None:
-    assert tiny_server.get_json("/health") == {"status": "ok", "postprocess_enabled": False}
+    assert tiny_server.get_json("/health") == {
+        "status": "ok",
+        "postprocess_enabled": False,
+        # where each backend runs, for an operator: the model is on the CPU here
+        "backends": {
+            "whisper": {"ready": True, "device": "cpu", "compute_type": "int8", "batch_size": 1}
+        },
+    }
 
 
 def test_compression_is_declined_when_the_client_offers_it(tiny_server: Server) -> None:

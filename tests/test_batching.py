@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from speechgw.batching import BatchCancelled, CallBatcher, JobContext, Priority
+from tests import speech
 
 
 class Recorder:
@@ -151,3 +152,39 @@ def test_a_cancelled_jobs_waiting_call_is_dropped() -> None:
     assert [items for _, items in recorder.batches] == [[0]]  # 5 never ran
     with batcher.job(context), pytest.raises(BatchCancelled):
         batcher.call("decode", 6)  # and its later calls do not start
+
+
+def test_batched_whisper_gives_the_unbatched_texts(voices, tiny_server, tmp_path) -> None:
+    """The real model, batch_size 4: six recordings at once come back as they do one by one
+    from an unbatched server, and they did share batches. A stream on the same server (its
+    utterances carry their context as a prompt) is heard as well."""
+    from tests.client import transcribe
+    from tests.serving import running_server
+    from tests.streaming_client import assert_sentences, read_pcm16, stream_pcm
+
+    wavs = {name: path.read_bytes() for name, path in voices.items()}
+    alone = {name: transcribe(tiny_server.ws, wav).reply["text"] for name, wav in wavs.items()}
+    backends = {
+        "whisper": {"type": "whisper", "model": "tiny.en", "cpu_threads": 2, "batch_size": 4}
+    }
+    with running_server(backends=backends) as server:
+        together: dict[str, str] = {}
+        start = threading.Barrier(len(wavs))
+
+        def client(name: str) -> None:
+            start.wait()
+            together[name] = transcribe(server.ws, wavs[name]).reply["text"]
+
+        threads = [threading.Thread(target=client, args=(name,)) for name in wavs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        stats = server.gateway.backends["whisper"].batch_stats
+        assert stats is not None and stats.largest >= 2, stats
+        assert together == alone
+
+        names = ["market", "window", "coffee"]
+        three = speech.concat([voices[n] for n in names], tmp_path / "3.wav", silence_seconds=1.0)
+        pcm, rate = read_pcm16(three)
+        assert_sentences(stream_pcm(server.ws, pcm, rate), names)

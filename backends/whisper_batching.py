@@ -1,0 +1,93 @@
+"""Batched Whisper inference across requests and streams (``batch_size`` > 1).
+
+faster-whisper's algorithm runs per job, unchanged, each job in its own thread: windows, seek,
+prompts, temperature fallback, word timestamps. What changes is the model underneath it:
+:class:`BatchedWhisperModel` stands in for the CTranslate2 ``Whisper`` object and sends its
+``generate`` and ``detect_language`` calls through a :class:`~speechgw.batching.CallBatcher`,
+which runs the calls of concurrent jobs as one batched call. ``encode`` is deferred: a job's
+mel features go to ``generate`` (which accepts features as well as encoder output) and are
+encoded there, in the batch, so the encoder is batched too and nothing moves between host and
+device in between.
+
+A job's texts are what they would be alone, up to batch numerics (BENCHMARKS.md). Calls that
+cannot share a batch run in separate ones: CTranslate2 requires the start-of-transcript token
+at the same position in every prompt, so prompts are grouped by length (a stream's context
+makes its prompt longer), and the decoding options (beam, temperature, sampling) must match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+
+from speechgw.batching import CallBatcher
+
+__all__ = ["BatchedWhisperModel", "run_batch"]
+
+
+def _frozen(options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """``generate``'s keyword options as part of a batch's kind (lists become tuples)."""
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))
+
+
+def _thawed(frozen: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in frozen}
+
+
+def _stack(features: Sequence[Any]) -> Any:
+    """One StorageView of a batch's mel features, each ``[1, n_mels, frames]``."""
+    import ctranslate2
+
+    arrays = [np.asarray(f, dtype=np.float32) for f in features]
+    return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.concatenate(arrays)))
+
+
+def run_batch(model: Any, kind: Hashable, items: Sequence[Any]) -> list[Any]:
+    """Run one batch of calls on the real CTranslate2 ``model`` (the batcher's function)."""
+    assert isinstance(kind, tuple)
+    if kind[0] == "generate":
+        features = _stack([mel for mel, _ in items])
+        prompts = [prompt for _, prompt in items]
+        return list(model.generate(features, prompts, **_thawed(kind[2])))
+    if kind[0] == "detect":
+        return list(model.detect_language(_stack(items)))
+    raise ValueError(f"unknown batched call {kind!r}")
+
+
+class BatchedWhisperModel:
+    """The CTranslate2 Whisper model as faster-whisper sees it, with batched calls.
+
+    Only calls for one window (a batch of one, which is what faster-whisper makes) are
+    batched; anything else passes straight through, as does every other attribute.
+    """
+
+    def __init__(self, inner: Any, batcher: CallBatcher) -> None:
+        self._inner = inner
+        self._batcher = batcher
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def encode(self, features: Any, to_cpu: bool = False) -> Any:
+        # deferred: generate and detect_language take the mel features and encode them in
+        # their batch (align does too); the "encoder output" is the features themselves
+        return features
+
+    def detect_language(self, features: Any) -> list[Any]:
+        if _batch_of(features) != 1:
+            return self._inner.detect_language(features)
+        return [self._batcher.call(("detect",), features)]
+
+    def generate(self, features: Any, prompts: list[list[int]], **options: Any) -> list[Any]:
+        if _batch_of(features) != 1 or len(prompts) != 1 or options.get("asynchronous"):
+            return self._inner.generate(features, prompts, **options)
+        (prompt,) = prompts
+        kind = ("generate", len(prompt), _frozen(options))
+        return [self._batcher.call(kind, (features, prompt))]
+
+
+def _batch_of(features: Any) -> int:
+    shape = getattr(features, "shape", None)
+    return int(shape[0]) if shape else 1

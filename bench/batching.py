@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Batched Whisper (issue 17): batch throughput of the gateway at each ``batch_size`` against
+in-process faster-whisper, ``WhisperModel`` and ``BatchedInferencePipeline``, on the same jobs.
+
+At each client level C, one list of JOBS recordings (the pieces, repeated) is run by C clients:
+- ``WhisperModel``: in this process, ``num_workers`` = WORKERS, C threads, ``transcribe``
+  (beam 5, English), the segment generator consumed;
+- ``BatchedInferencePipeline``: in this process over the same model, C threads, each file
+  batched over its own VAD chunks (``batch_size`` = the largest of BATCH_SIZES): what
+  faster-whisper offers for one file;
+- the gateway: ``speechgw serve`` with ``concurrency: WORKERS`` and each ``batch_size`` of
+  BATCH_SIZES, C batch-protocol clients.
+Reported: audio seconds per wall second, p50/p95 request latency, and how many texts differ
+from ``WhisperModel``'s for the same job.
+
+    python bench/batching.py [--levels 1,4,16] [--batch-sizes 1,4] [--jobs 32]     # CPU
+    python3 bench/batching.py --device cuda --compute-type float16 --model "$SPEECHGW_GPU_MODEL" \\
+        --audio "$SPEECHGW_GPU_AUDIO" --levels 1,16,64 --batch-sizes 1,8,16,32 --jobs 256 \\
+        --workers 1 --out "$OUT"                                                   # the GPU
+
+Audio: ``--audio DIR`` of 16 kHz mono 16-bit WAV pieces (the GPU recipe's), else the English
+recordings of ../shared/audio joined into 10-30 s pieces (espeak-ng sentences without it).
+WAVs are read with ``wave`` (PyAV is a stub on the GPU machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import wave
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import yaml
+from _common import REPO, gateway_transcribe, recordings, served
+
+
+def read_wav(path: Path) -> tuple[bytes, np.ndarray, float]:
+    data = path.read_bytes()
+    with wave.open(str(path)) as w:
+        assert w.getframerate() == 16000 and w.getnchannels() == 1 and w.getsampwidth() == 2
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    return data, pcm.astype(np.float32) / 32768.0, len(pcm) / 16000
+
+
+def measure(run, jobs: list[int], clients: int, seconds: list[float]) -> dict:
+    """Run job i with ``run(i) -> text`` from ``clients`` threads; the figures."""
+    latencies: list[float] = []
+    texts: dict[int, str] = {}
+
+    def one(n: int) -> None:
+        i = jobs[n]
+        started = time.perf_counter()
+        texts[n] = run(i)
+        latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, range(len(jobs))))
+    wall = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "audio_s_per_s": sum(seconds[i] for i in jobs) / wall,
+        "p50": statistics.median(latencies),
+        "p95": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
+        "texts": texts,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compute-type", default="int8")
+    parser.add_argument("--model", default="tiny.en", help="tiny.en, base, or a model folder")
+    parser.add_argument("--audio", type=Path, help="folder of piece*.wav")
+    parser.add_argument("--levels", default="1,4,16")
+    parser.add_argument("--batch-sizes", default="1,4")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--cpu-threads", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "batching")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    levels = [int(x) for x in args.levels.split(",")]
+    batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
+
+    work = Path(tempfile.mkdtemp(prefix="speechgw-batching-"))
+    paths = sorted(args.audio.glob("piece*.wav")) if args.audio else recordings(work)
+    pieces = [read_wav(p) for p in paths]
+    seconds = [p[2] for p in pieces]
+    jobs = [i % len(pieces) for i in range(args.jobs)]
+    print(f"{len(pieces)} pieces, {sum(seconds):.1f} s; {args.jobs} jobs per run", flush=True)
+
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
+    from speechgw.backends.whisper import resolve_model
+
+    from speechgw.tuning import limit_blas_threads, retain_freed_memory
+
+    retain_freed_memory(1024)
+    limit_blas_threads(1)
+    model_path = resolve_model(args.model)
+    model = WhisperModel(
+        model_path,
+        device=args.device,
+        compute_type=args.compute_type,
+        cpu_threads=args.cpu_threads,
+        num_workers=args.workers,
+    )
+    pipeline = BatchedInferencePipeline(model)
+
+    def whisper(i: int) -> str:
+        segments, _ = model.transcribe(pieces[i][1], language="en", beam_size=5)
+        return "".join(s.text for s in segments).strip()
+
+    def batched_pipeline(i: int) -> str:
+        segments, _ = pipeline.transcribe(
+            pieces[i][1], language="en", beam_size=5, batch_size=max(batch_sizes)
+        )
+        return "".join(s.text for s in segments).strip()
+
+    results: dict[str, dict[int, dict]] = {}
+    reference = {i: whisper(i) for i in range(len(pieces))}  # also warms the model up
+    for name, run in (("WhisperModel", whisper), ("BatchedInferencePipeline", batched_pipeline)):
+        results[name] = {c: measure(run, jobs, c, seconds) for c in levels}
+        print(f"{name}: done", flush=True)
+
+    for batch_size in batch_sizes:
+        config = work / f"gateway-b{batch_size}.yaml"
+        whisper_options = {
+            "type": "whisper",
+            "model": model_path,
+            "device": args.device,
+            "compute_type": args.compute_type,
+            "cpu_threads": args.cpu_threads,
+            "concurrency": args.workers,
+            "batch_size": batch_size,
+        }
+        document = {
+            "backends": {"whisper": whisper_options},
+            "routing": [{"backend": "whisper"}],
+            "store": {"path": None},
+            "limits": {"max_pending_jobs": 4096, "max_connections": 4096},
+            "logging": {"level": "INFO"},
+        }
+        config.write_text(yaml.safe_dump(document))
+        name = f"gateway, batch_size {batch_size}"
+        with served(config) as url:
+            gateway_transcribe(url, pieces[0][0])  # warm up
+
+            def gateway(i: int, url: str = url) -> str:
+                return gateway_transcribe(url, pieces[i][0])[1] or ""
+
+            results[name] = {c: measure(gateway, jobs, c, seconds) for c in levels}
+        print(f"{name}: done", flush=True)
+
+    lines = [
+        f"{args.model} on {args.device} ({args.compute_type}), {args.workers} worker(s), "
+        f"{args.jobs} jobs per level; audio s/s, p50 / p95 s, texts differing from WhisperModel's"
+    ]
+    header = "| side | " + " | ".join(f"{c} clients" for c in levels) + " |"
+    lines += [header, "|---" * (len(levels) + 1) + "|"]
+    for name, by_level in results.items():
+        cells = []
+        for c in levels:
+            r = by_level[c]
+            differ = sum(r["texts"][n] != reference[jobs[n]] for n in range(len(jobs)))
+            cells.append(f"{r['audio_s_per_s']:.1f} ({r['p50']:.2f} / {r['p95']:.2f}) {differ}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    print("\n".join(lines))
+    (args.out / "batching.md").write_text("\n".join(lines) + "\n")
+    summary = {
+        name: {c: {k: v for k, v in r.items() if k != "texts"} for c, r in by.items()}
+        for name, by in results.items()
+    }
+    (args.out / "batching.json").write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    raise SystemExit(main())
