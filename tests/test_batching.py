@@ -1,18 +1,26 @@
 """The call batcher: calls that jobs make together run as one batch, the most urgent first;
 one bad call fails alone; a cancelled job's calls are dropped; and a lone job does not wait
-for company."""
+for company. Then the Whisper backend batching through it, with the real model: the texts,
+word timings and detected languages of the unbatched backend."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from speechgw.backends.whisper import WhisperBackend, WhisperOptions
 
+from speechgw.audio import read_wav, to_16k_mono
 from speechgw.batching import BatchCancelled, CallBatcher, JobContext, Priority
+from speechgw.jobs import Caller, JobSpec
 from tests import speech
+from tests.client import transcribe
+from tests.serving import running_server
+from tests.streaming_client import assert_sentences, read_pcm16, stream_pcm
 
 
 class Recorder:
@@ -158,10 +166,6 @@ def test_batched_whisper_gives_the_unbatched_texts(voices, tiny_server, tmp_path
     """The real model, batch_size 4: six recordings at once come back as they do one by one
     from an unbatched server, and they did share batches. A stream on the same server (its
     utterances carry their context as a prompt) is heard as well."""
-    from tests.client import transcribe
-    from tests.serving import running_server
-    from tests.streaming_client import assert_sentences, read_pcm16, stream_pcm
-
     wavs = {name: path.read_bytes() for name, path in voices.items()}
     alone = {name: transcribe(tiny_server.ws, wav).reply["text"] for name, wav in wavs.items()}
     backends = {
@@ -188,3 +192,32 @@ def test_batched_whisper_gives_the_unbatched_texts(voices, tiny_server, tmp_path
         three = speech.concat([voices[n] for n in names], tmp_path / "3.wav", silence_seconds=1.0)
         pcm, rate = read_pcm16(three)
         assert_sentences(stream_pcm(server.ws, pcm, rate), names)
+
+
+def test_batched_word_timestamps_and_detection_match_unbatched(voices) -> None:
+    """Word timing (``align``, which takes the deferred features) and language detection go
+    through the batched model too, and give what the unbatched backend gives."""
+    wavs = [read_wav(voices[n].read_bytes()) for n in ("children", "train")]
+    audio = [to_16k_mono(samples, info.sample_rate) for samples, info in wavs]
+    specs = [
+        JobSpec("en", "transcribe", "openai", Caller("k"), word_timestamps=True),
+        JobSpec(None, "transcribe", "openai", Caller("k")),
+    ]
+
+    async def run(batch_size: int) -> list[tuple[str, str, list[tuple[str, float]]]]:
+        backend = WhisperBackend(
+            "w", WhisperOptions(model="tiny.en", cpu_threads=1, batch_size=batch_size)
+        )
+        await backend.start()
+        try:
+            done = await asyncio.gather(
+                *(backend.transcribe(a, s) for a, s in zip(audio, specs, strict=True))
+            )
+        finally:
+            await backend.close()
+        return [(t.language, t.text, [(w.text, w.start) for w in t.words]) for t in done]
+
+    alone, batched = asyncio.run(run(1)), asyncio.run(run(2))
+    assert batched == alone
+    assert alone[0][2][:2] == [("The", 0.0), ("children", pytest.approx(0.16, abs=0.3))]
+    assert alone[1][0] == "en"
