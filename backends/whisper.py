@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -20,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -30,11 +31,12 @@ from speechgw.backend import Backend, Capabilities, InterimSkipped
 from speechgw.batching import BatchStats, CallBatcher, JobContext, Priority
 from speechgw.config import AtLeastOne, NonNegative, Range
 from speechgw.errors import BackendUnavailable
-from speechgw.jobs import JobSpec, Segment, Transcript, Word
+from speechgw.jobs import SAMPLE_RATE, JobSpec, Segment, Transcript, Word
 
 __all__ = ["BUNDLED_MODELS", "WhisperBackend", "WhisperOptions", "resolve_model"]
 
 _LOGGER = logging.getLogger(__name__)
+SegmentOrWord = TypeVar("SegmentOrWord", Segment, Word)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,10 @@ class WhisperOptions:
             batching). Null: 8 on CUDA, 1 on CPU (where batching measured no faster).
         batch_window_ms: how long a call waits for others to share its batch, at most (it
             never waits when every job in flight is already waiting).
+        batch_split_recordings: when batching, split a recording longer than 30 s at its
+            pauses into windows decoded at once, in the same batches (a long file then takes
+            one window's time, not the sum); each window is decoded without the text before
+            it, so texts can differ from the unbatched ones (BENCHMARKS.md measures it).
     """
 
     model: str = "base"
@@ -76,6 +82,7 @@ class WhisperOptions:
     utterance_no_speech_prob: Annotated[float, Range(ge=0, le=1)] = 0.5
     batch_size: Annotated[int | None, AtLeastOne] = None
     batch_window_ms: Annotated[float, NonNegative] = 10.0
+    batch_split_recordings: bool = False
 
 
 # name -> (package holding config/tokenizer/vocabulary, data dir, model.bin parts in order)
@@ -282,6 +289,8 @@ class WhisperBackend(Backend):
         if self._model is None:
             raise BackendUnavailable(f"the Whisper model of backend {self.name!r} is not loaded")
         if self._batcher is not None and not spec.interim:
+            if self._splits(audio, spec):
+                return await self._run_split(audio, spec)
             async with self._limiter:
                 return await self._run_batched(audio, spec)
         if not spec.interim:
@@ -300,6 +309,42 @@ class WhisperBackend(Backend):
             return await anyio.to_thread.run_sync(self._transcribe_sync, audio, spec)
         finally:
             self._limiter.release()
+
+    def _splits(self, audio: np.ndarray, spec: JobSpec) -> bool:
+        from .whisper_batching import WINDOW_SECONDS
+
+        return (
+            self.options.batch_split_recordings
+            and not spec.segmented
+            and len(audio) > WINDOW_SECONDS * SAMPLE_RATE
+        )
+
+    async def _run_split(self, audio: np.ndarray, spec: JobSpec) -> Transcript:
+        """A long recording as windows cut at pauses, decoded at once (each a job of its
+        own, so they share batches), put back together on the recording's clock."""
+        from .whisper_batching import speech_windows
+
+        spans = await anyio.to_thread.run_sync(speech_windows, audio)
+
+        async def window(start: int, end: int) -> Transcript:
+            async with self._limiter:
+                return await self._run_batched(audio[start:end], spec)
+
+        parts = await asyncio.gather(*(window(a, b) for a, b in spans))
+        segments: list[Segment] = []
+        words: list[Word] = []
+        for (start, _), part in zip(spans, parts, strict=True):
+            offset = start / SAMPLE_RATE
+            segments += [_shifted(s, offset) for s in part.segments]
+            words += [_shifted(w, offset) for w in part.words]
+        language = next((p.language for p in parts if p.text), spec.language or "en")
+        return Transcript(
+            text=" ".join(p.text for p in parts if p.text),
+            segments=tuple(segments),
+            language=language,
+            backend=self.name,
+            words=tuple(words),
+        )
 
     async def _run_batched(self, audio: np.ndarray, spec: JobSpec) -> Transcript:
         """The job in its own thread, its model calls batched with other jobs'. A job whose
@@ -371,3 +416,10 @@ class WhisperBackend(Backend):
         limit = self.options.utterance_no_speech_prob if spec.segmented else 1.0
         kept = [s for s in segments_iter if s.no_speech_prob <= limit and _has_words(s.text)]
         return kept, info.language
+
+
+def _shifted(part: SegmentOrWord, offset: float) -> SegmentOrWord:
+    """A window's segment or word on the whole recording's clock."""
+    return dataclasses.replace(
+        part, start=round(float(part.start) + offset, 3), end=round(float(part.end) + offset, 3)
+    )

@@ -24,7 +24,10 @@ import numpy as np
 
 from speechgw.batching import CallBatcher
 
-__all__ = ["BatchedWhisperModel", "run_batch"]
+__all__ = ["BatchedWhisperModel", "run_batch", "speech_windows"]
+
+WINDOW_SECONDS = 30.0
+"""Whisper's window: a recording longer than this is split when ``batch_split_recordings``."""
 
 
 def _frozen(options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -91,3 +94,23 @@ class BatchedWhisperModel:
 def _batch_of(features: Any) -> int:
     shape = getattr(features, "shape", None)
     return int(shape[0]) if shape else 1
+
+
+def speech_windows(audio: np.ndarray, sample_rate: int = 16000) -> list[tuple[int, int]]:
+    """Spans of ``audio`` (sample offsets) of at most :data:`WINDOW_SECONDS` each, cut at the
+    pauses Silero VAD finds (faster-whisper's, as its ``BatchedInferencePipeline`` uses), each
+    running from its first speech to its last: windows that can be decoded at once. Unlike
+    that pipeline's chunks, a span keeps the pauses inside it, so its timestamps map back by
+    adding its start."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    options = VadOptions(max_speech_duration_s=WINDOW_SECONDS, min_silence_duration_ms=160)
+    stamps = get_speech_timestamps(audio, options, sampling_rate=sample_rate)
+    limit = int(WINDOW_SECONDS * sample_rate)
+    spans: list[tuple[int, int]] = []
+    for stamp in stamps:
+        if spans and stamp["end"] - spans[-1][0] <= limit:
+            spans[-1] = (spans[-1][0], stamp["end"])
+        else:
+            spans.append((stamp["start"], stamp["end"]))
+    return spans

@@ -221,3 +221,47 @@ def test_batched_word_timestamps_and_detection_match_unbatched(voices) -> None:
     assert batched == alone
     assert alone[0][2][:2] == [("The", 0.0), ("children", pytest.approx(0.16, abs=0.3))]
     assert alone[1][0] == "en"
+
+
+def test_a_long_recording_split_at_pauses_keeps_its_words_and_times(voices, tmp_path) -> None:
+    """``batch_split_recordings``: a 40 s recording is cut at its pauses into windows that are
+    decoded together; every sentence comes back, timed on the recording's clock."""
+    names = list(speech.SENTENCES)
+    path = speech.concat([voices[n] for n in names], tmp_path / "long.wav", silence_seconds=3.0)
+    samples, info = read_wav(path.read_bytes())
+    audio = to_16k_mono(samples, info.sample_rate)
+    assert len(audio) / 16000 > 35
+    starts, at = [], 0.0
+    for name in names:
+        samples, part = read_wav(voices[name].read_bytes())
+        starts.append(at)
+        at += len(samples) / part.sample_rate + 3.0
+
+    async def run(split: bool) -> tuple:
+        # a long window: both windows' calls wait for each other (their features take longer
+        # than the default 10 ms to compute on a CPU); nothing waits once both are there
+        options = WhisperOptions(
+            model="tiny.en",
+            cpu_threads=1,
+            batch_size=4 if split else 1,
+            batch_window_ms=10_000,
+            batch_split_recordings=split,
+        )
+        backend = WhisperBackend("w", options)
+        await backend.start()
+        try:
+            spec = JobSpec("en", "transcribe", "batch", Caller("k"))
+            return await backend.transcribe(audio, spec), backend.batch_stats
+        finally:
+            await backend.close()
+
+    whole, _ = asyncio.run(run(split=False))
+    transcript, stats = asyncio.run(run(split=True))
+    assert stats is not None and stats.largest >= 2  # the windows shared batches
+    # the words of the unbatched, unsplit decode (tiny.en mishears one sentence either way)
+    assert speech.word_recall(whole.text, transcript.text) >= 0.9, (whole.text, transcript.text)
+    for name, start in zip(names, starts, strict=True):  # each sentence where it was said
+        timed = [seg for seg in transcript.segments if abs(seg.start - start) < 1.5]
+        assert timed, (name, start, transcript.segments)
+        assert speech.word_recall(speech.SENTENCES[name], timed[0].text) >= 0.5, timed
+    assert [s.start for s in transcript.segments] == sorted(s.start for s in transcript.segments)
