@@ -20,6 +20,8 @@ from pathlib import Path
 from websockets.sync.client import connect
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))  # the tests' helpers (speech, postgres) serve the benchmarks too
 SHARED_AUDIO = REPO.parent / "shared" / "audio"
 
 
@@ -65,7 +67,6 @@ def english_clips(workdir: Path) -> list[Clip]:
                     Clip(row["file"], out, row["reference_transcript"], float(row["duration_s"]))
                 )
         return clips
-    sys.path.insert(0, str(REPO))
     from tests import speech
 
     for name, text in speech.SENTENCES.items():
@@ -206,3 +207,22 @@ def model_transcribe(model, audio) -> str:
     """In-process faster-whisper with the options the gateway uses (beam 5, English)."""
     segments, _ = model.transcribe(audio, language="en", beam_size=5)
     return "".join(s.text for s in segments).strip()
+
+
+async def timed(n: int, concurrency: int, op) -> tuple[float, float]:
+    """(operations per second, median ms) of ``n`` awaits of ``op()``, ``concurrency`` at once."""
+    import asyncio
+    import statistics
+
+    latencies: list[float] = []
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            start = time.perf_counter()
+            await op()
+            latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    return len(latencies) / elapsed, statistics.median(latencies) * 1000

@@ -25,17 +25,15 @@ import json
 import statistics
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import yaml
 from _common import REPO, served
 from protocol_ceiling import ten_second_wav
 from websockets.asyncio.client import connect
 
 from speechgw.app import load_app_config, open_store
+from tests.postgres import fresh_database
 
 
 async def load(urls: list[str], key: str, wav: bytes, clients: int, seconds: float) -> int:
@@ -56,18 +54,6 @@ async def load(urls: list[str], key: str, wav: bytes, clients: int, seconds: flo
 
     await asyncio.gather(*(client(urls[i % len(urls)]) for i in range(clients)))
     return done
-
-
-@contextlib.contextmanager
-def postgres_database(server: str) -> Iterator[str]:
-    name = "speechgw_bench_" + uuid.uuid4().hex[:8]
-    with psycopg.connect(server + "/postgres", autocommit=True) as db:
-        db.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{server}/{name}"
-    finally:
-        with psycopg.connect(server + "/postgres", autocommit=True) as db:
-            db.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def measure(store: dict, replicas: int, args: argparse.Namespace, wav: bytes) -> list[float]:
@@ -106,7 +92,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         results["SQLite, 1 replica"] = measure({"path": f"{folder}/ledger.db"}, 1, args, wav)
     for replicas in (1, 2):
-        with postgres_database(args.postgres) as url:
+        with fresh_database(args.postgres) as url:
             name = f"PostgreSQL, {replicas} replica{'s' * (replicas > 1)}"
             results[name] = measure({"url": url}, replicas, args, wav)
     baseline = statistics.median(results["SQLite, 1 replica"])

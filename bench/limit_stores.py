@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
-import time
 import uuid
 
-import psycopg
 import redis.asyncio as aioredis
+from _common import timed
 
 from speechgw.postgres import PostgresStore
+from tests.postgres import fresh_database
 
 BUCKET_LUA = """
 local burst, rate = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -39,57 +38,39 @@ return admitted
 """
 
 
-async def timed(n: int, concurrency: int, op) -> tuple[float, float]:
-    latencies: list[float] = []
-
-    async def worker(count: int) -> None:
-        for _ in range(count):
-            start = time.perf_counter()
-            await op()
-            latencies.append(time.perf_counter() - start)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
-    return len(latencies) / (time.perf_counter() - start), statistics.median(latencies) * 1000
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("-n", type=int, default=4000)
     args = parser.parse_args()
-    name = "speechgw_bench_" + uuid.uuid4().hex[:8]
-    with psycopg.connect(args.postgres + "/postgres", autocommit=True) as db:
-        db.execute(f'CREATE DATABASE "{name}"')
-    store = PostgresStore(f"{args.postgres}/{name}", pool_size=8)
-    await store.open()
-    client = aioredis.from_url(args.redis)
-    script = client.register_script(BUCKET_LUA)
-    key = f"speechgw-bench-{uuid.uuid4().hex[:8]}"
+    with fresh_database(args.postgres) as url:
+        store = PostgresStore(url, pool_size=8)
+        await store.open()
+        client = aioredis.from_url(args.redis)
+        script = client.register_script(BUCKET_LUA)
+        key = f"speechgw-bench-{uuid.uuid4().hex[:8]}"
 
-    async def postgres_take() -> None:
-        await store.limits.take("bench", 6e6, 10)
+        async def postgres_take() -> None:
+            await store.limits.take("bench", 6e6, 10)
 
-    async def redis_take() -> None:
-        await script(keys=[key], args=[10, 1e5])
+        async def redis_take() -> None:
+            await script(keys=[key], args=[10, 1e5])
 
-    try:
-        header = ("token spent", "PostgreSQL/s", "p50 ms", "Redis/s", "p50 ms")
-        print("{:<16} {:>13} {:>7} {:>9} {:>7}".format(*header))
-        for concurrency in (1, 16):
-            await timed(args.n // 10, concurrency, postgres_take)
-            await timed(args.n // 10, concurrency, redis_take)
-            pg_rate, pg_ms = await timed(args.n, concurrency, postgres_take)
-            rd_rate, rd_ms = await timed(args.n, concurrency, redis_take)
-            label = f"{concurrency} at a time"
-            print(f"{label:<16} {pg_rate:>13.0f} {pg_ms:>7.3f} {rd_rate:>9.0f} {rd_ms:>7.3f}")
-    finally:
-        await store.aclose()
-        await client.delete(key)
-        await client.aclose()
-        with psycopg.connect(args.postgres + "/postgres", autocommit=True) as db:
-            db.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        try:
+            header = ("token spent", "PostgreSQL/s", "p50 ms", "Redis/s", "p50 ms")
+            print("{:<16} {:>13} {:>7} {:>9} {:>7}".format(*header))
+            for concurrency in (1, 16):
+                await timed(args.n // 10, concurrency, postgres_take)
+                await timed(args.n // 10, concurrency, redis_take)
+                pg_rate, pg_ms = await timed(args.n, concurrency, postgres_take)
+                rd_rate, rd_ms = await timed(args.n, concurrency, redis_take)
+                label = f"{concurrency} at a time"
+                print(f"{label:<16} {pg_rate:>13.0f} {pg_ms:>7.3f} {rd_rate:>9.0f} {rd_ms:>7.3f}")
+        finally:
+            await store.aclose()
+            await client.delete(key)
+            await client.aclose()
 
 
 if __name__ == "__main__":

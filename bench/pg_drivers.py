@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import statistics
-import time
 
 import asyncpg
 import psycopg
 import psycopg_pool
+from _common import timed
 
 SETUP = """
 DROP TABLE IF EXISTS bench_keys, bench_usage;
@@ -31,22 +30,6 @@ CREATE TABLE bench_usage (id BIGSERIAL PRIMARY KEY, request_id TEXT, at DOUBLE P
 ROW = ("r", 1.0, "k", 2.5)
 LOOKUP = "SELECT name FROM bench_keys WHERE digest = {} AND revoked IS NULL"
 INSERT = "INSERT INTO bench_usage (request_id, at, key_name, audio_seconds) VALUES ({}, {}, {}, {})"
-
-
-async def timed(n: int, concurrency: int, op) -> tuple[float, float]:
-    """(operations per second, median ms) for ``n`` calls of ``op`` with ``concurrency`` at once."""
-    latencies: list[float] = []
-
-    async def worker(count: int) -> None:
-        for _ in range(count):
-            start = time.perf_counter()
-            await op()
-            latencies.append(time.perf_counter() - start)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker(n // concurrency) for _ in range(concurrency)))
-    elapsed = time.perf_counter() - start
-    return len(latencies) / elapsed, statistics.median(latencies) * 1000
 
 
 async def main() -> None:

@@ -266,8 +266,7 @@ class PostgresStore(Store):
         """``run`` on a pooled connection, once more on another if the first was lost (the
         database restarted since it was opened); StoreUnavailable when both fail, at once
         while the database is known to be down."""
-        if self._down and not await self._probe():
-            raise StoreUnavailable(f"PostgreSQL at {self._where()} is unreachable")
+        await self.ensure_up()
         assert self._pool is not None, "the store is not open"
         for attempt in (1, 2):
             try:
@@ -283,6 +282,12 @@ class PostgresStore(Store):
                 # the database restarted: its other idle connections are dead too
                 await self._pool.check()
         raise AssertionError("unreachable")
+
+    async def ensure_up(self) -> None:
+        """Raise StoreUnavailable at once while the database is known to be down (and the
+        probe of this second found it still down), rather than wait on it per request."""
+        if self._down and not await self._probe():
+            raise StoreUnavailable(f"PostgreSQL at {self._where()} is unreachable")
 
     def _went_down(self, exc: Exception) -> None:
         if not self._down:
@@ -329,6 +334,10 @@ class PostgresStore(Store):
     async def _commit(self, records: list[UsageRecord]) -> StoreUnavailable | None:
         """Insert ``records`` in one transaction on the writer's own connection (reopened,
         once, when it was lost); the error to hand each waiter, or None."""
+        try:
+            await self.ensure_up()
+        except StoreUnavailable as exc:
+            return exc
         for attempt in (1, 2):
             try:
                 if self._writer_db is None or self._writer_db.closed:
@@ -345,6 +354,7 @@ class PostgresStore(Store):
                     self._writer_db = None
                 if attempt == 2:
                     _LOGGER.error("usage: %d rows could not be committed: %s", len(records), exc)
+                    self._went_down(exc)
                     return StoreUnavailable(str(exc).strip() or type(exc).__name__)
         raise AssertionError("unreachable")
 
@@ -412,8 +422,10 @@ class PostgresStore(Store):
 class PostgresLimits:
     """The fleet's per-key limits (:class:`speechgw.admission.FleetLimits`) in PostgreSQL.
 
-    - Rate: one token bucket row per key, refilled and spent in one statement on the
-      database's clock.
+    - Rate: one token bucket row per key, refilled and spent by one call of
+      ``speechgw_take_token``, on the database's clock read once the key's row is locked.
+      A request that cannot be counted because the database is down is counted locally
+      (:mod:`speechgw.admission`).
     - Connections: place ``p`` of key ``k`` is the session advisory lock ``(k, p)``, held on
       this replica's one limits connection while the client is connected. Nothing expires or
       needs a heartbeat: when a replica dies, PostgreSQL ends its session and frees its places.
@@ -441,6 +453,7 @@ class PostgresLimits:
 
     async def hold(self, key: str, limit: int) -> object | None:
         k = _key_lock_id(key)
+        await self._store.ensure_up()
         async with self._lock:
             db = await self._session()
             own = [p for kk, p in self._held.values() if kk == k]
