@@ -214,6 +214,8 @@ class WhisperBackend(Backend):
 
     async def start(self) -> None:
         await anyio.to_thread.run_sync(self._load)
+        if self._batcher is not None:  # batching: this many jobs at once (set on the loop)
+            self._limiter.total_tokens = self.options.concurrency * self._batcher.batch_size
 
     def _load(self) -> None:
         from faster_whisper import WhisperModel
@@ -272,12 +274,11 @@ class WhisperBackend(Backend):
         )
         self._model.model = BatchedWhisperModel(model, self._batcher)
         jobs = opts.concurrency * batch_size
-        self._limiter.total_tokens = jobs
         self._executor = ThreadPoolExecutor(jobs, thread_name_prefix=f"whisper-{self.name}")
 
     async def close(self) -> None:
         if self._batcher is not None:
-            self._batcher.close()
+            await anyio.to_thread.run_sync(self._batcher.close)  # joins its dispatchers
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
