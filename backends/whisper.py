@@ -198,6 +198,7 @@ class WhisperBackend(Backend):
         self._batcher: CallBatcher | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._info: dict[str, object] = {}
+        self._suppress_tokens: list[int] = [-1]
 
     @property
     def ready(self) -> bool:
@@ -248,6 +249,7 @@ class WhisperBackend(Backend):
         if batch_size > 1:
             self._batch(batch_size)
         self._info = {"device": device, "compute_type": compute_type, "batch_size": batch_size}
+        self._suppress_tokens = _non_speech_tokens(self._model)
         languages = frozenset(self._model.supported_languages)
         multilingual = len(languages) > 1  # English-only models cannot translate either
         self._capabilities = Capabilities(
@@ -407,6 +409,7 @@ class WhisperBackend(Backend):
             beam_size=1 if spec.interim else self.options.beam_size,
             vad_filter=self.options.vad_filter,
             initial_prompt=prompt,
+            suppress_tokens=self._suppress_tokens,
             temperature=(0.0,) if spec.interim else _temperatures(spec.temperature),
             word_timestamps=spec.word_timestamps,
             # An utterance's context is the stream's last replies (``prompt``). Conditioning
@@ -417,6 +420,23 @@ class WhisperBackend(Backend):
         limit = self.options.utterance_no_speech_prob if spec.segmented else 1.0
         kept = [s for s in segments_iter if s.no_speech_prob <= limit and _has_words(s.text)]
         return kept, info.language
+
+
+def _non_speech_tokens(model: object) -> list[int]:
+    """faster-whisper's default ``suppress_tokens`` ([-1]: symbols and speaker tags that are
+    not speech), worked out once. Left to itself, faster-whisper builds a fresh tokenizer per
+    call and encodes some 90 symbols again: about 1 ms of the GIL per request, a fifth of what
+    the whole gateway holds it for (bench/gil_budget.py)."""
+    from faster_whisper.tokenizer import Tokenizer
+
+    # the language and task do not change these (the symbols' encodings do not depend on them)
+    tokenizer = Tokenizer(
+        model.hf_tokenizer,  # type: ignore[attr-defined]
+        model.model.is_multilingual,  # type: ignore[attr-defined]
+        task="transcribe",
+        language="en",
+    )
+    return list(tokenizer.non_speech_tokens)
 
 
 def _shifted(part: SegmentOrWord, offset: float) -> SegmentOrWord:

@@ -265,3 +265,29 @@ def test_a_long_recording_split_at_pauses_keeps_its_words_and_times(voices, tmp_
         assert timed, (name, start, transcript.segments)
         assert speech.word_recall(speech.SENTENCES[name], timed[0].text) >= 0.5, timed
     assert [s.start for s in transcript.segments] == sorted(s.start for s in transcript.segments)
+
+
+@pytest.mark.parametrize("model", ["tiny.en", "base"])
+def test_the_tokens_suppressed_once_are_faster_whispers_defaults(model: str) -> None:
+    """The backend works out the suppressed tokens once per model (faster-whisper would encode
+    them again at every call); for every language and task they are what faster-whisper's
+    default (``suppress_tokens=[-1]``) suppresses."""
+    from faster_whisper.tokenizer import _LANGUAGE_CODES, Tokenizer
+    from faster_whisper.transcribe import get_suppressed_tokens
+
+    backend = WhisperBackend("w", WhisperOptions(model=model, cpu_threads=1))
+    asyncio.run(backend.start())
+    try:
+        whisper = backend._model
+        assert whisper is not None
+        multilingual = whisper.model.is_multilingual
+        checked = 0
+        for language in _LANGUAGE_CODES if multilingual else ["en"]:
+            for task in ("transcribe", "translate") if multilingual else ("transcribe",):
+                tokenizer = Tokenizer(whisper.hf_tokenizer, multilingual, task, language)
+                default = get_suppressed_tokens(tokenizer, [-1])
+                assert get_suppressed_tokens(tokenizer, list(backend._suppress_tokens)) == default
+                checked += 1
+        assert checked == (2 * len(_LANGUAGE_CODES) if multilingual else 1)
+    finally:
+        asyncio.run(backend.close())

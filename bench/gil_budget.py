@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""How long the gateway holds the GIL per second of audio, and for what (issue 17).
+
+On a GPU the model's work leaves the interpreter: what is left is Python (the event loop
+receiving WebSocket frames, faster-whisper's own loop around the model, feature extraction,
+the batcher), and all of it takes turns on one GIL. If that costs G milliseconds per second
+of audio, one process can never serve more than 1000 / G audio seconds per second, however
+fast the GPU. This measures G on the CPU, where the model releases the GIL while it computes,
+so the figure carries over to a GPU (the same Python runs per window either way).
+
+A ``speechgw serve`` process on ``--model`` (batch protocol, CLIENTS clients sending the
+English pieces of ../shared/audio in turn) is sampled by ``py-spy record --gil`` (a sample
+counts only while some thread holds the GIL); each sample is put under the deepest frame of
+a known part. Needs py-spy (``.venv/bin/pip install py-spy``; not a dependency of speechgw).
+
+    .venv/bin/python bench/gil_budget.py [--batch-size 8] [--clients 16] [--seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import wave
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+from _common import gateway_transcribe, recordings, served
+
+# (part, what a frame's file path contains), deepest frame first wins; order matters
+PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("features (faster-whisper's mel spectrogram)", ("feature_extractor",)),
+    ("tokenizer (faster-whisper)", ("faster_whisper/tokenizer",)),
+    ("faster-whisper's loop around the model", ("faster_whisper/",)),
+    ("batcher", ("speechgw/batching", "backends/whisper_batching")),
+    ("WebSocket frames (wsproto, h11, hypercorn)", ("wsproto/", "h11/", "hypercorn/")),
+    (
+        "gateway (speechgw, protocols, starlette)",
+        ("speechgw/", "protocols/", "backends/", "starlette/", "anyio/"),
+    ),
+    ("event loop (asyncio)", ("asyncio/", "selectors")),
+)
+
+
+def part_of(stack: str) -> str:
+    for frame in reversed(stack.split(";")):
+        for part, needles in PARTS:
+            if any(n in frame for n in needles):
+                return part
+    return "other"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny.en")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--cpu-threads", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
+    parser.add_argument("--detail", type=int, default=0, help="print each part's top N frames")
+    args = parser.parse_args()
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        parser.error("py-spy is not installed: .venv/bin/pip install py-spy")
+
+    work = Path(tempfile.mkdtemp(prefix="speechgw-gil-"))
+    paths = recordings(work)
+    wavs = [p.read_bytes() for p in paths]
+    seconds = []
+    for p in paths:
+        with wave.open(str(p)) as w:
+            seconds.append(w.getnframes() / w.getframerate())
+    config = work / "gateway.yaml"
+    whisper = {
+        "type": "whisper",
+        "model": args.model,
+        "device": "cpu",
+        "compute_type": "int8",
+        "cpu_threads": args.cpu_threads,
+        "concurrency": args.workers,
+        "batch_size": args.batch_size,
+    }
+    document = {
+        "backends": {"whisper": whisper},
+        "routing": [{"backend": "whisper"}],
+        "store": {"path": None},
+        "limits": {"max_pending_jobs": 4096, "max_connections": 4096},
+    }
+    config.write_text(yaml.safe_dump(document))
+    raw = work / "gil.txt"
+    done = {"audio": 0.0, "requests": 0}
+    lock = threading.Lock()
+    with served(config) as url:
+        gateway_transcribe(url, wavs[0])  # warm up
+        stop = time.monotonic() + args.seconds + 3
+
+        def client(k: int) -> None:
+            i = k
+            while time.monotonic() < stop:
+                gateway_transcribe(url, wavs[i % len(wavs)])
+                with lock:
+                    done["audio"] += seconds[i % len(wavs)]
+                    done["requests"] += 1
+                i += 1
+
+        with ThreadPoolExecutor(args.clients) as pool:
+            futures = [pool.submit(client, k) for k in range(args.clients)]
+            time.sleep(2)  # every client under way before sampling starts
+            with lock:
+                before = dict(done)
+            sampled_from = time.monotonic()
+            subprocess.run(
+                [spy, "record", "--gil", "--nonblocking", "-r", str(args.rate)]
+                + ["-d", str(int(args.seconds)), "-f", "raw", "-o", str(raw), "-p", str(url.pid)],
+                check=True,
+                capture_output=True,
+            )
+            sampled = time.monotonic() - sampled_from
+            with lock:
+                audio = done["audio"] - before["audio"]
+                requests = done["requests"] - before["requests"]
+            for f in futures:
+                f.result()
+
+    parts: collections.Counter[str] = collections.Counter()
+    frames: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        part = part_of(stack)
+        parts[part] += int(count)
+        # the part's own deepest frame, and the frame that called into the part
+        own = [f for f in stack.split(";") if part_of(f) == part]
+        frames[part][own[-1] if own else stack.split(";")[-1]] += int(count)
+    held = sum(parts.values()) / args.rate  # GIL-seconds while sampling
+    per_audio = 1000 * held / audio
+    print(
+        f"{args.model}, batch_size {args.batch_size}, {args.workers} worker(s) x "
+        f"{args.cpu_threads} thread(s), {args.clients} clients: {audio / sampled:.1f} audio s/s, "
+        f"{requests / sampled:.2f} requests/s ({audio / requests:.1f} s each) over {sampled:.0f} s"
+    )
+    print(f"GIL held {100 * held / sampled:.1f}% of the time: {per_audio:.3f} ms per audio second")
+    print(f"one interpreter's ceiling: {1000 / per_audio:.0f} audio s/s\n")
+    print("| part | ms per audio s | ms per request | share |")
+    print("|---|---|---|---|")
+    for part, count in parts.most_common():
+        ms = 1000 * count / args.rate
+        print(
+            f"| {part} | {ms / audio:.3f} | {ms / requests:.2f} | "
+            f"{100 * count / sum(parts.values()):.0f}% |"
+        )
+    for part, count in parts.most_common() if args.detail else ():
+        print(f"\n{part}:")
+        for frame, n in frames[part].most_common(args.detail):
+            print(f"  {1000 * n / args.rate / requests:.3f} ms per request  {frame}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
