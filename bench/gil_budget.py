@@ -117,9 +117,10 @@ def main() -> int:
             with lock:
                 before = dict(done)
             sampled_from = time.monotonic()
+            command = [spy, "record", "--gil", "--nonblocking", "-r", str(args.rate)]
+            command += ["-d", str(int(args.seconds)), "-f", "raw", "-o", str(raw)]
             subprocess.run(
-                [spy, "record", "--gil", "--nonblocking", "-r", str(args.rate)]
-                + ["-d", str(int(args.seconds)), "-f", "raw", "-o", str(raw), "-p", str(url.pid)],
+                [*command, "-p", str(url.pid)],
                 check=True,
                 capture_output=True,
             )
@@ -156,7 +157,7 @@ def main() -> int:
             f"| {part} | {ms / audio:.3f} | {ms / requests:.2f} | "
             f"{100 * count / sum(parts.values()):.0f}% |"
         )
-    for part, count in parts.most_common() if args.detail else ():
+    for part, _ in parts.most_common() if args.detail else ():
         print(f"\n{part}:")
         for frame, n in frames[part].most_common(args.detail):
             print(f"  {1000 * n / args.rate / requests:.3f} ms per request  {frame}")
