@@ -211,7 +211,7 @@ class WhisperBackend(Backend):
     @property
     def batch_stats(self) -> BatchStats | None:
         """How full the batches have been (None: not batching)."""
-        return self._batcher.stats if self._batcher is not None else None
+        return self._batcher.snapshot() if self._batcher is not None else None
 
     async def start(self) -> None:
         await anyio.to_thread.run_sync(self._load)

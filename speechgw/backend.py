@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from .batching import BatchStats
 from .jobs import JobSpec, Task, Transcript
 
 if TYPE_CHECKING:
@@ -84,6 +85,12 @@ class Backend(ABC):
         """What ``/health`` shows of it besides readiness (a local model's device, say), so
         that an operator can see where it runs; JSON values only."""
         return {}
+
+    @property
+    def batch_stats(self) -> BatchStats | None:
+        """How full its batched model calls have been (``speechgw_batch_*`` metrics), for a
+        backend that batches the calls of concurrent jobs; None for one that does not."""
+        return None
 
     @property
     @abstractmethod

@@ -62,12 +62,18 @@ class JobContext:
 
 @dataclass(slots=True)
 class BatchStats:
-    """Counts for benchmarks and tests: how full the batches were."""
+    """How full the batches have been (the metrics and the benchmarks read it)."""
 
     calls: int = 0
+    """Calls handed to the model in batches (one retried alone counts again)."""
     batches: int = 0
     largest: int = 0
     retried_alone: int = 0
+    """Calls run again one by one because their batch failed."""
+    sizes: dict[int, int] = field(default_factory=dict)
+    """Batch size -> how many batches had it."""
+    waiting: int = 0
+    """Calls waiting for a batch when the snapshot was taken."""
 
     @property
     def mean_size(self) -> float:
@@ -125,6 +131,14 @@ class CallBatcher:
         """Calls waiting for a batch now."""
         with self._lock:
             return len(self._waiting)
+
+    def snapshot(self) -> BatchStats:
+        """A copy of the counts, taken at once (the dispatchers keep counting)."""
+        with self._lock:
+            s = self.stats
+            return BatchStats(
+                s.calls, s.batches, s.largest, s.retried_alone, dict(s.sizes), len(self._waiting)
+            )
 
     # --- the jobs' side (worker threads) ----------------------------------------------------
 
@@ -194,6 +208,7 @@ class CallBatcher:
                 batch = same[: self.batch_size]
                 taken = {id(c) for c in batch}
                 self._waiting = [c for c in self._waiting if id(c) not in taken]
+                self._count(batch)
                 return batch
             self._lock.wait(timeout=due - now)
 
@@ -203,11 +218,16 @@ class CallBatcher:
             call.error = BatchCancelled()
             call.done.set()
 
+    def _count(self, batch: list[_Call]) -> None:
+        """Count a batch about to run (holding the lock)."""
+        stats, size = self.stats, len(batch)
+        stats.calls += size
+        stats.batches += 1
+        stats.largest = max(stats.largest, size)
+        stats.sizes[size] = stats.sizes.get(size, 0) + 1
+
     def _execute(self, batch: list[_Call]) -> None:
         kind = batch[0].kind
-        self.stats.calls += len(batch)
-        self.stats.batches += 1
-        self.stats.largest = max(self.stats.largest, len(batch))
         try:
             results = self._run(kind, [c.item for c in batch])
             if len(results) != len(batch):
@@ -218,10 +238,13 @@ class CallBatcher:
                 batch[0].done.set()
                 return
             # one bad item must not fail its batch-mates: each runs again alone
-            self.stats.retried_alone += len(batch)
             _LOGGER.warning(
                 "a batch of %d calls failed (%s); running them one by one", len(batch), exc
             )
+            with self._lock:
+                self.stats.retried_alone += len(batch)
+                for call in batch:
+                    self._count([call])
             for call in batch:
                 self._execute([call])
             return

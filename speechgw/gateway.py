@@ -106,6 +106,8 @@ class Gateway:
         self.backends = dict(backends)
         self.keyring = keyring
         self.metrics = metrics
+        # read at each scrape, so a reload's new backends show up
+        metrics.watch_batches(lambda: ((b.name, b.batch_stats) for b in self.backends.values()))
         self.store = store
         self.accounting = Accounting(
             metrics, store, lambda: self.config.limits.busy_retry_after_seconds

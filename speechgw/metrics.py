@@ -10,12 +10,27 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
-__all__ = ["GatewayMetrics"]
+from .batching import BatchStats
+
+__all__ = ["BatchSource", "GatewayMetrics"]
+
+BatchSource = Callable[[], Iterable[tuple[str, BatchStats | None]]]
+"""Each backend's name and batch counts (None: it does not batch), read at each scrape."""
 
 _MACHINE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
@@ -109,9 +124,16 @@ class GatewayMetrics:
             ["limit"],
             registry=r,
         )
+        self._batches = _BatchCollector(lambda: ())  # until the gateway names its backends
+        r.register(self._batches)
         self._max_machine_ids = max_machine_ids
         self._machine_ids: set[str] = set()
         self._lock = threading.Lock()
+
+    def watch_batches(self, source: BatchSource) -> None:
+        """Export the backends' batch counts, read from ``source`` at each scrape (nothing on
+        the inference path counts for Prometheus)."""
+        self._batches.source = source
 
     def machine_label(self, machine_id: str) -> str:
         """A bounded label value for a client-supplied machine id."""
@@ -124,3 +146,54 @@ class GatewayMetrics:
                 return "other"
             self._machine_ids.add(machine_id)
         return machine_id
+
+
+class _BatchCollector(Collector):
+    """``speechgw_batch_size`` (a histogram of model calls per batched call),
+    ``speechgw_batch_retried_alone_total`` and ``speechgw_batch_waiting``, per backend that
+    batches: how well a GPU is being fed."""
+
+    def __init__(self, source: BatchSource) -> None:
+        self.source = source
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        families = self._families()
+        for name, stats in self.source():
+            if stats is not None:
+                _add(families, name, stats)
+        return iter(families)
+
+    @staticmethod
+    def _families() -> list[Metric]:
+        return [
+            HistogramMetricFamily(
+                "speechgw_batch_size",
+                "Model calls (jobs' encode-and-decode steps) run together in one batched call",
+                labels=["backend"],
+            ),
+            CounterMetricFamily(
+                "speechgw_batch_retried_alone",
+                "Calls run again one by one because the batch they were in failed",
+                labels=["backend"],
+            ),
+            GaugeMetricFamily(
+                "speechgw_batch_waiting",
+                "Model calls waiting now for a place in a batch",
+                labels=["backend"],
+            ),
+        ]
+
+
+def _add(families: list[Metric], backend: str, stats: BatchStats) -> None:
+    size, retried, waiting = families
+    buckets = []
+    for bound in _BATCH_BUCKETS:
+        seen = sum(n for s, n in stats.sizes.items() if s <= bound)
+        buckets.append((floatToGoString(bound), seen))
+    buckets.append(("+Inf", stats.batches))
+    size.add_metric([backend], buckets, sum_value=stats.calls)  # type: ignore[attr-defined]
+    retried.add_metric([backend], stats.retried_alone)  # type: ignore[attr-defined]
+    waiting.add_metric([backend], stats.waiting)  # type: ignore[attr-defined]
