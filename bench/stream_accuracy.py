@@ -105,12 +105,16 @@ def recordings(multilingual: bool) -> list[dict[str, str]]:
     return keep
 
 
-def server_config(base: Path, streaming: dict[str, object], work: Path) -> Path:
-    """``base`` with ``streaming`` settings over the defaults."""
-    if not streaming:
+def server_config(
+    base: Path, streaming: dict[str, object], work: Path, whisper: dict[str, object] | None = None
+) -> Path:
+    """``base`` with ``streaming`` settings over the defaults, and ``whisper`` settings over
+    its whisper backend's."""
+    if not streaming and not whisper:
         return base
     document = yaml.safe_load(base.read_text())
     document["streaming"] = streaming
+    document["backends"]["whisper"].update(whisper or {})
     out = work / f"{base.stem}-{len(list(work.iterdir()))}.yaml"
     out.write_text(yaml.safe_dump(document))
     return out
@@ -122,6 +126,10 @@ def main() -> int:
     parser.add_argument(
         "--streaming", action="append", default=[], metavar="KEY=VALUE",
         help="a streaming setting of the server (repeatable), e.g. fragment_speech_ms=1500",
+    )  # fmt: skip
+    parser.add_argument(
+        "--whisper", action="append", default=[], metavar="KEY=VALUE",
+        help="a setting of the server's whisper backend (repeatable), e.g. prompt_tokens=32",
     )  # fmt: skip
     parser.add_argument("--parallel", type=int, default=3, help="streams at once at 1x")
     parser.add_argument("--multilingual", action="store_true")
@@ -158,7 +166,11 @@ def main() -> int:
             }
             if args.context_chars is not None:
                 settings["context_chars"] = args.context_chars
-            config = server_config(base, settings, Path(work))
+            whisper = {
+                key: yaml.safe_load(value)
+                for key, value in (item.split("=", 1) for item in args.whisper)
+            }
+            config = server_config(base, settings, Path(work), whisper)
             repeated = 0
             with served(config) as url:
                 for r in rows:
@@ -179,7 +191,10 @@ def main() -> int:
                             texts[r["file"]]["stream 1x"] = " ".join(replies)
             totals = {p: np.zeros(2, int) for p in paths}
             without_disc = {p: np.zeros(2, int) for p in paths}
-            print(f"\n{which} ({model_name}), streaming settings: {settings or 'defaults'}")
+            print(
+                f"\n{which} ({model_name}), streaming settings: {settings or 'defaults'}, "
+                f"whisper settings: {whisper or 'as ' + base.name}"
+            )
             print("| recording | words | " + " | ".join(paths) + " |")
             print("|---|---|" + "---|" * len(paths))
             for r in rows:

@@ -170,7 +170,13 @@ def test_batched_whisper_gives_the_unbatched_texts(voices, tiny_server, tmp_path
     wavs = {name: path.read_bytes() for name, path in voices.items()}
     alone = {name: transcribe(tiny_server.ws, wav).reply["text"] for name, wav in wavs.items()}
     backends = {
-        "whisper": {"type": "whisper", "model": "tiny.en", "cpu_threads": 2, "batch_size": 4}
+        "whisper": {
+            "type": "whisper",
+            "model": "tiny.en",
+            "cpu_threads": 2,
+            "batch_size": 4,
+            "prompt_tokens": 8,  # the stream below: its contexts cut to one length
+        }
     }
     with running_server(backends=backends) as server:
         together: dict[str, str] = {}
@@ -294,5 +300,23 @@ def test_the_tokens_suppressed_once_are_faster_whispers_defaults(model: str) -> 
                 assert get_suppressed_tokens(tokenizer, list(backend._suppress_tokens)) == default
                 checked += 1
         assert checked == (2 * len(_LANGUAGE_CODES) if multilingual else 1)
+    finally:
+        asyncio.run(backend.close())
+
+
+def test_a_long_prompt_goes_to_the_model_as_its_last_tokens() -> None:
+    """``prompt_tokens``: a stream's context longer than N tokens reaches the model as exactly
+    its last N tokens (so that streams under way share one prompt length); a shorter one goes
+    as its text, as faster-whisper would encode it."""
+    backend = WhisperBackend("w", WhisperOptions(model="tiny.en", cpu_threads=1, prompt_tokens=6))
+    asyncio.run(backend.start())
+    try:
+        tokenizer = backend._model.hf_tokenizer  # type: ignore[union-attr]
+        context = "the market opens at nine and the coffee is ready by then"
+        cut = backend._prompt(context)
+        assert isinstance(cut, list) and len(cut) == 6
+        assert context.endswith(tokenizer.decode(cut).strip())
+        assert backend._prompt("at nine") == "at nine"
+        assert backend._prompt(None) is None
     finally:
         asyncio.run(backend.close())

@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Streams in batches (issue 17): how full the batches of concurrent streams' utterances are,
+with their context prompts whole or cut to one length (``prompt_tokens``).
+
+CTranslate2 batches only prompts of one length, and a stream's context (its last replies, up
+to ``streaming.context_chars`` characters) is a different number of tokens in each stream, so
+streams under way rarely share a batch. ``prompt_tokens: N`` sends the last N tokens instead.
+Here STREAMS streams at once, unpaced (so that their utterances queue together, as hundreds of
+real-time streams do on a GPU), each an English recording of ../shared/audio (the longest
+first), through ``speechgw serve`` on tiny.en with ``batch_size`` BATCH; for each
+``prompt_tokens`` value: the mean batch size of the model's ``generate`` calls (from
+``/metrics``), the wall time, and the word error rate over all streams.
+
+    python bench/stream_batching.py [--streams 8] [--batch-size 8] [--prompt-tokens 0,24]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import yaml
+from _common import SHARED_AUDIO, served, tempdir, word_errors
+from stream_accuracy import recordings, stream
+
+from speechgw.audio import to_pcm16
+
+
+def metric(http: str, name: str) -> float:
+    with urllib.request.urlopen(f"{http}/metrics", timeout=10) as response:
+        body = response.read().decode()
+    found = re.search(rf"^{name}{{[^}}]*}} (\S+)$", body, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--prompt-tokens", default="0,24")
+    parser.add_argument("--cpu-threads", type=int, default=2)
+    args = parser.parse_args()
+    if not (SHARED_AUDIO / "MANIFEST.tsv").exists():
+        print("../shared/audio is absent: no real speech to stream")
+        return 1
+    from faster_whisper import decode_audio
+
+    rows = sorted(recordings(False), key=lambda r: -float(r["duration_s"]))
+    rows = [rows[i % len(rows)] for i in range(args.streams)]
+    pcm = {r["file"]: to_pcm16(decode_audio(str(SHARED_AUDIO / r["file"]))).tobytes() for r in rows}
+    audio_s = sum(len(pcm[r["file"]]) / 32000 for r in rows)
+    print(f"{args.streams} streams at once, {audio_s:.0f} s of audio, unpaced")
+    print("| prompt_tokens | mean batch | batches | wall s | WER |")
+    print("|---|---|---|---|---|")
+    with tempdir() as work:
+        for limit in (int(x) for x in args.prompt_tokens.split(",")):
+            whisper = {
+                "type": "whisper",
+                "model": "tiny.en",
+                "cpu_threads": args.cpu_threads,
+                "batch_size": args.batch_size,
+                "prompt_tokens": limit,
+            }
+            document = {
+                "backends": {"whisper": whisper},
+                "routing": [{"backend": "whisper"}],
+                "store": {"path": None},
+                "limits": {"max_connections": 1000, "max_pending_jobs": 1000},
+                "logging": {"level": "INFO"},
+            }
+            config = Path(work) / f"prompt{limit}.yaml"
+            config.write_text(yaml.safe_dump(document))
+            with served(config) as url:
+                http = url.replace("ws://", "http://")
+                started = time.perf_counter()
+                with ThreadPoolExecutor(args.streams) as pool:
+                    replies = list(pool.map(lambda r: stream(url, pcm[r["file"]], "en", 0), rows))
+                wall = time.perf_counter() - started
+                calls = metric(http, "speechgw_batch_size_sum")
+                batches = metric(http, "speechgw_batch_size_count")
+            errors = np.zeros(2, int)
+            for r, texts in zip(rows, replies, strict=True):
+                errors += word_errors(r["reference_transcript"], " ".join(texts))
+            print(
+                f"| {limit} | {calls / max(batches, 1):.2f} | {batches:.0f} | {wall:.1f} | "
+                f"{errors[0] / errors[1]:.3f} ({errors[0]}/{errors[1]}) |",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
