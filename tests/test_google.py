@@ -392,10 +392,11 @@ def test_a_stream_longer_than_google_allows_is_carried_by_restarts(voices, tmp_p
             backends={"google": google(emulator, timeout_seconds=30)},
         ) as server,
     ):
-        # 30x real time: unpaced, on a loaded machine the audio sent can run more than 40 s
-        # ahead of Google's finals, and the session then half-closes at its hard limit
-        # (280 s) before a final past 240 s arrives: correct, but not the path tested here
-        result = stream_pcm(server.ws, pcm, rate, realtime=30.0)
+        # 10x real time: unpaced, or at 30x on a loaded machine (once in a full run), the
+        # audio sent can run more than 40 s ahead of Google's finals, and the session then
+        # half-closes at its hard limit (280 s) before a final past 240 s arrives: correct,
+        # but not the path tested here. At 10x a final may lag 4 s before that happens.
+        result = stream_pcm(server.ws, pcm, rate, realtime=10.0)
     assert result.errors == []
     assert result.replies == ["hello from the emulator"] * len(names)
     first, *rest = emulator.calls
