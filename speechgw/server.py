@@ -14,6 +14,7 @@ from hypercorn.config import Config as HypercornConfig
 from starlette.applications import Starlette
 
 from ._hypercorn_compat import decline_websocket_compression
+from ._wsproto_compat import unmask_with_numpy
 from .config import Config
 from .tuning import limit_blas_threads, retain_freed_memory
 
@@ -50,6 +51,7 @@ async def serve_app(
     """Serve ``app`` until ``shutdown_trigger`` returns."""
     if not config.server.websocket_compression:
         decline_websocket_compression()
+    unmask_with_numpy()
 
     async def begin_shutdown() -> None:
         await shutdown_trigger()

@@ -37,7 +37,10 @@ def test_an_adapter_calls_no_admission_or_accounting_step(path: Path) -> None:
 @pytest.mark.parametrize("path", sorted((REPO / "speechgw").glob("*.py")), ids=lambda p: p.name)
 def test_the_core_imports_no_transport(path: Path) -> None:
     _, modules = _names(path)
-    if path.name in ("app.py", "server.py", "_hypercorn_compat.py", "cli.py"):
+    process = ("app.py", "server.py", "_hypercorn_compat.py", "_wsproto_compat.py", "cli.py")
+    if path.name in process:
         return  # the ASGI app and the process around it
-    transports = {m for m in modules if m.split(".")[0] in ("starlette", "hypercorn", "websockets")}
+    transports = {
+        m for m in modules if m.split(".")[0] in ("starlette", "hypercorn", "websockets", "wsproto")
+    }
     assert not transports, transports

@@ -4,7 +4,9 @@ documented error or a well-formed request, never another exception."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
+import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -80,3 +82,28 @@ def test_streaming_audio_round_trips(pcm: bytes, rate: int | None) -> None:
     # LINEAR16 -> float -> LINEAR16 gives back every sample exactly
     assert parsed is not None and to_pcm16(parsed.samples).tobytes() == pcm
     assert parsed.rate == rate
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    key=st.binary(min_size=4, max_size=4),
+    size=st.integers(min_value=0, max_value=9000),
+    cuts=st.lists(st.integers(min_value=0, max_value=9000), max_size=6),
+)
+def test_numpy_unmasking_gives_wsprotos_bytes(key: bytes, size: int, cuts: list[int]) -> None:
+    """A masked frame arriving in chunks of any sizes, small and large: the payload unmasked
+    with numpy (``speechgw._wsproto_compat``) is byte for byte what wsproto's own code gives,
+    the key rotating across chunks."""
+    from wsproto.frame_protocol import XorMaskerSimple
+
+    from speechgw._wsproto_compat import unmask_with_numpy
+
+    data = random.Random(size).randbytes(size)
+    unmask_with_numpy()
+    original = XorMaskerSimple.process.__wrapped__  # type: ignore[attr-defined]
+    bounds = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    chunks = [data[a:b] for a, b in itertools.pairwise(bounds)]
+    theirs = XorMaskerSimple(key)
+    expected = b"".join(bytes(original(theirs, c)) for c in chunks)
+    ours = XorMaskerSimple(key)
+    assert b"".join(bytes(ours.process(c)) for c in chunks) == expected
