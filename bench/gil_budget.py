@@ -14,6 +14,11 @@ counts only while some thread holds the GIL); each sample is put under the deepe
 a known part. Needs py-spy (``.venv/bin/pip install py-spy``; not a dependency of speechgw).
 
     .venv/bin/python bench/gil_budget.py [--batch-size 8] [--clients 16] [--seconds 30]
+    python3 bench/gil_budget.py --device cuda --compute-type float16 --model "$SPEECHGW_GPU_MODEL" \
+        --audio "$SPEECHGW_GPU_AUDIO" --batch-size 32 --clients 64               # the GPU
+
+``--audio DIR``: 16 kHz mono WAV pieces (``piece*.wav``, the GPU recipe's); else the English
+recordings of ../shared/audio joined into 10-30 s pieces (espeak-ng sentences without it).
 """
 
 from __future__ import annotations
@@ -59,6 +64,9 @@ def part_of(stack: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny.en")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compute-type", default="int8")
+    parser.add_argument("--audio", type=Path, help="folder of piece*.wav")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--cpu-threads", type=int, default=2)
@@ -72,7 +80,7 @@ def main() -> int:
         parser.error("py-spy is not installed: .venv/bin/pip install py-spy")
 
     work = Path(tempfile.mkdtemp(prefix="speechgw-gil-"))
-    paths = recordings(work)
+    paths = sorted(args.audio.glob("piece*.wav")) if args.audio else recordings(work)
     wavs = [p.read_bytes() for p in paths]
     seconds = []
     for p in paths:
@@ -82,8 +90,8 @@ def main() -> int:
     whisper = {
         "type": "whisper",
         "model": args.model,
-        "device": "cpu",
-        "compute_type": "int8",
+        "device": args.device,
+        "compute_type": args.compute_type,
         "cpu_threads": args.cpu_threads,
         "concurrency": args.workers,
         "batch_size": args.batch_size,
@@ -143,7 +151,7 @@ def main() -> int:
     held = sum(parts.values()) / args.rate  # GIL-seconds while sampling
     per_audio = 1000 * held / audio
     print(
-        f"{args.model}, batch_size {args.batch_size}, {args.workers} worker(s) x "
+        f"{args.model} on {args.device}, batch_size {args.batch_size}, {args.workers} worker(s) x "
         f"{args.cpu_threads} thread(s), {args.clients} clients: {audio / sampled:.1f} audio s/s, "
         f"{requests / sampled:.2f} requests/s ({audio / requests:.1f} s each) over {sampled:.0f} s"
     )
