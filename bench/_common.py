@@ -167,6 +167,22 @@ def served(config: Path) -> Iterator[ServerURL]:
         process.wait(timeout=60)
 
 
+def whisper_gateway_config(path: Path, **whisper: object) -> Path:
+    """Write a config for ``speechgw serve`` with one whisper backend of these settings, no
+    store and limits far above any benchmark's load; returns ``path``."""
+    import yaml
+
+    document = {
+        "backends": {"whisper": {"type": "whisper", **whisper}},
+        "routing": [{"backend": "whisper"}],
+        "store": {"path": None},
+        "limits": {"max_pending_jobs": 4096, "max_connections": 4096},
+        "logging": {"level": "INFO"},  # served() waits for the "Running on" line
+    }
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
 def tempdir() -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix="speechgw-bench-")
 

@@ -36,8 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import yaml
-from _common import REPO, gateway_transcribe, recordings, served
+from _common import REPO, gateway_transcribe, recordings, served, whisper_gateway_config
 
 
 def read_wav(path: Path) -> tuple[bytes, np.ndarray, float]:
@@ -130,24 +129,15 @@ def main() -> int:
         print(f"{name}: done", flush=True)
 
     for batch_size in batch_sizes:
-        config = work / f"gateway-b{batch_size}.yaml"
-        whisper_options = {
-            "type": "whisper",
-            "model": model_path,
-            "device": args.device,
-            "compute_type": args.compute_type,
-            "cpu_threads": args.cpu_threads,
-            "concurrency": args.workers,
-            "batch_size": batch_size,
-        }
-        document = {
-            "backends": {"whisper": whisper_options},
-            "routing": [{"backend": "whisper"}],
-            "store": {"path": None},
-            "limits": {"max_pending_jobs": 4096, "max_connections": 4096},
-            "logging": {"level": "INFO"},
-        }
-        config.write_text(yaml.safe_dump(document))
+        config = whisper_gateway_config(
+            work / f"gateway-b{batch_size}.yaml",
+            model=model_path,
+            device=args.device,
+            compute_type=args.compute_type,
+            cpu_threads=args.cpu_threads,
+            concurrency=args.workers,
+            batch_size=batch_size,
+        )
         name = f"gateway, batch_size {batch_size}"
         with served(config) as url:
             gateway_transcribe(url, pieces[0][0])  # warm up

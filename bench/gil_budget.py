@@ -35,8 +35,7 @@ import wave
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
-from _common import gateway_transcribe, recordings, served
+from _common import gateway_transcribe, recordings, served, whisper_gateway_config
 
 # (part, what a frame's file path contains), deepest frame first wins; order matters
 PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -86,23 +85,15 @@ def main() -> int:
     for p in paths:
         with wave.open(str(p)) as w:
             seconds.append(w.getnframes() / w.getframerate())
-    config = work / "gateway.yaml"
-    whisper = {
-        "type": "whisper",
-        "model": args.model,
-        "device": args.device,
-        "compute_type": args.compute_type,
-        "cpu_threads": args.cpu_threads,
-        "concurrency": args.workers,
-        "batch_size": args.batch_size,
-    }
-    document = {
-        "backends": {"whisper": whisper},
-        "routing": [{"backend": "whisper"}],
-        "store": {"path": None},
-        "limits": {"max_pending_jobs": 4096, "max_connections": 4096},
-    }
-    config.write_text(yaml.safe_dump(document))
+    config = whisper_gateway_config(
+        work / "gateway.yaml",
+        model=args.model,
+        device=args.device,
+        compute_type=args.compute_type,
+        cpu_threads=args.cpu_threads,
+        concurrency=args.workers,
+        batch_size=args.batch_size,
+    )
     raw = work / "gil.txt"
     done = {"audio": 0.0, "requests": 0}
     lock = threading.Lock()

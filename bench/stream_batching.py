@@ -24,8 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import yaml
-from _common import SHARED_AUDIO, served, tempdir, word_errors
+from _common import SHARED_AUDIO, served, tempdir, whisper_gateway_config, word_errors
 from stream_accuracy import recordings, stream
 
 from speechgw.audio import to_pcm16
@@ -59,22 +58,13 @@ def main() -> int:
     print("|---|---|---|---|---|")
     with tempdir() as work:
         for limit in (int(x) for x in args.prompt_tokens.split(",")):
-            whisper = {
-                "type": "whisper",
-                "model": "tiny.en",
-                "cpu_threads": args.cpu_threads,
-                "batch_size": args.batch_size,
-                "prompt_tokens": limit,
-            }
-            document = {
-                "backends": {"whisper": whisper},
-                "routing": [{"backend": "whisper"}],
-                "store": {"path": None},
-                "limits": {"max_connections": 1000, "max_pending_jobs": 1000},
-                "logging": {"level": "INFO"},
-            }
-            config = Path(work) / f"prompt{limit}.yaml"
-            config.write_text(yaml.safe_dump(document))
+            config = whisper_gateway_config(
+                Path(work) / f"prompt{limit}.yaml",
+                model="tiny.en",
+                cpu_threads=args.cpu_threads,
+                batch_size=args.batch_size,
+                prompt_tokens=limit,
+            )
             with served(config) as url:
                 http = url.replace("ws://", "http://")
                 started = time.perf_counter()
