@@ -122,8 +122,7 @@ class Accounting:
                 "request %s: the usage ledger is unreachable: %s", books.request_id, exc
             )
             retry = self._busy_retry_after()
-            message = f"the usage ledger is unreachable; retry in {retry} s"
-            raise ServerBusy(message, retry) from exc
+            raise ServerBusy.retry_in("the usage ledger is unreachable", retry) from exc
         except Exception as exc:
             _LOGGER.exception("request %s: the usage ledger failed", books.request_id)
             raise InternalError("the usage ledger could not record the request") from exc

@@ -159,9 +159,10 @@ class Admission:
                 del self.counts[counter]  # per-key counters must not accumulate
 
     def _busy(self, limit: int, what: str) -> ServerBusy:
-        retry = self._limits().busy_retry_after_seconds
-        message = f"the server is at its limit of {limit} {what}; retry in {retry} s"
-        return ServerBusy(message, retry)
+        return ServerBusy.retry_in(
+            f"the server is at its limit of {limit} {what}",
+            self._limits().busy_retry_after_seconds,
+        )
 
     async def _take(self, key: str) -> None:
         """Spend one of ``key``'s request tokens (``limits.rate_limit_per_key``, which the
@@ -182,10 +183,8 @@ class Admission:
             wait = self._take_local(key, per_minute, limits.rate_limit_burst)
         if wait is not None:
             retry = max(1, math.ceil(wait))
-            raise RateLimited(
-                f"API key {key!r} is over its rate of {per_minute:g} requests "
-                f"per minute; retry in {retry} s",
-                retry,
+            raise RateLimited.retry_in(
+                f"API key {key!r} is over its rate of {per_minute:g} requests per minute", retry
             )
 
     def _take_local(self, key: str, per_minute: float, burst: int) -> float | None:

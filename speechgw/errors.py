@@ -25,6 +25,8 @@ so that the request is logged as abandoned and nothing is sent.
 
 from __future__ import annotations
 
+from typing import Self
+
 __all__ = [
     "AudioTooLong",
     "BackendUnavailable",
@@ -88,6 +90,12 @@ class RetryLater(SpeechGWError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+    @classmethod
+    def retry_in(cls, reason: str, seconds: int) -> Self:
+        """``reason``, with when to come back said in the message too (clients that show
+        only the message still tell their user when to retry)."""
+        return cls(f"{reason}; retry in {seconds} s", seconds)
 
 
 class ServerBusy(RetryLater):

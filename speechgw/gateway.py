@@ -215,7 +215,7 @@ class Gateway:
         except StoreUnavailable as exc:
             self.metrics.store_errors.labels("keys").inc()
             retry = self.config.limits.busy_retry_after_seconds
-            raise ServerBusy(f"the key store is unreachable; retry in {retry} s", retry) from exc
+            raise ServerBusy.retry_in("the key store is unreachable", retry) from exc
 
     async def models(self, protocol: str, presented_key: object) -> tuple[str, ...]:
         """The model names a client may ask for, once its key is accepted.

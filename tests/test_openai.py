@@ -381,15 +381,24 @@ def test_translation_to_english_in_each_format(multilingual_server: Server, germ
             answers[kind] = sdk.audio.translations.create(
                 model="whisper-1", file=audio, response_format=kind
             )
+    # English, not German: "Berlin" and no German word. (base rates its decode of this
+    # sentence at -1.06, below Whisper's -1.0 threshold, so the temperature fallback samples
+    # and the wording can vary between calls; "train" was missing once in a full run.)
+    german_words = {"wir", "fahren", "morgen", "mit", "dem", "zug", "nach"}
+
+    def english(text: str) -> bool:
+        words = set(speech.words(text))
+        return "berlin" in words and not words & german_words
+
     for kind in ("text", "srt", "vtt"):
-        assert {"train", "berlin"} <= set(speech.words(answers[kind])), (kind, answers[kind])
+        assert english(answers[kind]), (kind, answers[kind])
     assert answers["srt"].startswith("1\n00:00:00,")
     assert answers["vtt"].startswith("WEBVTT\n\n00:00:00.")
-    assert {"train", "berlin"} <= set(speech.words(answers["json"].text))
+    assert english(answers["json"].text), answers["json"].text
     verbose = answers["verbose_json"]
     assert verbose.language == "english"  # what OpenAI's API says of a translation
     assert verbose.task == "translate"
-    assert {"train", "berlin"} <= set(speech.words(verbose.text))
+    assert english(verbose.text), verbose.text
 
 
 def _wait_for(condition, timeout: float = 30.0) -> None:
