@@ -383,7 +383,7 @@ def test_translation_to_english_in_each_format(multilingual_server: Server, germ
             )
     # English, not German: "Berlin" and no German word. (base rates its decode of this
     # sentence at -1.06, below Whisper's -1.0 threshold, so the temperature fallback samples
-    # and the wording can vary between calls; "train" was missing once in a full run.)
+    # and the wording can vary between calls; a check of exact words failed once.)
     german_words = {"wir", "fahren", "morgen", "mit", "dem", "zug", "nach"}
 
     def english(text: str) -> bool:
