@@ -124,9 +124,11 @@ def _decode_samples(raw: memoryview, info: WavInfo) -> np.ndarray:
         raise InvalidAudio("the WAV file holds no samples")
     raw = raw[: frames * frame_bytes]
     if info.is_float:
-        samples = np.frombuffer(raw, dtype="<f4" if width == 4 else "<f8").astype(np.float32)
-        np.nan_to_num(samples, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-        np.clip(samples, -1.0, 1.0, out=samples)
+        stored = np.frombuffer(raw, dtype="<f4" if width == 4 else "<f8")
+        # cleaned in the file's own precision: a float64 beyond float32's range would
+        # overflow in the cast (found by tests/test_audio.py's mangled headers)
+        cleaned = np.nan_to_num(stored, nan=0.0, posinf=0.0, neginf=0.0)
+        samples = np.clip(cleaned, -1.0, 1.0).astype(np.float32)
     elif width == 1:  # 8-bit WAV is unsigned
         samples = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
     elif width == 2:
