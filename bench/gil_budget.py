@@ -14,6 +14,7 @@ counts only while some thread holds the GIL); each sample is put under the deepe
 a known part. Needs py-spy (``.venv/bin/pip install py-spy``; not a dependency of speechgw).
 
     .venv/bin/python bench/gil_budget.py [--batch-size 8] [--clients 16] [--seconds 30]
+    .venv/bin/python bench/gil_budget.py --streams [--clients 4]     # real-time streams instead
     python3 bench/gil_budget.py --device cuda --compute-type float16 --model "$SPEECHGW_GPU_MODEL" \
         --audio "$SPEECHGW_GPU_AUDIO" --batch-size 32 --clients 64               # the GPU
 
@@ -36,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _common import gateway_transcribe, recordings, served, whisper_gateway_config
+from stream_accuracy import stream
 
 # (part, what a frame's file path contains), deepest frame first wins; order matters
 PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -43,6 +45,11 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("tokenizer (faster-whisper)", ("faster_whisper/tokenizer",)),
     ("faster-whisper's loop around the model", ("faster_whisper/",)),
     ("batcher", ("speechgw/batching", "backends/whisper_batching")),
+    (
+        "stream pipeline (VAD, segmenter, live audio)",
+        ("speechgw/segmenter", "speechgw/live_audio", "speechgw/stream", "webrtcvad"),
+    ),
+    ("streaming messages (json, base64)", ("json/", "base64")),
     ("WebSocket frames (wsproto, h11, hypercorn)", ("wsproto/", "h11/", "hypercorn/")),
     (
         "gateway (speechgw, protocols, starlette)",
@@ -60,6 +67,11 @@ def part_of(stack: str) -> str:
     return "other"
 
 
+def _pcm16(path: Path) -> bytes:
+    with wave.open(str(path)) as w:
+        return w.readframes(w.getnframes())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny.en")
@@ -70,6 +82,10 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--cpu-threads", type=int, default=2)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument(
+        "--streams", action="store_true",
+        help="clients stream the pieces at 1x over /api/core/google/asr instead of batch requests",
+    )  # fmt: skip
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
     parser.add_argument("--detail", type=int, default=0, help="print each part's top N frames")
@@ -81,6 +97,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="speechgw-gil-"))
     paths = sorted(args.audio.glob("piece*.wav")) if args.audio else recordings(work)
     wavs = [p.read_bytes() for p in paths]
+    pcm = [_pcm16(p) for p in paths]
     seconds = []
     for p in paths:
         with wave.open(str(p)) as w:
@@ -104,10 +121,15 @@ def main() -> int:
         def client(k: int) -> None:
             i = k
             while time.monotonic() < stop:
-                gateway_transcribe(url, wavs[i % len(wavs)])
-                with lock:
-                    done["audio"] += seconds[i % len(wavs)]
-                    done["requests"] += 1
+                if args.streams:  # 1x real time: replies, counted as requests
+                    replies = stream(url, pcm[i % len(pcm)], "en", 1.0)
+                    with lock:
+                        done["requests"] += len(replies)
+                else:
+                    gateway_transcribe(url, wavs[i % len(wavs)])
+                    with lock:
+                        done["audio"] += seconds[i % len(wavs)]
+                        done["requests"] += 1
                 i += 1
 
         with ThreadPoolExecutor(args.clients) as pool:
@@ -127,6 +149,8 @@ def main() -> int:
             with lock:
                 audio = done["audio"] - before["audio"]
                 requests = done["requests"] - before["requests"]
+            if args.streams:  # every stream sends its audio at 1x the whole time
+                audio = args.clients * sampled
             for f in futures:
                 f.result()
 
@@ -141,25 +165,29 @@ def main() -> int:
         frames[part][own[-1] if own else stack.split(";")[-1]] += int(count)
     held = sum(parts.values()) / args.rate  # GIL-seconds while sampling
     per_audio = 1000 * held / audio
+    what = "real-time streams" if args.streams else "batch clients"
+    unit, units = ("reply", "replies") if args.streams else ("request", "requests")
     print(
         f"{args.model} on {args.device}, batch_size {args.batch_size}, {args.workers} worker(s) x "
-        f"{args.cpu_threads} thread(s), {args.clients} clients: {audio / sampled:.1f} audio s/s, "
-        f"{requests / sampled:.2f} requests/s ({audio / requests:.1f} s each) over {sampled:.0f} s"
+        f"{args.cpu_threads} thread(s), {args.clients} {what}: {audio / sampled:.1f} audio s/s, "
+        f"{requests / sampled:.2f} {units}/s ({audio / max(requests, 1):.1f} s each) "
+        f"over {sampled:.0f} s"
     )
     print(f"GIL held {100 * held / sampled:.1f}% of the time: {per_audio:.3f} ms per audio second")
-    print(f"one interpreter's ceiling: {1000 / per_audio:.0f} audio s/s\n")
-    print("| part | ms per audio s | ms per request | share |")
+    ceiling = f"{1000 / per_audio:.0f} " + ("real-time streams" if args.streams else "audio s/s")
+    print(f"one interpreter's ceiling: {ceiling}\n")
+    print(f"| part | ms per audio s | ms per {unit} | share |")
     print("|---|---|---|---|")
     for part, count in parts.most_common():
         ms = 1000 * count / args.rate
         print(
-            f"| {part} | {ms / audio:.3f} | {ms / requests:.2f} | "
+            f"| {part} | {ms / audio:.3f} | {ms / max(requests, 1):.2f} | "
             f"{100 * count / sum(parts.values()):.0f}% |"
         )
     for part, _ in parts.most_common() if args.detail else ():
         print(f"\n{part}:")
         for frame, n in frames[part].most_common(args.detail):
-            print(f"  {1000 * n / args.rate / requests:.3f} ms per request  {frame}")
+            print(f"  {1000 * n / args.rate / max(requests, 1):.3f} ms per {unit}  {frame}")
     return 0
 
 

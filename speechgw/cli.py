@@ -168,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         config, path = _load(args)
         logging.getLogger().setLevel(config.logging.level)
         from .app import build_app
-        from .server import run
+        from .server import event_loop_factory, run
 
+        loop_factory = event_loop_factory(config.server.event_loop)
         app = build_app(config)
         store = app.state.gateway.store
         if store is not None:
@@ -181,11 +182,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"speechgw: the store is unreachable: {exc}", file=sys.stderr)
         return 1
     log.info(
-        "speechgw %s serving on %s:%d (config: %s)",
+        "speechgw %s serving on %s:%d (config: %s, event loop: %s)",
         __version__,
         config.server.host,
         config.server.port,
         path or "embedded default",
+        loop_factory.__module__.split(".")[0],
     )
-    run(app, config, path)
+    run(app, config, path, loop_factory)
     return 0

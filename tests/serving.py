@@ -28,7 +28,7 @@ from starlette.applications import Starlette
 from speechgw.app import backend_options, build_app
 from speechgw.config import load_config
 from speechgw.gateway import Gateway
-from speechgw.server import serve_app
+from speechgw.server import event_loop_factory, serve_app
 
 TINY = {"whisper": {"type": "whisper", "model": "tiny.en", "cpu_threads": 1}}
 
@@ -103,7 +103,7 @@ def running_server(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    loop = asyncio.new_event_loop()
+    loop = event_loop_factory(config.server.event_loop)()  # the loop `speechgw serve` runs
     stop = asyncio.Event()
     failure: list[BaseException] = []
 

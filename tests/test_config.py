@@ -346,3 +346,23 @@ def test_the_scripted_backend_keeps_its_old_quoted_name() -> None:
         backend_options=backend_options,
     )
     assert config.backends[0].type == "null"
+
+
+def test_the_event_loop_is_uvloop_unless_asked_otherwise() -> None:
+    """``server.event_loop``: auto and uvloop run on uvloop (a dependency where it builds),
+    asyncio on asyncio's own loop; an unknown name is a config error."""
+    import asyncio
+
+    import uvloop
+
+    from speechgw.server import event_loop_factory
+
+    for choice, kind in (("auto", uvloop.Loop), ("uvloop", uvloop.Loop)):
+        loop = event_loop_factory(choice)()
+        assert isinstance(loop, kind), choice
+        loop.close()
+    loop = event_loop_factory("asyncio")()
+    assert not isinstance(loop, uvloop.Loop) and isinstance(loop, asyncio.AbstractEventLoop)
+    loop.close()
+    with pytest.raises(ConfigError, match="event_loop"):
+        load_config({"server": {"event_loop": "trio"}}, env={}, backend_options=backend_options)
