@@ -167,12 +167,16 @@ def served(config: Path) -> Iterator[ServerURL]:
         process.wait(timeout=60)
 
 
-def whisper_gateway_config(path: Path, **whisper: object) -> Path:
-    """Write a config for ``speechgw serve`` with one whisper backend of these settings, no
-    store and limits far above any benchmark's load; returns ``path``."""
+def whisper_gateway_config(
+    path: Path, server: dict[str, object] | None = None, **whisper: object
+) -> Path:
+    """Write a config for ``speechgw serve`` with one whisper backend of these settings (and
+    these ``server`` settings), no store and limits far above any benchmark's load; returns
+    ``path``."""
     import yaml
 
     document = {
+        "server": server or {},
         "backends": {"whisper": {"type": "whisper", **whisper}},
         "routing": [{"backend": "whisper"}],
         "store": {"path": None},

@@ -87,6 +87,7 @@ def main() -> int:
         help="clients stream the pieces at 1x over /api/core/google/asr instead of batch requests",
     )  # fmt: skip
     parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--event-loop", default="auto", help="server.event_loop")
     parser.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
     parser.add_argument("--detail", type=int, default=0, help="print each part's top N frames")
     args = parser.parse_args()
@@ -104,6 +105,7 @@ def main() -> int:
             seconds.append(w.getnframes() / w.getframerate())
     config = whisper_gateway_config(
         work / "gateway.yaml",
+        server={"event_loop": args.event_loop},
         model=args.model,
         device=args.device,
         compute_type=args.compute_type,
@@ -168,8 +170,9 @@ def main() -> int:
     what = "real-time streams" if args.streams else "batch clients"
     unit, units = ("reply", "replies") if args.streams else ("request", "requests")
     print(
-        f"{args.model} on {args.device}, batch_size {args.batch_size}, {args.workers} worker(s) x "
-        f"{args.cpu_threads} thread(s), {args.clients} {what}: {audio / sampled:.1f} audio s/s, "
+        f"{args.model} on {args.device}, {args.event_loop} loop, batch_size {args.batch_size}, "
+        f"{args.workers} worker(s) x {args.cpu_threads} thread(s), {args.clients} {what}: "
+        f"{audio / sampled:.1f} audio s/s, "
         f"{requests / sampled:.2f} {units}/s ({audio / max(requests, 1):.1f} s each) "
         f"over {sampled:.0f} s"
     )
