@@ -97,7 +97,7 @@ class ServerConfig:
     """Allow permessage-deflate. Off by default: deflating audio costs ~10x throughput."""
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     """``auto``: uvloop where it is installed (Linux and macOS), else asyncio's own loop.
-    uvloop takes a quarter off the GIL time a live stream costs (bench/gil_budget.py)."""
+    uvloop takes a fifth off the GIL time a live stream costs (bench/gil_budget.py)."""
     shutdown_grace_seconds: Annotated[float, NonNegative] = 30.0
     """0: stop at once, cutting off what is in flight."""
     retain_freed_memory_mib: Annotated[int | None, NonNegative] = 1024

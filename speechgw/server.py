@@ -28,7 +28,7 @@ def event_loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEve
     """What makes the server's event loop: uvloop's for ``uvloop`` (and for ``auto`` where
     it is installed), else asyncio's. Every message of every connection passes through the
     loop, so its own cost per event counts: uvloop (libuv, in C) took the GIL time of a
-    real-time stream from 4.1 to 3.0 ms per second of audio (BENCHMARKS.md)."""
+    real-time stream from 4.1 to 3.2 ms per second of audio (medians; BENCHMARKS.md)."""
     if choice == "asyncio":
         return asyncio.new_event_loop
     try:
