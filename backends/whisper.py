@@ -206,7 +206,7 @@ class WhisperBackend(Backend):
         self._executor: ThreadPoolExecutor | None = None
         self._info: dict[str, object] = {}
         self._suppress_tokens: list[int] = [-1]
-        self._prompt_tokens = options.prompt_tokens or 0
+        self._prompt_tokens = 0  # set at load: its default depends on the batch size
 
     @property
     def ready(self) -> bool:
@@ -256,8 +256,9 @@ class WhisperBackend(Backend):
         )
         if batch_size > 1:
             self._batch(batch_size)
-        if opts.prompt_tokens is None:
-            self._prompt_tokens = 24 if batch_size > 1 else 0
+        self._prompt_tokens = (
+            opts.prompt_tokens if opts.prompt_tokens is not None else 24 if batch_size > 1 else 0
+        )
         self._info = {"device": device, "compute_type": compute_type, "batch_size": batch_size}
         self._suppress_tokens = _non_speech_tokens(self._model)
         languages = frozenset(self._model.supported_languages)
@@ -409,15 +410,16 @@ class WhisperBackend(Backend):
         )
 
     def _prompt(self, prompt: str | None) -> str | list[int] | None:
-        """``prompt`` as faster-whisper takes it: its text, or its last ``prompt_tokens``
-        tokens when it has more (encoded as faster-whisper would encode the text)."""
+        """``prompt`` as faster-whisper takes it: its text, or with ``prompt_tokens`` its
+        tokens (encoded once, here, as faster-whisper would encode the text), the last
+        ``prompt_tokens`` of them."""
         limit = self._prompt_tokens
         if not prompt or not limit:
             return prompt
         tokens = self._model.hf_tokenizer.encode(  # type: ignore[union-attr]
             " " + prompt.strip(), add_special_tokens=False
         ).ids
-        return tokens[-limit:] if len(tokens) > limit else prompt
+        return tokens[-limit:]
 
     def _decode(self, audio: np.ndarray, spec: JobSpec, prompt: str | None) -> tuple[list, str]:
         """The segments worth keeping, and the language; decoding happens here, in the worker

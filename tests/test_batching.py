@@ -307,7 +307,7 @@ def test_the_tokens_suppressed_once_are_faster_whispers_defaults(model: str) -> 
 def test_a_long_prompt_goes_to_the_model_as_its_last_tokens() -> None:
     """``prompt_tokens``: a stream's context longer than N tokens reaches the model as exactly
     its last N tokens (so that streams under way share one prompt length); a shorter one goes
-    as its text, as faster-whisper would encode it."""
+    whole, as faster-whisper would encode its text."""
     backend = WhisperBackend("w", WhisperOptions(model="tiny.en", cpu_threads=1, prompt_tokens=6))
     asyncio.run(backend.start())
     try:
@@ -316,7 +316,9 @@ def test_a_long_prompt_goes_to_the_model_as_its_last_tokens() -> None:
         cut = backend._prompt(context)
         assert isinstance(cut, list) and len(cut) == 6
         assert context.endswith(tokenizer.decode(cut).strip())
-        assert backend._prompt("at nine") == "at nine"
+        short = backend._prompt("at nine")
+        assert short == tokenizer.encode(" at nine", add_special_tokens=False).ids
+        assert isinstance(short, list) and len(short) < 6
         assert backend._prompt(None) is None
     finally:
         asyncio.run(backend.close())
