@@ -37,6 +37,26 @@ def metric(http: str, name: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
+def context_lengths(replies: list[list[str]], context_chars: int = 200) -> list[int]:
+    """The token count of each prompt the streams' utterances carried: the context (the
+    stream's previous replies, as speechgw.stream keeps them) as faster-whisper encodes it."""
+    from faster_whisper import WhisperModel
+    from speechgw.backends.whisper import resolve_model
+
+    from speechgw.stream import _context
+
+    tokenizer = WhisperModel(resolve_model("tiny.en"), compute_type="int8").hf_tokenizer
+    lengths = []
+    for texts in replies:
+        context = ""
+        for text in texts:
+            if context:
+                encoded = tokenizer.encode(" " + context.strip(), add_special_tokens=False)
+                lengths.append(len(encoded.ids))
+            context = _context(context, text, context_chars)
+    return lengths
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=8)
@@ -81,6 +101,16 @@ def main() -> int:
                 f"{errors[0] / errors[1]:.3f} ({errors[0]}/{errors[1]}) |",
                 flush=True,
             )
+            if limit == 0:  # the whole contexts: how many lengths, how many over N tokens
+                lengths = context_lengths(replies)
+                counts = {n: sum(x > n for x in lengths) for n in (24, 32, 48)}
+                print(
+                    f"|   (contexts: {len(lengths)} prompts of {min(lengths)}-{max(lengths)} "
+                    f"tokens, {len(set(lengths))} lengths; longer than 24 / 32 / 48 tokens: "
+                    + " / ".join(f"{100 * c / len(lengths):.0f}%" for c in counts.values())
+                    + ") |",
+                    flush=True,
+                )
     return 0
 
 

@@ -1,9 +1,9 @@
 """Unmask WebSocket payloads with numpy on hypercorn's WebSocket stack (wsproto).
 
 Every frame a client sends is masked (RFC 6455 5.3: each byte XORed with a rotating 4-byte
-key). wsproto unmasks in Python, with ``bytes.translate`` over four strided slices: 86 us per
-64 KB here; one numpy XOR does the same in 10 us. For the batch protocol's 10 s WAV that took
-the GIL per request from 2.1 to 1.1 ms in hypercorn's WebSocket stack, and the gateway's GIL
+key). wsproto unmasks in Python, with ``bytes.translate`` over four strided slices; here it is
+one numpy XOR. For the batch protocol's 10 s WAV that took the GIL per request from 2.1 to
+1.1 ms in hypercorn's WebSocket stack, and the gateway's GIL
 time per audio second down by 18% (BENCHMARKS.md, "One interpreter's ceiling"). The bytes are
 the same (``tests/test_parsers.py`` checks against wsproto's own on random keys and
 chunkings); small payloads keep wsproto's code, which is as fast there.
