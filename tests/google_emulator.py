@@ -109,7 +109,7 @@ class SpeechEmulator:
         config = first.streaming_config.config
         call = Call("StreamingRecognize", config, bytearray())
         self.calls.append(call)
-        context.add_callback(lambda: _ended(call))
+        context.add_callback(lambda: _ended(call, context))
         fault, at = self._take_stream_fault()
         if fault == "SLOW":
             time.sleep(self.slow_seconds)
@@ -233,9 +233,22 @@ _MESSAGES = {
 }
 
 
-def _ended(call: Call) -> None:
-    if call.status == "open":  # the client went away first
+def _ended(call: Call, context: grpc.ServicerContext) -> None:
+    """Runs once the call is over, when grpc knows whether the client cancelled it."""
+    if call.status == "open" or (call.status == "ok" and _client_cancelled(context)):
         call.status = "cancelled"
+
+
+def _client_cancelled(context: grpc.ServicerContext) -> bool:
+    """Whether the client cancelled the call, read when it is over.
+
+    grpc's sync server can end a cancelled call's request iterator as if the client had
+    half-closed (the pending read comes back empty before the cancellation is seen), so the
+    servicer may finish it as ``ok``. The sync context has no ``cancelled()`` (grpc.aio's
+    has); once the call is over, its state says ``cancelled`` exactly when grpc core reported
+    the close as a cancellation.
+    """
+    return getattr(getattr(context, "_state", None), "client", None) == "cancelled"
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
