@@ -28,12 +28,15 @@ class ScriptedOptions:
     text: what every transcript says (empty: "no speech").
     detected_language: the language it "hears" in a job that names none.
     delay_seconds: how long each job takes.
+    interim_delay_seconds: how long an interim decode takes (null: ``delay_seconds``); an
+        interim slower than its final shows what the stream does with one that comes late.
     fail: ``unavailable`` raises backend_unavailable, ``crash`` an unexpected exception.
     """
 
     text: str = ""
     detected_language: str = "en"
     delay_seconds: Annotated[float, NonNegative] = 0.0
+    interim_delay_seconds: Annotated[float | None, NonNegative] = None
     fail: Literal["", "unavailable", "crash"] = ""
 
 
@@ -48,8 +51,11 @@ class ScriptedBackend(Backend):
         )
 
     async def transcribe(self, audio: np.ndarray, spec: JobSpec) -> Transcript:
-        if self.options.delay_seconds:
-            await anyio.sleep(self.options.delay_seconds)
+        delay = self.options.delay_seconds
+        if spec.interim and self.options.interim_delay_seconds is not None:
+            delay = self.options.interim_delay_seconds
+        if delay:
+            await anyio.sleep(delay)
         if self.options.fail == "unavailable":
             raise BackendUnavailable(f"backend {self.name!r} is unavailable (scripted)")
         if self.options.fail == "crash":

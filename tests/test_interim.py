@@ -10,7 +10,7 @@ import pytest
 from websockets.sync.client import connect
 
 from tests import speech
-from tests.serving import Server
+from tests.serving import Server, running_server
 from tests.streaming_client import assert_sentences, read_pcm16, stream_pcm
 
 CONTINUOUS = ["children", "market", "window"]
@@ -87,6 +87,26 @@ def test_interims_never_reorder_finals(tiny_server: Server, voices, paused: Path
         if kind == "interim":
             answered = sum(f < t for f in finals)  # finals already sent
             assert answered < len(names) and t > starts[answered], (text, result.events)
+
+
+def test_an_interim_that_comes_back_after_its_final_is_not_sent(voices, tmp_path) -> None:
+    """A final can overtake an interim decode of its utterance (a slow worker, a GPU batch):
+    the late interim is dropped, since the client would take it for the next utterance's
+    words. The scripted backend answers finals at once; its interims here take past the
+    final (the first starts after 0.5 s of speech) but end before the stream does."""
+    sentence = voices["children"]
+    pcm, rate = read_pcm16(speech.concat([sentence], tmp_path / "one.wav", silence_seconds=6.0))
+    pace = 2.0
+    slow = speech.duration(sentence) / pace + 1.0
+    for interim_seconds in (0.0, slow):
+        scripted = {"type": "scripted", "text": "heard", "interim_delay_seconds": interim_seconds}
+        with running_server({"routing": [{"backend": "s"}]}, backends={"s": scripted}) as server:
+            result = stream_pcm(server.ws, pcm, rate, realtime=pace, interim_results=True)
+        kinds = [kind for kind, _, _ in result.events]
+        if interim_seconds:
+            assert kinds == ["reply"], result.events
+        else:  # the same stream with quick interims gets them, all before its final
+            assert kinds[-1] == "reply" and kinds.count("interim") >= 2, result.events
 
 
 def test_interim_results_must_be_a_boolean(tiny_server: Server) -> None:
