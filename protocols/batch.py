@@ -73,7 +73,7 @@ def read_frame(text: str) -> dict[str, Any] | None:
     """
     try:
         message = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can parse
         raise InvalidRequest("the metadata frame is not valid JSON") from None
     if not isinstance(message, dict):
         raise InvalidRequest("the metadata frame must be a JSON object")

@@ -103,7 +103,7 @@ def decode_message(text: str | None) -> AudioMessage | None:
         raise InvalidRequest("messages must be JSON text frames")
     try:
         message: Any = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can parse
         raise InvalidRequest("the message is not valid JSON") from None
     if not isinstance(message, dict):
         raise InvalidRequest("the message must be a JSON object")

@@ -97,7 +97,7 @@ class Postprocessor:
             raise _Failure(f"the LLM endpoint is unreachable: {reason}") from None
         try:
             content = json.loads(payload)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
+        except (ValueError, RecursionError, KeyError, IndexError, TypeError):
             raise _Failure("the LLM endpoint sent a malformed response") from None
         if not isinstance(content, str) or not content.strip():
             raise _Failure("the LLM endpoint sent no text")

@@ -1,8 +1,9 @@
 """A local OpenAI-compatible chat-completions server for the post-processing tests.
 
 The ``model`` named in a request picks its behaviour: ``upper`` answers the user text in upper
-case, ``http500`` fails, ``slow`` answers after 3 s, ``garbage`` sends malformed JSON, and
-``empty`` sends no choices. Every request body is kept for the test to inspect.
+case, ``http500`` fails, ``slow`` answers after 3 s, ``garbage`` sends malformed JSON, ``deep``
+JSON nested deeper than Python's parser goes, and ``empty`` sends no choices. Every request
+body is kept for the test to inspect.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(500, b'{"error": "overloaded"}')
         elif model == "garbage":
             self._send(200, b'{"choices": [{"mess')
+        elif model == "deep":
+            self._send(200, b'{"choices": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
         elif model == "empty":
             self._send(200, b'{"choices": []}')
         else:

@@ -53,6 +53,11 @@ def wav_header(
 BAD_METADATA = [
     ("not json", "invalid_request", "not valid JSON"),
     ("[1, 2]", "invalid_request", "JSON object"),
+    (
+        '{"type": "transcribe", "a": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        "invalid_request",
+        "not valid JSON",
+    ),
     ({"language": "en"}, "invalid_request", "no 'type'"),
     ({"type": "summarise"}, "invalid_request", "unknown type"),
     ({"type": "transcribe", "language": 5}, "invalid_request", "'language'"),

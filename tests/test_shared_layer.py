@@ -171,6 +171,7 @@ def test_llm_postprocessing_and_its_failures(voices) -> None:
         for model, error in [
             ("http500", "HTTP 500"),
             ("garbage", "malformed response"),
+            ("deep", "malformed response"),
             ("empty", "malformed response"),
             ("slow", "timeout after 1 s"),
         ]:

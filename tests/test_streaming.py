@@ -126,6 +126,7 @@ GOOD = base64.b64encode(b"\x00\x00" * 1600).decode()
 BAD_MESSAGES = [
     ("not json at all", "Invalid Message Format"),
     ("[1, 2, 3]", "Invalid Message Format"),
+    ('{"audio": ' + "[" * 100_000 + "]" * 100_000 + "}", "Invalid Message Format"),  # too deep
     (b"\x00\x01binary", "Invalid Message Format"),
     ({"rate": 16000}, "Missing Audio Field"),
     ({"type": "audio"}, "Missing Audio Field"),
