@@ -14,6 +14,8 @@ import anyio
 import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -21,7 +23,7 @@ from starlette.staticfiles import StaticFiles
 
 from .auth import Keyring
 from .backend import Backend
-from .config import Config, load_config, load_config_file
+from .config import Config, ServerConfig, load_config, load_config_file
 from .errors import ConfigError
 from .gateway import Gateway
 from .metrics import GatewayMetrics
@@ -205,6 +207,27 @@ def build_app(config: Config, env: Mapping[str, str] | None = None) -> Starlette
         finally:
             await gateway.close()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=_cors(config.server), lifespan=lifespan)
     app.state.gateway = gateway
     return app
+
+
+def _cors(server: ServerConfig) -> list[Middleware]:
+    """Starlette's CORS middleware for ``server.cors_allow_origins``, if any.
+
+    Any request header may be sent (the OpenAI SDK adds its own ``x-stainless-*`` ones),
+    without cookies: keys travel in ``Authorization``. ``Retry-After`` and ``X-Request-Id``
+    are exposed, so a browser client can back off as told and quote its request.
+    """
+    if not server.cors_allow_origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(server.cors_allow_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+            expose_headers=["Retry-After", "X-Request-Id"],
+            max_age=600,
+        )
+    ]

@@ -108,6 +108,11 @@ class ServerConfig:
     """Threads of numpy's BLAS (feature extraction, resampling): one keeps idle BLAS threads
     from spinning on the cores inference uses (``speechgw/tuning.py``). Null: the library's
     default. Applies to ``speechgw serve``."""
+    cors_allow_origins: tuple[str, ...] = ()
+    """Web pages of these origins (``https://app.example.com``, or ``*`` for any) may call the
+    HTTP routes from a browser: CORS, which the OpenAI SDK in a browser needs. Empty: no CORS
+    headers, so browsers refuse cross-origin calls. WebSockets are outside CORS (their API key
+    is their check)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,6 +511,10 @@ def load_config(
     return config
 
 
+_ORIGIN = re.compile(r"https?://[^/\s?#@]+")
+"""An Origin header's value: scheme, host and optional port, nothing after."""
+
+
 def _check_relations(config: Config) -> None:
     """What no single key's range can say."""
     server = config.server
@@ -516,6 +525,13 @@ def _check_relations(config: Config) -> None:
             f"metrics.port: {config.metrics.port} is server.port already (/metrics is served "
             "there anyway); pick another port or null"
         )
+    for i, origin in enumerate(server.cors_allow_origins):
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ConfigError(
+                f"server.cors_allow_origins[{i}]: {origin!r} is not an origin: "
+                "scheme://host[:port] as a browser sends it (no path, no trailing slash), "
+                "or '*' for any"
+            )
     streaming = config.streaming
     if streaming.min_speech_ms > streaming.max_utterance_seconds * 1000:
         raise ConfigError(

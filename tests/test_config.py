@@ -292,6 +292,11 @@ def test_backend_options_out_of_range_are_refused(options: dict, rule: str) -> N
         ({"server": {"certfile": "c.pem"}}, "server.certfile and server.keyfile: set both"),
         ({"metrics": {"port": 8765}}, "metrics.port: 8765 is server.port already"),
         (
+            {"server": {"cors_allow_origins": ["*", "https://app.example.com/"]}},
+            "server.cors_allow_origins[1]: 'https://app.example.com/' is not an origin",
+        ),
+        ({"server": {"cors_allow_origins": ["app.example.com"]}}, "no path, no trailing slash"),
+        (
             {"streaming": {"min_speech_ms": 3000, "max_utterance_seconds": 2}},
             "streaming.min_speech_ms: 3000 is longer than streaming.max_utterance_seconds",
         ),
