@@ -1,22 +1,34 @@
-"""Refuse permessage-deflate on hypercorn.
+"""Two fixes to hypercorn, applied where the server starts.
 
-hypercorn 0.18 accepts permessage-deflate whenever a client offers it, with no option to refuse
-(upstream hypercorn issue #307). Browsers and the ``websockets`` client always offer it, and
-deflating already-dense audio cut a null server's throughput about tenfold here (62 against 761
-requests/s of 274 KB WAV frames). Until hypercorn grows an option, the handshake is made to
-ignore the client's extension offer, which RFC 6455 allows: a server may decline any extension.
+**Refuse permessage-deflate.** hypercorn 0.18 accepts permessage-deflate whenever a client
+offers it, with no option to refuse (upstream hypercorn issue #307). Browsers and the
+``websockets`` client always offer it, and deflating already-dense audio cut a null server's
+throughput about tenfold here (62 against 761 requests/s of 274 KB WAV frames). Until hypercorn
+grows an option, the handshake is made to ignore the client's extension offer, which RFC 6455
+allows: a server may decline any extension.
+
+**Drop what arrives after the application returned.** hypercorn passes each connection's
+events to the application through a bounded queue, and its reader waits while the queue is
+full. Once the application has returned nobody empties it: a client that sent more frames (or
+body) than the queue holds while its request ran left the reader waiting forever, so the
+connection, its task and the queued messages (up to ``max_frame_bytes`` each) stayed until the
+server stopped, and shutdown then waited out its grace period. Now the queue is emptied when
+the application returns and later events are dropped: the reader reads on to the close.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from typing import Any
 
+from hypercorn.asyncio import task_group
 from hypercorn.protocol import ws_stream
 
-__all__ = ["decline_websocket_compression"]
+__all__ = ["decline_websocket_compression", "drop_events_after_the_app_returns"]
 
 _PATCHED = "_speechgw_declines_extensions"
+_PATCHED_QUEUE = "_speechgw_drops_events_after_return"
 
 
 def decline_websocket_compression() -> None:
@@ -33,3 +45,40 @@ def decline_websocket_compression() -> None:
 
     handshake.__init__ = __init__  # type: ignore[method-assign]
     setattr(handshake, _PATCHED, True)
+
+
+def drop_events_after_the_app_returns() -> None:
+    """Make hypercorn's asyncio connections stop queueing events for an application that has
+    returned (see the module's docstring)."""
+    group = task_group.TaskGroup
+    if getattr(group, _PATCHED_QUEUE, False):
+        return
+    original_spawn_app = group.spawn_app
+
+    @functools.wraps(original_spawn_app)
+    async def spawn_app(self: Any, app: Any, config: Any, scope: Any, send: Any) -> Any:
+        returned = False
+        queue: asyncio.Queue[Any] | None = None
+
+        async def application(*args: Any) -> None:
+            nonlocal returned
+            try:
+                await app(*args)
+            finally:
+                returned = True
+                while queue is not None and not queue.empty():  # frees a put waiting for room
+                    queue.get_nowait()
+
+        put = await original_spawn_app(self, application, config, scope, send)
+        queue = getattr(put, "__self__", None)
+        if not isinstance(queue, asyncio.Queue):  # a hypercorn that does it otherwise
+            return put
+
+        async def put_while_running(event: Any) -> None:
+            if not returned:
+                await put(event)
+
+        return put_while_running
+
+    group.spawn_app = spawn_app  # type: ignore[method-assign]
+    setattr(group, _PATCHED_QUEUE, True)

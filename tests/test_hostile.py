@@ -82,6 +82,48 @@ def test_huge_base64_and_huge_frames(voices) -> None:
         assert stream_pcm(server.ws, pcm, rate).replies == ["ok"]
 
 
+HANDSHAKE = (
+    b"GET /ws/transcribe HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """One final client frame, masked with a zero key (so the payload goes as it is)."""
+    n = len(payload)
+    if n < 126:
+        length = bytes([0x80 | n])
+    elif n < 1 << 16:
+        length = bytes([0x80 | 126]) + struct.pack(">H", n)
+    else:
+        length = bytes([0x80 | 127]) + struct.pack(">Q", n)
+    return bytes([0x80 | opcode]) + length + bytes(4) + payload
+
+
+def test_a_client_that_sends_on_behind_its_request_is_still_closed(voices) -> None:
+    """Frames sent while a request runs wait in hypercorn's queue for the connection (ten
+    messages). Once the application had returned nobody emptied it: the connection, its task
+    and the frames stayed until the server stopped. Now the server closes it after the reply.
+    Raw frames: a websockets client blocked in a send could not read its reply meanwhile."""
+    backends = {"null": {"type": "scripted", "text": "ok", "delay_seconds": 2}}
+    with running_server(backends=backends) as server:
+        tasks_before = server_tasks(server)
+        with socket.create_connection(("127.0.0.1", server.port)) as raw:
+            raw.sendall(HANDSHAKE)
+            assert raw.recv(4096).startswith(b"HTTP/1.1 101")
+            raw.sendall(client_frame(0x1, b'{"type": "transcribe"}'))
+            raw.sendall(client_frame(0x2, voices["coffee"].read_bytes()))
+            for _ in range(20):
+                raw.sendall(client_frame(0x2, bytes(100_000)))
+            raw.settimeout(30)
+            received = b""
+            while chunk := raw.recv(65536):  # until the server closes
+                received += chunk
+        assert b'"text":"ok"' in received
+        wait_for(lambda: server_tasks(server) <= tasks_before)
+
+
 def test_nan_and_infinite_float_samples(tiny_server: Server) -> None:
     samples = np.full(16000, np.nan, dtype="<f4")
     samples[::3] = np.inf
@@ -152,11 +194,6 @@ def test_a_client_that_never_reads_its_replies(voices) -> None:
 
 
 def test_truncated_frames_and_garbage_bytes(tiny_server: Server, voices) -> None:
-    handshake = (
-        b"GET /ws/transcribe HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        b"Sec-WebSocket-Version: 13\r\n\r\n"
-    )
     payloads = [
         # a binary frame that promises 100,000 bytes and brings 10, then the client leaves
         b"\x82\xff" + struct.pack(">Q", 100_000) + b"\x00\x00\x00\x00" + b"x" * 10,
@@ -166,7 +203,7 @@ def test_truncated_frames_and_garbage_bytes(tiny_server: Server, voices) -> None
     ]
     for payload in payloads:
         with socket.create_connection(("127.0.0.1", tiny_server.port)) as raw:
-            raw.sendall(handshake)
+            raw.sendall(HANDSHAKE)
             raw.recv(4096)  # 101 Switching Protocols
             raw.sendall(payload)
     reply = transcribe(tiny_server.ws, voices["children"].read_bytes()).reply
