@@ -353,14 +353,15 @@ def multilingual_server() -> Iterator[Server]:
         yield serving
 
 
+def spoken_german(factory: pytest.TempPathFactory, sentence: str, words_per_minute: int) -> Path:
+    speech.require_tools()
+    folder = factory.mktemp("german")
+    return speech.speak(sentence, folder / "de.wav", voice="de", words_per_minute=words_per_minute)
+
+
 @pytest.fixture(scope="module")
 def german(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    speech.require_tools()
-    folder = tmp_path_factory.mktemp("german")
-    return speech.speak(
-        "Wir fahren morgen mit dem Zug nach Berlin.", folder / "de.wav", voice="de",
-        words_per_minute=140,
-    )  # fmt: skip
+    return spoken_german(tmp_path_factory, "Wir fahren morgen mit dem Zug nach Berlin.", 140)
 
 
 def test_language_is_detected_when_not_given(multilingual_server: Server, german: Path) -> None:
@@ -378,12 +379,7 @@ def german_coffee(tmp_path_factory: pytest.TempPathFactory) -> Path:
     the same English every time. The train to Berlin decodes at -1.07, under Whisper's -1.0
     threshold: its translation falls back to sampling, seeded per worker thread, and one
     server process in many answered with other words."""
-    speech.require_tools()
-    folder = tmp_path_factory.mktemp("german-coffee")
-    return speech.speak(
-        "Ich trinke jeden Morgen eine Tasse Kaffee.", folder / "de.wav", voice="de",
-        words_per_minute=160,
-    )  # fmt: skip
+    return spoken_german(tmp_path_factory, "Ich trinke jeden Morgen eine Tasse Kaffee.", 160)
 
 
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
