@@ -7,30 +7,36 @@ throughput about tenfold here (62 against 761 requests/s of 274 KB WAV frames). 
 grows an option, the handshake is made to ignore the client's extension offer, which RFC 6455
 allows: a server may decline any extension.
 
-**Never wait on a queue nobody will read.** hypercorn passes each connection's events to the
-application through a bounded queue (ten), and whoever puts an event waits while it is full.
-Two waits could last forever when a client had sent more than the queue holds while its
-request ran: the reader's, once the application had returned (nobody empties the queue), and
+**Bounded, and never waiting on a queue nobody will read.** hypercorn passes each
+connection's events to the application through a queue of ten, and whoever puts an event waits
+while it is full. A WebSocket message can be ``max_frame_bytes`` (64 MiB), so a client that sent
+on while its request ran could park ten of them in memory; WebSocket queues now hold two
+(hypercorn queues no event from inside a WebSocket application's own send but the disconnect
+below; HTTP keeps ten, as its body comes in pieces of at most 64 KB). Two waits could
+last forever: the reader's, once the application had returned (nobody empties the queue), and
 the application's own, when a write of its found the client gone and hypercorn queued the
 disconnect from inside that write. Either way the connection, its task and the queued messages
-(up to ``max_frame_bytes`` each) stayed until the server stopped, and shutdown waited out its
-grace period. Now the queue is emptied when the application returns and later events are
-dropped, and a disconnect that finds the queue full is queued in the background.
+stayed until the server stopped, and shutdown waited out its grace period. Now the queue is
+emptied when the application returns and later events are dropped, and a disconnect that finds
+the queue full is queued in the background.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 from typing import Any
 
 from hypercorn.asyncio import task_group
 from hypercorn.protocol import ws_stream
 
-__all__ = ["decline_websocket_compression", "drop_events_after_the_app_returns"]
+__all__ = ["decline_websocket_compression", "mend_application_queues"]
 
 _PATCHED = "_speechgw_declines_extensions"
-_PATCHED_QUEUE = "_speechgw_drops_events_after_return"
+_PATCHED_QUEUE = "_speechgw_mends_application_queues"
+_WEBSOCKET_QUEUE = 2
+"""WebSocket messages queued per connection ahead of the application (hypercorn: ten)."""
 
 
 def decline_websocket_compression() -> None:
@@ -49,9 +55,10 @@ def decline_websocket_compression() -> None:
     setattr(handshake, _PATCHED, True)
 
 
-def drop_events_after_the_app_returns() -> None:
-    """Make hypercorn's asyncio connections stop queueing events for an application that has
-    returned (see the module's docstring)."""
+def mend_application_queues() -> None:
+    """Make hypercorn's asyncio connections queue at most ``_WEBSOCKET_QUEUE`` WebSocket
+    messages, never wait on a queue nobody will read, and drop events for an application that
+    has returned (see the module's docstring)."""
     group = task_group.TaskGroup
     if getattr(group, _PATCHED_QUEUE, False):
         return
@@ -62,6 +69,8 @@ def drop_events_after_the_app_returns() -> None:
         returned = False
         queue: asyncio.Queue[Any] | None = None
         pending: set[asyncio.Future[None]] = set()
+        if scope.get("type") == "websocket":
+            config = _websocket_config(config)
 
         async def application(*args: Any) -> None:
             nonlocal returned
@@ -94,3 +103,13 @@ def drop_events_after_the_app_returns() -> None:
 
     group.spawn_app = spawn_app  # type: ignore[method-assign]
     setattr(group, _PATCHED_QUEUE, True)
+
+
+@functools.lru_cache(maxsize=4)
+def _websocket_config(config: Any) -> Any:
+    """``config`` with at most ``_WEBSOCKET_QUEUE`` queued messages (one copy per config)."""
+    if config.max_app_queue_size <= _WEBSOCKET_QUEUE:
+        return config
+    smaller = copy.copy(config)
+    smaller.max_app_queue_size = _WEBSOCKET_QUEUE
+    return smaller

@@ -13,7 +13,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 from starlette.applications import Starlette
 
-from ._hypercorn_compat import decline_websocket_compression, drop_events_after_the_app_returns
+from ._hypercorn_compat import decline_websocket_compression, mend_application_queues
 from ._wsproto_compat import unmask_with_numpy
 from .config import Config
 from .errors import ConfigError
@@ -69,7 +69,7 @@ async def serve_app(
     if not config.server.websocket_compression:
         decline_websocket_compression()
     unmask_with_numpy()
-    drop_events_after_the_app_returns()
+    mend_application_queues()
 
     async def begin_shutdown() -> None:
         await shutdown_trigger()

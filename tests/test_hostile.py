@@ -140,6 +140,40 @@ def test_a_client_that_sends_on_behind_its_request_is_still_closed(voices, leave
         wait_for(lambda: not set(asyncio.all_tasks(server.loop)) - before, seconds=15)
 
 
+def test_frames_sent_behind_a_request_wait_in_the_client_not_in_the_server(voices) -> None:
+    """A client that goes on sending big frames while its request runs is pushed back (TCP
+    flow control) after a few: the server holds two queued and one being received, not the
+    ten that hypercorn would queue per connection (up to max_frame_bytes each)."""
+    backends = {"null": {"type": "scripted", "text": "ok", "delay_seconds": 3}}
+    frame = client_frame(0x2, bytes(8 << 20))
+    with (
+        running_server({"limits": {"max_frame_bytes": 8 << 20}}, backends=backends) as server,
+        socket.create_connection(("127.0.0.1", server.port)) as raw,
+    ):
+        send_behind_a_request(raw, voices["coffee"].read_bytes(), frames=0)
+        sent = [0]
+
+        def flood() -> None:
+            with contextlib.suppress(OSError):
+                for _ in range(12):
+                    raw.sendall(frame)
+                    sent[0] += 1
+
+        threading.Thread(target=flood, daemon=True).start()
+        raw.settimeout(30)
+        received = b""
+        while b'"text"' not in received:
+            chunk = raw.recv(65536)
+            assert chunk, "closed without a reply"
+            received += chunk
+        taken = sent[0]
+        with contextlib.suppress(OSError):  # the server may have closed it already
+            raw.shutdown(socket.SHUT_RDWR)  # ends the flood
+    assert b'"text":"ok"' in received
+    # two queued, one being received, about one more in the two sockets' buffers
+    assert taken <= 5, f"{taken} frames of 8 MiB were taken while the request ran"
+
+
 def test_nan_and_infinite_float_samples(tiny_server: Server) -> None:
     samples = np.full(16000, np.nan, dtype="<f4")
     samples[::3] = np.inf
