@@ -224,7 +224,8 @@ def _cors(server: ServerConfig) -> list[Middleware]:
     return [
         Middleware(
             CORSMiddleware,
-            allow_origins=list(server.cors_allow_origins),
+            # browsers send scheme and host in lower case; starlette compares exactly
+            allow_origins=[origin.lower() for origin in server.cors_allow_origins],
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
             expose_headers=["Retry-After", "X-Request-Id"],

@@ -511,7 +511,7 @@ def load_config(
     return config
 
 
-_ORIGIN = re.compile(r"https?://[^/\s?#@]+")
+_ORIGIN = re.compile(r"https?://[^/\s?#@]+", re.IGNORECASE)
 """An Origin header's value: scheme, host and optional port, nothing after."""
 
 

@@ -62,8 +62,8 @@ def preflight(server: Server, origin: str) -> tuple[int, Message]:
 
 
 def test_the_listed_origins_pass_the_preflight_and_read_errors() -> None:
-    with running_server(allowing(APP), backends=SCRIPTED) as server:
-        status, headers = preflight(server, APP)
+    with running_server(allowing(APP.upper()), backends=SCRIPTED) as server:
+        status, headers = preflight(server, APP)  # as browsers write it: in lower case
         assert status == 200 and headers["Access-Control-Allow-Origin"] == APP
         allowed = headers["Access-Control-Allow-Headers"].lower()
         assert "authorization" in allowed and "x-stainless-os" in allowed
