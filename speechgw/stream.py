@@ -57,8 +57,8 @@ _FIRST_INTERIM_SECONDS = 0.5
 """An utterance's first interim is decoded once it holds this much audio (its 0.3 s lead-in
 and the first 0.2 s of speech); the next ones every ``interim_interval_ms`` of audio, or
 0.3 s later when the last one heard no words yet."""
+_FIRST_INTERIM_SAMPLES = int(_FIRST_INTERIM_SECONDS * SAMPLE_RATE)
 _INTERIM_RETRY_SAMPLES = int(0.3 * SAMPLE_RATE)
-_INTERIM_POLL_SECONDS = 0.1
 
 
 class _UtteranceQueue:
@@ -166,6 +166,11 @@ class Stream:
         self._on_transcript = on_transcript
         self._on_error = on_error
         self._on_interim = on_interim
+        # set when the open utterance's next interim is due: checked where that can change
+        # (audio fed, a final finished), so that no stream wakes on a timer to look
+        self._interim_wake = asyncio.Event() if on_interim is not None else None
+        # (utterance number, its length in samples) at which its next interim is due
+        self._interim_due = (0, _FIRST_INTERIM_SAMPLES)
         self._context = ""  # the last replies, for the next utterance's prompt
         self._final_running = False  # an utterance's final is being recognised
         self._backlog: deque[np.ndarray] = deque()  # closed utterances not yet queued
@@ -213,6 +218,7 @@ class Stream:
         if len(samples):
             self._backlog.extend(self._segmenter.feed(samples))
         await self._enqueue_backlog()
+        self._wake_interims()
 
     async def run(self) -> None:
         """Recognise until :meth:`end` and everything buffered is answered."""
@@ -229,31 +235,44 @@ class Stream:
                 with contextlib.suppress(asyncio.CancelledError):
                     await interims
 
+    def _interim_ready(self) -> bool:
+        """Whether the utterance still being spoken has grown to its next interim, and no
+        final waits or runs (finals go first)."""
+        segmenter = self._segmenter
+        if not segmenter.speaking or self._final_running or self._queue.samples or self._backlog:
+            return False
+        number, length = self._interim_due
+        if number != segmenter.utterances_started:
+            length = _FIRST_INTERIM_SAMPLES
+        return segmenter.buffered_samples >= length
+
+    def _wake_interims(self) -> None:
+        wake = self._interim_wake
+        if wake is not None and not wake.is_set() and self._interim_ready():
+            wake.set()
+
     async def _run_interims(self) -> None:
         """Each time the utterance still being spoken has grown by ``interim_interval_ms`` of
         audio, decode it again and send its words so far, unless a final is waiting or running
         (finals go first) or the backend has no free worker (it skips the interim rather than
-        delay anyone's final).
+        delay anyone's final; the next audio tries again).
 
         An interim is sent only while its utterance is still open, so it can never arrive
         after that utterance's final; it goes to the route's first backend, with the same
         context as a final, and failures are only logged: the final will say what it heard.
         """
-        assert self._on_interim is not None
+        assert self._on_interim is not None and self._interim_wake is not None
         every = self.config.interim_interval_ms * SAMPLE_RATE // 1000
-        first = int(_FIRST_INTERIM_SECONDS * SAMPLE_RATE)
         spec = dataclasses.replace(self._utterance_spec, interim=True)
         backend = self.route[0]
-        due = (0, first)  # (utterance number, length in samples) when the next one is due
+        wake = self._interim_wake
         while True:
-            # audio arrives in chunks of about this size; checking costs a few comparisons
-            await asyncio.sleep(_INTERIM_POLL_SECONDS)
+            await wake.wait()
+            wake.clear()
+            if not self._interim_ready():
+                continue
             segmenter = self._segmenter
-            if not segmenter.speaking or self._final_running or self._queue.samples:
-                continue
-            number, length = segmenter.utterances_started, segmenter.buffered_samples
-            if length < (due[1] if due[0] == number else first) or self._backlog:
-                continue
+            number = segmenter.utterances_started
             audio = segmenter.open_utterance()
             assert audio is not None
             job_spec = dataclasses.replace(spec, prompt=self._context or None)
@@ -263,13 +282,16 @@ class Stream:
                 continue
             except Exception as exc:
                 _LOGGER.debug("stream %s: interim failed: %r", self.spec.request_id, exc)
+                self._interim_due = (number, len(audio) + _INTERIM_RETRY_SAMPLES)
                 continue
             # nothing heard yet (a word just begun): look again soon, not a whole interval later
-            due = (number, len(audio) + (every if transcript.text else _INTERIM_RETRY_SAMPLES))
+            grow = every if transcript.text else _INTERIM_RETRY_SAMPLES
+            self._interim_due = (number, len(audio) + grow)
             still_open = self._segmenter.speaking and self._segmenter.utterances_started == number
             if transcript.text and still_open:
                 self._accounting.interim(self.spec.protocol)
                 await self._on_interim(transcript.text)
+            self._wake_interims()  # audio that came during the decode may already be due
 
     # --- native: the backend recognises the stream ------------------------------------------
 
@@ -381,6 +403,7 @@ class Stream:
                 )
             except Exception as exc:
                 self._final_running = False
+                self._wake_interims()
                 error = exc if isinstance(exc, SpeechGWError) else None
                 if error is None:
                     _LOGGER.exception("stream %s: utterance failed", self.spec.request_id)
@@ -395,3 +418,4 @@ class Stream:
                     )
             finally:
                 self._final_running = False
+                self._wake_interims()
