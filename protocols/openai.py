@@ -24,7 +24,7 @@ import numpy as np
 from starlette.background import BackgroundTask
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
@@ -51,6 +51,7 @@ GRANULARITIES = ("segment", "word")
 _MAX_FIELD_BYTES = 64 * 1024  # prompt and the like; the file has its own limit
 _MAX_FIELDS = 32
 _DISCARD_SECONDS = 2.0
+_ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 _STATUS = {
     "invalid_request": 400,
@@ -91,7 +92,7 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers, background=background)
 
 
-def _error_body(status: int, message: str, code: str, param: str | None = None) -> dict:
+def _error_body(status: int, message: str, code: str | None, param: str | None = None) -> dict:
     kind = _TYPE.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
@@ -292,6 +293,13 @@ class _Exchange:
             await self.form.close()
 
 
+async def _drain(request: Request) -> None:
+    """Read and drop a body nobody wanted, briefly (see :meth:`_Exchange.discard_rest`)."""
+    with anyio.move_on_after(_DISCARD_SECONDS), contextlib.suppress(ClientDisconnect):
+        async for _ in request.stream():
+            pass
+
+
 # --- the response --------------------------------------------------------------------------
 
 
@@ -378,6 +386,8 @@ class OpenAIProtocol:
             Route(f"{BASE}/audio/translations", self.translations, methods=["POST"]),
             Route(f"{BASE}/models", self.models, methods=["GET"]),
             Route(f"{BASE}/models/{{model:path}}", self.model, methods=["GET"]),
+            # last: any other path or method under /v1 gets OpenAI's answer, not a plain 404/405
+            Route(f"{BASE}/{{rest:path}}", self.unknown, methods=_ANY_METHOD),
         ]
 
     async def transcriptions(self, request: Request) -> Response:
@@ -419,6 +429,22 @@ class OpenAIProtocol:
             body = _error_body(404, message, "model_not_found", param="model")
             return JSONResponse(body, status_code=404)
         return JSONResponse(_model(name))
+
+    async def unknown(self, request: Request) -> Response:
+        """OpenAI's 404 for a path or method it does not serve, such as a trailing slash or a
+        GET of ``/v1/audio/transcriptions``: an error its SDKs can show, where starlette would
+        send a plain-text 404 or 405 (or redirect a POST that drops its body)."""
+        message = f"Invalid URL ({request.method} {request.url.path})"
+        body = _error_body(404, message[:300], None)  # OpenAI sends no code here
+        has_body = request.headers.get("content-length", "0") != "0" or (
+            "transfer-encoding" in request.headers
+        )
+        if not has_body:
+            return JSONResponse(body, status_code=404)
+        drain = BackgroundTask(_drain, request)
+        return JSONResponse(
+            body, status_code=404, headers={"Connection": "close"}, background=drain
+        )
 
     async def _models(self, request: Request) -> tuple[str, ...]:
         return await self.gateway.models(PROTOCOL, bearer_key(request))

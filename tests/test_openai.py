@@ -3,11 +3,14 @@ it: real servers, the real model, a real SQLite ledger."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import sqlite3
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -207,6 +210,42 @@ def test_request_errors_have_openais_shape(server: Server, voices, tmp_path: Pat
     ):
         sdk.audio.translations.create(model="whisper-1", file=audio)
     assert failed.value.body["code"] == "unsupported_task"
+
+
+def test_a_wrong_path_or_method_gets_openais_invalid_url(server: Server, voices) -> None:
+    sdk = client(server)
+    with pytest.raises(openai.NotFoundError) as failed:
+        sdk.get("/audio/transcriptions", cast_to=object)
+    error = failed.value.body
+    assert error["message"] == "Invalid URL (GET /v1/audio/transcriptions)"
+    assert error["type"] == "invalid_request_error"
+    # a trailing slash, upload and all: the same answer, not a redirect that drops the body
+    boundary = "b0undary"
+    upload = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+        ).encode()
+        + voices["coffee"].read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        server.http + "/v1/audio/transcriptions/",
+        data=upload,
+        headers={
+            "Authorization": f"Bearer {KEY}",
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+        },
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 404
+    error = json.loads(refused.value.read())["error"]
+    assert error["message"] == "Invalid URL (POST /v1/audio/transcriptions/)"
+    with pytest.raises(openai.NotFoundError):
+        sdk.delete("/models/whisper-1", cast_to=object)
+    with voices["coffee"].open("rb") as audio:
+        assert "coffee" in sdk.audio.transcriptions.create(model="whisper-1", file=audio).text
 
 
 def _raw_upload(port: int, headers: str, body: bytes) -> str:
