@@ -109,6 +109,37 @@ def test_an_interim_that_comes_back_after_its_final_is_not_sent(voices, tmp_path
             assert kinds[-1] == "reply" and kinds.count("interim") >= 2, result.events
 
 
+def test_an_interim_waiting_on_a_final_comes_when_it_ends_without_more_audio(
+    voices, tmp_path
+) -> None:
+    """Interims wait while a final of their stream runs. The client here has said the start
+    of its next sentence and then sends nothing (a client pausing its microphone, a network
+    stall): that sentence's interim must still come as soon as the final is out, not only
+    with the client's next audio."""
+    first = voices["children"]
+    second, _ = read_pcm16(voices["coffee"])
+    head = speech.concat([first], tmp_path / "first.wav", silence_seconds=1.0)
+    pcm, rate = read_pcm16(head)
+    pcm += second[: rate * 2 * 3 // 2]  # 1.5 s of the next sentence, still being spoken
+    scripted = {
+        "type": "scripted",
+        "text": "heard",
+        "delay_seconds": 2.0,
+        "interim_delay_seconds": 0,
+    }
+    overrides = {"routing": [{"backend": "s"}], "limits": {"stream_idle_seconds": 4}}
+    with running_server(overrides, backends={"s": scripted}) as server:
+        # sent 4x real time: the second sentence is all sent while the first one's final runs
+        result = stream_pcm(server.ws, pcm, rate, realtime=4.0, interim_results=True, end=False)
+    kinds = [kind for kind, _, _ in result.events]
+    assert kinds.count("reply") == 2, result.events
+    after_first = kinds[kinds.index("reply") + 1 :]
+    assert after_first == ["interim", "reply"], result.events
+    # the interim followed the first final at once, long before the idle timeout ended it all
+    first_final, interim = (t for _, _, t in result.events[kinds.index("reply") :][:2])
+    assert interim - first_final < 1.0, result.events
+
+
 def test_interim_results_must_be_a_boolean(tiny_server: Server) -> None:
     with connect(tiny_server.ws + "/api/core/google/asr") as ws:
         ws.recv(timeout=30)
