@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import urllib.parse
 from pathlib import Path
 
 from . import __version__
@@ -31,6 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+
+    check = commands.add_parser(
+        "check",
+        help="validate the config as serve and a reload would, and say what it sets up; "
+        "exit 2 with the error otherwise (run it before a SIGHUP)",
+    )
+    check.add_argument("--config", help="YAML config file (found as for serve)")
 
     keys = commands.add_parser("keys", help="manage the API keys kept in the store")
     keys.add_argument("--config", help="config file naming the store (as for serve)")
@@ -144,13 +152,69 @@ def _usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    """``speechgw check``: the config's verdict without loading a model or opening a port."""
+    config, path = _load(args)
+    server = config.server
+    scheme = "https/wss" if server.certfile else "http/ws"
+    print(f"{path or 'embedded default'}: valid")
+    print(f"listen: {server.host}:{server.port} ({scheme})")
+    for backend in config.backends:
+        print(f"backend {backend.name}: {backend.type}{_options(backend.options)}")
+    for number, rule in enumerate(config.routing, 1):
+        conditions = [
+            f"{name}={','.join(values)}"
+            for name, values in dataclasses.asdict(rule.match).items()
+            if values
+        ]
+        spares = f" (fallback: {', '.join(rule.fallback)})" if rule.fallback else ""
+        print(f"route {number}: {' '.join(conditions) or 'any job'} -> {rule.backend}{spares}")
+    print(f"store: {_store_place(config)}")
+    from_env = "set" if os.environ.get("SERVER_API_KEY") else "not set"
+    print(f"keys: {len(config.auth.keys)} in the config; SERVER_API_KEY {from_env}")
+    return 0
+
+
+_SECRET = ("key", "secret", "password", "token")
+
+
+def _options(options: object) -> str:
+    """A backend's options that differ from their defaults, secrets masked: what the admin
+    set, in the backend's own terms (the command line knows no backend)."""
+    if not dataclasses.is_dataclass(options):
+        return ""
+    changed = []
+    for option in dataclasses.fields(options):
+        value = getattr(options, option.name)
+        if option.default is not dataclasses.MISSING and value == option.default:
+            continue
+        if any(word in option.name for word in _SECRET) and value:
+            value = "***"
+        changed.append(f"{option.name}={value}")
+    return f" ({', '.join(changed)})" if changed else ""
+
+
+def _store_place(config) -> str:  # config: Config
+    store = config.store
+    if store.url is not None:
+        parts = urllib.parse.urlsplit(store.url)
+        if parts.password is not None:  # never print a secret
+            netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+            parts = parts._replace(netloc=netloc)
+        return f"PostgreSQL {urllib.parse.urlunsplit(parts)}"
+    if store.path is None:
+        return "none (no keys in a store, no usage ledger)"
+    return f"SQLite {Path(store.path).resolve()}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from .store import StoreUnavailable
 
-    if args.command in ("keys", "usage"):
+    if args.command in ("keys", "usage", "check"):
+        run = {"keys": _keys, "usage": _usage, "check": _check}[args.command]
         try:
-            return _keys(args) if args.command == "keys" else _usage(args)
+            return run(args)
         except ConfigError as exc:
             print(f"speechgw: config error: {exc}", file=sys.stderr)
             return 2

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 import re
+import ssl
 import types
 import typing
 from collections.abc import Mapping
@@ -520,6 +521,8 @@ def _check_relations(config: Config) -> None:
     server = config.server
     if (server.certfile is None) != (server.keyfile is None):
         raise ConfigError("server.certfile and server.keyfile: set both (for TLS) or neither")
+    if server.certfile is not None and server.keyfile is not None:
+        _check_tls_files(server.certfile, server.keyfile)
     if config.metrics.port is not None and config.metrics.port == server.port:
         raise ConfigError(
             f"metrics.port: {config.metrics.port} is server.port already (/metrics is served "
@@ -552,6 +555,30 @@ def _check_relations(config: Config) -> None:
             f"limits.max_connections_per_key: {per_key} is more than limits.max_connections "
             f"({limits.max_connections}): it could never apply"
         )
+
+
+def _check_tls_files(certfile: str, keyfile: str) -> None:
+    """Load the certificate and key as the server will: a missing file, a key of another
+    certificate or an encrypted key (OpenSSL would ask for its password on the terminal) is
+    a config error here, not a traceback or a prompt once the models are loaded."""
+    try:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certfile, keyfile, password=lambda: b"")
+    except (OSError, ssl.SSLError) as exc:
+        why = exc.strerror or str(exc)
+        if isinstance(exc, ssl.SSLError) and _is_encrypted(keyfile):
+            why = "the key is encrypted; give the server an unencrypted key readable only by it"
+        raise ConfigError(
+            f"server.certfile and server.keyfile: cannot load {certfile!r} with {keyfile!r}: {why}"
+        ) from None
+
+
+def _is_encrypted(keyfile: str) -> bool:
+    try:
+        with open(keyfile, "rb") as key:
+            return b"ENCRYPTED" in key.read(4096)
+    except OSError:
+        return False
 
 
 def _check_routing(config: Config) -> None:

@@ -168,6 +168,7 @@ class ServeProcess:
         self.lines: list[str] = []
         self.ready = threading.Event()
         self.port = 0
+        self.tls = False  # the server said https: server.certfile is set
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
@@ -175,18 +176,19 @@ class ServeProcess:
         assert self.process.stderr is not None
         for line in self.process.stderr:
             self.lines.append(line)
-            found = re.search(r"Running on http://[\d.]+:(\d+)", line)
+            found = re.search(r"Running on (https?)://[\d.]+:(\d+)", line)
             if found:
-                self.port = int(found.group(1))
+                self.tls = found.group(1) == "https"
+                self.port = int(found.group(2))
                 self.ready.set()
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"{'wss' if self.tls else 'ws'}://127.0.0.1:{self.port}"
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def log(self) -> str:

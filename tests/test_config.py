@@ -14,6 +14,7 @@ from speechgw.config import load_config, load_config_file
 from speechgw.errors import ConfigError, UnsupportedLanguage, UnsupportedTask
 from speechgw.jobs import Caller, JobSpec
 from speechgw.router import Router
+from tests.certificates import self_signed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -310,6 +311,50 @@ def test_relations_between_keys_are_checked(document: dict, message: str) -> Non
     with pytest.raises(ConfigError) as caught:
         load_config(document, env={})
     assert message in str(caught.value)
+
+
+def test_tls_files_that_would_fail_at_start_are_config_errors(tmp_path: Path) -> None:
+    """A missing file, a key of another certificate or an encrypted key (OpenSSL would ask for
+    its password on the terminal) used to surface as a traceback after the models loaded."""
+    cert, key = self_signed(tmp_path)
+    _, other_key = self_signed(tmp_path, name="other")
+    locked_cert, locked_key = self_signed(tmp_path, name="locked", password="secret")
+    load_config({"server": {"certfile": str(cert), "keyfile": str(key)}}, env={})
+    cases = [
+        (str(tmp_path / "nope.pem"), str(key), "No such file or directory"),
+        (str(cert), str(other_key), "key values mismatch"),
+        (str(locked_cert), str(locked_key), "the key is encrypted"),
+    ]
+    for certfile, keyfile, why in cases:
+        with pytest.raises(ConfigError) as caught:
+            load_config({"server": {"certfile": certfile, "keyfile": keyfile}}, env={})
+        message = str(caught.value)
+        assert message.startswith("server.certfile and server.keyfile: cannot load"), message
+        assert why in message, message
+
+
+def test_check_says_what_a_config_sets_up_without_starting_it() -> None:
+    result = run_cli("check", "--config", "config/examples/per-language.yaml")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "config/examples/per-language.yaml: valid"
+    assert "backend english: whisper (model=tiny.en)" in lines
+    assert "route 1: language=en task=transcribe -> english (fallback: multi)" in lines
+    assert "route 3: any job -> multi" in lines
+
+
+def test_check_refuses_what_serve_would_and_hides_the_store_password(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("limits:\n  max_audio_secs: 5\n")
+    result = run_cli("check", "--config", str(bad))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "limits.max_audio_secs: unknown key" in result.stderr
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("store:\n  url: postgresql://gw:s3cret@db.internal:5432/speechgw\n")
+    result = run_cli("check", "--config", str(fleet))
+    assert result.returncode == 0, result.stderr
+    assert "store: PostgreSQL postgresql://gw:***@db.internal:5432/speechgw" in result.stdout
+    assert "s3cret" not in result.stdout
 
 
 def test_zero_where_it_means_off_is_accepted() -> None:

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 import yaml
 
+from tests.certificates import self_signed
 from tests.client import transcribe
 from tests.serving import REPO, running_server
 
@@ -54,27 +55,7 @@ def test_nginx_config_is_valid_and_proxies_both_paths(tmp_path) -> None:
     assert "ws/transcribe" in text and "api/core/google/asr" in text
     if shutil.which("nginx") is None:
         pytest.skip("nginx is not installed here: only the paths were checked")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=asr.example.com",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed(tmp_path, host="asr.example.com")
     text = text.replace("/etc/ssl/certs/asr.example.com.pem", str(cert))
     text = text.replace("/etc/ssl/private/asr.example.com.key", str(key))
     wrapper = tmp_path / "nginx.conf"

@@ -1,0 +1,89 @@
+"""The gateway's own TLS (``server.certfile``/``keyfile``): wss:// for both WebSocket protocols
+and https:// for the HTTP API, from a real ``speechgw serve`` process, with clients that check
+its certificate as they would in production."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests import speech
+from tests.certificates import self_signed
+from tests.client import transcribe
+from tests.serving import TINY, ServeProcess
+from tests.streaming_client import read_pcm16, stream_pcm
+
+COFFEE = speech.SENTENCES["coffee"]
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServeProcess, Path]]:
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = self_signed(folder)
+    config = folder / "tls.yaml"
+    document = {
+        "server": {"certfile": str(cert), "keyfile": str(key)},
+        "backends": TINY,
+        "routing": [{"backend": "whisper"}],
+        "store": {"path": None},
+    }
+    config.write_text(yaml.safe_dump(document))
+    with ServeProcess("--config", str(config)) as serving:
+        yield serving, cert
+
+
+def _upload(url: str, wav: bytes, context: ssl.SSLContext) -> dict:
+    boundary = "b0undary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+        ).encode()
+        + wav
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        url + "/v1/audio/transcriptions",
+        data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    with urllib.request.urlopen(request, timeout=60, context=context) as answer:
+        return json.loads(answer.read())
+
+
+def test_every_protocol_is_served_over_tls(tls_server, voices, monkeypatch) -> None:
+    serving, cert = tls_server
+    assert serving.url.startswith("wss://") and serving.http.startswith("https://")
+    # clients trust the server's certificate the usual way: a CA file (websockets and urllib
+    # build Python's default context, which reads SSL_CERT_FILE)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    wav = voices["coffee"].read_bytes()
+    reply = transcribe(serving.url, wav).reply
+    assert speech.words(reply["text"]) == speech.words(COFFEE)
+    pcm, rate = read_pcm16(voices["coffee"])
+    streamed = stream_pcm(serving.url, pcm, rate)
+    # (a stream's utterance is cut and resampled on the way: most words, not all, as elsewhere)
+    assert speech.word_recall(COFFEE, " ".join(streamed.replies)) >= 0.8, streamed.events
+    trusted = ssl.create_default_context(cafile=str(cert))
+    assert speech.words(_upload(serving.http, wav, trusted)["text"]) == speech.words(COFFEE)
+    with urllib.request.urlopen(serving.http + "/health", timeout=10, context=trusted) as health:
+        assert json.loads(health.read())["status"] == "ok"
+
+
+def test_tls_is_not_optional_on_that_port(tls_server) -> None:
+    serving, _ = tls_server
+    # a client that does not know the certificate refuses the server...
+    with pytest.raises(urllib.error.URLError) as refused:
+        urllib.request.urlopen(serving.http + "/health", timeout=10)
+    assert isinstance(refused.value.reason, ssl.SSLCertVerificationError)
+    # ...and the server does not answer in cleartext
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        urllib.request.urlopen(f"http://127.0.0.1:{serving.port}/health", timeout=10)
+    assert "Running on https://" in serving.log
