@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -62,3 +65,49 @@ def test_nginx_config_is_valid_and_proxies_both_paths(tmp_path) -> None:
     wrapper.write_text(f"events {{}}\nhttp {{\n{text}\n}}\n")
     result = subprocess.run(["nginx", "-t", "-c", str(wrapper)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def _unit_settings(text: str) -> dict[str, list[str]]:
+    """A unit file's ``Key=value`` lines (repeated keys in order); comments skipped."""
+    settings: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_systemd_unit_runs_real_commands_and_is_valid(tmp_path) -> None:
+    """The unit's commands are this checkout's: its reload checks the config as it would run
+    (from the unit's environment and working directory), and a bad config fails the reload
+    before any signal is sent."""
+    text = (DEPLOY / "speechgw.service").read_text()
+    unit = _unit_settings(text)
+    venv = str(Path(sys.executable).parent)
+    assert unit["ExecStart"] == ["/opt/speechgw/.venv/bin/speechgw serve"]
+    check, signal = unit["ExecReload"]
+    assert signal == "/bin/kill -HUP $MAINPID"
+    (config_variable,) = unit["Environment"]
+    name, _, config_path = config_variable.partition("=")
+    assert name == "SPEECHGW_CONFIG" and config_path == "/etc/speechgw/speechgw.yaml"
+    shipped = yaml.safe_load((REPO / "config" / "speechgw.yaml").read_text())
+    assert int(unit["TimeoutStopSec"][0]) > shipped["server"]["shutdown_grace_seconds"]
+    command = check.replace("/opt/speechgw/.venv/bin", venv).split()
+    config = tmp_path / "speechgw.yaml"
+    config.write_text((REPO / "config" / "speechgw.yaml").read_text())
+    env = {"PATH": os.environ["PATH"], "SPEECHGW_CONFIG": str(config)}
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{config}: valid")
+    assert f"store: SQLite {tmp_path / 'speechgw.db'}" in result.stdout  # WorkingDirectory
+    config.write_text("server:\n  port: eighty\n")
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2 and "server.port: expected an integer" in result.stderr
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd is not installed here: the commands were checked, not the unit")
+    installed = tmp_path / "speechgw.service"
+    installed.write_text(text.replace("/opt/speechgw/.venv/bin", venv))
+    verified = subprocess.run(
+        ["systemd-analyze", "verify", str(installed)], capture_output=True, text=True
+    )
+    assert verified.returncode == 0 and not verified.stderr.strip(), verified.stderr
