@@ -20,6 +20,7 @@ from typing import Literal
 
 from .errors import InternalError, ServerBusy, SpeechGWError
 from .jobs import JobSpec, Transcript, new_request_id
+from .logs import FIELDS
 from .metrics import GatewayMetrics
 from .store import Store, StoreUnavailable, UsageRecord
 
@@ -148,19 +149,24 @@ class Accounting:
             if error is None:
                 self.metrics.audio_seconds.labels(machine, task).inc(books.audio_seconds)
                 self.metrics.processing.labels(machine, task).observe(elapsed)
+        fields = {
+            "request": books.request_id,
+            "protocol": books.protocol,
+            "key": spec.caller.key_name if spec else "-",
+            "machine_id": machine,
+            "language": books.language,
+            "task": task,
+            "audio_s": round(books.audio_seconds, 2),
+            "processing_ms": round(elapsed * 1000),
+            "backend": books.backend,
+            "outcome": status,
+        }
         _ACCESS.info(
-            "request=%s protocol=%s key=%s machine_id=%s language=%s task=%s audio_s=%.2f "
-            "processing_ms=%d backend=%s outcome=%s",
-            books.request_id,
-            books.protocol,
-            spec.caller.key_name if spec else "-",
-            machine,
-            books.language,
-            task,
-            books.audio_seconds,
-            round(elapsed * 1000),
-            books.backend,
-            status,
+            "request=%(request)s protocol=%(protocol)s key=%(key)s machine_id=%(machine_id)s "
+            "language=%(language)s task=%(task)s audio_s=%(audio_s).2f "
+            "processing_ms=%(processing_ms)d backend=%(backend)s outcome=%(outcome)s",
+            fields,
+            extra={FIELDS: fields},  # typed, for the JSON log
         )
 
     def refused(self, protocol: str, error: SpeechGWError) -> None:

@@ -12,7 +12,7 @@ import sys
 import urllib.parse
 from pathlib import Path
 
-from . import __version__
+from . import __version__, logs
 from .errors import ConfigError
 
 __all__ = ["main"]
@@ -221,16 +221,14 @@ def main(argv: list[str] | None = None) -> int:
         except StoreUnavailable as exc:
             print(f"speechgw: the store is unreachable: {exc}", file=sys.stderr)
             return 1
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure("INFO", "text")  # until the config says otherwise
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one line per request is ours
     # a pool's every failed reconnection is a warning; the store says once that it is down
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     log = logging.getLogger("speechgw")
     try:
         config, path = _load(args)
-        logging.getLogger().setLevel(config.logging.level)
+        logs.configure(config.logging.level, config.logging.format)
         from .app import build_app
         from .server import event_loop_factory, run
 

@@ -290,6 +290,8 @@ class MetricsConfig:
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per line, access-log fields included as typed values."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@ a real process, SIGTERM to stop it."""
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,3 +107,36 @@ def test_requests_reuse_memory_instead_of_faulting_it_in_again(voices, tmp_path:
     with ServeProcess("--config", str(config)) as plain:
         returned = faults_per_request(plain)
     assert retained < 3000 < 20_000 < returned, (retained, returned)
+
+
+def test_json_logs_carry_the_access_fields_typed_and_never_the_key(voices, tmp_path) -> None:
+    """``logging.format: json``: every line the process writes is one JSON object (a log
+    shipper reads it without parsing text), the access line's fields are typed values."""
+    config = tmp_path / "json-logs.yaml"
+    config.write_text(
+        "logging: {format: json}\n"
+        f"store: {{path: {tmp_path / 'ledger.db'}}}\n"
+        "backends: {s: {type: scripted, text: scripted words}}\n"
+        "routing: [{backend: s}]\n"
+    )
+    with ServeProcess("--config", str(config), env={"SERVER_API_KEY": KEY}) as served:
+        wav = voices["children"].read_bytes()
+        assert transcribe(served.url, wav, api_key=KEY).reply["text"] == "scripted words"
+        assert (
+            transcribe(served.url, wav, api_key="wrong-key-4711").reply["error"] == "unauthorized"
+        )
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(timeout=60) == 0
+    records = [json.loads(line) for line in served.lines]  # every line, or this raises
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    access = [r for r in records if r["logger"] == "speechgw.access"]
+    answered, refused = access
+    assert answered["key"] == "server" and answered["outcome"] == "ok"
+    assert answered["protocol"] == "batch" and answered["backend"] == "s"
+    assert isinstance(answered["audio_s"], float) and answered["audio_s"] > 1.0
+    assert isinstance(answered["processing_ms"], int)
+    assert answered["message"].startswith(f"request={answered['request']} protocol=batch")
+    assert refused["outcome"] == "unauthorized"
+    messages = [r["message"] for r in records]
+    assert any(m.startswith("speechgw ") and "serving on" in m for m in messages), messages
+    assert KEY not in "".join(served.lines) and "wrong-key-4711" not in "".join(served.lines)
