@@ -21,6 +21,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from . import __version__
 from .auth import Keyring
 from .backend import Backend
 from .config import Config, ServerConfig, load_config, load_config_file
@@ -175,6 +176,7 @@ def build_app(config: Config, env: Mapping[str, str] | None = None) -> Starlette
         body = {
             "status": status,
             "postprocess_enabled": gateway.postprocessor.configured and config.postprocess.enabled,
+            "version": __version__,
         }
         if gateway.store is not None:
             body["store"] = "ok" if store_up else "unreachable"

@@ -12,7 +12,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -22,6 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from . import __version__
 from .batching import BatchStats
 
 __all__ = ["BatchSource", "GatewayMetrics"]
@@ -66,6 +67,8 @@ class GatewayMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        # which release each replica runs, for a fleet in a rolling upgrade
+        Info("speechgw_build", "The running speechgw", registry=r).info({"version": __version__})
         self.in_flight = Gauge(
             "speechgw_requests_in_flight",
             "Jobs being recognised (recordings and stream utterances)",

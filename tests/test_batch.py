@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
+import speechgw
 from tests import speech
 from tests.client import batch, drain, transcribe
 from tests.serving import Server
@@ -158,11 +159,14 @@ def test_health(tiny_server: Server) -> None:
     assert tiny_server.get_json("/health") == {
         "status": "ok",
         "postprocess_enabled": False,
+        "version": speechgw.__version__,
         # where each backend runs, for an operator: the model is on the CPU here
         "backends": {
             "whisper": {"ready": True, "device": "cpu", "compute_type": "int8", "batch_size": 1}
         },
     }
+    # the release, also as a metric: which replicas of a fleet run which
+    assert tiny_server.metric("speechgw_build_info", version=speechgw.__version__) == 1
 
 
 def test_compression_is_declined_when_the_client_offers_it(tiny_server: Server) -> None:

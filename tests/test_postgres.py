@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from websockets.exceptions import InvalidStatus
 
+import speechgw
 from speechgw.postgres import MIGRATIONS, PostgresStore, migrate
 from tests.client import transcribe
 from tests.postgres import Cluster, fresh_database
@@ -126,6 +127,7 @@ def test_a_replica_whose_store_is_down_says_so_and_recovers(voices) -> None:
                 assert json.loads(body) == {
                     "status": "store_unreachable",
                     "postprocess_enabled": False,
+                    "version": speechgw.__version__,
                     "store": "unreachable",
                     "backends": {"null": {"ready": True}},
                 }
