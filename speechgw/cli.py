@@ -207,43 +207,22 @@ def _store_place(config) -> str:  # config: Config
     return f"SQLite {Path(store.path).resolve()}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    from .store import StoreUnavailable
-
-    if args.command in ("keys", "usage", "check"):
-        run = {"keys": _keys, "usage": _usage, "check": _check}[args.command]
-        try:
-            return run(args)
-        except ConfigError as exc:
-            print(f"speechgw: config error: {exc}", file=sys.stderr)
-            return 2
-        except StoreUnavailable as exc:
-            print(f"speechgw: the store is unreachable: {exc}", file=sys.stderr)
-            return 1
+def _serve(args: argparse.Namespace) -> int:
     logs.configure("INFO", "text")  # until the config says otherwise
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one line per request is ours
     # a pool's every failed reconnection is a warning; the store says once that it is down
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
-    log = logging.getLogger("speechgw")
-    try:
-        config, path = _load(args)
-        logs.configure(config.logging.level, config.logging.format)
-        from .app import build_app
-        from .server import event_loop_factory, run
+    config, path = _load(args)
+    logs.configure(config.logging.level, config.logging.format)
+    from .app import build_app
+    from .server import event_loop_factory, run
 
-        loop_factory = event_loop_factory(config.server.event_loop)
-        app = build_app(config)
-        store = app.state.gateway.store
-        if store is not None:
-            store.prepare()
-    except ConfigError as exc:
-        print(f"speechgw: config error: {exc}", file=sys.stderr)
-        return 2
-    except StoreUnavailable as exc:
-        print(f"speechgw: the store is unreachable: {exc}", file=sys.stderr)
-        return 1
-    log.info(
+    loop_factory = event_loop_factory(config.server.event_loop)
+    app = build_app(config)
+    store = app.state.gateway.store
+    if store is not None:
+        store.prepare()
+    logging.getLogger("speechgw").info(
         "speechgw %s serving on %s:%d (config: %s, event loop: %s)",
         __version__,
         config.server.host,
@@ -253,3 +232,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     run(app, config, path, loop_factory)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from .store import StoreUnavailable
+
+    command = {"serve": _serve, "check": _check, "keys": _keys, "usage": _usage}[args.command]
+    try:
+        return command(args)
+    except ConfigError as exc:
+        print(f"speechgw: config error: {exc}", file=sys.stderr)
+        return 2
+    except StoreUnavailable as exc:
+        print(f"speechgw: the store is unreachable: {exc}", file=sys.stderr)
+        return 1
