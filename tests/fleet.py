@@ -19,7 +19,7 @@ import yaml
 
 from tests.serving import REPO, ServeProcess
 
-__all__ = ["Fleet", "fleet_config", "nginx_in_front", "running_fleet"]
+__all__ = ["Fleet", "fleet_config", "free_port", "nginx_in_front", "running_fleet", "running_nginx"]
 
 FLEET_CONF = REPO / "examples" / "deploy" / "nginx-fleet.conf"
 SHIPPED_GATEWAYS = ("10.0.0.11:8765", "10.0.0.12:8765")
@@ -41,7 +41,7 @@ def fleet_config(
     return path
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -50,15 +50,23 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def nginx_in_front(gateway_ports: list[int]) -> Iterator[int]:
     """nginx on a free port with the shipped fleet config, proxying to ``gateway_ports``."""
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not os.path.exists(nginx):
-        raise RuntimeError("nginx is not installed: run scripts/setup.sh --test (package nginx)")
     text = FLEET_CONF.read_text()
     assert len(gateway_ports) == len(SHIPPED_GATEWAYS)
     for shipped, port in zip(SHIPPED_GATEWAYS, gateway_ports, strict=True):
         text = text.replace(shipped, f"127.0.0.1:{port}")
-    port = _free_port()
+    port = free_port()
     text = text.replace("listen 80;", f"listen 127.0.0.1:{port};")
+    with running_nginx(text, port):
+        yield port
+
+
+@contextlib.contextmanager
+def running_nginx(http_block: str, port: int) -> Iterator[None]:
+    """A real nginx serving ``http_block`` (the inside of ``http {}``, as the configs of
+    ``examples/deploy`` are written) from a scratch prefix, until it listens on ``port``."""
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(nginx):
+        raise RuntimeError("nginx is not installed: run scripts/setup.sh --test (package nginx)")
     prefix = Path(tempfile.mkdtemp(prefix="speechgw-nginx-"))
     temp = {n: prefix / n for n in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
     for folder in temp.values():
@@ -69,7 +77,7 @@ def nginx_in_front(gateway_ports: list[int]) -> Iterator[int]:
         f"error_log {prefix}/error.log warn;\nevents {{}}\nhttp {{\n"
         f"access_log off;\nclient_body_temp_path {temp['body']};\n"
         f"proxy_temp_path {temp['proxy']};\nfastcgi_temp_path {temp['fastcgi']};\n"
-        f"uwsgi_temp_path {temp['uwsgi']};\nscgi_temp_path {temp['scgi']};\n{text}\n}}\n"
+        f"uwsgi_temp_path {temp['uwsgi']};\nscgi_temp_path {temp['scgi']};\n{http_block}\n}}\n"
     )
     process = subprocess.Popen(
         [nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf")],
@@ -86,7 +94,7 @@ def nginx_in_front(gateway_ports: list[int]) -> Iterator[int]:
                 assert process.stderr is not None
                 raise RuntimeError("nginx did not start: " + process.stderr.read().decode())
             time.sleep(0.05)
-        yield port
+        yield
     finally:
         process.terminate()
         process.wait(timeout=30)

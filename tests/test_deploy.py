@@ -6,15 +6,20 @@ import json
 import os
 import re
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from websockets.sync.client import connect
 
+from tests import speech
 from tests.certificates import self_signed
 from tests.client import transcribe
+from tests.fleet import free_port, running_nginx
 from tests.serving import REPO, running_server
 
 DEPLOY = REPO / "examples" / "deploy"
@@ -53,7 +58,9 @@ def test_prometheus_scrapes_every_replica_and_grafana_sums_them() -> None:
     assert all("sum" in e for e in exprs), exprs
 
 
-def test_nginx_config_is_valid_and_proxies_both_paths(tmp_path) -> None:
+def test_nginx_config_terminates_tls_for_every_path(tmp_path, tiny_server, voices) -> None:
+    """The shipped nginx.conf, run by a real nginx in front of a real gateway: batch and
+    streaming over wss://, /health over https://, and no TLS session ticket for a client."""
     text = (DEPLOY / "nginx.conf").read_text()
     assert "ws/transcribe" in text and "api/core/google/asr" in text
     if shutil.which("nginx") is None:
@@ -65,6 +72,25 @@ def test_nginx_config_is_valid_and_proxies_both_paths(tmp_path) -> None:
     wrapper.write_text(f"events {{}}\nhttp {{\n{text}\n}}\n")
     result = subprocess.run(["nginx", "-t", "-c", str(wrapper)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+    port = free_port()
+    text = text.replace("server 127.0.0.1:8765;", f"server 127.0.0.1:{tiny_server.port};")
+    text = text.replace("listen 443 ssl;", f"listen 127.0.0.1:{port} ssl;")
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False  # the certificate names asr.example.com; we dial 127.0.0.1
+    with running_nginx(text, port):
+        url = f"wss://127.0.0.1:{port}"
+        with connect(url + "/ws/transcribe", ssl=context, open_timeout=30) as ws:
+            ws.send(json.dumps({"type": "transcribe", "language": "en"}))
+            ws.send(voices["coffee"].read_bytes())
+            reply = json.loads(ws.recv(timeout=60))
+        assert speech.words(reply["text"]) == speech.words(speech.SENTENCES["coffee"])
+        with connect(url + "/api/core/google/asr", ssl=context, open_timeout=30) as ws:
+            assert json.loads(ws.recv(timeout=30))["type"] == "connection"
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with context.wrap_socket(raw, server_hostname="asr.example.com") as tls:
+            tls.sendall(b"GET /health HTTP/1.1\r\nHost: asr.example.com\r\n\r\n")
+            assert tls.recv(12) == b"HTTP/1.1 200"
+            assert tls.version() == "TLSv1.3" and not tls.session.has_ticket
 
 
 def _unit_settings(text: str) -> dict[str, list[str]]:
