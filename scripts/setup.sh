@@ -24,6 +24,8 @@ if $with_tests; then
     # the fleet tests: a private PostgreSQL cluster where none listens, nginx in front
     compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || packages+=(postgresql)
     command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || packages+=(nginx)
+    # an HTTP/2 client for the TLS tests
+    command -v curl >/dev/null || packages+=(curl)
 fi
 if ((${#packages[@]})); then
     sudo=""

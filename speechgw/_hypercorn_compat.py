@@ -1,4 +1,4 @@
-"""Two fixes to hypercorn, applied where the server starts.
+"""Three fixes to hypercorn, applied where the server starts.
 
 **Refuse permessage-deflate.** hypercorn 0.18 accepts permessage-deflate whenever a client
 offers it, with no option to refuse (upstream hypercorn issue #307). Browsers and the
@@ -19,6 +19,13 @@ disconnect from inside that write. Either way the connection, its task and the q
 stayed until the server stopped, and shutdown waited out its grace period. Now the queue is
 emptied when the application returns and later events are dropped, and a disconnect that finds
 the queue full is queued in the background.
+
+**HTTP/2 data for an answered request.** A request refused before its body is read (a wrong
+key, an upload over the limit, a wrong URL) is answered at once; an HTTP/2 client (curl over
+https negotiates it) may still be sending that body. hypercorn 0.18 then looks the finished
+stream up, fails with a KeyError, logs a traceback and drops the whole connection, with any
+other request multiplexed on it. Such data is now acknowledged (so the connection's flow
+control window stays open for the other streams) and dropped.
 """
 
 from __future__ import annotations
@@ -28,13 +35,20 @@ import copy
 import functools
 from typing import Any
 
+import h2.events
 from hypercorn.asyncio import task_group
+from hypercorn.protocol import h2 as hypercorn_h2
 from hypercorn.protocol import ws_stream
 
-__all__ = ["decline_websocket_compression", "mend_application_queues"]
+__all__ = [
+    "decline_websocket_compression",
+    "drop_data_of_answered_streams",
+    "mend_application_queues",
+]
 
 _PATCHED = "_speechgw_declines_extensions"
 _PATCHED_QUEUE = "_speechgw_mends_application_queues"
+_PATCHED_H2 = "_speechgw_drops_data_of_answered_streams"
 _WEBSOCKET_QUEUE = 2
 """WebSocket messages queued per connection ahead of the application (hypercorn: ten)."""
 
@@ -113,3 +127,27 @@ def _websocket_config(config: Any) -> Any:
     smaller = copy.copy(config)
     smaller.max_app_queue_size = _WEBSOCKET_QUEUE
     return smaller
+
+
+def drop_data_of_answered_streams() -> None:
+    """Make hypercorn's HTTP/2 connections drop request data that arrives for a stream whose
+    response has been sent, instead of failing the connection (see the module's docstring)."""
+    protocol = hypercorn_h2.H2Protocol
+    if getattr(protocol, _PATCHED_H2, False):
+        return
+    original = protocol._handle_events
+
+    @functools.wraps(original)
+    async def _handle_events(self: Any, events: list[Any]) -> None:
+        # one event at a time: handling one may end a stream the next one is for
+        for event in events:
+            if isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams:
+                self.connection.acknowledge_received_data(
+                    event.flow_controlled_length, event.stream_id
+                )
+                continue
+            await original(self, [event])
+        await self._flush()  # the acknowledgements of dropped data
+
+    protocol._handle_events = _handle_events  # type: ignore[method-assign]
+    setattr(protocol, _PATCHED_H2, True)

@@ -14,7 +14,11 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 from starlette.applications import Starlette
 
-from ._hypercorn_compat import decline_websocket_compression, mend_application_queues
+from ._hypercorn_compat import (
+    decline_websocket_compression,
+    drop_data_of_answered_streams,
+    mend_application_queues,
+)
 from ._wsproto_compat import unmask_with_numpy
 from .config import Config
 from .errors import ConfigError
@@ -91,6 +95,7 @@ async def serve_app(
         decline_websocket_compression()
     unmask_with_numpy()
     mend_application_queues()
+    drop_data_of_answered_streams()
 
     async def begin_shutdown() -> None:
         await shutdown_trigger()

@@ -5,8 +5,11 @@ its certificate as they would in production."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 import ssl
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -104,3 +107,37 @@ def test_the_server_sends_no_session_ticket(tls_server) -> None:
         assert tls.recv(12) == b"HTTP/1.1 200"  # what came after the handshake has been read
         assert tls.version() == "TLSv1.3"
         assert not tls.session.has_ticket
+
+
+def test_an_http2_upload_answered_early_leaves_the_connection_serving(
+    tls_server, voices, tmp_path
+) -> None:
+    """curl over https speaks HTTP/2. An upload the server answers before reading it (here a
+    wrong URL) may still be arriving; hypercorn used to fail on that data with a traceback and
+    drop the connection. The next request on the same connection must get its answer."""
+    serving, cert = tls_server
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed here (scripts/setup.sh --test installs it)")
+    upload = tmp_path / "upload.bin"
+    upload.write_bytes(os.urandom(5_000_000))
+    base = serving.http + "/v1/audio/transcriptions"
+    out = "%{http_version} %{http_code} %{num_connects}\n"
+    lines_before = len(serving.lines)
+    options = ["--http2", "--cacert", str(cert), "-w", out]
+    refused_upload = [base + "/", "-F", f"file=@{upload}", "-F", "model=whisper-1"]
+    good_upload = [base, "-F", f"file=@{voices['coffee']}", "-F", "model=whisper-1"]
+    first = [curl, "-sS", *options, "-o", "/dev/null", *refused_upload]
+    result = subprocess.run(
+        [*first, "--next", *options, "-w", "\n" + out, *good_upload],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    refused, answer, served = result.stdout.strip().splitlines()
+    assert refused == "2 404 1"  # HTTP/2, OpenAI's 404, a new connection
+    assert speech.words(json.loads(answer)["text"]) == speech.words(COFFEE)
+    assert served == "2 200 0", result.stdout  # the same connection, still serving
+    log = "".join(serving.lines[lines_before:])
+    assert "Traceback" not in log and "ERROR" not in log, log
