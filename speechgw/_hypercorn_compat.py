@@ -20,35 +20,43 @@ stayed until the server stopped, and shutdown waited out its grace period. Now t
 emptied when the application returns and later events are dropped, and a disconnect that finds
 the queue full is queued in the background.
 
-**HTTP/2 data for an answered request.** A request refused before its body is read (a wrong
-key, an upload over the limit, a wrong URL) is answered at once; an HTTP/2 client (curl over
-https negotiates it) may still be sending that body. hypercorn 0.18 then looks the finished
-stream up, fails with a KeyError, logs a traceback and drops the whole connection, with any
-other request multiplexed on it. Such data is now acknowledged (so the connection's flow
-control window stays open for the other streams) and dropped.
+**HTTP/2 requests answered before their end.** A request refused before its body is read (a
+wrong key, an upload over the limit, a wrong URL) is answered at once; an HTTP/2 client (curl
+over https negotiates it) may still be sending that body. hypercorn 0.18 then lost the whole
+connection, with any other request multiplexed on it: data for the finished stream failed
+with a KeyError (and a logged traceback), and curl, told to stop, ends the stream short of its
+Content-Length, which the h2 library takes for a connection error (GOAWAY). Now, once a
+response has ended while its request is still coming, the stream is reset with NO_ERROR, as
+RFC 9113 (8.1) provides: the client stops sending and the late frames are ignored; data that
+was already on its way is acknowledged (so the connection's flow control window stays open
+for the other streams) and dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import functools
 from typing import Any
 
 import h2.events
+import h2.exceptions
+from h2.errors import ErrorCodes
+from h2.stream import StreamState
 from hypercorn.asyncio import task_group
 from hypercorn.protocol import h2 as hypercorn_h2
 from hypercorn.protocol import ws_stream
 
 __all__ = [
     "decline_websocket_compression",
-    "drop_data_of_answered_streams",
+    "end_http2_requests_answered_early",
     "mend_application_queues",
 ]
 
 _PATCHED = "_speechgw_declines_extensions"
 _PATCHED_QUEUE = "_speechgw_mends_application_queues"
-_PATCHED_H2 = "_speechgw_drops_data_of_answered_streams"
+_PATCHED_H2 = "_speechgw_ends_http2_requests_answered_early"
 _WEBSOCKET_QUEUE = 2
 """WebSocket messages queued per connection ahead of the application (hypercorn: ten)."""
 
@@ -129,15 +137,17 @@ def _websocket_config(config: Any) -> Any:
     return smaller
 
 
-def drop_data_of_answered_streams() -> None:
-    """Make hypercorn's HTTP/2 connections drop request data that arrives for a stream whose
-    response has been sent, instead of failing the connection (see the module's docstring)."""
+def end_http2_requests_answered_early() -> None:
+    """Make hypercorn's HTTP/2 connections reset a request stream whose response has ended
+    before the request did, and drop data that still arrives for it (see the module's
+    docstring)."""
     protocol = hypercorn_h2.H2Protocol
     if getattr(protocol, _PATCHED_H2, False):
         return
-    original = protocol._handle_events
+    handle_events = protocol._handle_events
+    send_data = protocol._send_data
 
-    @functools.wraps(original)
+    @functools.wraps(handle_events)
     async def _handle_events(self: Any, events: list[Any]) -> None:
         # one event at a time: handling one may end a stream the next one is for
         for event in events:
@@ -146,8 +156,21 @@ def drop_data_of_answered_streams() -> None:
                     event.flow_controlled_length, event.stream_id
                 )
                 continue
-            await original(self, [event])
+            await handle_events(self, [event])
         await self._flush()  # the acknowledgements of dropped data
 
+    @functools.wraps(send_data)
+    async def _send_data(self: Any, stream_id: int) -> None:
+        await send_data(self, stream_id)
+        if stream_id in self.stream_buffers:
+            return  # the response goes on
+        stream = self.connection.streams.get(stream_id)
+        if stream is not None and stream.state_machine.state is StreamState.HALF_CLOSED_LOCAL:
+            # the response is complete and the request is not: ask the client to stop
+            with contextlib.suppress(h2.exceptions.ProtocolError):  # the connection is ending
+                self.connection.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+            await self._flush()
+
     protocol._handle_events = _handle_events  # type: ignore[method-assign]
+    protocol._send_data = _send_data  # type: ignore[method-assign]
     setattr(protocol, _PATCHED_H2, True)

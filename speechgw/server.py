@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 
 from ._hypercorn_compat import (
     decline_websocket_compression,
-    drop_data_of_answered_streams,
+    end_http2_requests_answered_early,
     mend_application_queues,
 )
 from ._wsproto_compat import unmask_with_numpy
@@ -95,7 +95,7 @@ async def serve_app(
         decline_websocket_compression()
     unmask_with_numpy()
     mend_application_queues()
-    drop_data_of_answered_streams()
+    end_http2_requests_answered_early()
 
     async def begin_shutdown() -> None:
         await shutdown_trigger()
