@@ -81,6 +81,8 @@ def hypercorn_config(config: Config, sock: socket.socket | None = None) -> Hyper
     if config.server.certfile:
         hc.certfile = config.server.certfile
         hc.keyfile = config.server.keyfile
+        # a client that stalls in its TLS handshake is one that stopped sending (hypercorn: 60 s)
+        hc.ssl_handshake_timeout = config.limits.receive_timeout_seconds
     return hc
 
 

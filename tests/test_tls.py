@@ -10,6 +10,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from tests.serving import TINY, ServeProcess
 from tests.streaming_client import read_pcm16, stream_pcm
 
 COFFEE = speech.SENTENCES["coffee"]
+HANDSHAKE_SECONDS = 3  # limits.receive_timeout_seconds here: also the TLS handshake's limit
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +39,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve
         "backends": TINY,
         "routing": [{"backend": "whisper"}],
         "store": {"path": None},
+        "limits": {"receive_timeout_seconds": HANDSHAKE_SECONDS},
     }
     config.write_text(yaml.safe_dump(document))
     with ServeProcess("--config", str(config)) as serving:
@@ -141,3 +144,14 @@ def test_an_http2_upload_answered_early_leaves_the_connection_serving(
     assert served == "2 200 0", result.stdout  # the same connection, still serving
     log = "".join(serving.lines[lines_before:])
     assert "Traceback" not in log and "ERROR" not in log, log
+
+
+def test_a_client_that_stalls_in_its_handshake_is_let_go(tls_server) -> None:
+    """A TCP connection that never sends its ClientHello holds a socket and a task: it is
+    closed after limits.receive_timeout_seconds, as a stalled upload is (hypercorn: 60 s)."""
+    serving, _ = tls_server
+    with socket.create_connection(("127.0.0.1", serving.port), timeout=30) as silent:
+        started = time.monotonic()
+        assert silent.recv(1) == b""  # closed by the server
+        waited = time.monotonic() - started
+    assert HANDSHAKE_SECONDS - 0.5 < waited < HANDSHAKE_SECONDS + 5, waited
