@@ -240,10 +240,16 @@ def main(argv: list[str] | None = None) -> int:
 
     command = {"serve": _serve, "check": _check, "keys": _keys, "usage": _usage}[args.command]
     try:
-        return command(args)
+        code = command(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught below, not at exit
+        return code
     except ConfigError as exc:
         print(f"speechgw: config error: {exc}", file=sys.stderr)
         return 2
     except StoreUnavailable as exc:
         print(f"speechgw: the store is unreachable: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `speechgw usage | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the exit's flush does not fail again
+        return 0

@@ -357,6 +357,22 @@ def test_check_refuses_what_serve_would_and_hides_the_store_password(tmp_path: P
     assert "s3cret" not in result.stdout
 
 
+def test_check_into_a_closed_pipe_ends_quietly() -> None:
+    """`speechgw check | head -1`: the reader goes away first; no traceback, exit 0."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "speechgw", "check"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+        text=True,
+    )
+    assert process.stdout is not None
+    process.stdout.close()  # before the command has printed anything (it is still starting)
+    _, errors = process.communicate(timeout=60)
+    assert process.returncode == 0, errors
+    assert "Traceback" not in errors and "Exception ignored" not in errors, errors
+
+
 def test_zero_where_it_means_off_is_accepted() -> None:
     """Zero is a documented setting for these: no grace at shutdown, no freed memory kept,
     no machine ids as labels, no padding, CTranslate2's default thread count."""
