@@ -27,7 +27,13 @@ def chromium_path() -> str | None:
 
 
 class Browser:
-    def __init__(self, url: str, profile: Path, fake_microphone: Path | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        profile: Path,
+        fake_microphone: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         args = [
             chromium_path() or "chromium",
             "--headless=new",
@@ -40,6 +46,7 @@ class Browser:
             "--use-fake-ui-for-media-stream",
             "--autoplay-policy=no-user-gesture-required",
             "--window-size=1100,1200",
+            *extra_args,
         ]
         if fake_microphone is not None:
             args += [

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from tests import speech
+from tests.browser import Browser, chromium_path
 from tests.certificates import self_signed
 from tests.client import transcribe
 from tests.serving import TINY, ServeProcess
@@ -155,3 +156,60 @@ def test_a_client_that_stalls_in_its_handshake_is_let_go(tls_server) -> None:
         assert silent.recv(1) == b""  # closed by the server
         waited = time.monotonic() - started
     assert HANDSHAKE_SECONDS - 0.5 < waited < HANDSHAKE_SECONDS + 5, waited
+
+
+BOTH_SOCKETS = """(async () => {
+    const origin = location.origin.replace('https:', 'wss:');
+    const opened = (path) => new Promise((resolve, reject) => {
+        const ws = new WebSocket(origin + path);
+        const got = [];
+        ws.onmessage = (event) => got.push(JSON.parse(event.data));
+        ws.onopen = () => resolve({ws, got});
+        ws.onerror = () => reject(new Error('could not open ' + path));
+    });
+    const closed = (ws) => new Promise((resolve) => { ws.onclose = (e) => resolve(e.code); });
+    // 10 s of a quiet tone as a 16-bit WAV: a 320 KB frame, past HTTP/2's flow control windows
+    const rate = 16000, samples = rate * 10, wav = new DataView(new ArrayBuffer(44 + samples * 2));
+    const text = (at, s) => [...s].forEach((c, i) => wav.setUint8(at + i, c.charCodeAt(0)));
+    text(0, 'RIFF'); wav.setUint32(4, 36 + samples * 2, true); text(8, 'WAVEfmt ');
+    wav.setUint32(16, 16, true); wav.setUint16(20, 1, true); wav.setUint16(22, 1, true);
+    wav.setUint32(24, rate, true); wav.setUint32(28, rate * 2, true);
+    wav.setUint16(32, 2, true); wav.setUint16(34, 16, true);
+    text(36, 'data'); wav.setUint32(40, samples * 2, true);
+    for (let i = 0; i < samples; i++) wav.setInt16(44 + 2 * i, 300 * Math.sin(i / 8), true);
+    const batch = await opened('/ws/transcribe');
+    const batchClose = closed(batch.ws);
+    batch.ws.send(JSON.stringify({type: 'ping'}));
+    batch.ws.send(JSON.stringify({type: 'transcribe', language: 'en'}));
+    batch.ws.send(wav.buffer);
+    const stream = await opened('/api/core/google/asr');
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const streamClose = closed(stream.ws);
+    stream.ws.send(JSON.stringify({type: 'end'}));
+    return {batch: batch.got, batchClose: await batchClose, stream: stream.got,
+            streamClose: await streamClose};
+})()"""
+
+
+def test_a_browser_on_the_https_page_reaches_both_websocket_protocols(tls_server, tmp_path):
+    """The page at / over https comes over HTTP/2, where Chromium may carry WebSockets inside
+    the HTTP/2 connection (RFC 8441, which hypercorn offers); both protocols must work."""
+    if chromium_path() is None:
+        pytest.skip("chromium is not installed here (scripts/setup.sh --test installs it)")
+    serving, _ = tls_server
+    browser = Browser(
+        serving.http + "/", tmp_path / "profile", extra_args=("--ignore-certificate-errors",)
+    )
+    try:
+        browser.wait_loaded()
+        protocol = browser.evaluate("performance.getEntriesByType('navigation')[0].nextHopProtocol")
+        assert protocol == "h2"
+        result = browser.evaluate(BOTH_SOCKETS, timeout_ms=30_000)
+    finally:
+        browser.close()
+    pong, transcript = result["batch"]  # then the server closed, as after any result
+    assert pong == {"type": "pong", "status": "ok"}, result
+    assert transcript["duration"] == 10.0 and "segments" in transcript, result
+    assert result["batchClose"] == 1000, result
+    assert result["stream"][0]["message"] == "Connected to ASR service", result
+    assert result["streamClose"] == 1000, result
