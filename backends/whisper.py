@@ -30,7 +30,7 @@ import numpy as np
 from speechgw.backend import Backend, Capabilities, InterimSkipped
 from speechgw.batching import BatchStats, CallBatcher, JobContext, Priority
 from speechgw.config import AtLeastOne, NonNegative, Range
-from speechgw.errors import BackendUnavailable
+from speechgw.errors import BackendUnavailable, ConfigError
 from speechgw.jobs import SAMPLE_RATE, JobSpec, Segment, Transcript, Word
 
 __all__ = ["BUNDLED_MODELS", "WhisperBackend", "WhisperOptions", "resolve_model"]
@@ -90,6 +90,21 @@ class WhisperOptions:
     batch_window_ms: Annotated[float, NonNegative] = 10.0
     batch_split_recordings: bool = False
     prompt_tokens: Annotated[int | None, NonNegative] = None
+
+    def validate(self, path: str) -> None:
+        """A model given as a path (``/``, ``./``, ``../`` or ``~``) must be a CTranslate2 model
+        folder here and now: otherwise faster-whisper takes it for a Hugging Face name and
+        fails once the server is starting, with a validation error about repository ids."""
+        model = self.model
+        if not model.startswith(("/", "./", "../", "~")):
+            return  # bundled, a folder relative to the working directory, or a hub name
+        folder = Path(model).expanduser()
+        if not (folder / "model.bin").is_file():
+            what = "holds no model.bin" if folder.is_dir() else "is no directory"
+            raise ConfigError(
+                f"{path}.model: {model!r} {what}: give a CTranslate2 Whisper model folder, "
+                f"a bundled model ({', '.join(BUNDLED_MODELS)}) or a Hugging Face name"
+            )
 
 
 # name -> (package holding config/tokenizer/vocabulary, data dir, model.bin parts in order)

@@ -230,7 +230,14 @@ def _serve(args: argparse.Namespace) -> int:
         path or "embedded default",
         loop_factory.__module__.split(".")[0],
     )
-    run(app, config, path, loop_factory)
+    try:
+        run(app, config, path, loop_factory)
+    except Exception:
+        error = app.state.gateway.startup_error
+        if error is None:
+            raise
+        print(f"speechgw: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -457,7 +457,11 @@ def build(cls: type[T], mapping: Mapping[str, Any] | None, path: str = "") -> T:
             kwargs[name] = _convert(mapping[name], hints[name], key_path)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{key_path}: required key is missing")
-    return cls(**kwargs)
+    built = cls(**kwargs)
+    validate = getattr(built, "validate", None)
+    if callable(validate):  # what only the options' owner knows (a backend's model path)
+        validate(path)
+    return built
 
 
 def load_config(

@@ -40,6 +40,7 @@ __all__ = [
     "RetryLater",
     "ServerBusy",
     "SpeechGWError",
+    "StartupError",
     "Unauthorized",
     "UnsupportedLanguage",
     "UnsupportedTask",
@@ -127,3 +128,8 @@ class ConfigError(Exception):
 
     Not a :class:`SpeechGWError`: it never reaches a client, it stops the server from starting.
     """
+
+
+class StartupError(Exception):
+    """A backend could not start (a model that cannot be found or loaded, an unusable device):
+    the server stops with this one line instead of a traceback from inside its lifespan."""

@@ -37,7 +37,14 @@ from .audio import to_16k_mono
 from .auth import Keyring
 from .backend import Backend
 from .config import Config
-from .errors import AudioTooLong, ClientGone, InternalError, ServerBusy, SpeechGWError
+from .errors import (
+    AudioTooLong,
+    ClientGone,
+    InternalError,
+    ServerBusy,
+    SpeechGWError,
+    StartupError,
+)
 from .execution import run_route
 from .jobs import SAMPLE_RATE, AudioJob, Caller, JobRequest, JobSpec, Transcript
 from .metrics import GatewayMetrics
@@ -122,6 +129,7 @@ class Gateway:
         self._readers: set[asyncio.Task[Any]] = set()
         self._retired: list[Backend] = []
         self.draining = False
+        self.startup_error: StartupError | None = None
 
     # --- a recording ------------------------------------------------------------------------
 
@@ -295,10 +303,23 @@ class Gateway:
             self.metrics.backend_ready.labels(backend.name).set(1 if backend.ready else 0)
 
     async def start(self) -> None:
+        """Open the store and start every backend (load the models).
+
+        Raises:
+            StartupError: a backend could not start; also kept as :attr:`startup_error`,
+                since the server's lifespan reports it only inside its own error.
+        """
         if self.store is not None:
             await self.store.open()
         for backend in self.backends.values():
-            await backend.start()
+            try:
+                await backend.start()
+            except Exception as exc:
+                reason = " ".join(str(exc).split())[:500] or repr(exc)  # one line
+                self.startup_error = StartupError(
+                    f"backend {backend.name!r} could not start: {reason}"
+                )
+                raise self.startup_error from exc
             self.metrics.backend_ready.labels(backend.name).set(1 if backend.ready else 0)
 
     async def close(self) -> None:

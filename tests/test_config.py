@@ -373,6 +373,36 @@ def test_check_into_a_closed_pipe_ends_quietly() -> None:
     assert "Traceback" not in errors and "Exception ignored" not in errors, errors
 
 
+def test_a_model_path_that_holds_no_model_is_a_config_error(tmp_path: Path) -> None:
+    """faster-whisper takes a missing folder for a Hugging Face name and fails while the
+    server starts, with an error about repository ids; a path is checked with the config."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for model, what in [(str(tmp_path / "nope"), "is no directory"), (str(empty), "no model.bin")]:
+        document = {"backends": {"w": {"type": "whisper", "model": model}}}
+        document["routing"] = [{"backend": "w"}]
+        with pytest.raises(ConfigError) as caught:
+            load_config(document, env={}, backend_options=backend_options)
+        assert str(caught.value).startswith(f"backends.w.model: {model!r}"), caught.value
+        assert what in str(caught.value)
+
+
+def test_a_model_that_cannot_load_stops_serve_with_one_line(tmp_path: Path) -> None:
+    """A name faster-whisper does not know (refused before any download is tried)."""
+    path = tmp_path / "unknown-model.yaml"
+    path.write_text(
+        "backends: {whisper: {type: whisper, model: no-such-model}}\n"
+        "routing: [{backend: whisper}]\nstore: {path: null}\nserver: {port: 0}\n"
+    )
+    result = run_cli("serve", "--config", str(path))
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("speechgw: backend 'whisper' could not start: Invalid model size"), (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
 def test_zero_where_it_means_off_is_accepted() -> None:
     """Zero is a documented setting for these: no grace at shutdown, no freed memory kept,
     no machine ids as labels, no padding, CTranslate2's default thread count."""
