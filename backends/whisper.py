@@ -142,6 +142,8 @@ def resolve_model(name: str, cache_dir: str | None = None) -> str:
     temporary file and an atomic rename, so that two processes starting together are safe.
     Anything else is returned unchanged for faster-whisper to resolve.
     """
+    if name.startswith("~"):
+        name = os.path.expanduser(name)  # as the config check reads it
     if os.path.isdir(name) or name not in BUNDLED_MODELS:
         return name
     package, data_dir, parts = BUNDLED_MODELS[name]

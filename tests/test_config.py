@@ -378,7 +378,12 @@ def test_a_model_path_that_holds_no_model_is_a_config_error(tmp_path: Path) -> N
     server starts, with an error about repository ids; a path is checked with the config."""
     empty = tmp_path / "empty"
     empty.mkdir()
-    for model, what in [(str(tmp_path / "nope"), "is no directory"), (str(empty), "no model.bin")]:
+    cases = [
+        (str(tmp_path / "nope"), "is no directory"),
+        (str(empty), "holds no model.bin"),
+        ("~/speechgw-no-such-model", "is no directory"),
+    ]
+    for model, what in cases:
         document = {"backends": {"w": {"type": "whisper", "model": model}}}
         document["routing"] = [{"backend": "w"}]
         with pytest.raises(ConfigError) as caught:
