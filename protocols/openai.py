@@ -13,7 +13,6 @@ post-processing and fallback come from :meth:`speechgw.gateway.Gateway.run_recor
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,9 +23,10 @@ import numpy as np
 from starlette.background import BackgroundTask
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive
 
 from speechgw.errors import (
     AudioTooLong,
@@ -274,30 +274,27 @@ class _Exchange:
         return AudioTooLong(f"the request body is larger than the limit of {self.max_bytes} bytes")
 
     async def discard_rest(self) -> None:
-        """Read and drop what the client still sends after an early error, briefly.
-
-        Clients send the whole body before they read the answer; closing on an unread body
-        makes the kernel reset the connection, and the reset can destroy the error response
-        before the client reads it. So the rest is read and thrown away (never stored) for up
-        to two seconds, then the connection closes.
-        """
-        with anyio.move_on_after(_DISCARD_SECONDS), contextlib.suppress(ClientGone):
-            while not self.body_done:
-                message = await self.http.receive()
-                if message["type"] == "http.disconnect":
-                    return
-                self.body_done = not message.get("more_body", False)
+        """Read and drop what the client still sends after an early error (:func:`_drop_body`)."""
+        await _drop_body(self.http.receive)
 
     async def close(self) -> None:
         if self.form is not None:
             await self.form.close()
 
 
-async def _drain(request: Request) -> None:
-    """Read and drop a body nobody wanted, briefly (see :meth:`_Exchange.discard_rest`)."""
-    with anyio.move_on_after(_DISCARD_SECONDS), contextlib.suppress(ClientDisconnect):
-        async for _ in request.stream():
-            pass
+async def _drop_body(receive: Receive) -> None:
+    """Read and drop the rest of a request body nobody wants, briefly.
+
+    Clients send the whole body before they read the answer; closing on an unread body makes
+    the kernel reset the connection, and the reset can destroy the error response before the
+    client reads it. So the rest is read and thrown away (never stored) for up to two seconds,
+    then the connection closes.
+    """
+    with anyio.move_on_after(_DISCARD_SECONDS):
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                return
 
 
 # --- the response --------------------------------------------------------------------------
@@ -441,7 +438,7 @@ class OpenAIProtocol:
         )
         if not has_body:
             return JSONResponse(body, status_code=404)
-        drain = BackgroundTask(_drain, request)
+        drain = BackgroundTask(_drop_body, request.receive)
         return JSONResponse(
             body, status_code=404, headers={"Connection": "close"}, background=drain
         )

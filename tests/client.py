@@ -47,3 +47,15 @@ def batch(url: str, *frames: str | bytes | dict, timeout: float = 120) -> Exchan
 def transcribe(url: str, wav: bytes, **fields: Any) -> Exchange:
     metadata = {"type": "transcribe", "language": "en", **fields}
     return batch(url, metadata, wav)
+
+
+def multipart_upload(audio: bytes, model: str = "whisper-1") -> tuple[bytes, str]:
+    """An OpenAI transcription request's form (``model`` and ``file``) as a raw
+    multipart/form-data body, for clients other than the SDK: the body and its Content-Type."""
+    boundary = "b0undary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+    )
+    body = head.encode() + audio + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"

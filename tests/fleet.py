@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from tests.serving import REPO, ServeProcess
+from tests.serving import REPO, ServeProcess, free_port
 
-__all__ = ["Fleet", "fleet_config", "free_port", "nginx_in_front", "running_fleet", "running_nginx"]
+__all__ = ["Fleet", "fleet_config", "nginx_in_front", "running_fleet", "running_nginx"]
 
 FLEET_CONF = REPO / "examples" / "deploy" / "nginx-fleet.conf"
 SHIPPED_GATEWAYS = ("10.0.0.11:8765", "10.0.0.12:8765")
@@ -39,12 +39,6 @@ def fleet_config(
     }
     path.write_text(yaml.safe_dump(document))
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

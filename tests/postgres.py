@@ -20,6 +20,8 @@ from pathlib import Path
 
 import psycopg
 
+from tests.serving import free_port
+
 __all__ = ["Cluster", "fresh_database", "machine_or_private_postgres"]
 
 
@@ -27,12 +29,6 @@ def _listening(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(1)
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _bin(name: str) -> str:
@@ -50,7 +46,7 @@ class Cluster:
     stopped and started again on the same port and data (a restart under load)."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="speechgw-pg-"))
         self.data = self.dir / "data"
         self._as_user: list[str] = []

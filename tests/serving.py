@@ -91,6 +91,13 @@ def config_for(overrides: Mapping[str, Any] | None = None, backends: Mapping[str
     return load_config(document, env={}, backend_options=backend_options)
 
 
+def free_port() -> int:
+    """A port nothing listens on now (for servers that bind it themselves: nginx, PostgreSQL)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @contextlib.contextmanager
 def running_server(
     overrides: Mapping[str, Any] | None = None,

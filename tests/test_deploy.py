@@ -19,8 +19,8 @@ from websockets.sync.client import connect
 from tests import speech
 from tests.certificates import self_signed
 from tests.client import transcribe
-from tests.fleet import free_port, running_nginx
-from tests.serving import REPO, running_server
+from tests.fleet import running_nginx
+from tests.serving import REPO, free_port, running_server
 
 DEPLOY = REPO / "examples" / "deploy"
 

@@ -19,6 +19,7 @@ import pytest
 from openai import OpenAI
 
 from tests import speech
+from tests.client import multipart_upload
 from tests.serving import Server, running_server
 
 KEY = "openai-test-key-0123"
@@ -220,22 +221,11 @@ def test_a_wrong_path_or_method_gets_openais_invalid_url(server: Server, voices)
     assert error["message"] == "Invalid URL (GET /v1/audio/transcriptions)"
     assert error["type"] == "invalid_request_error"
     # a trailing slash, upload and all: the same answer, not a redirect that drops the body
-    boundary = "b0undary"
-    upload = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
-        ).encode()
-        + voices["coffee"].read_bytes()
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
+    upload, content_type = multipart_upload(voices["coffee"].read_bytes())
     request = urllib.request.Request(
         server.http + "/v1/audio/transcriptions/",
         data=upload,
-        headers={
-            "Authorization": f"Bearer {KEY}",
-            "Content-Type": f"multipart/form-data; boundary={boundary}",
-        },
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": content_type},
     )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=30)

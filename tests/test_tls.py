@@ -22,7 +22,7 @@ import yaml
 from tests import speech
 from tests.browser import Browser, chromium_path
 from tests.certificates import self_signed
-from tests.client import transcribe
+from tests.client import multipart_upload, transcribe
 from tests.serving import TINY, ServeProcess
 from tests.streaming_client import read_pcm16, stream_pcm
 
@@ -48,19 +48,9 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serve
 
 
 def _upload(url: str, wav: bytes, context: ssl.SSLContext) -> dict:
-    boundary = "b0undary"
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n'
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
-        ).encode()
-        + wav
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
+    body, content_type = multipart_upload(wav)
     request = urllib.request.Request(
-        url + "/v1/audio/transcriptions",
-        data=body,
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        url + "/v1/audio/transcriptions", data=body, headers={"Content-Type": content_type}
     )
     with urllib.request.urlopen(request, timeout=60, context=context) as answer:
         return json.loads(answer.read())
