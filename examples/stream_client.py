@@ -99,7 +99,13 @@ def main() -> int:
         parser.error("give a WAV file or --mic")
     rate, chunks = mic_chunks() if args.mic else wav_chunks(args.wav, args.speed)
     query = f"?api_key={quote(args.api_key)}" if args.api_key else ""
-    with connect(f"{args.url}/api/core/google/asr{query}", compression=None) as ws:
+    # Faster than real time, the server paces us by reading no faster than it recognises, and
+    # our keepalive pings wait behind the audio already in the sockets' buffers (megabytes:
+    # a minute and more of recognising): keep pinging, but do not give up on a late pong.
+    faster = not args.mic and (args.speed == 0 or args.speed > 1)
+    ping_timeout = None if faster else 20
+    url = f"{args.url}/api/core/google/asr{query}"
+    with connect(url, compression=None, ping_timeout=ping_timeout) as ws:
         hello = json.loads(ws.recv())
         print(f"connected: {hello['clientId']}", file=sys.stderr)
 

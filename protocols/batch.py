@@ -33,12 +33,14 @@ from speechgw.gateway import Gateway, RecordingResult
 from speechgw.jobs import JobRequest
 from speechgw.languages import normalise_iso
 
+from ._closing import close
+
 __all__ = ["PATH", "BatchProtocol", "close_code", "encode_result", "parse_request", "read_frame"]
 
 PATH = "/ws/transcribe"
 PROTOCOL = "batch"
 _MAX_MACHINE_ID = 256
-_LINGER_SECONDS = 2.0
+_ABSORB_SECONDS = 2.0
 _LOGGER = logging.getLogger(__name__)
 
 _CLOSE_CODES = {
@@ -177,6 +179,10 @@ class _Exchange:
         samples, info = read_wav(data)
         return samples, info.sample_rate
 
+    def progress(self, request_id: str) -> None:
+        """The protocol answers with one whole transcript."""
+        return None
+
 
 class BatchProtocol:
     """Serves ``/ws/transcribe``."""
@@ -198,9 +204,11 @@ class BatchProtocol:
             return
         except ClientGone:
             return
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+        try:
             await websocket.send_json(encode_result(result))
-            await websocket.close(1000)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            return  # the client left first
+        await close(websocket, 1000)
 
     async def _fail(self, exchange: _Exchange, error: SpeechGWError) -> None:
         websocket = exchange.websocket
@@ -213,22 +221,22 @@ class BatchProtocol:
             await websocket.send_json(payload)
             if not exchange.audio_received and not isinstance(error, ClientTimeout):
                 await self._absorb_pipelined_audio(exchange)
-            await websocket.close(close_code(error), reason=error.error)
         except (WebSocketDisconnect, RuntimeError, OSError):
-            pass  # the client left first; nothing more to tell it
+            return  # the client left first; nothing more to tell it
+        await close(websocket, close_code(error), reason=error.error)
 
     @staticmethod
     async def _absorb_pipelined_audio(exchange: _Exchange) -> None:
         """Read the audio frame a client may already be sending before closing on it.
 
-        Clients usually send metadata and audio back to back without waiting. Closing while
-        that frame is still unread makes the kernel answer with a TCP reset, and a client that
-        is reset loses the error it had not read yet (python-websockets drops it). So after an
-        error found before the audio, the server reads on, briefly, until the frame or the
-        client's own close arrives.
+        Clients usually send metadata and audio back to back without waiting. A client whose
+        audio goes out after our Close has come in is refused by its own library
+        (python-websockets raises on that send, before the client reads the error). So after
+        an error found before the audio, the server reads on, briefly, until the frame or the
+        client's own close arrives, and only then closes.
         """
         with (
-            anyio.move_on_after(_LINGER_SECONDS),
+            anyio.move_on_after(_ABSORB_SECONDS),
             contextlib.suppress(ClientTimeout, ClientGone),
         ):
             while (await exchange.receive("audio frame")).get("bytes") is None:

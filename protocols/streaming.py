@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import json
 import logging
 import secrets
@@ -39,6 +38,8 @@ from speechgw.gateway import Gateway, StreamSession
 from speechgw.jobs import Transcript
 from speechgw.languages import from_bcp47
 from speechgw.stream import Stream
+
+from ._closing import close, drop_until_closed
 
 __all__ = ["PATH", "StreamingProtocol", "decode_message", "new_client_id", "wire_message"]
 
@@ -236,30 +237,24 @@ class StreamingProtocol:
                 if _being_cancelled():
                     raise
                 ending = "shutdown"
-            # A client the server stops early may still be sending: keep reading (and
-            # dropping) its messages, or hypercorn's full queue would hold back our close.
-            if ending in ("too_long", "shutdown") and conn.open:
-                discard = asyncio.create_task(self._discard(conn))
+            # The client may still be sending (stopped early), and will send its pings and
+            # its Close: from here on its messages are read and dropped, or hypercorn's full
+            # queue would hold back our close.
+            if conn.open:
+                discard = asyncio.create_task(drop_until_closed(websocket))
             if conn.stream is not None:
                 await conn.stream.end()
             if worker:
                 await worker[0]
             _LOGGER.info("stream %s closed (%s)", conn.client_id, ending)
-            close = _CLOSE.get(ending)
-            if close is not None and conn.open:
-                with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-                    await websocket.close(*close)
+            close_with = _CLOSE.get(ending)
+            if close_with is not None and conn.open:
+                await close(websocket, *close_with, reading=discard)
         finally:
             if worker and not worker[0].done():
                 worker[0].cancel()
             if discard is not None:
                 discard.cancel()
-
-    @staticmethod
-    async def _discard(conn: _Connection) -> None:
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-            while (await conn.websocket.receive())["type"] != "websocket.disconnect":
-                pass
 
     async def _read(self, conn: _Connection, worker: list[asyncio.Task[None]]) -> str:
         """Read and feed messages until the stream ends; returns why it ended."""

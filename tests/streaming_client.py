@@ -40,8 +40,14 @@ class StreamResult:
 
 
 def open_stream(url: str, api_key: str | None = None) -> ClientConnection:
+    """A streaming connection whose keepalive does not give up on a late pong: a client that
+    sends faster than real time is paced by TCP, and its pings wait behind the audio in the
+    sockets' buffers (with a 32 MiB receive buffer, minutes of it) for as long as the server
+    takes to recognise that audio (examples/stream_client.py does the same)."""
     query = f"?api_key={api_key}" if api_key is not None else ""
-    return connect(f"{url}/api/core/google/asr{query}", max_size=None, open_timeout=30)
+    return connect(
+        f"{url}/api/core/google/asr{query}", max_size=None, open_timeout=30, ping_timeout=None
+    )
 
 
 def collect(ws: ClientConnection, result: StreamResult, timeout: float = 300) -> None:

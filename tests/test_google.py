@@ -331,11 +331,13 @@ def tiny_words():
 
 def test_real_words_through_the_emulator(voices, tiny_words) -> None:
     """The emulator answering with a real recognizer: the words cross the real client, gRPC
-    and the gateway intact."""
+    and the gateway intact. (Its deadline is a real one's: tiny.en on one thread can take
+    over the tests' usual 1 s on a busy machine, which would be an outage.)"""
     with (
         running_emulator(SpeechEmulator(recognizer=tiny_words)) as emulator,
         running_server(
-            {"routing": [{"backend": "google"}]}, backends={"google": google(emulator)}
+            {"routing": [{"backend": "google"}]},
+            backends={"google": google(emulator, timeout_seconds=30.0)},
         ) as server,
     ):
         reply = transcribe(server.ws, voices["coffee"].read_bytes()).reply

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from speechgw.protocols._closing import CLOSE_TIMEOUT
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -71,7 +72,8 @@ def test_ten_thousand_tiny_chunks(voices) -> None:
 
 def test_huge_base64_and_huge_frames(voices) -> None:
     """A message over ``max_frame_bytes`` is refused with 1009. hypercorn sends the close but
-    does not tell the application, so the connection ends at the stream's idle timeout."""
+    does not tell the application (nor pass on the client's Close), so the connection ends at
+    the stream's idle timeout and the server's wait for a Close (``CLOSE_TIMEOUT``)."""
     limits = {"limits": {"max_frame_bytes": 2_000_000, "stream_idle_seconds": 2}}
     with running_server(limits, backends=NULL) as server:
         huge = base64.b64encode(b"\x00\x00" * 2_000_000).decode()  # a 5.3 MB message
@@ -79,7 +81,7 @@ def test_huge_base64_and_huge_frames(voices) -> None:
             ws.recv(timeout=10)
             ws.send(json.dumps({"audio": huge}))
             with pytest.raises(ConnectionClosed) as closed:
-                ws.recv(timeout=10)
+                ws.recv(timeout=2 + CLOSE_TIMEOUT + 10)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
         pcm, rate = read_pcm16(voices["coffee"])
         assert stream_pcm(server.ws, pcm, rate).replies == ["ok"]
