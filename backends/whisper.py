@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.util import find_spec
@@ -32,6 +33,7 @@ from speechgw.batching import BatchStats, CallBatcher, JobContext, Priority
 from speechgw.config import AtLeastOne, NonNegative, Range
 from speechgw.errors import BackendUnavailable, ConfigError
 from speechgw.jobs import SAMPLE_RATE, JobSpec, Segment, Transcript, Word
+from speechgw.progress import OnSegment
 
 __all__ = ["BUNDLED_MODELS", "WhisperBackend", "WhisperOptions", "resolve_model"]
 
@@ -186,8 +188,60 @@ def _echoes(segments: list, prompt: str) -> bool:
     """Whether the decoded words are only a copy of the prompt's (a prompted Whisper can write
     out what it was told came before instead of what it hears, over noise or a cough)."""
     heard = _words("".join(s.text for s in segments))
+    return len(heard) >= 2 and _within(heard, prompt)
+
+
+def _within(heard: list[str], prompt: str) -> bool:
+    """Whether ``heard`` are words of ``prompt``, one after another, in its order."""
     told = " ".join(_words(prompt))
-    return len(heard) >= 2 and f" {' '.join(heard)} " in f" {told} "
+    return f" {' '.join(heard)} " in f" {told} "
+
+
+class _Abandoned(Exception):
+    """Raised in a worker thread to stop decoding a job whose caller was cancelled."""
+
+
+class _Progress:
+    """A job's segments to its caller's ``on_segment`` as faster-whisper finishes them, from
+    the worker thread.
+
+    While every word so far is a word of the prompt, in its order, the segments are held
+    back: the output may turn out to be an echo of the prompt (:func:`_echoes`), decoded again
+    without it, and then these were never heard. Once one word is not, nothing is held.
+    """
+
+    def __init__(self, on_segment: OnSegment, prompt: str | None, cancelled: threading.Event):
+        self._on_segment = on_segment
+        self._holding = bool(prompt)
+        self._cancelled = cancelled
+        self._held: list[Segment] = []
+
+    def add(self, segment: Segment, prompt: str | None) -> None:
+        """One more segment of a decode with ``prompt``.
+
+        Raises:
+            _Abandoned: the job's caller was cancelled: stop decoding.
+        """
+        if self._cancelled.is_set():
+            raise _Abandoned
+        self._held.append(segment)
+        if self._holding and prompt and self._may_echo(prompt):
+            return
+        self._holding = False
+        self.flush()
+
+    def _may_echo(self, prompt: str) -> bool:
+        return _within(_words(" ".join(s.text for s in self._held)), prompt)
+
+    def restart(self) -> None:
+        """The output was an echo of the prompt: forget it, the audio is decoded again."""
+        self._held.clear()
+
+    def flush(self) -> None:
+        """The decode is over (and not an echo): report what is held."""
+        for segment in self._held:
+            self._on_segment(segment)
+        self._held.clear()
 
 
 def _temperatures(start: float | None) -> tuple[float, ...]:
@@ -273,6 +327,10 @@ class WhisperBackend(Backend):
         )
         if batch_size > 1:
             self._batch(batch_size)
+        else:
+            self._executor = ThreadPoolExecutor(
+                opts.concurrency, thread_name_prefix=f"whisper-{self.name}"
+            )
         self._prompt_tokens = (
             opts.prompt_tokens if opts.prompt_tokens is not None else 24 if batch_size > 1 else 0
         )
@@ -317,26 +375,37 @@ class WhisperBackend(Backend):
         return self._capabilities
 
     async def transcribe(self, audio: np.ndarray, spec: JobSpec) -> Transcript:
+        return await self._transcribe(audio, spec, None)
+
+    async def transcribe_progressive(
+        self, audio: np.ndarray, spec: JobSpec, on_segment: OnSegment
+    ) -> Transcript:
+        """Each segment is reported as faster-whisper finishes it (per 30 s window, or per
+        window of a split recording, in order)."""
+        return await self._transcribe(audio, spec, on_segment)
+
+    async def _transcribe(
+        self, audio: np.ndarray, spec: JobSpec, on_segment: OnSegment | None
+    ) -> Transcript:
         if self._model is None:
             raise BackendUnavailable(f"the Whisper model of backend {self.name!r} is not loaded")
-        if self._batcher is not None and not spec.interim:
-            if self._splits(audio, spec):
-                return await self._run_split(audio, spec)
-            async with self._limiter:
-                return await self._run_batched(audio, spec)
-        if not spec.interim:
-            return await anyio.to_thread.run_sync(
-                self._transcribe_sync, audio, spec, limiter=self._limiter
-            )
-        # An interim takes a worker only if one is free this instant, so nothing queued waits
-        # behind it: a job arriving while it runs waits at most one greedy decode.
+        if spec.interim:
+            return await self._glimpse(audio, spec)
+        if self._batcher is not None and self._splits(audio, spec):
+            return await self._run_split(audio, spec, on_segment)
+        async with self._limiter:
+            return await self._in_thread(audio, spec, on_segment)
+
+    async def _glimpse(self, audio: np.ndarray, spec: JobSpec) -> Transcript:
+        """An interim takes a worker only if one is free this instant, so nothing queued waits
+        behind it: a job arriving while it runs waits at most one greedy decode."""
         try:
             self._limiter.acquire_nowait()
         except anyio.WouldBlock:
             raise InterimSkipped from None
         try:
             if self._batcher is not None:
-                return await self._run_batched(audio, spec)
+                return await self._in_thread(audio, spec, None)
             return await anyio.to_thread.run_sync(self._transcribe_sync, audio, spec)
         finally:
             self._limiter.release()
@@ -350,24 +419,40 @@ class WhisperBackend(Backend):
             and len(audio) > WINDOW_SECONDS * SAMPLE_RATE
         )
 
-    async def _run_split(self, audio: np.ndarray, spec: JobSpec) -> Transcript:
+    async def _run_split(
+        self, audio: np.ndarray, spec: JobSpec, on_segment: OnSegment | None
+    ) -> Transcript:
         """A long recording as windows cut at pauses, decoded at once (each a job of its
-        own, so they share batches), put back together on the recording's clock."""
+        own, so they share batches), put back together on the recording's clock; each
+        window's segments are reported once it and every window before it are done."""
         from .whisper_batching import speech_windows
 
         spans = await anyio.to_thread.run_sync(speech_windows, audio)
 
         async def window(start: int, end: int) -> Transcript:
             async with self._limiter:
-                return await self._run_batched(audio[start:end], spec)
+                return await self._in_thread(audio[start:end], spec, None)
 
-        parts = await asyncio.gather(*(window(a, b) for a, b in spans))
+        runs = [asyncio.ensure_future(window(a, b)) for a, b in spans]
         segments: list[Segment] = []
         words: list[Word] = []
-        for (start, _), part in zip(spans, parts, strict=True):
-            offset = start / SAMPLE_RATE
-            segments += [_shifted(s, offset) for s in part.segments]
-            words += [_shifted(w, offset) for w in part.words]
+        parts: list[Transcript] = []
+        try:
+            for (start, _), run in zip(spans, runs, strict=True):
+                part = await run
+                parts.append(part)
+                offset = start / SAMPLE_RATE
+                shifted = [_shifted(s, offset) for s in part.segments]
+                segments += shifted
+                words += [_shifted(w, offset) for w in part.words]
+                for segment in shifted if on_segment is not None else ():
+                    on_segment(segment)
+        finally:
+            for run in runs:
+                run.cancel()
+            # the windows still running let go of their threads before this returns
+            with anyio.CancelScope(shield=True):
+                await asyncio.gather(*runs, return_exceptions=True)
         language = next((p.language for p in parts if p.text), spec.language or "en")
         return Transcript(
             text=" ".join(p.text for p in parts if p.text),
@@ -377,44 +462,48 @@ class WhisperBackend(Backend):
             words=tuple(words),
         )
 
-    async def _run_batched(self, audio: np.ndarray, spec: JobSpec) -> Transcript:
-        """The job in its own thread, its model calls batched with other jobs'. A job whose
-        caller is cancelled (the client left) stops at its next model call."""
-        assert self._batcher is not None
+    async def _in_thread(
+        self, audio: np.ndarray, spec: JobSpec, on_segment: OnSegment | None
+    ) -> Transcript:
+        """The job in a worker thread of its own (its model calls batched with other jobs'
+        when batching). A job whose caller is cancelled (its client left) stops at its next
+        model call (batching) or its next segment, and the caller waits for its thread to
+        let go before the cancellation goes on, so the capacity it held stays counted."""
         batcher = self._batcher
-        if spec.interim:
-            priority = Priority.INTERIM
-        elif spec.segmented:
-            priority = Priority.FINAL
-        else:
-            priority = Priority.RECORDING
-        context = JobContext(priority=priority)
+        cancelled = threading.Event()
+        progress = _Progress(on_segment, spec.prompt, cancelled) if on_segment else None
 
         def job() -> Transcript:
+            if batcher is None:
+                return self._transcribe_sync(audio, spec, progress)
+            context = JobContext(priority=_priority(spec), cancelled=cancelled)
             with batcher.job(context):
-                return self._transcribe_sync(audio, spec)
+                return self._transcribe_sync(audio, spec, progress)
 
         future = asyncio.get_running_loop().run_in_executor(self._executor, job)
         try:
             return await asyncio.shield(future)
         except anyio.get_cancelled_exc_class():
-            context.cancelled.set()
-            # hold the job's place until its thread has let go (at its next model call)
+            cancelled.set()
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await future
             raise
 
-    def _transcribe_sync(self, audio: np.ndarray, spec: JobSpec) -> Transcript:
-        raw, language = self._decode(audio, spec, spec.prompt)
+    def _transcribe_sync(
+        self, audio: np.ndarray, spec: JobSpec, progress: _Progress | None = None
+    ) -> Transcript:
+        raw, language = self._decode(audio, spec, spec.prompt, progress)
         if spec.prompt and raw and _echoes(raw, spec.prompt):
             # the model wrote out its prompt instead of the audio: hear the audio alone
             _LOGGER.info(
                 "request %s: output echoed its prompt; decoded again without", spec.request_id
             )
-            raw, language = self._decode(audio, spec, None)
-        segments = tuple(
-            Segment(text=s.text.strip(), start=round(s.start, 3), end=round(s.end, 3)) for s in raw
-        )
+            if progress is not None:
+                progress.restart()
+            raw, language = self._decode(audio, spec, None, progress)
+        if progress is not None:
+            progress.flush()
+        segments = tuple(_segment(s) for s in raw)
         words = tuple(
             Word(text=w.word.strip(), start=round(w.start, 3), end=round(w.end, 3))
             for s in raw
@@ -438,9 +527,12 @@ class WhisperBackend(Backend):
         ).ids
         return tokens[-limit:]
 
-    def _decode(self, audio: np.ndarray, spec: JobSpec, prompt: str | None) -> tuple[list, str]:
+    def _decode(
+        self, audio: np.ndarray, spec: JobSpec, prompt: str | None, progress: _Progress | None
+    ) -> tuple[list, str]:
         """The segments worth keeping, and the language; decoding happens here, in the worker
-        thread, as faster-whisper's segment generator is consumed."""
+        thread, as faster-whisper's segment generator is consumed (each kept segment goes to
+        ``progress`` as it comes)."""
         segments_iter, info = self._model.transcribe(  # type: ignore[union-attr]
             audio,
             language=spec.language,
@@ -458,7 +550,12 @@ class WhisperBackend(Backend):
             condition_on_previous_text=not spec.segmented,
         )
         limit = self.options.utterance_no_speech_prob if spec.segmented else 1.0
-        kept = [s for s in segments_iter if s.no_speech_prob <= limit and _has_words(s.text)]
+        kept = []
+        for segment in segments_iter:
+            if segment.no_speech_prob <= limit and _has_words(segment.text):
+                kept.append(segment)
+                if progress is not None:
+                    progress.add(_segment(segment), prompt)
         return kept, info.language
 
 
@@ -477,6 +574,24 @@ def _non_speech_tokens(model: object) -> list[int]:
         language="en",
     )
     return list(tokenizer.non_speech_tokens)
+
+
+def _segment(raw: object) -> Segment:
+    """A faster-whisper segment as the gateway's."""
+    return Segment(
+        text=raw.text.strip(),  # type: ignore[attr-defined]
+        start=round(raw.start, 3),  # type: ignore[attr-defined]
+        end=round(raw.end, 3),  # type: ignore[attr-defined]
+    )
+
+
+def _priority(spec: JobSpec) -> int:
+    """A job's place in the batcher's queue: interims last, stream finals first."""
+    if spec.interim:
+        return Priority.INTERIM
+    if spec.segmented:
+        return Priority.FINAL
+    return Priority.RECORDING
 
 
 def _shifted(part: SegmentOrWord, offset: float) -> SegmentOrWord:

@@ -2,14 +2,16 @@
 """Transcribe (or translate) an audio file with a speechgw server through OpenAI's own SDK.
 
     python examples/openai_client.py talk.m4a [--language de] [--translate]
-        [--format verbose_json] [--words] [--model whisper-1]
+        [--format verbose_json] [--words] [--stream] [--model whisper-1]
         [--url http://localhost:8765/v1] [--api-key KEY]
 
 speechgw speaks OpenAI's transcription API, so the official ``openai`` package (``pip install
 openai``) works unchanged: only ``base_url`` points at the gateway. Any audio file FFmpeg
 decodes goes as it is (wav, mp3, m4a, flac, ogg/opus, webm...). Without ``--language`` the
 server detects it (Whisper backends). Prints the text, or the whole response for the subtitle
-and JSON formats; ``--words`` prints each word with its time.
+and JSON formats; ``--words`` prints each word with its time; ``--stream`` prints the text as
+the server recognises it (OpenAI's ``stream=True``: a long recording shows its first words
+long before the whole is done).
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ def main() -> int:
         "--format", default="json", choices=["json", "text", "srt", "vtt", "verbose_json"]
     )
     parser.add_argument("--words", action="store_true", help="time each word (verbose_json)")
+    parser.add_argument("--stream", action="store_true", help="print the text as it comes")
     args = parser.parse_args()
+    if args.stream:
+        return stream(args)
 
     client = OpenAI(base_url=args.url, api_key=args.api_key)
     fields: dict = {"model": args.model, "response_format": args.format}
@@ -65,6 +70,25 @@ def main() -> int:
         print(result.model_dump_json(indent=2, exclude_none=True))
     else:
         print(result.text)
+    return 0
+
+
+def stream(args: argparse.Namespace) -> int:
+    """Print each piece of text as the server sends it (``transcript.text.delta``), then a
+    newline once the whole is done (``transcript.text.done`` holds it all again)."""
+    client = OpenAI(base_url=args.url, api_key=args.api_key)
+    fields: dict = {"model": args.model, "stream": True}
+    if args.language:
+        fields["language"] = args.language
+    try:
+        with client, open(args.audio, "rb") as audio:
+            for event in client.audio.transcriptions.create(file=audio, **fields):
+                if event.type == "transcript.text.delta":
+                    print(event.delta, end="", flush=True)
+    except OpenAIError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 1
+    print()
     return 0
 
 

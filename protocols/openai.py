@@ -13,6 +13,9 @@ post-processing and fallback come from :meth:`speechgw.gateway.Gateway.run_recor
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,7 +27,7 @@ from starlette.background import BackgroundTask
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive
 
@@ -41,12 +44,15 @@ from speechgw.gateway import Gateway, RecordingResult
 from speechgw.jobs import JobRequest, Segment, Task
 from speechgw.languages import from_bcp47, language_name
 from speechgw.media import decode_media
+from speechgw.progress import OnSegment
 
 __all__ = ["BASE", "OpenAIProtocol", "Reply", "error_response", "parse_form", "render"]
 
 BASE = "/v1"
 PROTOCOL = "openai"
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+STREAM_FORMATS = ("json", "text")
+"""The formats ``stream=true`` goes with: its events carry text, not timed segments."""
 GRANULARITIES = ("segment", "word")
 _MAX_FIELD_BYTES = 64 * 1024  # prompt and the like; the file has its own limit
 _MAX_FIELDS = 32
@@ -125,6 +131,8 @@ class Reply:
     segments: bool = True
     """``verbose_json`` lists segments (asked for, or no granularity asked at all)."""
     words: bool = False
+    stream: bool = False
+    """Server-sent events: the text as it is recognised, then the whole (``stream=true``)."""
 
 
 def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
@@ -132,7 +140,8 @@ def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
 
     Raises:
         InvalidRequest: no ``file`` or ``model``, a bad ``response_format``, ``temperature``
-            or ``timestamp_granularities[]``, or ``stream`` (not offered here).
+            or ``timestamp_granularities[]``; ``stream=true`` with a format whose timed
+            segments its events cannot carry.
         UnsupportedLanguage: ``language`` is not an ISO 639-1 code.
     """
     if not isinstance(form.get("file"), UploadFile):
@@ -144,8 +153,12 @@ def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
     if response_format not in RESPONSE_FORMATS:
         known = ", ".join(RESPONSE_FORMATS)
         raise InvalidRequest(f"response_format {response_format[:32]!r} is unknown ({known})")
-    if (_text(form, "stream") or "false").lower() == "true":
-        raise InvalidRequest("stream is not offered here: use the streaming protocol")
+    stream = _flag(_text(form, "stream"), "stream")
+    if stream and response_format not in STREAM_FORMATS:
+        raise InvalidRequest(
+            f"stream=true sends text events: response_format must be json or text, "
+            f"not {response_format!r}"
+        )
     temperature = _temperature(_text(form, "temperature"))
     granularities = [
         g for name in ("timestamp_granularities[]", "timestamp_granularities")
@@ -174,7 +187,17 @@ def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
         word_timestamps=words,
     )
     segments = "segment" in granularities or not words
-    return request, Reply(response_format, segments=segments, words=words)
+    return request, Reply(response_format, segments=segments, words=words, stream=stream)
+
+
+def _flag(raw: str | None, name: str) -> bool:
+    """A boolean form field as the SDKs send it (``true``/``false``; absent: false)."""
+    value = (raw or "").strip().lower()
+    if value in ("", "false", "0"):
+        return False
+    if value in ("true", "1"):
+        return True
+    raise InvalidRequest(f"{name} must be true or false, not {value[:32]!r}")
 
 
 def _temperature(raw: str | None) -> float | None:
@@ -203,6 +226,11 @@ class _Exchange:
         self.reply = Reply()
         self.form: FormData | None = None
         self.body_done = False
+        self.events: asyncio.Queue[Segment | None] = asyncio.Queue()
+        """What :meth:`OpenAIProtocol._recognise` waits on: segments as they are recognised
+        (only for ``stream=true``), and None once the request is over. Unbounded, but holds
+        at most one recording's segments (the audio's length bounds it)."""
+        self.request_id = ""
         self._received = 0
 
     async def credentials(self) -> object:
@@ -221,6 +249,10 @@ class _Exchange:
 
     def decode(self, data: bytes) -> tuple[np.ndarray, int]:
         return decode_media(data, self.max_seconds)
+
+    def progress(self, request_id: str) -> OnSegment | None:
+        self.request_id = request_id
+        return self.events.put_nowait if self.reply.stream else None
 
     async def _read_form(self) -> FormData:
         content_type = self.http.headers.get("content-type", "")
@@ -328,6 +360,7 @@ def _verbose(result: RecordingResult, task: Task, reply: Reply) -> dict[str, Any
         "language": "english" if task == "translate" else language_name(transcript.language),
         "duration": round(result.audio_seconds, 3),
         "text": _final_text(result),
+        "usage": _usage(result),
     }
     if reply.segments:
         # Whisper's per-segment decoding statistics are not carried through the gateway:
@@ -352,6 +385,12 @@ def _verbose(result: RecordingResult, task: Task, reply: Reply) -> dict[str, Any
     return body
 
 
+def _usage(result: RecordingResult) -> dict[str, Any]:
+    """OpenAI's usage object for a model billed by audio duration (whisper-1's): the seconds
+    the ledger recorded for the request."""
+    return {"type": "duration", "seconds": round(result.audio_seconds, 3)}
+
+
 def _final_text(result: RecordingResult) -> str:
     """The corrected text when post-processing ran and succeeded, else the recogniser's."""
     return result.corrected.text or result.transcript.text
@@ -361,7 +400,8 @@ def render(result: RecordingResult, reply: Reply, task: Task) -> Response:
     """The success response in the format asked for, with the request id in a header."""
     headers = {"X-Request-Id": result.request_id}
     if reply.format == "json":
-        return JSONResponse({"text": _final_text(result)}, headers=headers)
+        body = {"text": _final_text(result), "usage": _usage(result)}
+        return JSONResponse(body, headers=headers)
     if reply.format == "verbose_json":
         return JSONResponse(_verbose(result, task, reply), headers=headers)
     if reply.format == "text":
@@ -395,8 +435,27 @@ class OpenAIProtocol:
 
     async def _recognise(self, request: Request, task: Task) -> Response:
         exchange = _Exchange(request, task, self.gateway)
+        run = asyncio.ensure_future(self.gateway.run_recording(PROTOCOL, exchange))
+        run.add_done_callback(lambda _: exchange.events.put_nowait(None))
         try:
-            result = await self.gateway.run_recording(PROTOCOL, exchange)
+            first = await exchange.events.get()
+        except BaseException:
+            await _finish(run, exchange)
+            raise
+        if first is not None or (exchange.reply.stream and _succeeded(run)):
+            return StreamingResponse(
+                self._events(first, run, exchange),
+                media_type="text/event-stream",
+                headers={
+                    "X-Request-Id": exchange.request_id,
+                    "Cache-Control": "no-cache",
+                    "X-Accel-Buffering": "no",  # nginx would hold the events back
+                },
+                # runs after the last event, or once the client has left mid-stream
+                background=BackgroundTask(_finish, run, exchange),
+            )
+        try:
+            result = run.result()
         except SpeechGWError as exc:
             wait = self.gateway.config.limits.busy_retry_after_seconds
             if exchange.body_done:
@@ -407,6 +466,26 @@ class OpenAIProtocol:
         finally:
             await exchange.close()
         return render(result, exchange.reply, task)
+
+    async def _events(
+        self, first: Segment | None, run: asyncio.Future[RecordingResult], exchange: _Exchange
+    ) -> AsyncIterator[str]:
+        """``stream=true``: a ``transcript.text.delta`` event per segment as it is recognised,
+        then ``transcript.text.done`` with the whole text (corrected, with post-processing),
+        or an error event in OpenAI's error shape (which the SDKs raise). A client that leaves
+        stops the recognition (:func:`_finish`; logged as abandoned, not billed)."""
+        segment, started = first, False
+        while segment is not None:
+            yield _event("transcript.text.delta", {"delta": " " * started + segment.text})
+            started = True
+            segment = await exchange.events.get()
+        try:
+            result = run.result()
+        except SpeechGWError as exc:
+            body = _error_body(status_of(exc), exc.message, exc.error)
+            yield _event("error", {"type": "error", **body})
+            return
+        yield _event("transcript.text.done", {"text": _final_text(result)})
 
     async def models(self, request: Request) -> Response:
         try:
@@ -445,6 +524,28 @@ class OpenAIProtocol:
 
     async def _models(self, request: Request) -> tuple[str, ...]:
         return await self.gateway.models(PROTOCOL, bearer_key(request))
+
+
+def _event(kind: str, data: dict[str, Any]) -> str:
+    """One server-sent event, named as its ``type`` (the SDKs read the data; browsers'
+    EventSource dispatches on the name)."""
+    payload = json.dumps({"type": kind, **data}, ensure_ascii=False, separators=(",", ":"))
+    return f"event: {kind}\ndata: {payload}\n\n"
+
+
+def _succeeded(run: asyncio.Future[Any]) -> bool:
+    return run.done() and not run.cancelled() and run.exception() is None
+
+
+async def _finish(run: asyncio.Future[Any], exchange: _Exchange) -> None:
+    """Cancel the request if it is still running (its client left), wait until it has let
+    go, and drop the upload's spooled files."""
+    with anyio.CancelScope(shield=True):
+        if not run.done():
+            run.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await run
+        await exchange.close()
 
 
 def _model(name: str) -> dict[str, Any]:

@@ -48,6 +48,8 @@ class Books:
     """Part of a live stream, where only words are answered: no words, no reply, no bill."""
     detected_language: str = ""
     """The language the backend heard, for a job that named none."""
+    closed: bool = False
+    """Counted and logged (:meth:`Accounting.close`): nothing more to say of it."""
 
     @property
     def language(self) -> str:
@@ -137,6 +139,7 @@ class Accounting:
         no answer was delivered: ``abandoned`` (the client left first) or ``no_speech`` (an
         utterance of noise, which gets no reply and is not billed either).
         """
+        books.closed = True
         spec = books.spec
         machine = self.metrics.machine_label(spec.caller.machine_id if spec else "unknown")
         task = spec.task if spec else "transcribe"

@@ -21,6 +21,7 @@ from .jobs import JobSpec, Task, Transcript
 
 if TYPE_CHECKING:
     from .live_audio import LiveAudio
+    from .progress import OnSegment
 
 __all__ = ["Backend", "Capabilities", "InterimSkipped"]
 
@@ -102,6 +103,18 @@ class Backend(ABC):
 
         Must not block the event loop: heavy work belongs in a worker thread.
         """
+
+    async def transcribe_progressive(
+        self, audio: np.ndarray, spec: JobSpec, on_segment: OnSegment
+    ) -> Transcript:
+        """:meth:`transcribe`, reporting each segment to ``on_segment`` (from any thread) as
+        soon as it is recognised, for a client that takes the text as it comes; the returned
+        transcript holds them all again. A cancelled call should stop decoding soon.
+
+        This default reports nothing before the end (the gateway then hands the client the
+        whole transcript's segments at once): enough for a recogniser that answers in one go.
+        """
+        return await self.transcribe(audio, spec)
 
     def stream(self, audio: LiveAudio, spec: JobSpec) -> AsyncGenerator[Transcript, None]:
         """Recognise a live stream, for a backend whose capabilities say ``streaming``.

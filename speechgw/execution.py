@@ -15,6 +15,7 @@ import time
 from .accounting import Accounting, Books
 from .errors import BackendUnavailable, InternalError, SpeechGWError
 from .jobs import AudioJob, Transcript
+from .progress import SegmentRelay
 from .router import Route
 
 __all__ = ["as_outage", "run_route"]
@@ -36,19 +37,31 @@ def as_outage(exc: BaseException, request_id: str, backend: str) -> SpeechGWErro
 
 
 async def run_route(
-    job: AudioJob, route: Route, books: Books, accounting: Accounting
+    job: AudioJob,
+    route: Route,
+    books: Books,
+    accounting: Accounting,
+    relay: SegmentRelay | None = None,
 ) -> Transcript:
-    """Recognise ``job`` with the route's first backend able to, noting in ``books`` which.
+    """Recognise ``job`` with the route's first backend able to, noting in ``books`` which;
+    with a ``relay``, its segments go there as they are recognised, and the rest at the end.
 
     Raises:
         SpeechGWError: the request's own error, or the last backend's outage.
     """
     with accounting.running():
-        return await _run_route(job, route, books, accounting)
+        transcript = await _run_route(job, route, books, accounting, relay)
+    if relay is not None:
+        relay.finish(transcript)
+    return transcript
 
 
 async def _run_route(
-    job: AudioJob, route: Route, books: Books, accounting: Accounting
+    job: AudioJob,
+    route: Route,
+    books: Books,
+    accounting: Accounting,
+    relay: SegmentRelay | None,
 ) -> Transcript:
     last_error: SpeechGWError = BackendUnavailable("no backend could serve the request")
     for i, backend in enumerate(route):
@@ -56,7 +69,10 @@ async def _run_route(
             accounting.fallback(books.request_id, route[i - 1].name, backend.name, last_error)
         started = time.monotonic()
         try:
-            transcript = await backend.transcribe(job.audio, job.spec)
+            if relay is None:
+                transcript = await backend.transcribe(job.audio, job.spec)
+            else:
+                transcript = await backend.transcribe_progressive(job.audio, job.spec, relay)
         except Exception as exc:
             outage = as_outage(exc, books.request_id, backend.name)
             if outage is None:

@@ -23,9 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -50,6 +50,7 @@ from .jobs import SAMPLE_RATE, AudioJob, Caller, JobRequest, JobSpec, Transcript
 from .metrics import GatewayMetrics
 from .postprocess import OFF as POSTPROCESS_OFF
 from .postprocess import Postprocessor, PostprocessResult
+from .progress import OnSegment, SegmentRelay
 from .router import Router
 from .store import Store, StoreUnavailable
 from .stream import OnError, OnInterim, OnTranscript, Stream
@@ -57,6 +58,7 @@ from .stream import OnError, OnInterim, OnTranscript, Stream
 __all__ = ["Gateway", "RecordingExchange", "RecordingResult", "StreamSession"]
 
 _LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class RecordingExchange(Protocol):
@@ -84,6 +86,12 @@ class RecordingExchange(Protocol):
         Raises:
             InvalidAudio: the recording cannot be decoded.
         """
+        ...
+
+    def progress(self, request_id: str) -> OnSegment | None:
+        """Where the request's segments go as they are recognised, for a client that asked
+        for the text as it comes (called once the request is read, on the event loop; the
+        callable is then called there too); None: the client waits for the whole."""
         ...
 
 
@@ -139,14 +147,17 @@ class Gateway:
         Raises:
             SpeechGWError: why the request failed (already counted and logged).
             ClientGone: the client left (logged as abandoned once the request was known).
+            CancelledError: the adapter gave up on it (its client left while it ran); logged
+                as abandoned, like ClientGone, unless it was being settled: billing, once
+                begun, is finished first, so that the ledger and the log agree.
         """
         books = Books(protocol)
         try:
             transcript = await self._recognise_recording(books, exchange)
             corrected = await self._postprocess(books, transcript)
-            await self.accounting.settle(books, transcript)
-        except ClientGone:
-            if books.spec is not None:
+            await _to_the_end(self.accounting.settle(books, transcript))
+        except (ClientGone, anyio.get_cancelled_exc_class()):
+            if books.spec is not None and not books.closed:
                 self.accounting.close(books, uncounted="abandoned")
             raise
         except SpeechGWError as exc:
@@ -167,13 +178,15 @@ class Gateway:
             asked = await exchange.request()
             books.spec = self._spec(asked, books.protocol, key_name, books.request_id)
             route = self.router.route(books.spec)
+            on_segment = exchange.progress(books.request_id)
             data = await exchange.audio()
             books.start_clock()
             with self.admission.job():
                 audio = await anyio.to_thread.run_sync(self._decode, exchange.decode, data)
                 books.audio_seconds = len(audio) / SAMPLE_RATE
                 job = AudioJob(books.spec, audio)
-                transcript = await run_route(job, route, books, self.accounting)
+                relay = SegmentRelay(on_segment) if on_segment is not None else None
+                transcript = await run_route(job, route, books, self.accounting, relay)
         return transcript
 
     def _decode(self, decode: Callable[[bytes], tuple[np.ndarray, int]], data: bytes) -> np.ndarray:
@@ -335,6 +348,24 @@ class Gateway:
     @property
     def ready(self) -> bool:
         return all(b.ready for b in self.backends.values())
+
+
+async def _to_the_end(work: Awaitable[T]) -> T:
+    """Await ``work`` to its end even if the caller is cancelled meanwhile, then raise the
+    cancellation. For steps that must not stop halfway: a ledger row is committed by a writer
+    thread, so a settlement interrupted while it waits would bill a request that the log and
+    the metrics call abandoned."""
+    task = asyncio.ensure_future(work)
+    cancelled: BaseException | None = None
+    with anyio.CancelScope(shield=True):  # an anyio scope's cancellation waits here...
+        while not task.done():
+            try:
+                await asyncio.wait({task})
+            except asyncio.CancelledError as exc:  # ...and a task's own is held until the end
+                cancelled = exc
+    if cancelled is not None:
+        raise cancelled
+    return task.result()
 
 
 class StreamSession:

@@ -49,13 +49,15 @@ def transcribe(url: str, wav: bytes, **fields: Any) -> Exchange:
     return batch(url, metadata, wav)
 
 
-def multipart_upload(audio: bytes, model: str = "whisper-1") -> tuple[bytes, str]:
-    """An OpenAI transcription request's form (``model`` and ``file``) as a raw
-    multipart/form-data body, for clients other than the SDK: the body and its Content-Type."""
+def multipart_upload(audio: bytes, model: str = "whisper-1", **fields: str) -> tuple[bytes, str]:
+    """An OpenAI transcription request's form (``model``, any other ``fields`` and ``file``) as
+    a raw multipart/form-data body, for clients other than the SDK: the body and its
+    Content-Type."""
     boundary = "b0undary"
-    head = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+    head = "".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in {"model": model, **fields}.items()
     )
+    head += f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
     body = head.encode() + audio + f"\r\n--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"

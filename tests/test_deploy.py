@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from websockets.sync.client import connect
 
 from tests import speech
 from tests.certificates import self_signed
-from tests.client import transcribe
+from tests.client import multipart_upload, transcribe
 from tests.fleet import running_nginx
 from tests.serving import REPO, free_port, running_server
 
@@ -91,6 +92,23 @@ def test_nginx_config_terminates_tls_for_every_path(tmp_path, tiny_server, voice
             tls.sendall(b"GET /health HTTP/1.1\r\nHost: asr.example.com\r\n\r\n")
             assert tls.recv(12) == b"HTTP/1.1 200"
             assert tls.version() == "TLSv1.3" and not tls.session.has_ticket
+        # OpenAI's stream=true: nginx passes each event on as it comes (45 s of speech, two
+        # windows: the first window's words arrive while the second is decoded)
+        parts = [voices[n] for n in speech.SENTENCES] * 2
+        long = speech.concat(parts, tmp_path / "long.wav", silence_seconds=0.5)
+        body, content_type = multipart_upload(long.read_bytes(), stream="true")
+        request = urllib.request.Request(
+            f"https://127.0.0.1:{port}/v1/audio/transcriptions",
+            data=body,
+            headers={"Content-Type": content_type},
+        )
+        with urllib.request.urlopen(request, timeout=120, context=context) as answer:
+            assert answer.headers["Content-Type"].startswith("text/event-stream")
+            first = answer.readline()
+            in_flight = tiny_server.metric("speechgw_requests_in_flight")
+            rest = answer.read().decode()
+        assert first == b"event: transcript.text.delta\n" and in_flight == 1
+        assert rest.count("event: transcript.text.done\n") == 1
 
 
 def _unit_settings(text: str) -> dict[str, list[str]]:

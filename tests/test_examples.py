@@ -156,6 +156,9 @@ def test_openai_client(tiny_server: Server, voices, tmp_path: Path) -> None:
     assert srt.stdout.startswith("1\n00:00:00,000 --> "), srt
     refused = run(sys.executable, "openai_client.py", str(ogg), "--url", url, "--model", "x")
     assert refused.returncode == 1 and "known: whisper-1" in refused.stderr
+    streamed = run(sys.executable, "openai_client.py", str(ogg), "--url", url, "--stream")
+    assert streamed.returncode == 0, streamed.stderr
+    assert speech.word_recall(speech.SENTENCES["window"], streamed.stdout) >= 0.8, streamed
 
 
 @pytest.fixture(scope="module")

@@ -62,9 +62,11 @@ def server(ledger: Path) -> Iterator[Server]:
 def test_each_response_format_carries_the_words(server: Server, voices) -> None:
     sdk = client(server)
     with voices["children"].open("rb") as audio:
-        assert speech.words(
-            sdk.audio.transcriptions.create(model="whisper-1", file=audio).text
-        ) == speech.words(CHILDREN)
+        answer = sdk.audio.transcriptions.create(model="whisper-1", file=audio)
+    assert speech.words(answer.text) == speech.words(CHILDREN)
+    # billed by duration, as OpenAI's whisper-1: the seconds the ledger records
+    assert answer.usage.type == "duration"
+    assert answer.usage.seconds == pytest.approx(speech.duration(voices["children"]), abs=0.01)
     bodies = {}
     for kind in ("text", "srt", "vtt"):
         with voices["children"].open("rb") as audio:
@@ -89,6 +91,7 @@ def test_each_response_format_carries_the_words(server: Server, voices) -> None:
         )
     assert verbose.language == "english"
     assert verbose.duration == pytest.approx(speech.duration(voices["children"]), abs=0.01)
+    assert verbose.usage.seconds == verbose.duration
     assert speech.words(verbose.text) == speech.words(CHILDREN)
     assert speech.words(" ".join(s.text for s in verbose.segments)) == speech.words(CHILDREN)
     assert 0 <= verbose.segments[0].start < verbose.segments[-1].end <= verbose.duration + 0.1
@@ -172,6 +175,93 @@ def test_ledger_and_metrics_count_the_protocol_by_key_name(
     assert after == before + 1
 
 
+@pytest.fixture(scope="module")
+def long_speech(voices, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """About 45 s of speech (the six sentences twice): two of Whisper's 30 s windows, so the
+    first window's text can come while the second is decoded. Returns the file and its text."""
+    names = list(speech.SENTENCES) * 2
+    folder = tmp_path_factory.mktemp("long")
+    path = speech.concat([voices[n] for n in names], folder / "long.wav", silence_seconds=0.5)
+    return path, " ".join(speech.SENTENCES[n] for n in names)
+
+
+def test_stream_sends_the_text_as_it_is_recognised(
+    server: Server, long_speech: tuple[Path, str], ledger: Path
+) -> None:
+    path, said = long_speech
+    with path.open("rb") as audio:
+        stream = client(server).audio.transcriptions.create(
+            model="whisper-1", file=audio, stream=True
+        )
+        assert stream.response.headers["content-type"].startswith("text/event-stream")
+        request_id = stream.response.headers["x-request-id"]
+        first = next(iter(stream))
+        # the first window's words are here while the second window is still decoded
+        in_flight = server.metric("speechgw_requests_in_flight")
+        events = [first, *stream]
+    assert in_flight == 1
+    *deltas, done = events
+    assert [e.type for e in deltas] == ["transcript.text.delta"] * len(deltas)
+    assert len(deltas) >= 2 and done.type == "transcript.text.done"
+    assert "".join(d.delta for d in deltas) == done.text  # the deltas add up to the text
+    assert speech.word_recall(said, done.text) > 0.9, done.text
+    (seconds,) = (
+        sqlite3.connect(ledger)
+        .execute("SELECT audio_seconds FROM usage WHERE request_id = ?", (request_id,))
+        .fetchone()
+    )
+    assert seconds == pytest.approx(speech.duration(path), abs=0.01)
+
+
+def test_a_client_that_leaves_a_stream_stops_it_unbilled(
+    server: Server, long_speech: tuple[Path, str], ledger: Path, caplog
+) -> None:
+    path, _ = long_speech
+    ok = {"machine_id": "unknown", "task": "transcribe", "status": "ok"}
+    answered = server.metric("asr_requests_total", **ok)
+    with path.open("rb") as audio:
+        stream = client(server).audio.transcriptions.create(
+            model="whisper-1", file=audio, stream=True
+        )
+        request_id = stream.response.headers["x-request-id"]
+        assert next(iter(stream)).type == "transcript.text.delta"
+        stream.close()  # the user stops it halfway
+    _wait_for(lambda: f"request={request_id} " in caplog.text)
+    (line,) = [r.getMessage() for r in caplog.records if f"request={request_id} " in r.message]
+    assert line.endswith("outcome=abandoned"), line
+    rows = sqlite3.connect(ledger).execute(
+        "SELECT COUNT(*) FROM usage WHERE request_id = ?", (request_id,)
+    )
+    assert rows.fetchone() == (0,)
+    assert server.metric("asr_requests_total", **ok) == answered
+    _wait_for(lambda: server.metric("speechgw_requests_in_flight") == 0)
+
+
+def test_stream_from_a_backend_that_answers_at_once(voices) -> None:
+    """A backend without progress reports (here the scripted one) streams its whole text as
+    one delta; no words is a done event alone; an outage before any text is a plain 503."""
+    wav = voices["coffee"].read_bytes()
+    for text, expected in (("scripted words", ["scripted words"]), ("", [])):
+        with running_server(AUTH, backends={"null": {"type": "scripted", "text": text}}) as server:
+            events = list(
+                client(server).audio.transcriptions.create(
+                    model="whisper-1", file=("a.wav", wav), stream=True
+                )
+            )
+        assert [e.delta for e in events[:-1]] == expected
+        assert events[-1].type == "transcript.text.done" and events[-1].text == text
+    failing = {"null": {"type": "scripted", "fail": "unavailable"}}
+    with (
+        running_server(AUTH, backends=failing) as server,
+        pytest.raises(openai.APIStatusError) as failed,
+    ):
+        client(server).audio.transcriptions.create(
+            model="whisper-1", file=("a.wav", wav), stream=True
+        )
+    assert failed.value.status_code == 503
+    assert failed.value.body["code"] == "backend_unavailable"
+
+
 def test_models_lists_what_may_be_sent_and_needs_the_key(server: Server) -> None:
     assert [m.id for m in client(server).models.list()] == ["whisper-1"]
     assert client(server).models.retrieve("whisper-1").id == "whisper-1"
@@ -189,6 +279,7 @@ def test_request_errors_have_openais_shape(server: Server, voices, tmp_path: Pat
         ({"language": "english!"}, 400, "unsupported_language", "ISO 639-1"),
         ({"temperature": 3}, 400, "invalid_request", "temperature"),
         ({"timestamp_granularities": ["word"]}, 400, "invalid_request", "verbose_json"),
+        ({"stream": True, "response_format": "srt"}, 400, "invalid_request", "stream=true"),
     ]
     for fields, status, code, words in cases:
         arguments = {"model": "whisper-1", **fields}
