@@ -40,6 +40,8 @@ def main() -> int:
     parser.add_argument("--stream", action="store_true", help="print the text as it comes")
     args = parser.parse_args()
     if args.stream:
+        if args.translate or args.words or args.format not in ("json", "text"):
+            parser.error("--stream gives text as it comes: no --translate, --words or --format")
         return stream(args)
 
     client = OpenAI(base_url=args.url, api_key=args.api_key)
