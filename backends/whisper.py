@@ -404,9 +404,7 @@ class WhisperBackend(Backend):
         except anyio.WouldBlock:
             raise InterimSkipped from None
         try:
-            if self._batcher is not None:
-                return await self._in_thread(audio, spec, None)
-            return await anyio.to_thread.run_sync(self._transcribe_sync, audio, spec)
+            return await self._in_thread(audio, spec, None)
         finally:
             self._limiter.release()
 
@@ -445,8 +443,9 @@ class WhisperBackend(Backend):
                 shifted = [_shifted(s, offset) for s in part.segments]
                 segments += shifted
                 words += [_shifted(w, offset) for w in part.words]
-                for segment in shifted if on_segment is not None else ():
-                    on_segment(segment)
+                if on_segment is not None:
+                    for segment in shifted:
+                        on_segment(segment)
         finally:
             for run in runs:
                 run.cancel()

@@ -19,6 +19,16 @@ def voices(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def long_speech(voices, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """About 45 s of speech (the six sentences twice): two of Whisper's 30 s windows, so the
+    first window's text can come while the second is decoded. Returns the file and its text."""
+    names = list(speech.SENTENCES) * 2
+    folder = tmp_path_factory.mktemp("long")
+    path = speech.concat([voices[n] for n in names], folder / "long.wav", silence_seconds=0.5)
+    return path, " ".join(speech.SENTENCES[n] for n in names)
+
+
+@pytest.fixture(scope="session")
 def tiny_server() -> Server:
     """A real server on tiny.en, no keys, default limits; shared by tests that change nothing."""
     with running_server() as server:

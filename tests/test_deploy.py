@@ -59,7 +59,9 @@ def test_prometheus_scrapes_every_replica_and_grafana_sums_them() -> None:
     assert all("sum" in e for e in exprs), exprs
 
 
-def test_nginx_config_terminates_tls_for_every_path(tmp_path, tiny_server, voices) -> None:
+def test_nginx_config_terminates_tls_for_every_path(
+    tmp_path, tiny_server, voices, long_speech
+) -> None:
     """The shipped nginx.conf, run by a real nginx in front of a real gateway: batch and
     streaming over wss://, /health over https://, and no TLS session ticket for a client."""
     text = (DEPLOY / "nginx.conf").read_text()
@@ -94,9 +96,7 @@ def test_nginx_config_terminates_tls_for_every_path(tmp_path, tiny_server, voice
             assert tls.version() == "TLSv1.3" and not tls.session.has_ticket
         # OpenAI's stream=true: nginx passes each event on as it comes (45 s of speech, two
         # windows: the first window's words arrive while the second is decoded)
-        parts = [voices[n] for n in speech.SENTENCES] * 2
-        long = speech.concat(parts, tmp_path / "long.wav", silence_seconds=0.5)
-        body, content_type = multipart_upload(long.read_bytes(), stream="true")
+        body, content_type = multipart_upload(long_speech[0].read_bytes(), stream="true")
         request = urllib.request.Request(
             f"https://127.0.0.1:{port}/v1/audio/transcriptions",
             data=body,

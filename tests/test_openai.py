@@ -175,16 +175,6 @@ def test_ledger_and_metrics_count_the_protocol_by_key_name(
     assert after == before + 1
 
 
-@pytest.fixture(scope="module")
-def long_speech(voices, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """About 45 s of speech (the six sentences twice): two of Whisper's 30 s windows, so the
-    first window's text can come while the second is decoded. Returns the file and its text."""
-    names = list(speech.SENTENCES) * 2
-    folder = tmp_path_factory.mktemp("long")
-    path = speech.concat([voices[n] for n in names], folder / "long.wav", silence_seconds=0.5)
-    return path, " ".join(speech.SENTENCES[n] for n in names)
-
-
 def test_stream_sends_the_text_as_it_is_recognised(
     server: Server, long_speech: tuple[Path, str], ledger: Path
 ) -> None:
