@@ -32,6 +32,7 @@ from speechgw.errors import BackendUnavailable
 from speechgw.jobs import SAMPLE_RATE, JobSpec, Segment, Transcript
 from speechgw.languages import BATCH_LANGUAGES, DEFAULT_REGION, to_bcp47
 from speechgw.live_audio import LiveAudio, Reader
+from speechgw.text import join_text
 
 __all__ = ["GoogleBackend", "GoogleOptions"]
 
@@ -194,7 +195,7 @@ class GoogleBackend(Backend):
             Segment(text, round(start, 3), round(end, 3)) for text, start, end in pieces if text
         )
         return Transcript(
-            text=" ".join(s.text for s in segments),
+            text=join_text(s.text for s in segments),
             segments=segments,
             language=spec.language,
             backend=self.name,

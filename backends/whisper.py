@@ -34,6 +34,7 @@ from speechgw.config import AtLeastOne, NonNegative, Range
 from speechgw.errors import BackendUnavailable, ConfigError
 from speechgw.jobs import SAMPLE_RATE, JobSpec, Segment, Transcript, Word
 from speechgw.progress import OnSegment
+from speechgw.text import join_text
 
 __all__ = ["BUNDLED_MODELS", "WhisperBackend", "WhisperOptions", "resolve_model"]
 
@@ -454,7 +455,7 @@ class WhisperBackend(Backend):
                 await asyncio.gather(*runs, return_exceptions=True)
         language = next((p.language for p in parts if p.text), spec.language or "en")
         return Transcript(
-            text=" ".join(p.text for p in parts if p.text),
+            text=join_text(p.text for p in parts),
             segments=tuple(segments),
             language=language,
             backend=self.name,

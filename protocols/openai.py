@@ -45,6 +45,7 @@ from speechgw.jobs import JobRequest, Segment, Task
 from speechgw.languages import from_bcp47, language_name
 from speechgw.media import decode_media
 from speechgw.progress import OnSegment
+from speechgw.text import separator
 
 __all__ = ["BASE", "OpenAIProtocol", "Reply", "error_response", "parse_form", "render"]
 
@@ -474,10 +475,11 @@ class OpenAIProtocol:
         then ``transcript.text.done`` with the whole text (corrected, with post-processing),
         or an error event in OpenAI's error shape (which the SDKs raise). A client that leaves
         stops the recognition (:func:`_finish`; logged as abandoned, not billed)."""
-        segment, started = first, False
+        segment, shown = first, ""
         while segment is not None:
-            yield _event("transcript.text.delta", {"delta": " " * started + segment.text})
-            started = True
+            delta = separator(shown, segment.text) + segment.text
+            yield _event("transcript.text.delta", {"delta": delta})
+            shown = segment.text
             segment = await exchange.events.get()
         try:
             result = run.result()

@@ -44,6 +44,7 @@ from .jobs import SAMPLE_RATE, AudioJob, JobSpec, Transcript
 from .live_audio import LiveAudio
 from .router import Route
 from .segmenter import Segmenter, StreamResampler
+from .text import join_text
 
 __all__ = ["Stream"]
 
@@ -123,7 +124,7 @@ def _context(context: str, text: str, limit: int) -> str:
     """``context`` followed by ``text``, keeping the last ``limit`` characters from a word on."""
     if limit <= 0:
         return ""
-    joined = f"{context} {text.strip()}".strip()
+    joined = join_text((context, text))
     if len(joined) <= limit:
         return joined
     cut = joined[-limit:]

@@ -297,6 +297,37 @@ def test_long_audio_goes_through_streaming_recognize_in_sessions(
     assert reply["duration"] - 1.0 < reply["segments"][-1]["end"] <= reply["duration"]
 
 
+def test_results_in_a_script_without_spaces_are_joined_without_them(voices, tmp_path) -> None:
+    """A long recording comes back from Google a result per utterance: Chinese results are
+    joined as Chinese is written, in the batch reply, OpenAI's text and its stream's deltas."""
+    from openai import OpenAI
+
+    long = voices_module.concat(
+        [voices[n] for n in voices_module.SENTENCES] * 3, tmp_path / "long.wav", silence_seconds=0.5
+    )  # about 70 s: past Recognize's minute, so StreamingRecognize, a result per sentence
+    said = "我们去公园。"
+    with (
+        running_emulator(SpeechEmulator(text=said)) as emulator,
+        running_server(
+            {"routing": [{"backend": "google"}]},
+            backends={"google": google(emulator, timeout_seconds=30.0)},
+        ) as server,
+        OpenAI(base_url=server.http + "/v1", api_key="-", max_retries=0) as sdk,
+    ):
+        reply = transcribe(server.ws, long.read_bytes(), language="zh").reply
+        with long.open("rb") as audio:
+            text = sdk.audio.transcriptions.create(model="whisper-1", file=audio, language="zh")
+        with long.open("rb") as audio:
+            *deltas, done = sdk.audio.transcriptions.create(
+                model="whisper-1", file=audio, language="zh", stream=True
+            )
+    assert len(reply["segments"]) >= 10
+    assert reply["text"] == said * len(reply["segments"])
+    assert text.text == reply["text"]
+    assert [d.delta for d in deltas] == [said] * len(reply["segments"])
+    assert done.text == reply["text"]
+
+
 def test_a_stream_aborted_midway_falls_back(fresh: SpeechEmulator, voices, tmp_path) -> None:
     long = voices_module.concat(
         [voices[n] for n in voices_module.SENTENCES] * 4, tmp_path / "long.wav", silence_seconds=0.5

@@ -1,0 +1,53 @@
+"""Recognised text put together from pieces (segments, windows, replies) as its script writes.
+
+Backends hand over pieces without the space before them (Whisper's segments stripped, Google's
+results, a long recording's windows). Between two pieces of a script written with spaces
+(Latin, Cyrillic, Greek, Arabic, Hebrew, Devanagari, Hangul...) a space goes; next to a piece of
+a script written without them (Chinese, Japanese, Thai, Lao, Khmer, Burmese) none does:
+"今天天气很好。" and "我们去公园。" make "今天天气很好。我们去公园。", as a client would show them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = ["join_text", "separator"]
+
+_UNSPACED = (
+    (0x0E00, 0x0EFF),  # Thai, Lao
+    (0x1000, 0x109F),  # Myanmar
+    (0x1780, 0x17FF),  # Khmer
+    (0x2E80, 0x2FDF),  # CJK radicals, Kangxi radicals
+    (0x3000, 0x303F),  # CJK symbols and punctuation: 。、「」
+    (0x3040, 0x31FF),  # Hiragana, Katakana, Bopomofo, Katakana extensions
+    (0x3400, 0x4DBF),  # CJK ideographs, extension A
+    (0x4E00, 0x9FFF),  # CJK ideographs
+    (0xF900, 0xFAFF),  # CJK compatibility ideographs
+    (0xFF00, 0xFFEF),  # full-width punctuation (，！？) and half-width katakana
+    (0x20000, 0x3134F),  # CJK ideographs, extensions B to G
+)
+
+
+def _unspaced(char: str) -> bool:
+    code = ord(char)
+    return any(low <= code <= high for low, high in _UNSPACED)
+
+
+def separator(before: str, after: str) -> str:
+    """What goes between text ``before`` and the piece ``after``: one space, or nothing where
+    either side is empty or its script is written without spaces."""
+    if not before or not after or _unspaced(before[-1]) or _unspaced(after[0]):
+        return ""
+    return " "
+
+
+def join_text(pieces: Iterable[str]) -> str:
+    """``pieces``, stripped, empty ones left out, joined as their script writes them."""
+    parts: list[str] = []
+    last = ""
+    for piece in pieces:
+        piece = piece.strip()
+        if piece:
+            parts += (separator(last, piece), piece)
+            last = piece
+    return "".join(parts)
