@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -32,7 +32,7 @@ from speechgw.backend import Backend, Capabilities, InterimSkipped
 from speechgw.batching import BatchStats, CallBatcher, JobContext, Priority
 from speechgw.config import AtLeastOne, NonNegative, Range
 from speechgw.errors import BackendUnavailable, ConfigError
-from speechgw.jobs import SAMPLE_RATE, JobSpec, Segment, Transcript, Word
+from speechgw.jobs import SAMPLE_RATE, Decoding, JobSpec, Segment, Transcript, Word
 from speechgw.progress import OnSegment
 from speechgw.text import join_text
 
@@ -40,6 +40,8 @@ __all__ = ["BUNDLED_MODELS", "WhisperBackend", "WhisperOptions", "resolve_model"
 
 _LOGGER = logging.getLogger(__name__)
 SegmentOrWord = TypeVar("SegmentOrWord", Segment, Word)
+_FRAMES_PER_SECOND = 100
+"""Whisper's mel frames (a hop of 160 samples at 16 kHz): the unit of a segment's ``seek``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -576,12 +578,20 @@ def _non_speech_tokens(model: object) -> list[int]:
     return list(tokenizer.non_speech_tokens)
 
 
-def _segment(raw: object) -> Segment:
-    """A faster-whisper segment as the gateway's."""
+def _segment(raw: Any) -> Segment:
+    """A faster-whisper segment as the gateway's, its decoding statistics with it."""
     return Segment(
-        text=raw.text.strip(),  # type: ignore[attr-defined]
-        start=round(raw.start, 3),  # type: ignore[attr-defined]
-        end=round(raw.end, 3),  # type: ignore[attr-defined]
+        text=raw.text.strip(),
+        start=round(raw.start, 3),
+        end=round(raw.end, 3),
+        decoding=Decoding(
+            seek=raw.seek,
+            tokens=tuple(raw.tokens),
+            temperature=raw.temperature or 0.0,
+            avg_logprob=raw.avg_logprob,
+            compression_ratio=raw.compression_ratio,
+            no_speech_prob=raw.no_speech_prob,
+        ),
     )
 
 
@@ -595,7 +605,12 @@ def _priority(spec: JobSpec) -> int:
 
 
 def _shifted(part: SegmentOrWord, offset: float) -> SegmentOrWord:
-    """A window's segment or word on the whole recording's clock."""
-    return dataclasses.replace(
+    """A window's segment or word on the whole recording's clock (a segment's ``seek`` too)."""
+    moved = dataclasses.replace(
         part, start=round(float(part.start) + offset, 3), end=round(float(part.end) + offset, 3)
     )
+    decoding = getattr(part, "decoding", None)
+    if decoding is None:
+        return moved
+    seek = decoding.seek + round(offset * _FRAMES_PER_SECOND)
+    return dataclasses.replace(moved, decoding=dataclasses.replace(decoding, seek=seek))

@@ -41,7 +41,7 @@ from speechgw.errors import (
     UnsupportedLanguage,
 )
 from speechgw.gateway import Gateway, RecordingResult
-from speechgw.jobs import JobRequest, Segment, Task
+from speechgw.jobs import Decoding, JobRequest, Segment, Task
 from speechgw.languages import from_bcp47, language_name
 from speechgw.media import decode_media
 from speechgw.progress import OnSegment
@@ -364,26 +364,33 @@ def _verbose(result: RecordingResult, task: Task, reply: Reply) -> dict[str, Any
         "usage": _usage(result),
     }
     if reply.segments:
-        # Whisper's per-segment decoding statistics are not carried through the gateway:
-        # the fields OpenAI's schema has are present, with neutral values
-        body["segments"] = [
-            {
-                "id": i,
-                "seek": 0,
-                "start": s.start,
-                "end": s.end,
-                "text": s.text,
-                "tokens": [],
-                "temperature": 0.0,
-                "avg_logprob": 0.0,
-                "compression_ratio": 1.0,
-                "no_speech_prob": 0.0,
-            }
-            for i, s in enumerate(transcript.segments)
-        ]
+        body["segments"] = [_verbose_segment(i, s) for i, s in enumerate(transcript.segments)]
     if reply.words:
         body["words"] = [{"word": w.text, "start": w.start, "end": w.end} for w in transcript.words]
     return body
+
+
+_UNKNOWN_DECODING = Decoding(
+    seek=0, tokens=(), temperature=0.0, avg_logprob=0.0, compression_ratio=1.0, no_speech_prob=0.0
+)
+"""What a segment from a backend without decoding statistics (Google) shows: OpenAI's schema
+has the fields, and these values make no client drop the segment."""
+
+
+def _verbose_segment(number: int, segment: Segment) -> dict[str, Any]:
+    decoding = segment.decoding or _UNKNOWN_DECODING
+    return {
+        "id": number,
+        "seek": decoding.seek,
+        "start": segment.start,
+        "end": segment.end,
+        "text": segment.text,
+        "tokens": list(decoding.tokens),
+        "temperature": decoding.temperature,
+        "avg_logprob": decoding.avg_logprob,
+        "compression_ratio": decoding.compression_ratio,
+        "no_speech_prob": decoding.no_speech_prob,
+    }
 
 
 def _usage(result: RecordingResult) -> dict[str, Any]:

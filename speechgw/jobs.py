@@ -14,6 +14,7 @@ __all__ = [
     "SAMPLE_RATE",
     "AudioJob",
     "Caller",
+    "Decoding",
     "JobRequest",
     "JobSpec",
     "Segment",
@@ -112,12 +113,29 @@ class AudioJob:
 
 
 @dataclass(frozen=True, slots=True)
+class Decoding:
+    """How a Whisper-family decoder arrived at a segment: the statistics of OpenAI's
+    ``verbose_json`` segments, which clients use to judge them (a segment with a high
+    ``no_speech_prob`` and a low ``avg_logprob`` is likely noise heard as words)."""
+
+    seek: int
+    """Where the decoder's 30 s window started, in mel frames of 10 ms."""
+    tokens: tuple[int, ...]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+
+
+@dataclass(frozen=True, slots=True)
 class Segment:
     """A timed piece of a transcript; times are seconds from the start of the job's audio."""
 
     text: str
     start: float
     end: float
+    decoding: Decoding | None = None
+    """The decoder's statistics, from a backend that has them (Whisper; not Google)."""
 
 
 @dataclass(frozen=True, slots=True)

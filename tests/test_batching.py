@@ -287,6 +287,10 @@ def test_a_long_recording_split_at_pauses_keeps_its_words_and_times(voices, tmp_
         assert timed, (name, start, transcript.segments)
         assert speech.word_recall(speech.SENTENCES[name], timed[0].text) >= 0.5, timed
     assert [s.start for s in transcript.segments] == sorted(s.start for s in transcript.segments)
+    # each segment's seek is its window's start on the whole recording's clock, as for `whole`
+    seeks = [s.decoding.seek for s in transcript.segments]
+    assert seeks == sorted(seeks) and len(set(seeks)) >= 2, seeks
+    assert all(s.decoding.seek / 100 <= s.start + 0.02 for s in transcript.segments)
 
 
 @pytest.mark.parametrize("model", ["tiny.en", "base"])

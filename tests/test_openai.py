@@ -24,6 +24,7 @@ from tests.serving import Server, running_server
 
 KEY = "openai-test-key-0123"
 AUTH = {"auth": {"keys": [{"name": "alice", "key": KEY}]}}
+TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # Whisper's fallback schedule
 BASE = {"whisper": {"type": "whisper", "model": "base", "cpu_threads": 2}}
 SCRIPTED = {"null": {"type": "scripted", "text": "scripted words"}}
 CHILDREN = "The children are playing football in the park."
@@ -201,6 +202,30 @@ def test_stream_sends_the_text_as_it_is_recognised(
         .fetchone()
     )
     assert seconds == pytest.approx(speech.duration(path), abs=0.01)
+
+
+def test_verbose_segments_carry_whispers_decoding_statistics(
+    server: Server, long_speech: tuple[Path, str]
+) -> None:
+    """Tools judge verbose_json segments by Whisper's statistics (dropping those with a high
+    no_speech_prob and a low avg_logprob, say): they are the decoder's own, not placeholders,
+    and a segment's tokens are its text."""
+    from speechgw.backends.whisper import resolve_model
+    from tokenizers import Tokenizer
+
+    path, _ = long_speech
+    with path.open("rb") as audio:
+        verbose = client(server).audio.transcriptions.create(
+            model="whisper-1", file=audio, response_format="verbose_json"
+        )
+    tokenizer = Tokenizer.from_file(str(Path(resolve_model("tiny.en")) / "tokenizer.json"))
+    for segment in verbose.segments:
+        assert tokenizer.decode(segment.tokens).strip() == segment.text, segment
+        assert segment.avg_logprob < 0 and 0 <= segment.no_speech_prob <= 1, segment
+        assert segment.compression_ratio > 0 and segment.temperature in TEMPERATURES, segment
+        assert segment.seek / 100 <= segment.start + 0.02  # its window starts before it
+    seeks = [s.seek for s in verbose.segments]
+    assert seeks[0] == 0 and seeks == sorted(seeks) and seeks[-1] >= 2000  # the second window
 
 
 def test_a_client_that_leaves_a_stream_stops_it_unbilled(
