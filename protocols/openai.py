@@ -45,7 +45,7 @@ from speechgw.jobs import Decoding, JobRequest, Segment, Task
 from speechgw.languages import from_bcp47, language_name
 from speechgw.media import decode_media
 from speechgw.progress import OnSegment
-from speechgw.text import separator
+from speechgw.text import as_whisper_writes, separator
 
 __all__ = ["BASE", "OpenAIProtocol", "Reply", "error_response", "parse_form", "render"]
 
@@ -384,7 +384,7 @@ def _verbose_segment(number: int, segment: Segment) -> dict[str, Any]:
         "seek": decoding.seek,
         "start": segment.start,
         "end": segment.end,
-        "text": segment.text,
+        "text": as_whisper_writes(segment.text),
         "tokens": list(decoding.tokens),
         "temperature": decoding.temperature,
         "avg_logprob": decoding.avg_logprob,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["join_text", "separator"]
+__all__ = ["as_whisper_writes", "join_text", "separator"]
 
 _UNSPACED = (
     (0x0E00, 0x0EFF),  # Thai, Lao
@@ -51,3 +51,12 @@ def join_text(pieces: Iterable[str]) -> str:
             parts += (separator(last, piece), piece)
             last = piece
     return "".join(parts)
+
+
+def as_whisper_writes(piece: str) -> str:
+    """``piece`` as Whisper writes a segment, and OpenAI's ``verbose_json`` shows it: after the
+    space that parts it from the text before, unless its script is written without spaces, so
+    that a client that concatenates segments gets the text."""
+    if not piece or _unspaced(piece[0]):
+        return piece
+    return " " + piece

@@ -220,12 +220,14 @@ def test_verbose_segments_carry_whispers_decoding_statistics(
         )
     tokenizer = Tokenizer.from_file(str(Path(resolve_model("tiny.en")) / "tokenizer.json"))
     for segment in verbose.segments:
-        assert tokenizer.decode(segment.tokens).strip() == segment.text, segment
+        assert tokenizer.decode(segment.tokens) == segment.text, segment
         assert segment.avg_logprob < 0 and 0 <= segment.no_speech_prob <= 1, segment
         assert segment.compression_ratio > 0 and segment.temperature in TEMPERATURES, segment
         assert segment.seek / 100 <= segment.start + 0.02  # its window starts before it
     seeks = [s.seek for s in verbose.segments]
     assert seeks[0] == 0 and seeks == sorted(seeks) and seeks[-1] >= 2000  # the second window
+    # each segment's text after its space, as OpenAI writes them: concatenated, they are the text
+    assert "".join(s.text for s in verbose.segments).strip() == verbose.text
 
 
 def test_a_client_that_leaves_a_stream_stops_it_unbilled(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from speechgw.text import join_text, separator
+from speechgw.text import as_whisper_writes, join_text, separator
 
 
 @pytest.mark.parametrize(
@@ -35,3 +35,9 @@ def test_deltas_add_up_to_the_joined_text() -> None:
         deltas.append(separator(shown, piece) + piece)
         shown = piece
     assert "".join(deltas) == join_text(pieces) == "今天天气很好。Hello. World世界"
+
+
+def test_segments_as_whisper_writes_them() -> None:
+    assert as_whisper_writes("Hello there.") == " Hello there."
+    assert as_whisper_writes("今天天气很好。") == "今天天气很好。"
+    assert as_whisper_writes("") == ""
