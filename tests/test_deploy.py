@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -71,6 +72,9 @@ def test_nginx_config_terminates_tls_for_every_path(
     cert, key = self_signed(tmp_path, host="asr.example.com")
     text = text.replace("/etc/ssl/certs/asr.example.com.pem", str(cert))
     text = text.replace("/etc/ssl/private/asr.example.com.key", str(key))
+    access_log = tmp_path / "access.log"
+    assert text.count("/var/log/nginx/speechgw.access.log speechgw;") == 2  # both servers
+    text = text.replace("/var/log/nginx/speechgw.access.log", str(access_log))
     wrapper = tmp_path / "nginx.conf"
     wrapper.write_text(f"events {{}}\nhttp {{\n{text}\n}}\n")
     result = subprocess.run(["nginx", "-t", "-c", str(wrapper)], capture_output=True, text=True)
@@ -87,8 +91,11 @@ def test_nginx_config_terminates_tls_for_every_path(
             ws.send(voices["coffee"].read_bytes())
             reply = json.loads(ws.recv(timeout=60))
         assert speech.words(reply["text"]) == speech.words(speech.SENTENCES["coffee"])
-        with connect(url + "/api/core/google/asr", ssl=context, open_timeout=30) as ws:
+        secret = "om1_live_" + "k" * 24  # ignored by this keyless gateway, not by nginx's log
+        with connect(f"{url}/api/core/google/asr?api_key={secret}", ssl=context) as ws:
             assert json.loads(ws.recv(timeout=30))["type"] == "connection"
+        _wait_for_line(access_log, "/api/core/google/asr")
+        assert secret not in access_log.read_text()
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)
         with context.wrap_socket(raw, server_hostname="asr.example.com") as tls:
             tls.sendall(b"GET /health HTTP/1.1\r\nHost: asr.example.com\r\n\r\n")
@@ -109,6 +116,15 @@ def test_nginx_config_terminates_tls_for_every_path(
             rest = answer.read().decode()
         assert first == b"event: transcript.text.delta\n" and in_flight == 1
         assert rest.count("event: transcript.text.done\n") == 1
+
+
+def _wait_for_line(log: Path, part: str, timeout: float = 30.0) -> None:
+    """Until a line holding ``part`` is in ``log`` (nginx writes a WebSocket's line once the
+    connection is over, after the client has closed its side)."""
+    deadline = time.monotonic() + timeout
+    while not (log.exists() and part in log.read_text()):
+        assert time.monotonic() < deadline, log.read_text() if log.exists() else "no log"
+        time.sleep(0.05)
 
 
 def _unit_settings(text: str) -> dict[str, list[str]]:
