@@ -19,11 +19,13 @@ _UNSPACED = (
     (0x1780, 0x17FF),  # Khmer
     (0x2E80, 0x2FDF),  # CJK radicals, Kangxi radicals
     (0x3000, 0x303F),  # CJK symbols and punctuation: 。、「」
-    (0x3040, 0x31FF),  # Hiragana, Katakana, Bopomofo, Katakana extensions
+    (0x3040, 0x312F),  # Hiragana, Katakana, Bopomofo (not the Hangul jamo after them)
+    (0x3190, 0x31FF),  # Kanbun, Bopomofo extended, CJK strokes, Katakana extensions
     (0x3400, 0x4DBF),  # CJK ideographs, extension A
     (0x4E00, 0x9FFF),  # CJK ideographs
     (0xF900, 0xFAFF),  # CJK compatibility ideographs
-    (0xFF00, 0xFFEF),  # full-width punctuation (，！？) and half-width katakana
+    (0xFF00, 0xFF9F),  # full-width punctuation (，！？) and forms, half-width katakana
+    (0xFFE0, 0xFFEF),  # full-width signs (￥)
     (0x20000, 0x3134F),  # CJK ideographs, extensions B to G
 )
 

@@ -18,6 +18,7 @@ from speechgw.text import as_whisper_writes, join_text, separator
         (["我在用", "Python", "写代码"], "我在用Python写代码"),
         (["Он сказал:", "«Привет»"], "Он сказал: «Привет»"),
         (["안녕하세요.", "반갑습니다."], "안녕하세요. 반갑습니다."),  # Korean has spaces
+        (["좋아요", "ㅋㅋ"], "좋아요 ㅋㅋ"),  # its jamo too
         (["好的，", "谢谢！"], "好的，谢谢！"),
         ([], ""),
     ],
