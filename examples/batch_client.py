@@ -21,7 +21,10 @@ import sys
 import wave
 
 from machine_id import machine_id  # examples/machine_id.py, beside this file
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
+
+PATH = "/ws/transcribe"
 
 
 def transcribe(url: str, wav: bytes, language: str | None, task: str, api_key: str | None) -> dict:
@@ -33,8 +36,14 @@ def transcribe(url: str, wav: bytes, language: str | None, task: str, api_key: s
     }
     if api_key:
         metadata["api_key"] = api_key
-    # compression=None: audio does not deflate, and asking for it only costs CPU
-    with connect(url + "/ws/transcribe", max_size=None, compression=None) as ws:
+    base = url.rstrip("/")  # the server's URL; one that names the endpoint works too
+    try:
+        # compression=None: audio does not deflate, and asking for it only costs CPU
+        ws = connect(base if base.endswith(PATH) else base + PATH, max_size=None, compression=None)
+    except InvalidStatus as refused:  # refused before any frame: a wrong URL (404), say
+        answer = refused.response
+        return {"error": f"HTTP {answer.status_code}", "message": answer.body.decode()}
+    with ws:
         ws.send(json.dumps(metadata))
         ws.send(wav)
         return json.loads(ws.recv())
@@ -66,7 +75,7 @@ def as_wav(data: bytes) -> bytes:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("audio", help="an audio file: WAV, or anything FFmpeg decodes")
-    parser.add_argument("--url", default="ws://localhost:8765")
+    parser.add_argument("--url", default="ws://localhost:8765", help="the server's URL")
     parser.add_argument("--language", default=None, help="ISO 639-1 code (default: en)")
     parser.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
     parser.add_argument("--api-key", default=os.environ.get("SPEECHGW_API_KEY"))

@@ -27,9 +27,11 @@ import wave
 from collections.abc import Iterator
 from urllib.parse import quote
 
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 CHUNK_MS = 100
+PATH = "/api/core/google/asr"
 
 
 def wav_chunks(path: str, speed: float) -> tuple[int, Iterator[bytes]]:
@@ -88,7 +90,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("wav", nargs="?", help="a 16-bit mono WAV file")
     parser.add_argument("--mic", action="store_true", help="stream the microphone instead")
-    parser.add_argument("--url", default="ws://localhost:8765")
+    parser.add_argument("--url", default="ws://localhost:8765", help="the server's URL")
     parser.add_argument("--language-code", default="en-US")
     parser.add_argument("--api-key", default=os.environ.get("SPEECHGW_API_KEY"))
     parser.add_argument("--speed", type=float, default=1.0, help="x real time; 0: no pacing")
@@ -104,8 +106,15 @@ def main() -> int:
     # a minute and more of recognising): keep pinging, but do not give up on a late pong.
     faster = not args.mic and (args.speed == 0 or args.speed > 1)
     ping_timeout = None if faster else 20
-    url = f"{args.url}/api/core/google/asr{query}"
-    with connect(url, compression=None, ping_timeout=ping_timeout) as ws:
+    base = args.url.rstrip("/")  # the server's URL; one that names the endpoint works too
+    url = (base if base.endswith(PATH) else base + PATH) + query
+    try:
+        ws = connect(url, compression=None, ping_timeout=ping_timeout)
+    except InvalidStatus as refused:  # a wrong key (401), no place free (429, 503), a wrong URL
+        answer = refused.response
+        print(f"refused: HTTP {answer.status_code}: {answer.body.decode()}", file=sys.stderr)
+        return 1
+    with ws:
         hello = json.loads(ws.recv())
         print(f"connected: {hello['clientId']}", file=sys.stderr)
 

@@ -18,8 +18,10 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Mount, Route, Router, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from . import __version__
 from .auth import Keyring
@@ -210,8 +212,27 @@ def build_app(config: Config, env: Mapping[str, str] | None = None) -> Starlette
             await gateway.close()
 
     app = Starlette(routes=routes, middleware=_cors(config.server), lifespan=lifespan)
+    app.router.default = _not_found(app.router, routes)
     app.state.gateway = gateway
     return app
+
+
+def _not_found(router: Router, routes: list[BaseRoute]) -> ASGIApp:
+    """What answers a path no route serves: for a WebSocket upgrade, an HTTP 404 whose JSON
+    body names the WebSocket endpoints (starlette's default, a close before the upgrade, reaches
+    the client as a bare 403, which reads like a refused key); anything else as starlette
+    answers it."""
+    endpoints = ", ".join(r.path for r in routes if isinstance(r, WebSocketRoute))
+
+    async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await router.not_found(scope, receive, send)
+            return
+        message = f"no WebSocket endpoint at {scope['path'][:100]!r}; there are: {endpoints}"
+        response = JSONResponse({"error": "not_found", "message": message}, status_code=404)
+        await WebSocket(scope, receive, send).send_denial_response(response)
+
+    return not_found
 
 
 def _cors(server: ServerConfig) -> list[Middleware]:

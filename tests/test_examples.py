@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -51,6 +52,28 @@ def test_python_stream_client(tiny_server: Server, two_sentences: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert_two_sentences(result.stdout.splitlines())
+
+
+def test_clients_take_an_endpoint_url_and_say_why_they_are_refused(voices) -> None:
+    """An integrator pastes an endpoint's whole URL, or runs with a wrong key or a wrong path:
+    the examples take the first as the server's, and print the server's reason for the rest."""
+    coffee = str(voices["coffee"])
+    with running_server(env={"SERVER_API_KEY": "example-key"}) as server:
+        whole = server.ws + "/ws/transcribe/"
+        batch = run(
+            sys.executable, "batch_client.py", coffee, "--url", whole, "--api-key", "example-key"
+        )
+        assert batch.returncode == 0, batch.stderr
+        assert speech.word_recall(speech.SENTENCES["coffee"], batch.stdout) >= 0.75, batch
+        stream = run(
+            sys.executable, "stream_client.py", coffee, "--url", server.ws, "--api-key", "wrong"
+        )
+        assert stream.returncode == 1 and not stream.stdout
+        assert stream.stderr.startswith("refused: HTTP 401: "), stream.stderr
+        assert json.loads(stream.stderr.split(": ", 2)[2])["error"] == "unauthorized"
+        lost = run(sys.executable, "batch_client.py", coffee, "--url", server.ws + "/asr")
+        assert lost.returncode == 1 and lost.stderr.startswith("error: HTTP 404: "), lost.stderr
+        assert "/ws/transcribe, /api/core/google/asr" in lost.stderr  # where to go instead
 
 
 def test_load_generator(two_sentences: Path) -> None:
@@ -113,6 +136,39 @@ def test_node_client_stream(tiny_server: Server, node_client: Path, two_sentence
     )
     assert result.returncode == 0, result.stderr
     assert_two_sentences(result.stdout.splitlines())
+
+
+def test_node_client_says_why_it_is_refused(node_client: Path, voices) -> None:
+    coffee = str(voices["coffee"])
+    with running_server(env={"SERVER_API_KEY": "example-key"}) as server:
+        stream = run(
+            "node",
+            "client.mjs",
+            "stream",
+            coffee,
+            "--url",
+            server.ws,
+            "--api-key",
+            "wrong",
+            cwd=node_client,
+        )
+        assert stream.returncode == 1 and not stream.stdout
+        assert stream.stderr.startswith("refused: HTTP 401: "), stream.stderr
+        assert json.loads(stream.stderr.split(": ", 2)[2])["error"] == "unauthorized"
+        whole = server.ws + "/ws/transcribe"  # the endpoint's URL works as the server's
+        batch = run(
+            "node",
+            "client.mjs",
+            "batch",
+            coffee,
+            "--url",
+            whole,
+            "--api-key",
+            "example-key",
+            cwd=node_client,
+        )
+        assert batch.returncode == 0, batch.stderr
+        assert speech.word_recall(speech.SENTENCES["coffee"], batch.stdout) >= 0.75
 
 
 def test_rust_client(tiny_server: Server, voices, tmp_path: Path) -> None:

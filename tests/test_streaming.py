@@ -188,6 +188,19 @@ def test_missing_or_invalid_key_is_refused_before_the_upgrade(voices) -> None:
         assert_sentences(result, ["coffee"])
 
 
+def test_a_websocket_to_no_endpoint_gets_404_naming_the_endpoints(tiny_server: Server) -> None:
+    """Not a bare 403 (starlette's default), which reads like a refused key."""
+    from websockets.sync.client import connect
+
+    for path in ("/api/core/google/asr/", "/asr", "/v1/audio/transcriptions"):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(tiny_server.ws + path, open_timeout=10)
+        assert refused.value.response.status_code == 404, path
+        body = json.loads(refused.value.response.body)
+        assert body["error"] == "not_found" and repr(path) in body["message"]
+        assert body["message"].endswith("there are: /ws/transcribe, /api/core/google/asr")
+
+
 def test_a_client_that_just_closes_still_has_its_audio_recognised(
     tiny_server: Server, voices
 ) -> None:

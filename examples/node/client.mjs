@@ -28,8 +28,22 @@ function fail(message) {
   process.exit(1);
 }
 
+// the server's URL with an endpoint's path; a URL that names the endpoint already works too
+function endpoint(path) {
+  const base = url.replace(/\/+$/, "");
+  return base.endsWith(path) ? base : base + path;
+}
+
+// an answer other than the upgrade: a wrong key (401), no place free (429, 503), a wrong URL
+function refused(request, response) {
+  let body = "";
+  response.on("data", (piece) => (body += piece));
+  response.on("end", () => fail(`refused: HTTP ${response.statusCode}: ${body}`));
+}
+
 function batch() {
-  const ws = new WebSocket(`${url}/ws/transcribe`, wsOptions);
+  const ws = new WebSocket(endpoint("/ws/transcribe"), wsOptions);
+  ws.on("unexpected-response", refused);
   ws.on("open", () => {
     const metadata = { type: "transcribe", language: option("language", "en"),
                        task: option("task", "transcribe") };
@@ -71,8 +85,8 @@ function stream() {
   const { rate, pcm } = parseWav(readFileSync(file));
   const speed = Number(option("speed", "1"));
   const query = apiKey ? `?api_key=${encodeURIComponent(apiKey)}` : "";
-  const ws = new WebSocket(`${url}/api/core/google/asr${query}`, wsOptions);
-  ws.on("unexpected-response", (req, res) => fail(`refused: HTTP ${res.statusCode}`));
+  const ws = new WebSocket(endpoint("/api/core/google/asr") + query, wsOptions);
+  ws.on("unexpected-response", refused);
   ws.on("message", async (data) => {
     const message = JSON.parse(data.toString());
     if (message.type === "connection") {
