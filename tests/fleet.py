@@ -42,9 +42,11 @@ def fleet_config(
 
 
 @contextlib.contextmanager
-def nginx_in_front(gateway_ports: list[int]) -> Iterator[int]:
-    """nginx on a free port with the shipped fleet config, proxying to ``gateway_ports``."""
+def nginx_in_front(gateway_ports: list[int], access_log: Path) -> Iterator[int]:
+    """nginx on a free port with the shipped fleet config, proxying to ``gateway_ports``,
+    writing its access log to ``access_log``."""
     text = FLEET_CONF.read_text()
+    text = text.replace("/var/log/nginx/speechgw-fleet.access.log", str(access_log))
     assert len(gateway_ports) == len(SHIPPED_GATEWAYS)
     for shipped, port in zip(SHIPPED_GATEWAYS, gateway_ports, strict=True):
         text = text.replace(shipped, f"127.0.0.1:{port}")
@@ -103,6 +105,8 @@ class Fleet:
     proxy_port: int
     config: Path
     store_url: str
+    access_log: Path
+    """nginx's."""
 
     @property
     def ws(self) -> str:
@@ -118,8 +122,9 @@ def running_fleet(config: Path, store_url: str, replicas: int = 2) -> Iterator[F
     try:
         for process in processes:
             process.__enter__()
-        with nginx_in_front([p.port for p in processes]) as port:
-            yield Fleet(processes, port, config, store_url)
+        access_log = config.parent / "nginx-access.log"
+        with nginx_in_front([p.port for p in processes], access_log) as port:
+            yield Fleet(processes, port, config, store_url, access_log)
     finally:
         for process in processes:
             process.stop()

@@ -10,7 +10,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tests.certificates import self_signed
 from tests.client import multipart_upload, transcribe
 from tests.fleet import running_nginx
 from tests.serving import REPO, free_port, running_server
+from tests.waiting import wait_for
 
 DEPLOY = REPO / "examples" / "deploy"
 
@@ -94,7 +94,8 @@ def test_nginx_config_terminates_tls_for_every_path(
         secret = "om1_live_" + "k" * 24  # ignored by this keyless gateway, not by nginx's log
         with connect(f"{url}/api/core/google/asr?api_key={secret}", ssl=context) as ws:
             assert json.loads(ws.recv(timeout=30))["type"] == "connection"
-        _wait_for_line(access_log, "/api/core/google/asr")
+        # nginx writes a WebSocket's line once the connection is over
+        wait_for(lambda: access_log.exists() and "/api/core/google/asr" in access_log.read_text())
         assert secret not in access_log.read_text()
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)
         with context.wrap_socket(raw, server_hostname="asr.example.com") as tls:
@@ -116,15 +117,6 @@ def test_nginx_config_terminates_tls_for_every_path(
             rest = answer.read().decode()
         assert first == b"event: transcript.text.delta\n" and in_flight == 1
         assert rest.count("event: transcript.text.done\n") == 1
-
-
-def _wait_for_line(log: Path, part: str, timeout: float = 30.0) -> None:
-    """Until a line holding ``part`` is in ``log`` (nginx writes a WebSocket's line once the
-    connection is over, after the client has closed its side)."""
-    deadline = time.monotonic() + timeout
-    while not (log.exists() and part in log.read_text()):
-        assert time.monotonic() < deadline, log.read_text() if log.exists() else "no log"
-        time.sleep(0.05)
 
 
 def _unit_settings(text: str) -> dict[str, list[str]]:

@@ -26,6 +26,7 @@ from tests.fleet import fleet_config, running_fleet
 from tests.postgres import Cluster, fresh_database
 from tests.streaming_client import open_stream, read_pcm16, stream_pcm
 from tests.test_config import run_cli
+from tests.waiting import wait_for
 
 RATE = 6
 """Requests per minute (and burst) per key in the shared fleet: N across the fleet, not 2N."""
@@ -64,6 +65,9 @@ def test_a_key_and_its_usage_are_one_across_the_fleet(fleet, voices, tmp_path) -
     streamed = stream_pcm(fleet.ws, pcm, rate, api_key=alice)
     assert len(streamed.replies) == 2 and not streamed.errors, streamed
     assert "open the window" in streamed.replies[1].lower()
+    # the stream's key was in its URL; nginx's access log has the path alone
+    wait_for(lambda: "/api/core/google/asr" in fleet.access_log.read_text())
+    assert alice not in fleet.access_log.read_text()
 
     # revoked in the store: every replica refuses it at its next request, both protocols
     cli(fleet.config, "keys", "revoke", "alice")

@@ -8,7 +8,6 @@ import json
 import signal
 import sqlite3
 import threading
-import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from tests.streaming_client import (
     read_pcm16,
     stream_pcm,
 )
+from tests.waiting import wait_for
 
 TINY = {"type": "whisper", "model": "tiny.en", "cpu_threads": 1}
 
@@ -501,13 +501,6 @@ def test_an_idle_client_holds_no_session_open(voices, tmp_path) -> None:
             reader.join(timeout=30)
     assert result.replies == ["hello from the emulator"] * 2
     assert [c.status for c in emulator.calls] == ["ok", "ok"]
-
-
-def wait_for(condition, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_sigterm_finalises_a_live_google_stream(fresh: SpeechEmulator, voices, tmp_path) -> None:

@@ -24,6 +24,7 @@ from tests import speech
 from tests.client import transcribe
 from tests.serving import Server, running_server
 from tests.streaming_client import open_stream, read_pcm16, stream_pcm
+from tests.waiting import wait_for
 
 NULL = {"null": {"type": "scripted", "text": "ok"}}
 
@@ -33,13 +34,6 @@ def server_tasks(server: Server) -> int:
     import asyncio
 
     return len(asyncio.all_tasks(server.loop))
-
-
-def wait_for(condition, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 def test_two_hundred_idle_connections_do_not_stop_real_clients(tiny_server: Server, voices) -> None:

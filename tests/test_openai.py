@@ -8,7 +8,6 @@ import re
 import socket
 import sqlite3
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from openai import OpenAI
 from tests import speech
 from tests.client import multipart_upload
 from tests.serving import Server, running_server
+from tests.waiting import wait_for
 
 KEY = "openai-test-key-0123"
 AUTH = {"auth": {"keys": [{"name": "alice", "key": KEY}]}}
@@ -243,7 +243,7 @@ def test_a_client_that_leaves_a_stream_stops_it_unbilled(
         request_id = stream.response.headers["x-request-id"]
         assert next(iter(stream)).type == "transcript.text.delta"
         stream.close()  # the user stops it halfway
-    _wait_for(lambda: f"request={request_id} " in caplog.text)
+    wait_for(lambda: f"request={request_id} " in caplog.text)
     (line,) = [r.getMessage() for r in caplog.records if f"request={request_id} " in r.message]
     assert line.endswith("outcome=abandoned"), line
     rows = sqlite3.connect(ledger).execute(
@@ -251,7 +251,7 @@ def test_a_client_that_leaves_a_stream_stops_it_unbilled(
     )
     assert rows.fetchone() == (0,)
     assert server.metric("asr_requests_total", **ok) == answered
-    _wait_for(lambda: server.metric("speechgw_requests_in_flight") == 0)
+    wait_for(lambda: server.metric("speechgw_requests_in_flight") == 0)
 
 
 def test_stream_from_a_backend_that_answers_at_once(voices) -> None:
@@ -429,7 +429,7 @@ def test_busy_rate_limited_down_and_crashed_backends_get_their_statuses(voices) 
         holder = threading.Thread(target=occupy)
         holder.start()
         started.wait()
-        _wait_for(lambda: server.metric("speechgw_requests_in_flight") == 1)
+        wait_for(lambda: server.metric("speechgw_requests_in_flight") == 1)
         with pytest.raises(openai.APIStatusError) as busy:
             sdk.audio.transcriptions.create(model="whisper-1", file=("b.wav", wav))
         holder.join()
@@ -557,11 +557,3 @@ def _cue_text(subtitles: str) -> str:
         for line in subtitles.splitlines()
         if line and "-->" not in line and not line.isdigit() and line != "WEBVTT"
     )
-
-
-def _wait_for(condition, timeout: float = 30.0) -> None:
-    """Poll a server-side fact (a metric) until it holds: there is no event to wait on."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "never reached"
-        time.sleep(0.01)
