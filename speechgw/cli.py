@@ -155,6 +155,7 @@ def _usage(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     """``speechgw check``: the config's verdict without loading a model or opening a port."""
     config, path = _load(args)
+    _check_store_path(config)
     server = config.server
     scheme = "https/wss" if server.certfile else "http/ws"
     print(f"{path or 'embedded default'}: valid")
@@ -192,6 +193,32 @@ def _options(options: object) -> str:
             value = "***"
         changed.append(f"{option.name}={value}")
     return f" ({', '.join(changed)})" if changed else ""
+
+
+def _check_store_path(config) -> None:  # config: Config
+    """Refuse a SQLite ``store.path`` that this user could not create or write, as serve would
+    (``speechgw check`` runs as the service's user in the systemd unit), without creating it."""
+    if config.store.url is not None or config.store.path is None:
+        return
+    path = Path(config.store.path).expanduser().absolute()
+    if path.exists():
+        if not path.is_file():
+            problem = "is not a file"
+        elif not os.access(path, os.R_OK | os.W_OK):
+            problem = "is not writable by this user"
+        else:
+            return
+    else:
+        place = path.parent
+        while not place.exists():  # serve creates the missing folders under the nearest one
+            place = place.parent
+        if not place.is_dir():
+            problem = f"cannot be created: {place} is not a folder"
+        elif not os.access(place, os.W_OK | os.X_OK):
+            problem = f"cannot be created: {place} is not writable by this user"
+        else:
+            return
+    raise ConfigError(f"store.path: {path} {problem}")
 
 
 def _store_place(config) -> str:  # config: Config

@@ -186,13 +186,16 @@ class SQLiteStore(Store):
 
     def __init__(self, path: str | Path, synchronous: str = "normal") -> None:
         self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._synchronous = synchronous.upper()
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
-        with self._connection() as db:
-            db.executescript(_SCHEMA)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connection() as db:
+                db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:  # a folder this user may not write, say
+            raise StoreUnavailable(f"cannot open the SQLite file {self.path}: {exc}") from None
         self._pending: queue.SimpleQueue[tuple[UsageRecord, Any] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()

@@ -357,6 +357,33 @@ def test_check_refuses_what_serve_would_and_hides_the_store_password(tmp_path: P
     assert "s3cret" not in result.stdout
 
 
+def test_a_store_path_that_cannot_be_written_is_refused_in_words(tmp_path: Path) -> None:
+    """`check` says so without creating anything; serve, keys and usage say so without a
+    traceback (a folder the service's user may not write is the usual cause)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    config = tmp_path / "store.yaml"
+    config.write_text(f"store:\n  path: {blocker}/ledger/speechgw.db\n")
+    checked = run_cli("check", "--config", str(config))
+    assert checked.returncode == 2 and not checked.stdout and "Traceback" not in checked.stderr
+    assert f"{blocker}/ledger/speechgw.db cannot be created: {blocker} is not a folder" in (
+        checked.stderr
+    )
+    for command in (["serve", "--port", "0"], ["keys", "list"], ["usage"]):
+        result = run_cli(command[0], "--config", str(config), *command[1:])
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert f"cannot open the SQLite file {blocker}/ledger/speechgw.db" in result.stderr
+    assert blocker.read_text() == "not a folder"
+    # folders yet to be made are fine (check creates nothing), and so is an existing ledger
+    fresh = tmp_path / "new" / "folders" / "ledger.db"
+    config.write_text(f"store:\n  path: {fresh}\n")
+    checked = run_cli("check", "--config", str(config))
+    assert checked.returncode == 0 and f"store: SQLite {fresh}" in checked.stdout, checked
+    assert not fresh.parent.parent.exists()
+    assert run_cli("keys", "--config", str(config), "list").returncode == 0  # creates it
+    assert fresh.is_file() and run_cli("check", "--config", str(config)).returncode == 0
+
+
 def test_check_into_a_closed_pipe_ends_quietly() -> None:
     """`speechgw check | head -1`: the reader goes away first; no traceback, exit 0."""
     process = subprocess.Popen(
