@@ -242,9 +242,15 @@ def _serve(args: argparse.Namespace) -> int:
     config, path = _load(args)
     logs.configure(config.logging.level, config.logging.format)
     from .app import build_app
-    from .server import event_loop_factory, run
+    from .server import CannotListen, bind, event_loop_factory, run
 
     loop_factory = event_loop_factory(config.server.event_loop)
+    ports = [config.server.port] + ([] if config.metrics.port is None else [config.metrics.port])
+    try:  # before the models load: a taken port is said at once
+        sockets = [bind(config.server.host, port) for port in ports]
+    except CannotListen as exc:
+        print(f"speechgw: {exc}", file=sys.stderr)
+        return 1
     app = build_app(config)
     store = app.state.gateway.store
     if store is not None:
@@ -258,7 +264,7 @@ def _serve(args: argparse.Namespace) -> int:
         loop_factory.__module__.split(".")[0],
     )
     try:
-        run(app, config, path, loop_factory)
+        run(app, config, path, loop_factory, sockets)
     except Exception:
         error = app.state.gateway.startup_error
         if error is None:

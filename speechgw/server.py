@@ -24,7 +24,7 @@ from .config import Config
 from .errors import ConfigError
 from .tuning import limit_blas_threads, retain_freed_memory
 
-__all__ = ["event_loop_factory", "hypercorn_config", "run", "serve_app"]
+__all__ = ["CannotListen", "bind", "event_loop_factory", "hypercorn_config", "run", "serve_app"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -65,13 +65,36 @@ class _HypercornConfig(HypercornConfig):
         return context
 
 
+class CannotListen(Exception):
+    """A listening socket cannot be bound: its port is taken, or not this user's to take."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port`` with hypercorn's options, made before the models
+    load, so that a taken port stops a start at once and in one line (:class:`CannotListen`),
+    not after the models have loaded and with hypercorn's traceback."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:  # EADDRINUSE; EACCES below port 1024; EADDRNOTAVAIL
+        sock.close()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise CannotListen(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
+
+
 def hypercorn_config(config: Config, sock: socket.socket | None = None) -> HypercornConfig:
     """hypercorn's settings from ours. ``sock``: an already bound socket to serve on (tests and
-    benchmarks bind port 0 themselves, so that the port is known before the server starts)."""
+    benchmarks bind port 0 themselves, so that the port is known before the server starts).
+    It is detached: hypercorn's socket object for its descriptor closes it when the server
+    stops, and ``sock`` must not close that number again (by then it may be another file's)."""
     hc = _HypercornConfig()
     host, port = config.server.host, config.server.port
     if sock is not None:
-        hc.bind = [f"fd://{sock.fileno()}"]
+        hc.bind = [f"fd://{sock.detach()}"]
     else:
         hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hc.websocket_max_message_size = config.limits.max_frame_bytes
@@ -91,8 +114,10 @@ async def serve_app(
     config: Config,
     shutdown_trigger: Callable[[], Awaitable[None]],
     sock: socket.socket | None = None,
+    metrics_sock: socket.socket | None = None,
 ) -> None:
-    """Serve ``app`` until ``shutdown_trigger`` returns."""
+    """Serve ``app`` until ``shutdown_trigger`` returns, on ``sock`` (and ``/metrics`` on
+    ``metrics_sock``) where given, else on the config's addresses."""
     if not config.server.websocket_compression:
         decline_websocket_compression()
     unmask_with_numpy()
@@ -111,10 +136,10 @@ async def serve_app(
         return
     from .app import build_metrics_app
 
-    metrics_config = hypercorn_config(config)
-    host = config.server.host
-    port = config.metrics.port
-    metrics_config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    metrics_config = hypercorn_config(config, metrics_sock)
+    if metrics_sock is None:
+        host, port = config.server.host, config.metrics.port
+        metrics_config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     metrics_app = build_metrics_app(app.state.gateway)
     await asyncio.gather(
         main,
@@ -122,7 +147,9 @@ async def serve_app(
     )
 
 
-async def _serve_until_signalled(app: Starlette, config: Config, path: str | None) -> None:
+async def _serve_until_signalled(
+    app: Starlette, config: Config, path: str | None, sockets: list[socket.socket]
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -140,7 +167,7 @@ async def _serve_until_signalled(app: Starlette, config: Config, path: str | Non
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
-    await serve_app(app, config, stop.wait)
+    await serve_app(app, config, stop.wait, *sockets)
 
 
 def run(
@@ -148,12 +175,14 @@ def run(
     config: Config,
     path: str | None = None,
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+    sockets: list[socket.socket] | None = None,
 ) -> None:
-    """Serve until SIGINT or SIGTERM, then shut down gracefully; SIGHUP reloads ``path``."""
+    """Serve until SIGINT or SIGTERM, then shut down gracefully; SIGHUP reloads ``path``.
+    ``sockets``: the server's and the metrics' (:func:`bind`), when bound beforehand."""
     if config.server.retain_freed_memory_mib is not None:
         retain_freed_memory(config.server.retain_freed_memory_mib)
     if config.server.blas_threads is not None:
         limit_blas_threads(config.server.blas_threads)
     factory = loop_factory or event_loop_factory(config.server.event_loop)
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(_serve_until_signalled(app, config, path))
+        runner.run(_serve_until_signalled(app, config, path, sockets or []))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -382,6 +383,18 @@ def test_a_store_path_that_cannot_be_written_is_refused_in_words(tmp_path: Path)
     assert not fresh.parent.parent.exists()
     assert run_cli("keys", "--config", str(config), "list").returncode == 0  # creates it
     assert fresh.is_file() and run_cli("check", "--config", str(config)).returncode == 0
+
+
+def test_a_port_already_taken_is_said_in_one_line_before_any_model_loads(tmp_path: Path) -> None:
+    config = tmp_path / "serve.yaml"
+    config.write_text("server:\n  host: 127.0.0.1\nstore:\n  path: null\n")  # Whisper base
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", "--config", str(config), "--port", str(port))
+    assert result.returncode == 1
+    assert result.stderr == f"speechgw: cannot listen on 127.0.0.1:{port}: Address already in use\n"
 
 
 def test_check_into_a_closed_pipe_ends_quietly() -> None:
