@@ -80,10 +80,15 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:  # EADDRINUSE; EACCES below port 1024; EADDRNOTAVAIL
         sock.close()
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        raise CannotListen(f"cannot listen on {where}: {exc.strerror or exc}") from None
+        reason = exc.strerror or exc
+        raise CannotListen(f"cannot listen on {_address(host, port)}: {reason}") from None
     sock.setblocking(False)
     return sock
+
+
+def _address(host: str, port: int) -> str:
+    """``host:port`` as hypercorn binds it (an IPv6 host in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def hypercorn_config(config: Config, sock: socket.socket | None = None) -> HypercornConfig:
@@ -96,7 +101,7 @@ def hypercorn_config(config: Config, sock: socket.socket | None = None) -> Hyper
     if sock is not None:
         hc.bind = [f"fd://{sock.detach()}"]
     else:
-        hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        hc.bind = [_address(host, port)]
     hc.websocket_max_message_size = config.limits.max_frame_bytes
     hc.graceful_timeout = config.server.shutdown_grace_seconds
     hc.accesslog = None  # the gateway writes its own access line per request
@@ -138,8 +143,7 @@ async def serve_app(
 
     metrics_config = hypercorn_config(config, metrics_sock)
     if metrics_sock is None:
-        host, port = config.server.host, config.metrics.port
-        metrics_config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        metrics_config.bind = [_address(config.server.host, config.metrics.port)]
     metrics_app = build_metrics_app(app.state.gateway)
     await asyncio.gather(
         main,
