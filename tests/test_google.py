@@ -4,6 +4,7 @@ to the local Speech API emulator; nothing of the client library is patched."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import signal
 import sqlite3
@@ -58,6 +59,12 @@ def google(emulator: SpeechEmulator, **options) -> dict:
         "timeout_seconds": 1.0,
         **options,
     }
+
+
+def google_alone(emulator: SpeechEmulator, **options) -> contextlib.AbstractContextManager[Server]:
+    """A gateway that routes every job to Google at ``emulator`` (``options``: the backend's)."""
+    backends = {"google": google(emulator, **options)}
+    return running_server({"routing": [{"backend": "google"}]}, backends=backends)
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +171,7 @@ def test_native_streaming_can_be_turned_off(fresh: SpeechEmulator, voices, tmp_p
         [voices["market"], voices["window"]], tmp_path / "two.wav", silence_seconds=1.0
     )
     pcm, rate = read_pcm16(two)
-    backends = {"google": google(fresh, native_streaming=False)}
-    with running_server({"routing": [{"backend": "google"}]}, backends=backends) as server:
+    with google_alone(fresh, native_streaming=False) as server:
         result = stream_pcm(server.ws, pcm, rate, language_code="de-DE")
     assert result.replies == ["hello from the emulator"] * 2
     assert [(c.method, c.config.language_code) for c in fresh.calls] == [("Recognize", "de-DE")] * 2
@@ -206,9 +212,8 @@ def test_openai_requests_without_a_language_or_wanting_words_go_past_google(
         )
         assert "football" in [w.word.strip(".").lower() for w in timed.words]
         assert len(fresh.calls) == 1  # only the request that named a language reached Google
-    backends = {"google": google(emulator)}
     with (
-        running_server({"routing": [{"backend": "google"}]}, backends=backends) as server,
+        google_alone(emulator) as server,
         OpenAI(base_url=server.http + "/v1", api_key="-", max_retries=0) as sdk,
     ):
         with pytest.raises(BadRequestError) as undetected:
@@ -257,8 +262,7 @@ def test_failures_fall_back_to_local_whisper(
 def test_without_a_fallback_the_client_gets_backend_unavailable(
     fresh: SpeechEmulator, voices
 ) -> None:
-    backends = {"google": google(fresh)}
-    with running_server({"routing": [{"backend": "google"}]}, backends=backends) as server:
+    with google_alone(fresh) as server:
         fresh.faults.extend(["UNAVAILABLE"] * 50)
         exchange = transcribe(server.ws, voices["children"].read_bytes())
         assert exchange.reply["error"] == "backend_unavailable"
@@ -280,8 +284,7 @@ def test_long_audio_goes_through_streaming_recognize_in_sessions(
     long = voices_module.concat(
         [voices[n] for n in voices_module.SENTENCES] * 6, tmp_path / "long.wav", silence_seconds=0.5
     )  # about 141 s
-    backends = {"google": google(fresh, session_seconds=50, timeout_seconds=30)}
-    with running_server({"routing": [{"backend": "google"}]}, backends=backends) as server:
+    with google_alone(fresh, session_seconds=50, timeout_seconds=30) as server:
         fresh.faults.extend(["", "UNAVAILABLE"])  # the second session fails once: sent again
         reply = transcribe(server.ws, long.read_bytes()).reply
     # about 141 s: sessions of 50 + 50 + 41 s, the second sent twice
@@ -308,10 +311,7 @@ def test_results_in_a_script_without_spaces_are_joined_without_them(voices, tmp_
     said = "我们去公园。"
     with (
         running_emulator(SpeechEmulator(text=said)) as emulator,
-        running_server(
-            {"routing": [{"backend": "google"}]},
-            backends={"google": google(emulator, timeout_seconds=30.0)},
-        ) as server,
+        google_alone(emulator, timeout_seconds=30.0) as server,
         OpenAI(base_url=server.http + "/v1", api_key="-", max_retries=0) as sdk,
     ):
         reply = transcribe(server.ws, long.read_bytes(), language="zh").reply
@@ -366,10 +366,7 @@ def test_real_words_through_the_emulator(voices, tiny_words) -> None:
     over the tests' usual 1 s on a busy machine, which would be an outage.)"""
     with (
         running_emulator(SpeechEmulator(recognizer=tiny_words)) as emulator,
-        running_server(
-            {"routing": [{"backend": "google"}]},
-            backends={"google": google(emulator, timeout_seconds=30.0)},
-        ) as server,
+        google_alone(emulator, timeout_seconds=30.0) as server,
     ):
         reply = transcribe(server.ws, voices["coffee"].read_bytes()).reply
     assert voices_module.word_recall(voices_module.SENTENCES["coffee"], reply["text"]) >= 0.75
@@ -391,10 +388,7 @@ def test_live_sessions_restart_without_losing_or_repeating_audio(
     pcm, rate = sentences(voices, names, tmp_path / "long.wav")
     with (
         running_emulator(SpeechEmulator(recognizer=tiny_words)) as emulator,
-        running_server(
-            {"routing": [{"backend": "google"}]},
-            backends={"google": google(emulator, session_seconds=12)},
-        ) as server,
+        google_alone(emulator, session_seconds=12) as server,
     ):
         result = stream_pcm(server.ws, pcm, rate)
     # Count and order prove that nothing was lost or repeated; the words prove which audio
@@ -420,10 +414,7 @@ def test_a_stream_longer_than_google_allows_is_carried_by_restarts(voices, tmp_p
     assert len(pcm) / 2 / rate > 320
     with (
         running_emulator() as emulator,
-        running_server(
-            {"routing": [{"backend": "google"}]},
-            backends={"google": google(emulator, timeout_seconds=30)},
-        ) as server,
+        google_alone(emulator, timeout_seconds=30) as server,
     ):
         # 10x real time: unpaced, or at 30x on a loaded machine (once in a full run), the
         # audio sent can run more than 40 s ahead of Google's finals, and the session then
@@ -445,9 +436,7 @@ def test_a_transient_failure_midway_resumes_from_the_last_final(
     emulator = SpeechEmulator(recognizer=tiny_words, faults=deque(["UNAVAILABLE@5.5"]))
     with (
         running_emulator(emulator),
-        running_server(
-            {"routing": [{"backend": "google"}]}, backends={"google": google(emulator)}
-        ) as server,
+        google_alone(emulator) as server,
     ):
         result = stream_pcm(server.ws, pcm, rate)
     assert_sentences(result, names)
@@ -481,9 +470,7 @@ def test_an_idle_client_holds_no_session_open(voices, tmp_path) -> None:
     half-closed (its utterance final), and the next audio opens a new one."""
     with (
         running_emulator() as emulator,
-        running_server(
-            {"routing": [{"backend": "google"}]}, backends={"google": google(emulator)}
-        ) as server,
+        google_alone(emulator) as server,
     ):
         ws = open_stream(server.ws)
         with ws:
