@@ -347,6 +347,7 @@ class WhisperBackend(Backend):
             # an English-only model "detects" English: it is the only language it writes
             detects_language=True,
             word_timestamps=True,
+            early_finals=True,
         )
 
     def _batch(self, batch_size: int) -> None:
@@ -392,7 +393,7 @@ class WhisperBackend(Backend):
     ) -> Transcript:
         if self._model is None:
             raise BackendUnavailable(f"the Whisper model of backend {self.name!r} is not loaded")
-        if spec.interim:
+        if spec.interim or spec.early_final:
             return await self._glimpse(audio, spec)
         if self._batcher is not None and self._splits(audio, spec):
             return await self._run_split(audio, spec, on_segment)
@@ -400,8 +401,9 @@ class WhisperBackend(Backend):
             return await self._in_thread(audio, spec, on_segment)
 
     async def _glimpse(self, audio: np.ndarray, spec: JobSpec) -> Transcript:
-        """An interim takes a worker only if one is free this instant, so nothing queued waits
-        behind it: a job arriving while it runs waits at most one greedy decode."""
+        """An interim or an early final takes a worker only if one is free this instant, so
+        nothing queued waits behind it: a job arriving while it runs waits at most one
+        decode of an utterance."""
         try:
             self._limiter.acquire_nowait()
         except anyio.WouldBlock:

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -110,6 +111,20 @@ class ServerURL(str):
     """A running server's ws:// base URL, which also knows the server's process id."""
 
     pid: int
+
+    def samples(self, metric: str) -> dict[str, float]:
+        """The server's samples of one metric from ``/metrics``, by their label text
+        (``outcome="used"``; "" for a metric without labels)."""
+        http = self.replace("ws://", "http://", 1)
+        with urllib.request.urlopen(f"{http}/metrics", timeout=10) as response:
+            body = response.read().decode()
+        found = re.finditer(rf"^{metric}(?:{{([^}}]*)}})? (\S+)$", body, re.M)
+        return {labels or "": float(value) for labels, value in (m.groups() for m in found)}
+
+    def early_finals(self) -> dict[str, int]:
+        """``speechgw_early_finals_total`` by outcome: used, discarded, failed."""
+        found = self.samples("speechgw_early_finals_total")
+        return {o: int(found.get(f'outcome="{o}"', 0)) for o in ("used", "discarded", "failed")}
 
     def rss_mib(self) -> float:
         """The server process's resident memory."""

@@ -79,6 +79,10 @@ def stream(url: str, pcm: bytes, language: str, pace: float, rate: int = 16000) 
     return replies
 
 
+def _minus(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {key: after[key] - before.get(key, 0) for key in after}
+
+
 def repeats(replies: list[str]) -> int:
     """Replies of two words or more that only repeat words of the replies just before them
     (the last 200 characters): text a context prompt carried over instead of new speech."""
@@ -172,12 +176,15 @@ def main() -> int:
             }
             config = server_config(base, settings, Path(work), whisper)
             repeated = 0
+            early: dict[str, dict[str, int]] = {}
             with served(config) as url:
+                before = url.early_finals()
                 for r in rows:
                     pcm = to_pcm16(audio[r["file"]]).tobytes()
                     replies = stream(url, pcm, r["language"], 0)
                     repeated += repeats(replies)
                     texts[r["file"]]["stream unpaced"] = " ".join(replies)
+                early["unpaced"], before = _minus(url.early_finals(), before), url.early_finals()
                 if not args.no_paced:
                     with ThreadPoolExecutor(args.parallel) as pool:
                         paced = pool.map(
@@ -189,6 +196,7 @@ def main() -> int:
                         for r, replies in zip(rows, paced, strict=True):
                             repeated += repeats(replies)
                             texts[r["file"]]["stream 1x"] = " ".join(replies)
+                    early["1x"] = _minus(url.early_finals(), before)
             totals = {p: np.zeros(2, int) for p in paths}
             without_disc = {p: np.zeros(2, int) for p in paths}
             print(
@@ -230,6 +238,8 @@ def main() -> int:
                     flush=True,
                 )
             print(f"replies that only repeat the replies before them: {repeated}", flush=True)
+            for name, counts in early.items():
+                print(f"early finals, {name}: {counts}", flush=True)
     return 0
 
 

@@ -61,9 +61,10 @@ def main() -> int:
             run_once(url, clips[:1], 0)  # warm up
             idle = url.rss_mib()
             print(f"server RSS idle (model loaded): {idle:.0f} MiB")
-            print("streams | p50 | p95 | without reply | server peak RSS")
+            print("streams | p50 | p95 | without reply | server peak RSS | early finals")
             for level in [int(x) for x in args.levels.split(",")]:
                 peak = Peak(url)
+                early = url.early_finals()
                 with peak, ThreadPoolExecutor(level) as pool:
                     results = list(
                         pool.map(
@@ -78,7 +79,8 @@ def main() -> int:
                 rss = peak.mib
                 print(
                     f"{level:7d} | {statistics.median(latencies):.2f} s | {p95:.2f} s | "
-                    f"{missed} | {rss:.0f} MiB",
+                    f"{missed} | {rss:.0f} MiB | "
+                    + str({k: v - early[k] for k, v in url.early_finals().items()}),
                     flush=True,
                 )
     return 0

@@ -197,7 +197,9 @@ def main() -> int:
         with served(args.config) as url:
             for run in range(args.runs):
                 for mode in modes:
+                    early = url.early_finals()
                     result = run_once(url, clips, args.pace, interim=mode)
+                    early = {k: v - early[k] for k, v in url.early_finals().items()}
                     got = collected[mode]
                     got["latencies"] += result.latencies
                     got["first"] += result.first_text
@@ -216,7 +218,7 @@ def main() -> int:
                             f"{statistics.median(result.first_text):.3f} s, "
                             f"missed {result.missed}"
                         )
-                    print(line, flush=True)
+                    print(f"{line}, early finals {early}", flush=True)
     for mode, got in collected.items():
         label = "interims on " if mode else "interims off"
         line = f"{label}: WER over all replies in order {got['errors'] / got['words']:.3f}"

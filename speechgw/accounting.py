@@ -184,6 +184,10 @@ class Accounting:
         """Count an interim result sent: not a request, not billed."""
         self.metrics.interims.labels(protocol).inc()
 
+    def early_final(self, outcome: str) -> None:
+        """Count what became of a final decoded ahead: ``used``, ``discarded``, ``failed``."""
+        self.metrics.early_finals.labels(outcome).inc()
+
     def backend_time(self, backend: str, seconds: float) -> None:
         self.metrics.backend_latency.labels(backend).observe(seconds)
 

@@ -27,8 +27,9 @@ __all__ = ["Backend", "Capabilities", "InterimSkipped"]
 
 
 class InterimSkipped(Exception):
-    """A backend had no free capacity for a best-effort interim job (``JobSpec.interim``) and
-    did not run it: finals, of this stream or any other, always go first. Not an error."""
+    """A backend had no free capacity for a best-effort job (``JobSpec.interim`` or
+    ``JobSpec.early_final``) and did not run it: finals, of this stream or any other, always go
+    first. Not an error."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,10 @@ class Capabilities:
     """It takes jobs whose language is None and says in the transcript which one it heard."""
     word_timestamps: bool = False
     """It times each word when a job asks (``JobSpec.word_timestamps``)."""
+    early_finals: bool = False
+    """It takes ``JobSpec.early_final`` jobs on idle capacity only. Streams send such
+    decodes to no other backend: for one billed per call (a cloud API), each final decoded
+    ahead that the speaker's next words make worthless would cost money."""
 
     def supports(self, language: str | None, task: Task) -> bool:
         """Whether it recognises ``language`` (None: detects it) and does ``task``."""

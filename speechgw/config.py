@@ -249,6 +249,12 @@ class StreamingConfig:
     interim_interval_ms: Annotated[int, Positive] = 1000
     """For clients that ask for interim results: how often the utterance still being spoken
     is decoded again (when the backend has room; finals always go first)."""
+    early_finals: bool = True
+    """Start decoding an utterance's final once the pause after it reaches
+    ``end_padding_ms``: the audio is then what the final will be decoded from, so when the
+    pause goes on to end the utterance its reply is ready (or nearly), up to the rest of the
+    pause sooner. Only on backends that do it on idle capacity alone (local models); when the
+    speaker goes on instead, that decode was for nothing."""
 
 
 DEFAULT_CORRECTION_PROMPT = (

@@ -85,6 +85,11 @@ class JobSpec:
     """A best-effort look at an utterance still being spoken (an interim result): a backend
     decodes it cheaply, and raises :class:`~speechgw.backend.InterimSkipped` rather than make
     any other job wait for it. Never billed."""
+    early_final: bool = False
+    """A stream utterance's final, decoded while the pause that will end the utterance is
+    still running (``streaming.early_finals``): decoded exactly as its final, but best-effort
+    like an interim (raise :class:`~speechgw.backend.InterimSkipped` rather than make any other
+    job wait), because the speaker may go on and make it worthless."""
     interim_results: bool = False
     """For a live stream: the client wants interim results. A backend that recognises streams
     itself yields them as transcripts with ``interim`` set."""

@@ -96,6 +96,13 @@ class GatewayMetrics:
             ["protocol"],
             registry=r,
         )
+        self.early_finals = Counter(
+            "speechgw_early_finals_total",
+            "Stream finals decoded while the utterance's closing pause ran, by outcome: used "
+            "(the reply), discarded (the speaker went on), failed",
+            ["outcome"],
+            registry=r,
+        )
         self.fallbacks = Counter(
             "speechgw_fallbacks_total",
             "Jobs moved to a fallback backend",

@@ -124,6 +124,32 @@ class Segmenter:
             return None
         return from_pcm16(np.concatenate(self._utterance))
 
+    def closing_length(self) -> int | None:
+        """Samples the utterance in progress closes with if the pause now running goes on, once
+        that pause has reached ``end_padding_ms`` (from then on, more silence only adds what
+        the close cuts off); None while speaking, between utterances, or when the utterance
+        holds too little speech to be kept."""
+        if (
+            not self._utterance
+            or self._silent_run < max(1, self._end_pad_frames)
+            or self._voiced < self._min_voiced_frames
+        ):
+            return None
+        return self._keep(len(self._utterance), self._silent_run) * self._frame
+
+    def closing_utterance(self) -> np.ndarray | None:
+        """The utterance as :meth:`closing_length` says it would close (float32): what its
+        final can be decoded from before the pause is long enough to end it."""
+        if self.closing_length() is None:
+            return None
+        keep = self._keep(len(self._utterance), self._silent_run)
+        return from_pcm16(np.concatenate(self._utterance[:keep]))
+
+    def _keep(self, frames: int, trailing_silence: int) -> int:
+        """How many of an utterance's frames it keeps: its trailing silence cut to the end
+        padding."""
+        return frames - max(0, trailing_silence - self._end_pad_frames)
+
     @property
     def buffered_samples(self) -> int:
         """Samples held for the utterance in progress (for back-pressure accounting)."""
@@ -196,6 +222,6 @@ class Segmenter:
         self._utterance, self._voiced, self._silent_run = [], 0, 0
         if not frames or voiced < self._min_voiced_frames:
             return None
-        keep = len(frames) - max(0, trailing_silence - self._end_pad_frames)
+        keep = self._keep(len(frames), trailing_silence)
         # the dropped trailing silence is not speech; it is not re-fed anywhere
         return from_pcm16(np.concatenate(frames[:keep]))

@@ -8,7 +8,9 @@ Two ways to recognise, chosen by the route's first backend:
   each final transcript it yields becomes one reply. If it gives up mid-stream, the audio it
   had not answered for goes, with the rest of the stream, to the route's fallback backends;
 - *utterances*: webrtcvad cuts the stream into utterances and each is a job for the route, as a
-  recording would be (with fallback per utterance).
+  recording would be (with fallback per utterance). A backend that computes locally starts an
+  utterance's final while the pause that will end it still runs (``streaming.early_finals``):
+  the samples are known from ``end_padding_ms`` on, so the reply is ready when the pause is.
 
 Both paths fall back by the one rule of :mod:`speechgw.execution` and settle each utterance
 through :class:`~speechgw.accounting.Accounting`, which decides what is billed.
@@ -28,15 +30,17 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 import typing
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+import anyio
 import numpy as np
 
 from .accounting import Accounting, Books
 from .audio import from_pcm16
-from .backend import InterimSkipped
+from .backend import Backend, InterimSkipped
 from .config import StreamingConfig
 from .errors import InternalError, SpeechGWError
 from .execution import as_outage, run_route
@@ -115,6 +119,41 @@ class _UtteranceQueue:
             self._changed.notify_all()
 
 
+@dataclasses.dataclass(eq=False)
+class _EarlyFinal:
+    """An utterance's final being decoded while the pause that may end it runs."""
+
+    number: int
+    """The utterance (the segmenter's ``utterances_started`` when it was open)."""
+    length: int
+    """Its samples, if the pause goes on to end it."""
+    prompt: str | None
+    backend: str
+    run: asyncio.Task[Transcript | None]
+    """The decode; None when the backend had no free worker."""
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    utterance: np.ndarray | None = None
+    """The closed utterance it answers, once the pause has ended it."""
+
+
+def _skipped(run: asyncio.Task[Transcript | None]) -> bool:
+    """Whether an early final's decode found no free worker."""
+    return run.done() and not run.cancelled() and run.exception() is None and run.result() is None
+
+
+def _forget(run: asyncio.Task[Transcript | None]) -> None:
+    """Retrieve a dropped decode's outcome, so that asyncio does not log it as unheard."""
+    if not run.cancelled():
+        run.exception()
+
+
+async def _decode_early(backend: Backend, audio: np.ndarray, spec: JobSpec) -> Transcript | None:
+    try:
+        return await backend.transcribe(audio, spec)
+    except InterimSkipped:
+        return None
+
+
 _RETAINED_SECONDS = 330.0
 """Most audio a native streaming backend may leave unanswered before the client is paused;
 streaming recognition APIs end a session after about five minutes anyway."""
@@ -175,6 +214,7 @@ class Stream:
         self._context = ""  # the last replies, for the next utterance's prompt
         self._final_running = False  # an utterance's final is being recognised
         self._backlog: deque[np.ndarray] = deque()  # closed utterances not yet queued
+        self._early: _EarlyFinal | None = None  # the open or next utterance's final, ahead
         # input samples the stream may still take (limits.max_stream_seconds)
         self._samples_left = float("inf") if max_seconds is None else max_seconds * rate
 
@@ -204,7 +244,7 @@ class Stream:
             self._live_closed = True
             return
         await self._segment(tail)
-        self._backlog.extend(self._segmenter.flush())
+        self._cut(None)
         await self._enqueue_backlog()
         await self._queue.close()
 
@@ -217,9 +257,79 @@ class Stream:
 
     async def _segment(self, samples: np.ndarray) -> None:
         if len(samples):
-            self._backlog.extend(self._segmenter.feed(samples))
+            self._cut(samples)
         await self._enqueue_backlog()
         self._wake_interims()
+        self._start_early_final()
+
+    def _cut(self, samples: np.ndarray | None) -> None:
+        """Feed the segmenter (None: the stream ends), put the utterances that closed in the
+        backlog, and keep the early final in step: matched to its utterance when the pause
+        ended it as foreseen, dropped when the speaker went on."""
+        segmenter = self._segmenter
+        open_number = segmenter.utterances_started if segmenter.speaking else None
+        closed = segmenter.feed(samples) if samples is not None else segmenter.flush()
+        self._backlog.extend(closed)
+        early = self._early
+        if early is None or early.utterance is not None:
+            return
+        if closed and open_number == early.number and len(closed[0]) == early.length:
+            early.utterance = closed[0]
+        elif (
+            closed
+            or segmenter.utterances_started != early.number
+            or segmenter.closing_length() != early.length
+        ):
+            self._drop_early("discarded")
+
+    def _start_early_final(self) -> None:
+        """Decode the open utterance's final ahead when its closing pause has begun
+        (``streaming.early_finals``), if no other final of this stream is waiting or running
+        (its reply would change the context) and the backend can do it on idle capacity
+        alone; a backend with no free worker skips it, and the next audio tries again."""
+        early = self._early
+        if early is not None:
+            if early.utterance is not None or not _skipped(early.run):
+                return
+            self._early = None
+        backend = self.route[0]
+        if (
+            not self.config.early_finals
+            or not backend.capabilities.early_finals
+            or self._final_running
+            or self._queue.samples
+            or self._backlog
+        ):
+            return
+        segmenter = self._segmenter
+        length = segmenter.closing_length()
+        if length is None:
+            return
+        audio = segmenter.closing_utterance()
+        assert audio is not None
+        prompt = self._context or None
+        spec = dataclasses.replace(self._utterance_spec, prompt=prompt, early_final=True)
+        self._early = _EarlyFinal(
+            number=segmenter.utterances_started,
+            length=length,
+            prompt=prompt,
+            backend=backend.name,
+            run=asyncio.ensure_future(_decode_early(backend, audio, spec)),
+        )
+
+    def _drop_early(self, outcome: str | None) -> asyncio.Task[Transcript | None] | None:
+        """Forget the early final, stopping its decode (with batching, at its next model
+        call); counted under ``outcome`` unless it never got a worker. Returns its decode, for
+        a caller that must wait until the worker is let go."""
+        early, self._early = self._early, None
+        if early is None:
+            return None
+        run = early.run
+        if outcome is not None and not _skipped(run):
+            self._accounting.early_final(outcome)
+        run.cancel()
+        run.add_done_callback(_forget)
+        return run
 
     async def run(self) -> None:
         """Recognise until :meth:`end` and everything buffered is answered."""
@@ -235,12 +345,19 @@ class Stream:
                 interims.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await interims
+            early = self._drop_early("discarded")
+            if early is not None:
+                # its worker thread lets go before the stream is over
+                with anyio.CancelScope(shield=True):
+                    await asyncio.gather(early, return_exceptions=True)
 
     def _interim_ready(self) -> bool:
         """Whether the utterance still being spoken has grown to its next interim, and no
         final waits or runs (finals go first)."""
         segmenter = self._segmenter
         if not segmenter.speaking or self._final_running or self._queue.samples or self._backlog:
+            return False
+        if self._early is not None:  # the pause has begun: its final is on the way
             return False
         number, length = self._interim_due
         if number != segmenter.utterances_started:
@@ -293,6 +410,7 @@ class Stream:
                 self._accounting.interim(self.spec.protocol)
                 await self._on_interim(transcript.text)
             self._wake_interims()  # audio that came during the decode may already be due
+            self._start_early_final()  # the pause may have begun while this held the worker
 
     # --- native: the backend recognises the stream ------------------------------------------
 
@@ -327,7 +445,7 @@ class Stream:
             self.route = spares
             # the unanswered audio goes first, before anything the client sends next (no
             # other feed runs until this returns)
-            self._backlog.extend(self._segmenter.feed(pending))
+            self._cut(pending)
             self._queue_backlog_now()
         else:
             # nobody else can answer for that audio: the client hears of it once, and the
@@ -337,7 +455,7 @@ class Stream:
             self._accounting.close(books, error)
             await self._on_error(error)
         if self._live_closed:  # the client had finished: nothing more will come
-            self._backlog.extend(self._segmenter.flush())
+            self._cut(None)
             self._queue_backlog_now()
             await self._queue.close()
         return False
@@ -399,12 +517,15 @@ class Stream:
             self._final_running = True
             try:
                 spec = dataclasses.replace(self._utterance_spec, prompt=self._context or None)
-                transcript = await run_route(
-                    AudioJob(spec, utterance), self.route, books, self._accounting
-                )
+                transcript = await self._early_transcript(utterance, spec, books)
+                if transcript is None:
+                    transcript = await run_route(
+                        AudioJob(spec, utterance), self.route, books, self._accounting
+                    )
             except Exception as exc:
                 self._final_running = False
                 self._wake_interims()
+                self._start_early_final()
                 error = exc if isinstance(exc, SpeechGWError) else None
                 if error is None:
                     _LOGGER.exception("stream %s: utterance failed", self.spec.request_id)
@@ -420,3 +541,30 @@ class Stream:
             finally:
                 self._final_running = False
                 self._wake_interims()
+                self._start_early_final()
+
+    async def _early_transcript(
+        self, utterance: np.ndarray, spec: JobSpec, books: Books
+    ) -> Transcript | None:
+        """The utterance's final decoded ahead, if there is one for it (waiting for it to
+        finish, if need be); None to decode it now."""
+        early = self._early
+        if early is None or early.utterance is not utterance:
+            return None
+        if early.prompt != spec.prompt:  # cannot happen: no final ran since it began
+            self._drop_early("discarded")
+            return None
+        self._early = None
+        try:
+            transcript = await early.run
+        except Exception as exc:
+            # the final goes its own way (to the fallbacks, if the backend is out)
+            _LOGGER.debug("stream %s: early final failed: %r", self.spec.request_id, exc)
+            self._accounting.early_final("failed")
+            return None
+        if transcript is None:  # no free worker when it began
+            return None
+        self._accounting.early_final("used")
+        self._accounting.backend_time(early.backend, time.monotonic() - early.started)
+        books.backend = early.backend
+        return transcript

@@ -1,0 +1,98 @@
+"""Early finals (``streaming.early_finals``): an utterance's final is decoded while the pause
+after it runs, and is the reply when the pause ends the utterance; a speaker who goes on makes
+it worthless, and it is dropped. Real server, tiny.en, espeak-ng speech at real-time pace
+(the pace at which pauses leave the worker free)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from speechgw.audio import read_wav, to_16k_mono
+from speechgw.config import StreamingConfig
+from speechgw.segmenter import Segmenter
+from tests import speech
+from tests.serving import Server, running_server
+from tests.streaming_client import assert_sentences, read_pcm16, stream_pcm
+
+PAUSED = ["children", "market", "window"]
+
+
+@pytest.fixture(scope="module")
+def paused(voices, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three sentences, each followed by a second of silence: three utterances."""
+    folder = tmp_path_factory.mktemp("early")
+    return speech.concat([voices[n] for n in PAUSED], folder / "paused.wav", silence_seconds=1.0)
+
+
+@pytest.fixture(scope="module")
+def hesitant(voices, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two sentences with a pause between them that reaches the end padding (300 ms) but not
+    the 500 ms that ends an utterance (espeak-ng's own silence and 0.1 s: 420 ms), then a
+    second of silence: one utterance."""
+    folder = tmp_path_factory.mktemp("hesitant")
+    both = speech.concat([voices["children"], voices["coffee"]], folder / "two.wav", 0.1)
+    return speech.concat([both], folder / "hesitant.wav", silence_seconds=1.0)
+
+
+def _early(server: Server, outcome: str) -> float:
+    return server.metric("speechgw_early_finals_total", outcome=outcome)
+
+
+def test_the_segmenter_foresees_the_utterance_its_pause_will_close(hesitant: Path) -> None:
+    """While a pause runs past the end padding, closing_utterance() is exactly what the
+    segmenter closes if the pause goes on; speech resuming takes it back."""
+    samples, info = read_wav(hesitant.read_bytes())
+    audio = to_16k_mono(samples, info.sample_rate)
+    segmenter = Segmenter(StreamingConfig())
+    foreseen: list[np.ndarray] = []
+    closed: list[np.ndarray] = []
+    for i in range(0, len(audio), 480):
+        closed += segmenter.feed(audio[i : i + 480])
+        ahead = segmenter.closing_utterance()
+        if ahead is not None and not (foreseen and len(foreseen[-1]) == len(ahead)):
+            assert segmenter.closing_length() == len(ahead)
+            foreseen.append(ahead)
+        elif ahead is None:
+            assert segmenter.closing_length() is None
+    assert len(closed) == 1  # the short pause did not end the utterance
+    assert len(foreseen) == 2  # the short pause, then the second that ended it
+    assert len(foreseen[0]) < len(closed[0])
+    np.testing.assert_array_equal(foreseen[1], closed[0])
+
+
+def test_a_final_decoded_during_its_pause_is_the_reply_with_the_same_words(
+    tiny_server: Server, paused: Path
+) -> None:
+    pcm, rate = read_pcm16(paused)
+    before = {o: _early(tiny_server, o) for o in ("used", "discarded", "failed")}
+    with running_server({"streaming": {"early_finals": False}}) as off:
+        with ThreadPoolExecutor(2) as pool:
+            on_run, off_run = pool.map(
+                lambda url: stream_pcm(url, pcm, rate, realtime=1.0), [tiny_server.ws, off.ws]
+            )
+        assert all(_early(off, o) == 0 for o in ("used", "discarded", "failed"))
+    assert_sentences(on_run, PAUSED)
+    # decoded from the same samples with the same context: the same words, to the letter
+    assert on_run.replies == off_run.replies
+    # each sentence's pause left the worker free: its reply was the final decoded ahead
+    assert _early(tiny_server, "used") - before["used"] == len(PAUSED)
+    assert _early(tiny_server, "discarded") == before["discarded"]
+    assert _early(tiny_server, "failed") == before["failed"]
+
+
+def test_speech_that_goes_on_after_a_short_pause_drops_the_early_final(
+    tiny_server: Server, hesitant: Path
+) -> None:
+    pcm, rate = read_pcm16(hesitant)
+    used, discarded = _early(tiny_server, "used"), _early(tiny_server, "discarded")
+    result = stream_pcm(tiny_server.ws, pcm, rate, realtime=1.0)
+    # one reply holding both sentences: the first one's early final was not sent
+    assert len(result.replies) == 1, result.replies
+    for name in ("children", "coffee"):
+        assert speech.word_recall(speech.SENTENCES[name], result.replies[0]) >= 0.6, result
+    assert _early(tiny_server, "discarded") - discarded == 1
+    assert _early(tiny_server, "used") - used == 1
