@@ -51,6 +51,10 @@ class Server:
     def gateway(self) -> Gateway:
         return self.app.state.gateway
 
+    def tasks(self) -> int:
+        """Tasks alive on the server's event loop (a leak shows up as more after a test)."""
+        return len(asyncio.all_tasks(self.loop))
+
     def get(self, path: str) -> tuple[int, str]:
         try:
             with urllib.request.urlopen(self.http + path, timeout=10) as response:

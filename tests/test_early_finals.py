@@ -5,6 +5,9 @@ it worthless, and it is dropped. Real server, tiny.en, espeak-ng speech at real-
 
 from __future__ import annotations
 
+import base64
+import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,7 +19,8 @@ from speechgw.config import StreamingConfig
 from speechgw.segmenter import Segmenter
 from tests import speech
 from tests.serving import Server, running_server
-from tests.streaming_client import assert_sentences, read_pcm16, stream_pcm
+from tests.streaming_client import assert_sentences, open_stream, read_pcm16, stream_pcm
+from tests.waiting import wait_for
 
 PAUSED = ["children", "market", "window"]
 
@@ -96,3 +100,35 @@ def test_speech_that_goes_on_after_a_short_pause_drops_the_early_final(
         assert speech.word_recall(speech.SENTENCES[name], result.replies[0]) >= 0.6, result
     assert _early(tiny_server, "discarded") - discarded == 1
     assert _early(tiny_server, "used") - used == 1
+
+
+def test_a_client_that_leaves_while_its_early_final_decodes_leaks_nothing(
+    tiny_server: Server, voices, tmp_path: Path
+) -> None:
+    """The client says a sentence, is silent for 0.42 s (espeak-ng's own silence and 0.1 s:
+    its early final starts at 0.3 s) and closes the connection without a word. Its audio is
+    still recognised and billed, flushed whole (so the early final, decoded without the
+    pause's last 0.12 s, is dropped), and nothing the stream started outlives it."""
+    sentence = speech.concat([voices["children"]], tmp_path / "s.wav", silence_seconds=0.1)
+    pcm, rate = read_pcm16(sentence)
+    ok = {"machine_id": "unknown", "task": "transcribe", "status": "ok"}
+    requests = tiny_server.metric("asr_requests_total", **ok)
+    discarded = _early(tiny_server, "discarded")
+    tasks_before = tiny_server.tasks()
+    with open_stream(tiny_server.ws) as ws:
+        ws.recv(timeout=30)  # the connection message
+        step = rate // 10 * 2  # 100 ms, sent in real time
+        started = time.monotonic()
+        for i, offset in enumerate(range(0, len(pcm), step)):
+            message = {"audio": base64.b64encode(pcm[offset : offset + step]).decode()}
+            if i == 0:
+                message["rate"] = rate
+            time.sleep(max(0.0, started + i / 10 - time.monotonic()))
+            ws.send(json.dumps(message))
+    # gone: its utterance is answered to nobody, billed, and its early final dropped
+    wait_for(lambda: tiny_server.metric("asr_requests_total", **ok) == requests + 1)
+    assert _early(tiny_server, "discarded") == discarded + 1
+    wait_for(lambda: tiny_server.metric("speechgw_active_streams") == 0)
+    wait_for(lambda: tiny_server.tasks() <= tasks_before)
+    # and the next client is served as ever
+    assert_sentences(stream_pcm(tiny_server.ws, pcm, rate), ["children"])

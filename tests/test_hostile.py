@@ -29,13 +29,6 @@ from tests.waiting import wait_for
 NULL = {"null": {"type": "scripted", "text": "ok"}}
 
 
-def server_tasks(server: Server) -> int:
-    """Tasks alive on the server's event loop."""
-    import asyncio
-
-    return len(asyncio.all_tasks(server.loop))
-
-
 def test_two_hundred_idle_connections_do_not_stop_real_clients(tiny_server: Server, voices) -> None:
     with contextlib.ExitStack() as idle:
         for i in range(200):  # 150 batch, 50 streams (the default cap on streams is 64)
@@ -200,7 +193,7 @@ def test_nan_and_infinite_float_samples(tiny_server: Server) -> None:
 def test_disconnects_during_inference_leak_nothing(tiny_server: Server, voices) -> None:
     wav = voices["children"].read_bytes()
     transcribe(tiny_server.ws, wav)  # warm: worker threads exist
-    tasks_before = server_tasks(tiny_server)
+    tasks_before = tiny_server.tasks()
 
     def leave_five_times_mid_inference() -> None:
         for _ in range(5):
@@ -210,7 +203,7 @@ def test_disconnects_during_inference_leak_nothing(tiny_server: Server, voices) 
                 wait_for(lambda: tiny_server.metric("speechgw_requests_in_flight") == 1)
             # gone while the model works on its audio
         wait_for(lambda: tiny_server.metric("speechgw_requests_in_flight") == 0)
-        wait_for(lambda: server_tasks(tiny_server) <= tasks_before)
+        wait_for(lambda: tiny_server.tasks() <= tasks_before)
 
     leave_five_times_mid_inference()
     threads_after_five = threading.active_count()
