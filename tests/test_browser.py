@@ -19,8 +19,11 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 def page(tiny_server: Server, voices, tmp_path: Path) -> Iterator[Browser]:
     if chromium_path() is None:
         pytest.skip("chromium is not installed (scripts/setup.sh --test installs it)")
+    # not "coffee": through Chromium's capture tiny.en hears it now and then as "I will die
+    # cut off coffee with sugar please." (half its words; once in a CI run), as it does one
+    # "coffee" in 66 in the 240 s stream test
     microphone = speech.concat(
-        [voices["children"], voices["coffee"]], tmp_path / "mic.wav", silence_seconds=1.5
+        [voices["children"], voices["train"]], tmp_path / "mic.wav", silence_seconds=1.5
     )
     microphone = speech.convert(microphone, tmp_path / "mic48k.wav", "-r", "48000")
     browser = Browser(tiny_server.http + "/", tmp_path / "profile", fake_microphone=microphone)
@@ -43,7 +46,7 @@ def test_microphone_streams_and_utterances_appear(page: Browser) -> None:
     )
     text = " ".join(heard)
     assert speech.word_recall(speech.SENTENCES["children"], text) >= 0.6, heard
-    assert speech.word_recall(speech.SENTENCES["coffee"], text) >= 0.6, heard
+    assert speech.word_recall(speech.SENTENCES["train"], text) >= 0.6, heard
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(ARTIFACTS / "page-microphone.png")
 
