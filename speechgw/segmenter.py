@@ -172,11 +172,16 @@ class Segmenter:
         return done
 
     def flush(self) -> list[np.ndarray]:
-        """End of stream: close the utterance in progress, if it holds enough speech."""
-        if len(self._pending) and self._utterance:
-            self._utterance.append(self._pending)
-        self._pending = np.zeros(0, dtype=np.int16)
-        utterance = self._close(trailing_silence=0)
+        """End of stream: close the utterance in progress, if it holds enough speech. A stream
+        that ends in a pause of ``end_padding_ms`` or more has it cut as the pause would have
+        (to :meth:`closing_utterance`): the utterance is the same however the stream ended."""
+        pending, self._pending = self._pending, np.zeros(0, dtype=np.int16)
+        trailing = self._silent_run
+        if trailing < max(1, self._end_pad_frames):
+            trailing = 0  # still speaking, or too short a pause: everything is kept
+            if len(pending) and self._utterance:
+                self._utterance.append(pending)
+        utterance = self._close(trailing_silence=trailing)
         self._ring.clear()
         self._ring_voiced = 0
         return [] if utterance is None else [utterance]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speechgw.audio import read_wav, to_16k_mono
+from speechgw.audio import from_pcm16, read_wav, to_16k_mono, to_pcm16
 from speechgw.config import StreamingConfig
 from speechgw.segmenter import Segmenter
 from tests import speech
@@ -68,6 +68,31 @@ def test_the_segmenter_foresees_the_utterance_its_pause_will_close(hesitant: Pat
     np.testing.assert_array_equal(foreseen[1], closed[0])
 
 
+def test_a_stream_that_ends_in_a_pause_ends_its_utterance_as_the_pause_would(
+    voices, tmp_path: Path
+) -> None:
+    """Flushed during a pause of end_padding_ms or more, the utterance is the one the pause
+    would have closed (so its early final answers it); flushed sooner, everything is kept."""
+    ends_in_pause = speech.concat([voices["children"]], tmp_path / "p.wav", 0.1)  # 0.42 s
+    samples, info = read_wav(ends_in_pause.read_bytes())
+    whole = to_16k_mono(samples, info.sample_rate)
+    # ending 0.42 s into the pause, or 0.2 s into it; a partial frame pending either way
+    for cut, pause_reached in ((100, True), (3300, False)):
+        audio = whole[: len(whole) - cut]
+        segmenter = Segmenter(StreamingConfig())
+        assert segmenter.feed(audio) == []
+        foreseen = segmenter.closing_utterance()
+        (flushed,) = segmenter.flush()
+        if pause_reached:
+            assert foreseen is not None
+            np.testing.assert_array_equal(flushed, foreseen)
+        else:
+            assert foreseen is None
+            # the whole tail is kept, to the last (partial frame's) sample fed
+            tail = from_pcm16(to_pcm16(audio[-1000:]))
+            np.testing.assert_array_equal(flushed[-1000:], tail)
+
+
 def test_a_final_decoded_during_its_pause_is_the_reply_with_the_same_words(
     tiny_server: Server, paused: Path
 ) -> None:
@@ -106,14 +131,14 @@ def test_a_client_that_leaves_while_its_early_final_decodes_leaks_nothing(
     tiny_server: Server, voices, tmp_path: Path
 ) -> None:
     """The client says a sentence, is silent for 0.42 s (espeak-ng's own silence and 0.1 s:
-    its early final starts at 0.3 s) and closes the connection without a word. Its audio is
-    still recognised and billed, flushed whole (so the early final, decoded without the
-    pause's last 0.12 s, is dropped), and nothing the stream started outlives it."""
+    its early final starts at 0.3 s) and closes the connection without a word. Its utterance
+    is still recognised and billed, ended as the pause would have ended it (so the early
+    final is its answer, sent to nobody), and nothing the stream started outlives it."""
     sentence = speech.concat([voices["children"]], tmp_path / "s.wav", silence_seconds=0.1)
     pcm, rate = read_pcm16(sentence)
     ok = {"machine_id": "unknown", "task": "transcribe", "status": "ok"}
     requests = tiny_server.metric("asr_requests_total", **ok)
-    discarded = _early(tiny_server, "discarded")
+    used, discarded = _early(tiny_server, "used"), _early(tiny_server, "discarded")
     tasks_before = tiny_server.tasks()
     with open_stream(tiny_server.ws) as ws:
         ws.recv(timeout=30)  # the connection message
@@ -125,9 +150,10 @@ def test_a_client_that_leaves_while_its_early_final_decodes_leaks_nothing(
                 message["rate"] = rate
             time.sleep(max(0.0, started + i / 10 - time.monotonic()))
             ws.send(json.dumps(message))
-    # gone: its utterance is answered to nobody, billed, and its early final dropped
+    # gone: its utterance is billed, its early final the answer that nobody reads
     wait_for(lambda: tiny_server.metric("asr_requests_total", **ok) == requests + 1)
-    assert _early(tiny_server, "discarded") == discarded + 1
+    assert _early(tiny_server, "used") == used + 1
+    assert _early(tiny_server, "discarded") == discarded
     wait_for(lambda: tiny_server.metric("speechgw_active_streams") == 0)
     wait_for(lambda: tiny_server.tasks() <= tasks_before)
     # and the next client is served as ever
