@@ -353,7 +353,7 @@ class Stream:
 
     def _interim_ready(self) -> bool:
         """Whether the utterance still being spoken has grown to its next interim, and no
-        final waits or runs (finals go first)."""
+        final waits, runs or is being decoded ahead (finals go first)."""
         segmenter = self._segmenter
         if not segmenter.speaking or self._final_running or self._queue.samples or self._backlog:
             return False
