@@ -83,9 +83,9 @@ class Segmenter:
     ``end_silence_ms`` of unvoiced frames (``fragment_silence_ms`` while it holds less than
     ``fragment_speech_ms`` of voiced frames: a word or two and a hesitation are not an
     utterance of their own), keeping ``end_padding_ms`` of them (also when the stream ends
-    during such a pause); or when the utterance reaches ``max_utterance_seconds``. Utterances with less than ``min_speech_ms`` of voiced frames are
-    dropped as noise. Every sample fed belongs to at most
-    one utterance; none is repeated.
+    during such a pause); or when the utterance reaches ``max_utterance_seconds``. Utterances
+    with less than ``min_speech_ms`` of voiced frames are dropped as noise. Every sample fed
+    belongs to at most one utterance; none is repeated.
     """
 
     def __init__(self, config: StreamingConfig) -> None:

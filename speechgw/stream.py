@@ -556,7 +556,8 @@ class Stream:
             return None
         self._early = None
         try:
-            transcript = await early.run
+            with self._accounting.running():  # in flight from the close, as any final
+                transcript = await early.run
         except Exception as exc:
             # the final goes its own way (to the fallbacks, if the backend is out)
             _LOGGER.debug("stream %s: early final failed: %r", self.spec.request_id, exc)
