@@ -38,7 +38,7 @@ def hesitant(voices, tmp_path_factory: pytest.TempPathFactory) -> Path:
     the 500 ms that ends an utterance (espeak-ng's own silence and 0.1 s: 420 ms), then a
     second of silence: one utterance."""
     folder = tmp_path_factory.mktemp("hesitant")
-    both = speech.concat([voices["children"], voices["coffee"]], folder / "two.wav", 0.1)
+    both = speech.concat([voices["children"], voices["train"]], folder / "two.wav", 0.1)
     return speech.concat([both], folder / "hesitant.wav", silence_seconds=1.0)
 
 
@@ -121,7 +121,7 @@ def test_speech_that_goes_on_after_a_short_pause_drops_the_early_final(
     result = stream_pcm(tiny_server.ws, pcm, rate, realtime=1.0)
     # one reply holding both sentences: the first one's early final was not sent
     assert len(result.replies) == 1, result.replies
-    for name in ("children", "coffee"):
+    for name in ("children", "train"):
         assert speech.word_recall(speech.SENTENCES[name], result.replies[0]) >= 0.6, result
     assert _early(tiny_server, "discarded") - discarded == 1
     assert _early(tiny_server, "used") - used == 1
