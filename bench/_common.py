@@ -121,10 +121,15 @@ class ServerURL(str):
         found = re.finditer(rf"^{metric}(?:{{([^}}]*)}})? (\S+)$", body, re.M)
         return {labels or "": float(value) for labels, value in (m.groups() for m in found)}
 
-    def early_finals(self) -> dict[str, int]:
-        """``speechgw_early_finals_total`` by outcome: used, discarded, failed."""
+    def early_finals(self, since: dict[str, int] | None = None) -> dict[str, int]:
+        """``speechgw_early_finals_total`` by outcome (used, discarded, failed): all so far, or
+        those after an earlier reading ``since``."""
         found = self.samples("speechgw_early_finals_total")
-        return {o: int(found.get(f'outcome="{o}"', 0)) for o in ("used", "discarded", "failed")}
+        before = since or {}
+        return {
+            o: int(found.get(f'outcome="{o}"', 0)) - before.get(o, 0)
+            for o in ("used", "discarded", "failed")
+        }
 
     def rss_mib(self) -> float:
         """The server process's resident memory."""

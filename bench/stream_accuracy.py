@@ -79,10 +79,6 @@ def stream(url: str, pcm: bytes, language: str, pace: float, rate: int = 16000) 
     return replies
 
 
-def _minus(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
-    return {key: after[key] - before.get(key, 0) for key in after}
-
-
 def repeats(replies: list[str]) -> int:
     """Replies of two words or more that only repeat words of the replies just before them
     (the last 200 characters): text a context prompt carried over instead of new speech."""
@@ -184,7 +180,8 @@ def main() -> int:
                     replies = stream(url, pcm, r["language"], 0)
                     repeated += repeats(replies)
                     texts[r["file"]]["stream unpaced"] = " ".join(replies)
-                early["unpaced"], before = _minus(url.early_finals(), before), url.early_finals()
+                early["unpaced"] = url.early_finals(since=before)
+                before = url.early_finals()
                 if not args.no_paced:
                     with ThreadPoolExecutor(args.parallel) as pool:
                         paced = pool.map(
@@ -196,7 +193,7 @@ def main() -> int:
                         for r, replies in zip(rows, paced, strict=True):
                             repeated += repeats(replies)
                             texts[r["file"]]["stream 1x"] = " ".join(replies)
-                    early["1x"] = _minus(url.early_finals(), before)
+                    early["1x"] = url.early_finals(since=before)
             totals = {p: np.zeros(2, int) for p in paths}
             without_disc = {p: np.zeros(2, int) for p in paths}
             print(

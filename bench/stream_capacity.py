@@ -79,8 +79,7 @@ def main() -> int:
                 rss = peak.mib
                 print(
                     f"{level:7d} | {statistics.median(latencies):.2f} s | {p95:.2f} s | "
-                    f"{missed} | {rss:.0f} MiB | "
-                    + str({k: v - early[k] for k, v in url.early_finals().items()}),
+                    f"{missed} | {rss:.0f} MiB | " + str(url.early_finals(since=early)),
                     flush=True,
                 )
     return 0

@@ -199,7 +199,7 @@ def main() -> int:
                 for mode in modes:
                     early = url.early_finals()
                     result = run_once(url, clips, args.pace, interim=mode)
-                    early = {k: v - early[k] for k, v in url.early_finals().items()}
+                    early = url.early_finals(since=early)
                     got = collected[mode]
                     got["latencies"] += result.latencies
                     got["first"] += result.first_text
