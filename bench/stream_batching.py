@@ -17,9 +17,7 @@ first), through ``speechgw serve`` on tiny.en with ``batch_size`` BATCH; for eac
 from __future__ import annotations
 
 import argparse
-import re
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,13 +26,6 @@ from _common import SHARED_AUDIO, served, tempdir, whisper_gateway_config, word_
 from stream_accuracy import recordings, stream
 
 from speechgw.audio import to_pcm16
-
-
-def metric(http: str, name: str) -> float:
-    with urllib.request.urlopen(f"{http}/metrics", timeout=10) as response:
-        body = response.read().decode()
-    found = re.search(rf"^{name}{{[^}}]*}} (\S+)$", body, re.M)
-    return float(found.group(1)) if found else 0.0
 
 
 def context_lengths(replies: list[list[str]], context_chars: int = 200) -> list[int]:
@@ -86,13 +77,12 @@ def main() -> int:
                 prompt_tokens=limit,
             )
             with served(config) as url:
-                http = url.replace("ws://", "http://")
                 started = time.perf_counter()
                 with ThreadPoolExecutor(args.streams) as pool:
                     replies = list(pool.map(lambda r: stream(url, pcm[r["file"]], "en", 0), rows))
                 wall = time.perf_counter() - started
-                calls = metric(http, "speechgw_batch_size_sum")
-                batches = metric(http, "speechgw_batch_size_count")
+                calls = sum(url.samples("speechgw_batch_size_sum").values())
+                batches = sum(url.samples("speechgw_batch_size_count").values())
             errors = np.zeros(2, int)
             for r, texts in zip(rows, replies, strict=True):
                 errors += word_errors(r["reference_transcript"], " ".join(texts))

@@ -127,7 +127,6 @@ class _EarlyFinal:
     """The utterance (the segmenter's ``utterances_started`` when it was open)."""
     length: int
     """Its samples, if the pause goes on to end it."""
-    prompt: str | None
     backend: str
     run: asyncio.Task[Transcript | None]
     """The decode; None when the backend had no free worker."""
@@ -301,18 +300,16 @@ class Stream:
             or self._backlog
         ):
             return
-        segmenter = self._segmenter
-        length = segmenter.closing_length()
-        if length is None:
+        audio = self._segmenter.closing_utterance()
+        if audio is None:
             return
-        audio = segmenter.closing_utterance()
-        assert audio is not None
-        prompt = self._context or None
-        spec = dataclasses.replace(self._utterance_spec, prompt=prompt, early_final=True)
+        # the context is the final's: no other final of this stream can settle before it
+        spec = dataclasses.replace(
+            self._utterance_spec, prompt=self._context or None, early_final=True
+        )
         self._early = _EarlyFinal(
-            number=segmenter.utterances_started,
-            length=length,
-            prompt=prompt,
+            number=self._segmenter.utterances_started,
+            length=len(audio),
             backend=backend.name,
             run=asyncio.ensure_future(_decode_early(backend, audio, spec)),
         )
@@ -517,7 +514,7 @@ class Stream:
             self._final_running = True
             try:
                 spec = dataclasses.replace(self._utterance_spec, prompt=self._context or None)
-                transcript = await self._early_transcript(utterance, spec, books)
+                transcript = await self._early_transcript(utterance, books)
                 if transcript is None:
                     transcript = await run_route(
                         AudioJob(spec, utterance), self.route, books, self._accounting
@@ -543,16 +540,11 @@ class Stream:
                 self._wake_interims()
                 self._start_early_final()
 
-    async def _early_transcript(
-        self, utterance: np.ndarray, spec: JobSpec, books: Books
-    ) -> Transcript | None:
+    async def _early_transcript(self, utterance: np.ndarray, books: Books) -> Transcript | None:
         """The utterance's final decoded ahead, if there is one for it (waiting for it to
         finish, if need be); None to decode it now."""
         early = self._early
         if early is None or early.utterance is not utterance:
-            return None
-        if early.prompt != spec.prompt:  # cannot happen: no final ran since it began
-            self._drop_early("discarded")
             return None
         self._early = None
         try:
