@@ -1,7 +1,9 @@
 """Audio in: RIFF WAV files and raw LINEAR16 chunks, normalised to 16 kHz mono float32.
 
 The WAV reader is written here rather than taken from the standard library because ``wave``
-reads integer PCM only, and clients of the batch protocol send float32 as often as int16.
+reads integer PCM only, and clients of the batch protocol send float32 as often as int16, and
+telephony systems G.711 (8-bit mu-law or A-law, the ITU-T codec of phone calls and their
+recordings).
 Every failure is an :class:`~speechgw.errors.InvalidAudio` with a message that says what was
 wrong with the file, so that a client author can fix their encoder.
 """
@@ -42,6 +44,8 @@ _PCM16_SCALE = 32768.0
 
 _FORMAT_PCM = 0x0001
 _FORMAT_FLOAT = 0x0003
+_FORMAT_ALAW = 0x0006
+_FORMAT_MULAW = 0x0007
 _FORMAT_EXTENSIBLE = 0xFFFE
 _UNKNOWN_SIZE = 0xFFFFFFFF  # what streaming WAV writers put in a size they could not know yet
 
@@ -54,15 +58,41 @@ class WavInfo:
     channels: int
     bits: int
     is_float: bool
+    companding: str | None = None
+    """``"mu-law"`` or ``"A-law"`` for G.711 (8 bits a sample), else None (linear)."""
+
+
+def _g711_tables() -> dict[str, np.ndarray]:
+    """The 16-bit linear value of each of the 256 G.711 codes (ITU-T G.711's expansion, as
+    sox and every telephony stack decode it), for decoding a file with one lookup."""
+    codes = np.arange(256, dtype=np.int32)
+    mu = ~codes & 0xFF
+    exponent, mantissa = (mu >> 4) & 7, mu & 0x0F
+    magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84
+    mu_law = np.where(mu & 0x80, -magnitude, magnitude)
+    a = codes ^ 0x55
+    exponent, mantissa = (a >> 4) & 7, a & 0x0F
+    magnitude = np.where(
+        exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << np.maximum(exponent - 1, 0)
+    )
+    a_law = np.where(a & 0x80, magnitude, -magnitude)
+    return {
+        name: (table / _PCM16_SCALE).astype(np.float32)
+        for name, table in (("mu-law", mu_law), ("A-law", a_law))
+    }
+
+
+_G711 = _g711_tables()
 
 
 def read_wav(data: bytes | bytearray | memoryview) -> tuple[np.ndarray, WavInfo]:
     """Parse a RIFF WAV file and return its samples as mono float32 at the file's own rate.
 
-    Accepts PCM 8/16/24/32-bit and IEEE float 32/64, plain or WAVE_FORMAT_EXTENSIBLE, any number
-    of channels (down-mixed by averaging). A data chunk whose declared size runs past the end of
-    the file (as streaming writers leave it) is read up to the last whole frame. NaN and infinite
-    float samples become silence, so that they cannot poison a model.
+    Accepts PCM 8/16/24/32-bit, IEEE float 32/64 and G.711 mu-law/A-law, plain or
+    WAVE_FORMAT_EXTENSIBLE, any number of channels (down-mixed by averaging). A data chunk
+    whose declared size runs past the end of the file (as streaming writers leave it) is read
+    up to the last whole frame. NaN and infinite float samples become silence, so that they
+    cannot poison a model.
 
     Raises:
         InvalidAudio: not a RIFF/WAVE file, a truncated or corrupt header, an unsupported
@@ -101,19 +131,27 @@ def _parse_fmt(fmt: memoryview) -> WavInfo:
     if channels < 1:
         raise InvalidAudio("the WAV header declares no channels")
     check_rate(rate, "the WAV header's sample rate")
-    if tag == _FORMAT_PCM and bits in (8, 16, 24, 32):
-        is_float = False
-    elif tag == _FORMAT_FLOAT and bits in (32, 64):
-        is_float = True
-    else:
-        kind = {_FORMAT_PCM: "PCM", _FORMAT_FLOAT: "float"}.get(tag, f"format tag 0x{tag:04x}")
+    companding = {_FORMAT_MULAW: "mu-law", _FORMAT_ALAW: "A-law"}.get(tag)
+    if not (
+        (tag == _FORMAT_PCM and bits in (8, 16, 24, 32))
+        or (tag == _FORMAT_FLOAT and bits in (32, 64))
+        or (companding is not None and bits == 8)
+    ):
+        kind = {_FORMAT_PCM: "PCM", _FORMAT_FLOAT: "float"}.get(tag, companding)
         raise InvalidAudio(
-            f"unsupported WAV encoding: {kind} with {bits} bits per sample "
-            "(PCM 8/16/24/32-bit and float 32/64-bit are supported)"
+            f"unsupported WAV encoding: {kind or f'format tag 0x{tag:04x}'} with {bits} bits "
+            "per sample (PCM 8/16/24/32-bit, float 32/64-bit and 8-bit mu-law/A-law are "
+            "supported)"
         )
     if block_align != channels * bits // 8:
         raise InvalidAudio("the WAV header is corrupt: block align does not match the format")
-    return WavInfo(sample_rate=rate, channels=channels, bits=bits, is_float=is_float)
+    return WavInfo(
+        sample_rate=rate,
+        channels=channels,
+        bits=bits,
+        is_float=tag == _FORMAT_FLOAT,
+        companding=companding,
+    )
 
 
 def _decode_samples(raw: memoryview, info: WavInfo) -> np.ndarray:
@@ -129,7 +167,9 @@ def _decode_samples(raw: memoryview, info: WavInfo) -> np.ndarray:
         # overflow in the cast (found by tests/test_audio.py's mangled headers)
         cleaned = np.nan_to_num(stored, nan=0.0, posinf=0.0, neginf=0.0)
         samples = np.clip(cleaned, -1.0, 1.0).astype(np.float32)
-    elif width == 1:  # 8-bit WAV is unsigned
+    elif info.companding is not None:
+        samples = _G711[info.companding][np.frombuffer(raw, dtype=np.uint8)]
+    elif width == 1:  # 8-bit PCM WAV is unsigned
         samples = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
     elif width == 2:
         samples = from_pcm16(np.frombuffer(raw, dtype="<i2"))

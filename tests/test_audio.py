@@ -71,6 +71,22 @@ def test_every_encoding_decodes_to_the_same_signal(
     assert np.max(np.abs(samples - reference)) < tolerance
 
 
+@pytest.mark.parametrize("law", ["u-law", "a-law"])
+def test_g711_decodes_to_the_values_sox_expands_it_to(tmp_path: Path, voices, law: str) -> None:
+    companded = speech.convert(voices["children"], tmp_path / "g711.wav", "-e", law, "-c", "2")
+    expanded = speech.convert(
+        companded, tmp_path / "linear.wav", "-e", "signed-integer", "-b", "16"
+    )
+    samples, info = read_wav(companded.read_bytes())
+    reference, _ = read_wav(expanded.read_bytes())
+    assert (info.bits, info.channels, info.companding) == (
+        8,
+        2,
+        {"u-law": "mu-law", "a-law": "A-law"}[law],
+    )
+    np.testing.assert_array_equal(samples, reference)
+
+
 def test_stereo_is_averaged(tmp_path: Path, voices) -> None:
     stereo = speech.convert(
         voices["children"], tmp_path / "s.wav", "-c", "2", effects=("remix", "1", "0")

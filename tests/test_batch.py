@@ -73,8 +73,22 @@ def test_segments_are_timed_inside_the_audio(tiny_server: Server, voices, tmp_pa
         ("-b", "24", "-r", "32000"),
         ("-b", "32", "-e", "signed-integer"),
         ("-b", "8", "-e", "unsigned-integer", "-r", "16000"),
+        ("-e", "u-law", "-r", "8000"),  # a phone call's recording (G.711)
+        ("-e", "a-law", "-r", "8000"),
     ],
-    ids=["8k", "44k1", "16k", "stereo", "float32", "float64-48k", "pcm24-32k", "pcm32", "pcm8"],
+    ids=[
+        "8k",
+        "44k1",
+        "16k",
+        "stereo",
+        "float32",
+        "float64-48k",
+        "pcm24-32k",
+        "pcm32",
+        "pcm8",
+        "mulaw-8k",
+        "alaw-8k",
+    ],
 )
 def test_any_rate_width_and_channel_count(
     tiny_server: Server, voices, tmp_path: Path, sox_options
