@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
-"""Soak: mixed traffic on both protocols with faults injected, then checks.
+"""Soak: mixed traffic on every protocol with faults injected, then checks.
 
-For --minutes (10), against ``speechgw serve`` (tiny.en, a usage ledger in a temp dir):
-good batch clients, good streaming clients, and hostile clients that send bad metadata, a
-non-WAV, a binary frame where JSON is due, bad base64 and odd byte counts on streams, or leave
-in the middle of inference. Every 5 s the server's resident memory is sampled. At the end:
-  - memory is flat (last sample within 10% of the first minute's highest);
+For --minutes (10), against ``speechgw serve`` (tiny.en, two workers, a usage ledger in a temp
+dir), in the first --load-share of each minute: good batch clients, a good unpaced stream, an
+OpenAI SDK client (plain and ``stream=True`` in turn), and a hostile client that sends bad
+metadata, a non-WAV, a binary frame where JSON is due, bad base64 and odd byte counts on
+streams, a non-audio upload to the OpenAI API, or leaves in the middle of inference; all the
+time: a stream at real-time pace asking for interims (so that, in the quiet part of each minute,
+interims and early finals find free workers; every other one hangs up mid-sentence). Every 5 s
+the server's resident memory is sampled. At the end:
+  - memory is flat: the last sample within 5% of the first half's highest;
   - good clients saw no error; hostile ones only the errors their fault must produce;
   - every reply a client received has its ledger row;
-  - the ledger's audio seconds equal the server's asr_audio_seconds_total.
+  - the ledger's audio seconds equal the server's asr_audio_seconds_total;
+  - once the clients are gone, no job and no stream is left counted as under way.
 Exits 1 if any check fails.
 
-    python bench/soak.py [--minutes 10]
+    python bench/soak.py [--minutes 10] [--load-share 0.5]
 """
 
 from __future__ import annotations
@@ -29,8 +34,20 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _common import REPO, english_clips, served, tempdir
+from _common import ServerURL, english_clips, served, tempdir
+from openai import APIStatusError, OpenAI
 from websockets.sync.client import connect
+
+CONFIG = """\
+backends:
+  whisper: { type: whisper, model: tiny.en, cpu_threads: 1, concurrency: 2 }
+routing:
+  - backend: whisper
+logging:
+  level: INFO   # served() waits for the "Running on" line
+store:
+  path: %s
+"""
 
 
 def batch(url: str, frames: list) -> tuple[list, int | None]:
@@ -58,13 +75,69 @@ def stream(url: str, messages: list[str]) -> list[dict]:
     return out
 
 
+def paced_stream(url: str, chunks: list[bytes], hang_up_after: int | None) -> list[dict]:
+    """A stream at real-time pace asking for interims; with ``hang_up_after``, the client
+    drops the connection after that many chunks, without an end message."""
+    out: list[dict] = []
+    with connect(url + "/api/core/google/asr", max_size=None, compression=None) as ws:
+        ws.recv(timeout=30)
+        reader = threading.Thread(target=lambda: out.extend(json.loads(m) for m in ws))
+        reader.start()
+        started = time.monotonic()
+        for i, chunk in enumerate(chunks):
+            if i == hang_up_after:
+                break
+            first = {"rate": 16000, "interim_results": True} if i == 0 else {}
+            ws.send(json.dumps({"audio": base64.b64encode(chunk).decode(), **first}))
+            time.sleep(max(0.0, started + (i + 1) * 0.1 - time.monotonic()))
+        else:
+            ws.send(json.dumps({"type": "end"}))
+        if hang_up_after is not None:
+            ws.close()
+        reader.join(60)
+    return out
+
+
+def openai_call(client: OpenAI, wav: bytes, streamed: bool) -> tuple[str, str]:
+    """(the X-Request-Id, the text) of one OpenAI transcription of ``wav``."""
+    raw = client.audio.transcriptions.with_raw_response.create(
+        model="whisper-1", file=("clip.wav", wav), language="en", stream=streamed
+    )
+    parsed = raw.parse()
+    if not streamed:
+        return raw.headers["x-request-id"], parsed.text
+    done = [event.text for event in parsed if event.type == "transcript.text.done"]
+    return raw.headers["x-request-id"], "".join(done)
+
+
+def settled(url: ServerURL, seconds: float = 60) -> dict[str, float]:
+    """The jobs and streams the server counts as under way, once they reach 0 (or after
+    ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        now = {
+            m: sum(url.samples(m).values())
+            for m in ("speechgw_requests_in_flight", "speechgw_active_streams")
+        }
+        if not any(now.values()) or time.monotonic() > deadline:
+            return now
+        time.sleep(0.5)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument(
+        "--load-share",
+        type=float,
+        default=0.5,
+        help="the part of each minute the load runs (1: all the time; the paced stream "
+        "always runs)",
+    )
     args = parser.parse_args()
     store = Path(tempfile.mkdtemp(prefix="speechgw-soak-")) / "ledger.db"
     config = store.parent / "soak.yaml"
-    config.write_text((REPO / "bench" / "tiny.en.yaml").read_text() + f"store:\n  path: {store}\n")
+    config.write_text(CONFIG % store)
     with tempdir() as work:
         clip = english_clips(Path(work))[0]  # real speech, 16 kHz mono 16-bit
         wav = clip.path.read_bytes()
@@ -74,6 +147,8 @@ def main() -> int:
             json.dumps({"audio": base64.b64encode(pcm[i : i + step]).decode(), "rate": 16000})
             for i in range(0, len(pcm), step)
         ]
+        chunks = [pcm[i : i + step] for i in range(0, len(pcm), step)]
+        chunks += [b"\0" * step] * 10  # a second of silence: the last utterance ends
         meta = json.dumps({"type": "transcribe", "language": "en"})
         deadline = time.monotonic() + args.minutes * 60
         received_ids: list[str] = []
@@ -88,9 +163,21 @@ def main() -> int:
                     problems[f"{kind}: {what}"] += 1
 
         with served(config) as url:
+            started = time.monotonic()
+
+            def loaded() -> bool:
+                """Whether the load may run: in the first --load-share of each minute. In the
+                rest only the paced stream runs, so its interims and early finals find free
+                workers (under load the backend skips them, as designed)."""
+                if (time.monotonic() - started) % 60 < 60 * args.load_share:
+                    return True
+                time.sleep(60 - (time.monotonic() - started) % 60)
+                return False
 
             def good_batch() -> None:
                 while time.monotonic() < deadline:
+                    if not loaded():
+                        continue
                     messages, _ = batch(url, [meta, wav])
                     ok = bool(messages) and "text" in messages[0]
                     if ok:
@@ -100,9 +187,52 @@ def main() -> int:
 
             def good_stream_client() -> None:
                 while time.monotonic() < deadline:
+                    if not loaded():
+                        continue
                     replies = stream(url, good_stream)
                     ok = bool(replies) and all("asr_reply" in r for r in replies)
                     note("good stream", ok, str(replies[:2]))
+
+            def paced_stream_client() -> None:
+                n = 0
+                while time.monotonic() < deadline:
+                    hang_up = len(chunks) // 2 if n % 2 else None
+                    replies = paced_stream(url, chunks, hang_up)
+                    finals = [r for r in replies if "asr_reply" in r]
+                    others = [r for r in replies if "asr_reply" not in r and "asr_interim" not in r]
+                    with lock:
+                        counts["interims seen"] += len(replies) - len(finals) - len(others)
+                    kind = "paced stream, hung up" if hang_up else "paced stream"
+                    note(kind, not others and (bool(finals) or bool(hang_up)), str(others[:2]))
+                    n += 1
+
+            def openai_client() -> None:
+                http = OpenAI(base_url=url.replace("ws://", "http://") + "/v1", api_key="-")
+                n = 0
+                while time.monotonic() < deadline:
+                    if not loaded():
+                        continue
+                    streamed = n % 2 == 1
+                    kind = "openai stream" if streamed else "openai"
+                    try:
+                        request_id, text = openai_call(http, wav, streamed)
+                        with lock:
+                            received_ids.append(request_id)
+                        note(kind, bool(text.strip()), text)
+                    except Exception as exc:
+                        note(kind, False, repr(exc))
+                    n += 1
+
+            def openai_not_audio() -> str:
+                http = OpenAI(base_url=url.replace("ws://", "http://") + "/v1", api_key="-")
+                try:
+                    http.audio.transcriptions.create(
+                        model="whisper-1", file=("notes.wav", b"ID3" + b"\0" * 5000)
+                    )
+                except APIStatusError as exc:
+                    body = exc.body if isinstance(exc.body, dict) else {}
+                    return f"{exc.status_code} {body.get('code')}"
+                return "answered"
 
             faults = [
                 ("bad metadata", lambda: batch(url, ["{not json", wav]), "invalid_request"),
@@ -113,6 +243,8 @@ def main() -> int:
             def hostile() -> None:
                 i = 0
                 while time.monotonic() < deadline:
+                    if not loaded():
+                        continue
                     name, call, expected = faults[i % len(faults)]
                     messages, _ = call()
                     note(
@@ -120,6 +252,8 @@ def main() -> int:
                         bool(messages) and messages[0].get("error") == expected,
                         str(messages[:1]),
                     )
+                    code = openai_not_audio()
+                    note("openai not audio", code == "415 invalid_audio", code)
                     replies = stream(
                         url, [json.dumps({"audio": "@@@"}), json.dumps({"audio": "AA=="})]
                     )
@@ -137,20 +271,30 @@ def main() -> int:
             rss: list[tuple[float, float]] = []
 
             def sample() -> None:
-                started = time.monotonic()
                 while time.monotonic() < deadline:
                     rss.append((time.monotonic() - started, url.rss_mib()))
                     time.sleep(5)
 
             threads = [
                 threading.Thread(target=f)
-                for f in (good_batch, good_batch, good_stream_client, hostile, sample)
+                for f in (
+                    good_batch,
+                    good_batch,
+                    good_stream_client,
+                    paced_stream_client,
+                    openai_client,
+                    hostile,
+                    sample,
+                )
             ]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
-            time.sleep(3)  # abandoned jobs finish and commit
+            under_way = settled(url)  # abandoned jobs finish
+            early = url.early_finals()
+            interims = sum(url.samples("speechgw_interims_total").values())
+            time.sleep(2)  # the ledger's writer commits what they billed
             metrics = (
                 urllib.request.urlopen(url.replace("ws://", "http://") + "/metrics", timeout=10)
                 .read()
@@ -161,24 +305,37 @@ def main() -> int:
         counted = sum(
             float(v) for v in re.findall(r"^asr_audio_seconds_total\{[^}]*\} (\S+)", metrics, re.M)
         )
-    first_minute = max(m for t, m in rss if t <= 60)
+    minutes = collections.defaultdict(float)
+    for t, m in rss:
+        minutes[int(t // 60)] = max(minutes[int(t // 60)], m)
+    print(
+        "server RSS, each minute's highest (MiB): " + " ".join(f"{m:.0f}" for m in minutes.values())
+    )
+    # the server keeps freed memory for reuse, so its footprint climbs in steps to the most the
+    # traffic needed at once and stays there; a leak goes on climbing in the second half
+    first_half = max(m for t, m in rss if t <= rss[-1][0] / 2)
     last = rss[-1][1]
     missing = [r for r in received_ids if r not in ledger]
     billed = sum(ledger.values())
     print(f"{args.minutes:g} minutes: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     print(
-        f"server RSS: first minute max {first_minute:.0f} MiB, end {last:.0f} MiB, "
+        f"server RSS: first half's highest {first_half:.0f} MiB, end {last:.0f} MiB, "
         f"max {max(m for _, m in rss):.0f} MiB over {len(rss)} samples"
     )
     print(
         f"ledger: {len(ledger)} rows, {billed:.1f} audio s; metrics: {counted:.1f} audio s; "
         f"received replies without a row: {len(missing)}"
     )
+    print(
+        f"early finals {early}; interims sent {interims:.0f}; under way at the end: "
+        + ", ".join(f"{k} {v:g}" for k, v in under_way.items())
+    )
     checks = {
-        "memory flat": last <= first_minute * 1.10,
+        "memory flat": last <= first_half * 1.05,
         "only intended errors": not problems,
         "every reply billed": not missing,
         "ledger = metrics": abs(billed - counted) < 0.01 * max(1.0, counted),
+        "nothing left under way": not any(under_way.values()),
     }
     for name, ok in checks.items():
         print(f"  {'ok  ' if ok else 'FAIL'} {name}")
