@@ -1,9 +1,8 @@
 """Audio in: RIFF WAV files and raw LINEAR16 chunks, normalised to 16 kHz mono float32.
 
 The WAV reader is written here rather than taken from the standard library because ``wave``
-reads integer PCM only, and clients of the batch protocol send float32 as often as int16, and
-telephony systems G.711 (8-bit mu-law or A-law, the ITU-T codec of phone calls and their
-recordings).
+reads integer PCM only: clients of the batch protocol send float32 as often as int16, and
+telephony systems record calls in G.711 (8-bit mu-law or A-law, the ITU-T telephone codec).
 Every failure is an :class:`~speechgw.errors.InvalidAudio` with a message that says what was
 wrong with the file, so that a client author can fix their encoder.
 """

@@ -40,7 +40,7 @@ def decode_media(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
         try:
             samples, info = read_wav(data)
         except InvalidAudio as wav_error:
-            # a WAV codec the reader does not know (A-law, ADPCM...): FFmpeg may; if it
+            # a WAV codec the reader does not know (ADPCM, GSM 6.10...): FFmpeg may; if it
             # cannot either, the reader's reason is the more precise one
             try:
                 return _decode_ffmpeg(data, max_seconds), SAMPLE_RATE
