@@ -9,15 +9,23 @@ silence, under white and brown noise (integrated white noise, high-passed: fans,
 -60 to -25 dBFS, listing the utterances' lengths. One utterance of the whole length means the
 pauses were heard as speech: its final would come only at ``max_utterance_seconds``.
 
-    python bench/vad_conditions.py
+``--alternatives`` compares, on clean and noisy recordings, how webrtcvad cuts them with how
+two other speech decisions would, each put in its place frame by frame (tried; not kept):
+an energy gate over a tracked noise floor, and Silero VAD v6 as faster-whisper ships it.
+
+    python bench/vad_conditions.py [--alternatives]
 """
 
 from __future__ import annotations
 
+import argparse
+import time
+from collections.abc import Callable
+
 import numpy as np
 from _common import SHARED_AUDIO
 
-from speechgw.audio import to_pcm16
+from speechgw.audio import to_16k_mono, to_pcm16
 from speechgw.config import StreamingConfig
 from speechgw.media import decode_media
 from speechgw.segmenter import Segmenter
@@ -31,8 +39,7 @@ RECORDINGS = [
 
 def load(name: str, seconds: float = 60.0) -> np.ndarray:
     samples, rate = decode_media((SHARED_AUDIO / name).read_bytes(), 3600)
-    assert rate == 16000
-    return samples[: int(seconds * 16000)].astype(np.float32)
+    return to_16k_mono(samples, rate)[: int(seconds * 16000)].astype(np.float32)
 
 
 def utterances(samples: np.ndarray) -> list[float]:
@@ -50,7 +57,95 @@ def dbfs(samples: np.ndarray) -> float:
     return float(20 * np.log10(np.sqrt(np.mean(samples**2))))
 
 
+_SILERO_COST: list[tuple[float, float]] = []  # (CPU seconds, audio seconds) of each run
+
+Decision = Callable[[int, np.ndarray, bool], bool]
+"""Whether a frame is speech, from its index, its int16 samples and webrtcvad's answer."""
+
+
+def utterances_by(samples: np.ndarray, decide: Decision) -> list[float]:
+    """The seconds of each utterance the segmenter cuts when ``decide`` says which frames are
+    speech (fed frame by frame through its private step: this is an experiment on it)."""
+    segmenter = Segmenter(StreamingConfig())
+    pcm = to_pcm16(samples)
+    size = segmenter._frame
+    found = []
+    for index, start in enumerate(range(0, len(pcm) // size * size, size)):
+        frame = pcm[start : start + size]
+        webrtc = segmenter._vad.is_speech(frame.tobytes(), 16000)
+        closed = segmenter._step(frame, decide(index, frame, webrtc))
+        if closed is not None:
+            found.append(closed)
+    found += segmenter.flush()
+    return [len(u) / 16000 for u in found]
+
+
+def energy_gate(margin_db: float = 9.0, rise_db: float = 0.1) -> Decision:
+    """webrtcvad's speech only where the frame is ``margin_db`` over a noise floor that follows
+    the quietest frames down at once and rises ``rise_db`` a frame (3.3 dB a second)."""
+    floor: list[float] = []
+
+    def decide(_index: int, frame: np.ndarray, webrtc: bool) -> bool:
+        energy = float(10 * np.log10(np.mean(frame.astype(np.float32) ** 2) + 1.0))
+        floor[:] = [energy if not floor else min(energy, floor[0] + rise_db)]
+        return webrtc and energy > floor[0] + margin_db
+
+    return decide
+
+
+def silero(samples: np.ndarray, threshold: float = 0.5) -> tuple[Decision, float]:
+    """Silero VAD v6's speech (its probability of the 32 ms window holding the frame's middle
+    over ``threshold``), and the model's highest probability on ``samples``."""
+    from faster_whisper.vad import get_vad_model
+
+    whole = len(samples) // 512 * 512
+    model = get_vad_model()
+    started = time.process_time()
+    probabilities = model(samples[:whole].astype(np.float32)).reshape(-1)
+    _SILERO_COST.append((time.process_time() - started, whole / 16000))
+
+    def decide(index: int, frame: np.ndarray, _webrtc: bool) -> bool:
+        window = (index * len(frame) + len(frame) // 2) // 512
+        return window < len(probabilities) and probabilities[window] > threshold
+
+    return decide, float(probabilities.max())
+
+
+def alternatives() -> None:
+    print("| recording | webrtcvad (as now) | energy gate | Silero v6 (peak probability) |")
+    print("|---|---|---|---|")
+    rng = np.random.default_rng(0)
+    second = np.zeros(16000, np.float32)
+    for name, noisy in (
+        (RECORDINGS[0], True),
+        (RECORDINGS[1], True),
+        ("speech_recognition/english.wav", False),
+        (RECORDINGS[2], False),
+        ("transcription-benchmark/real-world-fountain-hughes-interview.mp3", False),
+    ):
+        clean = np.concatenate([second, load(name, 90.0), second])
+        noise = rng.normal(0, 1, len(clean)).astype(np.float32)
+        for noise_db in (None, -35, -30, -25) if noisy else (None,):
+            audio = clean if noise_db is None else clean + noise * np.float32(10 ** (noise_db / 20))
+            by_silero, peak = silero(audio)
+            cuts = [
+                utterances_by(audio, lambda _i, _f, webrtc: webrtc),
+                utterances_by(audio, energy_gate()),
+                utterances_by(audio, by_silero),
+            ]
+            shown = [f"{len(c)}: {sum(c):.1f} s" for c in cuts]
+            label = name.split("/")[-1] + ("" if noise_db is None else f" + white {noise_db} dBFS")
+            print(f"| {label} | {shown[0]} | {shown[1]} | {shown[2]} ({peak:.2f}) |")
+    cpu, audio = map(sum, zip(*_SILERO_COST, strict=True))
+    print(f"\nSilero: {1000 * cpu / audio:.2f} ms of CPU per second of audio")
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--alternatives", action="store_true")
+    if parser.parse_args().alternatives:
+        alternatives()
+        return 0
     print("| recording (first 60 s) | level (RMS dBFS) | utterances | seconds kept |")
     print("|---|---|---|---|")
     for name in RECORDINGS:
