@@ -188,18 +188,21 @@ def served(config: Path) -> Iterator[ServerURL]:
 
 
 def whisper_gateway_config(
-    path: Path, server: dict[str, object] | None = None, **whisper: object
+    path: Path,
+    server: dict[str, object] | None = None,
+    store: Path | None = None,
+    **whisper: object,
 ) -> Path:
     """Write a config for ``speechgw serve`` with one whisper backend of these settings (and
-    these ``server`` settings), no store and limits far above any benchmark's load; returns
-    ``path``."""
+    these ``server`` settings), limits far above any benchmark's load, and no store unless
+    ``store`` names a SQLite file for the ledger; returns ``path``."""
     import yaml
 
     document = {
         "server": server or {},
         "backends": {"whisper": {"type": "whisper", **whisper}},
         "routing": [{"backend": "whisper"}],
-        "store": {"path": None},
+        "store": {"path": None if store is None else str(store)},
         "limits": {"max_pending_jobs": 4096, "max_connections": 4096},
         "logging": {"level": "INFO"},  # served() waits for the "Running on" line
     }

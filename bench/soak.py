@@ -34,20 +34,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _common import ServerURL, english_clips, served, tempdir
+from _common import ServerURL, english_clips, served, tempdir, whisper_gateway_config
 from openai import APIStatusError, OpenAI
 from websockets.sync.client import connect
-
-CONFIG = """\
-backends:
-  whisper: { type: whisper, model: tiny.en, cpu_threads: 1, concurrency: 2 }
-routing:
-  - backend: whisper
-logging:
-  level: INFO   # served() waits for the "Running on" line
-store:
-  path: %s
-"""
 
 
 def batch(url: str, frames: list) -> tuple[list, int | None]:
@@ -136,19 +125,20 @@ def main() -> int:
     )
     args = parser.parse_args()
     store = Path(tempfile.mkdtemp(prefix="speechgw-soak-")) / "ledger.db"
-    config = store.parent / "soak.yaml"
-    config.write_text(CONFIG % store)
+    config = whisper_gateway_config(
+        store.parent / "soak.yaml", store=store, model="tiny.en", cpu_threads=1, concurrency=2
+    )
     with tempdir() as work:
         clip = english_clips(Path(work))[0]  # real speech, 16 kHz mono 16-bit
         wav = clip.path.read_bytes()
         pcm = clip.pcm()
         step = 3200
+        pieces = [pcm[i : i + step] for i in range(0, len(pcm), step)]
         good_stream = [
-            json.dumps({"audio": base64.b64encode(pcm[i : i + step]).decode(), "rate": 16000})
-            for i in range(0, len(pcm), step)
+            json.dumps({"audio": base64.b64encode(piece).decode(), "rate": 16000})
+            for piece in pieces
         ]
-        chunks = [pcm[i : i + step] for i in range(0, len(pcm), step)]
-        chunks += [b"\0" * step] * 10  # a second of silence: the last utterance ends
+        chunks = pieces + [b"\0" * step] * 10  # a second of silence: the last utterance ends
         meta = json.dumps({"type": "transcribe", "language": "en"})
         deadline = time.monotonic() + args.minutes * 60
         received_ids: list[str] = []
