@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import base64
 import collections
+import contextlib
 import json
 import os
-import re
 import sqlite3
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from _common import ServerURL, english_clips, served, tempdir, whisper_gateway_config
@@ -111,6 +110,18 @@ def settled(url: ServerURL, seconds: float = 60) -> dict[str, float]:
         if not any(now.values()) or time.monotonic() > deadline:
             return now
         time.sleep(0.5)
+
+
+def committed(store: Path, audio_seconds: float, seconds: float = 30) -> dict[str, float]:
+    """The ledger's rows (request id: audio seconds), once the server's writer has committed
+    ``audio_seconds`` in all (or after ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        with contextlib.closing(sqlite3.connect(store)) as db:
+            ledger = dict(db.execute("SELECT request_id, audio_seconds FROM usage").fetchall())
+        if abs(sum(ledger.values()) - audio_seconds) < 0.01 or time.monotonic() > deadline:
+            return ledger
+        time.sleep(0.2)
 
 
 def main() -> int:
@@ -284,17 +295,8 @@ def main() -> int:
             under_way = settled(url)  # abandoned jobs finish
             early = url.early_finals()
             interims = sum(url.samples("speechgw_interims_total").values())
-            time.sleep(2)  # the ledger's writer commits what they billed
-            metrics = (
-                urllib.request.urlopen(url.replace("ws://", "http://") + "/metrics", timeout=10)
-                .read()
-                .decode()
-            )
-        rows = sqlite3.connect(store).execute("SELECT request_id, audio_seconds FROM usage")
-        ledger = dict(rows.fetchall())
-        counted = sum(
-            float(v) for v in re.findall(r"^asr_audio_seconds_total\{[^}]*\} (\S+)", metrics, re.M)
-        )
+            counted = sum(url.samples("asr_audio_seconds_total").values())
+            ledger = committed(store, counted)
     minutes = collections.defaultdict(float)
     for t, m in rss:
         minutes[int(t // 60)] = max(minutes[int(t // 60)], m)

@@ -57,8 +57,6 @@ def dbfs(samples: np.ndarray) -> float:
     return float(20 * np.log10(np.sqrt(np.mean(samples**2))))
 
 
-_SILERO_COST: list[tuple[float, float]] = []  # (CPU seconds, audio seconds) of each run
-
 Decision = Callable[[int, np.ndarray, bool], bool]
 """Whether a frame is speech, from its index, its int16 samples and webrtcvad's answer."""
 
@@ -83,35 +81,40 @@ def utterances_by(samples: np.ndarray, decide: Decision) -> list[float]:
 def energy_gate(margin_db: float = 9.0, rise_db: float = 0.1) -> Decision:
     """webrtcvad's speech only where the frame is ``margin_db`` over a noise floor that follows
     the quietest frames down at once and rises ``rise_db`` a frame (3.3 dB a second)."""
-    floor: list[float] = []
+    floor = np.inf
 
     def decide(_index: int, frame: np.ndarray, webrtc: bool) -> bool:
+        nonlocal floor
         energy = float(10 * np.log10(np.mean(frame.astype(np.float32) ** 2) + 1.0))
-        floor[:] = [energy if not floor else min(energy, floor[0] + rise_db)]
-        return webrtc and energy > floor[0] + margin_db
+        floor = min(energy, floor + rise_db)
+        return webrtc and energy > floor + margin_db
 
     return decide
 
 
-def silero(samples: np.ndarray, threshold: float = 0.5) -> tuple[Decision, float]:
+def silero(
+    model: Callable[[np.ndarray], np.ndarray], samples: np.ndarray, threshold: float = 0.5
+) -> tuple[Decision, float, float]:
     """Silero VAD v6's speech (its probability of the 32 ms window holding the frame's middle
-    over ``threshold``), and the model's highest probability on ``samples``."""
-    from faster_whisper.vad import get_vad_model
-
+    over ``threshold``), the model's highest probability on ``samples``, and the CPU seconds
+    it took."""
     whole = len(samples) // 512 * 512
-    model = get_vad_model()
     started = time.process_time()
     probabilities = model(samples[:whole].astype(np.float32)).reshape(-1)
-    _SILERO_COST.append((time.process_time() - started, whole / 16000))
+    cpu = time.process_time() - started
 
     def decide(index: int, frame: np.ndarray, _webrtc: bool) -> bool:
         window = (index * len(frame) + len(frame) // 2) // 512
         return window < len(probabilities) and probabilities[window] > threshold
 
-    return decide, float(probabilities.max())
+    return decide, float(probabilities.max()), cpu
 
 
 def alternatives() -> None:
+    from faster_whisper.vad import get_vad_model
+
+    model = get_vad_model()
+    cpu_seconds = audio_seconds = 0.0
     print("| recording | webrtcvad (as now) | energy gate | Silero v6 (peak probability) |")
     print("|---|---|---|---|")
     rng = np.random.default_rng(0)
@@ -127,17 +130,18 @@ def alternatives() -> None:
         noise = rng.normal(0, 1, len(clean)).astype(np.float32)
         for noise_db in (None, -35, -30, -25) if noisy else (None,):
             audio = clean if noise_db is None else clean + noise * np.float32(10 ** (noise_db / 20))
-            by_silero, peak = silero(audio)
+            by_silero, peak, cpu = silero(model, audio)
+            cpu_seconds += cpu
+            audio_seconds += len(audio) / 16000
             cuts = [
-                utterances_by(audio, lambda _i, _f, webrtc: webrtc),
+                utterances(audio),
                 utterances_by(audio, energy_gate()),
                 utterances_by(audio, by_silero),
             ]
             shown = [f"{len(c)}: {sum(c):.1f} s" for c in cuts]
             label = name.split("/")[-1] + ("" if noise_db is None else f" + white {noise_db} dBFS")
             print(f"| {label} | {shown[0]} | {shown[1]} | {shown[2]} ({peak:.2f}) |")
-    cpu, audio = map(sum, zip(*_SILERO_COST, strict=True))
-    print(f"\nSilero: {1000 * cpu / audio:.2f} ms of CPU per second of audio")
+    print(f"\nSilero: {1000 * cpu_seconds / audio_seconds:.2f} ms of CPU per second of audio")
 
 
 def main() -> int:

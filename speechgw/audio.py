@@ -46,6 +46,13 @@ _FORMAT_FLOAT = 0x0003
 _FORMAT_ALAW = 0x0006
 _FORMAT_MULAW = 0x0007
 _FORMAT_EXTENSIBLE = 0xFFFE
+_ENCODINGS = {
+    _FORMAT_PCM: ("PCM", (8, 16, 24, 32)),
+    _FORMAT_FLOAT: ("float", (32, 64)),
+    _FORMAT_MULAW: ("mu-law", (8,)),
+    _FORMAT_ALAW: ("A-law", (8,)),
+}
+"""The format tags read, with their names and the sample widths (bits) each comes in."""
 _UNKNOWN_SIZE = 0xFFFFFFFF  # what streaming WAV writers put in a size they could not know yet
 
 
@@ -130,17 +137,11 @@ def _parse_fmt(fmt: memoryview) -> WavInfo:
     if channels < 1:
         raise InvalidAudio("the WAV header declares no channels")
     check_rate(rate, "the WAV header's sample rate")
-    companding = {_FORMAT_MULAW: "mu-law", _FORMAT_ALAW: "A-law"}.get(tag)
-    if not (
-        (tag == _FORMAT_PCM and bits in (8, 16, 24, 32))
-        or (tag == _FORMAT_FLOAT and bits in (32, 64))
-        or (companding is not None and bits == 8)
-    ):
-        kind = {_FORMAT_PCM: "PCM", _FORMAT_FLOAT: "float"}.get(tag, companding)
+    name, widths = _ENCODINGS.get(tag, (f"format tag 0x{tag:04x}", ()))
+    if bits not in widths:
         raise InvalidAudio(
-            f"unsupported WAV encoding: {kind or f'format tag 0x{tag:04x}'} with {bits} bits "
-            "per sample (PCM 8/16/24/32-bit, float 32/64-bit and 8-bit mu-law/A-law are "
-            "supported)"
+            f"unsupported WAV encoding: {name} with {bits} bits per sample (PCM "
+            "8/16/24/32-bit, float 32/64-bit and 8-bit mu-law/A-law are supported)"
         )
     if block_align != channels * bits // 8:
         raise InvalidAudio("the WAV header is corrupt: block align does not match the format")
@@ -149,7 +150,7 @@ def _parse_fmt(fmt: memoryview) -> WavInfo:
         channels=channels,
         bits=bits,
         is_float=tag == _FORMAT_FLOAT,
-        companding=companding,
+        companding=name if tag in (_FORMAT_MULAW, _FORMAT_ALAW) else None,
     )
 
 
