@@ -291,6 +291,10 @@ class WhisperBackend(Backend):
         return self._info
 
     @property
+    def idle(self) -> bool:
+        return self._limiter.available_tokens > 0
+
+    @property
     def batch_stats(self) -> BatchStats | None:
         """How full the batches have been (None: not batching)."""
         return self._batcher.snapshot() if self._batcher is not None else None

@@ -93,6 +93,14 @@ class Backend(ABC):
         return {}
 
     @property
+    def idle(self) -> bool:
+        """Whether a best-effort job (``JobSpec.interim`` or ``early_final``) would find free
+        capacity this instant. Streams ask before they copy an utterance out for one, so that
+        a busy backend costs them a look, not a copy of the utterance per audio chunk only to
+        have it skipped. A backend that never skips such jobs answers True."""
+        return True
+
+    @property
     def batch_stats(self) -> BatchStats | None:
         """How full its batched model calls have been (``speechgw_batch_*`` metrics), for a
         backend that batches the calls of concurrent jobs; None for one that does not."""

@@ -129,21 +129,23 @@ class Segmenter:
         that pause has reached ``end_padding_ms`` (from then on, more silence only adds what
         the close cuts off); None while speaking, between utterances, or when the utterance
         holds too little speech to be kept."""
+        frames = self._closing_frames()
+        return None if frames is None else frames * self._frame
+
+    def closing_utterance(self) -> np.ndarray | None:
+        """The utterance as :meth:`closing_length` says it would close (float32): what its
+        final can be decoded from before the pause is long enough to end it."""
+        frames = self._closing_frames()
+        return None if frames is None else from_pcm16(np.concatenate(self._utterance[:frames]))
+
+    def _closing_frames(self) -> int | None:
         if (
             not self._utterance
             or self._silent_run < max(1, self._end_pad_frames)
             or self._voiced < self._min_voiced_frames
         ):
             return None
-        return self._keep(len(self._utterance), self._silent_run) * self._frame
-
-    def closing_utterance(self) -> np.ndarray | None:
-        """The utterance as :meth:`closing_length` says it would close (float32): what its
-        final can be decoded from before the pause is long enough to end it."""
-        if self.closing_length() is None:
-            return None
-        keep = self._keep(len(self._utterance), self._silent_run)
-        return from_pcm16(np.concatenate(self._utterance[:keep]))
+        return self._keep(len(self._utterance), self._silent_run)
 
     def _keep(self, frames: int, trailing_silence: int) -> int:
         """How many of an utterance's frames it keeps: its trailing silence cut to the end

@@ -285,7 +285,7 @@ class Stream:
         """Decode the open utterance's final ahead when its closing pause has begun
         (``streaming.early_finals``), if no other final of this stream is waiting or running
         (its reply would change the context) and the backend can do it on idle capacity
-        alone; a backend with no free worker skips it, and the next audio tries again."""
+        alone; while the backend has no free worker it waits, and the next audio tries again."""
         early = self._early
         if early is not None:
             if early.utterance is not None or not _skipped(early.run):
@@ -298,6 +298,7 @@ class Stream:
             or self._final_running
             or self._queue.samples
             or self._backlog
+            or not backend.idle
         ):
             return
         audio = self._segmenter.closing_utterance()
@@ -384,7 +385,7 @@ class Stream:
         while True:
             await wake.wait()
             wake.clear()
-            if not self._interim_ready():
+            if not self._interim_ready() or not backend.idle:
                 continue
             segmenter = self._segmenter
             number = segmenter.utterances_started

@@ -3,12 +3,18 @@ being spoken, for clients that ask, from a real server with the real model."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
+from speechgw.backends.whisper import WhisperBackend, WhisperOptions
 from websockets.sync.client import connect
 
+from speechgw.audio import read_wav, to_16k_mono
+from speechgw.backend import InterimSkipped
+from speechgw.jobs import Caller, JobSpec
 from tests import speech
 from tests.serving import Server, running_server
 from tests.streaming_client import assert_sentences, read_pcm16, stream_pcm
@@ -148,3 +154,34 @@ def test_interim_results_must_be_a_boolean(tiny_server: Server) -> None:
         error = json.loads(ws.recv(timeout=30))
         assert error["type"] == "error" and error["message"] == "Invalid Message Format"
         assert "interim_results" in error["detail"]
+
+
+def test_a_busy_whisper_backend_says_so_and_skips_best_effort_jobs(voices) -> None:
+    """While its one worker decodes, the backend is not ``idle`` and an interim is skipped at
+    once (streams look at ``idle`` before they copy an utterance out for one); once the worker
+    is free again, the same interim is decoded."""
+    samples, info = read_wav(voices["children"].read_bytes())
+    audio = to_16k_mono(samples, info.sample_rate)
+    final = JobSpec("en", "transcribe", "google", Caller("k"), segmented=True)
+    interim = dataclasses.replace(final, interim=True)
+
+    async def run() -> tuple[bool, bool, str, str]:
+        backend = WhisperBackend("w", WhisperOptions(model="tiny.en", cpu_threads=1))
+        await backend.start()
+        try:
+            assert backend.idle
+            decoding = asyncio.ensure_future(backend.transcribe(audio, final))
+            while backend.idle and not decoding.done():  # until it holds the worker
+                await asyncio.sleep(0)
+            busy = not backend.idle
+            with pytest.raises(InterimSkipped):
+                await backend.transcribe(audio, interim)
+            text = (await decoding).text
+            return busy, backend.idle, text, (await backend.transcribe(audio, interim)).text
+        finally:
+            await backend.close()
+
+    busy, idle_after, text, interim_text = asyncio.run(run())
+    assert busy and idle_after
+    for heard in (text, interim_text):  # the interim is greedy: its words may differ a little
+        assert speech.word_recall(speech.SENTENCES["children"], heard) >= 0.8, heard
