@@ -13,9 +13,19 @@ of the joined text is compared with the whole file decoded at once. Candidates:
 - ``promptN``: the last N characters of the previous replies as ``initial_prompt``;
 - ``leftN``: N seconds of the audio before the utterance decoded with it, keeping the words
   that start after the cut (word timestamps); ``leftN+prompt200`` both;
-- ``silenceMS`` / ``silenceMS+prompt200``: utterances ended by MS of silence instead of 500.
+- ``silenceMS`` / ``silenceMS+prompt200``: utterances ended by MS of silence instead of 500;
+- ``sileroT+prompt200``: from T s into an utterance, a frame is speech only where Silero VAD
+  v6 (as faster-whisper ships it) agrees with webrtcvad, until webrtcvad hears a pause itself
+  again (noise hides pauses from webrtcvad, not from Silero: see ``vad_conditions.py``);
+  ``sileroT-pause1s+prompt200``: ``streaming.silero_vad_after_seconds: T`` (1 s in which Silero
+  hears no speech ends an utterance that has run T s).
 
-    python bench/stream_candidates.py [CANDIDATE ...]
+``--noise white:-25`` (or ``brown:-30``...) adds that noise, at that RMS level in dBFS, to
+every recording before it is cut and decoded (brown: integrated white noise, high-passed at
+50 Hz). Each candidate also prints how many utterances it cut, and how many of 20 s or more
+(in noise that hides the pauses, those run to ``max_utterance_seconds``: finals come late).
+
+    python bench/stream_candidates.py [--noise KIND:DB] [CANDIDATE ...]
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from collections.abc import Callable
 
 import numpy as np
 from _common import SHARED_AUDIO, in_process_model, word_errors
+from scipy.signal import butter, lfilter
 
 from speechgw.audio import from_pcm16, to_pcm16
 from speechgw.config import StreamingConfig
@@ -106,6 +117,59 @@ def _find(audio: np.ndarray, utterance: np.ndarray, start: int) -> int:
     return start  # the stream's first utterance may begin with added silence
 
 
+def _noise(samples: int, kind: str) -> np.ndarray:
+    """White or brown noise of unit RMS, the same for a recording of the same length."""
+    white = np.random.default_rng(samples).normal(0, 1, samples)
+    if kind == "white":
+        return white.astype(np.float32)
+    brown = lfilter([1.0], [1.0, -0.999], white)
+    brown = lfilter(*butter(2, 50 / 8000, "highpass"), brown)
+    return (brown / np.sqrt(np.mean(brown**2))).astype(np.float32)
+
+
+Cutter = Callable[[np.ndarray, StreamingConfig], list[np.ndarray]]
+
+
+def fed(samples: np.ndarray, config: StreamingConfig) -> list[np.ndarray]:
+    """The utterances as a stream cuts them: the gateway's segmenter fed 100 ms chunks."""
+    segmenter = Segmenter(config)
+    utterances = []
+    for i in range(0, len(samples), 1600):  # 100 ms chunks, as clients send them
+        utterances += segmenter.feed(samples[i : i + 1600])
+    return utterances + segmenter.flush()
+
+
+def silero_agreeing(after_seconds: float) -> Cutter:
+    """The segmenter where, from ``after_seconds`` into an utterance, a frame is speech only
+    if Silero VAD agrees, until webrtcvad hears a pause itself; driven frame by frame through
+    its private step: an experiment (see the module's docstring)."""
+    from speechgw.silero import WINDOW, SileroListener
+
+    def cut(samples: np.ndarray, config: StreamingConfig) -> list[np.ndarray]:
+        segmenter = Segmenter(config)
+        size = segmenter._frame
+        listener = SileroListener()
+        pcm = to_pcm16(samples)
+        after = int(after_seconds * 1000) // config.frame_ms
+        end_silence = config.end_silence_ms // config.frame_ms
+        found: list[np.ndarray] = []
+        agreeing = False
+        heard = 0  # webrtcvad's unvoiced frames in a row
+        for start in range(0, len(pcm) // size * size, size):
+            frame = pcm[start : start + size]
+            voiced = segmenter._vad.is_speech(frame.tobytes(), 16000)
+            heard = 0 if voiced else heard + 1
+            listener.feed(samples[start : start + size])  # the window that holds the frame
+            speech = listener.quiet_windows * WINDOW < size  # Silero hears speech at its end
+            agreeing = (agreeing and heard < end_silence) or len(segmenter._utterance) >= after
+            closed = segmenter._step(frame, voiced and (speech or not agreeing))
+            if closed is not None:
+                found.append(closed)
+        return found + segmenter.flush()
+
+    return cut
+
+
 CANDIDATES: dict[str, tuple[Strategy, StreamingConfig]] = {
     "whole": (whole, StreamingConfig()),
     "alone-conditioned": (alone(True), StreamingConfig()),
@@ -117,11 +181,19 @@ CANDIDATES: dict[str, tuple[Strategy, StreamingConfig]] = {
     "left4+prompt200": (prompted(200, 4.0), StreamingConfig()),
     "silence800": (alone(False), StreamingConfig(end_silence_ms=800)),
     "silence800+prompt200": (prompted(200), StreamingConfig(end_silence_ms=800)),
+    "silero5+prompt200": (prompted(200), StreamingConfig()),
+    "silero0-pause1s+prompt200": (prompted(200), StreamingConfig(silero_vad_after_seconds=0)),
+    "silero3-pause1s+prompt200": (prompted(200), StreamingConfig(silero_vad_after_seconds=3)),
 }
+CUTTERS: dict[str, Callable[[], Cutter]] = {"silero5+prompt200": lambda: silero_agreeing(5.0)}
 
 
 def main() -> int:
-    names = sys.argv[1:] or list(CANDIDATES)
+    args = sys.argv[1:]
+    noise = ""
+    if args[:1] == ["--noise"]:
+        noise, args = args[1], args[2:]
+    names = args or list(CANDIDATES)
     if not (SHARED_AUDIO / "MANIFEST.tsv").exists():
         print("../shared/audio is absent: no real speech to score")
         return 1
@@ -135,29 +207,34 @@ def main() -> int:
             and "stereo" not in r["file"]
             and "multilingual" not in r["file"]
         ]
-    audio = {
-        r["file"]: from_pcm16(to_pcm16(decode_audio(str(SHARED_AUDIO / r["file"])))) for r in rows
-    }
+    audio = {}
+    for r in rows:
+        samples = decode_audio(str(SHARED_AUDIO / r["file"]))
+        if noise:
+            kind, _, level = noise.partition(":")
+            samples = samples + _noise(len(samples), kind) * np.float32(10 ** (float(level) / 20))
+        audio[r["file"]] = from_pcm16(to_pcm16(samples))
     model = in_process_model("tiny.en", workers=1, threads=1)
     for name in names:
         strategy, config = CANDIDATES[name]
+        cut = CUTTERS[name]() if name in CUTTERS else fed
         errors = words = 0
+        lengths: list[float] = []
         per = []
         started = time.perf_counter()
         for r in rows:
-            segmenter = Segmenter(config)
             samples = audio[r["file"]]
-            utterances = []
-            for i in range(0, len(samples), 1600):  # 100 ms chunks, as clients send them
-                utterances += segmenter.feed(samples[i : i + 1600])
-            utterances += segmenter.flush()
+            utterances = cut(samples, config)
+            lengths += [len(u) / 16000 for u in utterances]
             e, n = word_errors(
                 r["reference_transcript"], strategy(model, utterances, samples, "en")
             )
             errors, words = errors + e, words + n
             per.append(f"{r['file'].split('/')[-1][:22]}={e}/{n}")
+        long = sum(length >= 20 for length in lengths)
         print(
-            f"{name}: WER {errors / words:.4f} ({errors}/{words}), "
+            f"{name}{' ' + noise if noise else ''}: WER {errors / words:.4f} ({errors}/{words}), "
+            f"{len(lengths)} utterances, {long} of 20 s or more, "
             f"{time.perf_counter() - started:.0f} s; " + " ".join(per),
             flush=True,
         )

@@ -14,10 +14,12 @@ both`` runs without and with them in turn on the same server, side by side. ``--
 streams the recordings back to back without the silence (read speech, over 20 s without a
 pause long enough to end an utterance) and reports the gaps between successive texts; with
 ``--one-utterance``, the six espeak-ng test sentences joined without any pause instead (one
-utterance of about 20 s).
+utterance of about 20 s). ``--noise -25`` puts the whole stream, recordings and silences,
+under steady white noise at that RMS level (dBFS): noise that hides the pauses from webrtcvad
+(compare ``--config bench/tiny.en-silero.yaml``).
 
     python bench/stream_latency.py [--runs 5] [--pace 1] [--interim off|on|both] [--continuous]
-        [--config bench/tiny.en.yaml]
+        [--noise DBFS] [--config bench/tiny.en.yaml]
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from _common import REPO, Clip, english_clips, served, tempdir, word_errors
 from websockets.sync.client import connect
 
@@ -73,12 +76,31 @@ class Run:
         return iter((self.latencies, self.texts, self.missed))
 
 
+class Noise:
+    """Steady white noise at ``dbfs`` RMS added to LINEAR16 audio, one piece after another."""
+
+    def __init__(self, dbfs: float) -> None:
+        self.scale = 32768 * 10 ** (dbfs / 20)
+        self.rng = np.random.default_rng(0)
+
+    def __call__(self, pcm: bytes) -> bytes:
+        samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+        samples += self.rng.normal(0, self.scale, len(samples))
+        return np.clip(samples, -32768, 32767).astype("<i2").tobytes()
+
+
 def run_once(
-    url: str, clips, pace: float, interim: bool = False, gap_seconds: float = GAP_SECONDS
+    url: str,
+    clips,
+    pace: float,
+    interim: bool = False,
+    gap_seconds: float = GAP_SECONDS,
+    noise: Noise | None = None,
 ) -> Run:
     """Stream every clip once (each followed by ``gap_seconds`` of silence), with interim
-    results when ``interim``."""
+    results when ``interim``, under ``noise`` if given."""
     silence = b"\x00\x00" * int(16000 * gap_seconds)
+    heard = noise or (lambda pcm: pcm)
     replies: list[tuple[float, str]] = []
     events: list[tuple[float, str, str]] = []
     starts, ends = [], []
@@ -104,10 +126,10 @@ def run_once(
         first = {"interim_results": True} if interim else None
         for clip in clips:
             starts.append(time.monotonic())
-            _paced_send(ws, clip.pcm(), clock, first)
+            _paced_send(ws, heard(clip.pcm()), clock, first)
             ends.append(time.monotonic())
             if silence:
-                _paced_send(ws, silence, clock)
+                _paced_send(ws, heard(silence), clock)
         ws.send(json.dumps({"type": "end"}))
         reader.join(timeout=120)
     # a reply belongs to the last clip that had begun when it arrived
@@ -179,7 +201,9 @@ def main() -> int:
     parser.add_argument("--interim", choices=["off", "on", "both"], default="off")
     parser.add_argument("--continuous", action="store_true")
     parser.add_argument("--one-utterance", action="store_true", help="with --continuous")
+    parser.add_argument("--noise", type=float, help="white noise under it all, RMS dBFS")
     args = parser.parse_args()
+    noise = Noise(args.noise) if args.noise is not None else None
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.interim]
     with tempdir() as work:
         clips = english_clips(Path(work))
@@ -198,7 +222,7 @@ def main() -> int:
             for run in range(args.runs):
                 for mode in modes:
                     early = url.early_finals()
-                    result = run_once(url, clips, args.pace, interim=mode)
+                    result = run_once(url, clips, args.pace, interim=mode, noise=noise)
                     early = url.early_finals(since=early)
                     got = collected[mode]
                     got["latencies"] += result.latencies

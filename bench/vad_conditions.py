@@ -11,7 +11,8 @@ pauses were heard as speech: its final would come only at ``max_utterance_second
 
 ``--alternatives`` compares, on clean and noisy recordings, how webrtcvad cuts them with how
 two other speech decisions would, each put in its place frame by frame (tried; not kept):
-an energy gate over a tracked noise floor, and Silero VAD v6 as faster-whisper ships it.
+an energy gate over a tracked noise floor, and Silero VAD v6 as faster-whisper ships it; and
+prints what the gateway's own Silero listener (``streaming.silero_vad_after_seconds``) costs.
 
     python bench/vad_conditions.py [--alternatives]
 """
@@ -142,6 +143,27 @@ def alternatives() -> None:
             label = name.split("/")[-1] + ("" if noise_db is None else f" + white {noise_db} dBFS")
             print(f"| {label} | {shown[0]} | {shown[1]} | {shown[2]} ({peak:.2f}) |")
     print(f"\nSilero: {1000 * cpu_seconds / audio_seconds:.2f} ms of CPU per second of audio")
+    listener_cost(clean)
+
+
+def listener_cost(audio: np.ndarray) -> None:
+    """What ``streaming.silero_vad_after_seconds`` costs: the gateway's SileroListener fed
+    ``audio`` 120 ms at a time (four 30 ms frames: how the segmenter feeds it), and once 3 s
+    at a time (when it starts listening 3 s into an utterance)."""
+    from speechgw.silero import SileroListener
+
+    for step in (1920, 48000):
+        listener = SileroListener()
+        listener.feed(audio[:step])  # the first call sets onnxruntime up
+        started, calls = time.process_time(), 0
+        for i in range(0, len(audio), step):
+            listener.feed(audio[i : i + step])
+            calls += 1
+        cpu = time.process_time() - started
+        print(
+            f"SileroListener, {step / 16:.0f} ms a call: {1000 * cpu / (len(audio) / 16000):.2f} "
+            f"ms of CPU per second of audio, {1000 * cpu / calls:.3f} ms a call"
+        )
 
 
 def main() -> int:

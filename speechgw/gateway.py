@@ -31,6 +31,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
+from . import silero
 from .accounting import Accounting, Books
 from .admission import Admission
 from .audio import to_16k_mono
@@ -324,6 +325,8 @@ class Gateway:
         """
         if self.store is not None:
             await self.store.open()
+        if self.config.streaming.silero_vad_after_seconds is not None:
+            await anyio.to_thread.run_sync(silero.load)
         for backend in self.backends.values():
             try:
                 await backend.start()

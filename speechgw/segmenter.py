@@ -1,4 +1,5 @@
-"""Live audio in pieces: a stateful resampler and a webrtcvad utterance segmenter.
+"""Live audio in pieces: a stateful resampler and a webrtcvad utterance segmenter (with Silero
+VAD's second opinion inside long utterances, where configured).
 
 Both are synchronous, allocation-light and I/O-free, so that the streaming driver can call them
 per chunk on the event loop and they can be tested sample for sample.
@@ -16,6 +17,7 @@ from scipy.signal import resample_poly
 from .audio import from_pcm16, sample_ratio, to_pcm16
 from .config import StreamingConfig
 from .jobs import SAMPLE_RATE
+from .silero import WINDOW, SileroListener
 
 __all__ = ["Segmenter", "StreamResampler"]
 
@@ -86,6 +88,13 @@ class Segmenter:
     during such a pause); or when the utterance reaches ``max_utterance_seconds``. Utterances
     with less than ``min_speech_ms`` of voiced frames are dropped as noise. Every sample fed
     belongs to at most one utterance; none is repeated.
+
+    With ``silero_vad_after_seconds`` set, an utterance that has run that long is also heard
+    by Silero VAD (all of it, then 100 ms at a time), and ``silero_vad_silence_ms`` without
+    speech to Silero ends it, trimmed as a webrtcvad pause would be; if Silero heard less
+    than ``min_speech_ms`` of speech in it, it was noise and is dropped (also when the stream
+    ends). After such an end, Silero listens to each utterance from its start, until
+    webrtcvad hears a pause itself again.
     """
 
     def __init__(self, config: StreamingConfig) -> None:
@@ -112,6 +121,17 @@ class Segmenter:
         self._silent_run = 0
         self.utterances_started = 0
         """How many utterances have begun: identifies the one in progress."""
+        self._silero_after: int | None = None  # frames into an utterance; None: off
+        if config.silero_vad_after_seconds is not None:
+            self._silero_after = int(config.silero_vad_after_seconds * 1000) // ms
+        self._silero_quiet = math.ceil(config.silero_vad_silence_ms * SAMPLE_RATE / 1000 / WINDOW)
+        self._silero_min_speech = math.ceil(config.min_speech_ms * SAMPLE_RATE / 1000 / WINDOW)
+        self._listener: SileroListener | None = None  # listening to the utterance in progress
+        self._listened = 0  # its frames fed to the listener
+        self._listen_frames = max(1, 100 // ms)  # how many it is fed at a time
+        # Silero found the last pause, webrtcvad has not heard one since: the noise that hid
+        # it is likely still there, so Silero listens to the next utterance from its start
+        self._noisy = False
 
     @property
     def speaking(self) -> bool:
@@ -169,9 +189,34 @@ class Segmenter:
         for start in range(0, whole, self._frame):
             frame = pcm[start : start + self._frame]
             utterance = self._step(frame, self._vad.is_speech(frame.tobytes(), SAMPLE_RATE))
+            if utterance is None and self._silero_after is not None:
+                utterance = self._listen()
             if utterance is not None:
                 done.append(utterance)
         return done
+
+    def _listen(self) -> np.ndarray | None:
+        """Once the utterance has run ``silero_vad_after_seconds``, let Silero hear its frames
+        that it has not heard yet, 100 ms at a time (one model call each, however the client
+        sizes its chunks); close the utterance if the silence Silero hears at its end has
+        lasted ``silero_vad_silence_ms``."""
+        assert self._silero_after is not None
+        frames = len(self._utterance)
+        after = 0 if self._noisy else self._silero_after
+        if frames < max(1, after) or frames - self._listened < self._listen_frames:
+            return None
+        listener = self._listener
+        if listener is None:
+            listener = self._listener = SileroListener()
+        listener.feed(from_pcm16(np.concatenate(self._utterance[self._listened :])))
+        self._listened = len(self._utterance)
+        if listener.quiet_windows < self._silero_quiet:
+            return None
+        quiet = min(len(self._utterance), listener.quiet_windows * WINDOW // self._frame)
+        self._noisy = True
+        return self._close(
+            trailing_silence=quiet, speech=listener.speech_windows >= self._silero_min_speech
+        )
 
     def flush(self) -> list[np.ndarray]:
         """End of stream: close the utterance in progress, if it holds enough speech. A stream
@@ -183,7 +228,12 @@ class Segmenter:
             trailing = 0  # still speaking, or too short a pause: everything is kept
             if len(pending) and self._utterance:
                 self._utterance.append(pending)
-        utterance = self._close(trailing_silence=trailing)
+        speech = True
+        if self._listener is not None:  # Silero has been listening: let it hear the end too
+            if len(self._utterance) > self._listened:
+                self._listener.feed(from_pcm16(np.concatenate(self._utterance[self._listened :])))
+            speech = self._listener.speech_windows >= self._silero_min_speech
+        utterance = self._close(trailing_silence=trailing, speech=speech)
         self._ring.clear()
         self._ring_voiced = 0
         return [] if utterance is None else [utterance]
@@ -219,15 +269,19 @@ class Segmenter:
             else self._end_silence_frames
         )
         if self._silent_run >= needed:
+            self._noisy = False
             return self._close(trailing_silence=self._silent_run)
         if len(self._utterance) >= self._max_frames:
             return self._close(trailing_silence=0)
         return None
 
-    def _close(self, trailing_silence: int) -> np.ndarray | None:
+    def _close(self, trailing_silence: int, speech: bool = True) -> np.ndarray | None:
+        """End the utterance: its audio, or None if it holds too little speech (``speech``
+        False: Silero heard too little)."""
         frames, voiced = self._utterance, self._voiced
         self._utterance, self._voiced, self._silent_run = [], 0, 0
-        if not frames or voiced < self._min_voiced_frames:
+        self._listener, self._listened = None, 0
+        if not frames or not speech or voiced < self._min_voiced_frames:
             return None
         keep = self._keep(len(frames), trailing_silence)
         # the dropped trailing silence is not speech; it is not re-fed anywhere

@@ -11,6 +11,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
+
 SENTENCES = {
     # Chosen because tiny.en transcribes espeak-ng's 150 wpm rendering of each word for word
     # (measured); "Thank you ..." is avoided on purpose: it is Whisper's hallucination on silence.
@@ -62,6 +64,33 @@ def concat(parts: list[Path], target: Path, silence_seconds: float = 0.0) -> Pat
         parts = padded
     subprocess.run(["sox", *map(str, parts), str(target)], check=True, capture_output=True)
     return target
+
+
+def sentences_apart(
+    voices: dict[str, Path], names: list[str], gap_seconds: float, folder: Path
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """The sentences at 16 kHz (float32), with ``gap_seconds`` of silence before each and
+    after the last; and where each one's audio lies, (start, end) in samples."""
+    import wave
+
+    gap = np.zeros(int(gap_seconds * 16000), np.float32)
+    parts, spans, at = [gap], [], len(gap)
+    for name in names:
+        path = convert(voices[name], folder / f"{name}.16k.wav", "-r", "16000")
+        with wave.open(str(path)) as wav:
+            pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+        sentence = pcm.astype(np.float32) / 32768
+        parts += [sentence, gap]
+        spans.append((at, at + len(sentence)))
+        at += len(sentence) + len(gap)
+    return np.concatenate(parts), spans
+
+
+def under_white_noise(audio: np.ndarray, dbfs: float = -25.0) -> np.ndarray:
+    """``audio`` under steady white noise at ``dbfs`` RMS (the same noise for the same
+    length): from about -30 dBFS on, webrtcvad hears it as speech and no pause in it."""
+    noise = np.random.default_rng(len(audio)).normal(0, 1, len(audio)).astype(np.float32)
+    return audio + noise * np.float32(10 ** (dbfs / 20))
 
 
 def duration(path: Path) -> float:

@@ -303,6 +303,11 @@ def test_backend_options_out_of_range_are_refused(options: dict, rule: str) -> N
             "streaming.min_speech_ms: 3000 is longer than streaming.max_utterance_seconds",
         ),
         (
+            {"streaming": {"silero_vad_after_seconds": 25}},
+            "streaming.silero_vad_after_seconds: 25 is not less than "
+            "streaming.max_utterance_seconds (25 s)",
+        ),
+        (
             {"limits": {"max_connections": 10, "max_connections_per_key": 11}},
             "limits.max_connections_per_key: 11 is more than limits.max_connections (10)",
         ),

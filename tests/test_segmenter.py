@@ -112,3 +112,84 @@ def test_a_short_fragment_waits_for_a_longer_pause(voices, tmp_path) -> None:
     # after a whole sentence, the ordinary pause ends the utterance
     two_sentences = speech.concat([sentence, voices["coffee"]], tmp_path / "c.wav", 0.3)
     assert len(_utterances(two_sentences, StreamingConfig())) == 2
+
+
+SILERO = StreamingConfig(silero_vad_after_seconds=3.0)
+
+
+def _cut(audio: np.ndarray, config: StreamingConfig, chunk: int = 1600) -> list[np.ndarray]:
+    segmenter = Segmenter(config)
+    found = []
+    for i in range(0, len(audio), chunk):
+        found += segmenter.feed(audio[i : i + chunk])
+    return found + segmenter.flush()
+
+
+def test_silero_fed_in_pieces_hears_what_faster_whisper_hears_in_the_whole(
+    voices, tmp_path
+) -> None:
+    """The listener carries Silero's state and context from call to call: pieces of any size
+    give the probabilities faster-whisper's own VAD computes over the whole recording."""
+    from faster_whisper.vad import get_vad_model
+
+    from speechgw.silero import SileroListener
+
+    audio, _ = speech.sentences_apart(voices, ["children", "market"], 1.0, tmp_path)
+    audio = speech.under_white_noise(audio, -40.0)
+    whole = get_vad_model()(audio[: len(audio) // 512 * 512]).reshape(-1)
+    listener, pieces, i = SileroListener(), [], 0
+    rng = np.random.default_rng(0)
+    while i < len(audio):
+        n = int(rng.integers(1, 4000))
+        pieces.append(listener.feed(audio[i : i + n]))
+        i += n
+    np.testing.assert_allclose(np.concatenate(pieces), whole, atol=1e-5)
+    assert whole.max() > 0.9 and listener.speech_windows > 0
+
+
+@pytest.mark.parametrize("chunk", [1600, 16000])
+def test_in_steady_noise_silero_finds_the_pauses_webrtcvad_cannot_hear(
+    voices, tmp_path, chunk
+) -> None:
+    """Two sentences 3 s apart under white noise at -25 dBFS: webrtcvad hears one utterance
+    from the first sample to the last; with ``silero_vad_after_seconds`` each sentence is an
+    utterance of its own that ends about ``silero_vad_silence_ms`` after it (whatever the
+    size of the client's chunks), and the noise after the last is dropped, not sent."""
+    clean, spans = speech.sentences_apart(voices, ["children", "market"], 3.0, tmp_path)
+    audio = speech.under_white_noise(clean)
+    (everything,) = _cut(audio, StreamingConfig(), chunk)
+    assert len(everything) >= len(audio) - 480
+    first, second = _cut(audio, SILERO, chunk)
+    pcm = from_pcm16(to_pcm16(audio))
+    for utterance, (start, end) in zip((first, second), spans, strict=True):
+        heard = np.trim_zeros(utterance, "f")  # the stream's lead-in padding, if any
+        at = _find(pcm, heard)
+        assert at <= start, "the sentence's start is in its utterance"
+        # espeak-ng's audio ends in a little silence of its own
+        assert end - 0.2 * 16000 <= at + len(heard) <= end + 0.8 * 16000, "it ends soon after"
+
+
+def _find(pcm: np.ndarray, utterance: np.ndarray) -> int:
+    for start in range(0, len(pcm) - len(utterance) + 1, 480):
+        if np.array_equal(pcm[start : start + len(utterance)], utterance):
+            return start
+    raise AssertionError("an utterance is not a slice of the input")
+
+
+@pytest.mark.parametrize("chunk", [1440, 4800])
+def test_with_silero_noise_alone_is_no_utterance(chunk: int) -> None:
+    """Ten seconds of steady noise: webrtcvad takes it for speech; Silero hears none, so
+    nothing is sent to be recognised (also when the stream ends just after Silero listened:
+    1440 samples are the 90 ms it hears at a time)."""
+    noise = speech.under_white_noise(np.zeros(16000 * 10, np.float32))
+    assert _cut(noise, StreamingConfig(), chunk)
+    assert _cut(noise, SILERO, chunk) == []
+
+
+def test_in_quiet_silero_changes_nothing(voices, tmp_path) -> None:
+    """Where webrtcvad hears the pauses, it ends the utterances before Silero would."""
+    audio = _speech_and_silence(voices, tmp_path)
+    plain, with_silero = _cut(audio, StreamingConfig()), _cut(audio, SILERO)
+    assert len(plain) == len(with_silero) == 3
+    for a, b in zip(plain, with_silero, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -11,6 +11,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 from websockets.exceptions import InvalidStatus
 
@@ -292,3 +293,23 @@ def test_noise_after_speech_adds_nothing(
     result = stream_pcm(tiny_server.ws, pcm, rate)
     assert_sentences(result, ORDER)
     assert result.errors == []
+
+
+def test_with_silero_each_sentence_in_steady_noise_gets_its_final_as_it_ends(
+    voices, tmp_path: Path
+) -> None:
+    """Under white noise at -25 dBFS webrtcvad hears no pause, so without Silero the first
+    sentence's words would come only when the stream ends (or at max_utterance_seconds).
+    With ``streaming.silero_vad_after_seconds`` each sentence is its own reply, and at real
+    time the first comes while the second is still being said; the noise is not recognised."""
+    names = ["children", "market"]
+    audio, spans = speech.sentences_apart(voices, names, 3.0, tmp_path)
+    pcm = (np.clip(speech.under_white_noise(audio), -1, 1) * 32767).astype("<i2").tobytes()
+    with running_server({"streaming": {"silero_vad_after_seconds": 3}}) as server:
+        result = stream_pcm(server.ws, pcm, 16000, realtime=1.0)
+    assert result.errors == []
+    assert len(result.replies) == 2, result.replies
+    for name, reply in zip(names, result.replies, strict=True):
+        assert speech.word_recall(speech.SENTENCES[name], reply) >= 0.6, result.replies
+    second_said = spans[1][1] / 16000
+    assert result.reply_times[0] - result.started < second_said, result.events
