@@ -148,7 +148,8 @@ class Segmenter:
         """Samples the utterance in progress closes with if the pause now running goes on, once
         that pause has reached ``end_padding_ms`` (from then on, more silence only adds what
         the close cuts off); None while speaking, between utterances, or when the utterance
-        holds too little speech to be kept."""
+        holds too little speech to be kept. The pause is webrtcvad's, or Silero's where it
+        listens."""
         frames = self._closing_frames()
         return None if frames is None else frames * self._frame
 
@@ -159,13 +160,24 @@ class Segmenter:
         return None if frames is None else from_pcm16(np.concatenate(self._utterance[:frames]))
 
     def _closing_frames(self) -> int | None:
+        if not self._utterance or self._voiced < self._min_voiced_frames:
+            return None
+        if self._silent_run >= max(1, self._end_pad_frames):
+            return self._keep(len(self._utterance), self._silent_run)
+        listener = self._listener
         if (
-            not self._utterance
-            or self._silent_run < max(1, self._end_pad_frames)
-            or self._voiced < self._min_voiced_frames
+            listener is None
+            or listener.quiet_windows * WINDOW < max(1, self._end_pad_frames) * self._frame
+            or listener.speech_windows < self._silero_min_speech
         ):
             return None
-        return self._keep(len(self._utterance), self._silent_run)
+        return self._silero_keep(listener)
+
+    def _silero_keep(self, listener: SileroListener) -> int:
+        """How many frames the utterance keeps if Silero's silence now running ends it: those
+        before the silence, and ``end_padding_ms`` of it."""
+        before = -(-listener.quiet_since // self._frame)
+        return min(len(self._utterance), before + self._end_pad_frames)
 
     def _keep(self, frames: int, trailing_silence: int) -> int:
         """How many of an utterance's frames it keeps: its trailing silence cut to the end
@@ -212,28 +224,27 @@ class Segmenter:
         self._listened = len(self._utterance)
         if listener.quiet_windows < self._silero_quiet:
             return None
-        quiet = min(len(self._utterance), listener.quiet_windows * WINDOW // self._frame)
         self._noisy = True
-        return self._close(
-            trailing_silence=quiet, speech=listener.speech_windows >= self._silero_min_speech
-        )
+        speech = listener.speech_windows >= self._silero_min_speech
+        return self._close(self._silero_keep(listener), speech=speech)
 
     def flush(self) -> list[np.ndarray]:
         """End of stream: close the utterance in progress, if it holds enough speech. A stream
         that ends in a pause of ``end_padding_ms`` or more has it cut as the pause would have
         (to :meth:`closing_utterance`): the utterance is the same however the stream ended."""
         pending, self._pending = self._pending, np.zeros(0, dtype=np.int16)
-        trailing = self._silent_run
-        if trailing < max(1, self._end_pad_frames):
-            trailing = 0  # still speaking, or too short a pause: everything is kept
+        listener = self._listener
+        if listener is not None and len(self._utterance) > self._listened:
+            # Silero has been listening: let it hear the end too
+            listener.feed(from_pcm16(np.concatenate(self._utterance[self._listened :])))
+            self._listened = len(self._utterance)
+        keep = self._closing_frames()
+        if keep is None:  # still speaking, or too short a pause: everything is kept
             if len(pending) and self._utterance:
                 self._utterance.append(pending)
-        speech = True
-        if self._listener is not None:  # Silero has been listening: let it hear the end too
-            if len(self._utterance) > self._listened:
-                self._listener.feed(from_pcm16(np.concatenate(self._utterance[self._listened :])))
-            speech = self._listener.speech_windows >= self._silero_min_speech
-        utterance = self._close(trailing_silence=trailing, speech=speech)
+            keep = len(self._utterance)
+        speech = listener is None or listener.speech_windows >= self._silero_min_speech
+        utterance = self._close(keep, speech=speech)
         self._ring.clear()
         self._ring_voiced = 0
         return [] if utterance is None else [utterance]
@@ -270,19 +281,18 @@ class Segmenter:
         )
         if self._silent_run >= needed:
             self._noisy = False
-            return self._close(trailing_silence=self._silent_run)
+            return self._close(self._keep(len(self._utterance), self._silent_run))
         if len(self._utterance) >= self._max_frames:
-            return self._close(trailing_silence=0)
+            return self._close(len(self._utterance))
         return None
 
-    def _close(self, trailing_silence: int, speech: bool = True) -> np.ndarray | None:
-        """End the utterance: its audio, or None if it holds too little speech (``speech``
-        False: Silero heard too little)."""
+    def _close(self, keep: int, speech: bool = True) -> np.ndarray | None:
+        """End the utterance: its first ``keep`` frames (the rest is trailing silence, not
+        speech, and is not fed anywhere again), or None if it holds too little speech
+        (``speech`` False: Silero heard too little)."""
         frames, voiced = self._utterance, self._voiced
         self._utterance, self._voiced, self._silent_run = [], 0, 0
         self._listener, self._listened = None, 0
         if not frames or not speech or voiced < self._min_voiced_frames:
             return None
-        keep = self._keep(len(frames), trailing_silence)
-        # the dropped trailing silence is not speech; it is not re-fed anywhere
         return from_pcm16(np.concatenate(frames[:keep]))

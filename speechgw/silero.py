@@ -53,6 +53,13 @@ class SileroListener:
         """Windows heard as speech so far."""
         self.quiet_windows = 0
         """Windows without speech since the last one with it."""
+        self.windows = 0
+        """Windows heard so far."""
+
+    @property
+    def quiet_since(self) -> int:
+        """Where the current stretch without speech began, in samples from the first fed."""
+        return (self.windows - self.quiet_windows) * WINDOW
 
     def feed(self, samples: np.ndarray) -> np.ndarray:
         """Take the next 16 kHz float32 samples; one model call for all the windows they
@@ -71,6 +78,7 @@ class SileroListener:
             None, {"input": batch, "h": self._h, "c": self._c}
         )
         probabilities = out.reshape(-1)
+        self.windows += len(probabilities)
         for probability in probabilities:
             self._speaking = probability > (_OFF if self._speaking else _ON)
             if self._speaking:

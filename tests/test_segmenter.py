@@ -193,3 +193,32 @@ def test_in_quiet_silero_changes_nothing(voices, tmp_path) -> None:
     assert len(plain) == len(with_silero) == 3
     for a, b in zip(plain, with_silero, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_in_noise_the_utterance_silero_will_close_is_foreseen(voices, tmp_path) -> None:
+    """Once Silero's silence passes the end padding, closing_utterance() is exactly what its
+    pause closes if it goes on (so that the final can be decoded early, as for webrtcvad's
+    pauses), and the stream flushed then ends the utterance the same way."""
+    clean, _ = speech.sentences_apart(voices, ["children", "market"], 3.0, tmp_path)
+    audio = speech.under_white_noise(clean)
+    segmenter = Segmenter(SILERO)
+    foreseen: list[np.ndarray | None] = []
+    closed = []
+    for i in range(0, len(audio), 1600):
+        for utterance in segmenter.feed(audio[i : i + 1600]):
+            closed.append(utterance)
+            assert foreseen and foreseen[-1] is not None
+            np.testing.assert_array_equal(utterance, foreseen[-1])
+        foreseen.append(segmenter.closing_utterance())
+    assert len(closed) == 2
+    # flushed in the pause after the first sentence: the utterance that pause would close
+    segmenter = Segmenter(SILERO)
+    for i in range(0, len(audio), 1600):
+        assert segmenter.feed(audio[i : i + 1600]) == []
+        ahead = segmenter.closing_utterance()
+        if ahead is not None:
+            (flushed,) = segmenter.flush()
+            np.testing.assert_array_equal(flushed, ahead)
+            break
+    else:
+        raise AssertionError("Silero's pause was never foreseen")
