@@ -187,6 +187,15 @@ def continuous(url: str, clips, runs: int) -> None:
     )
 
 
+def _p50_p95(values: list[float]) -> str:
+    """The median and 95th percentile (that needs two values at least: in noise that hides
+    the pauses, a run may have a single reply)."""
+    if not values:
+        return "p50 -, p95 -"
+    p95 = f"{statistics.quantiles(values, n=20)[18]:.3f} s" if len(values) > 1 else "-"
+    return f"p50 {statistics.median(values):.3f} s, p95 {p95}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -248,13 +257,10 @@ def main() -> int:
         line = f"{label}: WER over all replies in order {got['errors'] / got['words']:.3f}"
         line += f" ({got['errors']}/{got['words']} words)"
         if args.pace:
-            q = statistics.quantiles(got["latencies"], n=20)
-            first = statistics.quantiles(got["first"], n=20)
             line += (
-                f"; final latency over {len(got['latencies'])} utterances p50 "
-                f"{statistics.median(got['latencies']):.3f} s, p95 {q[18]:.3f} s, without a "
-                f"reply {got['missed']}; first text p50 {statistics.median(got['first']):.3f} "
-                f"s, p95 {first[18]:.3f} s"
+                f"; final latency over {len(got['latencies'])} utterances "
+                f"{_p50_p95(got['latencies'])}, without a reply {got['missed']}; "
+                f"first text {_p50_p95(got['first'])}"
             )
         print(line)
     return 0
