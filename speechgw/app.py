@@ -23,7 +23,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from . import __version__
+from . import __version__, silero
 from .auth import Keyring
 from .backend import Backend
 from .config import Config, ServerConfig, load_config, load_config_file
@@ -103,6 +103,8 @@ async def reload_gateway(gateway: Gateway, path: str, env: Mapping[str, str]) ->
         for backend in backends.values():
             if backend not in gateway.backends.values():
                 await backend.start()
+        if config.streaming.silero_vad_after_seconds is not None:
+            await anyio.to_thread.run_sync(silero.load)  # not on the first stream that listens
     except ConfigError as exc:
         _LOGGER.error("config reload refused, the running config stays: %s", exc)
         return False
