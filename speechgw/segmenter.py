@@ -227,7 +227,8 @@ class Segmenter:
             return None
         self._noisy = True
         speech = listener.speech_windows >= self._silero_min_speech
-        return self._close(self._silero_keep(listener), speech=speech)
+        keep = self._closing_frames()  # what was foreseen (webrtcvad's pause, if one runs)
+        return self._close(self._silero_keep(listener) if keep is None else keep, speech=speech)
 
     def flush(self) -> list[np.ndarray]:
         """End of stream: close the utterance in progress, if it holds enough speech. A stream
