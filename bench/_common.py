@@ -210,6 +210,20 @@ def whisper_gateway_config(
     return path
 
 
+def segmented(samples, config=None) -> list:
+    """The utterances a stream of ``samples`` (16 kHz) is cut into: the gateway's segmenter,
+    with ``config`` (a StreamingConfig; the defaults when None), fed 100 ms chunks as clients
+    send them."""
+    from speechgw.config import StreamingConfig
+    from speechgw.segmenter import Segmenter
+
+    segmenter = Segmenter(config or StreamingConfig())
+    utterances = []
+    for i in range(0, len(samples), 1600):
+        utterances += segmenter.feed(samples[i : i + 1600])
+    return utterances + segmenter.flush()
+
+
 def tempdir() -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix="speechgw-bench-")
 

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from _common import SHARED_AUDIO, in_process_model, word_errors
+from _common import SHARED_AUDIO, in_process_model, segmented, word_errors
 from scipy.signal import butter, lfilter
 
 from speechgw.audio import from_pcm16, to_pcm16
@@ -130,15 +130,6 @@ def _noise(samples: int, kind: str) -> np.ndarray:
 Cutter = Callable[[np.ndarray, StreamingConfig], list[np.ndarray]]
 
 
-def fed(samples: np.ndarray, config: StreamingConfig) -> list[np.ndarray]:
-    """The utterances as a stream cuts them: the gateway's segmenter fed 100 ms chunks."""
-    segmenter = Segmenter(config)
-    utterances = []
-    for i in range(0, len(samples), 1600):  # 100 ms chunks, as clients send them
-        utterances += segmenter.feed(samples[i : i + 1600])
-    return utterances + segmenter.flush()
-
-
 def silero_agreeing(after_seconds: float) -> Cutter:
     """The segmenter where, from ``after_seconds`` into an utterance, a frame is speech only
     if Silero VAD agrees, until webrtcvad hears a pause itself; driven frame by frame through
@@ -217,7 +208,7 @@ def main() -> int:
     model = in_process_model("tiny.en", workers=1, threads=1)
     for name in names:
         strategy, config = CANDIDATES[name]
-        cut = CUTTERS[name]() if name in CUTTERS else fed
+        cut = CUTTERS[name]() if name in CUTTERS else segmented
         errors = words = 0
         lengths: list[float] = []
         per = []

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from _common import SHARED_AUDIO
+from _common import SHARED_AUDIO, segmented
 
 from speechgw.audio import to_16k_mono, to_pcm16
 from speechgw.config import StreamingConfig
@@ -45,13 +45,7 @@ def load(name: str, seconds: float = 60.0) -> np.ndarray:
 
 def utterances(samples: np.ndarray) -> list[float]:
     """The seconds of each utterance the segmenter cuts from ``samples`` fed in 100 ms chunks."""
-    segmenter = Segmenter(StreamingConfig())
-    pcm = to_pcm16(samples)
-    found = []
-    for start in range(0, len(pcm), 1600):
-        found += segmenter.feed(pcm[start : start + 1600])
-    found += segmenter.flush()
-    return [len(u) / 16000 for u in found]
+    return [len(u) / 16000 for u in segmented(samples)]
 
 
 def dbfs(samples: np.ndarray) -> float:
@@ -195,9 +189,9 @@ def main() -> int:
     print("|---|---|---|")
     for noise_db in (None, -60, -50, -45, -40, -35, -30, -25):
         row = []
-        for noise in (white, brown):
+        for kind in (white, brown):
             noisy = (
-                padded if noise_db is None else padded + noise * np.float32(10 ** (noise_db / 20))
+                padded if noise_db is None else padded + kind * np.float32(10 ** (noise_db / 20))
             )
             row.append(", ".join(f"{s:.1f}" for s in utterances(noisy)))
         print(f"| {'none' if noise_db is None else noise_db} | {row[0]} | {row[1]} |")

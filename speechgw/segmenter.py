@@ -221,8 +221,7 @@ class Segmenter:
         listener = self._listener
         if listener is None:
             listener = self._listener = SileroListener()
-        listener.feed(from_pcm16(np.concatenate(self._utterance[self._listened :])))
-        self._listened = len(self._utterance)
+        self._let_hear(listener)
         if listener.quiet_windows < self._silero_quiet:
             return None
         self._noisy = True
@@ -230,16 +229,20 @@ class Segmenter:
         keep = self._closing_frames()  # what was foreseen (webrtcvad's pause, if one runs)
         return self._close(self._silero_keep(listener) if keep is None else keep, speech=speech)
 
+    def _let_hear(self, listener: SileroListener) -> None:
+        """Feed Silero the utterance's frames it has not heard yet, in one model call."""
+        if len(self._utterance) > self._listened:
+            listener.feed(from_pcm16(np.concatenate(self._utterance[self._listened :])))
+            self._listened = len(self._utterance)
+
     def flush(self) -> list[np.ndarray]:
         """End of stream: close the utterance in progress, if it holds enough speech. A stream
         that ends in a pause of ``end_padding_ms`` or more has it cut as the pause would have
         (to :meth:`closing_utterance`): the utterance is the same however the stream ended."""
         pending, self._pending = self._pending, np.zeros(0, dtype=np.int16)
         listener = self._listener
-        if listener is not None and len(self._utterance) > self._listened:
-            # Silero has been listening: let it hear the end too
-            listener.feed(from_pcm16(np.concatenate(self._utterance[self._listened :])))
-            self._listened = len(self._utterance)
+        if listener is not None:  # Silero has been listening: let it hear the end too
+            self._let_hear(listener)
         keep = self._closing_frames()
         if keep is None:  # still speaking, or too short a pause: everything is kept
             if len(pending) and self._utterance:

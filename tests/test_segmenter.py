@@ -187,9 +187,11 @@ def test_with_silero_noise_alone_is_no_utterance(chunk: int) -> None:
 
 
 def test_in_quiet_silero_changes_nothing(voices, tmp_path) -> None:
-    """Where webrtcvad hears the pauses, it ends the utterances before Silero would."""
+    """Where webrtcvad hears the pauses, it ends the utterances before Silero would (Silero
+    listens here from 1 s in: these sentences are about 3 s long)."""
     audio = _speech_and_silence(voices, tmp_path)
-    plain, with_silero = _cut(audio, StreamingConfig()), _cut(audio, SILERO)
+    early = StreamingConfig(silero_vad_after_seconds=1.0)
+    plain, with_silero = _cut(audio, StreamingConfig()), _cut(audio, early)
     assert len(plain) == len(with_silero) == 3
     for a, b in zip(plain, with_silero, strict=True):
         np.testing.assert_array_equal(a, b)
