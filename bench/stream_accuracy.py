@@ -8,12 +8,14 @@ files): the word error rate of in-process ``WhisperModel.transcribe`` on the who
 through ``speechgw serve`` over ``/api/core/google/asr`` in 100 ms chunks, unpaced and at 1x
 real time (PARALLEL recordings at once, each at real-time pace), with the server's default
 ``streaming`` settings, ``--context-chars N``, or any ``--streaming KEY=VALUE``. With
-``--multilingual``, the other languages too, with the base model. Reported: a table per
+``--multilingual``, the other languages too, with the base model; with ``--english-model
+base``, English on the shipped default model instead of tiny.en. Reported: a table per
 recording, totals, and totals without the 1949 interview (its old disc recording dominates any
 average; ../shared/audio's README), and how many replies only repeated the replies just before
 them (a context prompt carried over).
 
     python bench/stream_accuracy.py [--context-chars N] [--parallel 3] [--multilingual]
+                                    [--english-model base]
 """
 
 from __future__ import annotations
@@ -133,6 +135,10 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument("--parallel", type=int, default=3, help="streams at once at 1x")
     parser.add_argument("--multilingual", action="store_true")
+    parser.add_argument(
+        "--english-model", choices=("tiny.en", "base"), default="tiny.en",
+        help="the model for the English recordings (base: the shipped default)",
+    )  # fmt: skip
     parser.add_argument("--no-paced", action="store_true", help="skip the 1x pass")
     args = parser.parse_args()
     if not (SHARED_AUDIO / "MANIFEST.tsv").exists():
@@ -140,7 +146,7 @@ def main() -> int:
         return 1
     from faster_whisper import decode_audio
 
-    sets = [("en", "tiny.en", REPO / "bench" / "tiny.en.yaml")]
+    sets = [("en", args.english_model, REPO / "bench" / f"{args.english_model}.yaml")]
     if args.multilingual:
         sets.append(("other", "base", REPO / "bench" / "base.yaml"))
     paths = ["whole file", "stream unpaced"] + ([] if args.no_paced else ["stream 1x"])

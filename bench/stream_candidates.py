@@ -4,7 +4,8 @@ scores against the whole file.
 
 The gateway's own resampler and webrtcvad segmenter cut each English recording of
 ../shared/audio exactly as a stream would (the cuts do not depend on pacing); each candidate
-then decodes those utterances with tiny.en (int8, one thread, beam 5), and the word error rate
+then decodes those utterances with tiny.en (or ``--model base``, the shipped default; int8,
+one thread, beam 5), and the word error rate
 of the joined text is compared with the whole file decoded at once. Candidates:
 
 - ``whole``: the whole recording in one call (faster-whisper's defaults);
@@ -25,7 +26,7 @@ every recording before it is cut and decoded (brown: integrated white noise, hig
 50 Hz). Each candidate also prints how many utterances it cut, and how many of 20 s or more
 (in noise that hides the pauses, those run to ``max_utterance_seconds``: finals come late).
 
-    python bench/stream_candidates.py [--noise KIND:DB] [CANDIDATE ...]
+    python bench/stream_candidates.py [--noise KIND:DB] [--model base] [CANDIDATE ...]
 """
 
 from __future__ import annotations
@@ -181,9 +182,13 @@ CUTTERS: dict[str, Callable[[], Cutter]] = {"silero5+prompt200": lambda: silero_
 
 def main() -> int:
     args = sys.argv[1:]
-    noise = ""
-    if args[:1] == ["--noise"]:
-        noise, args = args[1], args[2:]
+    noise, model_name = "", "tiny.en"
+    while args[:1] in (["--noise"], ["--model"]):
+        if args[0] == "--noise":
+            noise = args[1]
+        else:
+            model_name = args[1]
+        args = args[2:]
     names = args or list(CANDIDATES)
     if not (SHARED_AUDIO / "MANIFEST.tsv").exists():
         print("../shared/audio is absent: no real speech to score")
@@ -205,7 +210,7 @@ def main() -> int:
             kind, _, level = noise.partition(":")
             samples = samples + _noise(len(samples), kind) * np.float32(10 ** (float(level) / 20))
         audio[r["file"]] = from_pcm16(to_pcm16(samples))
-    model = in_process_model("tiny.en", workers=1, threads=1)
+    model = in_process_model(model_name, workers=1, threads=1)
     for name in names:
         strategy, config = CANDIDATES[name]
         cut = CUTTERS[name]() if name in CUTTERS else segmented

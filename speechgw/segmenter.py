@@ -86,7 +86,8 @@ class Segmenter:
     ``end_silence_ms`` of unvoiced frames (``fragment_silence_ms`` while it holds less than
     ``fragment_speech_ms`` of voiced frames: a word or two and a hesitation are not an
     utterance of their own), keeping ``end_padding_ms`` of them (also when the stream ends
-    during such a pause); or when the utterance reaches ``max_utterance_seconds``. Utterances
+    during such a pause); or when the utterance reaches ``max_utterance_seconds``, at its
+    quietest moment in the last fifth of that, the rest beginning the next one. Utterances
     with less than ``min_speech_ms`` of voiced frames are dropped as noise. Every sample fed
     belongs to at most one utterance; none is repeated.
 
@@ -111,6 +112,9 @@ class Segmenter:
         )
         self._min_voiced_frames = max(1, config.min_speech_ms // ms)
         self._max_frames = max(1, int(config.max_utterance_seconds * 1000) // ms)
+        # an utterance that reaches _max_frames is cut at its quietest boundary in this many
+        # last frames (its last fifth), not mid-word at the limit
+        self._cut_search_frames = max(1, self._max_frames // 5)
         self._pending = np.zeros(0, dtype=np.int16)  # less than one frame
         self._silence = np.zeros(self._frame, dtype=np.int16)
         self.lead_in_padding = 0
@@ -118,6 +122,7 @@ class Segmenter:
         self._ring: deque[tuple[np.ndarray, bool]] = deque(maxlen=self._start_frames)
         self._ring_voiced = 0  # voiced frames in the ring, kept as frames come and go
         self._utterance: list[np.ndarray] = []
+        self._flags: list[bool] = []  # webrtcvad's verdict on each frame of the utterance
         self._voiced = 0
         self._silent_run = 0
         self.utterances_started = 0
@@ -262,18 +267,23 @@ class Segmenter:
             self._ring_voiced += voiced
             if self._ring_voiced * 2 >= self._start_frames and voiced:
                 # Speech in the stream's first moments has less lead-in than the padding; make
-                # it up with silence: Whisper mishears words that begin at sample 0.
-                missing = self._start_frames - len(self._ring)
-                self._utterance = [self._silence] * missing + [f for f, _ in self._ring]
-                self.utterances_started += 1
-                if missing:  # only the stream's first utterance can lack its lead-in
+                # it up with silence: Whisper mishears words that begin at sample 0. (Later,
+                # speech that resumes just after a close has at least half the padding of
+                # real audio, and nothing is added that the client did not send.)
+                missing = 0
+                if self.utterances_started == 0:
+                    missing = self._start_frames - len(self._ring)
                     self.lead_in_padding = missing * self._frame
+                self._utterance = [self._silence] * missing + [f for f, _ in self._ring]
+                self._flags = [False] * missing + [v for _, v in self._ring]
+                self.utterances_started += 1
                 self._voiced = self._ring_voiced
                 self._silent_run = 0
                 self._ring.clear()
                 self._ring_voiced = 0
             return None
         self._utterance.append(frame)
+        self._flags.append(voiced)
         if voiced:
             self._voiced += 1
             self._silent_run = 0
@@ -288,15 +298,50 @@ class Segmenter:
             self._noisy = False
             return self._close(self._keep(len(self._utterance), self._silent_run))
         if len(self._utterance) >= self._max_frames:
-            return self._close(len(self._utterance))
+            return self._cut_long()
         return None
+
+    def _cut_long(self) -> np.ndarray | None:
+        """The utterance reached ``max_utterance_seconds`` without a pause: end it at the
+        quietest boundary between two frames in its last fifth (a gap between words, even
+        where noise hides the pauses from webrtcvad or the speaker makes none), not mid-word at
+        the limit, where Whisper mishears the word cut in two on both sides. The frames after
+        the cut begin the next utterance: no sample is dropped or repeated."""
+        frames, flags = self._utterance, self._flags
+        cut = self._quietest_boundary()
+        rest, rest_flags = frames[cut:], flags[cut:]
+        self._voiced -= sum(rest_flags)
+        closed = self._close(cut)
+        if rest:
+            self._utterance, self._flags = rest, rest_flags
+            self._voiced = sum(rest_flags)
+            # its unvoiced frames at the end: a pause it may already be in
+            trailing = (i for i, voiced in enumerate(reversed(rest_flags)) if voiced)
+            self._silent_run = next(trailing, len(rest_flags))
+            self.utterances_started += 1
+        return closed
+
+    def _quietest_boundary(self) -> int:
+        """The boundary (frames before it) in the utterance's last ``_cut_search_frames``
+        whose two neighbouring frames hold the least energy together; ties go to the latest.
+        Computed once per cut, so frames cost nothing while they come."""
+        frames = self._utterance
+        if len(frames) < 2:
+            return len(frames)
+        first = max(1, len(frames) - self._cut_search_frames)
+        window = np.stack(frames[first - 1 :]).astype(np.float32)
+        energy = np.einsum("ij,ij->i", window, window)  # per frame, from frame first - 1
+        around = energy[:-1] + energy[1:]  # boundary first + k sits between k and k + 1
+        latest = len(around) - 1 - int(np.argmin(around[::-1]))
+        return first + latest
 
     def _close(self, keep: int, speech: bool = True) -> np.ndarray | None:
         """End the utterance: its first ``keep`` frames (the rest is trailing silence, not
-        speech, and is not fed anywhere again), or None if it holds too little speech
-        (``speech`` False: Silero heard too little)."""
+        speech, and is not fed anywhere again, except after :meth:`_cut_long`, which makes it
+        the next utterance), or None if it holds too little speech (``speech`` False: Silero
+        heard too little)."""
         frames, voiced = self._utterance, self._voiced
-        self._utterance, self._voiced, self._silent_run = [], 0, 0
+        self._utterance, self._flags, self._voiced, self._silent_run = [], [], 0, 0
         self._listener, self._listened = None, 0
         if not frames or not speech or voiced < self._min_voiced_frames:
             return None

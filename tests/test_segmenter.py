@@ -224,3 +224,26 @@ def test_in_noise_the_utterance_silero_will_close_is_foreseen(voices, tmp_path) 
             break
     else:
         raise AssertionError("Silero's pause was never foreseen")
+
+
+@pytest.mark.parametrize("chunk", [1600, 16000])
+def test_an_utterance_too_long_is_cut_in_a_pause_noise_hides(voices, tmp_path, chunk) -> None:
+    """Six sentences 0.3 s apart under white noise at -25 dBFS, where webrtcvad hears no
+    pause: each time an utterance reaches ``max_utterance_seconds`` it is cut at its quietest
+    moment in its last fifth, here always a silence between sentences, not mid-word at the
+    limit; the utterances follow each other sample for sample from the first, none dropped
+    or repeated, and none padded with silence that the client did not send."""
+    clean, _ = speech.sentences_apart(voices, list(speech.SENTENCES), 0.3, tmp_path)
+    audio = speech.under_white_noise(clean)
+    utterances = _cut(audio, StreamingConfig(max_utterance_seconds=4.0), chunk)
+    assert len(utterances) >= 6
+    pcm = from_pcm16(to_pcm16(audio))
+    first = np.trim_zeros(utterances[0], "f")  # the stream's lead-in padding, if any
+    at = _find(pcm, first)
+    np.testing.assert_array_equal(np.concatenate([first, *utterances[1:]]), pcm[at:])
+    frame = 480
+    assert all(0.8 * 4.0 * 16000 - frame <= len(u) <= 4.0 * 16000 for u in utterances[:-1])
+    for utterance in [first, *utterances[1:]][:-1]:
+        at += len(utterance)
+        around = clean[at - frame : at + frame]  # the sentences' 60 ms around the cut
+        assert np.sqrt(np.mean(around**2)) < 0.005, f"cut at {at / 16000:.2f} s, in speech"
