@@ -326,9 +326,10 @@ class Segmenter:
         whose two neighbouring frames hold the least energy together; ties go to the latest.
         Computed once per cut, so frames cost nothing while they come."""
         frames = self._utterance
-        if len(frames) < 2:
+        # never so early that the utterance keeps fewer frames than min_speech_ms asks for
+        first = max(1, self._min_voiced_frames, len(frames) - self._cut_search_frames)
+        if first >= len(frames):
             return len(frames)
-        first = max(1, len(frames) - self._cut_search_frames)
         window = np.stack(frames[first - 1 :]).astype(np.float32)
         energy = np.einsum("ij,ij->i", window, window)  # per frame, from frame first - 1
         around = energy[:-1] + energy[1:]  # boundary first + k sits between k and k + 1

@@ -67,6 +67,10 @@ def test_max_utterance_length_cuts_without_losing_samples(voices, tmp_path) -> N
     utterances = segmenter.feed(np.concatenate((lead, speech_only))) + segmenter.flush()
     assert len(utterances) >= 3
     assert all(len(u) <= 16000 for u in utterances)
+    # at the shortest limit the config allows (min_speech_ms), speech is still kept
+    shortest = StreamingConfig(max_utterance_seconds=0.15, min_speech_ms=150)
+    utterances = Segmenter(shortest).feed(np.concatenate((lead, speech_only)))
+    assert len(utterances) >= 10 and all(len(u) == 2400 for u in utterances[1:])
 
 
 def test_silence_gives_no_utterance() -> None:
