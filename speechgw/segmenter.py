@@ -82,14 +82,15 @@ class Segmenter:
 
     Not speaking, it keeps ``start_padding_ms`` of audio; it starts an utterance when at least
     half of that window is voiced, and the window becomes the utterance's start (padded with
-    silence at the very start of a stream). Speaking, it ends the utterance after
-    ``end_silence_ms`` of unvoiced frames (``fragment_silence_ms`` while it holds less than
-    ``fragment_speech_ms`` of voiced frames: a word or two and a hesitation are not an
-    utterance of their own), keeping ``end_padding_ms`` of them (also when the stream ends
-    during such a pause); or when the utterance reaches ``max_utterance_seconds``, at its
-    quietest moment in the last fifth of that, the rest beginning the next one. Utterances
-    with less than ``min_speech_ms`` of voiced frames are dropped as noise. Every sample fed
-    belongs to at most one utterance; none is repeated.
+    silence at the very start of a stream; after a close, the window begins with the audio the
+    close cut off, so speech that resumes at once has the client's own lead-in). Speaking, it
+    ends the utterance after ``end_silence_ms`` of unvoiced frames (``fragment_silence_ms``
+    while it holds less than ``fragment_speech_ms`` of voiced frames: a word or two and a
+    hesitation are not an utterance of their own), keeping ``end_padding_ms`` of them (also
+    when the stream ends during such a pause); or when the utterance reaches
+    ``max_utterance_seconds``, at its quietest moment in the last fifth of that, the rest
+    beginning the next one. Utterances with less than ``min_speech_ms`` of voiced frames are
+    dropped as noise. Every sample fed belongs to at most one utterance; none is repeated.
 
     With ``silero_vad_after_seconds`` set, an utterance that has run that long is also heard
     by Silero VAD (all of it, then 100 ms at a time), and ``silero_vad_silence_ms`` without
@@ -268,8 +269,8 @@ class Segmenter:
             if self._ring_voiced * 2 >= self._start_frames and voiced:
                 # Speech in the stream's first moments has less lead-in than the padding; make
                 # it up with silence: Whisper mishears words that begin at sample 0. (Later,
-                # speech that resumes just after a close has at least half the padding of
-                # real audio, and nothing is added that the client did not send.)
+                # the ring starts with the audio the last close cut off, so the lead-in is the
+                # client's own audio and nothing is added that the client did not send.)
                 missing = 0
                 if self.utterances_started == 0:
                     missing = self._start_frames - len(self._ring)
@@ -312,6 +313,8 @@ class Segmenter:
         rest, rest_flags = frames[cut:], flags[cut:]
         self._voiced -= sum(rest_flags)
         closed = self._close(cut)
+        self._ring.clear()  # the rest goes on as the next utterance, not as its lead-in
+        self._ring_voiced = 0
         if rest:
             self._utterance, self._flags = rest, rest_flags
             self._voiced = sum(rest_flags)
@@ -337,13 +340,18 @@ class Segmenter:
         return first + latest
 
     def _close(self, keep: int, speech: bool = True) -> np.ndarray | None:
-        """End the utterance: its first ``keep`` frames (the rest is trailing silence, not
-        speech, and is not fed anywhere again, except after :meth:`_cut_long`, which makes it
-        the next utterance), or None if it holds too little speech (``speech`` False: Silero
-        heard too little)."""
-        frames, voiced = self._utterance, self._voiced
+        """End the utterance: its first ``keep`` frames, or None if it holds too little speech
+        (``speech`` False: Silero heard too little). The rest is trailing silence, not speech:
+        its last ``start_padding_ms`` wait in the ring as the next utterance's possible
+        lead-in (:meth:`_cut_long` makes all of it the next utterance instead)."""
+        frames, flags, voiced = self._utterance, self._flags, self._voiced
         self._utterance, self._flags, self._voiced, self._silent_run = [], [], 0, 0
         self._listener, self._listened = None, 0
+        # the ring (empty while speaking) starts with the end of what is cut off: the next
+        # utterance's lead-in, should speech come back at once
+        tail = slice(max(keep, len(frames) - self._start_frames), len(frames))
+        self._ring.extend(zip(frames[tail], flags[tail], strict=False))
+        self._ring_voiced = sum(flags[tail])
         if not frames or not speech or voiced < self._min_voiced_frames:
             return None
         return from_pcm16(np.concatenate(frames[:keep]))

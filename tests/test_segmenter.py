@@ -251,3 +251,28 @@ def test_an_utterance_too_long_is_cut_in_a_pause_noise_hides(voices, tmp_path, c
         at += len(utterance)
         around = clean[at - frame : at + frame]  # the sentences' 60 ms around the cut
         assert np.sqrt(np.mean(around**2)) < 0.005, f"cut at {at / 16000:.2f} s, in speech"
+
+
+def test_speech_that_resumes_just_after_a_close_has_its_own_audio_as_lead_in(voices) -> None:
+    """A sentence, a pause just long enough to end its utterance (0.6 s), then the next
+    sentence: that one still begins with as much of what the client sent before it as any
+    utterance does (half of ``start_padding_ms``: an utterance starts once half of that
+    window is speech), taken from the pause the close cut off, not with silence the server
+    made up (billed as audio) and not shorter (Whisper mishears a word that begins at once)."""
+    sentences = []
+    for name in ("children", "market"):
+        samples, info = read_wav(voices[name].read_bytes())
+        audio = to_16k_mono(samples, info.sample_rate)
+        loud = np.flatnonzero(np.abs(audio) > 0.01)
+        sentences.append(audio[loud[0] : loud[-1] + 1])  # espeak-ng's own silence cut off
+    first, second = sentences
+    gap = np.zeros(int(0.6 * 16000), np.float32)
+    lead, tail = np.zeros(8000, np.float32), np.zeros(16000, np.float32)
+    clean = np.concatenate((lead, first, gap, second, tail))
+    audio = speech.under_white_noise(clean, -60.0)  # a quiet room: no sample is exactly 0
+    utterances = _cut(audio, StreamingConfig())
+    assert len(utterances) == 2
+    pcm = from_pcm16(to_pcm16(audio))
+    at = _find(pcm, utterances[1])  # a slice of what was sent: nothing made up
+    begins = len(lead) + len(first) + len(gap)
+    assert begins - at >= 0.14 * 16000, f"{(begins - at) / 16000:.3f} s of lead-in"
