@@ -99,10 +99,23 @@ class WhisperOptions:
     def validate(self, path: str) -> None:
         """A model given as a path (``/``, ``./``, ``../`` or ``~``) must be a CTranslate2 model
         folder here and now: otherwise faster-whisper takes it for a Hugging Face name and
-        fails once the server is starting, with a validation error about repository ids."""
+        fails once the server is starting, with a validation error about repository ids. A
+        plain name must be one faster-whisper knows, so that a typo (``bse``) is a config
+        error for ``speechgw check`` (and ``systemctl reload``), not a reload that fails."""
         model = self.model
         if not model.startswith(("/", "./", "../", "~")):
-            return  # bundled, a folder relative to the working directory, or a hub name
+            if model in BUNDLED_MODELS or "/" in model or os.path.isdir(model):
+                return  # bundled, a hub id (org/name), or a folder in the working directory
+            from faster_whisper import available_models  # only here: it loads the runtime
+
+            known = available_models()
+            if model not in known:
+                raise ConfigError(
+                    f"{path}.model: {model!r} is no model faster-whisper knows: give a bundled "
+                    f"model ({', '.join(BUNDLED_MODELS)}), a CTranslate2 Whisper model folder, "
+                    f"a Hugging Face id (org/name) or one of {', '.join(known)}"
+                )
+            return
         folder = Path(model).expanduser()
         if not (folder / "model.bin").is_file():
             what = "holds no model.bin" if folder.is_dir() else "is no directory"

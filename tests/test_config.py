@@ -427,6 +427,7 @@ def test_a_model_path_that_holds_no_model_is_a_config_error(tmp_path: Path) -> N
         (str(tmp_path / "nope"), "is no directory"),
         (str(empty), "holds no model.bin"),
         ("~/speechgw-no-such-model", "is no directory"),
+        ("bse", "is no model faster-whisper knows"),  # a typo: refused before any download
     ]
     for model, what in cases:
         document = {"backends": {"w": {"type": "whisper", "model": model}}}
@@ -438,18 +439,22 @@ def test_a_model_path_that_holds_no_model_is_a_config_error(tmp_path: Path) -> N
 
 
 def test_a_model_that_cannot_load_stops_serve_with_one_line(tmp_path: Path) -> None:
-    """A name faster-whisper does not know (refused before any download is tried)."""
-    path = tmp_path / "unknown-model.yaml"
+    """A model folder whose model.bin CTranslate2 cannot read (the config check sees only
+    that it is there)."""
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "model.bin").write_bytes(b"\xff" * 64)
+    path = tmp_path / "broken-model.yaml"
     path.write_text(
-        "backends: {whisper: {type: whisper, model: no-such-model}}\n"
+        f"backends: {{whisper: {{type: whisper, model: {folder}}}}}\n"
         "routing: [{backend: whisper}]\nstore: {path: null}\nserver: {port: 0}\n"
     )
     result = run_cli("serve", "--config", str(path))
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("speechgw: backend 'whisper' could not start: Invalid model size"), (
-        result.stderr
-    )
+    assert last.startswith(
+        "speechgw: backend 'whisper' could not start: Unsupported model binary version"
+    ), result.stderr
     assert "Traceback" not in result.stderr
 
 
