@@ -27,7 +27,7 @@ from . import __version__, silero
 from .auth import Keyring
 from .backend import Backend
 from .config import Config, ServerConfig, load_config, load_config_file
-from .errors import ConfigError
+from .errors import ConfigError, start_failure
 from .gateway import Gateway
 from .metrics import GatewayMetrics
 from .registry import resolve
@@ -97,16 +97,26 @@ async def reload_gateway(gateway: Gateway, path: str, env: Mapping[str, str]) ->
     requests in flight finish on what they started with. New or changed backends are started
     before the switch. ``server``, ``store`` and ``metrics`` take effect only on a restart.
     """
+    started: list[Backend] = []
     try:
         config = await anyio.to_thread.run_sync(load_app_config, path, env)
         backends = build_backends(config, gateway.backends)
         for backend in backends.values():
             if backend not in gateway.backends.values():
-                await backend.start()
+                started.append(backend)
+                try:
+                    await backend.start()
+                except Exception as exc:  # a model that cannot load: as at startup, one line
+                    raise ConfigError(start_failure(backend.name, exc)) from exc
         if config.streaming.silero_vad_after_seconds is not None:
             await anyio.to_thread.run_sync(silero.load)  # not on the first stream that listens
     except ConfigError as exc:
         _LOGGER.error("config reload refused, the running config stays: %s", exc)
+        for backend in started:  # nothing of the refused config stays loaded
+            try:
+                await backend.close()
+            except Exception:
+                _LOGGER.exception("backend %r failed to close", backend.name)
         return False
     for section in ("server", "store", "metrics"):
         if getattr(config, section) != getattr(gateway.config, section):

@@ -44,6 +44,7 @@ __all__ = [
     "Unauthorized",
     "UnsupportedLanguage",
     "UnsupportedTask",
+    "start_failure",
 ]
 
 
@@ -133,3 +134,10 @@ class ConfigError(Exception):
 class StartupError(Exception):
     """A backend could not start (a model that cannot be found or loaded, an unusable device):
     the server stops with this one line instead of a traceback from inside its lifespan."""
+
+
+def start_failure(backend: str, exc: BaseException) -> str:
+    """``backend 'NAME' could not start: REASON``, the reason on one line: how startup and a
+    config reload say that a backend failed to start (a model that cannot be loaded)."""
+    reason = " ".join(str(exc).split())[:500] or repr(exc)
+    return f"backend {backend!r} could not start: {reason}"

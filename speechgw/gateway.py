@@ -45,6 +45,7 @@ from .errors import (
     ServerBusy,
     SpeechGWError,
     StartupError,
+    start_failure,
 )
 from .execution import run_route
 from .jobs import SAMPLE_RATE, AudioJob, Caller, JobRequest, JobSpec, Transcript
@@ -331,10 +332,7 @@ class Gateway:
             try:
                 await backend.start()
             except Exception as exc:
-                reason = " ".join(str(exc).split())[:500] or repr(exc)  # one line
-                self.startup_error = StartupError(
-                    f"backend {backend.name!r} could not start: {reason}"
-                )
+                self.startup_error = StartupError(start_failure(backend.name, exc))
                 raise self.startup_error from exc
             self.metrics.backend_ready.labels(backend.name).set(1 if backend.ready else 0)
 

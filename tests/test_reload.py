@@ -58,3 +58,30 @@ def test_sighup_reloads_routing_and_refuses_an_invalid_file(tmp_path: Path, voic
             assert transcribe(server.url, wav).reply["text"] == "from the second backend"
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(timeout=30) == 0
+
+
+def test_a_reload_whose_model_cannot_load_is_refused_in_one_line(tmp_path: Path, voices) -> None:
+    """A reload that adds a Whisper backend whose model.bin CTranslate2 cannot read: the
+    valid file passes the config check, the model fails to load, and the reload is refused
+    as an invalid file is (one log line, no traceback), the old routing serving on."""
+    config = tmp_path / "gw.yaml"
+    config.write_text(CONFIG.format(backend="first"))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.bin").write_bytes(b"\xff" * 64)
+    wav = voices["children"].read_bytes()
+    with ServeProcess("--config", str(config)) as server:
+        config.write_text(
+            "store: {path: null}\n"
+            "backends:\n"
+            "  first: {type: scripted, text: from the first backend}\n"
+            f"  broken: {{type: whisper, model: {broken}}}\n"
+            "routing:\n  - backend: broken\n"
+        )
+        server.process.send_signal(signal.SIGHUP)
+        wait_for_log(server, "config reload refused")
+        assert "backend 'broken' could not start: Unsupported model binary version" in server.log
+        assert "Traceback" not in server.log and "never retrieved" not in server.log
+        assert transcribe(server.url, wav).reply["text"] == "from the first backend"
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0
