@@ -120,6 +120,7 @@ class Segmenter:
         self._silence = np.zeros(self._frame, dtype=np.int16)
         self.lead_in_padding = 0
         """Samples of silence put before the stream's first utterance (not client audio)."""
+        self._emitted = False  # whether an utterance has been returned yet
         self._ring: deque[tuple[np.ndarray, bool]] = deque(maxlen=self._start_frames)
         self._ring_voiced = 0  # voiced frames in the ring, kept as frames come and go
         self._utterance: list[np.ndarray] = []
@@ -353,5 +354,8 @@ class Segmenter:
         self._ring.extend(zip(frames[tail], flags[tail], strict=False))
         self._ring_voiced = sum(flags[tail])
         if not frames or not speech or voiced < self._min_voiced_frames:
+            if not self._emitted:  # the stream's lead-in silence went with it
+                self.lead_in_padding = 0
             return None
+        self._emitted = True
         return from_pcm16(np.concatenate(frames[:keep]))

@@ -276,3 +276,19 @@ def test_speech_that_resumes_just_after_a_close_has_its_own_audio_as_lead_in(voi
     at = _find(pcm, utterances[1])  # a slice of what was sent: nothing made up
     begins = len(lead) + len(first) + len(gap)
     assert begins - at >= 0.12 * 16000, f"{(begins - at) / 16000:.3f} s of lead-in"
+
+
+def test_lead_in_padding_is_the_silence_of_the_first_utterance_returned(voices, tmp_path) -> None:
+    """``lead_in_padding`` (what the stream does not bill) is the silence before the first
+    utterance returned: when the first one started is dropped (noise Silero hears no speech
+    in), the next one has none, and neither does its count."""
+    clean, _ = speech.sentences_apart(voices, ["children"], 6.0, tmp_path)
+    audio = speech.under_white_noise(clean)  # noise from the first sample: padded at once
+    segmenter = Segmenter(SILERO)
+    utterances = []
+    for i in range(0, len(audio), 1600):
+        utterances += segmenter.feed(audio[i : i + 1600])
+    utterances += segmenter.flush()
+    assert utterances, "the sentence is heard"
+    padding = len(utterances[0]) - len(np.trim_zeros(utterances[0], "f"))
+    assert segmenter.lead_in_padding == padding
