@@ -119,7 +119,7 @@ class Segmenter:
         self._pending = np.zeros(0, dtype=np.int16)  # less than one frame
         self._silence = np.zeros(self._frame, dtype=np.int16)
         self.lead_in_padding = 0
-        """Samples of silence put before the stream's first utterance (not client audio)."""
+        """Samples of silence put before the first utterance returned (not client audio)."""
         self._emitted = False  # whether an utterance has been returned yet
         self._ring: deque[tuple[np.ndarray, bool]] = deque(maxlen=self._start_frames)
         self._ring_voiced = 0  # voiced frames in the ring, kept as frames come and go
