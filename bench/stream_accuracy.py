@@ -15,7 +15,7 @@ average; ../shared/audio's README), and how many replies only repeated the repli
 them (a context prompt carried over).
 
     python bench/stream_accuracy.py [--context-chars N] [--parallel 3] [--multilingual]
-                                    [--english-model base]
+                                    [--english-model base] [--print-replies TEXT]
 """
 
 from __future__ import annotations
@@ -139,6 +139,10 @@ def main() -> int:
         "--english-model", choices=("tiny.en", "base"), default="tiny.en",
         help="the model for the English recordings (base: the shipped default)",
     )  # fmt: skip
+    parser.add_argument(
+        "--print-replies", metavar="TEXT", default=None,
+        help="print the unpaced replies, one a line, of the recordings whose path holds TEXT",
+    )  # fmt: skip
     parser.add_argument("--no-paced", action="store_true", help="skip the 1x pass")
     args = parser.parse_args()
     if not (SHARED_AUDIO / "MANIFEST.tsv").exists():
@@ -184,6 +188,8 @@ def main() -> int:
                 for r in rows:
                     pcm = to_pcm16(audio[r["file"]]).tobytes()
                     replies = stream(url, pcm, r["language"], 0)
+                    if args.print_replies and args.print_replies in r["file"]:
+                        print(f"replies to {r['file']}:", *replies, sep="\n  ", flush=True)
                     repeated += repeats(replies)
                     texts[r["file"]]["stream unpaced"] = " ".join(replies)
                 early["unpaced"] = url.early_finals(since=before)

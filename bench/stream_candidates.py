@@ -26,12 +26,18 @@ every recording before it is cut and decoded (brown: integrated white noise, hig
 50 Hz). Each candidate also prints how many utterances it cut, and how many of 20 s or more
 (in noise that hides the pauses, those run to ``max_utterance_seconds``: finals come late).
 
-    python bench/stream_candidates.py [--noise KIND:DB] [--model base] [CANDIDATE ...]
+``--streaming KEY=VALUE`` sets a streaming setting for every candidate (e.g.
+``max_utterance_seconds=6``, so that many utterances reach the limit); ``--cut-search-part N``
+searches an utterance at the limit for its quietest moment in its last 1/N (5: the gateway's).
+
+    python bench/stream_candidates.py [--noise KIND:DB] [--model base] [--streaming KEY=VALUE]
+        [--cut-search-part N] [CANDIDATE ...]
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -40,6 +46,7 @@ import numpy as np
 from _common import SHARED_AUDIO, in_process_model, segmented, word_errors
 from scipy.signal import butter, lfilter
 
+import speechgw.segmenter
 from speechgw.audio import from_pcm16, to_pcm16
 from speechgw.config import StreamingConfig
 from speechgw.segmenter import Segmenter
@@ -182,13 +189,18 @@ CUTTERS: dict[str, Callable[[], Cutter]] = {"silero5+prompt200": lambda: silero_
 
 def main() -> int:
     args = sys.argv[1:]
-    noise, model_name = "", "tiny.en"
-    while args[:1] in (["--noise"], ["--model"]):
-        if args[0] == "--noise":
-            noise = args[1]
-        else:
-            model_name = args[1]
-        args = args[2:]
+    noise, model_name, overrides = "", "tiny.en", {}
+    while args[:1] and args[0] in ("--noise", "--model", "--streaming", "--cut-search-part"):
+        option, value, args = args[0], args[1], args[2:]
+        if option == "--noise":
+            noise = value
+        elif option == "--model":
+            model_name = value
+        elif option == "--streaming":
+            key, _, number = value.partition("=")
+            overrides[key] = float(number) if "." in number else int(number)
+        else:  # how much of an utterance at the limit is searched for its quietest moment
+            speechgw.segmenter.CUT_SEARCH_PART = int(value)
     names = args or list(CANDIDATES)
     if not (SHARED_AUDIO / "MANIFEST.tsv").exists():
         print("../shared/audio is absent: no real speech to score")
@@ -213,6 +225,7 @@ def main() -> int:
     model = in_process_model(model_name, workers=1, threads=1)
     for name in names:
         strategy, config = CANDIDATES[name]
+        config = dataclasses.replace(config, **overrides)
         cut = CUTTERS[name]() if name in CUTTERS else segmented
         errors = words = 0
         lengths: list[float] = []

@@ -20,7 +20,13 @@ from .config import StreamingConfig
 from .jobs import SAMPLE_RATE
 from .silero import WINDOW, SileroListener
 
-__all__ = ["Segmenter", "StreamResampler"]
+__all__ = ["CUT_SEARCH_PART", "Segmenter", "StreamResampler"]
+
+CUT_SEARCH_PART = 5
+"""An utterance that reaches ``max_utterance_seconds`` is cut in its last 1/CUT_SEARCH_PART
+(20-25 s of 25), at its quietest moment: a tenth did as well on the English recordings, a
+third or a half cut earlier, at shorter utterances, and did worse (BENCHMARKS.md, "Utterances
+with no pause"); a fifth leaves more room to find a real pause than a tenth."""
 
 
 class StreamResampler:
@@ -114,8 +120,8 @@ class Segmenter:
         self._min_voiced_frames = max(1, config.min_speech_ms // ms)
         self._max_frames = max(1, int(config.max_utterance_seconds * 1000) // ms)
         # an utterance that reaches _max_frames is cut at its quietest boundary in this many
-        # last frames (its last fifth), not mid-word at the limit
-        self._cut_search_frames = max(1, self._max_frames // 5)
+        # last frames, not mid-word at the limit
+        self._cut_search_frames = max(1, self._max_frames // CUT_SEARCH_PART)
         self._pending = np.zeros(0, dtype=np.int16)  # less than one frame
         self._silence = np.zeros(self._frame, dtype=np.int16)
         self.lead_in_padding = 0
@@ -254,6 +260,7 @@ class Segmenter:
         if keep is None:  # still speaking, or too short a pause: everything is kept
             if len(pending) and self._utterance:
                 self._utterance.append(pending)
+                self._flags.append(False)  # too short for webrtcvad's verdict
             keep = len(self._utterance)
         speech = listener is None or listener.speech_windows >= self._silero_min_speech
         utterance = self._close(keep, speech=speech)
@@ -312,13 +319,15 @@ class Segmenter:
         frames, flags = self._utterance, self._flags
         cut = self._quietest_boundary()
         rest, rest_flags = frames[cut:], flags[cut:]
-        self._voiced -= sum(rest_flags)
+        rest_voiced = sum(rest_flags)
+        # closed as if it had ended at the cut: nothing is cut off, so nothing waits in the
+        # ring; the rest goes on as the next utterance
+        self._utterance, self._flags = frames[:cut], flags[:cut]
+        self._voiced -= rest_voiced
         closed = self._close(cut)
-        self._ring.clear()  # the rest goes on as the next utterance, not as its lead-in
-        self._ring_voiced = 0
         if rest:
             self._utterance, self._flags = rest, rest_flags
-            self._voiced = sum(rest_flags)
+            self._voiced = rest_voiced
             # its unvoiced frames at the end: a pause it may already be in
             trailing = (i for i, voiced in enumerate(reversed(rest_flags)) if voiced)
             self._silent_run = next(trailing, len(rest_flags))
@@ -344,14 +353,14 @@ class Segmenter:
         """End the utterance: its first ``keep`` frames, or None if it holds too little speech
         (``speech`` False: Silero heard too little). The rest is trailing silence, not speech:
         its last ``start_padding_ms`` wait in the ring as the next utterance's possible
-        lead-in (:meth:`_cut_long` makes all of it the next utterance instead)."""
+        lead-in."""
         frames, flags, voiced = self._utterance, self._flags, self._voiced
         self._utterance, self._flags, self._voiced, self._silent_run = [], [], 0, 0
         self._listener, self._listened = None, 0
         # the ring (empty while speaking) starts with the end of what is cut off: the next
         # utterance's lead-in, should speech come back at once
         tail = slice(max(keep, len(frames) - self._start_frames), len(frames))
-        self._ring.extend(zip(frames[tail], flags[tail], strict=False))
+        self._ring.extend(zip(frames[tail], flags[tail], strict=True))
         self._ring_voiced = sum(flags[tail])
         if not frames or not speech or voiced < self._min_voiced_frames:
             if not self._emitted:  # the stream's lead-in silence went with it
