@@ -59,7 +59,8 @@ class WhisperOptions:
         concurrency: transcriptions run at once; each is one CTranslate2 worker.
         cpu_threads: threads per worker on CPU (0: CTranslate2's default).
         cache_dir: where bundled models are assembled (default ``~/.cache/speechgw``).
-        local_files_only: never contact the hub, even for a hub model name.
+        local_files_only: never contact the hub: a hub model name must be in the Hugging Face
+            cache already (``speechgw check`` says when it is not).
         utterance_no_speech_prob: for utterances cut from a live stream (``spec.segmented``),
             drop segments whose ``no_speech_prob`` is above this. Over noise that fooled the
             VAD, Whisper writes "You" or ". . ." rated 0.65 and more; real speech cut the same
@@ -104,17 +105,21 @@ class WhisperOptions:
         error for ``speechgw check`` (and ``systemctl reload``), not a reload that fails."""
         model = self.model
         if not model.startswith(("/", "./", "../", "~")):
-            if model in BUNDLED_MODELS or "/" in model or os.path.isdir(model):
-                return  # bundled, a hub id (org/name), or a folder in the working directory
-            from faster_whisper import available_models  # only here: it loads the runtime
+            if model in BUNDLED_MODELS or os.path.isdir(model):
+                return  # bundled, or a folder in the working directory
+            if "/" not in model:
+                from faster_whisper import available_models  # only here: it loads the runtime
 
-            known = available_models()
-            if model not in known:
-                raise ConfigError(
-                    f"{path}.model: {model!r} is no model faster-whisper knows: give a bundled "
-                    f"model ({', '.join(BUNDLED_MODELS)}), a CTranslate2 Whisper model folder, "
-                    f"a Hugging Face id (org/name) or one of {', '.join(known)}"
-                )
+                known = available_models()
+                if model not in known:
+                    raise ConfigError(
+                        f"{path}.model: {model!r} is no model faster-whisper knows: give a "
+                        f"bundled model ({', '.join(BUNDLED_MODELS)}), a CTranslate2 Whisper "
+                        f"model folder, a Hugging Face id (org/name) or one of "
+                        f"{', '.join(known)}"
+                    )
+            if self.local_files_only:
+                _require_cached(model, path)
             return
         folder = Path(model).expanduser()
         if not (folder / "model.bin").is_file():
@@ -123,6 +128,23 @@ class WhisperOptions:
                 f"{path}.model: {model!r} {what}: give a CTranslate2 Whisper model folder, "
                 f"a bundled model ({', '.join(BUNDLED_MODELS)}) or a Hugging Face name"
             )
+
+
+def _require_cached(model: str, path: str) -> None:
+    """A hub model with ``local_files_only`` must already be in the Hugging Face cache (where
+    faster-whisper would look): otherwise the server would start and fail on it, which
+    ``speechgw check`` (and ``systemctl reload``) should say first. Looks, never downloads."""
+    from faster_whisper.utils import download_model  # only here: it loads the runtime
+
+    try:
+        download_model(model, local_files_only=True)
+    except Exception as exc:  # huggingface_hub says "not found in the local cache" its own ways
+        raise ConfigError(
+            f"{path}.model: {model!r} is not in the local Hugging Face cache, and "
+            f"local_files_only forbids downloading it: fetch it once "
+            f"(huggingface-cli download), or give a CTranslate2 Whisper model folder "
+            f"({type(exc).__name__})"
+        ) from None
 
 
 # name -> (package holding config/tokenizer/vocabulary, data dir, model.bin parts in order)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -95,13 +96,14 @@ def test_environment_substitution_with_defaults_and_types() -> None:
     assert config.auth.keys[0].key == "k-123"
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "speechgw", *args],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=REPO,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -436,6 +438,29 @@ def test_a_model_path_that_holds_no_model_is_a_config_error(tmp_path: Path) -> N
             load_config(document, env={}, backend_options=backend_options)
         assert str(caught.value).startswith(f"backends.w.model: {model!r}"), caught.value
         assert what in str(caught.value)
+
+
+@pytest.mark.parametrize("model", ["large-v3", "Systran/faster-whisper-small"])
+def test_a_hub_model_that_may_not_be_downloaded_must_be_cached(tmp_path: Path, model: str) -> None:
+    """With ``local_files_only`` a hub model not in the cache would let the server start and
+    then fail on it; ``check`` says so first (looking in the cache, fetching nothing). Without
+    ``local_files_only`` the same config is valid: the server would download it."""
+    path = tmp_path / "hub.yaml"
+    for local_only in (True, False):
+        path.write_text(
+            f"backends: {{w: {{type: whisper, model: {model}, local_files_only: {local_only}}}}}\n"
+            "routing: [{backend: w}]\nstore: {path: null}\n"
+        )
+        empty_cache = {"HF_HUB_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+        result = run_cli("check", "--config", str(path), env=empty_cache)
+        if local_only:
+            assert result.returncode == 2, result.stdout
+            assert f"backends.w.model: {model!r} is not in the local Hugging Face cache" in (
+                result.stderr
+            ), result.stderr
+            assert "Traceback" not in result.stderr
+        else:
+            assert result.returncode == 0, result.stderr
 
 
 def test_a_model_that_cannot_load_stops_serve_with_one_line(tmp_path: Path) -> None:
