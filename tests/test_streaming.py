@@ -310,7 +310,7 @@ def test_tones_give_no_reply(tiny_server: Server, tmp_path: Path, synth: list[st
     reply."""
     tone = tmp_path / "tone.wav"
     subprocess.run(
-        ["sox", "-R", "-n", "-r", "16000", "-b", "16", "-c", "1", str(tone), "synth", *synth],
+        ["sox", "-n", "-r", "16000", "-b", "16", "-c", "1", str(tone), "synth", *synth],
         check=True,
         capture_output=True,
     )
