@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Words nobody said: what a stream's utterances of non-speech are decoded into, and what the
+rules that drop Whisper's segments cost real speech.
+
+Tones, music, hum, breath, clicks and noise (made by sox, repeatably) are speech to webrtcvad
+often enough; Whisper then writes words nobody said ("I'll see you in the next video."). Each
+signal, 18 words said alone (espeak-ng, each its own stream: short utterances are where Whisper
+is least sure of real speech), and each English recording of ../shared/audio (optionally under
+white noise, ``--noise DBFS``), is cut by the gateway's segmenter as a stream would be, and
+each utterance decoded as the gateway decodes it (beam 5, the stream's last 200 characters of
+replies as its prompt, no conditioning between windows). Two rules for dropping a segment are
+then applied to the same decodes:
+
+- ``no_speech``: ``no_speech_prob`` above 0.5 (``utterance_no_speech_prob``: the gateway's
+  rule);
+- ``+unsure``: a candidate, not in the gateway: also above 0.25 when ``avg_logprob`` is below
+  -1.2 (session 15's notes say what it measured and why it did not land).
+
+Reported per rule: the words replied to the non-speech signals, how many of the words said
+alone got a reply, and the word errors on the recordings. The prompts of later utterances are
+the first rule's replies (the rules differ in so few segments that decoding twice would change
+little and cost twice the time).
+
+    python bench/non_speech.py [--model base] [--noise -25] [--no-recordings]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import subprocess
+import tempfile
+import wave
+from pathlib import Path
+
+import numpy as np
+from _common import SHARED_AUDIO, in_process_model, normalise, segmented, word_errors
+
+from speechgw.audio import from_pcm16, to_pcm16
+from speechgw.stream import _context
+
+NO_SPEECH, UNSURE_NO_SPEECH, UNSURE_LOG_PROB = 0.5, 0.25, -1.2
+SOX_SIGNALS: dict[str, str] = {  # the arguments of sox -n ... synth
+    "pink noise": "synth 12 pinknoise vol 0.3",
+    "brown noise": "synth 12 brownnoise vol 0.5",
+    "noise, swelling": "synth 12 pinknoise tremolo 2 100 vol 0.4",
+    "breath": "synth 12 brownnoise lowpass 1500 tremolo 0.3 100 vol 0.8",
+    "noise bursts": "synth 0.3 whitenoise vol 0.4 pad 0 0.7 repeat 11",
+    "clicks": "synth 0.02 whitenoise vol 0.8 pad 0 0.15 repeat 70",
+    "sweep": "synth 12 sine 100-4000 vol 0.3",
+    "held note": "synth 20 square 440 vol 0.2",
+    "tone, vibrato": "synth 12 sine 400 tremolo 6 40 vol 0.3",
+    "chord, tremolo": "synth 12 sine 220 sine 277 sine 330 tremolo 3 80 vol 0.3",
+    "plucked melody": "synth 0.6 pluck C4 synth 0.6 pluck E4 : synth 0.6 pluck G4 repeat 6",
+    "mains hum": "synth 12 sine 50 sine 100 sine 150 vol 0.4",
+}
+REVERSED = "The committee will meet again on Thursday to discuss the budget for next year."
+WORDS_ALONE = ["one", "two", "three", "four", "five", "nine", "ten", "yes", "no", "okay"]
+WORDS_ALONE += ["hello", "thanks", "stop", "right", "sure", "maybe", "goodbye", "what"]
+"""Said alone (espeak-ng), each its own stream: the speech Whisper is least sure of."""
+
+
+def _read(path: Path) -> np.ndarray:
+    with wave.open(str(path)) as w:
+        return from_pcm16(np.frombuffer(w.readframes(w.getnframes()), np.int16))
+
+
+def non_speech(work: Path) -> dict[str, np.ndarray]:
+    """The signals, 16 kHz mono, the same on every run (sox -R)."""
+    signals = {}
+    for name, synth in SOX_SIGNALS.items():
+        out = work / f"{len(signals)}.wav"
+        sox = ["sox", "-R", "-n", "-r", "16000", "-b", "16", "-c", "1", str(out), *synth.split()]
+        subprocess.run(sox, check=True, capture_output=True)
+        signals[name] = _read(out)
+    spoken = work / "spoken.wav"
+    subprocess.run(["espeak-ng", "-w", str(spoken), REVERSED], check=True, capture_output=True)
+    out = work / "reversed.wav"
+    sox = ["sox", "-R", str(spoken), "-r", "16000", "-b", "16", "-c", "1", str(out), "reverse"]
+    subprocess.run(sox, check=True, capture_output=True)
+    signals["speech reversed (espeak-ng)"] = _read(out)
+    return signals
+
+
+def words_alone(work: Path) -> dict[str, np.ndarray]:
+    """Each of WORDS_ALONE with 0.3 s of silence before and 0.6 s after, 16 kHz mono."""
+    words = {}
+    for word in WORDS_ALONE:
+        spoken, out = work / f"{word}.raw.wav", work / f"{word}.wav"
+        subprocess.run(["espeak-ng", "-w", str(spoken), word], check=True, capture_output=True)
+        sox = ["sox", "-R", str(spoken), "-r", "16000", "-b", "16", "-c", "1", str(out)]
+        subprocess.run([*sox, "pad", "0.3", "0.6"], check=True, capture_output=True)
+        words[word] = _read(out)
+    return words
+
+
+def recordings(noise_dbfs: float | None) -> dict[str, tuple[str, np.ndarray]]:
+    """The English recordings of ../shared/audio: name -> (reference, 16 kHz samples)."""
+    from faster_whisper import decode_audio
+
+    found = {}
+    with open(SHARED_AUDIO / "MANIFEST.tsv", encoding="utf-8") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            name = row["file"]
+            if row["language"] != "en" or "stereo" in name or "multilingual" in name:
+                continue
+            samples = decode_audio(str(SHARED_AUDIO / name))
+            if noise_dbfs is not None:
+                white = np.random.default_rng(len(samples)).normal(0, 1, len(samples))
+                samples = samples + (white * 10 ** (noise_dbfs / 20)).astype(np.float32)
+            found[name] = (row["reference_transcript"], from_pcm16(to_pcm16(samples)))
+    return found
+
+
+def decode(model, samples: np.ndarray) -> list[tuple[float, float, str]]:
+    """(no_speech_prob, avg_logprob, text) of each segment of each utterance of a stream."""
+    segments, context = [], ""
+    for utterance in segmented(samples):
+        decoded, _ = model.transcribe(
+            utterance,
+            language="en",
+            beam_size=5,
+            initial_prompt=context or None,
+            condition_on_previous_text=False,
+        )
+        for s in decoded:
+            if not any(c.isalnum() for c in s.text):
+                continue
+            segments.append((s.no_speech_prob, s.avg_logprob, s.text))
+            if s.no_speech_prob <= NO_SPEECH:
+                context = _context(context, s.text, 200)
+    return segments
+
+
+RULES = {
+    "no_speech": lambda nsp, lp: nsp > NO_SPEECH,
+    "+unsure": lambda nsp, lp: nsp > NO_SPEECH or (lp < UNSURE_LOG_PROB and nsp > UNSURE_NO_SPEECH),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny.en")
+    parser.add_argument("--noise", type=float, help="white noise under the recordings, dBFS")
+    parser.add_argument("--no-recordings", action="store_true", help="skip ../shared/audio")
+    args = parser.parse_args()
+    model = in_process_model(args.model, threads=2)
+    with tempfile.TemporaryDirectory() as work:
+        signals = {name: decode(model, s) for name, s in non_speech(Path(work)).items()}
+        alone = {word: decode(model, s) for word, s in words_alone(Path(work)).items()}
+    speech = {}
+    if not args.no_recordings and (SHARED_AUDIO / "MANIFEST.tsv").exists():
+        for name, (reference, samples) in recordings(args.noise).items():
+            speech[name] = (reference, decode(model, samples))
+    for rule, dropped in RULES.items():
+        replied = {
+            name: " ".join(t for nsp, lp, t in segments if not dropped(nsp, lp))
+            for name, segments in signals.items()
+        }
+        heard = sum(len(normalise(text)) for text in replied.values())
+        line = f"{args.model} {rule}: {heard} words replied to {len(signals)} non-speech signals"
+        answered = [
+            w for w, segments in alone.items() if any(not dropped(*s[:2]) for s in segments)
+        ]
+        line += f"; {len(answered)} of {len(alone)} words said alone replied"
+        if speech:
+            errors = words = 0
+            for reference, segments in speech.values():
+                text = " ".join(t for nsp, lp, t in segments if not dropped(nsp, lp))
+                e, n = word_errors(reference, text)
+                errors, words = errors + e, words + n
+            noise = f" under white noise at {args.noise} dBFS" if args.noise is not None else ""
+            line += f"; recordings{noise}: {errors}/{words} word errors"
+        print(line)
+        for name, text in replied.items():
+            if text:
+                print(f"    {name}: {text.strip()!r}")
+        if len(answered) < len(alone):
+            print(f"    no reply to: {', '.join(w for w in alone if w not in answered)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
