@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import SHARED_AUDIO, in_process_model, normalise, segmented, word_errors
+from stream_candidates import _noise
 
 from speechgw.audio import from_pcm16, to_pcm16
 from speechgw.stream import _context
@@ -105,9 +106,10 @@ def recordings(noise_dbfs: float | None) -> dict[str, tuple[str, np.ndarray]]:
             if row["language"] != "en" or "stereo" in name or "multilingual" in name:
                 continue
             samples = decode_audio(str(SHARED_AUDIO / name))
-            if noise_dbfs is not None:
-                white = np.random.default_rng(len(samples)).normal(0, 1, len(samples))
-                samples = samples + (white * 10 ** (noise_dbfs / 20)).astype(np.float32)
+            if noise_dbfs is not None:  # the same noise as stream_candidates.py --noise white:DB
+                samples = samples + _noise(len(samples), "white") * np.float32(
+                    10 ** (noise_dbfs / 20)
+                )
             found[name] = (row["reference_transcript"], from_pcm16(to_pcm16(samples)))
     return found
 
