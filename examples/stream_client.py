@@ -102,14 +102,17 @@ def main() -> int:
     rate, chunks = mic_chunks() if args.mic else wav_chunks(args.wav, args.speed)
     query = f"?api_key={quote(args.api_key)}" if args.api_key else ""
     # Faster than real time, the server paces us by reading no faster than it recognises, and
-    # our keepalive pings wait behind the audio already in the sockets' buffers (megabytes:
-    # a minute and more of recognising): keep pinging, but do not give up on a late pong.
+    # keepalive pings would wait behind the audio already in the sockets' buffers (megabytes:
+    # a minute and more of recognising). A pong that late would end the connection, and
+    # without a ping timeout websockets' sync client, once a pong has come back later than
+    # the ping interval, sends pings back to back and starves its own reading of the replies:
+    # so no keepalive pings then.
     faster = not args.mic and (args.speed == 0 or args.speed > 1)
-    ping_timeout = None if faster else 20
+    ping_interval = None if faster else 20
     base = args.url.rstrip("/")  # the server's URL; one that names the endpoint works too
     url = (base if base.endswith(PATH) else base + PATH) + query
     try:
-        ws = connect(url, compression=None, ping_timeout=ping_timeout)
+        ws = connect(url, compression=None, ping_interval=ping_interval)
     except InvalidStatus as refused:  # a wrong key (401), no place free (429, 503), a wrong URL
         answer = refused.response
         print(f"refused: HTTP {answer.status_code}: {answer.body.decode()}", file=sys.stderr)

@@ -40,13 +40,21 @@ class StreamResult:
 
 
 def open_stream(url: str, api_key: str | None = None) -> ClientConnection:
-    """A streaming connection whose keepalive does not give up on a late pong: a client that
-    sends faster than real time is paced by TCP, and its pings wait behind the audio in the
-    sockets' buffers (with a 32 MiB receive buffer, minutes of it) for as long as the server
-    takes to recognise that audio (examples/stream_client.py does the same)."""
+    """A streaming connection that sends no keepalive pings.
+
+    A client that sends faster than real time is paced by TCP, and its pings wait behind the
+    audio in the sockets' buffers for as long as the server takes to recognise that audio.
+    Once one pong has come back later than ``ping_interval``, the sync client of websockets
+    (17.4) waits ``ping_interval - latency`` before the next ping: no time at all, so without
+    a ``ping_timeout`` its keepalive thread sends pings back to back (24,000 in one
+    265 s stream here), holding the connection's lock while each waits to be sent; the thread
+    that reads starves, the server's last replies and its Close go unread for longer than the
+    server waits for the client's Close, and they were lost with the connection (the 240 s
+    stream test, on a slow day). Every read here has its own timeout instead
+    (examples/stream_client.py does the same)."""
     query = f"?api_key={api_key}" if api_key is not None else ""
     return connect(
-        f"{url}/api/core/google/asr{query}", max_size=None, open_timeout=30, ping_timeout=None
+        f"{url}/api/core/google/asr{query}", max_size=None, open_timeout=30, ping_interval=None
     )
 
 
