@@ -1,4 +1,4 @@
-"""Three fixes to hypercorn, applied where the server starts.
+"""Four fixes to hypercorn, applied where the server starts.
 
 **Refuse permessage-deflate.** hypercorn 0.18 accepts permessage-deflate whenever a client
 offers it, with no option to refuse (upstream hypercorn issue #307). Browsers and the
@@ -30,6 +30,16 @@ response has ended while its request is still coming, the stream is reset with N
 RFC 9113 (8.1) provides: the client stops sending and the late frames are ignored; data that
 was already on its way is acknowledged (so the connection's flow control window stays open
 for the other streams) and dropped.
+
+**A write the client never reads is given up on.** hypercorn writes to a connection and waits
+until the client has read enough, with no time limit, and holds the connection's send lock
+meanwhile. A client that stops reading, once the sockets' buffers are full, so held every
+later write forever: its pings' pongs (hypercorn answers those from its reading task, which
+then stopped reading too), and the application's replies. A stream whose client flooded pings
+and read nothing kept its place in ``max_streams`` until the client went away (it never
+reached its idle timeout's end: its last replies could not be sent). Now a write that waits
+longer than ``limits.send_timeout_seconds`` aborts the connection, which the application sees
+as the client's disconnect.
 """
 
 from __future__ import annotations
@@ -38,17 +48,19 @@ import asyncio
 import contextlib
 import copy
 import functools
+import logging
 from typing import Any
 
 import h2.events
 import h2.exceptions
 from h2.errors import ErrorCodes
 from h2.stream import StreamState
-from hypercorn.asyncio import task_group
+from hypercorn.asyncio import task_group, tcp_server
 from hypercorn.protocol import h2 as hypercorn_h2
 from hypercorn.protocol import ws_stream
 
 __all__ = [
+    "abort_stalled_writes",
     "decline_websocket_compression",
     "end_http2_requests_answered_early",
     "mend_application_queues",
@@ -57,6 +69,8 @@ __all__ = [
 _PATCHED = "_speechgw_declines_extensions"
 _PATCHED_QUEUE = "_speechgw_mends_application_queues"
 _PATCHED_H2 = "_speechgw_ends_http2_requests_answered_early"
+_PATCHED_SEND = "_speechgw_aborts_stalled_writes"
+_LOGGER = logging.getLogger(__name__)
 _WEBSOCKET_QUEUE = 2
 """WebSocket messages queued per connection ahead of the application (hypercorn: ten)."""
 
@@ -174,3 +188,31 @@ def end_http2_requests_answered_early() -> None:
     protocol._handle_events = _handle_events  # type: ignore[method-assign]
     protocol._send_data = _send_data  # type: ignore[method-assign]
     setattr(protocol, _PATCHED_H2, True)
+
+
+def abort_stalled_writes() -> None:
+    """Make hypercorn's asyncio connections abort when one write (waiting for its turn and for
+    the client to read) takes longer than their config's ``send_timeout`` (seconds; ``None``:
+    no limit), see the module's docstring."""
+    server = tcp_server.TCPServer
+    if getattr(server, _PATCHED_SEND, False):
+        return
+    protocol_send = server.protocol_send
+
+    @functools.wraps(protocol_send)
+    async def bounded_protocol_send(self: Any, event: Any) -> None:
+        timeout = getattr(self.config, "send_timeout", None)
+        try:
+            async with asyncio.timeout(timeout):
+                await protocol_send(self, event)
+        except TimeoutError:
+            _LOGGER.warning(
+                "dropped the connection of %s: a write to it waited %g s for the client to read",
+                self.writer.get_extra_info("peername"),
+                timeout,
+            )
+            # the reading task then finds the connection closed and tells the application
+            self.writer.transport.abort()
+
+    server.protocol_send = bounded_protocol_send  # type: ignore[method-assign]
+    setattr(server, _PATCHED_SEND, True)

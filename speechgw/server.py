@@ -15,6 +15,7 @@ from hypercorn.config import Config as HypercornConfig
 from starlette.applications import Starlette
 
 from ._hypercorn_compat import (
+    abort_stalled_writes,
     decline_websocket_compression,
     end_http2_requests_answered_early,
     mend_application_queues,
@@ -57,6 +58,9 @@ class _HypercornConfig(HypercornConfig):
     wss:// test). Without tickets a client cannot resume a TLS session; a gateway's
     connections are few and long, so each paying a full handshake costs little.
     """
+
+    send_timeout: float | None = None
+    """How long one write may wait for the client to read (``_hypercorn_compat``)."""
 
     def create_ssl_context(self) -> ssl.SSLContext | None:
         context = super().create_ssl_context()
@@ -103,6 +107,7 @@ def hypercorn_config(config: Config, sock: socket.socket | None = None) -> Hyper
     else:
         hc.bind = [_address(host, port)]
     hc.websocket_max_message_size = config.limits.max_frame_bytes
+    hc.send_timeout = config.limits.send_timeout_seconds
     hc.graceful_timeout = config.server.shutdown_grace_seconds
     hc.accesslog = None  # the gateway writes its own access line per request
     hc.errorlog = logging.getLogger("hypercorn.error")  # through our handlers, once
@@ -128,6 +133,7 @@ async def serve_app(
     unmask_with_numpy()
     mend_application_queues()
     end_http2_requests_answered_early()
+    abort_stalled_writes()
 
     async def begin_shutdown() -> None:
         await shutdown_trigger()

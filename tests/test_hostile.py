@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import math
 import socket
 import struct
@@ -214,37 +215,79 @@ def test_disconnects_during_inference_leak_nothing(tiny_server: Server, voices) 
     assert transcribe(tiny_server.ws, wav).close_code == 1000
 
 
-def test_a_client_that_never_reads_its_replies(voices) -> None:
-    """The server's replies back up in TCP; it stops reading that client instead of
-    buffering without bound, and serves others meanwhile."""
-    backends = {"null": {"type": "scripted", "text": "x" * 60_000}}
+def _stream_without_reading(server: Server, pcm: bytes, rate: int) -> socket.socket:
+    """A raw streaming client that sends ``pcm`` (until the server stops reading it) and never
+    reads a byte (a 4 KiB receive buffer: the server's replies back up at once)."""
+    raw = socket.create_connection(("127.0.0.1", server.port))
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.sendall(
+        b"GET /api/core/google/asr HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    raw.settimeout(10)
+    # the server's answer to the upgrade (RFC 6455 4.1: no frame before it; one sent before
+    # the application accepts gets HTTP 400), then its first message: read, and no more
+    assert raw.recv(4096).startswith(b"HTTP/1.1 101")
+    raw.settimeout(2)
+    try:
+        for i in range(0, len(pcm), 3200):  # masked text frames, never reading a byte
+            message = {"audio": base64.b64encode(pcm[i : i + 3200]).decode(), "rate": rate}
+            payload = json.dumps(message).encode()
+            # FIN + text; masked, 16-bit length; an all-zero mask leaves the payload as is
+            frame = b"\x81" + bytes([0x80 | 126]) + struct.pack(">H", len(payload))
+            raw.sendall(frame + b"\x00\x00\x00\x00" + payload)
+    except (TimeoutError, OSError):
+        pass  # the server stopped reading us: back-pressure reached the client
+    return raw
+
+
+@pytest.fixture(scope="module")
+def twelve(voices) -> tuple[bytes, int]:
+    """Twelve sentences a second apart (about 45 s), as 16-bit samples and their rate."""
     three = speech.concat(
         [voices[n] for n in ("children", "market", "window")] * 4,
         voices["children"].parent / "twelve.wav",
         silence_seconds=1.0,
     )
-    pcm, rate = read_pcm16(three)
+    return read_pcm16(three)
+
+
+LONG_REPLY = {"null": {"type": "scripted", "text": "x" * 500_000}}
+"""Twelve replies of these fill the sockets' buffers (4 MiB at most for sending, here)."""
+
+
+def test_a_client_that_never_reads_its_replies(voices, twelve: tuple[bytes, int]) -> None:
+    """The server's replies back up in TCP; it stops reading that client instead of
+    buffering without bound, and serves others meanwhile."""
+    backends = LONG_REPLY
     with running_server({"streaming": {"buffer_seconds": 4}}, backends=backends) as server:
-        raw = socket.create_connection(("127.0.0.1", server.port))
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        raw.sendall(
-            b"GET /api/core/google/asr HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            b"Sec-WebSocket-Version: 13\r\n\r\n"
-        )
-        raw.settimeout(2)
-        try:
-            for i in range(0, len(pcm), 3200):  # masked text frames, never reading a byte
-                message = {"audio": base64.b64encode(pcm[i : i + 3200]).decode(), "rate": rate}
-                payload = json.dumps(message).encode()
-                # FIN + text; masked, 16-bit length; an all-zero mask leaves the payload as is
-                frame = b"\x81" + bytes([0x80 | 126]) + struct.pack(">H", len(payload))
-                raw.sendall(frame + b"\x00\x00\x00\x00" + payload)
-        except (TimeoutError, OSError):
-            pass  # the server stopped reading us: back-pressure reached the client
+        raw = _stream_without_reading(server, *twelve)
         # meanwhile everyone else is served
-        assert transcribe(server.ws, voices["coffee"].read_bytes()).reply["text"] == "x" * 60_000
+        assert transcribe(server.ws, voices["coffee"].read_bytes()).reply["text"] == "x" * 500_000
         raw.close()
+
+
+def test_a_client_that_never_reads_is_let_go(
+    twelve: tuple[bytes, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nor does it keep its stream: once a write to it has waited `send_timeout_seconds` the
+    connection is dropped. It used to hold its place in `max_streams` (and a task, and its
+    replies) until the client went away: its idle timeout came, but the stream could not end
+    without sending its last replies, which waited for the client to read."""
+    limits = {"stream_idle_seconds": 2, "send_timeout_seconds": 2}
+    with (
+        caplog.at_level(logging.WARNING, logger="speechgw"),
+        running_server({"limits": limits}, backends=LONG_REPLY) as server,
+    ):
+        before = server.tasks()
+        raw = _stream_without_reading(server, *twelve)
+        with raw:
+            wait_for(lambda: server.metric("speechgw_active_streams") == 1)
+            wait_for(lambda: server.metric("speechgw_active_streams") == 0, seconds=20)
+            # and its connection's tasks end: none is left that was not there before it
+            wait_for(lambda: server.tasks() <= before, seconds=10)
+    assert any("waited 2 s for the client to read" in r.getMessage() for r in caplog.records)
 
 
 def test_truncated_frames_and_garbage_bytes(tiny_server: Server, voices) -> None:
