@@ -54,7 +54,10 @@ def batch(url: str, frames: list) -> tuple[list, int | None]:
 
 def stream(url: str, messages: list[str]) -> list[dict]:
     out = []
-    with connect(url + "/api/core/google/asr", max_size=None, compression=None) as ws:
+    # unpaced, pings would wait behind the audio: none (tests.streaming_client.open_stream)
+    with connect(
+        url + "/api/core/google/asr", max_size=None, compression=None, ping_interval=None
+    ) as ws:
         ws.recv(timeout=30)
         for m in messages:
             ws.send(m)

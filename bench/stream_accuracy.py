@@ -51,7 +51,10 @@ def stream(url: str, pcm: bytes, language: str, pace: float, rate: int = 16000) 
     """The replies to ``pcm`` (LINEAR16 at ``rate``) streamed in 100 ms chunks at ``pace`` x
     real time (0: unpaced)."""
     replies: list[str] = []
-    with connect(url + "/api/core/google/asr", max_size=None, compression=None) as ws:
+    # unpaced, pings would wait behind the audio: none (tests.streaming_client.open_stream)
+    with connect(
+        url + "/api/core/google/asr", max_size=None, compression=None, ping_interval=None
+    ) as ws:
         ws.recv(timeout=30)
 
         def read() -> None:
