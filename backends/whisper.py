@@ -42,6 +42,11 @@ _LOGGER = logging.getLogger(__name__)
 SegmentOrWord = TypeVar("SegmentOrWord", Segment, Word)
 _FRAMES_PER_SECOND = 100
 """Whisper's mel frames (a hop of 160 samples at 16 kHz): the unit of a segment's ``seek``."""
+_UNSURE_LOG_PROB = -1.2
+"""Below this ``avg_logprob`` Whisper is unsure of its words. Below faster-whisper's own line
+(-1, where it tries a higher temperature), because a word said alone can end there: tiny.en
+heard "one" at -1.01, base "thanks" at -1.08; words written into tones scored -1.29 to -2.04
+(``bench/non_speech.py``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +71,12 @@ class WhisperOptions:
             VAD, Whisper writes "You" or ". . ." rated 0.65 and more; real speech cut the same
             way rated at most 0.39 on ../shared/audio. Whole recordings keep faster-whisper's
             own rule (in context, real speech can rate 0.88 there). 1.0 turns it off.
+        utterance_unsure_no_speech_prob: for utterances cut from a live stream, also drop
+            segments rated above this as no speech whose words Whisper is unsure of as well
+            (``avg_logprob`` below -1.2): tones and music heard as "BEEP", "I'll see you in
+            the next video." rated 0.28-0.48 with such words; no real speech in quiet, nor any
+            word said alone, fell under this rule (BENCHMARKS.md, "Words nobody said"). 1.0
+            turns it off.
         batch_size: model calls of concurrent jobs run together, up to this many (1: no
             batching). Null: 8 on CUDA, 1 on CPU (where batching measured no faster).
         batch_window_ms: how long a call waits for others to share its batch, at most (it
@@ -92,6 +103,7 @@ class WhisperOptions:
     cache_dir: str | None = None
     local_files_only: bool = False
     utterance_no_speech_prob: Annotated[float, Range(ge=0, le=1)] = 0.5
+    utterance_unsure_no_speech_prob: Annotated[float, Range(ge=0, le=1)] = 0.25
     batch_size: Annotated[int | None, AtLeastOne] = None
     batch_window_ms: Annotated[float, NonNegative] = 10.0
     batch_split_recordings: bool = False
@@ -592,10 +604,16 @@ class WhisperBackend(Backend):
             # 0.57 "no speech" (NASA podcast part 1), which the filter below then dropped.
             condition_on_previous_text=not spec.segmented,
         )
-        limit = self.options.utterance_no_speech_prob if spec.segmented else 1.0
+        opts = self.options
+        limit = opts.utterance_no_speech_prob if spec.segmented else 1.0
+        unsure_limit = opts.utterance_unsure_no_speech_prob if spec.segmented else 1.0
         kept = []
         for segment in segments_iter:
-            if segment.no_speech_prob <= limit and _has_words(segment.text):
+            unsure = segment.avg_logprob < _UNSURE_LOG_PROB
+            no_speech = segment.no_speech_prob > limit or (
+                unsure and segment.no_speech_prob > unsure_limit
+            )
+            if not no_speech and _has_words(segment.text):
                 kept.append(segment)
                 if progress is not None:
                     progress.add(_segment(segment), prompt)

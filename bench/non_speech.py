@@ -12,9 +12,10 @@ replies as its prompt, no conditioning between windows). Two rules for dropping 
 then applied to the same decodes:
 
 - ``no_speech``: ``no_speech_prob`` above 0.5 (``utterance_no_speech_prob``: the gateway's
-  rule);
-- ``+unsure``: a candidate, not in the gateway: also above 0.25 when ``avg_logprob`` is below
-  -1.2 (session 15's notes say what it measured and why it did not land).
+  rule before session 16);
+- ``+unsure``: also above 0.25 when ``avg_logprob`` is below -1.2
+  (``utterance_unsure_no_speech_prob``: the gateway's rule since; BENCHMARKS.md, "Words
+  nobody said").
 
 Reported per rule: the words replied to the non-speech signals, how many of the words said
 alone got a reply, and the word errors on the recordings. The prompts of later utterances are

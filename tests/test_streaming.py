@@ -297,6 +297,31 @@ def test_noise_after_speech_adds_nothing(
     assert result.errors == []
 
 
+@pytest.mark.parametrize(
+    "synth",
+    [
+        ["20", "square", "440", "vol", "0.2"],  # a held note
+        ["12", "sine", "400", "tremolo", "6", "40", "vol", "0.3"],  # a tone with vibrato
+    ],
+)
+def test_tones_give_no_reply(tiny_server: Server, tmp_path: Path, synth: list[str]) -> None:
+    """Tones are speech to webrtcvad, and tiny.en hears words in them that nobody said
+    ("www.beadaholique.com", "I'll see you next time."), rated less likely than 0.5 to be no
+    speech, but words it is unsure of (avg_logprob below -1.2): such segments of a stream's
+    utterances are dropped (``utterance_unsure_no_speech_prob``), so the client gets no
+    reply."""
+    tone = tmp_path / "tone.wav"
+    subprocess.run(
+        ["sox", "-R", "-n", "-r", "16000", "-b", "16", "-c", "1", str(tone), "synth", *synth],
+        check=True,
+        capture_output=True,
+    )
+    pcm, rate = read_pcm16(tone)
+    result = stream_pcm(tiny_server.ws, pcm, rate)
+    assert result.errors == []
+    assert result.replies == [], result.replies
+
+
 def test_a_stream_without_pauses_is_cut_between_sentences_and_billed_once(
     voices, tmp_path: Path
 ) -> None:
