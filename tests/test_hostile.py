@@ -227,7 +227,7 @@ def _stream_without_reading(server: Server, pcm: bytes, rate: int) -> socket.soc
     )
     raw.settimeout(10)
     # the server's answer to the upgrade (RFC 6455 4.1: no frame before it; one sent before
-    # the application accepts gets HTTP 400), then its first message: read, and no more
+    # the application accepts gets HTTP 400), perhaps with its first message: the last read
     assert raw.recv(4096).startswith(b"HTTP/1.1 101")
     raw.settimeout(2)
     try:
@@ -260,8 +260,7 @@ LONG_REPLY = {"null": {"type": "scripted", "text": "x" * 500_000}}
 def test_a_client_that_never_reads_its_replies(voices, twelve: tuple[bytes, int]) -> None:
     """The server's replies back up in TCP; it stops reading that client instead of
     buffering without bound, and serves others meanwhile."""
-    backends = LONG_REPLY
-    with running_server({"streaming": {"buffer_seconds": 4}}, backends=backends) as server:
+    with running_server({"streaming": {"buffer_seconds": 4}}, backends=LONG_REPLY) as server:
         raw = _stream_without_reading(server, *twelve)
         # meanwhile everyone else is served
         assert transcribe(server.ws, voices["coffee"].read_bytes()).reply["text"] == "x" * 500_000
