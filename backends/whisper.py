@@ -42,11 +42,12 @@ _LOGGER = logging.getLogger(__name__)
 SegmentOrWord = TypeVar("SegmentOrWord", Segment, Word)
 _FRAMES_PER_SECOND = 100
 """Whisper's mel frames (a hop of 160 samples at 16 kHz): the unit of a segment's ``seek``."""
-_UNSURE_LOG_PROB = -1.2
+_UNSURE_LOG_PROB = -1.25
 """Below this ``avg_logprob`` Whisper is unsure of its words. Below faster-whisper's own line
 (-1, where it tries a higher temperature), because a word said alone can end there: tiny.en
-heard "one" at -1.01, base "thanks" at -1.08; words written into tones scored -1.29 to -2.04
-(``bench/non_speech.py``)."""
+heard "one" at -1.01, base "thanks" at -1.08, and words cut out of real recordings, heard
+right, went down to -1.21; words written into tones scored -1.29 to -2.04: the line is midway
+(``bench/non_speech.py``, also ``--real-words``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +74,7 @@ class WhisperOptions:
             own rule (in context, real speech can rate 0.88 there). 1.0 turns it off.
         utterance_unsure_no_speech_prob: for utterances cut from a live stream, also drop
             segments rated above this as no speech whose words Whisper is unsure of as well
-            (``avg_logprob`` below -1.2): tones and music heard as "BEEP", "I'll see you in
+            (``avg_logprob`` below -1.25): tones and music heard as "BEEP", "I'll see you in
             the next video." rated 0.28-0.48 with such words; no real speech in quiet, nor any
             word said alone, fell under this rule (BENCHMARKS.md, "Words nobody said"). 1.0
             turns it off.

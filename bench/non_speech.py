@@ -13,9 +13,9 @@ then applied to the same decodes:
 
 - ``no_speech``: ``no_speech_prob`` above 0.5 (``utterance_no_speech_prob``: the gateway's
   rule before session 16);
-- ``+unsure``: also above 0.25 when ``avg_logprob`` is below -1.2
+- ``+unsure``: also above 0.25 when ``avg_logprob`` is below -1.25
   (``utterance_unsure_no_speech_prob``: the gateway's rule since; BENCHMARKS.md, "Words
-  nobody said").
+  nobody said"); ``--unsure-log-prob`` compares other lines on the same decodes.
 
 Reported per rule: the words replied to the non-speech signals, how many of the words said
 alone got a reply, and the word errors on the recordings. The prompts of later utterances are
@@ -23,6 +23,7 @@ the first rule's replies (the rules differ in so few segments that decoding twic
 little and cost twice the time).
 
     python bench/non_speech.py [--model base] [--noise -25] [--no-recordings]
+    python bench/non_speech.py --real-words 400 [--model base] [--unsure-log-prob -1.2 -1.25]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import csv
 import subprocess
 import tempfile
 import wave
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +43,7 @@ from stream_candidates import _noise
 from speechgw.audio import from_pcm16, to_pcm16
 from speechgw.stream import _context
 
-NO_SPEECH, UNSURE_NO_SPEECH, UNSURE_LOG_PROB = 0.5, 0.25, -1.2
+NO_SPEECH, UNSURE_NO_SPEECH, UNSURE_LOG_PROB = 0.5, 0.25, -1.25
 SOX_SIGNALS: dict[str, str] = {  # the arguments of sox -n ... synth
     "pink noise": "synth 12 pinknoise vol 0.3",
     "brown noise": "synth 12 brownnoise vol 0.5",
@@ -115,6 +117,38 @@ def recordings(noise_dbfs: float | None) -> dict[str, tuple[str, np.ndarray]]:
     return found
 
 
+def real_words(model, limit: int) -> dict[str, tuple[str, np.ndarray]]:
+    """Words of real people said alone, as near as recordings give them: each English
+    recording of ../shared/audio is transcribed whole with word timestamps, and every word the
+    model is sure of (probability 0.8 and up) is cut out (50 ms either side), then given the
+    same silence as WORDS_ALONE. Cut from running speech, they are harder than words said
+    alone (coarticulated, clipped where a timestamp is off): a worst case for the rules.
+    Spread evenly over the recordings, at most ``limit``. name -> (the word, 16 kHz samples)."""
+    from faster_whisper import decode_audio
+
+    candidates = []
+    with open(SHARED_AUDIO / "MANIFEST.tsv", encoding="utf-8") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            name = row["file"]
+            if row["language"] != "en" or "stereo" in name or "multilingual" in name:
+                continue
+            samples = decode_audio(str(SHARED_AUDIO / name))
+            segments, _ = model.transcribe(samples, language="en", word_timestamps=True)
+            for segment in segments:
+                for w in segment.words or []:
+                    word = normalise(w.word)
+                    if len(word) != 1 or w.probability < 0.8:
+                        continue
+                    start = max(0, int((w.start - 0.05) * 16000))
+                    end = min(len(samples), int((w.end + 0.05) * 16000))
+                    cut = np.concatenate(
+                        (np.zeros(4800, np.float32), samples[start:end], np.zeros(9600, np.float32))
+                    )
+                    candidates.append((f"{name}@{w.start:.2f}", word[0], cut))
+    step = max(1, len(candidates) // limit)
+    return {key: (word, cut) for key, word, cut in candidates[::step][:limit]}
+
+
 def decode(model, samples: np.ndarray) -> list[tuple[float, float, str]]:
     """(no_speech_prob, avg_logprob, text) of each segment of each utterance of a stream."""
     segments, context = [], ""
@@ -135,10 +169,15 @@ def decode(model, samples: np.ndarray) -> list[tuple[float, float, str]]:
     return segments
 
 
-RULES = {
-    "no_speech": lambda nsp, lp: nsp > NO_SPEECH,
-    "+unsure": lambda nsp, lp: nsp > NO_SPEECH or (lp < UNSURE_LOG_PROB and nsp > UNSURE_NO_SPEECH),
-}
+def rules(unsure_log_probs: list[float]) -> dict[str, Callable[[float, float], bool]]:
+    """Whether each rule drops a segment of this (no_speech_prob, avg_logprob): the first
+    rule, and the second with each of ``unsure_log_probs`` as its line."""
+    chosen = {"no_speech": lambda nsp, lp: nsp > NO_SPEECH}
+    for line in unsure_log_probs:
+        chosen[f"+unsure({line:g})"] = lambda nsp, lp, line=line: (
+            nsp > NO_SPEECH or (lp < line and nsp > UNSURE_NO_SPEECH)
+        )
+    return chosen
 
 
 def main() -> int:
@@ -146,8 +185,24 @@ def main() -> int:
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--noise", type=float, help="white noise under the recordings, dBFS")
     parser.add_argument("--no-recordings", action="store_true", help="skip ../shared/audio")
+    parser.add_argument(
+        "--real-words",
+        type=int,
+        metavar="N",
+        help="only: N words cut out of the recordings of ../shared/audio, each streamed alone",
+    )
+    parser.add_argument(
+        "--unsure-log-prob",
+        type=float,
+        nargs="+",
+        default=[UNSURE_LOG_PROB],
+        help=f"the +unsure rule's avg_logprob lines to compare (the gateway's: {UNSURE_LOG_PROB})",
+    )
     args = parser.parse_args()
     model = in_process_model(args.model, threads=2)
+    chosen = rules(args.unsure_log_prob)
+    if args.real_words:
+        return report_real_words(args.model, model, real_words(model, args.real_words), chosen)
     with tempfile.TemporaryDirectory() as work:
         signals = {name: decode(model, s) for name, s in non_speech(Path(work)).items()}
         alone = {word: decode(model, s) for word, s in words_alone(Path(work)).items()}
@@ -155,7 +210,7 @@ def main() -> int:
     if not args.no_recordings and (SHARED_AUDIO / "MANIFEST.tsv").exists():
         for name, (reference, samples) in recordings(args.noise).items():
             speech[name] = (reference, decode(model, samples))
-    for rule, dropped in RULES.items():
+    for rule, dropped in chosen.items():
         replied = {
             name: " ".join(t for nsp, lp, t in segments if not dropped(nsp, lp))
             for name, segments in signals.items()
@@ -180,6 +235,33 @@ def main() -> int:
                 print(f"    {name}: {text.strip()!r}")
         if len(answered) < len(alone):
             print(f"    no reply to: {', '.join(w for w in alone if w not in answered)}")
+    return 0
+
+
+def report_real_words(
+    name: str,
+    model,
+    words: dict[str, tuple[str, np.ndarray]],
+    chosen: dict[str, Callable[[float, float], bool]],
+) -> int:
+    """Per rule: how many of ``words`` got a reply, and a reply with the word in it."""
+    decoded = {key: (word, decode(model, cut)) for key, (word, cut) in words.items()}
+    for rule, dropped in chosen.items():
+        replied = right = 0
+        lost = []
+        for key, (word, segments) in decoded.items():
+            text = " ".join(t for nsp, lp, t in segments if not dropped(nsp, lp))
+            replied += bool(normalise(text))
+            right += word in normalise(text)
+            heard = normalise(" ".join(t for _, _, t in segments))
+            if word in heard and word not in normalise(text):  # heard right, then dropped
+                lost.append(f"{key} {word!r} -> {segments}")
+        print(
+            f"{name} {rule}: {replied} of {len(decoded)} real words alone replied, "
+            f"{right} with the word"
+        )
+        for line in lost:
+            print(f"    heard right, dropped: {line}")
     return 0
 
 

@@ -307,7 +307,7 @@ def test_noise_after_speech_adds_nothing(
 def test_tones_give_no_reply(tiny_server: Server, tmp_path: Path, synth: list[str]) -> None:
     """Tones are speech to webrtcvad, and tiny.en hears words in them that nobody said
     ("www.beadaholique.com", "I'll see you next time."), rated less likely than 0.5 to be no
-    speech, but words it is unsure of (avg_logprob below -1.2): such segments of a stream's
+    speech, but words it is unsure of (avg_logprob below -1.25): such segments of a stream's
     utterances are dropped (``utterance_unsure_no_speech_prob``), so the client gets no
     reply."""
     tone = tmp_path / "tone.wav"
