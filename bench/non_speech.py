@@ -11,8 +11,8 @@ each utterance decoded as the gateway decodes it (beam 5, the stream's last 200 
 replies as its prompt, no conditioning between windows). Two rules for dropping a segment are
 then applied to the same decodes:
 
-- ``no_speech``: ``no_speech_prob`` above 0.5 (``utterance_no_speech_prob``: the gateway's
-  rule before session 16);
+- ``no_speech``: ``no_speech_prob`` above 0.5 (``utterance_no_speech_prob`` alone: the
+  gateway's rule until session 16);
 - ``+unsure``: also above 0.25 when ``avg_logprob`` is below -1.25
   (``utterance_unsure_no_speech_prob``: the gateway's rule since; BENCHMARKS.md, "Words
   nobody said"); ``--unsure-log-prob`` compares other lines on the same decodes.
