@@ -37,9 +37,10 @@ meanwhile. A client that stops reading, once the sockets' buffers are full, so h
 later write forever: its pings' pongs (hypercorn answers those from its reading task, which
 then stopped reading too), and the application's replies. A stream whose client flooded pings
 and read nothing kept its place in ``max_streams`` until the client went away (it never
-reached its idle timeout's end: its last replies could not be sent). Now a write that waits
-longer than ``limits.send_timeout_seconds`` aborts the connection, which the application sees
-as the client's disconnect.
+reached its idle timeout's end: its last replies could not be sent). Now a write during which
+the client reads nothing for ``limits.send_timeout_seconds`` aborts the connection, which the
+application sees as the client's disconnect; a client that reads slowly, but reads, is waited
+for (a big result over a slow link).
 """
 
 from __future__ import annotations
@@ -191,9 +192,10 @@ def end_http2_requests_answered_early() -> None:
 
 
 def abort_stalled_writes() -> None:
-    """Make hypercorn's asyncio connections abort when one write (waiting for its turn and for
-    the client to read) takes longer than their config's ``send_timeout`` (seconds; ``None``:
-    no limit), see the module's docstring."""
+    """Make hypercorn's asyncio connections abort when a write (waiting for its turn and for
+    the client to read) sees nothing move for their config's ``send_timeout`` seconds
+    (``None``: no limit), see the module's docstring. A client that reads slowly but reads
+    (a big response over a slow link) is waited for."""
     server = tcp_server.TCPServer
     if getattr(server, _PATCHED_SEND, False):
         return
@@ -202,17 +204,44 @@ def abort_stalled_writes() -> None:
     @functools.wraps(protocol_send)
     async def bounded_protocol_send(self: Any, event: Any) -> None:
         timeout = getattr(self.config, "send_timeout", None)
+        if timeout is None:
+            await protocol_send(self, event)
+            return
+        loop = asyncio.get_running_loop()
+        transport = self.writer.transport
+        unsent = 0
         try:
-            async with asyncio.timeout(timeout):
-                await protocol_send(self, event)
+            async with asyncio.timeout(None) as deadline:
+
+                def look() -> None:
+                    # the buffer changes only as the client reads (directly, or by letting an
+                    # earlier write finish so that the next one is written): that is progress
+                    nonlocal unsent, watch
+                    now = transport.get_write_buffer_size()
+                    if now == unsent:
+                        deadline.reschedule(loop.time())
+                    else:
+                        unsent = now
+                        watch = loop.call_later(timeout, look)
+
+                def begin() -> None:  # a second in: still waiting, so note where it stands
+                    nonlocal unsent, watch
+                    unsent = transport.get_write_buffer_size()
+                    watch = loop.call_later(timeout, look)
+
+                watch = loop.call_later(min(1.0, timeout), begin)
+                try:
+                    await protocol_send(self, event)
+                finally:
+                    watch.cancel()
         except TimeoutError:
             _LOGGER.warning(
-                "dropped the connection of %s: a write to it waited %g s for the client to read",
+                "dropped the connection of %s: it read nothing for %g s",
                 self.writer.get_extra_info("peername"),
                 timeout,
             )
             # the reading task then finds the connection closed and tells the application
-            self.writer.transport.abort()
+            transport.abort()
 
     server.protocol_send = bounded_protocol_send  # type: ignore[method-assign]
     setattr(server, _PATCHED_SEND, True)

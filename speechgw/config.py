@@ -128,8 +128,9 @@ class LimitsConfig:
     receive_timeout_seconds: Annotated[float, Positive] = 30.0
     """How long the server waits for a client's next expected message before ``timeout``."""
     send_timeout_seconds: Annotated[float, Positive] = 30.0
-    """How long one write to a client may wait for the client to read it (the sockets' buffers
-    full); then the connection is dropped. A client that stops reading holds nothing longer."""
+    """How long a client with something to read (the sockets' buffers full) may read none of
+    it; then its connection is dropped. A client that reads slowly, but reads, is waited for;
+    one that stops reading holds nothing longer."""
     max_stream_seconds: Annotated[float | None, Positive] = None
     """Audio one stream may send in all; reaching it, the stream's buffered audio is answered
     and the server closes (1008 "stream too long"). Null: no limit (sessions restart)."""

@@ -60,7 +60,7 @@ class _HypercornConfig(HypercornConfig):
     """
 
     send_timeout: float | None = None
-    """How long one write may wait for the client to read (``_hypercorn_compat``)."""
+    """How long a write may wait with the client reading none of it (``_hypercorn_compat``)."""
 
     def create_ssl_context(self) -> ssl.SSLContext | None:
         context = super().create_ssl_context()

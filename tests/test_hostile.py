@@ -270,7 +270,7 @@ def test_a_client_that_never_reads_its_replies(voices, twelve: tuple[bytes, int]
 def test_a_client_that_never_reads_is_let_go(
     twelve: tuple[bytes, int], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Nor does it keep its stream: once a write to it has waited `send_timeout_seconds` the
+    """Nor does it keep its stream: once it has read nothing for `send_timeout_seconds` the
     connection is dropped. It used to hold its place in `max_streams` (and a task, and its
     replies) until the client went away: its idle timeout came, but the stream could not end
     without sending its last replies, which waited for the client to read."""
@@ -286,7 +286,33 @@ def test_a_client_that_never_reads_is_let_go(
             wait_for(lambda: server.metric("speechgw_active_streams") == 0, seconds=20)
             # and its connection's tasks end: none is left that was not there before it
             wait_for(lambda: server.tasks() <= before, seconds=10)
-    assert any("waited 2 s for the client to read" in r.getMessage() for r in caplog.records)
+    assert any("it read nothing for 2 s" in r.getMessage() for r in caplog.records)
+
+
+def test_a_client_that_reads_slowly_is_waited_for(voices) -> None:
+    """What counts is that the client reads, not how long one write takes: a 6 MB result
+    read 64 KB at a time takes seconds more than ``send_timeout_seconds`` (1) to write, and
+    arrives whole."""
+    text = "x" * 6_000_000
+    backends = {"null": {"type": "scripted", "text": text}}
+    with (
+        running_server({"limits": {"send_timeout_seconds": 1}}, backends=backends) as server,
+        socket.create_connection(("127.0.0.1", server.port)) as raw,
+    ):
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        send_behind_a_request(raw, voices["coffee"].read_bytes(), frames=0)
+        raw.settimeout(30)
+        received = bytearray()
+        started = time.monotonic()
+        closing = b"\x88\x02\x03\xe8"  # the server's Close, 1000: it sent all it had
+        while not received.endswith(closing):
+            chunk = raw.recv(65536)
+            assert chunk, "closed before the server's Close"
+            received += chunk
+            time.sleep(0.03)  # about 2 MB/s at most
+        took = time.monotonic() - started
+    assert f'"text":"{text}"'.encode() in received
+    assert took > 2, f"{took:.1f} s: the result went into the sockets' buffers, not a test"
 
 
 def test_truncated_frames_and_garbage_bytes(tiny_server: Server, voices) -> None:
