@@ -33,7 +33,7 @@ import csv
 import subprocess
 import tempfile
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -98,22 +98,25 @@ def words_alone(work: Path) -> dict[str, np.ndarray]:
     return words
 
 
-def recordings(noise_dbfs: float | None) -> dict[str, tuple[str, np.ndarray]]:
-    """The English recordings of ../shared/audio: name -> (reference, 16 kHz samples)."""
+def english_recordings() -> Iterator[tuple[dict[str, str], np.ndarray]]:
+    """The English recordings of ../shared/audio (not the two-speaker file, nor the one whose
+    reference a model wrote): each one's manifest row and its 16 kHz samples."""
     from faster_whisper import decode_audio
 
-    found = {}
     with open(SHARED_AUDIO / "MANIFEST.tsv", encoding="utf-8") as f:
         for row in csv.DictReader(f, delimiter="\t"):
             name = row["file"]
-            if row["language"] != "en" or "stereo" in name or "multilingual" in name:
-                continue
-            samples = decode_audio(str(SHARED_AUDIO / name))
-            if noise_dbfs is not None:  # the same noise as stream_candidates.py --noise white:DB
-                samples = samples + _noise(len(samples), "white") * np.float32(
-                    10 ** (noise_dbfs / 20)
-                )
-            found[name] = (row["reference_transcript"], from_pcm16(to_pcm16(samples)))
+            if row["language"] == "en" and "stereo" not in name and "multilingual" not in name:
+                yield row, decode_audio(str(SHARED_AUDIO / name))
+
+
+def recordings(noise_dbfs: float | None) -> dict[str, tuple[str, np.ndarray]]:
+    """The English recordings of ../shared/audio: name -> (reference, 16 kHz samples)."""
+    found = {}
+    for row, samples in english_recordings():
+        if noise_dbfs is not None:  # the same noise as stream_candidates.py --noise white:DB
+            samples = samples + _noise(len(samples), "white") * np.float32(10 ** (noise_dbfs / 20))
+        found[row["file"]] = (row["reference_transcript"], from_pcm16(to_pcm16(samples)))
     return found
 
 
@@ -124,27 +127,20 @@ def real_words(model, limit: int) -> dict[str, tuple[str, np.ndarray]]:
     same silence as WORDS_ALONE. Cut from running speech, they are harder than words said
     alone (coarticulated, clipped where a timestamp is off): a worst case for the rules.
     Spread evenly over the recordings, at most ``limit``. name -> (the word, 16 kHz samples)."""
-    from faster_whisper import decode_audio
-
     candidates = []
-    with open(SHARED_AUDIO / "MANIFEST.tsv", encoding="utf-8") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            name = row["file"]
-            if row["language"] != "en" or "stereo" in name or "multilingual" in name:
-                continue
-            samples = decode_audio(str(SHARED_AUDIO / name))
-            segments, _ = model.transcribe(samples, language="en", word_timestamps=True)
-            for segment in segments:
-                for w in segment.words or []:
-                    word = normalise(w.word)
-                    if len(word) != 1 or w.probability < 0.8:
-                        continue
-                    start = max(0, int((w.start - 0.05) * 16000))
-                    end = min(len(samples), int((w.end + 0.05) * 16000))
-                    cut = np.concatenate(
-                        (np.zeros(4800, np.float32), samples[start:end], np.zeros(9600, np.float32))
-                    )
-                    candidates.append((f"{name}@{w.start:.2f}", word[0], cut))
+    for row, samples in english_recordings():
+        segments, _ = model.transcribe(samples, language="en", word_timestamps=True)
+        for segment in segments:
+            for w in segment.words or []:
+                word = normalise(w.word)
+                if len(word) != 1 or w.probability < 0.8:
+                    continue
+                start = max(0, int((w.start - 0.05) * 16000))
+                end = min(len(samples), int((w.end + 0.05) * 16000))
+                cut = np.concatenate(
+                    (np.zeros(4800, np.float32), samples[start:end], np.zeros(9600, np.float32))
+                )
+                candidates.append((f"{row['file']}@{w.start:.2f}", word[0], cut))
     step = max(1, len(candidates) // limit)
     return {key: (word, cut) for key, word, cut in candidates[::step][:limit]}
 
