@@ -29,18 +29,17 @@ little and cost twice the time).
 from __future__ import annotations
 
 import argparse
-import csv
 import subprocess
 import tempfile
-import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 from _common import SHARED_AUDIO, in_process_model, normalise, segmented, word_errors
+from stream_accuracy import recordings as scored_recordings
 from stream_candidates import _noise
 
-from speechgw.audio import from_pcm16, to_pcm16
+from speechgw.audio import from_pcm16, read_wav, to_pcm16
 from speechgw.stream import _context
 
 NO_SPEECH, UNSURE_NO_SPEECH, UNSURE_LOG_PROB = 0.5, 0.25, -1.25
@@ -58,6 +57,8 @@ SOX_SIGNALS: dict[str, str] = {  # the arguments of sox -n ... synth
     "plucked melody": "synth 0.6 pluck C4 synth 0.6 pluck E4 : synth 0.6 pluck G4 repeat 6",
     "mains hum": "synth 12 sine 50 sine 100 sine 150 vol 0.4",
 }
+LEAD_SECONDS, TAIL_SECONDS = 0.3, 0.6
+"""The silence around a word said alone (so that the segmenter closes it as after speech)."""
 REVERSED = "The committee will meet again on Thursday to discuss the budget for next year."
 WORDS_ALONE = ["one", "two", "three", "four", "five", "nine", "ten", "yes", "no", "okay"]
 WORDS_ALONE += ["hello", "thanks", "stop", "right", "sure", "maybe", "goodbye", "what"]
@@ -65,8 +66,8 @@ WORDS_ALONE += ["hello", "thanks", "stop", "right", "sure", "maybe", "goodbye", 
 
 
 def _read(path: Path) -> np.ndarray:
-    with wave.open(str(path)) as w:
-        return from_pcm16(np.frombuffer(w.readframes(w.getnframes()), np.int16))
+    """A 16 kHz mono WAV's samples, read as the gateway reads an upload."""
+    return read_wav(path.read_bytes())[0]
 
 
 def non_speech(work: Path) -> dict[str, np.ndarray]:
@@ -87,27 +88,25 @@ def non_speech(work: Path) -> dict[str, np.ndarray]:
 
 
 def words_alone(work: Path) -> dict[str, np.ndarray]:
-    """Each of WORDS_ALONE with 0.3 s of silence before and 0.6 s after, 16 kHz mono."""
+    """Each of WORDS_ALONE with LEAD_SECONDS of silence before and TAIL_SECONDS after."""
     words = {}
     for word in WORDS_ALONE:
         spoken, out = work / f"{word}.raw.wav", work / f"{word}.wav"
         subprocess.run(["espeak-ng", "-w", str(spoken), word], check=True, capture_output=True)
         sox = ["sox", "-R", str(spoken), "-r", "16000", "-b", "16", "-c", "1", str(out)]
-        subprocess.run([*sox, "pad", "0.3", "0.6"], check=True, capture_output=True)
+        pad = ["pad", str(LEAD_SECONDS), str(TAIL_SECONDS)]
+        subprocess.run([*sox, *pad], check=True, capture_output=True)
         words[word] = _read(out)
     return words
 
 
 def english_recordings() -> Iterator[tuple[dict[str, str], np.ndarray]]:
-    """The English recordings of ../shared/audio (not the two-speaker file, nor the one whose
-    reference a model wrote): each one's manifest row and its 16 kHz samples."""
+    """The English recordings of ../shared/audio that stream_accuracy.py scores: each one's
+    manifest row and its 16 kHz samples."""
     from faster_whisper import decode_audio
 
-    with open(SHARED_AUDIO / "MANIFEST.tsv", encoding="utf-8") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            name = row["file"]
-            if row["language"] == "en" and "stereo" not in name and "multilingual" not in name:
-                yield row, decode_audio(str(SHARED_AUDIO / name))
+    for row in scored_recordings(multilingual=False):
+        yield row, decode_audio(str(SHARED_AUDIO / row["file"]))
 
 
 def recordings(noise_dbfs: float | None) -> dict[str, tuple[str, np.ndarray]]:
@@ -137,9 +136,9 @@ def real_words(model, limit: int) -> dict[str, tuple[str, np.ndarray]]:
                     continue
                 start = max(0, int((w.start - 0.05) * 16000))
                 end = min(len(samples), int((w.end + 0.05) * 16000))
-                cut = np.concatenate(
-                    (np.zeros(4800, np.float32), samples[start:end], np.zeros(9600, np.float32))
-                )
+                lead = np.zeros(int(LEAD_SECONDS * 16000), np.float32)
+                tail = np.zeros(int(TAIL_SECONDS * 16000), np.float32)
+                cut = np.concatenate((lead, samples[start:end], tail))
                 candidates.append((f"{row['file']}@{w.start:.2f}", word[0], cut))
     step = max(1, len(candidates) // limit)
     return {key: (word, cut) for key, word, cut in candidates[::step][:limit]}
@@ -163,6 +162,11 @@ def decode(model, samples: np.ndarray) -> list[tuple[float, float, str]]:
             if s.no_speech_prob <= NO_SPEECH:
                 context = _context(context, s.text, 200)
     return segments
+
+
+def kept(segments: list[tuple[float, float, str]], dropped: Callable[[float, float], bool]) -> str:
+    """The reply a rule leaves of these segments."""
+    return " ".join(t for nsp, lp, t in segments if not dropped(nsp, lp))
 
 
 def rules(unsure_log_probs: list[float]) -> dict[str, Callable[[float, float], bool]]:
@@ -207,10 +211,7 @@ def main() -> int:
         for name, (reference, samples) in recordings(args.noise).items():
             speech[name] = (reference, decode(model, samples))
     for rule, dropped in chosen.items():
-        replied = {
-            name: " ".join(t for nsp, lp, t in segments if not dropped(nsp, lp))
-            for name, segments in signals.items()
-        }
+        replied = {name: kept(segments, dropped) for name, segments in signals.items()}
         heard = sum(len(normalise(text)) for text in replied.values())
         line = f"{args.model} {rule}: {heard} words replied to {len(signals)} non-speech signals"
         answered = [
@@ -220,7 +221,7 @@ def main() -> int:
         if speech:
             errors = words = 0
             for reference, segments in speech.values():
-                text = " ".join(t for nsp, lp, t in segments if not dropped(nsp, lp))
+                text = kept(segments, dropped)
                 e, n = word_errors(reference, text)
                 errors, words = errors + e, words + n
             noise = f" under white noise at {args.noise} dBFS" if args.noise is not None else ""
@@ -246,11 +247,11 @@ def report_real_words(
         replied = right = 0
         lost = []
         for key, (word, segments) in decoded.items():
-            text = " ".join(t for nsp, lp, t in segments if not dropped(nsp, lp))
-            replied += bool(normalise(text))
-            right += word in normalise(text)
-            heard = normalise(" ".join(t for _, _, t in segments))
-            if word in heard and word not in normalise(text):  # heard right, then dropped
+            left = normalise(kept(segments, dropped))
+            replied += bool(left)
+            right += word in left
+            heard = normalise(kept(segments, lambda nsp, lp: False))
+            if word in heard and word not in left:  # heard right, then dropped
                 lost.append(f"{key} {word!r} -> {segments}")
         print(
             f"{name} {rule}: {replied} of {len(decoded)} real words alone replied, "
