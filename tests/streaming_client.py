@@ -46,11 +46,11 @@ def open_stream(url: str, api_key: str | None = None) -> ClientConnection:
     audio in the sockets' buffers for as long as the server takes to recognise that audio.
     Once one pong has come back later than ``ping_interval``, the sync client of websockets
     (17.4) waits ``ping_interval - latency`` before the next ping: no time at all, so without
-    a ``ping_timeout`` its keepalive thread sends pings back to back (24,000 in one
-    265 s stream here), holding the connection's lock while each waits to be sent; the thread
-    that reads starves, the server's last replies and its Close go unread for longer than the
-    server waits for the client's Close, and they were lost with the connection (the 240 s
-    stream test, on a slow day). Every read here has its own timeout instead
+    a ``ping_timeout`` its keepalive thread sends pings back to back (226,249 in one 873 s
+    stream: bench/keepalive_backlog.py), holding the connection's lock while each waits to be
+    sent; the thread that reads starves, the server's last replies and its Close go unread
+    for longer than the server waits for the client's Close, and they were lost with the
+    connection (the 240 s stream test, on a slow day). Every read here has its own timeout instead
     (examples/stream_client.py does the same)."""
     query = f"?api_key={api_key}" if api_key is not None else ""
     return connect(
