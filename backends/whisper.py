@@ -28,6 +28,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
+from speechgw import silero
 from speechgw.backend import Backend, Capabilities, InterimSkipped
 from speechgw.batching import BatchStats, CallBatcher, JobContext, Priority
 from speechgw.config import AtLeastOne, NonNegative, Range
@@ -48,6 +49,15 @@ _UNSURE_LOG_PROB = -1.25
 heard "one" at -1.01, base "thanks" at -1.08, and words cut out of real recordings, heard
 right, went down to -1.21; words written into tones scored -1.29 to -2.04: the line is midway
 (``bench/non_speech.py``, also ``--real-words``)."""
+_SURE_LOG_PROB = -1.0
+"""At or above this ``avg_logprob`` Whisper is sure enough of its words that a second opinion on
+whether they were spoken may keep them: faster-whisper's own line, below which it decodes again
+at a higher temperature."""
+_HEARD_SPEECH_WINDOWS = 3
+"""Silero VAD windows (32 ms each, so about 0.1 s) rated as speech that make an utterance one
+with speech in it, for ``utterance_vad_no_speech_prob``: every word said alone had 8 and more,
+most words clipped out of recordings 3 and more; of the sox noises and tones Whisper wrote words
+into, only a chord with tremolo had any (``bench/non_speech.py``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +79,23 @@ class WhisperOptions:
             cache already (``speechgw check`` says when it is not).
         utterance_no_speech_prob: for utterances cut from a live stream (``spec.segmented``),
             drop segments whose ``no_speech_prob`` is above this. Over noise that fooled the
-            VAD, Whisper writes "You" or ". . ." rated 0.65 and more; real speech cut the same
-            way rated at most 0.39 on ../shared/audio. Whole recordings keep faster-whisper's
-            own rule (in context, real speech can rate 0.88 there). 1.0 turns it off.
+            VAD, Whisper writes "You" or ". . ." rated 0.6 and more; the sentences of
+            ../shared/audio cut the same way rated at most 0.39, but a word said alone can rate
+            0.65 (``utterance_vad_no_speech_prob`` keeps it). Whole recordings keep
+            faster-whisper's own rule (in context, real speech can rate 0.88 there). 1.0 turns
+            it off.
         utterance_unsure_no_speech_prob: for utterances cut from a live stream, also drop
             segments rated above this as no speech whose words Whisper is unsure of as well
             (``avg_logprob`` below -1.25): tones and music heard as "BEEP", "I'll see you in
             the next video." rated 0.28-0.48 with such words; no real speech in quiet, nor any
             word said alone, fell under this rule (BENCHMARKS.md, "Words nobody said"). 1.0
+            turns it off.
+        utterance_vad_no_speech_prob: for utterances cut from a live stream, keep segments
+            rated above ``utterance_no_speech_prob`` but not above this when Whisper is sure of
+            their words (``avg_logprob`` -1 and up) and Silero VAD hears speech in the
+            utterance (about 0.1 s of it). A word said briskly alone ("Wrong.", "Stop.",
+            "three") is rated 0.5-0.65; so was a breath base wrote "I'm not sure if I'm right."
+            into, and Silero hears no speech in that. Equal to ``utterance_no_speech_prob``
             turns it off.
         batch_size: model calls of concurrent jobs run together, up to this many (1: no
             batching). Null: 8 on CUDA, 1 on CPU (where batching measured no faster).
@@ -105,6 +124,7 @@ class WhisperOptions:
     local_files_only: bool = False
     utterance_no_speech_prob: Annotated[float, Range(ge=0, le=1)] = 0.5
     utterance_unsure_no_speech_prob: Annotated[float, Range(ge=0, le=1)] = 0.25
+    utterance_vad_no_speech_prob: Annotated[float, Range(ge=0, le=1)] = 0.7
     batch_size: Annotated[int | None, AtLeastOne] = None
     batch_window_ms: Annotated[float, NonNegative] = 10.0
     batch_split_recordings: bool = False
@@ -391,6 +411,8 @@ class WhisperBackend(Backend):
         )
         self._info = {"device": device, "compute_type": compute_type, "batch_size": batch_size}
         self._suppress_tokens = _non_speech_tokens(self._model)
+        if opts.utterance_vad_no_speech_prob > opts.utterance_no_speech_prob:
+            silero.load()  # now, not on the first utterance in doubt
         languages = frozenset(self._model.supported_languages)
         multilingual = len(languages) > 1  # English-only models cannot translate either
         self._capabilities = Capabilities(
@@ -605,20 +627,39 @@ class WhisperBackend(Backend):
             # 0.57 "no speech" (NASA podcast part 1), which the filter below then dropped.
             condition_on_previous_text=not spec.segmented,
         )
-        opts = self.options
-        limit = opts.utterance_no_speech_prob if spec.segmented else 1.0
-        unsure_limit = opts.utterance_unsure_no_speech_prob if spec.segmented else 1.0
+        spoken = _SpeechCheck(self.options, audio) if spec.segmented else None
         kept = []
         for segment in segments_iter:
-            unsure = segment.avg_logprob < _UNSURE_LOG_PROB
-            no_speech = segment.no_speech_prob > limit or (
-                unsure and segment.no_speech_prob > unsure_limit
-            )
-            if not no_speech and _has_words(segment.text):
+            if (spoken is None or spoken(segment)) and _has_words(segment.text):
                 kept.append(segment)
                 if progress is not None:
                     progress.add(_segment(segment), prompt)
         return kept, info.language
+
+
+class _SpeechCheck:
+    """Whether a segment of a stream's utterance is speech worth a reply, by Whisper's own
+    scores (``no_speech_prob``, ``avg_logprob``) and, where those leave it in doubt, Silero
+    VAD's hearing of the utterance (asked once, and only if needed, which is rare)."""
+
+    def __init__(self, options: WhisperOptions, audio: np.ndarray) -> None:
+        self._limit = options.utterance_no_speech_prob
+        self._unsure_limit = options.utterance_unsure_no_speech_prob
+        self._vad_limit = options.utterance_vad_no_speech_prob
+        self._audio = audio
+        self._heard: bool | None = None
+
+    def __call__(self, segment: Any) -> bool:
+        no_speech, log_prob = segment.no_speech_prob, segment.avg_logprob
+        if log_prob < _UNSURE_LOG_PROB and no_speech > self._unsure_limit:
+            return False
+        if no_speech <= self._limit:
+            return True
+        if no_speech > self._vad_limit or log_prob < _SURE_LOG_PROB:
+            return False
+        if self._heard is None:
+            self._heard = silero.speech_windows(self._audio) >= _HEARD_SPEECH_WINDOWS
+        return self._heard
 
 
 def _non_speech_tokens(model: object) -> list[int]:

@@ -6,6 +6,11 @@ segmenter in quiet and in noise"). Silero VAD, a small neural model, is not fool
 alone it cuts clean speech finer than webrtcvad and costs more CPU, so the segmenter asks it
 only inside utterances that have run long (``streaming.silero_vad_after_seconds``).
 
+The Whisper backend asks it once more (:func:`speech_windows`), over a whole utterance, where
+Whisper rates a stream's utterance a little more likely not to be speech than to be: a short
+word said briskly ("Wrong.", "Stop.") is rated so as often as a breath it wrote words into,
+and Silero tells the two apart.
+
 The model is the ONNX file faster-whisper ships and runs for its own ``vad_filter``
 (Silero VAD v6, 16 kHz, 32 ms windows), through the onnxruntime it already depends on: no
 download, no new package. The recurrent state and the 64 samples of context before each
@@ -20,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["WINDOW", "SileroListener", "load"]
+__all__ = ["WINDOW", "SileroListener", "load", "speech_windows"]
 
 WINDOW = 512
 """Samples per Silero window at 16 kHz (32 ms)."""
@@ -36,6 +41,13 @@ def load() -> Any:
     from faster_whisper.vad import get_vad_model
 
     return get_vad_model().session
+
+
+def speech_windows(samples: np.ndarray) -> int:
+    """How many 32 ms windows of these 16 kHz samples Silero rates as speech (above 0.5): a
+    second opinion on a whole utterance, where Whisper doubts that it holds speech."""
+    probabilities = SileroListener().feed(np.asarray(samples, dtype=np.float32))
+    return int(np.count_nonzero(probabilities > _ON))
 
 
 class SileroListener:

@@ -322,6 +322,61 @@ def test_tones_give_no_reply(tiny_server: Server, tmp_path: Path, synth: list[st
     assert result.replies == [], result.replies
 
 
+def test_noise_whisper_hears_as_you_gets_no_reply(tiny_server: Server, tmp_path: Path) -> None:
+    """Eight seconds of swelling brown noise: webrtcvad passes it as two utterances and tiny.en
+    writes "You" into each, rated between 0.5 and 0.7 likely not to be speech, with words it is
+    not unsure of (avg_logprob about -0.97): in the band where a word said briskly alone is kept
+    (below). Silero VAD hears no speech in them, so the client gets no reply (with Silero's
+    verdict taken as "speech", it got "You" twice)."""
+    noise = tmp_path / "noise.wav"
+    synth = [
+        "synth",
+        "8",
+        "brownnoise",
+        "lowpass",
+        "1500",
+        "tremolo",
+        "0.3",
+        "100",
+        "vol",
+        "0.3",
+        "pad",
+        "0.3",
+        "0.6",
+    ]
+    subprocess.run(
+        ["sox", "-R", "-n", "-r", "16000", "-b", "16", "-c", "1", str(noise), *synth],
+        check=True,
+        capture_output=True,
+    )
+    pcm, rate = read_pcm16(noise)
+    result = stream_pcm(tiny_server.ws, pcm, rate)
+    assert result.errors == []
+    assert result.replies == [], result.replies
+
+
+@pytest.mark.parametrize(
+    ("word", "voice"),
+    [("wrong", "en+f3"), ("right", "en-gb-x-rp"), ("sure", "en+m3")],
+)
+def test_a_word_said_briskly_alone_gets_its_reply(
+    tiny_server: Server, tmp_path: Path, word: str, voice: str
+) -> None:
+    """A one-word answer said briskly (200 words a minute) and alone, as callers answer an
+    IVR: tiny.en hears the word, sure of it, but rates the short utterance 0.56-0.65 likely
+    not to be speech, above ``utterance_no_speech_prob`` (0.5). Silero VAD hears speech in it,
+    so the segment is kept (``utterance_vad_no_speech_prob``, 0.7) and the client gets the
+    word; before, the answer vanished."""
+    spoken = speech.speak(word, tmp_path / "word.wav", voice=voice, words_per_minute=200)
+    wav = speech.convert(
+        spoken, tmp_path / "padded.wav", "-r", "16000", effects=("pad", "0.3", "0.6")
+    )
+    pcm, rate = read_pcm16(wav)
+    result = stream_pcm(tiny_server.ws, pcm, rate)
+    assert result.errors == []
+    assert [speech.words(reply) for reply in result.replies] == [[word]], result.replies
+
+
 def test_a_stream_without_pauses_is_cut_between_sentences_and_billed_once(
     voices, tmp_path: Path
 ) -> None:
