@@ -277,7 +277,7 @@ def main() -> int:
     parser.add_argument(
         "--noise-grid",
         action="store_true",
-        help="signals: 90 sox noises and tones of 1-8 s instead of the 13 and reversed speech",
+        help="signals: 105 sox noises and tones of 1-8 s instead of the 13 and reversed speech",
     )
     parser.add_argument(
         "--ivr-words",

@@ -297,6 +297,14 @@ def test_noise_after_speech_adds_nothing(
     assert result.errors == []
 
 
+def _synthesised(tmp_path: Path, *effects: str) -> Path:
+    """A repeatable sox signal (``sox -R -n``), 16 kHz mono 16-bit."""
+    out = tmp_path / "signal.wav"
+    sox = ["sox", "-R", "-n", "-r", "16000", "-b", "16", "-c", "1", str(out), *effects]
+    subprocess.run(sox, check=True, capture_output=True)
+    return out
+
+
 @pytest.mark.parametrize(
     "synth",
     [
@@ -310,14 +318,7 @@ def test_tones_give_no_reply(tiny_server: Server, tmp_path: Path, synth: list[st
     speech, but words it is unsure of (avg_logprob below -1.25): such segments of a stream's
     utterances are dropped (``utterance_unsure_no_speech_prob``), so the client gets no
     reply."""
-    tone = tmp_path / "tone.wav"
-    subprocess.run(
-        ["sox", "-R", "-n", "-r", "16000", "-b", "16", "-c", "1", str(tone), "synth", *synth],
-        check=True,
-        capture_output=True,
-    )
-    pcm, rate = read_pcm16(tone)
-    result = stream_pcm(tiny_server.ws, pcm, rate)
+    result = stream_pcm(tiny_server.ws, *read_pcm16(_synthesised(tmp_path, "synth", *synth)))
     assert result.errors == []
     assert result.replies == [], result.replies
 
@@ -328,29 +329,8 @@ def test_noise_whisper_hears_as_you_gets_no_reply(tiny_server: Server, tmp_path:
     not unsure of (avg_logprob about -0.97): in the band where a word said briskly alone is kept
     (below). Silero VAD hears no speech in them, so the client gets no reply (with Silero's
     verdict taken as "speech", it got "You" twice)."""
-    noise = tmp_path / "noise.wav"
-    synth = [
-        "synth",
-        "8",
-        "brownnoise",
-        "lowpass",
-        "1500",
-        "tremolo",
-        "0.3",
-        "100",
-        "vol",
-        "0.3",
-        "pad",
-        "0.3",
-        "0.6",
-    ]
-    subprocess.run(
-        ["sox", "-R", "-n", "-r", "16000", "-b", "16", "-c", "1", str(noise), *synth],
-        check=True,
-        capture_output=True,
-    )
-    pcm, rate = read_pcm16(noise)
-    result = stream_pcm(tiny_server.ws, pcm, rate)
+    noise = "synth 8 brownnoise lowpass 1500 tremolo 0.3 100 vol 0.3 pad 0.3 0.6"
+    result = stream_pcm(tiny_server.ws, *read_pcm16(_synthesised(tmp_path, *noise.split(" "))))
     assert result.errors == []
     assert result.replies == [], result.replies
 
