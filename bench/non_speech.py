@@ -309,10 +309,12 @@ def main() -> int:
     )
     windows = [min(heard for *_, heard in segs) for _, segs in alone.values() if segs]
     print(f"Silero VAD: {len(windows)} words said alone got words; speech windows {min(windows)}+")
-    for name, (_, segments) in alone.items():
+    said = [(f"signal, {name}", segs) for name, segs in signals.items()]
+    said += [(f"said alone, {name}", segs) for name, (_, segs) in alone.items()]
+    for name, segments in said:
         for nsp, lp, text, heard in segments:
             if nsp > NO_SPEECH:  # what the first rule drops
-                print(f"    said alone, {name}: {text.strip()!r} {nsp:.2f} / {lp:.2f} / {heard}")
+                print(f"    {name}: {text.strip()!r} {nsp:.2f} / {lp:.2f} / {heard}")
     for rule, dropped in chosen.items():
         replied = {name: kept(segments, dropped) for name, segments in signals.items()}
         heard = sum(len(normalise(text)) for text in replied.values())
