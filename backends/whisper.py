@@ -79,7 +79,7 @@ class WhisperOptions:
             cache already (``speechgw check`` says when it is not).
         utterance_no_speech_prob: for utterances cut from a live stream (``spec.segmented``),
             drop segments whose ``no_speech_prob`` is above this. Over noise that fooled the
-            VAD, Whisper writes "You" or ". . ." rated 0.6 and more; the sentences of
+            VAD, Whisper writes "You" or ". . ." rated 0.5 and more; the sentences of
             ../shared/audio cut the same way rated at most 0.39, but a word said alone can rate
             0.65 (``utterance_vad_no_speech_prob`` keeps it). Whole recordings keep
             faster-whisper's own rule (in context, real speech can rate 0.88 there). 1.0 turns

@@ -7,12 +7,11 @@ webrtcvad often enough; Whisper then writes words nobody said ("I'll see you in 
 video.", "You"). Each signal, words said alone (espeak-ng: 18 in its default voice, and with
 ``--ivr-words`` 31 answers to a phone menu in 5 voices at 120, 150 and 200 words a minute, each
 its own stream: short utterances are where Whisper is least sure of real speech), and each
-English recording
-of ../shared/audio (optionally under white noise, ``--noise DBFS``), is cut by the gateway's
-segmenter as a stream would be, and each utterance decoded as the gateway decodes it (beam 5,
-the stream's last 200 characters of replies as its prompt, no conditioning between windows).
-Silero VAD's count of speech windows in each utterance is kept with its segments. Rules for
-dropping a segment are then applied to the same decodes:
+English recording of ../shared/audio (optionally under white noise, ``--noise DBFS``), is cut
+by the gateway's segmenter as a stream would be, and each utterance decoded as the gateway
+decodes it (beam 5, the stream's last 200 characters of replies as its prompt, no conditioning
+between windows). Silero VAD's count of speech windows in each utterance is kept with its
+segments. Rules for dropping a segment are then applied to the same decodes:
 
 - ``no_speech``: ``no_speech_prob`` above 0.5 (``utterance_no_speech_prob`` alone: the
   gateway's rule until session 16);
@@ -30,6 +29,7 @@ prompts of later utterances are the first rule's replies (the rules differ in so
 that decoding twice would change little and cost twice the time).
 
     python bench/non_speech.py [--model base] [--noise -25] [--no-recordings] [--ivr-words]
+    python bench/non_speech.py --noise-grid --no-recordings [--model base]
     python bench/non_speech.py --real-words 400 [--model base] [--unsure-log-prob -1.2 -1.25]
 """
 
