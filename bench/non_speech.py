@@ -43,6 +43,12 @@ from pathlib import Path
 
 import numpy as np
 from _common import SHARED_AUDIO, in_process_model, normalise, segmented, word_errors
+from speechgw.backends.whisper import (
+    _HEARD_SPEECH_WINDOWS,
+    _SURE_LOG_PROB,
+    _UNSURE_LOG_PROB,
+    WhisperOptions,
+)
 from stream_accuracy import recordings as scored_recordings
 from stream_candidates import _noise
 
@@ -50,8 +56,14 @@ from speechgw.audio import from_pcm16, read_wav, to_pcm16
 from speechgw.silero import speech_windows
 from speechgw.stream import _context
 
-NO_SPEECH, UNSURE_NO_SPEECH, UNSURE_LOG_PROB = 0.5, 0.25, -1.25
-VAD_NO_SPEECH, SURE_LOG_PROB, HEARD_SPEECH_WINDOWS = 0.7, -1.0, 3
+GATEWAY = WhisperOptions()  # the gateway's lines, so that the bench's rules follow them
+NO_SPEECH, UNSURE_NO_SPEECH = (
+    GATEWAY.utterance_no_speech_prob,
+    GATEWAY.utterance_unsure_no_speech_prob,
+)
+VAD_NO_SPEECH = GATEWAY.utterance_vad_no_speech_prob
+UNSURE_LOG_PROB, SURE_LOG_PROB = _UNSURE_LOG_PROB, _SURE_LOG_PROB
+HEARD_SPEECH_WINDOWS = _HEARD_SPEECH_WINDOWS
 Segments = list[tuple[float, float, str, int]]
 """(no_speech_prob, avg_logprob, text, Silero's speech windows in its utterance) of each
 segment of a stream's utterances."""

@@ -343,7 +343,7 @@ def test_a_word_said_briskly_alone_gets_its_reply(
     tiny_server: Server, tmp_path: Path, word: str, voice: str
 ) -> None:
     """A one-word answer said briskly (200 words a minute) and alone, as callers answer an
-    IVR: tiny.en hears the word, sure of it, but rates the short utterance 0.56-0.65 likely
+    IVR: tiny.en hears the word, sure of it, but rates the short utterance 0.55-0.65 likely
     not to be speech, above ``utterance_no_speech_prob`` (0.5). Silero VAD hears speech in it,
     so the segment is kept (``utterance_vad_no_speech_prob``, 0.7) and the client gets the
     word; before, the answer vanished."""
