@@ -1,4 +1,4 @@
-"""Four fixes to hypercorn, applied where the server starts.
+"""Five fixes to hypercorn, applied where the server starts.
 
 **Refuse permessage-deflate.** hypercorn 0.18 accepts permessage-deflate whenever a client
 offers it, with no option to refuse (upstream hypercorn issue #307). Browsers and the
@@ -59,11 +59,13 @@ from h2.stream import StreamState
 from hypercorn.asyncio import task_group, tcp_server
 from hypercorn.protocol import h2 as hypercorn_h2
 from hypercorn.protocol import ws_stream
+from hypercorn.protocol.events import Body, Data
 
 __all__ = [
     "abort_stalled_writes",
     "decline_websocket_compression",
     "end_http2_requests_answered_early",
+    "keep_frames_sent_before_accept",
     "mend_application_queues",
 ]
 
@@ -71,6 +73,11 @@ _PATCHED = "_speechgw_declines_extensions"
 _PATCHED_QUEUE = "_speechgw_mends_application_queues"
 _PATCHED_H2 = "_speechgw_ends_http2_requests_answered_early"
 _PATCHED_SEND = "_speechgw_aborts_stalled_writes"
+_PATCHED_EARLY = "_speechgw_keeps_early_frames"
+_HELD = "_speechgw_held_bytes"
+_HELD_BEFORE_PUSHING_BACK = 65536
+"""Bytes held for a connection before its upgrade is answered (hypercorn reads 64 KiB at a
+time); past them reading it waits for the answer."""
 _LOGGER = logging.getLogger(__name__)
 _WEBSOCKET_QUEUE = 2
 """WebSocket messages queued per connection ahead of the application (hypercorn: ten)."""
@@ -245,3 +252,86 @@ def abort_stalled_writes() -> None:
 
     server.protocol_send = bounded_protocol_send  # type: ignore[method-assign]
     setattr(server, _PATCHED_SEND, True)
+
+
+class _HeldBytes:
+    """What a client sent on a WebSocket connection before its upgrade was answered."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.answered = False
+        self.read = asyncio.Event()
+        """Set once the bytes are read as frames (accepted) or dropped (refused)."""
+
+
+def keep_frames_sent_before_accept() -> None:
+    """Make hypercorn's WebSocket streams hold the bytes a client sends before the application
+    has answered its upgrade, and read them as the first frames once it has accepted (see the
+    module's docstring)."""
+    stream = ws_stream.WSStream
+    if getattr(stream, _PATCHED_EARLY, False):
+        return
+    handle = stream.handle
+    app_send = stream.app_send
+    handshake_state = ws_stream.ASGIWebsocketState.HANDSHAKE
+
+    @functools.wraps(handle)
+    async def holding_handle(self: Any, event: Any) -> None:
+        if self.closed or not isinstance(event, Body | Data):
+            await handle(self, event)
+            return
+        held: _HeldBytes | None = getattr(self, _HELD, None)
+        if held is None:
+            if self.handshake.accepted:
+                await handle(self, event)  # every connection's frames, once all is in order
+                return
+            if self.state is not handshake_state:
+                return  # refused: its answer is out, and the connection ends with it
+            held = _HeldBytes()
+            setattr(self, _HELD, held)
+        if not held.answered:
+            held.data += event.data
+            if len(held.data) >= _HELD_BEFORE_PUSHING_BACK:
+                await held.read.wait()  # no more is read meanwhile: TCP pushes back
+            return
+        await held.read.wait()  # the held bytes are read first
+        if self.handshake.accepted:
+            await handle(self, event)
+
+    @functools.wraps(app_send)
+    async def answering_app_send(self: Any, message: Any) -> None:
+        try:
+            await app_send(self, message)
+        finally:
+            held: _HeldBytes | None = getattr(self, _HELD, None)
+            answered = message is None or self.closed or self.state is not handshake_state
+            if held is not None and not held.answered and answered:
+                held.answered = True
+                if self.handshake.accepted and not self.closed:
+                    # a task of its own: the application is inside its send() now, and the
+                    # held frames may be more than its queue takes before it reads again
+                    self.task_group.spawn(_read_held, self, held)
+                else:
+                    _done_holding(self, held)
+
+    stream.handle = holding_handle  # type: ignore[method-assign]
+    stream.app_send = answering_app_send  # type: ignore[method-assign]
+    setattr(stream, _PATCHED_EARLY, True)
+
+
+async def _read_held(stream: Any, held: _HeldBytes) -> None:
+    """Read ``held``'s bytes, and what joins them meanwhile, as ``stream``'s first frames."""
+    try:
+        while held.data and not stream.closed:
+            data = bytes(held.data)
+            held.data.clear()
+            stream.connection.receive_data(data)
+            await stream._handle_events()
+    finally:
+        _done_holding(stream, held)
+
+
+def _done_holding(stream: Any, held: _HeldBytes) -> None:
+    held.data.clear()
+    setattr(stream, _HELD, None)
+    held.read.set()

@@ -18,6 +18,7 @@ from ._hypercorn_compat import (
     abort_stalled_writes,
     decline_websocket_compression,
     end_http2_requests_answered_early,
+    keep_frames_sent_before_accept,
     mend_application_queues,
 )
 from ._wsproto_compat import unmask_with_numpy
@@ -134,6 +135,7 @@ async def serve_app(
     mend_application_queues()
     end_http2_requests_answered_early()
     abort_stalled_writes()
+    keep_frames_sent_before_accept()
 
     async def begin_shutdown() -> None:
         await shutdown_trigger()

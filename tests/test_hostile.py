@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import json
 import logging
 import math
@@ -13,6 +14,7 @@ import socket
 import struct
 import threading
 import time
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +170,102 @@ def test_frames_sent_behind_a_request_wait_in_the_client_not_in_the_server(voice
     assert taken <= 3 + in_buffers, f"{taken} frames of 32 MiB were taken while the request ran"
 
 
+def read_until_closed(raw: socket.socket, seconds: float = 60) -> tuple[bytes, list[bytes]]:
+    """Everything the server sends until it closes: its HTTP answer's head, then the payloads
+    of its (unmasked, unfragmented) WebSocket frames."""
+    raw.settimeout(seconds)
+    received = b""
+    while chunk := raw.recv(65536):
+        received += chunk
+    head, _, rest = received.partition(b"\r\n\r\n")
+    payloads = []
+    while len(rest) >= 2:
+        size, at = rest[1] & 0x7F, 2
+        if size == 126:
+            size, at = struct.unpack(">H", rest[2:4])[0], 4
+        elif size == 127:
+            size, at = struct.unpack(">Q", rest[2:10])[0], 10
+        payloads.append(rest[at : at + size])
+        rest = rest[at + size :]
+    return head, payloads
+
+
+def test_a_batch_request_sent_with_its_handshake_is_answered(tiny_server: Server, voices) -> None:
+    """A client that writes the upgrade, the metadata and the WAV at once, without waiting
+    for the 101 (RFC 6455 4.1 says to wait; scripted clients often do not), gets its
+    transcript: hypercorn alone answered HTTP 400 and then held the socket open."""
+    wav = voices["coffee"].read_bytes()
+    metadata = client_frame(0x1, b'{"type": "transcribe", "language": "en"}')
+    with socket.create_connection(("127.0.0.1", tiny_server.port)) as raw:
+        raw.sendall(HANDSHAKE + metadata + client_frame(0x2, wav))
+        head, payloads = read_until_closed(raw)
+    assert head.startswith(b"HTTP/1.1 101")
+    transcript = json.loads(payloads[0])
+    assert "coffee" in transcript["text"].lower(), transcript
+    assert payloads[-1][:2] == struct.pack(">H", 1000)  # the close frame: normal closure
+
+
+def test_a_stream_sent_with_its_handshake_is_answered(tiny_server: Server, voices) -> None:
+    """The streaming protocol the same way: the upgrade, every audio message and the end in
+    one write, more than the connection queues for the application before it reads."""
+    pcm, rate = read_pcm16(voices["coffee"])
+    messages = [
+        {"audio": base64.b64encode(pcm[i : i + 3200]).decode(), "rate": rate}
+        for i in range(0, len(pcm), 3200)
+    ] + [{"type": "end"}]
+    frames = b"".join(client_frame(0x1, json.dumps(m).encode()) for m in messages)
+    request = HANDSHAKE.replace(b"/ws/transcribe", b"/api/core/google/asr")
+    with socket.create_connection(("127.0.0.1", tiny_server.port)) as raw:
+        raw.sendall(request + frames)
+        head, payloads = read_until_closed(raw)
+    assert head.startswith(b"HTTP/1.1 101")
+    replies = [json.loads(p)["asr_reply"] for p in payloads if p.startswith(b'{"asr_reply"')]
+    assert len(replies) == 1 and "coffee" in replies[0].lower(), payloads
+    assert len(messages) > 10
+
+
+def test_frames_sent_with_a_refused_handshake_are_dropped(voices) -> None:
+    """A stream without its API key is refused before the upgrade (HTTP 401); audio it sent
+    along is dropped and the connection closes with the answer."""
+    backends = {"null": {"type": "scripted", "text": "ok"}}
+    keys = {"auth": {"keys": [{"name": "ops", "key": "k" * 32}]}}
+    audio = json.dumps({"audio": base64.b64encode(bytes(32000)).decode(), "rate": 16000})
+    request = HANDSHAKE.replace(b"/ws/transcribe", b"/api/core/google/asr")
+    with running_server(keys, backends=backends) as server:
+        with socket.create_connection(("127.0.0.1", server.port)) as raw:
+            raw.sendall(request + client_frame(0x1, audio.encode()) * 4)
+            raw.settimeout(10)
+            received = b""
+            while chunk := raw.recv(65536):  # until the server closes
+                received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 401"), received
+        assert json.loads(body)["error"] == "unauthorized"
+
+
+def test_a_big_request_sent_with_its_handshake_to_a_busy_server(voices) -> None:
+    """The server's loop is kept busy while a client writes its upgrade and a 3 MiB WAV at
+    once, as under load: it reads more than it holds before the application can accept, so
+    reading waits for the accept and then goes on; the request is answered, and the next one
+    too."""
+    backends = {"null": {"type": "scripted", "text": "ok"}}
+    wav = io.BytesIO()
+    with wave.open(wav, "wb") as out:  # 98 s of 16 kHz silence
+        out.setnchannels(1), out.setsampwidth(2), out.setframerate(16000)
+        out.writeframes(bytes(3 << 20))
+    metadata = client_frame(0x1, b'{"type": "transcribe", "language": "en"}')
+    with running_server(backends=backends) as server:
+        busy = threading.Event()
+        server.loop.call_soon_threadsafe(lambda: (busy.set(), time.sleep(1.0)))
+        assert busy.wait(10)
+        with socket.create_connection(("127.0.0.1", server.port)) as raw:
+            raw.sendall(HANDSHAKE + metadata + client_frame(0x2, wav.getvalue()))
+            head, payloads = read_until_closed(raw)
+        assert head.startswith(b"HTTP/1.1 101")
+        assert json.loads(payloads[0])["text"] == "ok", payloads
+        assert transcribe(server.ws, voices["coffee"].read_bytes()).reply["text"] == "ok"
+
+
 def socket_buffer_max() -> tuple[int, int]:
     """The most a TCP socket buffers here: receiving, sending (Linux; 6 and 4 MiB by default)."""
     sizes = []
@@ -226,8 +324,8 @@ def _stream_without_reading(server: Server, pcm: bytes, rate: int) -> socket.soc
         b"Sec-WebSocket-Version: 13\r\n\r\n"
     )
     raw.settimeout(10)
-    # the server's answer to the upgrade (RFC 6455 4.1: no frame before it; one sent before
-    # the application accepts gets HTTP 400), perhaps with its first message: the last read
+    # the server's answer to the upgrade (RFC 6455 4.1: no frame before it), perhaps with
+    # its first message: the last read
     assert raw.recv(4096).startswith(b"HTTP/1.1 101")
     raw.settimeout(2)
     try:
