@@ -320,12 +320,11 @@ def keep_frames_sent_before_accept() -> None:
 
 
 async def _read_held(stream: Any, held: _HeldBytes) -> None:
-    """Read ``held``'s bytes, and what joins them meanwhile, as ``stream``'s first frames."""
+    """Read ``held``'s bytes as ``stream``'s first frames (what arrives meanwhile waits)."""
     try:
-        while held.data and not stream.closed:
-            data = bytes(held.data)
+        if not stream.closed:
+            stream.connection.receive_data(bytes(held.data))
             held.data.clear()
-            stream.connection.receive_data(data)
             await stream._handle_events()
     finally:
         _done_holding(stream, held)
