@@ -55,9 +55,10 @@ whether they were spoken may keep them: faster-whisper's own line, below which i
 at a higher temperature."""
 _HEARD_SPEECH_WINDOWS = 3
 """Silero VAD windows (32 ms each, so about 0.1 s) rated as speech that make an utterance one
-with speech in it, for ``utterance_vad_no_speech_prob``: each of 465 answers said alone had 5
-and more, most words clipped out of recordings 3 and more; of the sox noises and tones Whisper
-wrote words into, only a chord with tremolo had any (``bench/non_speech.py``)."""
+with speech in it, for ``utterance_vad_no_speech_prob`` and ``utterance_unheard_no_speech_prob``:
+each of 465 answers said alone had 5 and more, most words clipped out of recordings 3 and more;
+of the sox noises and tones Whisper wrote words into, only a chord with tremolo had any
+(``bench/non_speech.py``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,12 @@ class WhisperOptions:
             "three") is rated 0.5-0.65; so was a breath base wrote "I'm not sure if I'm right."
             into, and Silero hears no speech in that. Equal to ``utterance_no_speech_prob``
             turns it off.
+        utterance_unheard_no_speech_prob: for utterances cut from a live stream, also drop
+            segments rated above this when Silero VAD hears no speech in the utterance (under
+            about 0.1 s of it). base writes "You", "BEEP BEEP", "I'm sorry, I'm sorry." into
+            noise and tones webrtcvad passes, rated 0.44-0.49 with words it is not unsure of;
+            Silero hears none of them as speech, and every answer said alone as speech.
+            1.0 turns it off.
         batch_size: model calls of concurrent jobs run together, up to this many (1: no
             batching). Null: 8 on CUDA, 1 on CPU (where batching measured no faster).
         batch_window_ms: how long a call waits for others to share its batch, at most (it
@@ -125,6 +132,7 @@ class WhisperOptions:
     utterance_no_speech_prob: Annotated[float, Range(ge=0, le=1)] = 0.5
     utterance_unsure_no_speech_prob: Annotated[float, Range(ge=0, le=1)] = 0.25
     utterance_vad_no_speech_prob: Annotated[float, Range(ge=0, le=1)] = 0.7
+    utterance_unheard_no_speech_prob: Annotated[float, Range(ge=0, le=1)] = 0.4
     batch_size: Annotated[int | None, AtLeastOne] = None
     batch_window_ms: Annotated[float, NonNegative] = 10.0
     batch_split_recordings: bool = False
@@ -411,7 +419,10 @@ class WhisperBackend(Backend):
         )
         self._info = {"device": device, "compute_type": compute_type, "batch_size": batch_size}
         self._suppress_tokens = _non_speech_tokens(self._model)
-        if opts.utterance_vad_no_speech_prob > opts.utterance_no_speech_prob:
+        if (
+            opts.utterance_vad_no_speech_prob > opts.utterance_no_speech_prob
+            or opts.utterance_unheard_no_speech_prob < opts.utterance_no_speech_prob
+        ):
             silero.load()  # now, not on the first utterance in doubt
         languages = frozenset(self._model.supported_languages)
         multilingual = len(languages) > 1  # English-only models cannot translate either
@@ -646,6 +657,7 @@ class _SpeechCheck:
         self._limit = options.utterance_no_speech_prob
         self._unsure_limit = options.utterance_unsure_no_speech_prob
         self._vad_limit = options.utterance_vad_no_speech_prob
+        self._unheard_limit = options.utterance_unheard_no_speech_prob
         self._audio = audio
         self._heard: bool | None = None
 
@@ -654,9 +666,12 @@ class _SpeechCheck:
         if log_prob < _UNSURE_LOG_PROB and no_speech > self._unsure_limit:
             return False
         if no_speech <= self._limit:
-            return True
+            return no_speech <= self._unheard_limit or self._heard_speech()
         if no_speech > self._vad_limit or log_prob < _SURE_LOG_PROB:
             return False
+        return self._heard_speech()
+
+    def _heard_speech(self) -> bool:
         if self._heard is None:
             self._heard = silero.speech_windows(self._audio) >= _HEARD_SPEECH_WINDOWS
         return self._heard

@@ -20,15 +20,19 @@ segments. Rules for dropping a segment are then applied to the same decodes:
   said"); ``--unsure-log-prob`` compares other lines on the same decodes;
 - ``+vad``: but keep those rated above 0.5 and not above 0.7 when ``avg_logprob`` is -1 or
   more and Silero hears 3 windows of speech in the utterance (``utterance_vad_no_speech_prob``:
-  the gateway's rule since session 17); ``--vad-no-speech-prob`` compares other lines, and
-  ``(no VAD)`` the same lines without Silero's opinion.
+  session 17's rule); ``--vad-no-speech-prob`` compares other lines, and
+  ``(no VAD)`` the same lines without Silero's opinion;
+- ``veto over F``: ``+vad``, and drop those rated above F when Silero hears under 3 windows of
+  speech in the utterance (``utterance_unheard_no_speech_prob``, 0.4: the gateway's rule since
+  session 18); ``--veto`` compares other lines.
 
 Reported per rule: the words replied to the non-speech signals, how many of the words said
 alone got a reply (and a reply with the word), and the word errors on the recordings. The
 prompts of later utterances are the first rule's replies (the rules differ in so few segments
 that decoding twice would change little and cost twice the time).
 
-    python bench/non_speech.py [--model base] [--noise -25] [--no-recordings] [--ivr-words]
+    python bench/non_speech.py [--model base] [--noise -25] [--gain -30] [--no-recordings]
+        [--ivr-words] [--veto 0.25 0.4]
     python bench/non_speech.py --noise-grid --no-recordings [--model base]
     python bench/non_speech.py --real-words 400 [--model base] [--unsure-log-prob -1.2 -1.25]
 """
@@ -62,6 +66,7 @@ NO_SPEECH, UNSURE_NO_SPEECH = (
     GATEWAY.utterance_unsure_no_speech_prob,
 )
 VAD_NO_SPEECH = GATEWAY.utterance_vad_no_speech_prob
+UNHEARD_NO_SPEECH = GATEWAY.utterance_unheard_no_speech_prob
 UNSURE_LOG_PROB, SURE_LOG_PROB = _UNSURE_LOG_PROB, _SURE_LOG_PROB
 HEARD_SPEECH_WINDOWS = _HEARD_SPEECH_WINDOWS
 Segments = list[tuple[float, float, str, int]]
@@ -175,10 +180,12 @@ def english_recordings() -> Iterator[tuple[dict[str, str], np.ndarray]]:
         yield row, decode_audio(str(SHARED_AUDIO / row["file"]))
 
 
-def recordings(noise_dbfs: float | None) -> dict[str, tuple[str, np.ndarray]]:
-    """The English recordings of ../shared/audio: name -> (reference, 16 kHz samples)."""
+def recordings(noise_dbfs: float | None, gain_db: float = 0.0) -> dict[str, tuple[str, np.ndarray]]:
+    """The English recordings of ../shared/audio (``gain_db`` louder: negative for a quiet
+    speaker): name -> (reference, 16 kHz samples)."""
     found = {}
     for row, samples in english_recordings():
+        samples = samples * np.float32(10 ** (gain_db / 20))
         if noise_dbfs is not None:  # the same noise as stream_candidates.py --noise white:DB
             samples = samples + _noise(len(samples), "white") * np.float32(10 ** (noise_dbfs / 20))
         found[row["file"]] = (row["reference_transcript"], from_pcm16(to_pcm16(samples)))
@@ -237,9 +244,12 @@ def kept(segments: Segments, dropped: Rule) -> str:
     return " ".join(t for nsp, lp, t, heard in segments if not dropped(nsp, lp, heard))
 
 
-def rules(unsure_log_probs: list[float], vad_no_speech_probs: list[float]) -> dict[str, Rule]:
+def rules(
+    unsure_log_probs: list[float], vad_no_speech_probs: list[float], veto_floors: list[float]
+) -> dict[str, Rule]:
     """The rules compared: the first, the second with each of ``unsure_log_probs`` as its
-    line, and the gateway's with each of ``vad_no_speech_probs`` as its upper line."""
+    line, the gateway's with each of ``vad_no_speech_probs`` as its upper line, and the
+    gateway's with Silero's veto over each of ``veto_floors``."""
 
     def unsure(nsp: float, lp: float, line: float = UNSURE_LOG_PROB) -> bool:
         return nsp > NO_SPEECH or (lp < line and nsp > UNSURE_NO_SPEECH)
@@ -258,6 +268,11 @@ def rules(unsure_log_probs: list[float], vad_no_speech_probs: list[float]) -> di
         chosen[f"+unsure, sure up to {top:g} (no VAD)"] = lambda nsp, lp, heard, top=top: vad(
             nsp, lp, HEARD_SPEECH_WINDOWS, top
         )
+    for floor in veto_floors:
+        # also drop what Silero hears no speech in (under 3 windows), rated above the floor
+        chosen[f"+unsure+vad, veto over {floor:g}"] = lambda nsp, lp, heard, floor=floor: (
+            vad(nsp, lp, heard, VAD_NO_SPEECH) or (heard < HEARD_SPEECH_WINDOWS and nsp > floor)
+        )
     return chosen
 
 
@@ -265,6 +280,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--noise", type=float, help="white noise under the recordings, dBFS")
+    parser.add_argument(
+        "--gain", type=float, default=0.0, help="the recordings this much louder, dB"
+    )
     parser.add_argument("--no-recordings", action="store_true", help="skip ../shared/audio")
     parser.add_argument(
         "--real-words",
@@ -287,6 +305,16 @@ def main() -> int:
         help=f"the +vad rule's upper lines to compare (the gateway's: {VAD_NO_SPEECH})",
     )
     parser.add_argument(
+        "--veto",
+        type=float,
+        nargs="+",
+        default=[UNHEARD_NO_SPEECH],
+        metavar="FLOOR",
+        help="the +vad rule plus Silero's veto: drop a segment rated above FLOOR when Silero "
+        f"hears under {HEARD_SPEECH_WINDOWS} windows of speech in its utterance (the gateway's "
+        f"FLOOR: {UNHEARD_NO_SPEECH})",
+    )
+    parser.add_argument(
         "--noise-grid",
         action="store_true",
         help="signals: 105 sox noises and tones of 1-8 s instead of the 13 and reversed speech",
@@ -298,7 +326,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     model = in_process_model(args.model, threads=2)
-    chosen = rules(args.unsure_log_prob, args.vad_no_speech_prob)
+    chosen = rules(args.unsure_log_prob, args.vad_no_speech_prob, args.veto)
     if args.real_words:
         return report_real_words(args.model, model, real_words(model, args.real_words), chosen)
     with tempfile.TemporaryDirectory() as work:
@@ -311,7 +339,7 @@ def main() -> int:
         }
     speech = {}
     if not args.no_recordings and (SHARED_AUDIO / "MANIFEST.tsv").exists():
-        for name, (reference, samples) in recordings(args.noise).items():
+        for name, (reference, samples) in recordings(args.noise, args.gain).items():
             speech[name] = (reference, decode(model, samples))
     written = {name: max(heard for *_, heard in segs) for name, segs in signals.items() if segs}
     heard = {name: n for name, n in written.items() if n >= HEARD_SPEECH_WINDOWS}
@@ -325,7 +353,8 @@ def main() -> int:
     said += [(f"said alone, {name}", segs) for name, (_, segs) in alone.items()]
     for name, segments in said:
         for nsp, lp, text, heard in segments:
-            if nsp > NO_SPEECH:  # what the first rule drops
+            if nsp > NO_SPEECH or heard < HEARD_SPEECH_WINDOWS:
+                # what the first rule drops, and what a veto might
                 print(f"    {name}: {text.strip()!r} {nsp:.2f} / {lp:.2f} / {heard}")
     for rule, dropped in chosen.items():
         replied = {name: kept(segments, dropped) for name, segments in signals.items()}
@@ -341,6 +370,7 @@ def main() -> int:
                 e, n = word_errors(reference, text)
                 errors, words = errors + e, words + n
             noise = f" under white noise at {args.noise} dBFS" if args.noise is not None else ""
+            noise += f" at {args.gain:+g} dB" if args.gain else ""
             line += f"; recordings{noise}: {errors}/{words} word errors"
         print(line)
         for name, text in replied.items():

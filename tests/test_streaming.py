@@ -336,6 +336,26 @@ def test_noise_whisper_hears_as_you_gets_no_reply(tiny_server: Server, tmp_path:
 
 
 @pytest.mark.parametrize(
+    ("synth", "heard"),
+    [
+        ("8 pinknoise bandpass 1000 500 vol 0.6", "I'm sorry, I'm sorry, I'm sorry, I'm sorry."),
+        ("3 whitenoise bandpass 1000 500 vol 0.6", "You"),
+    ],
+)
+def test_base_hears_no_words_in_hiss(tmp_path: Path, synth: str, heard: str) -> None:
+    """Band-passed noise that webrtcvad passes: base writes words into it rated 0.44-0.49
+    likely not to be speech, below ``utterance_no_speech_prob``, and is not unsure of them, so
+    Whisper's scores kept them. Silero VAD hears no speech in it, so the client gets no reply
+    (``utterance_unheard_no_speech_prob``, 0.4; with it off, 1.0, it got ``heard``)."""
+    signal = _synthesised(tmp_path, "synth", *synth.split(" "), "pad", "0.3", "0.6")
+    backends = {"whisper": {"type": "whisper", "model": "base", "cpu_threads": 2}}
+    with running_server(backends=backends) as server:
+        result = stream_pcm(server.ws, *read_pcm16(signal))
+    assert result.errors == []
+    assert result.replies == [], result.replies
+
+
+@pytest.mark.parametrize(
     ("word", "voice"),
     [("wrong", "en+f3"), ("right", "en-gb-x-rp"), ("sure", "en+m3")],
 )
