@@ -230,6 +230,10 @@ class StreamingConfig:
     """How the webrtcvad segmenter cuts a live stream into utterances."""
 
     vad_aggressiveness: Literal[0, 1, 2, 3] = 3
+    vad_max_gain_db: Annotated[float, NonNegative] = 30.0
+    """How much webrtcvad's copy of a quiet stream may be raised (the audio decoded is not
+    touched): webrtcvad misses quiet speech, and streams 20 dB quieter than the recordings of
+    ../shared/audio lost twice the words (see ``segmenter.VadLevel``). 0: off."""
     frame_ms: Literal[10, 20, 30] = 30
     start_padding_ms: Annotated[int, NonNegative] = 300
     end_padding_ms: Annotated[int, NonNegative] = 300

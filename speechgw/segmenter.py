@@ -20,13 +20,85 @@ from .config import StreamingConfig
 from .jobs import SAMPLE_RATE
 from .silero import WINDOW, SileroListener
 
-__all__ = ["CUT_SEARCH_PART", "Segmenter", "StreamResampler"]
+__all__ = ["CUT_SEARCH_PART", "Segmenter", "StreamResampler", "VadLevel"]
 
 CUT_SEARCH_PART = 5
 """An utterance that reaches ``max_utterance_seconds`` is cut in its last 1/CUT_SEARCH_PART
 (20-25 s of 25), at its quietest moment: a tenth did as well on the English recordings, a
 third or a half cut earlier, at shorter utterances, and did worse (BENCHMARKS.md, "Utterances
 with no pause"); a fifth leaves more room to find a real pause than a tenth."""
+
+
+class VadLevel:
+    """The gain that brings a quiet stream up to the level webrtcvad hears speech at, for the
+    copy of each frame it judges (the audio decoded is left as it is).
+
+    webrtcvad weighs energy, so a speaker 10-30 dB quieter than usual has the softer parts of
+    words taken for silence: utterances end inside sentences and words are lost, while Whisper
+    hears the quiet audio as well as the loud (BENCHMARKS.md, "A quiet speaker"). The gain
+    raises the loudest 30 ms frame of the last ``PEAK_SECONDS`` to ``PEAK_DBFS`` at most, and
+    the quietest 300 ms of the last ``FLOOR_SECONDS`` to ``FLOOR_DBFS`` at most, so that noise
+    (a quiet line's hiss, with nobody speaking) is never raised to where webrtcvad takes it
+    for speech (about -30 dBFS). Over windows this long the gain stays steady while someone
+    speaks: one that followed each word raised the pauses between them too. A stream as loud
+    as the recordings of ../shared/audio (loudest frames -6 to -18 dBFS) gets none. Costs a
+    dot product and a few comparisons per frame.
+    """
+
+    PEAK_DBFS = -24.0
+    FLOOR_DBFS = -40.0
+    PEAK_SECONDS = 10.0
+    QUIET_FRAMES = 10
+    """A floor is the quietest stretch of this many frames (300 ms), not the quietest frame:
+    noise dips for a frame or two, a pause between sentences lasts."""
+    FLOOR_SECONDS = 2.0
+
+    def __init__(self, max_gain_db: float, frame_ms: int) -> None:
+        self._max_gain_db = max_gain_db
+        self._peak_frames = max(1, int(self.PEAK_SECONDS * 1000) // frame_ms)
+        self._floor_frames = max(1, int(self.FLOOR_SECONDS * 1000) // frame_ms)
+        self._frames = 0
+        # (frame number, level) of the frames that can still be the window's loudest
+        # (quietest): levels fall (rise) along each deque, so its first is the answer
+        self._loud: deque[tuple[int, float]] = deque()
+        self._quiet: deque[tuple[int, float]] = deque()
+        self._recent: deque[float] = deque(maxlen=self.QUIET_FRAMES)  # frames' power
+        self._recent_power = 0.0
+
+    def hear(self, frame: np.ndarray) -> bytes:
+        """The next frame (int16) as webrtcvad should judge it: raised by the gain, if any."""
+        samples = frame.astype(np.float32)
+        power = float(np.dot(samples, samples)) / max(1, len(frame))
+        level = _dbfs(power)
+        n = self._frames = self._frames + 1
+        loud, quiet = self._loud, self._quiet
+        while loud and loud[-1][1] <= level:
+            loud.pop()
+        loud.append((n, level))
+        if loud[0][0] <= n - self._peak_frames:
+            loud.popleft()
+        recent = self._recent
+        if len(recent) == recent.maxlen:
+            self._recent_power -= recent[0]
+        recent.append(power)
+        self._recent_power += power
+        stretch = _dbfs(max(0.0, self._recent_power) / len(recent))
+        while quiet and quiet[-1][1] >= stretch:
+            quiet.pop()
+        quiet.append((n, stretch))
+        if quiet[0][0] <= n - self._floor_frames:
+            quiet.popleft()
+        peak, floor = loud[0][1], quiet[0][1]
+        gain = min(self.PEAK_DBFS - peak, self.FLOOR_DBFS - floor, self._max_gain_db)
+        if gain <= 0 or power == 0:
+            return frame.tobytes()
+        raised = samples * np.float32(10 ** (gain / 20))
+        return np.clip(raised, -32768, 32767).astype(np.int16).tobytes()
+
+
+def _dbfs(power: float) -> float:
+    """The level of a mean square of int16 samples, in dB below full scale (-120: silence)."""
+    return 10 * math.log10(power / 32768**2) if power > 0 else -120.0
 
 
 class StreamResampler:
@@ -108,6 +180,9 @@ class Segmenter:
 
     def __init__(self, config: StreamingConfig) -> None:
         self._vad = webrtcvad.Vad(config.vad_aggressiveness)
+        self._level = (
+            VadLevel(config.vad_max_gain_db, config.frame_ms) if config.vad_max_gain_db else None
+        )
         self._frame = SAMPLE_RATE * config.frame_ms // 1000
         ms = config.frame_ms
         self._start_frames = max(1, config.start_padding_ms // ms)
@@ -214,7 +289,8 @@ class Segmenter:
         done: list[np.ndarray] = []
         for start in range(0, whole, self._frame):
             frame = pcm[start : start + self._frame]
-            utterance = self._step(frame, self._vad.is_speech(frame.tobytes(), SAMPLE_RATE))
+            heard = frame.tobytes() if self._level is None else self._level.hear(frame)
+            utterance = self._step(frame, self._vad.is_speech(heard, SAMPLE_RATE))
             if utterance is None and self._silero_after is not None:
                 utterance = self._listen()
             if utterance is not None:

@@ -292,3 +292,37 @@ def test_lead_in_padding_is_the_silence_of_the_first_utterance_returned(voices, 
     assert utterances, "the sentence is heard"
     padding = len(utterances[0]) - len(np.trim_zeros(utterances[0], "f"))
     assert segmenter.lead_in_padding == padding
+
+
+@pytest.mark.parametrize("quieter_db", [35, 40])
+def test_a_quiet_speaker_is_cut_as_a_loud_one(voices, tmp_path, quieter_db: int) -> None:
+    """Six sentences 35 and 40 dB quieter than espeak-ng speaks them (loudest samples at -36
+    and -41 dBFS): webrtcvad alone lost one sentence of the six at -35 dB and heard nothing at
+    -40 dB. Its copy of the stream is raised (``vad_max_gain_db``), so each sentence is one
+    utterance, as loud (each within 200 ms of its length), and the utterances hold the quiet
+    samples as they came."""
+    audio, spans = speech.sentences_apart(voices, list(speech.SENTENCES), 1.0, tmp_path)
+    quiet = from_pcm16(to_pcm16(audio * np.float32(10 ** (-quieter_db / 20))))
+    loud = _cut(audio, StreamingConfig())
+    heard = _cut(quiet, StreamingConfig())
+    assert len(loud) == len(heard) == len(spans) == 6
+    for a, b in zip(loud, heard, strict=True):
+        assert abs(len(a) - len(b)) <= 0.2 * 16000  # within 200 ms of the loud one's cut
+    pcm = to_pcm16(quiet)
+    for utterance in heard:  # the samples decoded are the client's, not the raised copy
+        _find(pcm, to_pcm16(utterance))
+    assert len(_cut(quiet, StreamingConfig(vad_max_gain_db=0))) < 6
+
+
+@pytest.mark.parametrize("dbfs", [-60, -50, -40])
+def test_quiet_noise_is_not_raised_into_speech(dbfs: int) -> None:
+    """Noise alone, white and low-pass (its level wanders, dipping for a frame or two), at
+    -60 to -40 dBFS: webrtcvad hears no speech in it, and the raised copy does not change that
+    (the quietest 300 ms stretch of the last 2 s is raised to -40 dBFS at most)."""
+    rng = np.random.default_rng(-dbfs)
+    white = rng.normal(0, 1, 16000 * 20)
+    wandering = np.cumsum(rng.normal(0, 1, 16000 * 20))
+    wandering -= np.convolve(wandering, np.ones(400) / 400, mode="same")
+    for noise in (white, wandering):
+        samples = (noise / noise.std() * 10 ** (dbfs / 20)).astype(np.float32)
+        assert _cut(samples, StreamingConfig()) == []
