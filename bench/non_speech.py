@@ -220,8 +220,14 @@ def real_words(model, limit: int) -> dict[str, tuple[str, np.ndarray]]:
 def decode(model, samples: np.ndarray) -> Segments:
     """Each segment of each utterance of a stream, with Silero's count of speech windows in
     its utterance."""
+    return decode_utterances(model, segmented(samples))
+
+
+def decode_utterances(model, utterances: list[np.ndarray]) -> Segments:
+    """Each segment of these utterances of one stream, decoded in turn as the gateway decodes
+    them, with Silero's count of speech windows in its utterance."""
     segments, context = [], ""
-    for utterance in segmented(samples):
+    for utterance in utterances:
         decoded, _ = model.transcribe(
             utterance,
             language="en",

@@ -20,28 +20,15 @@ import argparse
 
 import numpy as np
 from _common import in_process_model, segmented, word_errors
-from non_speech import english_recordings
+from non_speech import NO_SPEECH, decode_utterances, english_recordings, kept
 
 from speechgw.config import StreamingConfig
-from speechgw.stream import _context
 
 
 def stream_text(model, utterances: list[np.ndarray]) -> str:
     """The replies a stream of these utterances gets (the gateway's decode, its 0.5 rule)."""
-    replies, context = [], ""
-    for utterance in utterances:
-        segments, _ = model.transcribe(
-            utterance,
-            language="en",
-            beam_size=5,
-            initial_prompt=context or None,
-            condition_on_previous_text=False,
-        )
-        for s in segments:
-            if s.no_speech_prob <= 0.5 and any(c.isalnum() for c in s.text):
-                replies.append(s.text)
-                context = _context(context, s.text, 200)
-    return " ".join(replies)
+    segments = decode_utterances(model, utterances)
+    return kept(segments, lambda no_speech, log_prob, heard: no_speech > NO_SPEECH)
 
 
 def main() -> int:
