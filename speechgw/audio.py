@@ -23,6 +23,7 @@ from .jobs import SAMPLE_RATE
 __all__ = [
     "MAX_RATE",
     "MIN_RATE",
+    "UnknownWavEncoding",
     "WavInfo",
     "check_rate",
     "from_pcm16",
@@ -54,6 +55,12 @@ _ENCODINGS = {
 }
 """The format tags read, with their names and the sample widths (bits) each comes in."""
 _UNKNOWN_SIZE = 0xFFFFFFFF  # what streaming WAV writers put in a size they could not know yet
+
+
+class UnknownWavEncoding(InvalidAudio):
+    """A WAV file in an encoding this reader does not know (ADPCM, GSM 6.10...), with a sound
+    header otherwise: a decoder that knows more codecs may still read it. Every other
+    failure is a corrupt or unusable file that no other decoder should be asked about."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +109,8 @@ def read_wav(data: bytes | bytearray | memoryview) -> tuple[np.ndarray, WavInfo]
 
     Raises:
         InvalidAudio: not a RIFF/WAVE file, a truncated or corrupt header, an unsupported
-            encoding, or no samples.
+            encoding, or no samples; :class:`UnknownWavEncoding` where only the encoding
+            is unknown to this reader.
     """
     view = memoryview(data)
     if len(view) < 12 or bytes(view[0:4]) != b"RIFF" or bytes(view[8:12]) != b"WAVE":
@@ -139,7 +147,8 @@ def _parse_fmt(fmt: memoryview) -> WavInfo:
     check_rate(rate, "the WAV header's sample rate")
     name, widths = _ENCODINGS.get(tag, (f"format tag 0x{tag:04x}", ()))
     if bits not in widths:
-        raise InvalidAudio(
+        error = UnknownWavEncoding if tag not in _ENCODINGS else InvalidAudio
+        raise error(
             f"unsupported WAV encoding: {name} with {bits} bits per sample (PCM "
             "8/16/24/32-bit, float 32/64-bit and 8-bit mu-law/A-law are supported)"
         )

@@ -17,7 +17,7 @@ import io
 
 import numpy as np
 
-from .audio import read_wav
+from .audio import UnknownWavEncoding, check_rate, read_wav
 from .errors import AudioTooLong, InvalidAudio
 from .jobs import SAMPLE_RATE
 
@@ -28,20 +28,23 @@ def decode_media(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
     """The first audio stream of the file ``data`` as mono float32 samples, and their rate
     (a WAV's own; 16 kHz for what FFmpeg decodes).
 
-    Frames FFmpeg cannot decode in the middle of a stream are skipped (as faster-whisper
+    Packets FFmpeg cannot decode in the middle of a stream are skipped (as faster-whisper
     does); a file with no decodable audio at all is refused.
 
     Raises:
-        InvalidAudio: not a media file FFmpeg knows, or one without an audio stream.
+        InvalidAudio: not a media file FFmpeg knows, one without an audio stream or without
+            a decoder for it, a sample rate outside 8-384 kHz, or nothing decodable.
         AudioTooLong: FFmpeg's audio lasts more than ``max_seconds`` (a WAV's length is
             the caller's to check: it is known before anything is decoded).
     """
-    if data[:4] in (b"RIFF", b"RF64") and data[8:12] == b"WAVE":
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
         try:
             samples, info = read_wav(data)
-        except InvalidAudio as wav_error:
+        except UnknownWavEncoding as wav_error:
             # a WAV codec the reader does not know (ADPCM, GSM 6.10...): FFmpeg may; if it
-            # cannot either, the reader's reason is the more precise one
+            # cannot either, the reader's reason is the more precise one. A corrupt header
+            # is not passed on: FFmpeg would believe it (a resampler built for a "rate" of
+            # 1 GHz took 10 s of CPU)
             try:
                 return _decode_ffmpeg(data, max_seconds), SAMPLE_RATE
             except InvalidAudio:
@@ -64,32 +67,94 @@ def _decode_ffmpeg(data: bytes, max_seconds: float) -> np.ndarray:
         if not container.streams.audio:
             raise InvalidAudio("the file holds no audio stream")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        _open_decoder(stream)
+        to_16k = _ToMono16k()
         for frame in _frames(container, stream):
-            for out in resampler.resample(frame):
-                samples = out.to_ndarray().reshape(-1)
+            for samples in to_16k.resample(frame):
                 chunks.append(samples)
                 total += samples.size
             if total > limit:
                 raise AudioTooLong(
                     f"the audio lasts more than {max_seconds:g} s; the limit is {max_seconds:g} s"
                 )
-        for out in resampler.resample(None):  # what the resampler still holds
-            chunks.append(out.to_ndarray().reshape(-1))
-    if not chunks:
-        return np.zeros(0, dtype=np.float32)
+        chunks.extend(to_16k.flush())
+    if not any(chunk.size for chunk in chunks):
+        raise InvalidAudio("the file holds no audio FFmpeg could decode")
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
-def _frames(container, stream):  # type: ignore[no-untyped-def]
-    """Decoded frames, skipping packets FFmpeg rejects as invalid data mid-stream."""
+def _open_decoder(stream) -> None:  # type: ignore[no-untyped-def]
+    """Refuse, before any packet is read, a stream FFmpeg has no decoder for, one whose
+    decoder will not start on the stream's parameters, and one whose header claims a rate
+    outside what speechgw takes (resampling from a "rate" of 1 GHz costs seconds of CPU)."""
     import av
 
-    for packet in container.demux(stream):
+    codec = stream.codec_context
+    if codec is None:
+        raise InvalidAudio("FFmpeg has no decoder for the file's audio codec")
+    if codec.sample_rate:  # 0: not in the header, known from the first frame
+        check_rate(codec.sample_rate, "the audio's sample rate")
+    try:
+        codec.open()
+    except av.error.FFmpegError as exc:
+        raise InvalidAudio(
+            f"the {codec.name} decoder could not start on this file ({_reason(exc)})"
+        ) from None
+
+
+class _ToMono16k:
+    """PyAV's resampler, rebuilt whenever the frames' format, channel layout or rate
+    change: its setup is fixed by the first frame it sees, and a stream may change midway
+    (mp3 files joined end to end, a capture that switches from stereo to mono). Every
+    frame's rate is checked first, for the same reason as the header's."""
+
+    def __init__(self) -> None:
+        self._resampler = None
+        self._input: tuple[str, str, int] | None = None
+
+    def resample(self, frame) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+        import av
+
+        check_rate(frame.sample_rate, "the audio's sample rate")
+        shape = (frame.format.name, frame.layout.name, frame.sample_rate)
+        tail = []
+        if shape != self._input:
+            tail = self.flush()
+            self._resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+            self._input = shape
+        return tail + self._pcm(self._resampler.resample(frame))
+
+    def flush(self) -> list[np.ndarray]:
+        """What the resampler still holds of the frames given so far."""
+        if self._resampler is None:
+            return []
+        return self._pcm(self._resampler.resample(None))
+
+    @staticmethod
+    def _pcm(frames) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+        return [out.to_ndarray().reshape(-1) for out in frames]
+
+
+def _frames(container, stream):  # type: ignore[no-untyped-def]
+    """Decoded frames. A packet the decoder rejects (FFmpeg's invalid data, or the EPERM
+    AAC's decoder answers a mangled packet with) is skipped; an error of the container
+    itself ends the audio where it happened, keeping what came before it, as a truncated
+    file does."""
+    import av
+
+    packets = container.demux(stream)
+    while True:
         try:
-            yield from packet.decode()
-        except av.error.InvalidDataError:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.error.FFmpegError:
+            return
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError:
             continue
+        yield from frames
 
 
 def _reason(exc: BaseException) -> str:

@@ -142,8 +142,8 @@ def test_compressed_uploads_give_the_words_of_the_wav(
 def test_a_wav_codec_the_wav_reader_lacks_goes_to_ffmpeg(
     server: Server, voices, tmp_path: Path
 ) -> None:
-    alaw = speech.convert(voices["children"], tmp_path / "alaw.wav", "-e", "a-law")
-    with alaw.open("rb") as audio:
+    adpcm = speech.convert(voices["children"], tmp_path / "adpcm.wav", "-e", "ima-adpcm")
+    with adpcm.open("rb") as audio:
         text = client(server).audio.transcriptions.create(model="whisper-1", file=audio).text
     assert speech.word_recall(CHILDREN, text) > 0.8, text
 
@@ -311,6 +311,16 @@ def test_request_errors_have_openais_shape(server: Server, voices, tmp_path: Pat
         sdk.audio.transcriptions.create(model="whisper-1", file=notes)
     assert failed.value.status_code == 415
     assert failed.value.body["code"] == "invalid_audio"
+    # a header no recording has: refused from the header, not after seconds of resampling
+    absurd = tmp_path / "absurd.wav"
+    speech.convert(voices["coffee"], absurd, "-b", "16")
+    header = bytearray(absurd.read_bytes())
+    header[24:28] = (989_871_744).to_bytes(4, "little")  # the fmt chunk's sample rate
+    absurd.write_bytes(header)
+    with pytest.raises(openai.APIStatusError) as failed, absurd.open("rb") as upload:
+        sdk.audio.transcriptions.create(model="whisper-1", file=upload)
+    assert failed.value.status_code == 415
+    assert "sample rate is 989871744 Hz" in failed.value.body["message"]
     # English-only model: no translation
     with (
         pytest.raises(openai.BadRequestError) as failed,
