@@ -512,12 +512,17 @@ def load_config(
     backends = []
     for name, settings in backends_raw.items():
         path = f"backends.{name}"
-        settings = dict(settings or {})
         if not isinstance(name, str):
             raise ConfigError(
                 f"backends: a backend name must be a string, got {name!r} (YAML reads a bare "
                 "null, true or a number as such: quote it)"
             )
+        if settings is not None and not isinstance(settings, dict):
+            raise ConfigError(
+                f"{path}: expected a mapping of the backend's settings (type: whisper, "
+                f"model: ...), got {settings!r}"
+            )
+        settings = dict(settings or {})
         kind = settings.pop("type", name)
         if not isinstance(kind, str):
             raise ConfigError(

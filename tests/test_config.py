@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -9,6 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from speechgw.app import backend_options
 from speechgw.backend import Backend
@@ -53,6 +57,9 @@ def test_example_configs_are_valid(path: Path) -> None:
         ),
         ({"backends": {"w": {"type": "kaldi"}}}, "backends.w.type: unknown backend type 'kaldi'"),
         ({"backends": {"w": {"type": None}}}, "expected a backend type name such as whisper"),
+        # "backends: {whisper: whisper}", or a list under the name: a TypeError before
+        ({"backends": {"w": "whisper"}}, "backends.w: expected a mapping of the backend's"),
+        ({"backends": {"w": ["type", "whisper"]}}, "backends.w: expected a mapping of the"),
         (
             {"backends": {"w": {"type": "scripted"}}, "routing": [{"backend": "x"}]},
             "routing[0].backend: no backend named 'x'",
@@ -76,6 +83,46 @@ def test_invalid_config_names_the_key_path(document, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(document, env={}, backend_options=backend_options)
     assert message in str(caught.value)
+
+
+def _key_paths(node: object, prefix: tuple = ()) -> list[tuple]:
+    """Every place in a parsed YAML document, the document itself first."""
+    found = [prefix]
+    items = (
+        node.items()
+        if isinstance(node, dict)
+        else enumerate(node)
+        if isinstance(node, list)
+        else ()
+    )
+    for key, value in items:
+        found += _key_paths(value, (*prefix, key))
+    return found
+
+
+ANY_YAML_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_value_anywhere_in_the_shipped_config_is_valid_or_a_config_error(data) -> None:
+    """What an admin's edit can do to the shipped file: each key's value replaced by any YAML
+    value. The server must start or say which key is wrong, never show a traceback."""
+    document = yaml.safe_load((REPO / "config" / "speechgw.yaml").read_text())
+    for _ in range(data.draw(st.integers(1, 3))):
+        where = data.draw(st.sampled_from(_key_paths(document)[1:]))
+        parent = document
+        for key in where[:-1]:
+            parent = parent[key]
+        parent[where[-1]] = data.draw(ANY_YAML_VALUE)
+    with contextlib.suppress(ConfigError):
+        load_config(document, env={}, backend_options=backend_options)
 
 
 def test_environment_substitution_with_defaults_and_types() -> None:
