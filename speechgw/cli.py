@@ -42,11 +42,19 @@ def _parser() -> argparse.ArgumentParser:
 
     keys = commands.add_parser("keys", help="manage the API keys kept in the store")
     keys.add_argument("--config", help="config file naming the store (as for serve)")
+    # ``--config`` after the key command too (``keys list --config fleet.yaml``, as people
+    # type it); SUPPRESS keeps the one given before the command when none comes after
+    config_after = argparse.ArgumentParser(add_help=False)
+    config_after.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
-    create = key_commands.add_parser("create", help="create a key and print it (only once)")
+    create = key_commands.add_parser(
+        "create", parents=[config_after], help="create a key and print it (only once)"
+    )
     create.add_argument("name", help="the name logs and usage will show")
-    key_commands.add_parser("list", help="list key names (never the keys)")
-    revoke = key_commands.add_parser("revoke", help="revoke a key; it stops working at once")
+    key_commands.add_parser("list", parents=[config_after], help="list key names (never the keys)")
+    revoke = key_commands.add_parser(
+        "revoke", parents=[config_after], help="revoke a key; it stops working at once"
+    )
     revoke.add_argument("name")
 
     usage = commands.add_parser("usage", help="usage totals per API key")

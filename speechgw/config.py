@@ -651,6 +651,10 @@ def load_config_file(
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a YAML text file (byte {exc.start} is not UTF-8); is it the right file?"
+        ) from None
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:

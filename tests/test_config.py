@@ -173,6 +173,17 @@ def test_serve_refuses_a_bad_config_without_a_traceback(
     assert "Traceback" not in result.stderr
 
 
+def test_a_config_path_naming_a_binary_file_is_refused_in_words(tmp_path: Path) -> None:
+    """``--config talk.wav`` (a slip of the shell's completion): a UnicodeDecodeError before."""
+    path = tmp_path / "talk.wav"
+    path.write_bytes(b"RIFF\xf6\xfe\x00\x00WAVEfmt ")
+    for command in ("serve", "check"):
+        result = run_cli(command, "--config", str(path))
+        assert result.returncode == 2
+        assert "talk.wav: not a YAML text file (byte 4 is not UTF-8)" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
 def test_serve_refuses_a_missing_config_file(tmp_path: Path) -> None:
     result = run_cli("serve", "--config", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2

@@ -47,10 +47,11 @@ def test_keys_created_with_the_cli_work_at_once_and_revoking_stops_them(
     ) as server:
         assert transcribe(server.ws, wav).reply["error"] == "unauthorized"
         assert transcribe(server.ws, wav, api_key=alice).close_code == 1000
-        bob = cli("keys", "--config", str(config), "create", "bob").stdout.strip()
+        # --config after the key command works too, as people type it
+        bob = cli("keys", "create", "bob", "--config", str(config)).stdout.strip()
         pcm, rate = read_pcm16(voices["coffee"])
         assert stream_pcm(server.ws, pcm, rate, api_key=bob).replies  # no restart needed
-        listed = cli("keys", "--config", str(config), "list").stdout
+        listed = cli("keys", "list", "--config", str(config)).stdout
         assert "alice\tactive" in listed and "bob\tactive" in listed
         assert alice not in listed
         assert cli("keys", "--config", str(config), "revoke", "alice").returncode == 0
