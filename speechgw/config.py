@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import re
 import ssl
@@ -77,6 +78,10 @@ class Range:
             parts.append(f"<= {self.le:g}")
         raise ConfigError(f"{path}: must be {' and '.join(parts)}, got {value:g}")
 
+
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+"""A number in exponent notation: YAML 1.2 reads ``1e3`` and ``1.0e12`` as numbers, PyYAML
+(YAML 1.1) as strings unless the exponent has a sign (``1.0e+12``)."""
 
 Positive = Range(gt=0)
 AtLeastOne = Range(ge=1)
@@ -445,13 +450,19 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         raise fail
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, _FromEnv):
+            number = float(value)
+        elif isinstance(value, _FromEnv) or (
+            isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value)
+        ):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 raise fail from None
-        raise fail
+        else:
+            raise fail
+        if not math.isfinite(number):  # .inf, .nan: every limit here has null (or 0) for off
+            raise ConfigError(f"{path}: must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return str(value)

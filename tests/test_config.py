@@ -125,6 +125,28 @@ def test_any_value_anywhere_in_the_shipped_config_is_valid_or_a_config_error(dat
         load_config(document, env={}, backend_options=backend_options)
 
 
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        # int(inf * 16000) in the decoder made every compressed upload a 500
+        ("limits:\n  max_audio_seconds: .inf\n", "max_audio_seconds: must be a finite number"),
+        ("limits:\n  stream_idle_seconds: .nan\n", "stream_idle_seconds: must be a finite"),
+        ("server:\n  shutdown_grace_seconds: -.inf\n", "must be a finite number, got -inf"),
+    ],
+)
+def test_infinite_and_nan_numbers_are_refused(yaml_text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(yaml.safe_load(yaml_text), env={})
+
+
+def test_numbers_in_exponent_notation_are_numbers() -> None:
+    """PyYAML (YAML 1.1) reads ``1.5e3`` as a string; YAML 1.2 and people read a number."""
+    document = yaml.safe_load("limits:\n  max_audio_seconds: 1.5e3\n  stream_idle_seconds: 9E1\n")
+    assert document["limits"]["max_audio_seconds"] == "1.5e3"  # what PyYAML gives
+    limits = load_config(document, env={}).limits
+    assert (limits.max_audio_seconds, limits.stream_idle_seconds) == (1500.0, 90.0)
+
+
 def test_environment_substitution_with_defaults_and_types() -> None:
     env = {"PORT": "9000", "KEY": "k-123", "COMPRESS": "true"}
     config = load_config(
