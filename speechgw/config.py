@@ -559,6 +559,10 @@ def load_config(
     return config
 
 
+_HTTP_URL = re.compile(r"https?://[^/\s?#]+(/\S*)?$", re.IGNORECASE)
+"""An endpoint's base URL: http(s), a host, an optional path (urllib would open file:// too,
+and take "localhost:11434/v1" for an unknown scheme on every request)."""
+
 _ORIGIN = re.compile(r"https?://[^/\s?#@]+", re.IGNORECASE)
 """An Origin header's value: scheme, host and optional port, nothing after."""
 
@@ -595,6 +599,12 @@ def _check_relations(config: Config) -> None:
             f"streaming.silero_vad_after_seconds: {after:g} is not less than "
             f"streaming.max_utterance_seconds ({streaming.max_utterance_seconds:g} s): no "
             "utterance would run long enough for Silero to listen"
+        )
+    base_url = config.postprocess.base_url
+    if base_url is not None and not _HTTP_URL.match(base_url):
+        raise ConfigError(
+            f"postprocess.base_url: must be an http:// or https:// URL up to /v1 "
+            f"(http://127.0.0.1:11434/v1), got {base_url!r}"
         )
     url = config.store.url
     if url is not None and not url.startswith(("postgresql://", "postgres://")):

@@ -415,6 +415,11 @@ def test_backend_options_out_of_range_are_refused(options: dict, rule: str) -> N
             {"limits": {"max_connections": 10, "max_connections_per_key": 11}},
             "limits.max_connections_per_key: 11 is more than limits.max_connections (10)",
         ),
+        (
+            {"postprocess": {"base_url": "localhost:11434/v1", "model": "m"}},
+            "postprocess.base_url: must be an http:// or https:// URL up to /v1",
+        ),
+        ({"postprocess": {"base_url": "file:///etc/v1"}}, "postprocess.base_url: must be an"),
     ],
 )
 def test_relations_between_keys_are_checked(document: dict, message: str) -> None:
