@@ -28,7 +28,7 @@ import numpy as np
 from speechgw.audio import to_pcm16
 from speechgw.backend import Backend, Capabilities
 from speechgw.config import NonNegative, Positive, Range
-from speechgw.errors import BackendUnavailable
+from speechgw.errors import BackendUnavailable, ConfigError
 from speechgw.jobs import SAMPLE_RATE, JobSpec, Segment, Transcript
 from speechgw.languages import BATCH_LANGUAGES, DEFAULT_REGION, to_bcp47
 from speechgw.live_audio import LiveAudio, Reader
@@ -83,6 +83,32 @@ class GoogleOptions:
     session_seconds: Annotated[float, Range(gt=0, le=_SESSION_LIMIT_SECONDS)] = 240.0
     native_streaming: bool = True
     languages: tuple[str, ...] = (*BATCH_LANGUAGES, "ja", "ko", "zh")
+
+    def validate(self, path: str) -> None:
+        """What would only show at start, as a config error for ``speechgw check`` and a
+        reload: at start the server serves on without this backend (falling back from it)
+        and logs why, which a missing key file should not need a log reader to find."""
+        if self.insecure and not self.endpoint:
+            raise ConfigError(f"{path}.insecure: true needs an endpoint (host:port)")
+        if self.credentials_file is None:
+            return
+        from google.oauth2 import service_account  # only here: google-auth loads on use
+
+        file = self.credentials_file
+        try:
+            service_account.Credentials.from_service_account_file(file)
+        except OSError as exc:
+            raise ConfigError(
+                f"{path}.credentials_file: cannot read {file!r} ({exc.strerror})"
+            ) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            # google-auth: "Service account info was not in the expected format, missing
+            # fields client_email", or a key that does not parse; a binary file: not UTF-8
+            reason = str(exc) if not isinstance(exc, KeyError) else f"no {exc} field"
+            raise ConfigError(
+                f"{path}.credentials_file: {file!r} is not a service-account JSON key "
+                f"({reason[:160]})"
+            ) from None
 
 
 class GoogleBackend(Backend):

@@ -649,3 +649,58 @@ def test_the_event_loop_is_uvloop_unless_asked_otherwise() -> None:
     loop.close()
     with pytest.raises(ConfigError, match="event_loop"):
         load_config({"server": {"event_loop": "trio"}}, env={}, backend_options=backend_options)
+
+
+def _service_account_key(path: Path) -> Path:
+    """A service-account JSON key as the Cloud console writes it, with a fresh RSA key."""
+    import json
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
+    key = {
+        "type": "service_account",
+        "project_id": "p",
+        "private_key_id": "1",
+        "private_key": pem,
+        "client_email": "speechgw@p.iam.gserviceaccount.com",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+    path.write_text(json.dumps(key))
+    return path
+
+
+def test_a_google_key_file_that_would_not_load_is_a_config_error(tmp_path: Path) -> None:
+    """At start such a backend is only logged as unreachable (the rest is served and falls
+    back from it); ``check`` and a reload must say what is wrong with the file."""
+
+    def google(**options: object) -> dict:
+        return {"backends": {"g": {"type": "google", **options}}, "routing": [{"backend": "g"}]}
+
+    audio = tmp_path / "talk.wav"
+    audio.write_bytes(b"RIFF\xf6\xfe\x00\x00WAVEfmt ")
+    no_email = tmp_path / "partial.json"
+    no_email.write_text('{"type": "service_account", "private_key": "x"}')
+    cases = [
+        (tmp_path / "missing.json", "cannot read '%s' (No such file or directory)"),
+        (audio, "'%s' is not a service-account JSON key"),
+        (no_email, "'%s' is not a service-account JSON key (Service account info was not"),
+    ]
+    for path, message in cases:
+        with pytest.raises(ConfigError) as caught:
+            load_config(google(credentials_file=str(path)), env={}, backend_options=backend_options)
+        assert f"backends.g.credentials_file: {message % path}" in str(caught.value)
+    with pytest.raises(ConfigError, match=r"backends\.g\.insecure: true needs an endpoint"):
+        load_config(google(insecure=True), env={}, backend_options=backend_options)
+    key = str(_service_account_key(tmp_path / "key.json"))
+    config = load_config(google(credentials_file=key), env={}, backend_options=backend_options)
+    assert config.backends[0].options.credentials_file == key
