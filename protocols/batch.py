@@ -19,7 +19,6 @@ import numpy as np
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from speechgw.audio import read_wav
 from speechgw.errors import (
     ClientGone,
     ClientTimeout,
@@ -32,6 +31,7 @@ from speechgw.errors import (
 from speechgw.gateway import Gateway, RecordingResult
 from speechgw.jobs import JobRequest
 from speechgw.languages import normalise_iso
+from speechgw.media import decode_wav
 
 from ._closing import close
 
@@ -130,9 +130,10 @@ def encode_result(result: RecordingResult) -> dict[str, Any]:
 class _Exchange:
     """One connection's request, read off the WebSocket as the gateway asks for it."""
 
-    def __init__(self, websocket: WebSocket, timeout: float) -> None:
+    def __init__(self, websocket: WebSocket, timeout: float, max_seconds: float) -> None:
         self.websocket = websocket
         self.timeout = timeout
+        self.max_seconds = max_seconds
         self.audio_received = False
         self._frame: dict[str, Any] = {}
 
@@ -176,8 +177,7 @@ class _Exchange:
         return data
 
     def decode(self, data: bytes) -> tuple[np.ndarray, int]:
-        samples, info = read_wav(data)
-        return samples, info.sample_rate
+        return decode_wav(data, self.max_seconds)
 
     def progress(self, request_id: str) -> None:
         """The protocol answers with one whole transcript."""
@@ -196,7 +196,8 @@ class BatchProtocol:
     async def endpoint(self, websocket: WebSocket) -> None:
         await websocket.accept()
         # read at each request, so that a config reload applies to the next one
-        exchange = _Exchange(websocket, self.gateway.config.limits.receive_timeout_seconds)
+        limits = self.gateway.config.limits
+        exchange = _Exchange(websocket, limits.receive_timeout_seconds, limits.max_audio_seconds)
         try:
             result = await self.gateway.run_recording(PROTOCOL, exchange)
         except SpeechGWError as exc:

@@ -21,7 +21,7 @@ from .audio import UnknownWavEncoding, check_rate, read_wav
 from .errors import AudioTooLong, InvalidAudio
 from .jobs import SAMPLE_RATE
 
-__all__ = ["decode_media"]
+__all__ = ["decode_media", "decode_wav"]
 
 
 def decode_media(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
@@ -38,19 +38,31 @@ def decode_media(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
             the caller's to check: it is known before anything is decoded).
     """
     if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
-        try:
-            samples, info = read_wav(data)
-        except UnknownWavEncoding as wav_error:
-            # a WAV codec the reader does not know (ADPCM, GSM 6.10...): FFmpeg may; if it
-            # cannot either, the reader's reason is the more precise one. A corrupt header
-            # is not passed on: FFmpeg would believe it (a resampler built for a "rate" of
-            # 1 GHz took 10 s of CPU)
-            try:
-                return _decode_ffmpeg(data, max_seconds), SAMPLE_RATE
-            except InvalidAudio:
-                raise wav_error from None
-        return samples, info.sample_rate
+        return decode_wav(data, max_seconds)
     return _decode_ffmpeg(data, max_seconds), SAMPLE_RATE
+
+
+def decode_wav(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
+    """A RIFF WAV file in any codec, as mono float32 samples and their rate: PCM, float and
+    G.711 through the exact reader (:func:`speechgw.audio.read_wav`, at the file's rate), the
+    codecs it does not know (IMA and MS ADPCM, GSM 6.10: telephony recorders write them)
+    through FFmpeg (at 16 kHz).
+
+    Raises:
+        InvalidAudio: as :func:`~speechgw.audio.read_wav` says; for a codec FFmpeg cannot
+            decode either, the reader's reason (it names the format tag).
+        AudioTooLong: FFmpeg's audio lasts more than ``max_seconds``.
+    """
+    try:
+        samples, info = read_wav(data)
+    except UnknownWavEncoding as wav_error:
+        # A corrupt header is not passed on, only an unknown codec: FFmpeg would believe the
+        # header (a resampler built for a "rate" of 1 GHz took 10 s of CPU)
+        try:
+            return _decode_ffmpeg(data, max_seconds), SAMPLE_RATE
+        except InvalidAudio:
+            raise wav_error from None
+    return samples, info.sample_rate
 
 
 def _decode_ffmpeg(data: bytes, max_seconds: float) -> np.ndarray:

@@ -75,6 +75,10 @@ def test_segments_are_timed_inside_the_audio(tiny_server: Server, voices, tmp_pa
         ("-b", "8", "-e", "unsigned-integer", "-r", "16000"),
         ("-e", "u-law", "-r", "8000"),  # a phone call's recording (G.711)
         ("-e", "a-law", "-r", "8000"),
+        # codecs only FFmpeg reads: telephony and voice recorders write them in WAV files
+        ("-e", "gsm-full-rate", "-r", "8000", "-c", "1"),
+        ("-e", "ima-adpcm"),
+        ("-e", "ms-adpcm"),
     ],
     ids=[
         "8k",
@@ -88,6 +92,9 @@ def test_segments_are_timed_inside_the_audio(tiny_server: Server, voices, tmp_pa
         "pcm8",
         "mulaw-8k",
         "alaw-8k",
+        "gsm-8k",
+        "ima-adpcm",
+        "ms-adpcm",
     ],
 )
 def test_any_rate_width_and_channel_count(

@@ -113,7 +113,8 @@ BAD_AUDIO = [
     (b"", "not a RIFF WAVE file"),
     (b"ID3\x03\x00\x00\x00" + b"\x00" * 100, "not a RIFF WAVE file"),
     (b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00", "truncated"),
-    (wav_header(fmt_tag=2, bits=4), "unsupported WAV encoding: format tag 0x0002"),  # ADPCM
+    # a codec neither the reader nor FFmpeg knows (ADPCM and GSM 6.10 go to FFmpeg)
+    (wav_header(fmt_tag=0x4242, bits=4), "unsupported WAV encoding: format tag 0x4242"),
     (wav_header(fmt_tag=7, bits=16), "unsupported WAV encoding: mu-law with 16 bits"),
     (wav_header(bits=12), "unsupported WAV encoding"),
     (wav_header(fmt_tag=3, bits=16), "unsupported WAV encoding"),
