@@ -9,13 +9,15 @@ through ``speechgw serve`` over ``/api/core/google/asr`` in 100 ms chunks, unpac
 real time (PARALLEL recordings at once, each at real-time pace), with the server's default
 ``streaming`` settings, ``--context-chars N``, or any ``--streaming KEY=VALUE``. With
 ``--multilingual``, the other languages too, with the base model; with ``--english-model
-base``, English on the shipped default model instead of tiny.en. Reported: a table per
+base``, English on the shipped default model instead of tiny.en. With ``--rate 8000``, a
+telephone line's band: each recording resampled to 8 kHz, streamed with ``rate: 8000``, and the
+whole file decoded from the same 8 kHz audio (as the gateway upsamples it). Reported: a table per
 recording, totals, and totals without the 1949 interview (its old disc recording dominates any
 average; ../shared/audio's README), and how many replies only repeated the replies just before
 them (a context prompt carried over).
 
     python bench/stream_accuracy.py [--context-chars N] [--parallel 3] [--multilingual]
-                                    [--english-model base] [--print-replies TEXT]
+                                    [--english-model base] [--print-replies TEXT] [--rate 8000]
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ from _common import (
     tempdir,
     word_errors,
 )
+from scipy.signal import resample_poly
 from websockets.sync.client import connect
 
-from speechgw.audio import to_pcm16
+from speechgw.audio import to_16k_mono, to_pcm16
 
 OLD_DISC = "fountain-hughes"
 
@@ -147,6 +150,10 @@ def main() -> int:
         help="print the unpaced replies, one a line, of the recordings whose path holds TEXT",
     )  # fmt: skip
     parser.add_argument("--no-paced", action="store_true", help="skip the 1x pass")
+    parser.add_argument(
+        "--rate", type=int, default=16000,
+        help="stream (and decode the whole file) at this rate: 8000 is a telephone line's",
+    )  # fmt: skip
     args = parser.parse_args()
     if not (SHARED_AUDIO / "MANIFEST.tsv").exists():
         print("../shared/audio is absent: no real speech to score")
@@ -165,6 +172,13 @@ def main() -> int:
                 if (r["language"] == "en") == (which == "en")
             ]
             audio = {r["file"]: decode_audio(str(SHARED_AUDIO / r["file"])) for r in rows}
+            sent = audio  # what the stream sends, at args.rate
+            if args.rate != 16000:
+                sent = {
+                    f: resample_poly(a, args.rate, 16000).astype(np.float32)
+                    for f, a in audio.items()
+                }
+                audio = {f: to_16k_mono(a, args.rate) for f, a in sent.items()}
             model = in_process_model(model_name, workers=1, threads=1)  # as the bench configs
             texts: dict[str, dict[str, str]] = {r["file"]: {} for r in rows}
             for r in rows:
@@ -189,8 +203,8 @@ def main() -> int:
             with served(config) as url:
                 before = url.early_finals()
                 for r in rows:
-                    pcm = to_pcm16(audio[r["file"]]).tobytes()
-                    replies = stream(url, pcm, r["language"], 0)
+                    pcm = to_pcm16(sent[r["file"]]).tobytes()
+                    replies = stream(url, pcm, r["language"], 0, args.rate)
                     if args.print_replies and args.print_replies in r["file"]:
                         print(f"replies to {r['file']}:", *replies, sep="\n  ", flush=True)
                     repeated += repeats(replies)
@@ -200,8 +214,12 @@ def main() -> int:
                 if not args.no_paced:
                     with ThreadPoolExecutor(args.parallel) as pool:
                         paced = pool.map(
-                            lambda r, audio=audio: stream(
-                                url, to_pcm16(audio[r["file"]]).tobytes(), r["language"], 1.0
+                            lambda r, sent=sent: stream(
+                                url,
+                                to_pcm16(sent[r["file"]]).tobytes(),
+                                r["language"],
+                                1.0,
+                                args.rate,
                             ),
                             rows,
                         )
@@ -212,7 +230,8 @@ def main() -> int:
             totals = {p: np.zeros(2, int) for p in paths}
             without_disc = {p: np.zeros(2, int) for p in paths}
             print(
-                f"\n{which} ({model_name}), streaming settings: {settings or 'defaults'}, "
+                f"\n{which} ({model_name}, {args.rate} Hz), streaming settings: "
+                f"{settings or 'defaults'}, "
                 f"whisper settings: {whisper or 'as ' + base.name}"
             )
             print("| recording | words | " + " | ".join(paths) + " |")

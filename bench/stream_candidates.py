@@ -26,12 +26,15 @@ every recording before it is cut and decoded (brown: integrated white noise, hig
 50 Hz). Each candidate also prints how many utterances it cut, and how many of 20 s or more
 (in noise that hides the pauses, those run to ``max_utterance_seconds``: finals come late).
 
+``--rate 8000`` band-limits every recording to a telephone line's 8 kHz first (resampled
+down, and back up to 16 kHz as the gateway does with a stream at ``rate: 8000``).
+
 ``--streaming KEY=VALUE`` sets a streaming setting for every candidate (e.g.
 ``max_utterance_seconds=6``, so that many utterances reach the limit); ``--cut-search-part N``
 searches an utterance at the limit for its quietest moment in its last 1/N (5: the gateway's).
 
     python bench/stream_candidates.py [--noise KIND:DB] [--model base] [--streaming KEY=VALUE]
-        [--cut-search-part N] [CANDIDATE ...]
+        [--cut-search-part N] [--rate 8000] [CANDIDATE ...]
 """
 
 from __future__ import annotations
@@ -44,10 +47,10 @@ from collections.abc import Callable
 
 import numpy as np
 from _common import SHARED_AUDIO, in_process_model, segmented, word_errors
-from scipy.signal import butter, lfilter
+from scipy.signal import butter, lfilter, resample_poly
 
 import speechgw.segmenter
-from speechgw.audio import from_pcm16, to_pcm16
+from speechgw.audio import from_pcm16, to_16k_mono, to_pcm16
 from speechgw.config import StreamingConfig
 from speechgw.segmenter import Segmenter
 from speechgw.stream import _context
@@ -189,11 +192,14 @@ CUTTERS: dict[str, Callable[[], Cutter]] = {"silero5+prompt200": lambda: silero_
 
 def main() -> int:
     args = sys.argv[1:]
-    noise, model_name, overrides = "", "tiny.en", {}
-    while args[:1] and args[0] in ("--noise", "--model", "--streaming", "--cut-search-part"):
+    noise, model_name, overrides, rate = "", "tiny.en", {}, 16000
+    options = ("--noise", "--model", "--streaming", "--cut-search-part", "--rate")
+    while args[:1] and args[0] in options:
         option, value, args = args[0], args[1], args[2:]
         if option == "--noise":
             noise = value
+        elif option == "--rate":
+            rate = int(value)
         elif option == "--model":
             model_name = value
         elif option == "--streaming":
@@ -221,6 +227,8 @@ def main() -> int:
         if noise:
             kind, _, level = noise.partition(":")
             samples = samples + _noise(len(samples), kind) * np.float32(10 ** (float(level) / 20))
+        if rate != 16000:  # a telephone line's band (8000), upsampled as the gateway does
+            samples = to_16k_mono(resample_poly(samples, rate, 16000).astype(np.float32), rate)
         audio[r["file"]] = from_pcm16(to_pcm16(samples))
     model = in_process_model(model_name, workers=1, threads=1)
     for name in names:
