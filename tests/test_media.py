@@ -136,3 +136,24 @@ def test_a_file_cut_short_keeps_what_came_before_the_cut(seeds) -> None:
     whole, _ = decode_media(seeds["ogg"], max_seconds=600)
     cut, _ = decode_media(seeds["ogg"][: len(seeds["ogg"]) * 2 // 3], max_seconds=600)
     assert 0.3 * len(whole) < len(cut) < len(whole)
+
+
+def test_an_rf64_wav_goes_to_ffmpeg() -> None:
+    """RF64 (a WAV past 4 GiB, as broadcast recorders write it) is not RIFF: FFmpeg reads it."""
+    import io
+
+    import av
+
+    pcm = np.round(np.sin(np.arange(16000) / 5) * 8000).astype(np.int16)
+    out = io.BytesIO()
+    with av.open(out, "w", format="wav", options={"rf64": "always"}) as container:
+        stream = container.add_stream("pcm_s16le", rate=16000)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(pcm[None, :], format="s16", layout="mono")
+        frame.sample_rate = 16000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    assert out.getvalue()[:4] == b"RF64"
+    samples, rate = decode_media(out.getvalue(), max_seconds=600)
+    assert rate == SAMPLE_RATE
+    np.testing.assert_allclose(samples, pcm / 32768, atol=1e-4)
