@@ -22,8 +22,7 @@ __all__ = ["CLOSE_TIMEOUT", "close", "drop_until_closed"]
 
 CLOSE_TIMEOUT = 5.0
 """How long the server waits for the client's Close: a client answers at once once it has
-read up to it. Also how much longer a connection lasts whose client never answers (or whose
-Close hypercorn does not pass on: after its own 1009 for an oversized message)."""
+read up to it. Also how much longer a connection lasts whose client never answers."""
 
 
 async def drop_until_closed(websocket: WebSocket) -> None:

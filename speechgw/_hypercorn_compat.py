@@ -1,4 +1,4 @@
-"""Five fixes to hypercorn, applied where the server starts.
+"""Six fixes to hypercorn, applied where the server starts.
 
 **Refuse permessage-deflate.** hypercorn 0.18 accepts permessage-deflate whenever a client
 offers it, with no option to refuse (upstream hypercorn issue #307). Browsers and the
@@ -41,6 +41,21 @@ reached its idle timeout's end: its last replies could not be sent). Now a write
 the client reads nothing for ``limits.send_timeout_seconds`` aborts the connection, which the
 application sees as the client's disconnect; a client that reads slowly, but reads, is waited
 for (a big result over a slow link).
+
+**Frames sent before the 101.** A client that writes its upgrade request and its first frames
+at once (RFC 6455 4.1 says to wait; scripted clients often do not) got HTTP 400: hypercorn
+took data before its handshake's answer for a broken request. Those bytes are now held (at
+most 64 KiB, then reading waits: TCP pushes back) until the application answers the upgrade,
+read in order as the first frames if it accepted, dropped if it refused.
+
+**Nothing buffered after an oversized message.** hypercorn answers a message over
+``max_frame_bytes`` with Close 1009, but went on putting every later frame of the connection
+into the same buffer, which it never emptied: a client that kept sending (a hostile one, or a
+recorder that does not read) grew the server by twice what it sent, 2.4 GB in 8 s here, until
+the application's receive timeout. Now the buffer is emptied at the 1009 and later messages are
+read and dropped (reading on lets the client finish its write and read the Close, rather than
+be reset), and a client that keeps sending for ``_OVERSIZED_DRAIN_SECONDS`` without closing is
+let go: the application is told it disconnected, and the connection ends with it.
 """
 
 from __future__ import annotations
@@ -64,6 +79,7 @@ from hypercorn.protocol.events import Body, Data
 __all__ = [
     "abort_stalled_writes",
     "decline_websocket_compression",
+    "drop_what_follows_an_oversized_message",
     "end_http2_requests_answered_early",
     "keep_frames_sent_before_accept",
     "mend_application_queues",
@@ -75,6 +91,11 @@ _PATCHED_H2 = "_speechgw_ends_http2_requests_answered_early"
 _PATCHED_SEND = "_speechgw_aborts_stalled_writes"
 _PATCHED_EARLY = "_speechgw_keeps_early_frames"
 _HELD = "_speechgw_held_bytes"
+_PATCHED_OVERSIZED = "_speechgw_drops_what_follows_an_oversized_message"
+_OVERSIZED_AT = "_speechgw_oversized_at"
+_OVERSIZED_DRAIN_SECONDS = 5.0
+"""How long frames sent after an oversized message are read and dropped before the client
+is let go (the wait of ``speechgw.protocols._closing`` for a Close, for the same reason)."""
 _HELD_BEFORE_PUSHING_BACK = 65536
 """Bytes held for a connection before its upgrade is answered (hypercorn reads 64 KiB at a
 time); past them reading it waits for the answer."""
@@ -334,3 +355,46 @@ def _done_holding(stream: Any, held: _HeldBytes) -> None:
     held.data.clear()
     setattr(stream, _HELD, None)
     held.read.set()
+
+
+def drop_what_follows_an_oversized_message() -> None:
+    """Make hypercorn's WebSocket streams empty their message buffer at the Close 1009 for an
+    oversized message, drop the messages after it, and let go of a client that sends on
+    (see the module's docstring). hypercorn's own reading of events, with those changes."""
+    stream = ws_stream.WSStream
+    if getattr(stream, _PATCHED_OVERSIZED, False):
+        return
+
+    async def bounded_handle_events(self: Any) -> None:
+        loop = asyncio.get_running_loop()
+        for event in self.connection.events():
+            if isinstance(event, ws_stream.Message):
+                oversized_at: float | None = getattr(self, _OVERSIZED_AT, None)
+                if oversized_at is not None:
+                    if loop.time() - oversized_at > _OVERSIZED_DRAIN_SECONDS:
+                        # as if the client had closed: the application hears of it, and
+                        # the connection ends
+                        await self.send(ws_stream.StreamClosed(stream_id=self.stream_id))
+                        return
+                    continue
+                try:
+                    self.buffer.extend(event)
+                except ws_stream.FrameTooLargeError:
+                    self.buffer.clear()
+                    setattr(self, _OVERSIZED_AT, loop.time())
+                    too_big = ws_stream.CloseConnection(code=ws_stream.CloseReason.MESSAGE_TOO_BIG)
+                    await self._send_wsproto_event(too_big)
+                    continue
+                if event.message_finished:
+                    await self.app_put(self.buffer.to_message())
+                    self.buffer.clear()
+            elif isinstance(event, ws_stream.Ping):
+                await self._send_wsproto_event(event.response())
+            elif isinstance(event, ws_stream.CloseConnection):
+                if self.connection.state == ws_stream.ConnectionState.REMOTE_CLOSING:
+                    await self._send_wsproto_event(event.response())
+                await self.send(ws_stream.StreamClosed(stream_id=self.stream_id))
+
+    functools.update_wrapper(bounded_handle_events, stream._handle_events)
+    stream._handle_events = bounded_handle_events  # type: ignore[method-assign]
+    setattr(stream, _PATCHED_OVERSIZED, True)

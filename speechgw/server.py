@@ -17,6 +17,7 @@ from starlette.applications import Starlette
 from ._hypercorn_compat import (
     abort_stalled_writes,
     decline_websocket_compression,
+    drop_what_follows_an_oversized_message,
     end_http2_requests_answered_early,
     keep_frames_sent_before_accept,
     mend_application_queues,
@@ -136,6 +137,7 @@ async def serve_app(
     end_http2_requests_answered_early()
     abort_stalled_writes()
     keep_frames_sent_before_accept()
+    drop_what_follows_an_oversized_message()
 
     async def begin_shutdown() -> None:
         await shutdown_trigger()

@@ -61,9 +61,9 @@ def test_ten_thousand_tiny_chunks(voices) -> None:
 
 
 def test_huge_base64_and_huge_frames(voices) -> None:
-    """A message over ``max_frame_bytes`` is refused with 1009. hypercorn sends the close but
-    does not tell the application (nor pass on the client's Close), so the connection ends at
-    the stream's idle timeout and the server's wait for a Close (``CLOSE_TIMEOUT``)."""
+    """A message over ``max_frame_bytes`` is refused with 1009, and the connection ends once
+    the client answers the Close (or, at the latest, at the stream's idle timeout and the
+    server's wait for a Close, ``CLOSE_TIMEOUT``)."""
     limits = {"limits": {"max_frame_bytes": 2_000_000, "stream_idle_seconds": 2}}
     with running_server(limits, backends=NULL) as server:
         huge = base64.b64encode(b"\x00\x00" * 2_000_000).decode()  # a 5.3 MB message
@@ -73,6 +73,51 @@ def test_huge_base64_and_huge_frames(voices) -> None:
             with pytest.raises(ConnectionClosed) as closed:
                 ws.recv(timeout=2 + CLOSE_TIMEOUT + 10)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+        pcm, rate = read_pcm16(voices["coffee"])
+        assert stream_pcm(server.ws, pcm, rate).replies == ["ok"]
+
+
+def _rss_mib() -> float:
+    """This process's resident memory (the server under test runs in it)."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.parametrize("path", ["/ws/transcribe", "/api/core/google/asr"])
+def test_frames_sent_after_an_oversized_message_are_not_kept(voices, path: str) -> None:
+    """A client that sends on after its message over ``max_frame_bytes`` (and ignores the
+    Close 1009): hypercorn put every later frame into the same buffer, never emptied, and the
+    server grew by twice what the client sent (2.4 GB in 8 s) until the application's receive
+    timeout. Now the frames are dropped, and the client is let go after a few seconds."""
+    limits = {"limits": {"max_frame_bytes": 1_000_000, "stream_idle_seconds": 60}}
+    frame = client_frame(0x2, bytes(2_000_000))  # each one over the limit
+    with running_server(limits, backends=NULL) as server:
+        with socket.create_connection(("127.0.0.1", server.port)) as raw:
+            raw.sendall(HANDSHAKE.replace(b"/ws/transcribe", path.encode()))
+            assert raw.recv(12) == b"HTTP/1.1 101"
+            raw.settimeout(30)
+            received = bytearray()
+
+            def read() -> None:  # as it comes: a reset at the end may drop what is unread
+                with contextlib.suppress(OSError):
+                    while chunk := raw.recv(65536):
+                        received.extend(chunk)
+
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
+            before, sent, started = _rss_mib(), 0, time.monotonic()
+            with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                while time.monotonic() - started < 30:
+                    raw.sendall(frame)
+                    sent += len(frame)
+                    if sent == 150 * len(frame):  # 300 MB: kept, it was 600 MB more
+                        assert _rss_mib() - before < 100
+            let_go = time.monotonic() - started
+            reader.join(timeout=10)
+        assert sent >= 150 * len(frame)
+        assert let_go < CLOSE_TIMEOUT + 10  # not at the application's 60 s timeout
+        assert received.endswith(b"\x88\x02\x03\xf1")  # Close 1009 (a stream's greeting first)
         pcm, rate = read_pcm16(voices["coffee"])
         assert stream_pcm(server.ws, pcm, rate).replies == ["ok"]
 
