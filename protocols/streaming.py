@@ -130,6 +130,8 @@ def decode_message(text: str | None) -> AudioMessage | None:
 def _settings(message: AudioMessage) -> tuple[int, str, str, bool]:
     """``(rate, language_code, iso_language, interim_results)`` from the first message."""
     rate = DEFAULT_RATE if message.rate is None else message.rate
+    if isinstance(rate, float) and rate.is_integer():
+        rate = int(rate)  # JSON has one number type: Python's json.dumps writes 16000.0
     if not isinstance(rate, int) or isinstance(rate, bool):
         raise InvalidAudio("'rate' must be an integer number of Hz")
     check_rate(rate, "'rate'")

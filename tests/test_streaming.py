@@ -168,7 +168,8 @@ def test_settings_come_from_the_first_message(tiny_server: Server, voices) -> No
     half = len(pcm) // 2 // 2 * 2
     with open_stream(tiny_server.ws) as ws:
         ws.recv(timeout=10)
-        _send(ws, {"audio": base64.b64encode(pcm[:half]).decode(), "rate": rate})
+        # written as a float (json.dumps of 22050.0): JSON has one number type
+        _send(ws, {"audio": base64.b64encode(pcm[:half]).decode(), "rate": float(rate)})
         # a later rate is ignored, as the spec says only the first message sets it
         _send(ws, {"audio": base64.b64encode(pcm[half:]).decode(), "rate": 8000})
         _send(ws, {"type": "end"})
