@@ -30,7 +30,7 @@ from speechgw.errors import (
 )
 from speechgw.gateway import Gateway, RecordingResult
 from speechgw.jobs import JobRequest
-from speechgw.languages import normalise_iso
+from speechgw.languages import from_bcp47
 from speechgw.media import decode_wav
 
 from ._closing import close
@@ -103,9 +103,12 @@ def parse_request(message: dict[str, Any]) -> JobRequest:
     postprocess = _field(message, "postprocess", bool, None)
     if len(machine_id) > _MAX_MACHINE_ID:
         raise InvalidRequest(f"field 'machine_id' is longer than {_MAX_MACHINE_ID} characters")
-    language = normalise_iso(language_raw)
+    language = from_bcp47(language_raw)  # "de", "DE", and "de-DE" as the other protocols take it
     if language is None:
-        raise UnsupportedLanguage(f"language {language_raw[:32]!r} is not an ISO 639-1 code")
+        raise UnsupportedLanguage(
+            f"language {language_raw[:32]!r} is not an ISO 639-1 code (nor a BCP-47 tag such "
+            "as en-US)"
+        )
     if task not in ("transcribe", "translate"):
         raise UnsupportedTask(f"task {task[:32]!r} is unknown (use 'transcribe' or 'translate')")
     return JobRequest(language=language, task=task, machine_id=machine_id, postprocess=postprocess)

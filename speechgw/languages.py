@@ -15,7 +15,6 @@ __all__ = [
     "LANGUAGE_NAMES",
     "from_bcp47",
     "language_name",
-    "normalise_iso",
     "to_bcp47",
 ]
 
@@ -60,14 +59,7 @@ LANGUAGE_NAMES: dict[str, str] = {
 """English names of the languages Whisper knows, lower case, as OpenAI's transcription API
 writes them (``"language": "english"``)."""
 
-_ISO = re.compile(r"^[a-z]{2,3}$")
 _BCP47 = re.compile(r"^([A-Za-z]{2,3})(?:[-_][A-Za-z0-9]{1,8})*$")
-
-
-def normalise_iso(code: str) -> str | None:
-    """``"EN"`` -> ``"en"``; None when ``code`` is not shaped like an ISO 639 code."""
-    lowered = code.strip().lower()
-    return lowered if _ISO.match(lowered) else None
 
 
 def from_bcp47(tag: str) -> str | None:

@@ -123,6 +123,16 @@ def test_defaults_language_null_means_english(tiny_server: Server, voices) -> No
     assert_heard(FOX, minimal.reply["text"])
 
 
+def test_a_bcp47_tag_is_read_as_its_language(tiny_server: Server, voices) -> None:
+    """``en-US`` (what the streaming protocol takes, and many clients hold) is English here
+    too, as the OpenAI endpoint reads it: only its language subtag counts."""
+    wav = voices["children"].read_bytes()
+    for tag in ("en-US", "EN-gb", "en_US"):
+        exchange = batch(tiny_server.ws, {"type": "transcribe", "language": tag}, wav)
+        assert exchange.reply["language"] == "en", tag
+        assert_heard(FOX, exchange.reply["text"])
+
+
 def test_ping_then_transcribe_on_one_connection(tiny_server: Server, voices) -> None:
     exchange = batch(
         tiny_server.ws,
