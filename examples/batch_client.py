@@ -55,14 +55,31 @@ def as_wav(data: bytes) -> bytes:
         return data
     import av  # only for files that are not WAV
 
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
     pcm = bytearray()
+    resampler, shape = None, None
+
+    def resample(frame: av.AudioFrame | None) -> None:
+        nonlocal resampler, shape
+        # a resampler takes one input format; a file may change it midway (mp3s joined)
+        if frame is None or (frame.format.name, frame.layout.name, frame.sample_rate) != shape:
+            for out in resampler.resample(None) if resampler else ():
+                pcm.extend(out.to_ndarray().tobytes())
+            if frame is None:
+                return
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+            shape = (frame.format.name, frame.layout.name, frame.sample_rate)
+        for out in resampler.resample(frame):
+            pcm.extend(out.to_ndarray().tobytes())
+
     with av.open(io.BytesIO(data)) as container:
-        for frame in container.decode(audio=0):
-            for out in resampler.resample(frame):
-                pcm += out.to_ndarray().tobytes()
-        for out in resampler.resample(None):
-            pcm += out.to_ndarray().tobytes()
+        for packet in container.demux(audio=0):
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError:  # a damaged packet, a joined file's tag: skip it
+                continue
+            for frame in frames:
+                resample(frame)
+        resample(None)
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as wav:
         wav.setnchannels(1)
