@@ -95,8 +95,13 @@ def error_response(
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     if background is not None:  # the body was not read to its end: the connection is done
         headers["Connection"] = "close"
-    body = _error_body(status, error.message, error.error)
+    param = _PARAMS.get(error.field or "", error.field)  # the SDKs: APIStatusError.param
+    body = _error_body(status, error.message, error.error, param)
     return JSONResponse(body, status_code=status, headers=headers, background=background)
+
+
+_PARAMS = {"word_timestamps": "timestamp_granularities"}
+"""OpenAI's names (``param``) for the request fields errors are about, where they differ."""
 
 
 def _error_body(status: int, message: str, code: str | None, param: str | None = None) -> dict:
@@ -146,19 +151,25 @@ def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
         UnsupportedLanguage: ``language`` is not an ISO 639-1 code.
     """
     if not isinstance(form.get("file"), UploadFile):
-        raise InvalidRequest("field 'file' is required: the audio file to transcribe")
+        raise InvalidRequest("field 'file' is required: the audio file to transcribe", field="file")
     model = _text(form, "model")
     if not model:
-        raise InvalidRequest("field 'model' is required (GET /v1/models lists the names)")
+        raise InvalidRequest(
+            "field 'model' is required (GET /v1/models lists the names)", field="model"
+        )
     response_format = _text(form, "response_format") or "json"
     if response_format not in RESPONSE_FORMATS:
         known = ", ".join(RESPONSE_FORMATS)
-        raise InvalidRequest(f"response_format {response_format[:32]!r} is unknown ({known})")
+        raise InvalidRequest(
+            f"response_format {response_format[:32]!r} is unknown ({known})",
+            field="response_format",
+        )
     stream = _flag(_text(form, "stream"), "stream")
     if stream and response_format not in STREAM_FORMATS:
         raise InvalidRequest(
             f"stream=true sends text events: response_format must be json or text, "
-            f"not {response_format!r}"
+            f"not {response_format!r}",
+            field="stream",
         )
     temperature = _temperature(_text(form, "temperature"))
     granularities = [
@@ -168,17 +179,22 @@ def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
     for granularity in granularities:
         if granularity not in GRANULARITIES:
             raise InvalidRequest(
-                f"timestamp_granularities[] {str(granularity)[:32]!r} is unknown (segment, word)"
+                f"timestamp_granularities[] {str(granularity)[:32]!r} is unknown (segment, word)",
+                field="timestamp_granularities",
             )
     words = "word" in granularities
     if words and response_format != "verbose_json":
-        raise InvalidRequest("word timestamps need response_format 'verbose_json'")
+        raise InvalidRequest(
+            "word timestamps need response_format 'verbose_json'", field="word_timestamps"
+        )
     language_raw = _text(form, "language") or None
     language = None
     if language_raw is not None:
         language = from_bcp47(language_raw)
         if language is None:
-            raise UnsupportedLanguage(f"language {language_raw[:32]!r} is not an ISO 639-1 code")
+            raise UnsupportedLanguage(
+                f"language {language_raw[:32]!r} is not an ISO 639-1 code", field="language"
+            )
     request = JobRequest(
         language=language,
         task=task,
@@ -198,7 +214,7 @@ def _flag(raw: str | None, name: str) -> bool:
         return False
     if value in ("true", "1"):
         return True
-    raise InvalidRequest(f"{name} must be true or false, not {value[:32]!r}")
+    raise InvalidRequest(f"{name} must be true or false, not {value[:32]!r}", field=name)
 
 
 def _temperature(raw: str | None) -> float | None:
@@ -207,9 +223,9 @@ def _temperature(raw: str | None) -> float | None:
     try:
         value = float(raw)
     except ValueError:
-        raise InvalidRequest("temperature must be a number between 0 and 1") from None
+        value = math.nan
     if not 0.0 <= value <= 1.0:
-        raise InvalidRequest("temperature must be a number between 0 and 1")
+        raise InvalidRequest("temperature must be a number between 0 and 1", field="temperature")
     return value
 
 

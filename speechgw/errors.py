@@ -53,9 +53,12 @@ class SpeechGWError(Exception):
 
     error: str = "internal_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.field = field
+        """The request's field the error is about, where there is one (``model``,
+        ``language``, ``word_timestamps``...): OpenAI's errors name it (``param``)."""
 
 
 class Unauthorized(SpeechGWError):

@@ -46,7 +46,9 @@ class Router:
         """
         if spec.model is not None and spec.model not in self.models:
             known = ", ".join(self.models)
-            raise InvalidRequest(f"model {spec.model[:64]!r} does not exist (known: {known})")
+            raise InvalidRequest(
+                f"model {spec.model[:64]!r} does not exist (known: {known})", field="model"
+            )
         language_known = task_known = False
         for rule in self._rules:
             m = rule.match
@@ -69,11 +71,14 @@ class Router:
             if capable and capable[0] is chain[0]:
                 return capable
         if task_known and spec.word_timestamps:
-            raise InvalidRequest("word timestamps are not available for this request")
+            raise InvalidRequest(
+                "word timestamps are not available for this request", field="word_timestamps"
+            )
         if language_known:
             raise UnsupportedTask(f"task {spec.task!r} is not available for this request")
         if spec.language is None:
             raise UnsupportedLanguage(
-                "language detection is not available for this request: name the language"
+                "language detection is not available for this request: name the language",
+                field="language",
             )
-        raise UnsupportedLanguage(f"language {spec.language!r} is not supported")
+        raise UnsupportedLanguage(f"language {spec.language!r} is not supported", field="language")

@@ -290,21 +290,28 @@ def test_models_lists_what_may_be_sent_and_needs_the_key(server: Server) -> None
 
 def test_request_errors_have_openais_shape(server: Server, voices, tmp_path: Path) -> None:
     sdk = client(server)
-    cases = [
-        ({"model": "gpt-4o-transcribe"}, 400, "invalid_request", "known: whisper-1"),
-        ({"response_format": "xml"}, 400, "invalid_request", "response_format"),
-        ({"language": "english!"}, 400, "unsupported_language", "ISO 639-1"),
-        ({"temperature": 3}, 400, "invalid_request", "temperature"),
-        ({"timestamp_granularities": ["word"]}, 400, "invalid_request", "verbose_json"),
-        ({"stream": True, "response_format": "srt"}, 400, "invalid_request", "stream=true"),
+    cases = [  # fields, status, code, words of the message, the field named (param)
+        ({"model": "gpt-4o-transcribe"}, 400, "invalid_request", "known: whisper-1", "model"),
+        ({"response_format": "xml"}, 400, "invalid_request", "is unknown", "response_format"),
+        ({"language": "english!"}, 400, "unsupported_language", "ISO 639-1", "language"),
+        ({"temperature": 3}, 400, "invalid_request", "temperature", "temperature"),
+        (
+            {"timestamp_granularities": ["word"]},
+            400,
+            "invalid_request",
+            "verbose_json",
+            "timestamp_granularities",
+        ),
+        ({"stream": True, "response_format": "srt"}, 400, "invalid_request", "stream=", "stream"),
     ]
-    for fields, status, code, words in cases:
+    for fields, status, code, words, param in cases:
         arguments = {"model": "whisper-1", **fields}
         with pytest.raises(openai.APIStatusError) as failed, voices["coffee"].open("rb") as audio:
             sdk.audio.transcriptions.create(file=audio, **arguments)
         assert failed.value.status_code == status, fields
         assert failed.value.body["code"] == code and words in failed.value.body["message"]
         assert failed.value.body["type"] == "invalid_request_error"
+        assert failed.value.param == param, fields  # as OpenAI names the field
     text = tmp_path / "notes.txt"
     text.write_text("not audio at all")
     with pytest.raises(openai.APIStatusError) as failed, text.open("rb") as notes:
