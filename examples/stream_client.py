@@ -35,13 +35,19 @@ PATH = "/api/core/google/asr"
 
 
 def wav_chunks(path: str, speed: float) -> tuple[int, Iterator[bytes]]:
-    with wave.open(path, "rb") as w:
-        if w.getsampwidth() != 2 or w.getnchannels() != 1:
-            sys.exit(
-                "the streaming protocol carries 16-bit mono PCM: convert first, e.g. "
-                "sox in.wav -c 1 -b 16 out.wav"
-            )
-        rate = w.getframerate()
+    convert = (
+        "the streaming protocol carries 16-bit mono PCM: convert first, e.g. "
+        "sox in.wav -c 1 -b 16 -e signed-integer out.wav"
+    )
+    try:
+        with wave.open(path, "rb") as w:
+            if w.getsampwidth() != 2 or w.getnchannels() != 1:
+                sys.exit(convert)
+            rate = w.getframerate()
+    except OSError as exc:
+        sys.exit(f"{path}: {exc.strerror}")
+    except (wave.Error, EOFError) as exc:  # float, ADPCM, not a WAV at all, cut short
+        sys.exit(f"{path}: {exc}; {convert}")
     frames = rate * CHUNK_MS // 1000
 
     def chunks() -> Iterator[bytes]:

@@ -54,6 +54,22 @@ def test_python_stream_client(tiny_server: Server, two_sentences: Path) -> None:
     assert_two_sentences(result.stdout.splitlines())
 
 
+def test_python_stream_client_says_how_to_convert_a_wav_it_cannot_send(
+    tiny_server: Server, voices, tmp_path: Path
+) -> None:
+    """The protocol carries 16-bit PCM; Python's wave module raised a traceback for a float
+    WAV ("unknown format: 3"), and for a file that is not there."""
+    float_wav = speech.convert(voices["coffee"], tmp_path / "float.wav", "-e", "floating-point")
+    cases = (
+        (float_wav, "unknown format: 3; the streaming protocol carries 16-bit mono PCM"),
+        (tmp_path / "gone.wav", "gone.wav: No such file or directory"),
+    )
+    for path, words in cases:
+        result = run(sys.executable, "stream_client.py", str(path), "--url", tiny_server.ws)
+        assert result.returncode == 1
+        assert words in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
 def test_clients_take_an_endpoint_url_and_say_why_they_are_refused(voices) -> None:
     """An integrator pastes an endpoint's whole URL, or runs with a wrong key or a wrong path:
     the examples take the first as the server's, and print the server's reason for the rest."""
