@@ -97,8 +97,15 @@ def main() -> int:
     parser.add_argument("--task", default="transcribe", choices=["transcribe", "translate"])
     parser.add_argument("--api-key", default=os.environ.get("SPEECHGW_API_KEY"))
     args = parser.parse_args()
+    if not os.path.isfile(args.audio):
+        parser.error(f"{args.audio}: no such file")
     with open(args.audio, "rb") as f:
-        wav = as_wav(f.read())
+        data = f.read()
+    try:
+        wav = as_wav(data)
+    except Exception as exc:  # av.error.FFmpegError: PyAV loads only for files that are not WAV
+        print(f"error: {args.audio} could not be decoded as audio ({exc})", file=sys.stderr)
+        return 1
     result = transcribe(args.url, wav, args.language, args.task, args.api_key)
     if "error" in result:
         print(f"error: {result['error']}: {result.get('message', '')}", file=sys.stderr)

@@ -39,6 +39,8 @@ def main() -> int:
     parser.add_argument("--words", action="store_true", help="time each word (verbose_json)")
     parser.add_argument("--stream", action="store_true", help="print the text as it comes")
     args = parser.parse_args()
+    if not os.path.isfile(args.audio):
+        parser.error(f"{args.audio}: no such file")
     if args.stream:
         if args.translate or args.words or args.format not in ("json", "text"):
             parser.error("--stream gives text as it comes: no --translate, --words or --format")

@@ -54,7 +54,7 @@ def test_python_stream_client(tiny_server: Server, two_sentences: Path) -> None:
     assert_two_sentences(result.stdout.splitlines())
 
 
-def test_python_stream_client_says_how_to_convert_a_wav_it_cannot_send(
+def test_python_clients_say_what_is_wrong_with_a_file_they_cannot_send(
     tiny_server: Server, voices, tmp_path: Path
 ) -> None:
     """The protocol carries 16-bit PCM; Python's wave module raised a traceback for a float
@@ -67,6 +67,18 @@ def test_python_stream_client_says_how_to_convert_a_wav_it_cannot_send(
     for path, words in cases:
         result = run(sys.executable, "stream_client.py", str(path), "--url", tiny_server.ws)
         assert result.returncode == 1
+        assert words in result.stderr and "Traceback" not in result.stderr, result.stderr
+    # and the other two clients: a missing file, a file that is no audio
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not audio")
+    cases = (
+        ("batch_client.py", tmp_path / "gone.mp3", tiny_server.ws, 2, "gone.mp3: no such file"),
+        ("batch_client.py", notes, tiny_server.ws, 1, "notes.txt could not be decoded as audio"),
+        ("openai_client.py", tmp_path / "gone.mp3", tiny_server.http, 2, "no such file"),
+    )
+    for client, path, url, status, words in cases:
+        result = run(sys.executable, client, str(path), "--url", url)
+        assert result.returncode == status, (client, result.stderr)
         assert words in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
