@@ -57,8 +57,9 @@ def test_python_stream_client(tiny_server: Server, two_sentences: Path) -> None:
 def test_python_clients_say_what_is_wrong_with_a_file_they_cannot_send(
     tiny_server: Server, voices, tmp_path: Path
 ) -> None:
-    """The protocol carries 16-bit PCM; Python's wave module raised a traceback for a float
-    WAV ("unknown format: 3"), and for a file that is not there."""
+    """Each said it in a traceback before: the stream client for a float WAV (Python's wave
+    module: "unknown format: 3"; the protocol carries 16-bit PCM), every client for a file
+    that is not there, the batch client for one FFmpeg cannot decode."""
     float_wav = speech.convert(voices["coffee"], tmp_path / "float.wav", "-e", "floating-point")
     cases = (
         (float_wav, "unknown format: 3; the streaming protocol carries 16-bit mono PCM"),
