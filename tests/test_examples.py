@@ -149,6 +149,9 @@ def test_node_client_batch(tiny_server: Server, node_client: Path, voices) -> No
     assert result.returncode == 0, result.stderr
     assert speech.word_recall(speech.SENTENCES["coffee"], result.stdout) >= 0.75
     assert "[" in result.stderr  # timed segments
+    for mode in ("batch", "stream"):  # a missing file: one line, not Node's stack trace
+        gone = run("node", "client.mjs", mode, "gone.wav", "--url", tiny_server.ws, cwd=node_client)
+        assert gone.returncode == 1 and gone.stderr.strip() == "gone.wav: no such file", gone
 
 
 def test_node_client_stream(tiny_server: Server, node_client: Path, two_sentences) -> None:

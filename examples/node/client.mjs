@@ -28,6 +28,15 @@ function fail(message) {
   process.exit(1);
 }
 
+// the file's bytes, read before connecting; a missing or unreadable file is one line
+function readAudio() {
+  try {
+    return readFileSync(file);
+  } catch (err) {
+    fail(`${file}: ${err.code === "ENOENT" ? "no such file" : err.message}`);
+  }
+}
+
 // the server's URL with an endpoint's path; a URL that names the endpoint already works too
 function endpoint(path) {
   const base = url.replace(/\/+$/, "");
@@ -42,6 +51,7 @@ function refused(request, response) {
 }
 
 function batch() {
+  const audio = readAudio();
   const ws = new WebSocket(endpoint("/ws/transcribe"), wsOptions);
   ws.on("unexpected-response", refused);
   ws.on("open", () => {
@@ -49,7 +59,7 @@ function batch() {
                        task: option("task", "transcribe") };
     if (apiKey) metadata.api_key = apiKey;
     ws.send(JSON.stringify(metadata));
-    ws.send(readFileSync(file));
+    ws.send(audio);
   });
   ws.on("message", (data) => {
     const result = JSON.parse(data.toString());
@@ -82,7 +92,7 @@ function parseWav(buffer) {
 }
 
 function stream() {
-  const { rate, pcm } = parseWav(readFileSync(file));
+  const { rate, pcm } = parseWav(readAudio());
   const speed = Number(option("speed", "1"));
   const query = apiKey ? `?api_key=${encodeURIComponent(apiKey)}` : "";
   const ws = new WebSocket(endpoint("/api/core/google/asr") + query, wsOptions);
