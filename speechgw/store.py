@@ -111,6 +111,12 @@ class KeyLookup:
     """Whether the store manages keys (any was ever created): then every request needs one."""
 
 
+_BUSY_SECONDS = 5.0
+"""How long a write waits for another process's lock on the SQLite file (an admin's open
+transaction in the sqlite3 shell, say) before its requests are refused with ``server_busy``:
+every reply waits on the ledger's commit, so the wait is every client's."""
+
+
 class StoreUnavailable(Exception):
     """The store cannot be reached now (a restart, the network): the request is refused with
     ``server_busy`` and the client retries; never answered without its ledger row."""
@@ -204,7 +210,7 @@ class SQLiteStore(Store):
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
+                self.path, timeout=_BUSY_SECONDS, isolation_level=None, check_same_thread=False
             )
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self._synchronous}")
@@ -257,6 +263,13 @@ class SQLiteStore(Store):
                     [astuple(record) for record, _ in batch],
                 )
                 db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                # locked by another process's transaction, a full disk, an I/O error: the
+                # file's state, not a fault of ours; the clients are told to come back
+                _LOGGER.warning("usage: %d rows could not be committed: %s", len(batch), exc)
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                error = StoreUnavailable(f"the SQLite file {self.path}: {exc}")
             except sqlite3.Error as exc:
                 _LOGGER.exception("usage: %d rows could not be committed", len(batch))
                 with contextlib.suppress(sqlite3.Error):

@@ -233,6 +233,33 @@ def test_every_reply_survives_kill_9_in_the_ledger(tmp_path: Path, voices) -> No
     assert not missing, f"{len(missing)} replies have no ledger row"
 
 
+def test_a_ledger_locked_by_another_process_refuses_with_server_busy(
+    tmp_path: Path, voices
+) -> None:
+    """An admin's sqlite3 shell left in a write transaction on the ledger: each request waited
+    30 s for the lock, then got ``internal_error`` (and the log a traceback per request). A
+    locked file is the file's state, not a fault: ``server_busy`` with Retry-After, after a
+    few seconds; once the lock is gone the next request is answered and billed."""
+    ledger = tmp_path / "ledger.db"
+    wav = voices["children"].read_bytes()
+    with running_server({"store": {"path": str(ledger)}}, backends=NULL) as server:
+        assert transcribe(server.ws, wav).close_code == 1000  # the ledger exists
+        admin = sqlite3.connect(ledger, isolation_level=None)
+        admin.execute("BEGIN EXCLUSIVE")
+        started = time.monotonic()
+        refused = transcribe(server.ws, wav)
+        waited = time.monotonic() - started
+        assert refused.reply["error"] == "server_busy", refused.reply
+        assert refused.reply["retry_after"] >= 1 and refused.close_code == 1013
+        assert waited < 15
+        admin.execute("COMMIT")
+        answered = transcribe(server.ws, wav)
+        assert answered.close_code == 1000
+        assert server.metric("speechgw_store_errors_total", operation="ledger") == 1
+    billed = {r for (r,) in sqlite3.connect(ledger).execute("SELECT request_id FROM usage")}
+    assert answered.reply["request_id"] in billed and len(billed) == 2
+
+
 def test_metrics_on_a_separate_port(voices) -> None:
     import socket
     import urllib.request
