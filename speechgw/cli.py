@@ -8,6 +8,7 @@ import datetime
 import json
 import logging
 import os
+import sqlite3
 import sys
 import urllib.parse
 from pathlib import Path
@@ -296,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except StoreUnavailable as exc:
         print(f"speechgw: the store is unreachable: {exc}", file=sys.stderr)
+        return 1
+    except sqlite3.OperationalError as exc:  # "database is locked": another process's write
+        print(f"speechgw: the SQLite store could not be used: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `speechgw usage | head`: the reader has what it wanted
         devnull = os.open(os.devnull, os.O_WRONLY)

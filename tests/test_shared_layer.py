@@ -252,6 +252,12 @@ def test_a_ledger_locked_by_another_process_refuses_with_server_busy(
         assert refused.reply["error"] == "server_busy", refused.reply
         assert refused.reply["retry_after"] >= 1 and refused.close_code == 1013
         assert waited < 15
+        # and the CLI says so in one line (it was a traceback)
+        config = tmp_path / "store.yaml"
+        config.write_text(f"store:\n  path: {ledger}\n")
+        created = cli("keys", "create", "zed", "--config", str(config))
+        assert created.returncode == 1 and "Traceback" not in created.stderr
+        assert "the SQLite store could not be used: database is locked" in created.stderr
         admin.execute("COMMIT")
         answered = transcribe(server.ws, wav)
         assert answered.close_code == 1000
