@@ -1,4 +1,4 @@
-"""Six fixes to hypercorn, applied where the server starts.
+"""Seven fixes to hypercorn, applied where the server starts.
 
 **Refuse permessage-deflate.** hypercorn 0.18 accepts permessage-deflate whenever a client
 offers it, with no option to refuse (upstream hypercorn issue #307). Browsers and the
@@ -57,6 +57,18 @@ buffer is emptied at the 1009 and later messages are read and dropped (reading o
 client finish its write and read the Close, rather than be reset), and a client that keeps
 sending for ``_OVERSIZED_DRAIN_SECONDS`` without closing is let go: the application is told
 it disconnected, and the connection ends with it.
+
+**An HTTP/2 stream the client never lets through is given up on.** Over HTTP/2 a response
+goes out only as far as the client's flow control windows allow; a client that never opens
+them (or stops acknowledging) held the response's writer forever: hypercorn waits for the
+window with no time limit, and the TCP-level limit above never fires (nothing is written).
+Worse, a WebSocket carried in the connection (RFC 8441) deadlocked it: its application waited
+to send, hypercorn's single reader waited for that application to take the next message, so
+the window updates, resets, and even the client's going away were never read. The stream
+held its place in ``max_streams`` (and its task, and its connection in CLOSE-WAIT) until the
+server stopped. Now a stream whose response moves not at all for ``send_timeout`` seconds is
+reset (CANCEL), as if the client had reset it: the application is told of the disconnect,
+and the rest of the connection goes on.
 """
 
 from __future__ import annotations
@@ -66,6 +78,7 @@ import contextlib
 import copy
 import functools
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import h2.events
@@ -75,7 +88,7 @@ from h2.stream import StreamState
 from hypercorn.asyncio import task_group, tcp_server
 from hypercorn.protocol import h2 as hypercorn_h2
 from hypercorn.protocol import ws_stream
-from hypercorn.protocol.events import Body, Data
+from hypercorn.protocol.events import Body, Data, EndBody, EndData, Trailers
 
 __all__ = [
     "abort_stalled_writes",
@@ -84,12 +97,15 @@ __all__ = [
     "end_http2_requests_answered_early",
     "keep_frames_sent_before_accept",
     "mend_application_queues",
+    "reset_stalled_http2_streams",
 ]
 
 _PATCHED = "_speechgw_declines_extensions"
 _PATCHED_QUEUE = "_speechgw_mends_application_queues"
 _PATCHED_H2 = "_speechgw_ends_http2_requests_answered_early"
 _PATCHED_SEND = "_speechgw_aborts_stalled_writes"
+_PATCHED_H2_SEND = "_speechgw_resets_stalled_http2_streams"
+_SENT = "_speechgw_sent"
 _PATCHED_EARLY = "_speechgw_keeps_early_frames"
 _HELD = "_speechgw_held_bytes"
 _PATCHED_OVERSIZED = "_speechgw_drops_what_follows_an_oversized_message"
@@ -236,34 +252,11 @@ def abort_stalled_writes() -> None:
         if timeout is None:
             await protocol_send(self, event)
             return
-        loop = asyncio.get_running_loop()
         transport = self.writer.transport
-        unsent = 0
-        try:
-            async with asyncio.timeout(None) as deadline:
-
-                def look() -> None:
-                    # the buffer changes only as the client reads (directly, or by letting an
-                    # earlier write finish so that the next one is written): that is progress
-                    nonlocal unsent, watch
-                    now = transport.get_write_buffer_size()
-                    if now == unsent:
-                        deadline.reschedule(loop.time())
-                    else:
-                        unsent = now
-                        watch = loop.call_later(timeout, look)
-
-                def begin() -> None:  # a second in: still waiting, so note where it stands
-                    nonlocal unsent, watch
-                    unsent = transport.get_write_buffer_size()
-                    watch = loop.call_later(timeout, look)
-
-                watch = loop.call_later(min(1.0, timeout), begin)
-                try:
-                    await protocol_send(self, event)
-                finally:
-                    watch.cancel()
-        except TimeoutError:
+        # the buffer changes only as the client reads (directly, or by letting an earlier
+        # write finish so that the next one is written): that is progress
+        unsent = transport.get_write_buffer_size
+        if not await _while_moving(protocol_send(self, event), unsent, timeout):
             _LOGGER.warning(
                 "dropped the connection of %s: it read nothing for %g s",
                 self.writer.get_extra_info("peername"),
@@ -274,6 +267,92 @@ def abort_stalled_writes() -> None:
 
     server.protocol_send = bounded_protocol_send  # type: ignore[method-assign]
     setattr(server, _PATCHED_SEND, True)
+
+
+def reset_stalled_http2_streams() -> None:
+    """Make hypercorn's HTTP/2 connections reset a stream whose response the client lets
+    nothing of through for their config's ``send_timeout`` seconds (``None``: no limit), see
+    the module's docstring. A stream that moves, however slowly, is waited for."""
+    protocol = hypercorn_h2.H2Protocol
+    if getattr(protocol, _PATCHED_H2_SEND, False):
+        return
+    stream_send = protocol.stream_send
+    waits_for_the_window = (Body, Data, EndBody, EndData, Trailers)
+    pop = hypercorn_h2.StreamBuffer.pop
+
+    @functools.wraps(pop)
+    async def counting_pop(self: Any, max_length: int) -> bytes:
+        data = await pop(self, max_length)
+        setattr(self, _SENT, getattr(self, _SENT, 0) + len(data))
+        return data
+
+    @functools.wraps(stream_send)
+    async def bounded_stream_send(self: Any, event: Any) -> None:
+        timeout = getattr(self.config, "send_timeout", None)
+        buffer = self.stream_buffers.get(getattr(event, "stream_id", None))
+        if timeout is None or buffer is None or not isinstance(event, waits_for_the_window):
+            await stream_send(self, event)
+            return
+        # the bytes taken from the stream's buffer to be sent: they move only as the client's
+        # window lets them out (what is left to send may also grow: pongs, a Close)
+        sent = functools.partial(getattr, buffer, _SENT, 0)
+        if await _while_moving(stream_send(self, event), sent, timeout):
+            return
+        stream_id = event.stream_id
+        _LOGGER.warning(
+            "reset HTTP/2 stream %d of %s: it let nothing through for %g s",
+            stream_id,
+            self.client,
+            timeout,
+        )
+        with contextlib.suppress(h2.exceptions.ProtocolError):  # the stream or connection ended
+            self.connection.reset_stream(stream_id, ErrorCodes.CANCEL)
+        await self._flush()
+        await buffer.close()  # frees anyone else waiting to add to it
+        await self._close_stream(stream_id)  # the application hears of the disconnect
+        await self._window_updated(stream_id)  # the sending task then drops the buffer
+
+    hypercorn_h2.StreamBuffer.pop = counting_pop  # type: ignore[method-assign]
+    protocol.stream_send = bounded_stream_send  # type: ignore[method-assign]
+    setattr(protocol, _PATCHED_H2_SEND, True)
+
+
+async def _while_moving(
+    sending: Coroutine[Any, Any, None], where: Callable[[], int], timeout: float
+) -> bool:
+    """Await ``sending`` while ``where()`` (how far the client has taken things) changes at
+    least once every ``timeout`` seconds. False, with ``sending`` cancelled, once it has not:
+    the client is taking none of it. The first look is a second in (most sends never wait that
+    long)."""
+    loop = asyncio.get_running_loop()
+    deadline = asyncio.timeout(None)
+    last = 0
+
+    def look() -> None:
+        nonlocal last, watch
+        now = where()
+        if now == last:
+            deadline.reschedule(loop.time())
+        else:
+            last = now
+            watch = loop.call_later(timeout, look)
+
+    def begin() -> None:  # still waiting: note where it stands
+        nonlocal last, watch
+        last = where()
+        watch = loop.call_later(timeout, look)
+
+    watch = loop.call_later(min(1.0, timeout), begin)
+    try:
+        async with deadline:
+            await sending
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # the send's own
+        return False
+    finally:
+        watch.cancel()
+    return True
 
 
 class _HeldBytes:

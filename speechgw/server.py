@@ -21,6 +21,7 @@ from ._hypercorn_compat import (
     end_http2_requests_answered_early,
     keep_frames_sent_before_accept,
     mend_application_queues,
+    reset_stalled_http2_streams,
 )
 from ._wsproto_compat import unmask_with_numpy
 from .config import Config
@@ -136,6 +137,7 @@ async def serve_app(
     mend_application_queues()
     end_http2_requests_answered_early()
     abort_stalled_writes()
+    reset_stalled_http2_streams()
     keep_frames_sent_before_accept()
     drop_what_follows_an_oversized_message()
 

@@ -19,12 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from h2.errors import ErrorCodes
 from speechgw.protocols._closing import CLOSE_TIMEOUT
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests import speech
-from tests.client import transcribe
+from tests.client import multipart_upload, transcribe
+from tests.http2_client import Http2Connection, websocket_frame
 from tests.serving import Server, running_server
 from tests.streaming_client import open_stream, read_pcm16, stream_pcm
 from tests.waiting import wait_for
@@ -454,6 +456,65 @@ def test_a_client_that_reads_slowly_is_waited_for(voices) -> None:
             received += chunk
             time.sleep(0.03)  # about 2 MB/s at most: 6 s for it all
     assert f'"text":"{text}"'.encode() in received
+
+
+@pytest.mark.parametrize("carrying", ["a WebSocket", "an upload"])
+def test_an_http2_stream_the_client_never_lets_through_is_reset(voices, carrying: str) -> None:
+    """Over HTTP/2 a response goes out only as the client's flow control window allows. A
+    client that never opens it held the response's writer forever; a WebSocket carried in the
+    connection deadlocked it (its application waited to send, hypercorn's one reader waited
+    for the application to take the next message), and even the client's going away went
+    unread: the stream kept its place in ``max_streams`` until the server stopped. Now the
+    stream is reset once it has let nothing through for ``send_timeout_seconds``, and the rest
+    of the connection goes on."""
+    limits = {"stream_idle_seconds": 2, "send_timeout_seconds": 2}
+    with running_server({"limits": limits}, backends=LONG_REPLY) as server:
+        before = server.tasks()
+        with Http2Connection(server.port, window=0) as client:
+            if carrying == "a WebSocket":
+                stream = client.websocket("/api/core/google/asr")
+                pcm, rate = read_pcm16(voices["coffee"])
+                message = {"audio": base64.b64encode(pcm).decode(), "rate": rate}
+                assert client.send(stream, websocket_frame(json.dumps(message)))
+                wait_for(lambda: server.metric("speechgw_active_streams") == 1)
+            else:
+                body, content_type = multipart_upload(voices["coffee"].read_bytes())
+                headers = [("content-type", content_type), ("content-length", str(len(body)))]
+                stream = client.request("POST", "/v1/audio/transcriptions", headers, body)
+            # its answer (500 KB of text) is ready within seconds, and may not go out
+            client.wait_for(lambda: client.reset(stream) is not None)
+            assert client.reset(stream) == ErrorCodes.CANCEL
+            assert server.metric("speechgw_active_streams") == 0
+            assert server.metric("speechgw_requests_in_flight") == 0
+            client.open_windows()
+            health = client.request("GET", "/health")
+            client.wait_for(lambda: client.ended(health))
+            assert client.status(health) == "200"
+            assert json.loads(client.received[health])["status"] == "ok"
+        wait_for(lambda: server.tasks() <= before, seconds=10)
+
+
+def test_an_http2_client_that_reads_slowly_is_waited_for(voices) -> None:
+    """What counts is that the window opens, not how long the response takes: 500 KB let
+    through 32 KB at a time, a quarter of a second apart, take four times
+    ``send_timeout_seconds`` (1) and arrive whole."""
+    limits = {"send_timeout_seconds": 1}
+    with (
+        running_server({"limits": limits}, backends=LONG_REPLY) as server,
+        Http2Connection(server.port, window=0) as client,
+    ):
+        body, content_type = multipart_upload(voices["coffee"].read_bytes(), response_format="text")
+        headers = [("content-type", content_type), ("content-length", str(len(body)))]
+        stream = client.request("POST", "/v1/audio/transcriptions", headers, body)
+        started = time.monotonic()
+        while not client.ended(stream):
+            assert client.reset(stream) is None
+            client.let_through(stream, 32768)
+            client.read(0.25)
+            time.sleep(0.25)
+        assert time.monotonic() - started > 4
+        assert client.status(stream) == "200"
+        assert client.received[stream].decode().strip() == "x" * 500_000
 
 
 def test_truncated_frames_and_garbage_bytes(tiny_server: Server, voices) -> None:
