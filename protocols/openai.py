@@ -564,12 +564,13 @@ def _succeeded(run: asyncio.Future[Any]) -> bool:
 
 async def _finish(run: asyncio.Future[Any], exchange: _Exchange) -> None:
     """Cancel the request if it is still running (its client left), wait until it has let
-    go, and drop the upload's spooled files."""
+    go, and drop the upload's spooled files. A request that has already ended is awaited
+    too: its error (the client gone) is then seen, not logged by asyncio as never retrieved."""
     with anyio.CancelScope(shield=True):
         if not run.done():
             run.cancel()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await run
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await run
         await exchange.close()
 
 

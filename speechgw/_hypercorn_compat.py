@@ -1,4 +1,4 @@
-"""Seven fixes to hypercorn, applied where the server starts.
+"""Eight fixes to hypercorn, applied where the server starts.
 
 **Refuse permessage-deflate.** hypercorn 0.18 accepts permessage-deflate whenever a client
 offers it, with no option to refuse (upstream hypercorn issue #307). Browsers and the
@@ -69,6 +69,16 @@ held its place in ``max_streams`` (and its task, and its connection in CLOSE-WAI
 server stopped. Now a stream whose response moves not at all for ``send_timeout`` seconds is
 reset (CANCEL), as if the client had reset it: the application is told of the disconnect,
 and the rest of the connection goes on.
+
+**An HTTP/2 connection that floods streams is closed, not crashed.** hypercorn keeps each
+stream in a priority tree (the ``priority`` library, which holds 1,000 at most) until its
+sending task has cleared it. A client that opens and at once resets streams (the "rapid
+reset" of CVE-2023-44487), or sends PRIORITY frames for streams it never opens, filled the
+tree within one read; the next insert raised, and the connection died with an ERROR
+traceback in the log for each such client (and asyncio's "Task exception was never retrieved"
+for a request cut off in passing). Such a connection is now closed with GOAWAY
+(ENHANCE_YOUR_CALM) and a one-line warning; the streams it had are told of the disconnect.
+hypercorn's own ``keep_alive_max_requests`` (1,000 streams a connection) bounds the rest.
 """
 
 from __future__ import annotations
@@ -86,12 +96,15 @@ import h2.exceptions
 from h2.errors import ErrorCodes
 from h2.stream import StreamState
 from hypercorn.asyncio import task_group, tcp_server
+from hypercorn.events import Closed
 from hypercorn.protocol import h2 as hypercorn_h2
 from hypercorn.protocol import ws_stream
 from hypercorn.protocol.events import Body, Data, EndBody, EndData, Trailers
+from priority import TooManyStreamsError
 
 __all__ = [
     "abort_stalled_writes",
+    "close_http2_connections_that_flood_streams",
     "decline_websocket_compression",
     "drop_what_follows_an_oversized_message",
     "end_http2_requests_answered_early",
@@ -106,6 +119,7 @@ _PATCHED_H2 = "_speechgw_ends_http2_requests_answered_early"
 _PATCHED_SEND = "_speechgw_aborts_stalled_writes"
 _PATCHED_H2_SEND = "_speechgw_resets_stalled_http2_streams"
 _SENT = "_speechgw_sent"
+_PATCHED_H2_FLOOD = "_speechgw_closes_http2_connections_that_flood_streams"
 _PATCHED_EARLY = "_speechgw_keeps_early_frames"
 _HELD = "_speechgw_held_bytes"
 _PATCHED_OVERSIZED = "_speechgw_drops_what_follows_an_oversized_message"
@@ -257,11 +271,12 @@ def abort_stalled_writes() -> None:
         # write finish so that the next one is written): that is progress
         unsent = transport.get_write_buffer_size
         if not await _while_moving(protocol_send(self, event), unsent, timeout):
-            _LOGGER.warning(
-                "dropped the connection of %s: it read nothing for %g s",
-                self.writer.get_extra_info("peername"),
-                timeout,
-            )
+            if not transport.is_closing():  # once: other writes may be giving up on it too
+                _LOGGER.warning(
+                    "dropped the connection of %s: it read nothing for %g s",
+                    self.writer.get_extra_info("peername"),
+                    timeout,
+                )
             # the reading task then finds the connection closed and tells the application
             transport.abort()
 
@@ -315,6 +330,46 @@ def reset_stalled_http2_streams() -> None:
     hypercorn_h2.StreamBuffer.pop = counting_pop  # type: ignore[method-assign]
     protocol.stream_send = bounded_stream_send  # type: ignore[method-assign]
     setattr(protocol, _PATCHED_H2_SEND, True)
+
+
+def close_http2_connections_that_flood_streams() -> None:
+    """Make hypercorn's HTTP/2 connections end with GOAWAY (ENHANCE_YOUR_CALM) when a client
+    leaves more streams in their priority tree than it holds, instead of failing with a
+    traceback (see the module's docstring)."""
+    protocol = hypercorn_h2.H2Protocol
+    if getattr(protocol, _PATCHED_H2_FLOOD, False):
+        return
+    handle_events = protocol._handle_events
+    create_stream = protocol._create_stream
+
+    @functools.wraps(create_stream)
+    async def _create_stream(self: Any, request: Any) -> None:
+        try:
+            await create_stream(self, request)
+        except TooManyStreamsError:
+            # made but not started: closing it as a stream would fail (it has no request)
+            self.streams.pop(request.stream_id, None)
+            self.stream_buffers.pop(request.stream_id, None)
+            raise
+
+    @functools.wraps(handle_events)
+    async def _handle_events(self: Any, events: list[Any]) -> None:
+        try:
+            await handle_events(self, events)
+        except TooManyStreamsError:  # the rest of its events are not read
+            _LOGGER.warning(
+                "closed the HTTP/2 connection of %s: it opened, reset or prioritised more "
+                "streams at once than are kept",
+                self.client,
+            )
+            with contextlib.suppress(h2.exceptions.ProtocolError):  # already ending
+                self.connection.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+            await self._flush()
+            await self.send(Closed())  # then the reader tells every stream's application
+
+    protocol._create_stream = _create_stream  # type: ignore[method-assign]
+    protocol._handle_events = _handle_events  # type: ignore[method-assign]
+    setattr(protocol, _PATCHED_H2_FLOOD, True)
 
 
 async def _while_moving(

@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 
 from ._hypercorn_compat import (
     abort_stalled_writes,
+    close_http2_connections_that_flood_streams,
     decline_websocket_compression,
     drop_what_follows_an_oversized_message,
     end_http2_requests_answered_early,
@@ -136,6 +137,7 @@ async def serve_app(
     unmask_with_numpy()
     mend_application_queues()
     end_http2_requests_answered_early()
+    close_http2_connections_that_flood_streams()
     abort_stalled_writes()
     reset_stalled_http2_streams()
     keep_frames_sent_before_accept()

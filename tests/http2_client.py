@@ -141,6 +141,17 @@ class Http2Connection:
                 return event.error_code
         return None
 
+    def goaway(self) -> int | None:
+        """The error code of the server's GOAWAY, if it has sent one."""
+        for event in self.events:
+            if isinstance(event, h2.events.ConnectionTerminated):
+                return event.error_code
+        return None
+
+    def send_pending(self) -> None:
+        """Send the frames made on :attr:`h2` directly (as one write)."""
+        self._flush()
+
     def _seen(self, kind: type, stream_id: int | None) -> bool:
         return any(
             isinstance(e, kind) and getattr(e, "stream_id", None) == stream_id for e in self.events

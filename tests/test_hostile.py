@@ -517,6 +517,36 @@ def test_an_http2_client_that_reads_slowly_is_waited_for(voices) -> None:
         assert client.received[stream].decode().strip() == "x" * 500_000
 
 
+@pytest.mark.parametrize("flood", ["opened and reset", "prioritised"])
+def test_an_http2_client_that_floods_streams_is_closed_not_crashed(
+    tiny_server: Server, flood: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """hypercorn keeps HTTP/2 streams in a priority tree of at most 1,000 until it clears
+    them. 3,000 streams opened and reset at once (the "rapid reset" attack), or PRIORITY
+    frames for 3,000 streams never opened, filled it, and the connection died with an ERROR
+    traceback in the log. Now it ends with GOAWAY (the connection's requests are told of the
+    disconnect), and the server serves on with nothing left over."""
+    before = tiny_server.tasks()
+    with caplog.at_level(logging.WARNING), Http2Connection(tiny_server.port) as client:
+        upload = [("content-type", "multipart/form-data; boundary=b"), ("content-length", "9")]
+        for n in range(3000):
+            stream = 2 * n + 1
+            if flood == "prioritised":
+                client.h2.prioritize(stream, weight=16)
+                continue
+            headers = [(":method", "POST"), (":path", "/v1/audio/transcriptions")]
+            headers += [(":scheme", "http"), (":authority", "127.0.0.1"), *upload]
+            client.h2.send_headers(stream, headers)
+            client.h2.reset_stream(stream, ErrorCodes.CANCEL)
+        client.send_pending()  # all of it in one write
+        client.wait_for(lambda: client.closed or client.goaway() is not None)
+    assert tiny_server.get("/health")[0] == 200
+    wait_for(lambda: tiny_server.metric("speechgw_requests_in_flight") == 0)
+    wait_for(lambda: tiny_server.tasks() <= before, seconds=10)
+    problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not problems, problems
+
+
 def test_truncated_frames_and_garbage_bytes(tiny_server: Server, voices) -> None:
     payloads = [
         # a binary frame that promises 100,000 bytes and brings 10, then the client leaves
