@@ -8,6 +8,7 @@ client its transcript: the raw text still comes back, with the reason in ``postp
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -84,9 +85,10 @@ class Postprocessor:
             headers=headers,
             method="POST",
         )
+        deadline = time.monotonic() + config.timeout_seconds
         try:
             with urllib.request.urlopen(request, timeout=config.timeout_seconds) as response:
-                payload = response.read()
+                payload = _read_body(response, deadline, config.timeout_seconds)
         except urllib.error.HTTPError as exc:
             exc.close()  # it holds the response's socket
             raise _Failure(f"the LLM endpoint answered HTTP {exc.code}") from None
@@ -95,6 +97,8 @@ class Postprocessor:
             if isinstance(reason, TimeoutError):
                 raise _Failure(f"timeout after {config.timeout_seconds:g} s") from None
             raise _Failure(f"the LLM endpoint is unreachable: {reason}") from None
+        except http.client.HTTPException as exc:  # not HTTP, or its answer cut short
+            raise _Failure(f"the LLM endpoint broke HTTP: {type(exc).__name__}") from None
         try:
             content = json.loads(payload)["choices"][0]["message"]["content"]
         except (ValueError, RecursionError, KeyError, IndexError, TypeError):
@@ -106,6 +110,30 @@ class Postprocessor:
 
 class _Failure(Exception):
     """A post-processing failure, stated for the client."""
+
+
+_MOST_RESPONSE_BYTES = 4 << 20
+"""The most of an endpoint's response that is read: a corrected transcript of the longest
+audio allowed is a few tens of KB. An endpoint that sends on (a proxy's error stream, a model
+that never stops) is cut off there, not buffered without bound."""
+
+
+def _read_body(response: http.client.HTTPResponse, deadline: float, timeout: float) -> bytes:
+    """The response's body, read until ``deadline``: the socket's timeout bounds each read,
+    not the whole, and an endpoint that drips its answer would otherwise keep this thread
+    (abandoned by the request once it timed out) reading for as long as it drips."""
+    payload = bytearray()
+    while chunk := response.read1(65536):
+        payload += chunk
+        if len(payload) > _MOST_RESPONSE_BYTES:
+            raise _Failure(
+                f"the LLM endpoint sent more than {_MOST_RESPONSE_BYTES >> 20} MiB; cut off"
+            )
+        if time.monotonic() > deadline:
+            raise _Failure(f"timeout after {timeout:g} s")
+    if response.length:  # closed short of its Content-Length
+        raise http.client.IncompleteRead(bytes(payload), response.length)
+    return bytes(payload)
 
 
 def _ms(started: float) -> int:

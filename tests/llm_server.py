@@ -2,8 +2,11 @@
 
 The ``model`` named in a request picks its behaviour: ``upper`` answers the user text in upper
 case, ``http500`` fails, ``slow`` answers after 3 s, ``garbage`` sends malformed JSON, ``deep``
-JSON nested deeper than Python's parser goes, and ``empty`` sends no choices. Every request
-body is kept for the test to inspect.
+JSON nested deeper than Python's parser goes, ``empty`` sends no choices, ``cut`` closes the
+connection a few bytes into its promised body, ``not-http`` answers in no HTTP, ``drip`` sends its
+headers and then a byte every 0.2 s until the caller hangs up, and ``endless`` streams bytes
+as fast as the caller reads them until it hangs up. Every request body is kept for the test
+to inspect; ``hung_up`` is set when a caller hangs up on a ``drip`` or ``endless`` answer.
 """
 
 from __future__ import annotations
@@ -37,6 +40,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b'{"choices": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
         elif model == "empty":
             self._send(200, b'{"choices": []}')
+        elif model == "cut":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b'{"choices": ')
+            self.close_connection = True
+        elif model == "not-http":
+            self.wfile.write(b"SPEAK FRIEND AND ENTER\r\n\r\n")
+            self.close_connection = True
+        elif model in ("drip", "endless"):
+            self._send_on(b" " if model == "drip" else b" " * 65536, 0.2 if model == "drip" else 0)
         else:
             if model == "slow":
                 time.sleep(3)
@@ -54,16 +68,33 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass  # the gateway gave up waiting (the timeout tests): nobody reads the answer
 
+    def _send_on(self, piece: bytes, pause: float) -> None:
+        """A 200 whose body never ends (whitespace, which JSON would allow before a value)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(1 << 40))
+        self.end_headers()
+        deadline = time.monotonic() + 60
+        try:
+            while time.monotonic() < deadline:
+                self.wfile.write(piece)
+                self.wfile.flush()
+                time.sleep(pause)
+        except (BrokenPipeError, ConnectionResetError):
+            self.server.hung_up.set()
+
 
 class _LLMServer(ThreadingHTTPServer):
     daemon_threads = True
     requests: list[dict[str, Any]]
+    hung_up: threading.Event
 
 
 @contextmanager
 def llm_server() -> Iterator[_LLMServer]:
     server = _LLMServer(("127.0.0.1", 0), _Handler)
     server.requests = []
+    server.hung_up = threading.Event()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

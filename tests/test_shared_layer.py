@@ -175,6 +175,8 @@ def test_llm_postprocessing_and_its_failures(voices) -> None:
             ("deep", "malformed response"),
             ("empty", "malformed response"),
             ("slow", "timeout after 1 s"),
+            ("cut", "broke HTTP: IncompleteRead"),
+            ("not-http", "broke HTTP: BadStatusLine"),
         ]:
             broken = {**settings, "model": model}
             with running_server({"postprocess": broken}, backends=NULL) as server:
@@ -184,6 +186,19 @@ def test_llm_postprocessing_and_its_failures(voices) -> None:
                 assert reply["text"] == "hello from the null backend"  # the raw text survives
                 assert reply["postprocessed_text"] is None
                 assert error in reply["postprocess_error"], reply
+        # an endpoint that sends on is hung up on, not read from for as long as it sends (the
+        # request has long been answered; its worker thread went on reading, a byte at a time
+        # or into memory without bound)
+        for model, error in [("drip", "timeout after 1 s"), ("endless", "more than 4 MiB")]:
+            broken = {**settings, "model": model}
+            llm.hung_up.clear()
+            with running_server({"postprocess": broken}, backends=NULL) as server:
+                started = time.monotonic()
+                reply = transcribe(server.ws, wav).reply
+                assert time.monotonic() - started < 2.5
+                assert reply["text"] == "hello from the null backend", reply
+                assert error in reply["postprocess_error"], reply
+                assert llm.hung_up.wait(timeout=5)
     with running_server({"postprocess": {"enabled": False}}, backends=NULL) as server:
         assert server.get_json("/health")["postprocess_enabled"] is False
         asked = transcribe(server.ws, wav, postprocess=True).reply
