@@ -54,3 +54,7 @@ def configure(level: str, form: Literal["text", "json"]) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # the multipart parser warns of each malformed upload it reads: the client's error, answered
+    # with 400 and the parser's reason, not the operator's (and one line per bad request)
+    quieter = logging.ERROR if root.getEffectiveLevel() > logging.DEBUG else logging.NOTSET
+    logging.getLogger("python_multipart").setLevel(quieter)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,3 +63,17 @@ def multipart_upload(audio: bytes, model: str = "whisper-1", **fields: str) -> t
     head += f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
     body = head.encode() + audio + f"\r\n--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
+
+
+def post(url: str, body: bytes, content_type: str, api_key: str | None = None) -> tuple[int, Any]:
+    """POST ``body`` as ``content_type``; the status and the JSON answer, error or not."""
+    headers = {"Content-Type": content_type}
+    if api_key is not None:
+        headers["Authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(url, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as refused:
+        with refused:
+            return refused.code, json.loads(refused.read())

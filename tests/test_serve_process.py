@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests import speech
-from tests.client import transcribe
+from tests.client import multipart_upload, post, transcribe
 from tests.serving import ServeProcess
 
 KEY = "process-test-key-0123"
@@ -125,11 +125,18 @@ def test_json_logs_carry_the_access_fields_typed_and_never_the_key(voices, tmp_p
         assert (
             transcribe(served.url, wav, api_key="wrong-key-4711").reply["error"] == "unauthorized"
         )
+        # a malformed upload is the client's error (a 400 with the parser's reason), not a
+        # warning in the server's log
+        upload, content_type = multipart_upload(wav)
+        broken = upload.replace(b"\r\n\r\n", b"\r\n", 1)  # the first part's header runs on
+        status, answer = post(served.http + "/v1/audio/transcriptions", broken, content_type, KEY)
+        assert status == 400 and "malformed" in answer["error"]["message"], answer
         served.process.send_signal(signal.SIGTERM)
         assert served.process.wait(timeout=60) == 0
     records = [json.loads(line) for line in served.lines]  # every line, or this raises
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
-    access = [r for r in records if r["logger"] == "speechgw.access"]
+    assert not [r for r in records if r["level"] == "WARNING" and "multipart" in r["logger"]]
+    access = [r for r in records if r["logger"] == "speechgw.access" and r["protocol"] == "batch"]
     answered, refused = access
     assert answered["key"] == "server" and answered["outcome"] == "ok"
     assert answered["protocol"] == "batch" and answered["backend"] == "s"
