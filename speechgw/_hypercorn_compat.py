@@ -68,7 +68,9 @@ the window updates, resets, and even the client's going away were never read. Th
 held its place in ``max_streams`` (and its task, and its connection in CLOSE-WAIT) until the
 server stopped. Now a stream whose response moves not at all for ``send_timeout`` seconds is
 reset (CANCEL), as if the client had reset it: the application is told of the disconnect,
-and the rest of the connection goes on.
+and the rest of the connection goes on. And when the connection itself ends, a stream still
+waiting for its window is let go at once (hypercorn left it waiting, for ever, though no
+window could open any more).
 
 **An HTTP/2 connection that floods streams is closed, not crashed.** hypercorn keeps each
 stream in a priority tree (the ``priority`` library, which holds 1,000 at most) until its
@@ -327,8 +329,20 @@ def reset_stalled_http2_streams() -> None:
         await self._close_stream(stream_id)  # the application hears of the disconnect
         await self._window_updated(stream_id)  # the sending task then drops the buffer
 
+    handle = protocol.handle
+
+    @functools.wraps(handle)
+    async def releasing_handle(self: Any, event: Any) -> None:
+        await handle(self, event)
+        if isinstance(event, Closed):
+            # the connection is gone: no window will open, and hypercorn left every stream
+            # still waiting to send waiting (its sending task has ended)
+            for buffer in list(self.stream_buffers.values()):
+                await buffer.close()
+
     hypercorn_h2.StreamBuffer.pop = counting_pop  # type: ignore[method-assign]
     protocol.stream_send = bounded_stream_send  # type: ignore[method-assign]
+    protocol.handle = releasing_handle  # type: ignore[method-assign]
     setattr(protocol, _PATCHED_H2_SEND, True)
 
 

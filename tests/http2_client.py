@@ -37,6 +37,15 @@ class Http2Connection:
         self._flush()
         self.wait_for(lambda: self._seen(h2.events.RemoteSettingsChanged, None))
 
+    @staticmethod
+    def offline() -> h2.connection.H2Connection:
+        """A client side of the protocol with no socket: frames to write by hand."""
+        connection = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        )
+        connection.initiate_connection()
+        return connection
+
     def close(self) -> None:
         self.sock.close()
 

@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import math
+import random
 import socket
 import struct
 import threading
@@ -494,6 +495,20 @@ def test_an_http2_stream_the_client_never_lets_through_is_reset(voices, carrying
         wait_for(lambda: server.tasks() <= before, seconds=10)
 
 
+def test_an_http2_stream_waiting_for_its_window_ends_with_its_connection(voices) -> None:
+    """A response waiting for a window the client never opens, whose client then goes away,
+    is let go at once: hypercorn left it waiting for ever (no window can open on a closed
+    connection), with its task and its answer, long before any send timeout could apply."""
+    with running_server(backends=LONG_REPLY) as server:  # send_timeout_seconds: 30
+        before = server.tasks()
+        with Http2Connection(server.port, window=0) as client:
+            body, content_type = multipart_upload(voices["coffee"].read_bytes())
+            headers = [("content-type", content_type), ("content-length", str(len(body)))]
+            stream = client.request("POST", "/v1/audio/transcriptions", headers, body)
+            client.wait_for(lambda: client.status(stream) == "200")  # its answer waits
+        wait_for(lambda: server.tasks() <= before, seconds=5)
+
+
 def test_an_http2_client_that_reads_slowly_is_waited_for(voices) -> None:
     """What counts is that the window opens, not how long the response takes: 500 KB let
     through 32 KB at a time, a quarter of a second apart, take four times
@@ -543,6 +558,78 @@ def test_an_http2_client_that_floods_streams_is_closed_not_crashed(
     assert tiny_server.get("/health")[0] == 200
     wait_for(lambda: tiny_server.metric("speechgw_requests_in_flight") == 0)
     wait_for(lambda: tiny_server.tasks() <= before, seconds=10)
+    problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not problems, problems
+
+
+def _http2_conversation(rng: random.Random) -> bytearray:
+    """What a client of all three endpoints writes on one HTTP/2 connection: a health check, a
+    WebSocket of either protocol with a first message, an upload, a PING, a WINDOW_UPDATE."""
+    client = Http2Connection.offline()
+    stream = client.get_next_available_stream_id()
+    get = [(":method", "GET"), (":path", "/health"), (":scheme", "http"), (":authority", "x")]
+    client.send_headers(stream, get, end_stream=True)
+    stream = client.get_next_available_stream_id()
+    path = rng.choice(["/ws/transcribe", "/api/core/google/asr"])
+    connect = [(":method", "CONNECT"), (":protocol", "websocket"), (":path", path)]
+    connect += [(":scheme", "http"), (":authority", "x"), ("sec-websocket-version", "13")]
+    client.send_headers(stream, connect)
+    first = {"type": "transcribe"} if path == "/ws/transcribe" else {"audio": "AAAA"}
+    client.send_data(stream, websocket_frame(json.dumps(first)))
+    stream = client.get_next_available_stream_id()
+    post = [(":method", "POST"), (":path", "/v1/audio/transcriptions"), (":scheme", "http")]
+    post += [(":authority", "x"), ("content-type", "multipart/form-data; boundary=b")]
+    client.send_headers(stream, post)
+    form = b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n--b--\r\n'
+    client.send_data(stream, form, end_stream=True)
+    client.ping(b"8 bytes!")
+    client.increment_flow_control_window(1000)
+    return bytearray(client.data_to_send())
+
+
+def _random_frame(rng: random.Random) -> bytes:
+    """A frame of any type (known or not) with any flags, stream and short payload."""
+    payload = rng.randbytes(rng.choice([0, 1, 4, 5, 8, 9, 13, 64]))
+    stream = rng.choice([0, 1, 2, 3, 5, 2**31 - 1, rng.randrange(2**31)])
+    header = struct.pack(">I", len(payload))[1:] + bytes([rng.randrange(12), rng.randrange(256)])
+    return header + struct.pack(">I", stream) + payload
+
+
+def test_mangled_http2_conversations_are_refused_cleanly(
+    tiny_server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """300 HTTP/2 conversations, each mangled (bytes changed, cut out, or frames of any type
+    put in), end as HTTP/2 says (GOAWAY, a reset, an error status), never with a traceback
+    in the log, and leave nothing behind. (Found nothing when written: it guards hypercorn
+    updates, and the eight fixes reaching into its HTTP/2 code.)"""
+    rng = random.Random(20261202)
+    before = tiny_server.tasks()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(300):
+            data = _http2_conversation(rng)
+            preface = 24  # left whole: without it the server answers HTTP/1.1's 400
+            how = rng.randrange(4)
+            if how == 0:
+                for _ in range(rng.randrange(1, 8)):
+                    data[rng.randrange(preface, len(data))] = rng.randrange(256)
+            elif how == 1:
+                at = rng.randrange(preface, len(data))
+                data[at:at] = _random_frame(rng)
+            elif how == 2:
+                data += b"".join(_random_frame(rng) for _ in range(rng.randrange(1, 20)))
+            else:
+                at = rng.randrange(preface, len(data))
+                del data[at : at + rng.randrange(1, 20)]
+            with socket.create_connection(("127.0.0.1", tiny_server.port)) as raw:
+                raw.settimeout(0.05)
+                with contextlib.suppress(OSError):  # a reset, or the time up: both are fine
+                    raw.sendall(data)
+                    while raw.recv(65536):
+                        pass
+    assert tiny_server.get("/health")[0] == 200
+    wait_for(lambda: tiny_server.metric("speechgw_active_streams") == 0)
+    wait_for(lambda: tiny_server.metric("speechgw_requests_in_flight") == 0)
+    wait_for(lambda: tiny_server.tasks() <= before, seconds=20)
     problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert not problems, problems
 
