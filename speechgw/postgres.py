@@ -10,9 +10,10 @@ per-key limits of the whole fleet (:class:`PostgresLimits`).
 - The schema is versioned (``speechgw_schema``); :func:`migrate` applies what is missing at
   start, under a transaction-scoped advisory lock, so replicas starting together apply each
   migration once.
-- Every wait on the database is bounded by ``store.timeout_seconds``; a connection lost to a
-  restart is retried once on a fresh one, then the request is refused with ``server_busy``
-  (:class:`~speechgw.store.StoreUnavailable`), never answered without its row.
+- Every wait on the database is bounded by ``store.timeout_seconds``, on this side (a server
+  that has stopped answering enforces no ``statement_timeout``: :func:`_within`); a connection
+  lost to a restart is retried once on a fresh one, then the request is refused with
+  ``server_busy`` (:class:`~speechgw.store.StoreUnavailable`), never answered without its row.
 
 psycopg 3 rather than asyncpg (measured in ``bench/pg_drivers.py``: asyncpg's key lookup is
 ~0.08 ms faster, commits are even): one driver serves both the async request path and the
@@ -124,6 +125,53 @@ _INSERT = (
 _TAKE_TOKEN = "SELECT tokens, admitted FROM speechgw_take_token(%(key)s, %(burst)s, %(rate)s)"
 
 
+class _Abandoned:
+    """Queries given up on, kept until they have ended (their outcome is nobody's now)."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    def keep(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # seen: not logged as never retrieved
+
+
+_ABANDONED = _Abandoned()
+
+
+async def _within(
+    timeout: float, work: Awaitable[T], connections: list[psycopg.AsyncConnection[Any]]
+) -> T:
+    """``work``, given ``timeout`` seconds in all; then TimeoutError, and the connections
+    it was using (it adds each to ``connections``) are closed under it.
+
+    A server that takes the query and never answers (stopped, overloaded past its
+    ``statement_timeout``, behind a network that drops packets) enforces no timeout of its own,
+    and psycopg, merely cancelled, first asks that server to cancel the query and waits up to
+    10 s for it: closing the socket ends the query at once. The work then ends in the
+    background (the pool drops the closed connection); the request is answered now."""
+    task = asyncio.ensure_future(work)
+    try:
+        async with asyncio.timeout(timeout):
+            return await asyncio.shield(task)
+    except TimeoutError:
+        if not task.done():
+            for db in connections:
+                await db.close()
+            task.cancel()
+            _ABANDONED.keep(task)
+        raise
+    except asyncio.CancelledError:  # the request's own (its client left): psycopg's way
+        task.cancel()
+        _ABANDONED.keep(task)
+        raise
+
+
 def migrate(connection: psycopg.Connection[Any]) -> int:
     """Apply the migrations ``connection``'s database lacks; the schema version after.
 
@@ -204,7 +252,11 @@ class PostgresStore(Store):
             open=False,
             name="speechgw",
         )
-        await pool.open(wait=True, timeout=self.timeout)
+        try:
+            await pool.open(wait=True, timeout=self.timeout)
+        except BaseException:  # its own time up (then psycopg closed it), or a probe's
+            await pool.close(timeout=1)
+            raise
         return pool
 
     async def _probe(self) -> bool:
@@ -222,11 +274,10 @@ class PostgresStore(Store):
             if now - self._probed < 1.0:
                 return False
             self._probed = now
+            connections: list[psycopg.AsyncConnection[Any]] = []
             try:
-                probe = await psycopg.AsyncConnection.connect(self.url, **self._connect_kwargs())
-                await probe.close()
-                fresh = await self._new_pool()
-            except (psycopg.Error, psycopg_pool.PoolTimeout, OSError):
+                fresh = await _within(self.timeout, self._answers(connections), connections)
+            except (psycopg.Error, psycopg_pool.PoolTimeout, OSError, TimeoutError):
                 return False
             stale, self._pool = self._pool, fresh
             self._down = False
@@ -236,6 +287,15 @@ class PostgresStore(Store):
                 self._closing_pools.add(task)
                 task.add_done_callback(self._closing_pools.discard)
             return True
+
+    async def _answers(
+        self, connections: list[psycopg.AsyncConnection[Any]]
+    ) -> psycopg_pool.AsyncConnectionPool:
+        """A new pool, once a connection of its own has been answered."""
+        probe = await psycopg.AsyncConnection.connect(self.url, **self._connect_kwargs())
+        connections.append(probe)
+        await probe.close()
+        return await self._new_pool()
 
     def _where(self) -> str:
         info = psycopg.conninfo.conninfo_to_dict(self.url)
@@ -264,13 +324,26 @@ class PostgresStore(Store):
 
     async def _query(self, run: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
         """``run`` on a pooled connection, once more on another if the first was lost (the
-        database restarted since it was opened); StoreUnavailable when both fail, at once
-        while the database is known to be down."""
+        database restarted since it was opened), within ``timeout`` seconds in all;
+        StoreUnavailable when that fails, at once while the database is known to be down."""
         await self.ensure_up()
+        connections: list[psycopg.AsyncConnection[Any]] = []
+        try:
+            return await _within(self.timeout, self._pooled(run, connections), connections)
+        except TimeoutError as exc:
+            self._went_down(exc)
+            raise StoreUnavailable(self._silent()) from None
+
+    async def _pooled(
+        self,
+        run: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]],
+        connections: list[psycopg.AsyncConnection[Any]],
+    ) -> T:
         assert self._pool is not None, "the store is not open"
         for attempt in (1, 2):
             try:
                 async with self._pool.connection() as db:
+                    connections.append(db)
                     return await run(db)
             except psycopg_pool.PoolTimeout as exc:
                 self._went_down(exc)
@@ -283,6 +356,9 @@ class PostgresStore(Store):
                 await self._pool.check()
         raise AssertionError("unreachable")
 
+    def _silent(self) -> str:
+        return f"PostgreSQL at {self._where()} did not answer in {self.timeout:g} s"
+
     async def ensure_up(self) -> None:
         """Raise StoreUnavailable at once while the database is known to be down (and the
         probe of this second found it still down), rather than wait on it per request."""
@@ -293,7 +369,8 @@ class PostgresStore(Store):
         if not self._down:
             self._down = True
             self._probed = time.monotonic()
-            _LOGGER.error("store: PostgreSQL at %s is unreachable: %s", self._where(), exc)
+            reason = str(exc).strip() or f"no answer in {self.timeout:g} s"
+            _LOGGER.error("store: PostgreSQL at %s is unreachable: %s", self._where(), reason)
 
     async def find_key(self, digest: bytes | None) -> KeyLookup:
         async def lookup(db: psycopg.AsyncConnection[Any]) -> tuple[Any, ...] | None:
@@ -339,24 +416,34 @@ class PostgresStore(Store):
         except StoreUnavailable as exc:
             return exc
         for attempt in (1, 2):
+            connections: list[psycopg.AsyncConnection[Any]] = []
             try:
-                if self._writer_db is None or self._writer_db.closed:
-                    self._writer_db = await psycopg.AsyncConnection.connect(
-                        self.url, autocommit=True, **self._connect_kwargs()
-                    )
-                db = self._writer_db
-                async with asyncio.timeout(self.timeout), db.transaction(), db.cursor() as cur:
-                    await cur.executemany(_INSERT, [astuple(r) for r in records])
+                await _within(self.timeout, self._write(records, connections), connections)
                 return None
             except (psycopg.OperationalError, TimeoutError, OSError) as exc:
                 if self._writer_db is not None:
                     await self._writer_db.close()
                     self._writer_db = None
+                if isinstance(exc, TimeoutError):  # silent, not lost: another try would wait too
+                    _LOGGER.error("usage: %d rows could not be committed: %s", len(records), exc)
+                    self._went_down(exc)
+                    return StoreUnavailable(self._silent())
                 if attempt == 2:
                     _LOGGER.error("usage: %d rows could not be committed: %s", len(records), exc)
                     self._went_down(exc)
                     return StoreUnavailable(str(exc).strip() or type(exc).__name__)
         raise AssertionError("unreachable")
+
+    async def _write(
+        self, records: list[UsageRecord], connections: list[psycopg.AsyncConnection[Any]]
+    ) -> None:
+        """``records`` on the writer's connection, opened first where there is none."""
+        if self._writer_db is None or self._writer_db.closed:
+            self._writer_db = await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, **self._connect_kwargs()
+            )
+        connections.append(self._writer_db)
+        await _insert(self._writer_db, records)
 
     # --- administration (blocking: the command line) ----------------------------------------
 
@@ -419,6 +506,12 @@ class PostgresStore(Store):
         closes in :meth:`aclose`."""
 
 
+async def _insert(db: psycopg.AsyncConnection[Any], records: list[UsageRecord]) -> None:
+    """``records`` into the ledger, in one transaction."""
+    async with db.transaction(), db.cursor() as cur:
+        await cur.executemany(_INSERT, [astuple(r) for r in records])
+
+
 class PostgresLimits:
     """The fleet's per-key limits (:class:`speechgw.admission.FleetLimits`) in PostgreSQL.
 
@@ -458,11 +551,8 @@ class PostgresLimits:
             db = await self._session()
             own = [p for kk, p in self._held.values() if kk == k]
             try:
-                async with asyncio.timeout(self._store.timeout):
-                    cursor = await db.execute(
-                        "SELECT speechgw_take_place(%s, %s, %s)", (k, limit, own)
-                    )
-                    row = await cursor.fetchone()
+                take = _fetch(db, "SELECT speechgw_take_place(%s, %s, %s)", (k, limit, own))
+                row = await _within(self._store.timeout, take, [db])
             except (psycopg.OperationalError, TimeoutError, OSError) as exc:
                 await self._lost()
                 raise StoreUnavailable(str(exc).strip() or type(exc).__name__) from exc
@@ -486,8 +576,8 @@ class PostgresLimits:
             if self._db is None:
                 return  # the session is gone, and the lock with it
             try:
-                async with asyncio.timeout(self._store.timeout):
-                    await self._db.execute("SELECT pg_advisory_unlock(%s, %s)", (k, place))
+                unlock = _fetch(self._db, "SELECT pg_advisory_unlock(%s, %s)", (k, place))
+                await _within(self._store.timeout, unlock, [self._db])
             except (psycopg.OperationalError, TimeoutError, OSError):
                 await self._lost()
 
@@ -495,17 +585,26 @@ class PostgresLimits:
         """The limits connection; a new one takes back the places still held."""
         if self._db is not None and not self._db.closed:
             return self._db
+        connections: list[psycopg.AsyncConnection[Any]] = []
+        reconnect = self._reconnect(connections)
         try:
-            db = await psycopg.AsyncConnection.connect(
-                self._store.url, autocommit=True, **self._store._connect_kwargs()
-            )
-            for k, place in self._held.values():
-                await db.execute("SELECT pg_try_advisory_lock(%s, %s)", (k, place))
-        except (psycopg.OperationalError, OSError) as exc:
+            db = await _within(self._store.timeout, reconnect, connections)
+        except (psycopg.OperationalError, TimeoutError, OSError) as exc:
             raise StoreUnavailable(str(exc).strip() or type(exc).__name__) from exc
         if self._held:
             _LOGGER.info("limits: reconnected, %d connection places taken back", len(self._held))
         self._db = db
+        return db
+
+    async def _reconnect(
+        self, connections: list[psycopg.AsyncConnection[Any]]
+    ) -> psycopg.AsyncConnection[Any]:
+        db = await psycopg.AsyncConnection.connect(
+            self._store.url, autocommit=True, **self._store._connect_kwargs()
+        )
+        connections.append(db)
+        for k, place in self._held.values():
+            await db.execute("SELECT pg_try_advisory_lock(%s, %s)", (k, place))
         return db
 
     async def _lost(self) -> None:
@@ -517,3 +616,9 @@ class PostgresLimits:
         for task in list(self._releases):
             task.cancel()
         await self._lost()
+
+
+async def _fetch(
+    db: psycopg.AsyncConnection[Any], query: str, params: tuple[Any, ...]
+) -> tuple[Any, ...] | None:
+    return await (await db.execute(query, params)).fetchone()

@@ -18,6 +18,7 @@ from websockets.exceptions import InvalidStatus
 
 import speechgw
 from speechgw.postgres import MIGRATIONS, PostgresStore, migrate
+from speechgw.store import StoreUnavailable, UsageRecord
 from tests.client import transcribe
 from tests.postgres import Cluster, fresh_database
 from tests.serving import ServeProcess, running_server
@@ -160,6 +161,78 @@ def test_a_replica_whose_store_is_down_says_so_and_recovers(voices) -> None:
             assert [r for (r,) in rows] == ["stored", "stored", "configured"]
     finally:
         cluster.close()
+
+
+def test_a_database_that_stops_answering_is_given_up_on_in_timeout_seconds(voices) -> None:
+    """A server that keeps its connections but answers nothing (stopped, or behind a network
+    that drops packets) enforces no statement_timeout, and psycopg waits on it for ever: a
+    request hung until the database came back (minutes here). Each store operation now gives
+    up after ``store.timeout_seconds`` and the request is refused with ``server_busy``; the
+    replica recovers by itself when the server answers again."""
+    cluster = Cluster()  # ours to stop: never the machine's PostgreSQL
+    timeout = 1.0
+    try:
+        with fresh_database(cluster.url) as url:
+            key = PostgresStore(url).create_key("stored")
+
+            async def each_operation_frozen() -> dict[str, float]:
+                """How long each store operation takes to give up while the server is
+                stopped: a key lookup, a ledger row, a rate token, a connection place."""
+                took = {}
+                operations = {
+                    "key": lambda store: store.find_key(b"x" * 32),
+                    "ledger": lambda store: store.record(_usage_row()),
+                    "rate": lambda store: store.limits.take("k", 60, 10),
+                    "place": lambda store: store.limits.hold("k", 4),
+                }
+                for name, operation in operations.items():
+                    store = PostgresStore(url, timeout=timeout)
+                    await store.open()
+                    await store.limits.hold("warm", 4)  # the limits' session is open
+                    await store.find_key(b"y" * 32)  # a pooled connection is open
+                    with cluster.frozen():
+                        started = time.monotonic()
+                        with pytest.raises(StoreUnavailable):  # not TimeoutError: a hang
+                            await asyncio.wait_for(operation(store), timeout + 10)
+                        took[name] = time.monotonic() - started
+                    await store.aclose()
+                return took
+
+            took = asyncio.run(each_operation_frozen())
+            assert all(seconds < timeout + 1 for seconds in took.values()), took
+
+            overrides = {"store": {"url": url, "timeout_seconds": timeout}}
+            wav = voices["children"].read_bytes()
+            with running_server(overrides, backends=NULL) as server:
+                assert transcribe(server.ws, wav, api_key=key).reply["text"] == "counted"
+                with cluster.frozen():
+                    started = time.monotonic()
+                    reply = transcribe(server.ws, wav, api_key=key).reply
+                    assert reply["error"] == "server_busy", reply
+                    assert time.monotonic() - started < timeout + 1
+                    assert server.get("/health")[0] == 503
+                deadline = time.monotonic() + 10
+                while server.get("/health")[0] != 200:
+                    assert time.monotonic() < deadline, "the replica did not recover"
+                    time.sleep(0.2)
+                assert transcribe(server.ws, wav, api_key=key).reply["text"] == "counted"
+    finally:
+        cluster.close()
+
+
+def _usage_row() -> UsageRecord:
+    return UsageRecord(
+        request_id="r",
+        at=time.time(),
+        key_name="k",
+        protocol="batch",
+        backend="null",
+        task="transcribe",
+        language="en",
+        machine_id="m",
+        audio_seconds=1.0,
+        processing_seconds=0.1,
+    )
 
 
 def test_the_shared_token_bucket_under_concurrent_requests(postgres_server: str) -> None:
