@@ -548,6 +548,7 @@ class PostgresLimits:
         k = _key_lock_id(key)
         await self._store.ensure_up()
         async with self._lock:
+            await self._store.ensure_up()  # it may have gone down while this one waited
             db = await self._session()
             own = [p for kk, p in self._held.values() if kk == k]
             try:
@@ -555,7 +556,7 @@ class PostgresLimits:
                 row = await _within(self._store.timeout, take, [db])
             except (psycopg.OperationalError, TimeoutError, OSError) as exc:
                 await self._lost()
-                raise StoreUnavailable(str(exc).strip() or type(exc).__name__) from exc
+                raise self._unavailable(exc) from exc
         place = row[0] if row else -1
         if place < 0:
             return None
@@ -590,11 +591,20 @@ class PostgresLimits:
         try:
             db = await _within(self._store.timeout, reconnect, connections)
         except (psycopg.OperationalError, TimeoutError, OSError) as exc:
-            raise StoreUnavailable(str(exc).strip() or type(exc).__name__) from exc
+            raise self._unavailable(exc) from exc
         if self._held:
             _LOGGER.info("limits: reconnected, %d connection places taken back", len(self._held))
         self._db = db
         return db
+
+    def _unavailable(self, exc: Exception) -> StoreUnavailable:
+        """The error for a request whose place could not be asked for. A silent database is
+        marked down, so that the requests queued behind this one (places are asked for one at
+        a time) are refused at once instead of each waiting its own timeout."""
+        if isinstance(exc, TimeoutError):
+            self._store._went_down(exc)
+            return StoreUnavailable(self._store._silent())
+        return StoreUnavailable(str(exc).strip() or type(exc).__name__)
 
     async def _reconnect(
         self, connections: list[psycopg.AsyncConnection[Any]]

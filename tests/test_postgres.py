@@ -196,6 +196,20 @@ def test_a_database_that_stops_answering_is_given_up_on_in_timeout_seconds(voice
                             await asyncio.wait_for(operation(store), timeout + 10)
                         took[name] = time.monotonic() - started
                     await store.aclose()
+                # places are asked for one at a time: five asked at once must not wait in turn
+                store = PostgresStore(url, timeout=timeout)
+                await store.open()
+                await store.limits.hold("warm", 4)
+                with cluster.frozen():
+                    started = time.monotonic()
+                    asked = [store.limits.hold(f"k{n}", 4) for n in range(5)]
+                    refused = await asyncio.gather(
+                        *(asyncio.wait_for(each, timeout + 10) for each in asked),
+                        return_exceptions=True,
+                    )
+                    took["five places at once"] = time.monotonic() - started
+                    assert all(isinstance(r, StoreUnavailable) for r in refused), refused
+                await store.aclose()
                 return took
 
             took = asyncio.run(each_operation_frozen())
