@@ -213,7 +213,7 @@ def test_a_database_that_stops_answering_is_given_up_on_in_timeout_seconds(voice
                 return took
 
             took = asyncio.run(each_operation_frozen())
-            assert all(seconds < timeout + 1 for seconds in took.values()), took
+            assert all(seconds < timeout + 2 for seconds in took.values()), took
 
             overrides = {"store": {"url": url, "timeout_seconds": timeout}}
             wav = voices["children"].read_bytes()
@@ -223,7 +223,7 @@ def test_a_database_that_stops_answering_is_given_up_on_in_timeout_seconds(voice
                     started = time.monotonic()
                     reply = transcribe(server.ws, wav, api_key=key).reply
                     assert reply["error"] == "server_busy", reply
-                    assert time.monotonic() - started < timeout + 1
+                    assert time.monotonic() - started < timeout + 2
                     assert server.get("/health")[0] == 503
                 deadline = time.monotonic() + 10
                 while server.get("/health")[0] != 200:
