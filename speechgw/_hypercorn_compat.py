@@ -115,16 +115,8 @@ __all__ = [
     "reset_stalled_http2_streams",
 ]
 
-_PATCHED = "_speechgw_declines_extensions"
-_PATCHED_QUEUE = "_speechgw_mends_application_queues"
-_PATCHED_H2 = "_speechgw_ends_http2_requests_answered_early"
-_PATCHED_SEND = "_speechgw_aborts_stalled_writes"
-_PATCHED_H2_SEND = "_speechgw_resets_stalled_http2_streams"
 _SENT = "_speechgw_sent"
-_PATCHED_H2_FLOOD = "_speechgw_closes_http2_connections_that_flood_streams"
-_PATCHED_EARLY = "_speechgw_keeps_early_frames"
 _HELD = "_speechgw_held_bytes"
-_PATCHED_OVERSIZED = "_speechgw_drops_what_follows_an_oversized_message"
 _OVERSIZED_AT = "_speechgw_oversized_at"
 _OVERSIZED_DRAIN_SECONDS = 5.0
 """How long frames sent after an oversized message are read and dropped before the client
@@ -137,11 +129,10 @@ _WEBSOCKET_QUEUE = 2
 """WebSocket messages queued per connection ahead of the application (hypercorn: ten)."""
 
 
+@functools.cache  # once a process: a second call would wrap its own wrapper
 def decline_websocket_compression() -> None:
     """Make every hypercorn WebSocket handshake in this process decline all extensions."""
     handshake = ws_stream.Handshake
-    if getattr(handshake, _PATCHED, False):
-        return
     original_init = handshake.__init__
 
     @functools.wraps(original_init)
@@ -150,16 +141,14 @@ def decline_websocket_compression() -> None:
         self.extensions = None  # as if the client had offered none
 
     handshake.__init__ = __init__  # type: ignore[method-assign]
-    setattr(handshake, _PATCHED, True)
 
 
+@functools.cache  # once a process: a second call would wrap its own wrapper
 def mend_application_queues() -> None:
     """Make hypercorn's asyncio connections queue at most ``_WEBSOCKET_QUEUE`` WebSocket
     messages, never wait on a queue nobody will read, and drop events for an application that
     has returned (see the module's docstring)."""
     group = task_group.TaskGroup
-    if getattr(group, _PATCHED_QUEUE, False):
-        return
     original_spawn_app = group.spawn_app
 
     @functools.wraps(original_spawn_app)
@@ -200,7 +189,6 @@ def mend_application_queues() -> None:
         return put_while_running
 
     group.spawn_app = spawn_app  # type: ignore[method-assign]
-    setattr(group, _PATCHED_QUEUE, True)
 
 
 @functools.lru_cache(maxsize=4)
@@ -213,13 +201,12 @@ def _websocket_config(config: Any) -> Any:
     return smaller
 
 
+@functools.cache  # once a process: a second call would wrap its own wrapper
 def end_http2_requests_answered_early() -> None:
     """Make hypercorn's HTTP/2 connections reset a request stream whose response has ended
     before the request did, and drop data that still arrives for it (see the module's
     docstring)."""
     protocol = hypercorn_h2.H2Protocol
-    if getattr(protocol, _PATCHED_H2, False):
-        return
     handle_events = protocol._handle_events
     send_data = protocol._send_data
 
@@ -249,17 +236,15 @@ def end_http2_requests_answered_early() -> None:
 
     protocol._handle_events = _handle_events  # type: ignore[method-assign]
     protocol._send_data = _send_data  # type: ignore[method-assign]
-    setattr(protocol, _PATCHED_H2, True)
 
 
+@functools.cache  # once a process: a second call would wrap its own wrapper
 def abort_stalled_writes() -> None:
     """Make hypercorn's asyncio connections abort when a write (waiting for its turn and for
     the client to read) sees nothing move for their config's ``send_timeout`` seconds
     (``None``: no limit), see the module's docstring. A client that reads slowly but reads
     (a big response over a slow link) is waited for."""
     server = tcp_server.TCPServer
-    if getattr(server, _PATCHED_SEND, False):
-        return
     protocol_send = server.protocol_send
 
     @functools.wraps(protocol_send)
@@ -283,16 +268,14 @@ def abort_stalled_writes() -> None:
             transport.abort()
 
     server.protocol_send = bounded_protocol_send  # type: ignore[method-assign]
-    setattr(server, _PATCHED_SEND, True)
 
 
+@functools.cache  # once a process: a second call would wrap its own wrapper
 def reset_stalled_http2_streams() -> None:
     """Make hypercorn's HTTP/2 connections reset a stream whose response the client lets
     nothing of through for their config's ``send_timeout`` seconds (``None``: no limit), see
     the module's docstring. A stream that moves, however slowly, is waited for."""
     protocol = hypercorn_h2.H2Protocol
-    if getattr(protocol, _PATCHED_H2_SEND, False):
-        return
     stream_send = protocol.stream_send
     waits_for_the_window = (Body, Data, EndBody, EndData, Trailers)
     pop = hypercorn_h2.StreamBuffer.pop
@@ -343,16 +326,14 @@ def reset_stalled_http2_streams() -> None:
     hypercorn_h2.StreamBuffer.pop = counting_pop  # type: ignore[method-assign]
     protocol.stream_send = bounded_stream_send  # type: ignore[method-assign]
     protocol.handle = releasing_handle  # type: ignore[method-assign]
-    setattr(protocol, _PATCHED_H2_SEND, True)
 
 
+@functools.cache  # once a process: a second call would wrap its own wrapper
 def close_http2_connections_that_flood_streams() -> None:
     """Make hypercorn's HTTP/2 connections end with GOAWAY (ENHANCE_YOUR_CALM) when a client
     leaves more streams in their priority tree than it holds, instead of failing with a
     traceback (see the module's docstring)."""
     protocol = hypercorn_h2.H2Protocol
-    if getattr(protocol, _PATCHED_H2_FLOOD, False):
-        return
     handle_events = protocol._handle_events
     create_stream = protocol._create_stream
 
@@ -383,7 +364,6 @@ def close_http2_connections_that_flood_streams() -> None:
 
     protocol._create_stream = _create_stream  # type: ignore[method-assign]
     protocol._handle_events = _handle_events  # type: ignore[method-assign]
-    setattr(protocol, _PATCHED_H2_FLOOD, True)
 
 
 async def _while_moving(
@@ -434,13 +414,12 @@ class _HeldBytes:
         """Set once the bytes are read as frames (accepted) or dropped (refused)."""
 
 
+@functools.cache  # once a process: a second call would wrap its own wrapper
 def keep_frames_sent_before_accept() -> None:
     """Make hypercorn's WebSocket streams hold the bytes a client sends before the application
     has answered its upgrade, and read them as the first frames once it has accepted (see the
     module's docstring)."""
     stream = ws_stream.WSStream
-    if getattr(stream, _PATCHED_EARLY, False):
-        return
     handle = stream.handle
     app_send = stream.app_send
     handshake_state = ws_stream.ASGIWebsocketState.HANDSHAKE
@@ -486,7 +465,6 @@ def keep_frames_sent_before_accept() -> None:
 
     stream.handle = holding_handle  # type: ignore[method-assign]
     stream.app_send = answering_app_send  # type: ignore[method-assign]
-    setattr(stream, _PATCHED_EARLY, True)
 
 
 async def _read_held(stream: Any, held: _HeldBytes) -> None:
@@ -506,13 +484,12 @@ def _done_holding(stream: Any, held: _HeldBytes) -> None:
     held.read.set()
 
 
+@functools.cache  # once a process: a second call would wrap its own wrapper
 def drop_what_follows_an_oversized_message() -> None:
     """Make hypercorn's WebSocket streams empty their message buffer at the Close 1009 for an
     oversized message, drop the messages after it, and let go of a client that sends on
     (see the module's docstring). hypercorn's own reading of events, with those changes."""
     stream = ws_stream.WSStream
-    if getattr(stream, _PATCHED_OVERSIZED, False):
-        return
 
     async def bounded_handle_events(self: Any) -> None:
         loop = asyncio.get_running_loop()
@@ -546,4 +523,3 @@ def drop_what_follows_an_oversized_message() -> None:
 
     functools.update_wrapper(bounded_handle_events, stream._handle_events)
     stream._handle_events = bounded_handle_events  # type: ignore[method-assign]
-    setattr(stream, _PATCHED_OVERSIZED, True)

@@ -21,16 +21,14 @@ from wsproto import frame_protocol
 __all__ = ["unmask_with_numpy"]
 
 _LOGGER = logging.getLogger(__name__)
-_PATCHED = "_speechgw_unmasks_with_numpy"
 _SMALL = 1024
 """Below this many bytes numpy's call overhead eats the gain."""
 
 
+@functools.cache  # once a process: a second call would wrap its own wrapper
 def unmask_with_numpy() -> None:
     """Make wsproto's ``XorMaskerSimple`` in this process unmask large payloads with numpy."""
     masker = frame_protocol.XorMaskerSimple
-    if getattr(masker, _PATCHED, False):
-        return
     original = masker.process
     probe = masker(b"\x01\x02\x03\x04")
     if not isinstance(getattr(probe, "_masking_key", None), bytes | bytearray):
@@ -52,4 +50,3 @@ def unmask_with_numpy() -> None:
         return out
 
     masker.process = process  # type: ignore[method-assign]
-    setattr(masker, _PATCHED, True)

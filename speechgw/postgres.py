@@ -332,7 +332,7 @@ class PostgresStore(Store):
             return await _within(self.timeout, self._pooled(run, connections), connections)
         except TimeoutError as exc:
             self._went_down(exc)
-            raise StoreUnavailable(self._silent()) from None
+            raise self._unavailable(exc) from None
 
     async def _pooled(
         self,
@@ -356,8 +356,13 @@ class PostgresStore(Store):
                 await self._pool.check()
         raise AssertionError("unreachable")
 
-    def _silent(self) -> str:
-        return f"PostgreSQL at {self._where()} did not answer in {self.timeout:g} s"
+    def _unavailable(self, exc: Exception) -> StoreUnavailable:
+        """The error for requests that ``exc`` (a failed or silent database) refuses."""
+        if isinstance(exc, TimeoutError):
+            return StoreUnavailable(
+                f"PostgreSQL at {self._where()} did not answer in {self.timeout:g} s"
+            )
+        return StoreUnavailable(str(exc).strip() or type(exc).__name__)
 
     async def ensure_up(self) -> None:
         """Raise StoreUnavailable at once while the database is known to be down (and the
@@ -424,14 +429,14 @@ class PostgresStore(Store):
                 if self._writer_db is not None:
                     await self._writer_db.close()
                     self._writer_db = None
-                if isinstance(exc, TimeoutError):  # silent, not lost: another try would wait too
-                    _LOGGER.error("usage: %d rows could not be committed: %s", len(records), exc)
+                # silent, not lost: another try would wait as long again
+                if attempt == 2 or isinstance(exc, TimeoutError):
+                    unavailable = self._unavailable(exc)
+                    _LOGGER.error(
+                        "usage: %d rows could not be committed: %s", len(records), unavailable
+                    )
                     self._went_down(exc)
-                    return StoreUnavailable(self._silent())
-                if attempt == 2:
-                    _LOGGER.error("usage: %d rows could not be committed: %s", len(records), exc)
-                    self._went_down(exc)
-                    return StoreUnavailable(str(exc).strip() or type(exc).__name__)
+                    return unavailable
         raise AssertionError("unreachable")
 
     async def _write(
@@ -603,8 +608,7 @@ class PostgresLimits:
         a time) are refused at once instead of each waiting its own timeout."""
         if isinstance(exc, TimeoutError):
             self._store._went_down(exc)
-            return StoreUnavailable(self._store._silent())
-        return StoreUnavailable(str(exc).strip() or type(exc).__name__)
+        return self._store._unavailable(exc)
 
     async def _reconnect(
         self, connections: list[psycopg.AsyncConnection[Any]]

@@ -25,12 +25,7 @@ class Http2Connection:
 
     def __init__(self, port: int, window: int = 65535) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        settings = {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window}
-        self.h2 = h2.connection.H2Connection(
-            h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
-        )
-        self.h2.local_settings = h2.settings.Settings(client=True, initial_values=settings)
-        self.h2.initiate_connection()
+        self.h2 = Http2Connection.offline(window)
         self.events: list[h2.events.Event] = []
         self.received: dict[int, bytearray] = {}
         self.closed = False
@@ -38,11 +33,14 @@ class Http2Connection:
         self.wait_for(lambda: self._seen(h2.events.RemoteSettingsChanged, None))
 
     @staticmethod
-    def offline() -> h2.connection.H2Connection:
-        """A client side of the protocol with no socket: frames to write by hand."""
+    def offline(window: int = 65535) -> h2.connection.H2Connection:
+        """A client side of the protocol with no socket (its preface and SETTINGS made):
+        frames to write by hand. ``window`` as for the connection."""
         connection = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
         )
+        settings = {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window}
+        connection.local_settings = h2.settings.Settings(client=True, initial_values=settings)
         connection.initiate_connection()
         return connection
 
