@@ -41,7 +41,14 @@ from speechgw.stream import Stream
 
 from ._closing import close, drop_until_closed
 
-__all__ = ["PATH", "StreamingProtocol", "decode_message", "new_client_id", "wire_message"]
+__all__ = [
+    "PATH",
+    "StreamingProtocol",
+    "decode_base64",
+    "decode_message",
+    "new_client_id",
+    "wire_message",
+]
 
 PATH = "/api/core/google/asr"
 PROTOCOL = "streaming"
@@ -115,16 +122,45 @@ def decode_message(text: str | None) -> AudioMessage | None:
         raise MissingAudio("the message has no 'audio' field")
     if not isinstance(audio, str):
         raise InvalidAudio("'audio' must be a base64 string")
-    try:
-        pcm = base64.b64decode(audio, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidAudio("'audio' is not valid base64") from None
     return AudioMessage(
-        linear16(pcm),
+        linear16(decode_base64(audio)),
         message.get("rate"),
         message.get("language_code"),
         message.get("interim_results"),
     )
+
+
+_NOT_BASE64 = str.maketrans("-_", "+/", " \t\r\n\f\v")
+"""Written forms of base64 that other encoders produce, mapped to the standard one: the line
+breaks of MIME base64 (RFC 2045: GNU ``base64`` without ``-w0``, Python's
+``base64.encodebytes``, Java's MIME encoder) dropped, and the URL-safe alphabet (RFC 4648
+section 5: Go's ``URLEncoding``, Python's ``urlsafe_b64encode``) mapped to the standard one."""
+
+
+def decode_base64(text: str) -> bytes:
+    """The bytes of ``audio``: strict base64 (RFC 4648) at the cost of one call, else the
+    forms other encoders write, which every decoder reads the same way: line breaks and other
+    whitespace, the URL-safe alphabet, padding left off (Go's ``RawStdEncoding``, JWT-style).
+    Anything else (a character outside both alphabets, the two alphabets mixed, a length no
+    encoder writes) is refused, never skipped: a skipped character would shift every sample
+    after it into noise.
+
+    Raises:
+        InvalidAudio: not base64 in any of those forms.
+    """
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        pass
+    if ("-" in text or "_" in text) and ("+" in text or "/" in text):
+        raise InvalidAudio("'audio' is not valid base64 (standard and URL-safe alphabets mixed)")
+    cleaned = text.translate(_NOT_BASE64).rstrip("=")
+    if len(cleaned) % 4 == 1:
+        raise InvalidAudio("'audio' is not valid base64 (its length is not one of whole bytes)")
+    try:
+        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidAudio("'audio' is not valid base64") from None
 
 
 def _settings(message: AudioMessage) -> tuple[int, str, str, bool]:

@@ -7,14 +7,21 @@ import base64
 import itertools
 import json
 import random
+import textwrap
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from speechgw.protocols.batch import parse_request, read_frame
-from speechgw.protocols.streaming import AudioMessage, decode_message, wire_message
+from speechgw.protocols.streaming import (
+    AudioMessage,
+    decode_base64,
+    decode_message,
+    wire_message,
+)
 
 from speechgw.audio import to_pcm16
-from speechgw.errors import SpeechGWError
+from speechgw.errors import InvalidAudio, SpeechGWError
 from speechgw.jobs import JobRequest
 
 json_values = st.recursive(
@@ -82,6 +89,41 @@ def test_streaming_audio_round_trips(pcm: bytes, rate: int | None) -> None:
     # LINEAR16 -> float -> LINEAR16 gives back every sample exactly
     assert parsed is not None and to_pcm16(parsed.samples).tobytes() == pcm
     assert parsed.rate == rate
+
+
+BASE64_FORMS = {
+    "standard": lambda data: base64.b64encode(data).decode(),
+    "MIME line breaks": lambda data: base64.encodebytes(data).decode(),
+    "CRLF every 64": lambda data: "\r\n".join(textwrap.wrap(base64.b64encode(data).decode(), 64)),
+    "URL-safe": lambda data: base64.urlsafe_b64encode(data).decode(),
+    "no padding": lambda data: base64.b64encode(data).decode().rstrip("="),
+    "URL-safe, no padding": lambda data: base64.urlsafe_b64encode(data).decode().rstrip("="),
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.sampled_from(sorted(BASE64_FORMS)))
+def test_base64_as_other_encoders_write_it_gives_the_same_bytes(data: bytes, form: str) -> None:
+    """A client whose encoder wraps lines (GNU ``base64``, Python's ``encodebytes``, Java's
+    MIME encoder), writes the URL-safe alphabet or leaves padding off sends the same audio."""
+    assert decode_base64(BASE64_FORMS[form](data)) == data
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "@@not base64@@",
+        "AAAA+AA-",  # the two alphabets mixed
+        "AAAAA",  # a length no encoder writes
+        "AA==AA==",  # padding inside
+        "AAAA\u00e9AAA",
+        "AA*A",
+    ],
+)
+def test_base64_that_no_encoder_writes_is_refused_not_skipped(text: str) -> None:
+    with pytest.raises(InvalidAudio) as refused:
+        decode_base64(text)
+    assert wire_message(refused.value) == "Audio Decoding Error"
 
 
 @settings(max_examples=200, deadline=None)

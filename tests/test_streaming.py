@@ -133,6 +133,7 @@ BAD_MESSAGES = [
     ({"rate": 16000}, "Missing Audio Field"),
     ({"type": "audio"}, "Missing Audio Field"),
     ({"audio": "@@not base64@@"}, "Audio Decoding Error"),
+    ({"audio": GOOD[:8] + "+-" + GOOD[10:]}, "Audio Decoding Error"),  # alphabets mixed
     ({"audio": base64.b64encode(b"\x00\x01\x02").decode()}, "Audio Decoding Error"),
     ({"audio": 12345}, "Audio Decoding Error"),
     ({"audio": GOOD, "rate": 0}, "Audio Decoding Error"),
@@ -160,6 +161,24 @@ def test_every_bad_message_gets_its_error_and_the_stream_keeps_working(
         _send(ws, {"type": "end"})
         reply = json.loads(ws.recv(timeout=60))
     assert reply["clientId"] == client_id
+    assert speech.word_recall(speech.SENTENCES["market"], reply["asr_reply"]) >= 0.75
+
+
+def test_audio_in_the_base64_other_encoders_write_is_heard(tiny_server: Server, voices) -> None:
+    """Chunks as GNU ``base64`` and Python's ``encodebytes`` write them (a line break every 76
+    characters) and in the URL-safe alphabet without padding (Go's ``RawURLEncoding``), in
+    one stream: the sentence comes back as from standard base64."""
+    pcm, rate = read_pcm16(voices["market"])
+    step = rate // 10 * 2
+    forms = (base64.encodebytes, lambda b: base64.urlsafe_b64encode(b).rstrip(b"="))
+    with open_stream(tiny_server.ws) as ws:
+        ws.recv(timeout=10)
+        for i, offset in enumerate(range(0, len(pcm), step)):
+            audio = forms[i % 2](pcm[offset : offset + step]).decode()
+            _send(ws, {"audio": audio, "rate": rate} if i == 0 else {"audio": audio})
+        _send(ws, {"type": "end"})
+        reply = json.loads(ws.recv(timeout=60))
+    assert "asr_reply" in reply, reply
     assert speech.word_recall(speech.SENTENCES["market"], reply["asr_reply"]) >= 0.75
 
 
