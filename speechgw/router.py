@@ -11,9 +11,12 @@ from .jobs import JobSpec
 
 __all__ = ["DEFAULT_MODELS", "Route", "Router"]
 
-DEFAULT_MODELS: tuple[str, ...] = ("whisper-1",)
+DEFAULT_MODELS: tuple[str, ...] = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
 """The model names clients may send when no routing rule names any (``match.model``): OpenAI's
-name for Whisper, which is what its SDKs and the tools built on them send."""
+transcription models, whose names its SDKs' examples and the tools built on them send
+(``whisper-1``; OpenAI's own quickstart now uses ``gpt-4o-transcribe``), so that such a tool
+works unchanged. Its diarizing model is not among them: a client asking for speakers gets a
+400, not a transcript without them. An admin who names models in the rules names all."""
 
 Route = tuple[Backend, ...]
 """The backend to try first, then its fallbacks in order: only ones that can serve the job."""

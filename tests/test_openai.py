@@ -280,18 +280,38 @@ def test_stream_from_a_backend_that_answers_at_once(voices) -> None:
 
 
 def test_models_lists_what_may_be_sent_and_needs_the_key(server: Server) -> None:
-    assert [m.id for m in client(server).models.list()] == ["whisper-1"]
+    # OpenAI's transcription models, so that a tool written for any of them works unchanged
+    names = ["whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"]
+    assert [m.id for m in client(server).models.list()] == names
     assert client(server).models.retrieve("whisper-1").id == "whisper-1"
     with pytest.raises(openai.NotFoundError):
-        client(server).models.retrieve("gpt-4o-transcribe")
+        client(server).models.retrieve("gpt-4o-transcribe-diarize")
     with pytest.raises(openai.AuthenticationError):
         client(server, api_key="wrong").models.list()
+
+
+def test_a_tool_written_for_gpt_4o_transcribe_works_unchanged(server: Server, voices) -> None:
+    """OpenAI's quickstart: ``gpt-4o-transcribe`` with ``stream=True`` (its SDK's events)."""
+    with voices["children"].open("rb") as audio:
+        events = list(
+            client(server).audio.transcriptions.create(
+                model="gpt-4o-transcribe", file=audio, stream=True
+            )
+        )
+    assert events[-1].type == "transcript.text.done"
+    assert speech.words(events[-1].text) == speech.words(CHILDREN)
 
 
 def test_request_errors_have_openais_shape(server: Server, voices, tmp_path: Path) -> None:
     sdk = client(server)
     cases = [  # fields, status, code, words of the message, the field named (param)
-        ({"model": "gpt-4o-transcribe"}, 400, "invalid_request", "known: whisper-1", "model"),
+        (
+            {"model": "gpt-4o-transcribe-diarize"},
+            400,
+            "invalid_request",
+            "known: whisper-1",
+            "model",
+        ),
         ({"response_format": "xml"}, 400, "invalid_request", "is unknown", "response_format"),
         ({"language": "english!"}, 400, "unsupported_language", "ISO 639-1", "language"),
         ({"temperature": 3}, 400, "invalid_request", "temperature", "temperature"),
