@@ -103,9 +103,37 @@ class Postprocessor:
             content = json.loads(payload)["choices"][0]["message"]["content"]
         except (ValueError, RecursionError, KeyError, IndexError, TypeError):
             raise _Failure("the LLM endpoint sent a malformed response") from None
-        if not isinstance(content, str) or not content.strip():
-            raise _Failure("the LLM endpoint sent no text")
-        return content.strip()
+        return _answer(content)
+
+
+_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
+
+
+def _answer(content: object) -> str:
+    """The corrected text in a message's ``content``: a string, or a list of content parts
+    (``[{"type": "text", "text": ...}]``, as some OpenAI-compatible servers send it), without
+    the reasoning that reasoning models (DeepSeek-R1, Qwen3, QwQ behind Ollama, vLLM or
+    llama.cpp without a reasoning parser) write before it between ``<think>`` and
+    ``</think>``; some chat templates put the opening tag in the prompt, so the answer may
+    hold only the closing one. Without this the client's ``postprocessed_text`` would carry
+    the model's musings."""
+    if isinstance(content, list):
+        content = "".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict)
+            and part.get("type") == "text"
+            and isinstance(part.get("text"), str)
+        )
+    if not isinstance(content, str):
+        raise _Failure("the LLM endpoint sent no text")
+    if _THINK_CLOSE in content:
+        content = content.rpartition(_THINK_CLOSE)[2]
+    elif content.lstrip().startswith(_THINK_OPEN):
+        raise _Failure("the LLM endpoint sent only reasoning: it stopped before its answer")
+    if not content.strip():
+        raise _Failure("the LLM endpoint sent no text")
+    return content.strip()
 
 
 class _Failure(Exception):

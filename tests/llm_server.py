@@ -5,7 +5,10 @@ case, ``http500`` fails, ``slow`` answers after 3 s, ``garbage`` sends malformed
 JSON nested deeper than Python's parser goes, ``empty`` sends no choices, ``cut`` closes the
 connection a few bytes into its promised body, ``not-http`` answers in no HTTP, ``drip`` sends its
 headers and then a byte every 0.2 s until the caller hangs up, and ``endless`` streams bytes
-as fast as the caller reads them until it hangs up. Every request body is kept for the test
+as fast as the caller reads them until it hangs up. As reasoning models answer: ``thinking``
+(upper case after a ``<think>`` block), ``template-thinking`` (the block's opening tag left in
+the prompt), ``unfinished-thinking`` (cut off in its reasoning); ``parts`` answers in content
+parts. Every request body is kept for the test
 to inspect; ``hung_up`` is set when a caller hangs up on a ``drip`` or ``endless`` answer.
 """
 
@@ -54,7 +57,15 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             if model == "slow":
                 time.sleep(3)
-            text = body["messages"][-1]["content"].upper()
+            text: Any = body["messages"][-1]["content"].upper()
+            if model == "thinking":
+                text = f"<think>\nThe user wants {text.lower()!r} fixed.\n</think>\n\n{text}"
+            elif model == "template-thinking":  # the template opened the block in the prompt
+                text = f"Okay, upper case it is.\n</think>\n\n{text}"
+            elif model == "parts":
+                text = [{"type": "text", "text": text[:5]}, {"type": "text", "text": text[5:]}]
+            elif model == "unfinished-thinking":
+                text = "<think>\nLet me consider every word in tu"
             reply = {"choices": [{"message": {"role": "assistant", "content": text}}]}
             self._send(200, json.dumps(reply).encode())
 

@@ -177,6 +177,7 @@ def test_llm_postprocessing_and_its_failures(voices) -> None:
             ("slow", "timeout after 1 s"),
             ("cut", "broke HTTP: IncompleteRead"),
             ("not-http", "broke HTTP: BadStatusLine"),
+            ("unfinished-thinking", "only reasoning"),
         ]:
             broken = {**settings, "model": model}
             with running_server({"postprocess": broken}, backends=NULL) as server:
@@ -186,6 +187,13 @@ def test_llm_postprocessing_and_its_failures(voices) -> None:
                 assert reply["text"] == "hello from the null backend"  # the raw text survives
                 assert reply["postprocessed_text"] is None
                 assert error in reply["postprocess_error"], reply
+        # a reasoning model's answer without its reasoning; content parts joined
+        for model in ("thinking", "template-thinking", "parts"):
+            speaking = {**settings, "model": model}
+            with running_server({"postprocess": speaking}, backends=NULL) as server:
+                reply = transcribe(server.ws, wav).reply
+                assert reply["postprocessed_text"] == "HELLO FROM THE NULL BACKEND", reply
+                assert reply["postprocess_error"] is None
         # an endpoint that sends on is hung up on, not read from for as long as it sends (the
         # request has long been answered; its worker thread went on reading, a byte at a time
         # or into memory without bound)
