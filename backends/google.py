@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
@@ -180,7 +181,7 @@ class GoogleBackend(Backend):
             encoding=speech.RecognitionConfig.AudioEncoding.LINEAR16,
             sample_rate_hertz=SAMPLE_RATE,
             audio_channel_count=1,
-            language_code=to_bcp47(spec.language),
+            language_code=_language_code(spec),
             enable_automatic_punctuation=opts.enable_automatic_punctuation,
             profanity_filter=opts.profanity_filter,
             use_enhanced=opts.use_enhanced,
@@ -434,6 +435,20 @@ def _final(result, reader: Reader, previous: int, end: int, spec: JobSpec, backe
     text = alternative.transcript.strip()
     segments = (Segment(text, start / SAMPLE_RATE, end / SAMPLE_RATE),) if text else ()
     return Transcript(text=text, segments=segments, language=spec.language, backend=backend)
+
+
+_REGIONAL = re.compile(
+    r"^[a-z]{2,3}(-[A-Z][a-z]{3})?(-[A-Z]{2}|-[0-9]{3})$|^[a-z]{2,3}-[A-Z][a-z]{3}$"
+)
+
+
+def _language_code(spec: JobSpec) -> str:
+    """What Google is asked to hear: the client's own tag where it is a language with a
+    region or script (``pt-BR``, ``es-419``, ``cmn-Hans-CN``: Google has a model for each),
+    else the language's usual region (``de`` -> ``de-DE``), since Google wants one."""
+    if spec.locale is not None and _REGIONAL.match(spec.locale):
+        return spec.locale
+    return to_bcp47(spec.language)
 
 
 def _describe(exc: BaseException | None) -> str:

@@ -30,7 +30,7 @@ from speechgw.errors import (
 )
 from speechgw.gateway import Gateway, RecordingResult
 from speechgw.jobs import JobRequest
-from speechgw.languages import from_bcp47
+from speechgw.languages import canonical_tag, from_bcp47
 from speechgw.media import decode_wav
 
 from ._closing import close
@@ -111,7 +111,13 @@ def parse_request(message: dict[str, Any]) -> JobRequest:
         )
     if task not in ("transcribe", "translate"):
         raise UnsupportedTask(f"task {task[:32]!r} is unknown (use 'transcribe' or 'translate')")
-    return JobRequest(language=language, task=task, machine_id=machine_id, postprocess=postprocess)
+    return JobRequest(
+        language=language,
+        locale=canonical_tag(language_raw),
+        task=task,
+        machine_id=machine_id,
+        postprocess=postprocess,
+    )
 
 
 def encode_result(result: RecordingResult) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from speechgw.errors import (
 )
 from speechgw.gateway import Gateway, RecordingResult
 from speechgw.jobs import Decoding, JobRequest, Segment, Task
-from speechgw.languages import from_bcp47, language_name
+from speechgw.languages import canonical_tag, from_bcp47, language_name
 from speechgw.media import decode_media
 from speechgw.progress import OnSegment
 from speechgw.text import as_whisper_writes, separator
@@ -197,6 +197,7 @@ def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
             )
     request = JobRequest(
         language=language,
+        locale=None if language_raw is None else canonical_tag(language_raw),
         task=task,
         model=model,
         prompt=_text(form, "prompt") or None,

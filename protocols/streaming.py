@@ -36,7 +36,7 @@ from speechgw.errors import (
 )
 from speechgw.gateway import Gateway, StreamSession
 from speechgw.jobs import Transcript
-from speechgw.languages import from_bcp47
+from speechgw.languages import canonical_tag, from_bcp47
 from speechgw.stream import Stream
 
 from ._closing import close, drop_until_closed
@@ -44,9 +44,11 @@ from ._closing import close, drop_until_closed
 __all__ = [
     "PATH",
     "StreamingProtocol",
+    "audio_of",
     "decode_base64",
     "decode_message",
     "new_client_id",
+    "parse_message",
     "wire_message",
 ]
 
@@ -99,13 +101,16 @@ class AudioMessage:
     interim_results: object = None
 
 
-def decode_message(text: str | None) -> AudioMessage | None:
-    """Parse one client message: None for ``{"type": "end"}``, else its audio and settings.
+_SETTINGS = ("rate", "language_code", "interim_results")
+"""The fields that configure a stream, taken before it starts (the spec: "only need to be sent
+with the first message")."""
+
+
+def parse_message(text: str | None) -> dict[str, Any] | None:
+    """One client message as a JSON object; None for ``{"type": "end"}``.
 
     Raises:
         InvalidRequest: a binary frame, not JSON, or not a JSON object.
-        MissingAudio: no ``audio`` field.
-        InvalidAudio: ``audio`` is not base64 of whole 16-bit samples.
     """
     if text is None:
         raise InvalidRequest("messages must be JSON text frames")
@@ -117,17 +122,36 @@ def decode_message(text: str | None) -> AudioMessage | None:
         raise InvalidRequest("the message must be a JSON object")
     if message.get("type") == "end":
         return None
+    return message
+
+
+def audio_of(message: dict[str, Any]) -> np.ndarray:
+    """A message's ``audio`` as int16 samples at the stream's own rate.
+
+    Raises:
+        MissingAudio: no ``audio`` field.
+        InvalidAudio: ``audio`` is not base64 of whole 16-bit samples.
+    """
     audio = message.get("audio")
     if audio is None:
         raise MissingAudio("the message has no 'audio' field")
     if not isinstance(audio, str):
         raise InvalidAudio("'audio' must be a base64 string")
-    return AudioMessage(
-        linear16(decode_base64(audio)),
-        message.get("rate"),
-        message.get("language_code"),
-        message.get("interim_results"),
-    )
+    return linear16(decode_base64(audio))
+
+
+def decode_message(text: str | None) -> AudioMessage | None:
+    """Parse one client message: None for ``{"type": "end"}``, else its audio and settings.
+
+    Raises:
+        InvalidRequest: a binary frame, not JSON, or not a JSON object.
+        MissingAudio: no ``audio`` field.
+        InvalidAudio: ``audio`` is not base64 of whole 16-bit samples.
+    """
+    message = parse_message(text)
+    if message is None:
+        return None
+    return AudioMessage(audio_of(message), *(message.get(name) for name in _SETTINGS))
 
 
 _NOT_BASE64 = str.maketrans("-_", "+/", " \t\r\n\f\v")
@@ -163,21 +187,24 @@ def decode_base64(text: str) -> bytes:
         raise InvalidAudio("'audio' is not valid base64") from None
 
 
-def _settings(message: AudioMessage) -> tuple[int, str, str, bool]:
-    """``(rate, language_code, iso_language, interim_results)`` from the first message."""
-    rate = DEFAULT_RATE if message.rate is None else message.rate
+def _settings(asked: dict[str, Any]) -> tuple[int, str, str, bool]:
+    """``(rate, language_code, iso_language, interim_results)`` from what the client sent."""
+    rate = asked.get("rate")
+    rate = DEFAULT_RATE if rate is None else rate
     if isinstance(rate, float) and rate.is_integer():
         rate = int(rate)  # JSON has one number type: Python's json.dumps writes 16000.0
     if not isinstance(rate, int) or isinstance(rate, bool):
         raise InvalidAudio("'rate' must be an integer number of Hz")
     check_rate(rate, "'rate'")
-    code = DEFAULT_LANGUAGE if message.language_code is None else message.language_code
+    code = asked.get("language_code")
+    code = DEFAULT_LANGUAGE if code is None else code
     if not isinstance(code, str):
         raise InvalidRequest("'language_code' must be a string such as 'en-US'")
     iso = from_bcp47(code)
     if iso is None:
         raise UnsupportedLanguage(f"language_code {code[:32]!r} is not a BCP-47 tag")
-    interim = False if message.interim_results is None else message.interim_results
+    interim = asked.get("interim_results")
+    interim = False if interim is None else interim
     if not isinstance(interim, bool):
         raise InvalidRequest("'interim_results' must be true or false")
     return rate, code, iso, interim
@@ -192,6 +219,9 @@ class _Connection:
         self.session = session
         self.client_id = session.stream_id
         self.stream: Stream | None = None
+        self.asked: dict[str, Any] = {}
+        """The settings the client has sent before its stream started, refused or not: each
+        message's replace the earlier ones, and one it leaves out keeps the last value."""
         self._send_lock = asyncio.Lock()
         self.open = True
 
@@ -307,14 +337,19 @@ class StreamingProtocol:
                         conn.open = False
                         return "disconnect"
                     try:
-                        decoded = decode_message(message.get("text"))
-                        if decoded is None:
+                        parsed = parse_message(message.get("text"))
+                        if parsed is None:
                             return "end"
                         if conn.stream is None:
-                            conn.stream = self._open(conn, decoded)
+                            conn.asked.update(
+                                (name, parsed[name]) for name in _SETTINGS if name in parsed
+                            )
+                        samples = audio_of(parsed)
+                        if conn.stream is None:
+                            conn.stream = self._open(conn)
                             worker.append(asyncio.create_task(conn.stream.run()))
                         deadline.reschedule(None)  # waiting out back-pressure is not idling
-                        if not await conn.stream.feed(decoded.samples):
+                        if not await conn.stream.feed(samples):
                             return "too_long"
                     except SpeechGWError as exc:
                         conn.session.refused(exc)
@@ -323,7 +358,11 @@ class StreamingProtocol:
             return "idle"
 
     @staticmethod
-    def _open(conn: _Connection, first: AudioMessage) -> Stream:
-        rate, _code, language, interim = _settings(first)
+    def _open(conn: _Connection) -> Stream:
+        """Start the stream with the settings the client has sent. A refused one (a bad rate,
+        a language no backend here knows) is refused again for every message until the client
+        sends another: audio is never decoded with defaults it did not ask for."""
+        rate, code, language, interim = _settings(conn.asked)
         on_interim = conn.interim if interim else None
-        return conn.session.start(language, rate, conn.reply, conn.error, on_interim)
+        locale = canonical_tag(code)
+        return conn.session.start(language, rate, conn.reply, conn.error, on_interim, locale)

@@ -204,6 +204,7 @@ class Gateway:
     def _spec(asked: JobRequest, protocol: str, key_name: str, request_id: str) -> JobSpec:
         return JobSpec(
             language=asked.language,
+            locale=asked.locale,
             task=asked.task,
             protocol=protocol,
             caller=Caller(key_name=key_name, machine_id=asked.machine_id),
@@ -385,9 +386,11 @@ class StreamSession:
         on_transcript: OnTranscript,
         on_error: OnError,
         on_interim: OnInterim | None = None,
+        locale: str | None = None,
     ) -> Stream:
-        """Route the stream and open its pipeline for ``rate`` Hz audio in ``language``;
-        with ``on_interim``, the client also gets interim results (words so far).
+        """Route the stream and open its pipeline for ``rate`` Hz audio in ``language`` (the
+        client's BCP-47 ``locale`` for it, if it gave one); with ``on_interim``, the client
+        also gets interim results (words so far).
 
         Raises:
             UnsupportedLanguage: no routed backend recognises ``language``.
@@ -395,6 +398,7 @@ class StreamSession:
         gateway = self._gateway
         spec = JobSpec(
             language=language,
+            locale=locale,
             task="transcribe",
             protocol=self.protocol,
             caller=self.caller,

@@ -45,6 +45,8 @@ class JobRequest:
 
     language: str | None
     """ISO 639-1; None asks the backend to detect it."""
+    locale: str | None = None
+    """The client's BCP-47 tag for ``language`` (``"pt-BR"``), where its protocol has one."""
     task: Task = "transcribe"
     machine_id: str = "unknown"
     postprocess: bool | None = None
@@ -76,6 +78,11 @@ class JobSpec:
     vocabulary hint): a recogniser that can condition on it (Whisper's initial prompt) hears
     the audio in context, as it would inside the whole recording."""
     model: str | None = None
+    locale: str | None = None
+    """The client's BCP-47 tag for ``language`` (``"pt-BR"``, ``"es-419"``), canonical, where
+    its protocol has one: a backend with a model per region (Google) hears Brazilian
+    Portuguese as Brazilian. Its language subtag is always ``language`` (or an alias of it,
+    ``iw-IL`` for ``he``); backends without regions ignore it."""
     temperature: float | None = None
     """Sampling temperature to start from (a recogniser's default schedule when None or 0)."""
     word_timestamps: bool = False

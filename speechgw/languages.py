@@ -13,6 +13,7 @@ __all__ = [
     "BATCH_LANGUAGES",
     "DEFAULT_REGION",
     "LANGUAGE_NAMES",
+    "canonical_tag",
     "from_bcp47",
     "language_name",
     "to_bcp47",
@@ -61,11 +62,41 @@ writes them (``"language": "english"``)."""
 
 _BCP47 = re.compile(r"^([A-Za-z]{2,3})(?:[-_][A-Za-z0-9]{1,8})*$")
 
+_SAME_LANGUAGE = {"iw": "he", "in": "id", "ji": "yi", "cmn": "zh", "nb": "no", "fil": "tl"}
+"""Language subtags that name a language the gateway knows by another code: the ones ISO 639
+retired (Hebrew ``iw``, Indonesian ``in``, Yiddish ``ji``, still in Java's and Android's
+locales and in Google's list: ``iw-IL``), and those Google Speech-to-Text lists its languages
+under (Mandarin ``cmn-Hans-CN``, Norwegian Bokmal ``nb-NO``, Filipino ``fil-PH``, which
+Whisper knows as Tagalog)."""
+
 
 def from_bcp47(tag: str) -> str | None:
-    """``"en-US"`` -> ``"en"``, ``"es-419"`` -> ``"es"``; None for something that is no tag."""
+    """``"en-US"`` -> ``"en"``, ``"es-419"`` -> ``"es"``, ``"cmn-Hans-CN"`` -> ``"zh"``; None
+    for something that is no tag."""
     match = _BCP47.match(tag.strip())
-    return match.group(1).lower() if match else None
+    if not match:
+        return None
+    language = match.group(1).lower()
+    return _SAME_LANGUAGE.get(language, language)
+
+
+def canonical_tag(tag: str) -> str | None:
+    """A BCP-47 tag in its canonical case with hyphens (RFC 5646 2.1.1): ``"en_us"`` ->
+    ``"en-US"``, ``"zh-hant-tw"`` -> ``"zh-Hant-TW"``; None for something that is no tag.
+    What a backend that tells regional variants apart is sent (``pt-BR`` is not ``pt-PT``)."""
+    tag = tag.strip()
+    if not _BCP47.match(tag):
+        return None
+    first, *rest = tag.replace("_", "-").split("-")
+    subtags = [first.lower()]
+    for subtag in rest:
+        if len(subtag) == 2 and subtags[-1] != "x":
+            subtags.append(subtag.upper())  # region
+        elif len(subtag) == 4 and subtag.isalpha() and len(subtags) == 1:
+            subtags.append(subtag.title())  # script
+        else:
+            subtags.append(subtag.lower())
+    return "-".join(subtags)
 
 
 def language_name(iso: str) -> str:

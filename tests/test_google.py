@@ -91,6 +91,30 @@ def test_batch_through_recognize(google_first: Server, fresh: SpeechEmulator, vo
     assert abs(len(call.audio) / 32000 - reply["duration"]) < 0.01
 
 
+def test_google_hears_the_region_the_client_named(
+    google_first: Server, fresh: SpeechEmulator, voices
+) -> None:
+    """Brazilian Portuguese is not European Portuguese to Google: a stream's ``pt-BR`` (or
+    Google's own ``cmn-Hans-CN``, or Java's ``en_GB``) reaches it as the client wrote it, in
+    its canonical form; a bare language gets its usual region."""
+    pcm, rate = read_pcm16(voices["coffee"])
+    for code, expected in [
+        ("pt-BR", "pt-BR"),
+        ("es-419", "es-419"),
+        ("cmn-Hans-CN", "cmn-Hans-CN"),
+        ("en_gb", "en-GB"),
+        ("pt", "pt-PT"),
+    ]:
+        fresh.calls.clear()
+        result = stream_pcm(google_first.ws, pcm, rate, language_code=code)
+        assert result.replies == ["hello from the emulator"], (code, result.errors)
+        assert [call.config.language_code for call in fresh.calls] == [expected]
+    fresh.calls.clear()
+    wav = voices["coffee"].read_bytes()
+    assert transcribe(google_first.ws, wav, language="pt-BR").reply["language"] == "pt"
+    assert [call.config.language_code for call in fresh.calls] == ["pt-BR"]
+
+
 def _stream_two_sentences(server: Server, voices, tmp_path: Path) -> tuple[bytes, int, float]:
     """Stream two sentences a second apart; each gets the emulator's reply. Returns the audio,
     its rate, and the billed audio seconds before the stream (to subtract)."""

@@ -23,6 +23,7 @@ from speechgw.protocols.streaming import (
 from speechgw.audio import to_pcm16
 from speechgw.errors import InvalidAudio, SpeechGWError
 from speechgw.jobs import JobRequest
+from speechgw.languages import canonical_tag, from_bcp47
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
@@ -149,3 +150,29 @@ def test_numpy_unmasking_gives_wsprotos_bytes(key: bytes, size: int, cuts: list[
     expected = b"".join(bytes(original(theirs, c)) for c in chunks)
     ours = XorMaskerSimple(key)
     assert b"".join(bytes(ours.process(c)) for c in chunks) == expected
+
+
+@pytest.mark.parametrize(
+    ("tag", "language", "canonical"),
+    [
+        ("en-US", "en", "en-US"),
+        ("en_us", "en", "en-US"),  # Java's and Android's locales
+        ("pt-br", "pt", "pt-BR"),
+        ("es-419", "es", "es-419"),
+        ("zh-hant-tw", "zh", "zh-Hant-TW"),
+        ("cmn-Hans-CN", "zh", "cmn-Hans-CN"),  # Google's code for Mandarin
+        ("iw-IL", "he", "iw-IL"),  # ISO 639's retired code for Hebrew, still in Google's list
+        ("nb-NO", "no", "nb-NO"),
+        ("fil-PH", "tl", "fil-PH"),
+        (" de ", "de", "de"),
+        ("english", None, None),
+        ("", None, None),
+    ],
+)
+def test_language_tags_name_the_language_and_keep_their_region(
+    tag: str, language: str | None, canonical: str | None
+) -> None:
+    """What routing and Whisper see (the language) and what a backend with a model per
+    region (Google) is sent (the tag, in its canonical case)."""
+    assert from_bcp47(tag) == language
+    assert canonical_tag(tag) == canonical

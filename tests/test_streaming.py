@@ -141,7 +141,9 @@ BAD_MESSAGES = [
     ({"audio": GOOD, "rate": 10**9}, "Audio Decoding Error"),
     ({"audio": GOOD, "rate": "16000"}, "Audio Decoding Error"),
     ({"audio": GOOD, "rate": 16000.5}, "Audio Decoding Error"),
-    ({"audio": GOOD, "language_code": "de-DE"}, "Speech Recognition Error"),
+    # a refused rate stands until another is sent (the one before was 16000.5)
+    ({"audio": GOOD, "language_code": "de-DE"}, "Audio Decoding Error"),
+    ({"audio": GOOD, "rate": 16000, "language_code": "de-DE"}, "Speech Recognition Error"),
 ]
 
 
@@ -156,8 +158,12 @@ def test_every_bad_message_gets_its_error_and_the_stream_keeps_working(
             error = json.loads(ws.recv(timeout=10))
             assert error["type"] == "error" and error["clientId"] == client_id, error
             assert error["message"] == expected, (payload, error)
-        # the same connection still recognises speech
-        _send(ws, {"audio": base64.b64encode(pcm).decode(), "rate": rate})
+        # the same connection still recognises speech, once the client names a language
+        # that can be served (the refused de-DE stands until it does)
+        message = {"audio": base64.b64encode(pcm).decode(), "rate": rate}
+        _send(ws, message)
+        assert json.loads(ws.recv(timeout=10))["message"] == "Speech Recognition Error"
+        _send(ws, {**message, "language_code": "en-US"})
         _send(ws, {"type": "end"})
         reply = json.loads(ws.recv(timeout=60))
     assert reply["clientId"] == client_id
@@ -180,6 +186,41 @@ def test_audio_in_the_base64_other_encoders_write_is_heard(tiny_server: Server, 
         reply = json.loads(ws.recv(timeout=60))
     assert "asr_reply" in reply, reply
     assert speech.word_recall(speech.SENTENCES["market"], reply["asr_reply"]) >= 0.75
+
+
+def test_settings_sent_once_stand_even_when_their_message_was_refused(
+    tiny_server: Server, voices
+) -> None:
+    """The spec's client sends ``rate`` only in its first message. When that message is
+    refused for its audio, the rate still stands (the rest was not decoded as 16 kHz: the
+    words come back); when the setting itself is refused, every message is refused until
+    the client sends another, instead of the stream starting with defaults it never asked
+    for (English for German speech)."""
+    pcm, rate = read_pcm16(voices["children"])  # 22050 Hz
+    step = rate // 10 * 2
+    chunks = [base64.b64encode(pcm[i : i + step]).decode() for i in range(0, len(pcm), step)]
+    with open_stream(tiny_server.ws) as ws:
+        ws.recv(timeout=10)
+        _send(ws, {"audio": "@@not base64@@", "rate": rate})
+        assert json.loads(ws.recv(timeout=10))["message"] == "Audio Decoding Error"
+        for chunk in chunks:
+            _send(ws, {"audio": chunk})
+        _send(ws, {"type": "end"})
+        reply = json.loads(ws.recv(timeout=60))
+    assert speech.word_recall(speech.SENTENCES["children"], reply["asr_reply"]) >= 0.75, reply
+    with open_stream(tiny_server.ws) as ws:
+        ws.recv(timeout=10)
+        _send(ws, {"audio": chunks[0], "rate": rate, "language_code": "de-DE"})
+        for chunk in chunks[1:3]:
+            _send(ws, {"audio": chunk})
+        errors = [json.loads(ws.recv(timeout=10)) for _ in range(3)]
+        assert [e["error"] for e in errors] == ["unsupported_language"] * 3, errors
+        _send(ws, {"audio": chunks[3], "language_code": "en-US"})  # rate still stands
+        for chunk in chunks[4:]:
+            _send(ws, {"audio": chunk})
+        _send(ws, {"type": "end"})
+        reply = json.loads(ws.recv(timeout=60))
+    assert "asr_reply" in reply, reply
 
 
 def test_settings_come_from_the_first_message(tiny_server: Server, voices) -> None:
