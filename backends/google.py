@@ -437,14 +437,13 @@ def _final(result, reader: Reader, previous: int, end: int, spec: JobSpec, backe
     return Transcript(text=text, segments=segments, language=spec.language, backend=backend)
 
 
-_REGIONAL = re.compile(
-    r"^[a-z]{2,3}(-[A-Z][a-z]{3})?(-[A-Z]{2}|-[0-9]{3})$|^[a-z]{2,3}-[A-Z][a-z]{3}$"
-)
+_REGIONAL = re.compile(r"^[a-z]{2,3}(-[A-Z][a-z]{3})?-([A-Z]{2}|[0-9]{3})$")
+"""language[-Script]-Region, the shape of every code in Google's list of languages."""
 
 
 def _language_code(spec: JobSpec) -> str:
-    """What Google is asked to hear: the client's own tag where it is a language with a
-    region or script (``pt-BR``, ``es-419``, ``cmn-Hans-CN``: Google has a model for each),
+    """What Google is asked to hear: the client's own tag where it names a region
+    (``pt-BR``, ``es-419``, ``cmn-Hans-CN``: Google has a model for each),
     else the language's usual region (``de`` -> ``de-DE``), since Google wants one."""
     if spec.locale is not None and _REGIONAL.match(spec.locale):
         return spec.locale
