@@ -511,7 +511,8 @@ class OpenAIProtocol:
             body = _error_body(status_of(exc), exc.message, exc.error)
             yield _event("error", {"type": "error", **body})
             return
-        yield _event("transcript.text.done", {"text": _final_text(result)})
+        done = {"text": _final_text(result), "usage": _usage(result)}
+        yield _event("transcript.text.done", done)
 
     async def models(self, request: Request) -> Response:
         try:

@@ -300,6 +300,9 @@ def test_a_tool_written_for_gpt_4o_transcribe_works_unchanged(server: Server, vo
         )
     assert events[-1].type == "transcript.text.done"
     assert speech.words(events[-1].text) == speech.words(CHILDREN)
+    # billed as the plain answer is, in the same usage object
+    assert events[-1].usage.type == "duration"
+    assert events[-1].usage.seconds == pytest.approx(speech.duration(voices["children"]), abs=0.01)
 
 
 def test_request_errors_have_openais_shape(server: Server, voices, tmp_path: Path) -> None:
