@@ -95,6 +95,8 @@ def error_response(
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     if background is not None:  # the body was not read to its end: the connection is done
         headers["Connection"] = "close"
+    if error.request_id is not None:
+        headers["X-Request-Id"] = error.request_id
     param = _PARAMS.get(error.field or "", error.field)  # the SDKs: APIStatusError.param
     body = _error_body(status, error.message, error.error, param)
     return JSONResponse(body, status_code=status, headers=headers, background=background)

@@ -52,6 +52,9 @@ class SpeechGWError(Exception):
     """An error a client is told about, with its stable code."""
 
     error: str = "internal_error"
+    request_id: str | None = None
+    """The request it ended, where it ended one (the id its access-log line and any ledger row
+    carry), so that the client can be told it: set by the gateway."""
 
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)

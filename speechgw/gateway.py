@@ -163,11 +163,13 @@ class Gateway:
                 self.accounting.close(books, uncounted="abandoned")
             raise
         except SpeechGWError as exc:
+            exc.request_id = books.request_id
             self.accounting.close(books, exc)
             raise
         except Exception:
             _LOGGER.exception("request %s: unexpected failure", books.request_id)
             error = InternalError("internal server error")
+            error.request_id = books.request_id
             self.accounting.close(books, error)
             raise error from None
         return RecordingResult(books.request_id, transcript, corrected, books.audio_seconds)

@@ -305,7 +305,9 @@ def test_a_tool_written_for_gpt_4o_transcribe_works_unchanged(server: Server, vo
     assert events[-1].usage.seconds == pytest.approx(speech.duration(voices["children"]), abs=0.01)
 
 
-def test_request_errors_have_openais_shape(server: Server, voices, tmp_path: Path) -> None:
+def test_request_errors_have_openais_shape(
+    server: Server, voices, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     sdk = client(server)
     cases = [  # fields, status, code, words of the message, the field named (param)
         (
@@ -335,6 +337,12 @@ def test_request_errors_have_openais_shape(server: Server, voices, tmp_path: Pat
         assert failed.value.body["code"] == code and words in failed.value.body["message"]
         assert failed.value.body["type"] == "invalid_request_error"
         assert failed.value.param == param, fields  # as OpenAI names the field
+        # the request's id, as its access-log line gives it: what a support request quotes
+        request_id = failed.value.response.headers["x-request-id"]
+        logged = f"request={request_id} "
+        wait_for(lambda logged=logged: logged in caplog.text)
+        (line,) = [r.getMessage() for r in caplog.records if logged in r.message]
+        assert line.endswith(f"outcome={code}"), line
     text = tmp_path / "notes.txt"
     text.write_text("not audio at all")
     with pytest.raises(openai.APIStatusError) as failed, text.open("rb") as notes:
