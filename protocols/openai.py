@@ -29,7 +29,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
-from starlette.types import Receive
+from starlette.types import Receive, Scope, Send
 
 from speechgw.errors import (
     AudioTooLong,
@@ -82,24 +82,53 @@ def status_of(error: SpeechGWError) -> int:
 
 
 def error_response(
-    error: SpeechGWError, retry_after: float = 1, background: BackgroundTask | None = None
+    error: SpeechGWError, retry_after: float = 1, unread_body: Receive | None = None
 ) -> Response:
     """OpenAI's error shape, ``{"error": {"message", "type", "param", "code"}}``; ``code`` is
     speechgw's error code, the same one the other protocols send. Retry-After on 429 and 503
-    (the error's own wait, else ``retry_after``)."""
+    (the error's own wait, else ``retry_after``). ``unread_body``: the request's receive,
+    where the error came before its body was read to the end (:class:`_EarlyAnswer`)."""
     status = status_of(error)
     headers = {}
     if isinstance(error, RetryLater):
         retry_after = error.retry_after
     if status in (429, 503):
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
-    if background is not None:  # the body was not read to its end: the connection is done
-        headers["Connection"] = "close"
     if error.request_id is not None:
         headers["X-Request-Id"] = error.request_id
     param = _PARAMS.get(error.field or "", error.field)  # the SDKs: APIStatusError.param
     body = _error_body(status, error.message, error.error, param)
-    return JSONResponse(body, status_code=status, headers=headers, background=background)
+    if unread_body is not None:
+        return _EarlyAnswer(body, status, headers)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class _EarlyAnswer(JSONResponse):
+    """An answer given before the request's body was read to its end: an error found in its
+    headers (a wrong key, a Content-Length over the limit) or in its first bytes.
+
+    A client sends its whole upload before it reads the answer. Over HTTP/1.1, hypercorn
+    closes the connection as soon as a response ends when the request has not, and the
+    client's next write is then reset: Node's fetch (the official ``openai`` package) fails
+    with EPIPE and reports "Connection error" instead of the 401 it was sent. So the whole
+    answer is sent at once, but ended only once the rest of the body has been read and
+    dropped (never stored), for up to 2 s (:func:`_drop_body`); then the connection closes
+    (``Connection: close``), as nginx's lingering close does. Over HTTP/2 the answer ends at
+    once, and the stream is reset with NO_ERROR, which tells the client to stop sending
+    (``speechgw._hypercorn_compat.end_http2_requests_answered_early``)."""
+
+    def __init__(self, body: dict[str, Any], status: int, headers: dict[str, str]) -> None:
+        super().__init__(body, status_code=status, headers={**headers, "Connection": "close"})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("http_version") == "2":
+            await super().__call__(scope, receive, send)
+            return
+        start = {"type": "http.response.start", "status": self.status_code}
+        await send({**start, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.body, "more_body": True})
+        await _drop_body(receive)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 _PARAMS = {"word_timestamps": "timestamp_granularities"}
@@ -325,10 +354,6 @@ class _Exchange:
     def _too_large(self) -> AudioTooLong:
         return AudioTooLong(f"the request body is larger than the limit of {self.max_bytes} bytes")
 
-    async def discard_rest(self) -> None:
-        """Read and drop what the client still sends after an early error (:func:`_drop_body`)."""
-        await _drop_body(self.http.receive)
-
     async def close(self) -> None:
         if self.form is not None:
             await self.form.close()
@@ -487,7 +512,7 @@ class OpenAIProtocol:
             wait = self.gateway.config.limits.busy_retry_after_seconds
             if exchange.body_done:
                 return error_response(exc, wait)
-            return error_response(exc, wait, BackgroundTask(exchange.discard_rest))
+            return error_response(exc, wait, unread_body=exchange.http.receive)
         except ClientGone:
             return Response(status_code=499)  # nobody reads it; the server logged the request
         finally:
@@ -546,10 +571,7 @@ class OpenAIProtocol:
         )
         if not has_body:
             return JSONResponse(body, status_code=404)
-        drain = BackgroundTask(_drop_body, request.receive)
-        return JSONResponse(
-            body, status_code=404, headers={"Connection": "close"}, background=drain
-        )
+        return _EarlyAnswer(body, 404, {})
 
     async def _models(self, request: Request) -> tuple[str, ...]:
         return await self.gateway.models(PROTOCOL, bearer_key(request))

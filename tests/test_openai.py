@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import re
+import select
 import socket
 import sqlite3
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -438,6 +440,33 @@ def test_a_body_over_the_limit_is_refused_while_it_is_read(voices) -> None:
         # and the server serves the next client
         with voices["coffee"].open("rb") as audio:
             assert "coffee" in sdk.audio.transcriptions.create(model="whisper-1", file=audio).text
+
+
+@pytest.mark.parametrize("path", ["/v1/audio/transcriptions", "/v1/audio/transcriptions/"])
+def test_an_upload_refused_early_is_read_to_its_end_before_the_connection_closes(
+    server: Server, path: str
+) -> None:
+    """A wrong key (or a wrong path) is answered from the request's head, while the client is
+    still sending its file, as every client does before it reads. The connection stays open
+    until the upload ends: closed at once, the client's next write was reset (Node's fetch,
+    the official ``openai`` package's: EPIPE, "Connection error" instead of the 401)."""
+    size, piece = 1_000_000, 50_000
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer wrong\r\n"
+        f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {size}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head.encode())
+        wait_for(lambda: select.select([sock], [], [], 0)[0])  # answered from the head
+        for _ in range(size // piece):
+            sock.sendall(bytes(piece))  # BrokenPipe/ConnectionReset here before the fix
+            time.sleep(0.02)
+        answer = b""
+        while chunk := sock.recv(65536):  # to the close, which follows the upload's end
+            answer += chunk
+    status = 404 if path.endswith("/") else 401
+    assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer[:80]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["message"]
 
 
 def test_a_stalled_upload_times_out_and_others_are_served(voices) -> None:
