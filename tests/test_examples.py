@@ -132,7 +132,7 @@ def node_client(tmp_path_factory) -> Path:
     shutil.copytree(EXAMPLES / "node", folder, dirs_exist_ok=True)
     installed = run("npm", "install", "--no-audit", "--no-fund", cwd=folder, timeout=300)
     if installed.returncode != 0:
-        pytest.skip(f"npm cannot install the ws package here: {installed.stderr[-300:]}")
+        pytest.skip(f"npm cannot install ws and openai here: {installed.stderr[-300:]}")
     return folder
 
 
@@ -201,6 +201,33 @@ def test_node_client_says_why_it_is_refused(node_client: Path, voices) -> None:
         )
         assert batch.returncode == 0, batch.stderr
         assert speech.word_recall(speech.SENTENCES["coffee"], batch.stdout) >= 0.75
+
+
+def test_node_openai_sdk(tiny_server: Server, node_client: Path, voices, tmp_path: Path) -> None:
+    """OpenAI's official Node.js SDK, as ``examples/node/openai.mjs`` drives it: an ogg/opus
+    file, plain and streamed; a refused request says why. Its fetch (undici) is the client
+    that lost early answers to a reset (the upload test in ``test_openai.py``)."""
+    major = int(run("node", "--version").stdout.strip().lstrip("v").split(".")[0])
+    if major < 20:
+        pytest.skip(f"the openai package needs Node.js 20 or later; this is {major}")
+    ogg = str(speech.encode(voices["window"], tmp_path / "window.ogg", "ogg"))
+    url = tiny_server.http
+    result = run("node", "openai.mjs", ogg, "--url", url, cwd=node_client)
+    assert result.returncode == 0, result.stderr
+    assert speech.word_recall(speech.SENTENCES["window"], result.stdout) >= 0.8, result
+    streamed = run("node", "openai.mjs", ogg, "--url", url, "--stream", cwd=node_client)
+    assert streamed.returncode == 0, streamed.stderr
+    assert speech.word_recall(speech.SENTENCES["window"], streamed.stdout) >= 0.8, streamed
+    refused = run("node", "openai.mjs", ogg, "--url", url, "--model", "x", cwd=node_client)
+    assert refused.returncode == 1 and not refused.stdout
+    assert refused.stderr.startswith("refused: HTTP 400: invalid_request: "), refused.stderr
+    assert "known: whisper-1" in refused.stderr
+    scripted = {"null": {"type": "scripted", "text": "scripted words"}}
+    with running_server(env={"SERVER_API_KEY": "example-key"}, backends=scripted) as server:
+        command = ("node", "openai.mjs", ogg, "--url", server.http, "--api-key", "wrong")
+        for _ in range(3):  # the refusal came as "Connection error" one time in two
+            wrong = run(*command, cwd=node_client)
+            assert wrong.stderr.startswith("refused: HTTP 401: unauthorized: "), wrong.stderr
 
 
 def test_rust_client(tiny_server: Server, voices, tmp_path: Path) -> None:
