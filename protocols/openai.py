@@ -29,8 +29,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
 
+from speechgw.early_answer import EarlyAnswer, has_body
 from speechgw.errors import (
     AudioTooLong,
     ClientGone,
@@ -57,7 +57,6 @@ STREAM_FORMATS = ("json", "text")
 GRANULARITIES = ("segment", "word")
 _MAX_FIELD_BYTES = 64 * 1024  # prompt and the like; the file has its own limit
 _MAX_FIELDS = 32
-_DISCARD_SECONDS = 2.0
 _ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 _STATUS = {
@@ -82,12 +81,13 @@ def status_of(error: SpeechGWError) -> int:
 
 
 def error_response(
-    error: SpeechGWError, retry_after: float = 1, unread_body: Receive | None = None
+    error: SpeechGWError, retry_after: float = 1, body_unread: bool = False
 ) -> Response:
     """OpenAI's error shape, ``{"error": {"message", "type", "param", "code"}}``; ``code`` is
     speechgw's error code, the same one the other protocols send. Retry-After on 429 and 503
-    (the error's own wait, else ``retry_after``). ``unread_body``: the request's receive,
-    where the error came before its body was read to the end (:class:`_EarlyAnswer`)."""
+    (the error's own wait, else ``retry_after``). ``body_unread``: the error came before the
+    request's body was read to its end (answered as an
+    :class:`~speechgw.early_answer.EarlyAnswer`)."""
     status = status_of(error)
     headers = {}
     if isinstance(error, RetryLater):
@@ -98,37 +98,9 @@ def error_response(
         headers["X-Request-Id"] = error.request_id
     param = _PARAMS.get(error.field or "", error.field)  # the SDKs: APIStatusError.param
     body = _error_body(status, error.message, error.error, param)
-    if unread_body is not None:
-        return _EarlyAnswer(body, status, headers)
+    if body_unread:
+        return EarlyAnswer(body, status, headers)
     return JSONResponse(body, status_code=status, headers=headers)
-
-
-class _EarlyAnswer(JSONResponse):
-    """An answer given before the request's body was read to its end: an error found in its
-    headers (a wrong key, a Content-Length over the limit) or in its first bytes.
-
-    A client sends its whole upload before it reads the answer. Over HTTP/1.1, hypercorn
-    closes the connection as soon as a response ends when the request has not, and the
-    client's next write is then reset: Node's fetch (the official ``openai`` package) fails
-    with EPIPE and reports "Connection error" instead of the 401 it was sent. So the whole
-    answer is sent at once, but ended only once the rest of the body has been read and
-    dropped (never stored), for up to 2 s (:func:`_drop_body`); then the connection closes
-    (``Connection: close``), as nginx's lingering close does. Over HTTP/2 the answer ends at
-    once, and the stream is reset with NO_ERROR, which tells the client to stop sending
-    (``speechgw._hypercorn_compat.end_http2_requests_answered_early``)."""
-
-    def __init__(self, body: dict[str, Any], status: int, headers: dict[str, str]) -> None:
-        super().__init__(body, status_code=status, headers={**headers, "Connection": "close"})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope.get("http_version") == "2":
-            await super().__call__(scope, receive, send)
-            return
-        start = {"type": "http.response.start", "status": self.status_code}
-        await send({**start, "headers": self.raw_headers})
-        await send({"type": "http.response.body", "body": self.body, "more_body": True})
-        await _drop_body(receive)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 _PARAMS = {"word_timestamps": "timestamp_granularities"}
@@ -359,21 +331,6 @@ class _Exchange:
             await self.form.close()
 
 
-async def _drop_body(receive: Receive) -> None:
-    """Read and drop the rest of a request body nobody wants, briefly.
-
-    Clients send the whole body before they read the answer; closing on an unread body makes
-    the kernel reset the connection, and the reset can destroy the error response before the
-    client reads it. So the rest is read and thrown away (never stored) for up to two seconds,
-    then the connection closes.
-    """
-    with anyio.move_on_after(_DISCARD_SECONDS):
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect" or not message.get("more_body", False):
-                return
-
-
 # --- the response --------------------------------------------------------------------------
 
 
@@ -477,6 +434,9 @@ class OpenAIProtocol:
             Route(f"{BASE}/models/{{model:path}}", self.model, methods=["GET"]),
             # last: any other path or method under /v1 gets OpenAI's answer, not a plain 404/405
             Route(f"{BASE}/{{rest:path}}", self.unknown, methods=_ANY_METHOD),
+            # the API's paths without /v1: a client whose base URL lacks it is told so
+            Route("/audio/{rest:path}", self.unknown, methods=_ANY_METHOD),
+            Route("/models{rest:path}", self.unknown, methods=_ANY_METHOD),
         ]
 
     async def transcriptions(self, request: Request) -> Response:
@@ -512,7 +472,7 @@ class OpenAIProtocol:
             wait = self.gateway.config.limits.busy_retry_after_seconds
             if exchange.body_done:
                 return error_response(exc, wait)
-            return error_response(exc, wait, unread_body=exchange.http.receive)
+            return error_response(exc, wait, body_unread=True)
         except ClientGone:
             return Response(status_code=499)  # nobody reads it; the server logged the request
         finally:
@@ -563,15 +523,16 @@ class OpenAIProtocol:
     async def unknown(self, request: Request) -> Response:
         """OpenAI's 404 for a path or method it does not serve, such as a trailing slash or a
         GET of ``/v1/audio/transcriptions``: an error its SDKs can show, where starlette would
-        send a plain-text 404 or 405 (or redirect a POST that drops its body)."""
-        message = f"Invalid URL ({request.method} {request.url.path})"
-        body = _error_body(404, message[:300], None)  # OpenAI sends no code here
-        has_body = request.headers.get("content-length", "0") != "0" or (
-            "transfer-encoding" in request.headers
-        )
-        if not has_body:
+        send a plain-text 404 or 405 (or redirect a POST that drops its body). The API's paths
+        without ``/v1`` (a base URL that lacks it, a common slip) get it too, saying so."""
+        path = request.url.path
+        message = f"Invalid URL ({request.method} {path[:200]})"
+        if not path.startswith(f"{BASE}/"):
+            message += f": the OpenAI-compatible API is under {BASE} (a base URL ending in {BASE})"
+        body = _error_body(404, message, None)  # OpenAI sends no code here
+        if not has_body(request.headers):
             return JSONResponse(body, status_code=404)
-        return _EarlyAnswer(body, 404, {})
+        return EarlyAnswer(body, 404)
 
     async def _models(self, request: Request) -> tuple[str, ...]:
         return await self.gateway.models(PROTOCOL, bearer_key(request))

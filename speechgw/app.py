@@ -14,11 +14,12 @@ import anyio
 import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route, Router, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -27,6 +28,7 @@ from . import __version__, silero
 from .auth import Keyring
 from .backend import Backend
 from .config import Config, ServerConfig, load_config, load_config_file
+from .early_answer import EarlyAnswer, has_body
 from .errors import ConfigError, start_failure
 from .gateway import Gateway
 from .metrics import GatewayMetrics
@@ -224,25 +226,35 @@ def build_app(config: Config, env: Mapping[str, str] | None = None) -> Starlette
             await gateway.close()
 
     app = Starlette(routes=routes, middleware=_cors(config.server), lifespan=lifespan)
-    app.router.default = _not_found(app.router, routes)
+    app.router.default = _not_found(routes)
     app.state.gateway = gateway
     return app
 
 
-def _not_found(router: Router, routes: list[BaseRoute]) -> ASGIApp:
-    """What answers a path no route serves: for a WebSocket upgrade, an HTTP 404 whose JSON
-    body names the WebSocket endpoints (starlette's default, a close before the upgrade, reaches
-    the client as a bare 403, which reads like a refused key); anything else as starlette
-    answers it."""
-    endpoints = ", ".join(r.path for r in routes if isinstance(r, WebSocketRoute))
+def _not_found(routes: list[BaseRoute]) -> ASGIApp:
+    """What answers a path no route serves: an HTTP 404 whose JSON body names the endpoints
+    of its kind. For a WebSocket upgrade, starlette's default (a close before the upgrade)
+    reaches the client as a bare 403, which reads like a refused key; for HTTP, its plain "Not
+    Found" says nothing of where to go (an OpenAI client whose base URL lacks ``/v1`` posts to
+    ``/audio/transcriptions``), and an upload to it was answered before its end and lost to
+    the close (:class:`~speechgw.early_answer.EarlyAnswer`)."""
+    sockets = ", ".join(r.path for r in routes if isinstance(r, WebSocketRoute))
+    pages = ", ".join(
+        r.path for r in routes if isinstance(r, Route) and "{" not in r.path and r.path != "/"
+    )
 
     async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "websocket":
-            await router.not_found(scope, receive, send)
+        path = scope["path"][:100]
+        if scope["type"] == "websocket":
+            message = f"no WebSocket endpoint at {path!r}; there are: {sockets}"
+            response = JSONResponse({"error": "not_found", "message": message}, status_code=404)
+            await WebSocket(scope, receive, send).send_denial_response(response)
             return
-        message = f"no WebSocket endpoint at {scope['path'][:100]!r}; there are: {endpoints}"
-        response = JSONResponse({"error": "not_found", "message": message}, status_code=404)
-        await WebSocket(scope, receive, send).send_denial_response(response)
+        body = {"error": "not_found", "message": f"no endpoint at {path!r}; there are: {pages}"}
+        if has_body(Headers(scope=scope)):
+            await EarlyAnswer(body, 404)(scope, receive, send)
+        else:
+            await JSONResponse(body, status_code=404)(scope, receive, send)
 
     return not_found
 

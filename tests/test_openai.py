@@ -390,6 +390,15 @@ def test_a_wrong_path_or_method_gets_openais_invalid_url(server: Server, voices)
     assert refused.value.code == 404
     error = json.loads(refused.value.read())["error"]
     assert error["message"] == "Invalid URL (POST /v1/audio/transcriptions/)"
+    # a base URL without /v1, a common slip: the SDK shows where the API is
+    lost = OpenAI(base_url=server.http, api_key=KEY, max_retries=0)
+    _CLIENTS.append(lost)
+    with pytest.raises(openai.NotFoundError) as failed:
+        lost.models.list()
+    assert "the OpenAI-compatible API is under /v1" in failed.value.message
+    with pytest.raises(openai.NotFoundError) as failed:
+        lost.audio.transcriptions.create(model="whisper-1", file=voices["coffee"].read_bytes())
+    assert "the OpenAI-compatible API is under /v1" in failed.value.message
     with pytest.raises(openai.NotFoundError):
         sdk.delete("/models/whisper-1", cast_to=object)
     with voices["coffee"].open("rb") as audio:
@@ -442,7 +451,9 @@ def test_a_body_over_the_limit_is_refused_while_it_is_read(voices) -> None:
             assert "coffee" in sdk.audio.transcriptions.create(model="whisper-1", file=audio).text
 
 
-@pytest.mark.parametrize("path", ["/v1/audio/transcriptions", "/v1/audio/transcriptions/"])
+@pytest.mark.parametrize(
+    "path", ["/v1/audio/transcriptions", "/v1/audio/transcriptions/", "/audio/translations", "/up"]
+)
 def test_an_upload_refused_early_is_read_to_its_end_before_the_connection_closes(
     server: Server, path: str
 ) -> None:
@@ -464,9 +475,16 @@ def test_an_upload_refused_early_is_read_to_its_end_before_the_connection_closes
         answer = b""
         while chunk := sock.recv(65536):  # to the close, which follows the upload's end
             answer += chunk
-    status = 404 if path.endswith("/") else 401
+    status = 401 if path == "/v1/audio/transcriptions" else 404
     assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer[:80]
-    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["message"]
+    error = json.loads(answer.partition(b"\r\n\r\n")[2])
+    if path == "/up":  # no API's path: where to go instead
+        endpoints = "/health, /metrics, /v1/audio/transcriptions, /v1/audio/translations"
+        assert error["message"].endswith(f"there are: {endpoints}, /v1/models"), error
+    elif status == 404:
+        assert error["error"]["message"].startswith("Invalid URL (POST ")
+    else:
+        assert error["error"]["code"] == "unauthorized"
 
 
 def test_a_stalled_upload_times_out_and_others_are_served(voices) -> None:

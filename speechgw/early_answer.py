@@ -1,0 +1,64 @@
+"""Answering an HTTP request before its body has arrived, without losing the answer.
+
+A refusal can often be made from a request's head (a wrong key, a Content-Length over the
+limit, a path nothing serves), while the client is still sending its upload; clients send the
+whole body before they read the answer. Closing the connection then makes the client's next
+write fail (EPIPE, a reset), and a client may report that instead of the answer it was sent:
+Node's fetch, the official ``openai`` package's, says "Connection error" for a 401. hypercorn
+closes an HTTP/1.1 connection the moment a response ends while its request has not, so
+reading the rest after the response (a background task) is too late.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
+
+__all__ = ["DISCARD_SECONDS", "EarlyAnswer", "drop_body", "has_body"]
+
+DISCARD_SECONDS = 2.0
+"""How long the rest of an unwanted body is read for, at most, before the connection closes
+(nginx's lingering close waits likewise)."""
+
+
+async def drop_body(receive: Receive) -> None:
+    """Read and drop (never store) the rest of a request body nobody wants, for at most
+    :data:`DISCARD_SECONDS`: until its end, or the client's disconnect."""
+    with anyio.move_on_after(DISCARD_SECONDS):
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                return
+
+
+class EarlyAnswer(JSONResponse):
+    """A JSON answer given before the request's body was read to its end.
+
+    Over HTTP/1.1 the whole answer is sent at once, but ended only after :func:`drop_body`,
+    and then the connection closes (``Connection: close``). Over HTTP/2 it ends at once: the
+    stream is then reset with NO_ERROR, which tells the client to stop sending
+    (``speechgw._hypercorn_compat.end_http2_requests_answered_early``).
+    """
+
+    def __init__(self, body: Any, status: int, headers: dict[str, str] | None = None) -> None:
+        super().__init__(
+            body, status_code=status, headers={**(headers or {}), "Connection": "close"}
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("http_version") == "2":
+            await super().__call__(scope, receive, send)
+            return
+        start = {"type": "http.response.start", "status": self.status_code}
+        await send({**start, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.body, "more_body": True})
+        await drop_body(receive)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def has_body(headers: Any) -> bool:
+    """Whether a request's head announces a body (a Content-Length above 0, or chunks)."""
+    return headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
