@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from speechgw.early_answer import EarlyAnswer, has_body
+from speechgw.early_answer import EarlyAnswer, refusal
 from speechgw.errors import (
     AudioTooLong,
     ClientGone,
@@ -529,10 +529,7 @@ class OpenAIProtocol:
         message = f"Invalid URL ({request.method} {path[:200]})"
         if not path.startswith(f"{BASE}/"):
             message += f": the OpenAI-compatible API is under {BASE} (a base URL ending in {BASE})"
-        body = _error_body(404, message, None)  # OpenAI sends no code here
-        if not has_body(request.headers):
-            return JSONResponse(body, status_code=404)
-        return EarlyAnswer(body, 404)
+        return refusal(_error_body(404, message, None), 404, request.scope)  # OpenAI: no code
 
     async def _models(self, request: Request) -> tuple[str, ...]:
         return await self.gateway.models(PROTOCOL, bearer_key(request))

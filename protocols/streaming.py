@@ -16,7 +16,6 @@ import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,7 +45,6 @@ __all__ = [
     "StreamingProtocol",
     "audio_of",
     "decode_base64",
-    "decode_message",
     "new_client_id",
     "parse_message",
     "wire_message",
@@ -92,15 +90,6 @@ def new_client_id() -> str:
     return f"{int(time.time() * 1000)}-{secrets.token_hex(8)}"
 
 
-@dataclass(frozen=True, slots=True)
-class AudioMessage:
-    samples: np.ndarray
-    """The LINEAR16 audio as int16 samples at the stream's own rate."""
-    rate: object
-    language_code: object
-    interim_results: object = None
-
-
 _SETTINGS = ("rate", "language_code", "interim_results")
 """The fields that configure a stream, taken before it starts (the spec: "only need to be sent
 with the first message")."""
@@ -138,20 +127,6 @@ def audio_of(message: dict[str, Any]) -> np.ndarray:
     if not isinstance(audio, str):
         raise InvalidAudio("'audio' must be a base64 string")
     return linear16(decode_base64(audio))
-
-
-def decode_message(text: str | None) -> AudioMessage | None:
-    """Parse one client message: None for ``{"type": "end"}``, else its audio and settings.
-
-    Raises:
-        InvalidRequest: a binary frame, not JSON, or not a JSON object.
-        MissingAudio: no ``audio`` field.
-        InvalidAudio: ``audio`` is not base64 of whole 16-bit samples.
-    """
-    message = parse_message(text)
-    if message is None:
-        return None
-    return AudioMessage(audio_of(message), *(message.get(name) for name in _SETTINGS))
 
 
 _NOT_BASE64 = str.maketrans("-_", "+/", " \t\r\n\f\v")

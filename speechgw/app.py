@@ -14,7 +14,6 @@ import anyio
 import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -28,7 +27,7 @@ from . import __version__, silero
 from .auth import Keyring
 from .backend import Backend
 from .config import Config, ServerConfig, load_config, load_config_file
-from .early_answer import EarlyAnswer, has_body
+from .early_answer import refusal
 from .errors import ConfigError, start_failure
 from .gateway import Gateway
 from .metrics import GatewayMetrics
@@ -251,10 +250,7 @@ def _not_found(routes: list[BaseRoute]) -> ASGIApp:
             await WebSocket(scope, receive, send).send_denial_response(response)
             return
         body = {"error": "not_found", "message": f"no endpoint at {path!r}; there are: {pages}"}
-        if has_body(Headers(scope=scope)):
-            await EarlyAnswer(body, 404)(scope, receive, send)
-        else:
-            await JSONResponse(body, status_code=404)(scope, receive, send)
+        await refusal(body, 404, scope)(scope, receive, send)
 
     return not_found
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
+from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["DISCARD_SECONDS", "EarlyAnswer", "drop_body", "has_body"]
+__all__ = ["DISCARD_SECONDS", "EarlyAnswer", "drop_body", "refusal"]
 
 DISCARD_SECONDS = 2.0
 """How long the rest of an unwanted body is read for, at most, before the connection closes
@@ -59,6 +60,11 @@ class EarlyAnswer(JSONResponse):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def has_body(headers: Any) -> bool:
-    """Whether a request's head announces a body (a Content-Length above 0, or chunks)."""
-    return headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+def refusal(body: Any, status: int, request: Scope) -> JSONResponse:
+    """A JSON refusal of ``request`` from its head alone: an :class:`EarlyAnswer` where the
+    head announces a body (a Content-Length above 0, or chunks), else a plain answer that
+    leaves the connection open for the next request."""
+    headers = Headers(scope=request)
+    if headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
+        return EarlyAnswer(body, status)
+    return JSONResponse(body, status_code=status)

@@ -9,14 +9,15 @@ import json
 import random
 import textwrap
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from speechgw.protocols.batch import parse_request, read_frame
 from speechgw.protocols.streaming import (
-    AudioMessage,
+    audio_of,
     decode_base64,
-    decode_message,
+    parse_message,
     wire_message,
 )
 
@@ -67,7 +68,8 @@ def test_batch_metadata_parser(text: str) -> None:
 @given(texts | st.none())
 def test_streaming_message_parser(text: str | None) -> None:
     try:
-        parsed = decode_message(text)
+        parsed = parse_message(text)
+        samples = None if parsed is None else audio_of(parsed)
     except SpeechGWError as exc:
         assert wire_message(exc) in {
             "Invalid Message Format",
@@ -75,21 +77,23 @@ def test_streaming_message_parser(text: str | None) -> None:
             "Audio Decoding Error",
         }
         return
-    assert parsed is None or isinstance(parsed, AudioMessage)
+    assert parsed is None or isinstance(samples, np.ndarray)
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=64), st.integers(-(10**12), 10**12) | st.none())
 def test_streaming_audio_round_trips(pcm: bytes, rate: int | None) -> None:
     text = json.dumps({"audio": base64.b64encode(pcm).decode(), "rate": rate})
+    parsed = parse_message(text)
+    assert parsed is not None
     try:
-        parsed = decode_message(text)
+        samples = audio_of(parsed)
     except SpeechGWError as exc:
         assert len(pcm) % 2 == 1 and wire_message(exc) == "Audio Decoding Error"
         return
     # LINEAR16 -> float -> LINEAR16 gives back every sample exactly
-    assert parsed is not None and to_pcm16(parsed.samples).tobytes() == pcm
-    assert parsed.rate == rate
+    assert to_pcm16(samples).tobytes() == pcm
+    assert parsed["rate"] == rate
 
 
 BASE64_FORMS = {
