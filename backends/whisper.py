@@ -549,7 +549,6 @@ class WhisperBackend(Backend):
 
         runs = [asyncio.ensure_future(window(a, b)) for a, b in spans]
         segments: list[Segment] = []
-        words: list[Word] = []
         parts: list[Transcript] = []
         try:
             for (start, _), run in zip(spans, runs, strict=True):
@@ -558,7 +557,6 @@ class WhisperBackend(Backend):
                 offset = start / SAMPLE_RATE
                 shifted = [_shifted(s, offset) for s in part.segments]
                 segments += shifted
-                words += [_shifted(w, offset) for w in part.words]
                 if on_segment is not None:
                     for segment in shifted:
                         on_segment(segment)
@@ -574,7 +572,6 @@ class WhisperBackend(Backend):
             segments=tuple(segments),
             language=language,
             backend=self.name,
-            words=tuple(words),
         )
 
     async def _in_thread(
@@ -619,16 +616,9 @@ class WhisperBackend(Backend):
         if progress is not None:
             progress.flush()
         segments = tuple(_segment(s) for s in raw)
-        words = tuple(
-            Word(text=w.word.strip(), start=round(w.start, 3), end=round(w.end, 3))
-            for s in raw
-            for w in s.words or ()
-        )
         # Whisper's segment texts carry their own leading spaces (none in Chinese or Japanese).
         text = "".join(s.text for s in raw).strip()
-        return Transcript(
-            text=text, segments=segments, language=language, backend=self.name, words=words
-        )
+        return Transcript(text=text, segments=segments, language=language, backend=self.name)
 
     def _prompt(self, prompt: str | None) -> str | list[int] | None:
         """``prompt`` as faster-whisper takes it: its text, or with ``prompt_tokens`` its
@@ -658,7 +648,8 @@ class WhisperBackend(Backend):
             initial_prompt=self._prompt(prompt),
             suppress_tokens=self._suppress_tokens,
             temperature=(0.0,) if spec.interim else _temperatures(spec.temperature),
-            word_timestamps=spec.word_timestamps,
+            # a word's probability comes from the same alignment pass as its timing
+            word_timestamps=spec.word_timestamps or spec.word_probabilities,
             # An utterance's context is the stream's last replies (``prompt``). Conditioning
             # its second window on its first as well made tiny.en rate 19 s of clear speech
             # 0.57 "no speech" (NASA podcast part 1), which the filter below then dropped.
@@ -734,6 +725,15 @@ def _segment(raw: Any) -> Segment:
             compression_ratio=raw.compression_ratio,
             no_speech_prob=raw.no_speech_prob,
         ),
+        words=tuple(
+            Word(
+                text=w.word.strip(),
+                start=round(w.start, 3),
+                end=round(w.end, 3),
+                probability=float(w.probability),
+            )
+            for w in raw.words or ()
+        ),
     )
 
 
@@ -747,12 +747,17 @@ def _priority(spec: JobSpec) -> int:
 
 
 def _shifted(part: SegmentOrWord, offset: float) -> SegmentOrWord:
-    """A window's segment or word on the whole recording's clock (a segment's ``seek`` too)."""
+    """A window's segment or word on the whole recording's clock (a segment's ``seek`` and
+    words too)."""
     moved = dataclasses.replace(
         part, start=round(float(part.start) + offset, 3), end=round(float(part.end) + offset, 3)
     )
-    decoding = getattr(part, "decoding", None)
-    if decoding is None:
+    if not isinstance(moved, Segment):
         return moved
+    words = tuple(_shifted(word, offset) for word in moved.words)
+    decoding = moved.decoding
+    if decoding is None:
+        return dataclasses.replace(moved, words=words)
     seek = decoding.seek + round(offset * _FRAMES_PER_SECOND)
-    return dataclasses.replace(moved, decoding=dataclasses.replace(decoding, seek=seek))
+    decoding = dataclasses.replace(decoding, seek=seek)
+    return dataclasses.replace(moved, words=words, decoding=decoding)

@@ -4,11 +4,12 @@ unchanged (``OpenAI(base_url="http://HOST:8765/v1", api_key=KEY)``).
 
 A request is ``multipart/form-data`` as OpenAI documents it: ``file`` (any container and codec
 FFmpeg decodes), ``model``, ``language`` (absent: detected), ``prompt``, ``response_format``,
-``temperature`` and ``timestamp_granularities[]``; the key comes as ``Authorization: Bearer
-KEY``. This module holds the wire format only: reading the form under the upload limit,
-rendering the five response formats, and OpenAI's error shape with the statuses its SDKs act
-on. Admission, keys, routing (``model`` is a routing condition), the ledger, metrics,
-post-processing and fallback come from :meth:`speechgw.gateway.Gateway.run_recording`.
+``temperature``, ``timestamp_granularities[]`` and ``include[]``; the key comes as
+``Authorization: Bearer KEY``. This module holds the wire format only: reading the form under
+the upload limit, rendering the five response formats, and OpenAI's error shape with the
+statuses its SDKs act on. Admission, keys, routing (``model`` is a routing condition), the
+ledger, metrics, post-processing and fallback come from
+:meth:`speechgw.gateway.Gateway.run_recording`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import asyncio
 import contextlib
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,9 @@ RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 STREAM_FORMATS = ("json", "text")
 """The formats ``stream=true`` goes with: its events carry text, not timed segments."""
 GRANULARITIES = ("segment", "word")
+INCLUDES = ("logprobs",)
+"""What ``include[]`` may ask for: each word's log probability with the text."""
+_LEAST_PROBABILITY = 1e-12  # its log (-27.6) stands for a word the model gave no chance
 _MAX_FIELD_BYTES = 64 * 1024  # prompt and the like; the file has its own limit
 _MAX_FIELDS = 32
 _ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -142,6 +146,9 @@ class Reply:
     words: bool = False
     stream: bool = False
     """Server-sent events: the text as it is recognised, then the whole (``stream=true``)."""
+    logprobs: bool = False
+    """``include[]=logprobs``: the text's words with their log probabilities (``json`` and
+    the events of ``stream=true``), where the backend gives them."""
 
 
 def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
@@ -149,8 +156,9 @@ def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
 
     Raises:
         InvalidRequest: no ``file`` or ``model``, a bad ``response_format``, ``temperature``
-            or ``timestamp_granularities[]``; ``stream=true`` with a format whose timed
-            segments its events cannot carry.
+            , ``timestamp_granularities[]`` or ``include[]``; ``stream=true`` with a format
+            whose timed segments its events cannot carry; ``logprobs`` for a format that has
+            no place for them.
         UnsupportedLanguage: ``language`` is not an ISO 639-1 code.
     """
     if not isinstance(form.get("file"), UploadFile):
@@ -190,6 +198,7 @@ def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
         raise InvalidRequest(
             "word timestamps need response_format 'verbose_json'", field="word_timestamps"
         )
+    logprobs = _includes_logprobs(form, response_format, stream)
     language_raw = _text(form, "language") or None
     language = None
     if language_raw is not None:
@@ -206,9 +215,31 @@ def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
         prompt=_text(form, "prompt") or None,
         temperature=temperature,
         word_timestamps=words,
+        word_probabilities=logprobs,
     )
     segments = "segment" in granularities or not words
-    return request, Reply(response_format, segments=segments, words=words, stream=stream)
+    reply = Reply(response_format, segments=segments, words=words, stream=stream, logprobs=logprobs)
+    return request, reply
+
+
+def _includes_logprobs(form: FormData, response_format: str, stream: bool) -> bool:
+    """Whether ``include[]`` asks for ``logprobs``, which OpenAI returns with ``json`` (and in
+    stream events) only: the other formats have no field for them."""
+    included = [v for name in ("include[]", "include") for v in form.getlist(name)]
+    for item in included:
+        if item not in INCLUDES:
+            raise InvalidRequest(
+                f"include[] {str(item)[:32]!r} is unknown ({', '.join(INCLUDES)})",
+                field="include",
+            )
+    if not included:
+        return False
+    if not stream and response_format != "json":
+        raise InvalidRequest(
+            f"include[]=logprobs needs response_format 'json', not {response_format!r}",
+            field="include",
+        )
+    return True
 
 
 def _flag(raw: str | None, name: str) -> bool:
@@ -394,10 +425,43 @@ def _verbose_segment(number: int, segment: Segment) -> dict[str, Any]:
     }
 
 
+def logprobs(segments: Iterable[Segment], before: str = "") -> list[dict[str, Any]] | None:
+    """OpenAI's ``logprobs`` for ``segments``: a token per word, with the space that parts it
+    from the text before (``before``: what precedes the first), so that the tokens joined are
+    the text; None when the backend gave no probabilities (Google), as OpenAI's whisper-1
+    gives none."""
+    tokens: list[dict[str, Any]] = []
+    shown, heard = before, False
+    for segment in segments:
+        heard = heard or bool(segment.text)
+        for word in segment.words:
+            if word.probability is None:
+                continue
+            token = separator(shown, word.text) + word.text
+            tokens.append(
+                {
+                    "token": token,
+                    "logprob": round(math.log(max(word.probability, _LEAST_PROBABILITY)), 6),
+                    "bytes": list(token.encode()),
+                }
+            )
+            shown = word.text
+    return tokens if tokens or not heard else None
+
+
 def _usage(result: RecordingResult) -> dict[str, Any]:
     """OpenAI's usage object for a model billed by audio duration (whisper-1's): the seconds
     the ledger recorded for the request."""
     return {"type": "duration", "seconds": round(result.audio_seconds, 3)}
+
+
+def _with_logprobs(text: str, result: RecordingResult, reply: Reply) -> dict[str, Any]:
+    """``{"text", "logprobs", "usage"}``, ``logprobs`` only when asked for and given."""
+    body: dict[str, Any] = {"text": text}
+    if reply.logprobs and (tokens := logprobs(result.transcript.segments)) is not None:
+        body["logprobs"] = tokens
+    body["usage"] = _usage(result)
+    return body
 
 
 def _final_text(result: RecordingResult) -> str:
@@ -409,8 +473,7 @@ def render(result: RecordingResult, reply: Reply, task: Task) -> Response:
     """The success response in the format asked for, with the request id in a header."""
     headers = {"X-Request-Id": result.request_id}
     if reply.format == "json":
-        body = {"text": _final_text(result), "usage": _usage(result)}
-        return JSONResponse(body, headers=headers)
+        return JSONResponse(_with_logprobs(_final_text(result), result, reply), headers=headers)
     if reply.format == "verbose_json":
         return JSONResponse(_verbose(result, task, reply), headers=headers)
     if reply.format == "text":
@@ -488,8 +551,10 @@ class OpenAIProtocol:
         stops the recognition (:func:`_finish`; logged as abandoned, not billed)."""
         segment, shown = first, ""
         while segment is not None:
-            delta = separator(shown, segment.text) + segment.text
-            yield _event("transcript.text.delta", {"delta": delta})
+            event: dict[str, Any] = {"delta": separator(shown, segment.text) + segment.text}
+            if exchange.reply.logprobs and (tokens := logprobs([segment], shown)) is not None:
+                event["logprobs"] = tokens
+            yield _event("transcript.text.delta", event)
             shown = segment.text
             segment = await exchange.events.get()
         try:
@@ -498,8 +563,9 @@ class OpenAIProtocol:
             body = _error_body(status_of(exc), exc.message, exc.error)
             yield _event("error", {"type": "error", **body})
             return
-        done = {"text": _final_text(result), "usage": _usage(result)}
-        yield _event("transcript.text.done", done)
+        yield _event(
+            "transcript.text.done", _with_logprobs(_final_text(result), result, exchange.reply)
+        )
 
     async def models(self, request: Request) -> Response:
         try:

@@ -216,6 +216,7 @@ class Gateway:
             model=asked.model,
             temperature=asked.temperature,
             word_timestamps=asked.word_timestamps,
+            word_probabilities=asked.word_probabilities,
         )
 
     async def _postprocess(self, books: Books, transcript: Transcript) -> PostprocessResult:

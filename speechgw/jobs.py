@@ -54,6 +54,7 @@ class JobRequest:
     prompt: str | None = None
     temperature: float | None = None
     word_timestamps: bool = False
+    word_probabilities: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,11 @@ class JobSpec:
     word_timestamps: bool = False
     """The client wants each word timed (:attr:`Transcript.words`); costs extra compute, so
     backends do it only when asked, and only backends that can are routed such jobs."""
+    word_probabilities: bool = False
+    """The client wants to know how sure the recogniser is of each word (OpenAI's
+    ``logprobs``): a backend that can tell (Whisper) gives its segments' words with
+    :attr:`Word.probability`, at the cost of timing them; one that cannot (Google) answers as
+    usual. Best-effort, so no job is refused for it: OpenAI's whisper-1 has no logprobs either."""
     interim: bool = False
     """A best-effort look at an utterance still being spoken (an interim result): a backend
     decodes it cheaply, and raises :class:`~speechgw.backend.InterimSkipped` rather than make
@@ -148,15 +154,22 @@ class Segment:
     end: float
     decoding: Decoding | None = None
     """The decoder's statistics, from a backend that has them (Whisper; not Google)."""
+    words: tuple[Word, ...] = ()
+    """The segment's words, when the job asked for them: a segment reported while the rest
+    of its recording is still being decoded (a stream of OpenAI deltas) carries its own."""
 
 
 @dataclass(frozen=True, slots=True)
 class Word:
-    """One timed word (only when the job asked for ``word_timestamps``)."""
+    """One timed word (only when the job asked for ``word_timestamps`` or
+    ``word_probabilities``)."""
 
     text: str
     start: float
     end: float
+    probability: float | None = None
+    """How sure the recogniser is of the word, 0 to 1 (Whisper: the mean probability of its
+    tokens), where it says."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,9 +182,13 @@ class Transcript:
     segments: tuple[Segment, ...]
     language: str
     backend: str = ""
-    words: tuple[Word, ...] = ()
     interim: bool = False
     """Not final: the words so far of an utterance still being spoken (streams only)."""
+
+    @property
+    def words(self) -> tuple[Word, ...]:
+        """Every segment's words, in order (empty unless the job asked for them)."""
+        return tuple(word for segment in self.segments for word in segment.words)
 
 
 _request_counter = itertools.count(1)

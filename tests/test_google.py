@@ -220,9 +220,10 @@ def test_openai_requests_without_a_language_or_wanting_words_go_past_google(
     wav = voices["children"].read_bytes()
     with OpenAI(base_url=google_first.http + "/v1", api_key="-", max_retries=0) as sdk:
         named = sdk.audio.transcriptions.create(
-            model="whisper-1", file=("a.wav", wav), language="bg"
+            model="whisper-1", file=("a.wav", wav), language="bg", include=["logprobs"]
         )
         assert named.text == "hello from the emulator" and len(fresh.calls) == 1
+        assert named.logprobs is None  # Google gives none: best-effort, as at OpenAI
         detected = sdk.audio.transcriptions.create(
             model="whisper-1", file=("a.wav", wav), response_format="verbose_json"
         )

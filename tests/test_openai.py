@@ -118,6 +118,39 @@ def test_word_timestamps_when_asked(server: Server, voices) -> None:
     assert verbose.segments is None  # words only, as asked
 
 
+def _joined(logprobs: list) -> str:
+    """The tokens of an answer's ``logprobs``, checked one by one, joined."""
+    for item in logprobs:
+        assert item.logprob <= 0 and item.bytes == list(item.token.encode()), item
+    return "".join(item.token for item in logprobs)
+
+
+def test_logprobs_when_asked(server: Server, voices) -> None:
+    """``include[]=logprobs``, as a tool that measures gpt-4o-transcribe's confidence asks:
+    one token per word, whose text joined is the answer's, sure of words said clearly."""
+    sdk = client(server)
+    with voices["children"].open("rb") as audio:
+        plain = sdk.audio.transcriptions.create(model="gpt-4o-transcribe", file=audio)
+    assert plain.logprobs is None  # only when asked: it costs the words' alignment
+    with voices["children"].open("rb") as audio:
+        answer = sdk.audio.transcriptions.create(
+            model="gpt-4o-transcribe", file=audio, include=["logprobs"]
+        )
+    assert answer.text == plain.text and _joined(answer.logprobs) == answer.text
+    assert len(answer.logprobs) == len(answer.text.split())
+    # a clear voice: most words above even odds
+    assert sorted(p.logprob for p in answer.logprobs)[len(answer.logprobs) // 2] > -0.69
+    with voices["children"].open("rb") as audio:
+        events = list(
+            sdk.audio.transcriptions.create(
+                model="gpt-4o-mini-transcribe", file=audio, stream=True, include=["logprobs"]
+            )
+        )
+    deltas, done = events[:-1], events[-1]
+    assert deltas and all(_joined(event.logprobs) == event.delta for event in deltas)
+    assert _joined(done.logprobs) == done.text == "".join(event.delta for event in deltas)
+
+
 @pytest.mark.parametrize("container", ["mp3", "flac", "ogg", "webm", "m4a"])
 def test_compressed_uploads_give_the_words_of_the_wav(
     server: Server, voices, tmp_path: Path, container: str
@@ -330,6 +363,14 @@ def test_request_errors_have_openais_shape(
             "timestamp_granularities",
         ),
         ({"stream": True, "response_format": "srt"}, 400, "invalid_request", "stream=", "stream"),
+        ({"include": ["tokens"]}, 400, "invalid_request", "'tokens' is unknown", "include"),
+        (
+            {"include": ["logprobs"], "response_format": "verbose_json"},
+            400,
+            "invalid_request",
+            "needs response_format 'json'",
+            "include",
+        ),
     ]
     for fields, status, code, words, param in cases:
         arguments = {"model": "whisper-1", **fields}
