@@ -499,7 +499,8 @@ class OpenAIProtocol:
             Route(f"{BASE}/{{rest:path}}", self.unknown, methods=_ANY_METHOD),
             # the API's paths without /v1: a client whose base URL lacks it is told so
             Route("/audio/{rest:path}", self.unknown, methods=_ANY_METHOD),
-            Route("/models{rest:path}", self.unknown, methods=_ANY_METHOD),
+            Route("/models", self.unknown, methods=_ANY_METHOD),
+            Route("/models/{rest:path}", self.unknown, methods=_ANY_METHOD),
         ]
 
     async def transcriptions(self, request: Request) -> Response:

@@ -437,6 +437,9 @@ def test_a_wrong_path_or_method_gets_openais_invalid_url(server: Server, voices)
     with pytest.raises(openai.NotFoundError) as failed:
         lost.models.list()
     assert "the OpenAI-compatible API is under /v1" in failed.value.message
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(server.http + "/modelsx", timeout=10)
+    assert json.loads(refused.value.read())["error"] == "not_found"  # not a path of the API
     with pytest.raises(openai.NotFoundError) as failed:
         lost.audio.transcriptions.create(model="whisper-1", file=voices["coffee"].read_bytes())
     assert "the OpenAI-compatible API is under /v1" in failed.value.message
