@@ -496,11 +496,16 @@ class OpenAIProtocol:
             Route(f"{BASE}/models", self.models, methods=["GET"]),
             Route(f"{BASE}/models/{{model:path}}", self.model, methods=["GET"]),
             # last: any other path or method under /v1 gets OpenAI's answer, not a plain 404/405
-            Route(f"{BASE}/{{rest:path}}", self.unknown, methods=_ANY_METHOD),
-            # the API's paths without /v1: a client whose base URL lacks it is told so
-            Route("/audio/{rest:path}", self.unknown, methods=_ANY_METHOD),
-            Route("/models", self.unknown, methods=_ANY_METHOD),
-            Route("/models/{rest:path}", self.unknown, methods=_ANY_METHOD),
+            *(
+                Route(path, self.unknown, methods=_ANY_METHOD, include_in_schema=False)
+                for path in (
+                    f"{BASE}/{{rest:path}}",
+                    # the API's paths without /v1: a client whose base URL lacks it is told so
+                    "/audio/{rest:path}",
+                    "/models",
+                    "/models/{rest:path}",
+                )
+            ),
         ]
 
     async def transcriptions(self, request: Request) -> Response:

@@ -211,6 +211,7 @@ def build_app(config: Config, env: Mapping[str, str] | None = None) -> Starlette
         Mount("/static", StaticFiles(directory=_WEB), name="static"),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        *(_wrong_method(path) for path in ("/", "/health", "/metrics")),
     ]
     for name in PROTOCOLS:
         protocol_cls = resolve(PROTOCOLS, name, "protocol", f"protocols.{name}")
@@ -230,6 +231,23 @@ def build_app(config: Config, env: Mapping[str, str] | None = None) -> Starlette
     return app
 
 
+def _wrong_method(path: str) -> Route:
+    """A JSON 405 for any method but GET (and HEAD) at ``path``, where starlette's is plain
+    text sent while an upload may still be on its way, and lost to the close that follows
+    (:func:`~speechgw.early_answer.refusal`)."""
+
+    async def refuse(request: Request) -> Response:
+        message = f"{path} answers GET, not {request.method[:16]}"
+        body = {"error": "method_not_allowed", "message": message}
+        return refusal(body, 405, request.scope, headers={"Allow": "GET, HEAD"})
+
+    others = [m for m in _METHODS if m not in ("GET", "HEAD")]
+    return Route(path, refuse, methods=others, include_in_schema=False)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def _not_found(routes: list[BaseRoute]) -> ASGIApp:
     """What answers a path no route serves: an HTTP 404 whose JSON body names the endpoints
     of its kind. For a WebSocket upgrade, starlette's default (a close before the upgrade)
@@ -237,9 +255,12 @@ def _not_found(routes: list[BaseRoute]) -> ASGIApp:
     Found" says nothing of where to go (an OpenAI client whose base URL lacks ``/v1`` posts to
     ``/audio/transcriptions``), and an upload to it was answered before its end and lost to
     the close (:class:`~speechgw.early_answer.EarlyAnswer`)."""
-    sockets = ", ".join(r.path for r in routes if isinstance(r, WebSocketRoute))
+    socket_routes = [r for r in routes if isinstance(r, WebSocketRoute)]
+    sockets = ", ".join(r.path for r in socket_routes)
     pages = ", ".join(
-        r.path for r in routes if isinstance(r, Route) and "{" not in r.path and r.path != "/"
+        r.path
+        for r in routes
+        if isinstance(r, Route) and r.include_in_schema and "{" not in r.path and r.path != "/"
     )
 
     async def not_found(scope: Scope, receive: Receive, send: Send) -> None:
@@ -248,6 +269,18 @@ def _not_found(routes: list[BaseRoute]) -> ASGIApp:
             message = f"no WebSocket endpoint at {path!r}; there are: {sockets}"
             response = JSONResponse({"error": "not_found", "message": message}, status_code=404)
             await WebSocket(scope, receive, send).send_denial_response(response)
+            return
+        if any(r.path_regex.match(scope["path"]) for r in socket_routes):
+            # the path exists, for WebSocket clients: this request came without the upgrade
+            # (a plain HTTP client, or a proxy that drops the Upgrade header)
+            message = (
+                f"{path} is a WebSocket endpoint: connect with a WebSocket client; a proxy "
+                "in between must pass the Upgrade and Connection headers on"
+            )
+            body = {"error": "upgrade_required", "message": message}
+            # HTTP/2 forbids the header (its WebSockets come by extended CONNECT instead)
+            headers = {} if scope.get("http_version") == "2" else {"Upgrade": "websocket"}
+            await refusal(body, 426, scope, headers)(scope, receive, send)
             return
         body = {"error": "not_found", "message": f"no endpoint at {path!r}; there are: {pages}"}
         await refusal(body, 404, scope)(scope, receive, send)

@@ -60,11 +60,13 @@ class EarlyAnswer(JSONResponse):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def refusal(body: Any, status: int, request: Scope) -> JSONResponse:
+def refusal(
+    body: Any, status: int, request: Scope, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """A JSON refusal of ``request`` from its head alone: an :class:`EarlyAnswer` where the
     head announces a body (a Content-Length above 0, or chunks), else a plain answer that
     leaves the connection open for the next request."""
-    headers = Headers(scope=request)
-    if headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
-        return EarlyAnswer(body, status)
-    return JSONResponse(body, status_code=status)
+    head = Headers(scope=request)
+    if head.get("content-length", "0") != "0" or "transfer-encoding" in head:
+        return EarlyAnswer(body, status, headers)
+    return JSONResponse(body, status_code=status, headers=headers)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -198,6 +200,30 @@ def test_health(tiny_server: Server) -> None:
     }
     # the release, also as a metric: which replicas of a fleet run which
     assert tiny_server.metric("speechgw_build_info", version=speechgw.__version__) == 1
+
+
+def test_a_wrong_method_gets_json_naming_the_one_to_use(tiny_server: Server) -> None:
+    """An upload to ``/health`` is answered in JSON, after its body is read (not lost)."""
+    request = urllib.request.Request(tiny_server.http + "/health", data=bytes(300_000))
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 405 and refused.value.headers["Allow"] == "GET, HEAD"
+    assert json.loads(refused.value.read()) == {
+        "error": "method_not_allowed",
+        "message": "/health answers GET, not POST",
+    }
+
+
+def test_plain_http_to_a_websocket_path_is_told_to_upgrade(tiny_server: Server) -> None:
+    """curl, or a proxy that drops the Upgrade header (nginx without ``proxy_set_header
+    Upgrade``): told what the path is, not that it does not exist."""
+    for path in ("/ws/transcribe", "/api/core/google/asr?api_key=k"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(tiny_server.http + path, timeout=10)
+        assert refused.value.code == 426 and refused.value.headers["Upgrade"] == "websocket"
+        body = json.loads(refused.value.read())
+        assert body["error"] == "upgrade_required", body
+        assert body["message"].startswith(f"{path.partition('?')[0]} is a WebSocket endpoint")
 
 
 def test_compression_is_declined_when_the_client_offers_it(tiny_server: Server) -> None:
