@@ -198,7 +198,7 @@ def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
         raise InvalidRequest(
             "word timestamps need response_format 'verbose_json'", field="word_timestamps"
         )
-    logprobs = _includes_logprobs(form, response_format, stream)
+    with_logprobs = _includes_logprobs(form, response_format, stream)
     language_raw = _text(form, "language") or None
     language = None
     if language_raw is not None:
@@ -215,10 +215,12 @@ def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
         prompt=_text(form, "prompt") or None,
         temperature=temperature,
         word_timestamps=words,
-        word_probabilities=logprobs,
+        word_probabilities=with_logprobs,
     )
     segments = "segment" in granularities or not words
-    reply = Reply(response_format, segments=segments, words=words, stream=stream, logprobs=logprobs)
+    reply = Reply(
+        response_format, segments=segments, words=words, stream=stream, logprobs=with_logprobs
+    )
     return request, reply
 
 
