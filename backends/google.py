@@ -30,7 +30,7 @@ from speechgw.audio import to_pcm16
 from speechgw.backend import Backend, Capabilities
 from speechgw.config import NonNegative, Positive, Range
 from speechgw.errors import BackendUnavailable, ConfigError
-from speechgw.jobs import SAMPLE_RATE, JobSpec, Segment, Transcript
+from speechgw.jobs import SAMPLE_RATE, JobSpec, Segment, Transcript, Word
 from speechgw.languages import BATCH_LANGUAGES, DEFAULT_REGION, to_bcp47
 from speechgw.live_audio import LiveAudio, Reader
 from speechgw.text import join_text
@@ -124,6 +124,7 @@ class GoogleBackend(Backend):
             languages=frozenset(options.languages),
             tasks=frozenset({"transcribe"}),
             streaming=options.native_streaming,
+            word_timestamps=True,
         )
         unknown = [code for code in options.languages if code not in DEFAULT_REGION]
         if unknown:
@@ -208,9 +209,9 @@ class GoogleBackend(Backend):
         pcm = to_pcm16(audio)
         try:
             if len(pcm) <= _RECOGNIZE_LIMIT_SECONDS * SAMPLE_RATE:
-                pieces = await self._recognize(pcm, spec)
+                segments = await self._recognize(pcm, spec)
             else:
-                pieces = await self._recognize_long(pcm, spec)
+                segments = await self._recognize_long(pcm, spec)
         except exceptions.GoogleAPICallError as exc:
             raise BackendUnavailable(f"Google Speech failed: {_describe(exc)}") from None
         except exceptions.RetryError as exc:
@@ -218,44 +219,48 @@ class GoogleBackend(Backend):
                 f"Google Speech kept failing for {self.options.retry_seconds:g} s: "
                 f"{_describe(exc.cause)}"
             ) from None
-        segments = tuple(
-            Segment(text, round(start, 3), round(end, 3)) for text, start, end in pieces if text
-        )
         return Transcript(
             text=join_text(s.text for s in segments),
-            segments=segments,
+            segments=tuple(segments),
             language=spec.language,
             backend=self.name,
         )
 
-    async def _recognize(self, pcm: np.ndarray, spec: JobSpec) -> list[tuple[str, float, float]]:
+    def _recording_config(self, spec: JobSpec):  # -> speech.RecognitionConfig
+        """A recording's config: its words timed (and rated) only when the client asked,
+        since Google bills no more for them but they make every answer longer."""
+        return self._config(
+            spec,
+            enable_word_time_offsets=spec.word_timestamps or spec.word_probabilities,
+            enable_word_confidence=spec.word_probabilities,
+        )
+
+    async def _recognize(self, pcm: np.ndarray, spec: JobSpec) -> list[Segment]:
         from google.cloud import speech
 
         response = await self._client.recognize(  # type: ignore[union-attr]
-            config=self._config(spec),
+            config=self._recording_config(spec),
             audio=speech.RecognitionAudio(content=pcm.tobytes()),
             retry=self._retry(),
             timeout=self.options.timeout_seconds,
         )
-        return _pieces(response.results, offset=0.0, duration=len(pcm) / SAMPLE_RATE)
+        return _segments(response.results, 0.0, len(pcm) / SAMPLE_RATE, spec)
 
-    async def _recognize_long(
-        self, pcm: np.ndarray, spec: JobSpec
-    ) -> list[tuple[str, float, float]]:
+    async def _recognize_long(self, pcm: np.ndarray, spec: JobSpec) -> list[Segment]:
         """StreamingRecognize in sessions of ``session_seconds``; each session's results are
         timed from its own start, so they are shifted by where it began. A session that fails
         transiently is sent again whole, from a fresh request stream."""
         from google.cloud import speech
 
         session = int(self.options.session_seconds * SAMPLE_RATE)
-        streaming_config = speech.StreamingRecognitionConfig(config=self._config(spec))
+        streaming_config = speech.StreamingRecognitionConfig(config=self._recording_config(spec))
         send_session = self._retry()(self._stream_session)
-        pieces: list[tuple[str, float, float]] = []
+        segments: list[Segment] = []
         for start in range(0, len(pcm), session):
             part = pcm[start : start + session]
             finals = await send_session(part, streaming_config)
-            pieces += _pieces(finals, offset=start / SAMPLE_RATE, duration=len(part) / SAMPLE_RATE)
-        return pieces
+            segments += _segments(finals, start / SAMPLE_RATE, len(part) / SAMPLE_RATE, spec)
+        return segments
 
     async def _stream_session(self, part: np.ndarray, streaming_config) -> list:
         from google.cloud import speech
@@ -457,15 +462,39 @@ def _describe(exc: BaseException | None) -> str:
     return f"{code.name}: {message}" if code is not None else message
 
 
-def _pieces(results, offset: float, duration: float) -> list[tuple[str, float, float]]:
-    """(text, start, end) per result: a result runs from the previous one's end to its own."""
-    pieces, previous = [], 0.0
+def _segments(results, offset: float, duration: float, spec: JobSpec) -> list[Segment]:
+    """A segment per result, with its words when Google timed them, on the recording's clock
+    (``offset``: where this audio began in it): a result runs from the previous one's end, or
+    from its first word, to its own end."""
+    segments, previous = [], 0.0
     for result in results:
         if not result.alternatives:
             continue
         end_time = result.result_end_time
         end = end_time.total_seconds() if end_time else duration
         end = min(max(end, previous), duration)
-        pieces.append((result.alternatives[0].transcript.strip(), offset + previous, offset + end))
+        alternative = result.alternatives[0]
+        text = alternative.transcript.strip()
+        if text:
+            start, stop = round(offset + previous, 3), round(offset + end, 3)
+            words = _words(alternative.words, offset, spec)
+            if words:  # timed words: the segment starts at the first, not after the last result
+                start = min(max(start, words[0].start), stop)
+            segments.append(Segment(text, start, stop, words=words))
         previous = end
-    return pieces
+    return segments
+
+
+def _words(words, offset: float, spec: JobSpec) -> tuple[Word, ...]:
+    """Google's timed words on the recording's clock; its confidence in each only when
+    asked for (``enable_word_confidence``: otherwise Google sends 0.0, which is no rating)."""
+    return tuple(
+        Word(
+            text=w.word,
+            start=round(offset + w.start_time.total_seconds(), 3),
+            end=round(offset + w.end_time.total_seconds(), 3),
+            probability=w.confidence if spec.word_probabilities else None,
+        )
+        for w in words
+        if w.word
+    )

@@ -194,17 +194,8 @@ class SpeechEmulator:
         text = self._transcript(pcm, config)
         rate = config.sample_rate_hertz or 16000
         alternative: dict[str, Any] = {"transcript": text, "confidence": 0.9}
-        if config.enable_word_time_offsets and text and not self.untimed:
-            words = text.split()
-            step = (end - start) / len(words)
-            alternative["words"] = [
-                {
-                    "word": word,
-                    "start_time": _duration((start + i * step) / rate),
-                    "end_time": _duration((start + (i + 1) * step) / rate),
-                }
-                for i, word in enumerate(words)
-            ]
+        if not self.untimed:
+            alternative["words"] = _words(text, start / rate, end / rate, config)
         call.finals.append(text)
         result = {"alternatives": [alternative], "is_final": True}
         if not self.untimed:
@@ -218,10 +209,12 @@ class SpeechEmulator:
         text = self._transcript(pcm, config)
         if not text:
             return kind(results=[])
-        result = {
-            "alternatives": [{"transcript": text, "confidence": 0.9}],
-            "result_end_time": _duration(seconds),
+        alternative = {
+            "transcript": text,
+            "confidence": 0.9,
+            "words": [] if self.untimed else _words(text, 0.0, seconds, config),
         }
+        result = {"alternatives": [alternative], "result_end_time": _duration(seconds)}
         return kind(results=[result])
 
 
@@ -231,6 +224,29 @@ _MESSAGES = {
     "PERMISSION_DENIED": "Cloud Speech-to-Text API has not been used in this project",
     "ABORTED": "The stream was aborted.",
 }
+
+
+WORD_CONFIDENCE = 0.9
+"""Each word's confidence, when the config asks for it (Google sends 0 when not asked)."""
+
+
+def _words(text: str, start: float, end: float, config: Any) -> list[dict[str, Any]]:
+    """``text``'s words spread evenly over ``[start, end)`` seconds, when the config asks for
+    word offsets or confidence (Google sends no words otherwise)."""
+    words = text.split()
+    if not words or not (config.enable_word_time_offsets or config.enable_word_confidence):
+        return []
+    step = (end - start) / len(words)
+    confidence = WORD_CONFIDENCE if config.enable_word_confidence else 0.0
+    return [
+        {
+            "word": word,
+            "start_time": _duration(start + i * step),
+            "end_time": _duration(start + (i + 1) * step),
+            "confidence": confidence,
+        }
+        for i, word in enumerate(words)
+    ]
 
 
 def _ended(call: Call, context: grpc.ServicerContext) -> None:

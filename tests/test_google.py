@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import math
 import signal
 import sqlite3
 import threading
@@ -20,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests import speech as voices_module
 from tests.client import transcribe
-from tests.google_emulator import SpeechEmulator, running_emulator
+from tests.google_emulator import WORD_CONFIDENCE, SpeechEmulator, running_emulator
 from tests.serving import ServeProcess, Server, running_server
 from tests.streaming_client import (
     StreamResult,
@@ -210,32 +211,23 @@ def test_translate_is_routed_past_google(
     assert fresh.calls == []
 
 
-def test_openai_requests_without_a_language_or_wanting_words_go_past_google(
+def test_openai_requests_without_a_language_go_past_google(
     google_first: Server, fresh: SpeechEmulator, voices, emulator: SpeechEmulator
 ) -> None:
-    """Google needs a language and gives no word times here: such requests reach the rule
-    that can serve them (Whisper), and Google alone refuses them with a reason."""
+    """Google needs a language: a request without one reaches the rule that can serve it
+    (Whisper), and Google alone refuses it with a reason."""
     from openai import BadRequestError, OpenAI
 
     wav = voices["children"].read_bytes()
     with OpenAI(base_url=google_first.http + "/v1", api_key="-", max_retries=0) as sdk:
         named = sdk.audio.transcriptions.create(
-            model="whisper-1", file=("a.wav", wav), language="bg", include=["logprobs"]
+            model="whisper-1", file=("a.wav", wav), language="bg"
         )
         assert named.text == "hello from the emulator" and len(fresh.calls) == 1
-        assert named.logprobs is None  # Google gives none: best-effort, as at OpenAI
         detected = sdk.audio.transcriptions.create(
             model="whisper-1", file=("a.wav", wav), response_format="verbose_json"
         )
         assert detected.language == "english" and "football" in detected.text
-        timed = sdk.audio.transcriptions.create(
-            model="whisper-1",
-            file=("a.wav", wav),
-            language="en",
-            response_format="verbose_json",
-            timestamp_granularities=["word"],
-        )
-        assert "football" in [w.word.strip(".").lower() for w in timed.words]
         assert len(fresh.calls) == 1  # only the request that named a language reached Google
     with (
         google_alone(emulator) as server,
@@ -245,17 +237,47 @@ def test_openai_requests_without_a_language_or_wanting_words_go_past_google(
             sdk.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav))
         assert undetected.value.body["code"] == "unsupported_language"
         assert "language detection is not available" in undetected.value.body["message"]
-        with pytest.raises(BadRequestError) as untimed:
-            sdk.audio.transcriptions.create(
-                model="whisper-1",
-                file=("a.wav", wav),
-                language="de",
-                response_format="verbose_json",
-                timestamp_granularities=["word"],
-            )
-        assert untimed.value.body["code"] == "invalid_request"
-        assert "word timestamps are not available" in untimed.value.body["message"]
         assert len(fresh.calls) == 1
+
+
+def test_google_times_and_rates_words_when_asked(
+    fresh: SpeechEmulator, voices, emulator: SpeechEmulator
+) -> None:
+    """Word timestamps and logprobs from Google's own word offsets and confidences, asked
+    for only when the client wants them: clients cannot tell Google from Whisper."""
+    from openai import OpenAI
+
+    wav = voices["children"].read_bytes()
+    duration = voices_module.duration(voices["children"])
+    with (
+        google_alone(emulator) as server,
+        OpenAI(base_url=server.http + "/v1", api_key="-", max_retries=0) as sdk,
+    ):
+        plain = sdk.audio.transcriptions.create(
+            model="whisper-1", file=("a.wav", wav), language="de", response_format="verbose_json"
+        )
+        assert plain.words is None and plain.text == "hello from the emulator"
+        assert not fresh.calls[-1].config.enable_word_time_offsets  # not asked: not sent
+        timed = sdk.audio.transcriptions.create(
+            model="whisper-1",
+            file=("a.wav", wav),
+            language="de",
+            response_format="verbose_json",
+            timestamp_granularities=["word", "segment"],
+        )
+        assert [w.word for w in timed.words] == ["hello", "from", "the", "emulator"]
+        assert 0 <= timed.words[0].start < timed.words[-1].end <= duration + 0.01
+        assert timed.segments[0].start == timed.words[0].start
+        assert fresh.calls[-1].config.enable_word_time_offsets
+        assert not fresh.calls[-1].config.enable_word_confidence
+        rated = sdk.audio.transcriptions.create(
+            model="gpt-4o-transcribe", file=("a.wav", wav), language="de", include=["logprobs"]
+        )
+        assert [p.token for p in rated.logprobs] == ["hello", " from", " the", " emulator"]
+        expected = math.log(WORD_CONFIDENCE)
+        assert all(p.logprob == pytest.approx(expected, abs=1e-6) for p in rated.logprobs)
+        assert fresh.calls[-1].config.enable_word_confidence
+        assert len(fresh.calls) == 3
 
 
 def test_transient_unavailable_is_retried(
