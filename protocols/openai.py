@@ -155,10 +155,10 @@ def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
     """The job a form asks for, and how to answer it.
 
     Raises:
-        InvalidRequest: no ``file`` or ``model``, a bad ``response_format``, ``temperature``
-            , ``timestamp_granularities[]`` or ``include[]``; ``stream=true`` with a format
-            whose timed segments its events cannot carry; ``logprobs`` for a format that has
-            no place for them.
+        InvalidRequest: no ``file`` or ``model``; a bad ``response_format``,
+            ``temperature``, ``timestamp_granularities[]`` or ``include[]``; ``stream=true``
+            with a format whose timed segments its events cannot carry; ``logprobs`` for a
+            format that has no place for them.
         UnsupportedLanguage: ``language`` is not an ISO 639-1 code.
     """
     if not isinstance(form.get("file"), UploadFile):
@@ -430,8 +430,7 @@ def _verbose_segment(number: int, segment: Segment) -> dict[str, Any]:
 def logprobs(segments: Iterable[Segment], before: str = "") -> list[dict[str, Any]] | None:
     """OpenAI's ``logprobs`` for ``segments``: a token per word, with the space that parts it
     from the text before (``before``: what precedes the first), so that the tokens joined are
-    the text; None when the backend gave no probabilities (Google), as OpenAI's whisper-1
-    gives none."""
+    the text; None when the backend rated no words (as OpenAI's whisper-1 gives none)."""
     tokens: list[dict[str, Any]] = []
     shown, heard = before, False
     for segment in segments:
@@ -457,9 +456,10 @@ def _usage(result: RecordingResult) -> dict[str, Any]:
     return {"type": "duration", "seconds": round(result.audio_seconds, 3)}
 
 
-def _with_logprobs(text: str, result: RecordingResult, reply: Reply) -> dict[str, Any]:
-    """``{"text", "logprobs", "usage"}``, ``logprobs`` only when asked for and given."""
-    body: dict[str, Any] = {"text": text}
+def _json(result: RecordingResult, reply: Reply) -> dict[str, Any]:
+    """The ``json`` answer (and the stream's done event): ``{"text", "logprobs", "usage"}``,
+    ``logprobs`` only when asked for and given."""
+    body: dict[str, Any] = {"text": _final_text(result)}
     if reply.logprobs and (tokens := logprobs(result.transcript.segments)) is not None:
         body["logprobs"] = tokens
     body["usage"] = _usage(result)
@@ -475,7 +475,7 @@ def render(result: RecordingResult, reply: Reply, task: Task) -> Response:
     """The success response in the format asked for, with the request id in a header."""
     headers = {"X-Request-Id": result.request_id}
     if reply.format == "json":
-        return JSONResponse(_with_logprobs(_final_text(result), result, reply), headers=headers)
+        return JSONResponse(_json(result, reply), headers=headers)
     if reply.format == "verbose_json":
         return JSONResponse(_verbose(result, task, reply), headers=headers)
     if reply.format == "text":
@@ -571,9 +571,7 @@ class OpenAIProtocol:
             body = _error_body(status_of(exc), exc.message, exc.error)
             yield _event("error", {"type": "error", **body})
             return
-        yield _event(
-            "transcript.text.done", _with_logprobs(_final_text(result), result, exchange.reply)
-        )
+        yield _event("transcript.text.done", _json(result, exchange.reply))
 
     async def models(self, request: Request) -> Response:
         try:

@@ -231,6 +231,9 @@ def build_app(config: Config, env: Mapping[str, str] | None = None) -> Starlette
     return app
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def _wrong_method(path: str) -> Route:
     """A JSON 405 for any method but GET (and HEAD) at ``path``, where starlette's is plain
     text sent while an upload may still be on its way, and lost to the close that follows
@@ -243,9 +246,6 @@ def _wrong_method(path: str) -> Route:
 
     others = [m for m in _METHODS if m not in ("GET", "HEAD")]
     return Route(path, refuse, methods=others, include_in_schema=False)
-
-
-_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def _not_found(routes: list[BaseRoute]) -> ASGIApp:

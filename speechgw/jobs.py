@@ -91,9 +91,9 @@ class JobSpec:
     backends do it only when asked, and only backends that can are routed such jobs."""
     word_probabilities: bool = False
     """The client wants to know how sure the recogniser is of each word (OpenAI's
-    ``logprobs``): a backend that can tell (Whisper) gives its segments' words with
-    :attr:`Word.probability`, at the cost of timing them; one that cannot (Google) answers as
-    usual. Best-effort, so no job is refused for it: OpenAI's whisper-1 has no logprobs either."""
+    ``logprobs``): a backend that can tell (Whisper, Google) gives its segments' words with
+    :attr:`Word.probability`; one that cannot answers as usual. Best-effort, so no job is
+    routed or refused for it: OpenAI's whisper-1 gives no logprobs either."""
     interim: bool = False
     """A best-effort look at an utterance still being spoken (an interim result): a backend
     decodes it cheaply, and raises :class:`~speechgw.backend.InterimSkipped` rather than make
