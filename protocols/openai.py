@@ -43,7 +43,7 @@ from speechgw.errors import (
 )
 from speechgw.gateway import Gateway, RecordingResult
 from speechgw.jobs import Decoding, JobRequest, Segment, Task
-from speechgw.languages import canonical_tag, from_bcp47, language_name
+from speechgw.languages import canonical_tag, language_name, language_of
 from speechgw.media import decode_media
 from speechgw.progress import OnSegment
 from speechgw.text import as_whisper_writes, separator
@@ -202,10 +202,12 @@ def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
     language_raw = _text(form, "language") or None
     language = None
     if language_raw is not None:
-        language = from_bcp47(language_raw)
+        language = language_of(language_raw)
         if language is None:
             raise UnsupportedLanguage(
-                f"language {language_raw[:32]!r} is not an ISO 639-1 code", field="language"
+                f"language {language_raw[:32]!r} is not an ISO 639-1 code (nor a language's "
+                "English name)",
+                field="language",
             )
     request = JobRequest(
         language=language,

@@ -16,6 +16,7 @@ __all__ = [
     "canonical_tag",
     "from_bcp47",
     "language_name",
+    "language_of",
     "to_bcp47",
 ]
 
@@ -97,6 +98,23 @@ def canonical_tag(tag: str) -> str | None:
         else:
             subtags.append(subtag.lower())
     return "-".join(subtags)
+
+
+_NAMED = {name: code for code, name in LANGUAGE_NAMES.items()} | {
+    # the other names openai-whisper takes for these languages
+    "burmese": "my", "castilian": "es", "flemish": "nl", "haitian": "ht", "letzeburgesch": "lb",
+    "mandarin": "zh", "moldavian": "ro", "moldovan": "ro", "panjabi": "pa", "pushto": "ps",
+    "sinhalese": "si", "valencian": "ca",
+}  # fmt: skip
+
+
+def language_of(text: str) -> str | None:
+    """The ISO 639-1 code of a language a client named: by code or BCP-47 tag (``"de"``,
+    ``"de-DE"``: :func:`from_bcp47`), or by its English name, in any case (``"German"``), as
+    openai-whisper's ``--language`` takes it and OpenAI's ``verbose_json`` writes it, so that
+    a client can send back the language it was told. None for neither. (The batch and
+    streaming protocols specify codes and tags only, and take only those.)"""
+    return _NAMED.get(" ".join(text.split()).lower()) or from_bcp47(text)
 
 
 def language_name(iso: str) -> str:

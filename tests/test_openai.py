@@ -647,6 +647,12 @@ def test_language_is_detected_when_not_given(multilingual_server: Server, german
         )
     assert verbose.language == "german"
     assert speech.words(verbose.text) == speech.words("Wir fahren morgen mit dem Zug nach Berlin")
+    # the language as the answer named it, sent back: a client that detects once, then names it
+    with german.open("rb") as audio:
+        named = client(multilingual_server).audio.transcriptions.create(
+            model="whisper-1", file=audio, language=verbose.language
+        )
+    assert speech.words(named.text) == speech.words(verbose.text)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from speechgw.protocols.streaming import (
 from speechgw.audio import to_pcm16
 from speechgw.errors import InvalidAudio, SpeechGWError
 from speechgw.jobs import JobRequest
-from speechgw.languages import canonical_tag, from_bcp47
+from speechgw.languages import canonical_tag, from_bcp47, language_of
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
@@ -180,3 +180,23 @@ def test_language_tags_name_the_language_and_keep_their_region(
     region (Google) is sent (the tag, in its canonical case)."""
     assert from_bcp47(tag) == language
     assert canonical_tag(tag) == canonical
+
+
+@pytest.mark.parametrize(
+    ("named", "language"),
+    [
+        ("german", "de"),  # as OpenAI's verbose_json writes it
+        ("English", "en"),
+        (" Haitian  Creole ", "ht"),
+        ("Castilian", "es"),  # openai-whisper's other names
+        ("lao", "lo"),  # a name, not the ISO 639-2 code it also is
+        ("de-DE", "de"),
+        ("DE", "de"),
+        ("klingon", None),
+        ("", None),
+    ],
+)
+def test_a_language_may_be_named_by_code_tag_or_english_name(
+    named: str, language: str | None
+) -> None:
+    assert language_of(named) == language
