@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""What asking for words costs on the OpenAI-compatible API: word timestamps and logprobs.
+
+One ``speechgw serve`` (bench/tiny.en.yaml: tiny.en, one worker, one thread) answers, for each
+10-30 s recording (the English files of ../shared/audio joined into pieces; espeak-ng speech
+without it) and each run, in turn (the order rotating), through the official ``openai`` SDK:
+
+- ``json``: the plain text;
+- ``logprobs``: ``json`` with ``include[]=logprobs`` (each word's log probability);
+- ``words``: ``verbose_json`` with ``timestamp_granularities[]=word``.
+
+Both of the last two make Whisper align the words it wrote with the audio (one more pass of
+the model per 30 s window). Reported: each mode's latency p50 and its median ratio to
+``json``, and how many words of its text differ from ``json``'s (word timing lets Whisper
+start each window after the last word, so a recording over 30 s can differ a little).
+
+    python bench/openai_words.py [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import REPO, normalise, recordings, served, tempdir, word_errors
+from openai import OpenAI
+
+MODES: dict[str, dict[str, Any]] = {
+    "json": {},
+    "logprobs": {"include": ["logprobs"]},
+    "words": {"response_format": "verbose_json", "timestamp_granularities": ["word"]},
+}
+
+
+def transcribe(client: OpenAI, wav: bytes, fields: dict[str, Any]) -> tuple[float, str]:
+    started = time.perf_counter()
+    answer = client.audio.transcriptions.create(
+        model="whisper-1", file=("a.wav", wav), language="en", **fields
+    )
+    return time.perf_counter() - started, answer.text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    latency: dict[str, list[float]] = {name: [] for name in MODES}
+    ratios: dict[str, list[float]] = {name: [] for name in MODES if name != "json"}
+    differing = dict.fromkeys(ratios, 0)
+    words = total = 0
+    with tempdir() as work, served(REPO / "bench" / "tiny.en.yaml") as url:
+        pieces = [path.read_bytes() for path in recordings(Path(work))]
+        client = OpenAI(base_url=url.replace("ws://", "http://") + "/v1", api_key="none")
+        for fields in MODES.values():  # warm up
+            transcribe(client, pieces[0], fields)
+        order = list(MODES)
+        for run in range(args.runs):
+            for i, wav in enumerate(pieces):
+                shift = (run + i) % len(order)
+                results = {
+                    name: transcribe(client, wav, MODES[name])
+                    for name in order[shift:] + order[:shift]
+                }
+                for name, (seconds, _) in results.items():
+                    latency[name].append(seconds)
+                for name in ratios:
+                    ratios[name].append(results[name][0] / results["json"][0])
+                    differing[name] += word_errors(results["json"][1], results[name][1])[0]
+                words += len(normalise(results["json"][1]))
+                total += 1
+                seconds = (len(wav) - 44) / 32000
+                print(
+                    f"run {run + 1} piece {i} ({seconds:.1f} s): "
+                    + ", ".join(f"{n} {results[n][0]:.3f} s" for n in order),
+                    flush=True,
+                )
+        client.close()
+    print(f"\n{total} requests per mode, {len(pieces)} recordings, tiny.en, 1 worker x 1 thread")
+    for name in order:
+        line = f"{name:9s} latency p50 {statistics.median(latency[name]):.3f} s"
+        if name in ratios:
+            line += (
+                f", ratio to json p50 {statistics.median(ratios[name]):.3f}"
+                f" ({differing[name]} of {words} words differ from json's)"
+            )
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
