@@ -2,14 +2,15 @@
 """Transcribe (or translate) an audio file with a speechgw server through OpenAI's own SDK.
 
     python examples/openai_client.py talk.m4a [--language de] [--translate]
-        [--format verbose_json] [--words] [--stream] [--model whisper-1]
+        [--format verbose_json] [--words] [--confidence] [--stream] [--model whisper-1]
         [--url http://localhost:8765/v1] [--api-key KEY]
 
 speechgw speaks OpenAI's transcription API, so the official ``openai`` package (``pip install
 openai``) works unchanged: only ``base_url`` points at the gateway. Any audio file FFmpeg
 decodes goes as it is (wav, mp3, m4a, flac, ogg/opus, webm...). Without ``--language`` the
 server detects it (Whisper backends). Prints the text, or the whole response for the subtitle
-and JSON formats; ``--words`` prints each word with its time; ``--stream`` prints the text as
+and JSON formats; ``--words`` prints each word with its time; ``--confidence`` each word with
+how sure the recogniser is of it (``include=["logprobs"]``); ``--stream`` prints the text as
 the server recognises it (OpenAI's ``stream=True``: a long recording shows its first words
 long before the whole is done).
 """
@@ -17,6 +18,7 @@ long before the whole is done).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import warnings
@@ -37,6 +39,9 @@ def main() -> int:
         "--format", default="json", choices=["json", "text", "srt", "vtt", "verbose_json"]
     )
     parser.add_argument("--words", action="store_true", help="time each word (verbose_json)")
+    parser.add_argument(
+        "--confidence", action="store_true", help="each word's probability (logprobs)"
+    )
     parser.add_argument("--stream", action="store_true", help="print the text as it comes")
     args = parser.parse_args()
     if not os.path.isfile(args.audio):
@@ -45,12 +50,16 @@ def main() -> int:
         if args.translate or args.words or args.format not in ("json", "text"):
             parser.error("--stream gives text as it comes: no --translate, --words or --format")
         return stream(args)
+    if args.confidence and (args.translate or args.words or args.format != "json"):
+        parser.error("--confidence comes with the json text: no --translate, --words or --format")
 
     client = OpenAI(base_url=args.url, api_key=args.api_key)
     fields: dict = {"model": args.model, "response_format": args.format}
     if args.words:
         fields["response_format"] = "verbose_json"
         fields["timestamp_granularities"] = ["word"]
+    if args.confidence:
+        fields["include"] = ["logprobs"]
     try:
         with client, open(args.audio, "rb") as audio:
             if args.translate:
@@ -70,6 +79,10 @@ def main() -> int:
         print(result.text)
         for word in result.words or ():
             print(f"  [{word.start:7.2f} - {word.end:7.2f}] {word.word}", file=sys.stderr)
+    elif args.confidence:
+        print(result.text)
+        for token in result.logprobs or ():  # none from a backend that rates no words
+            print(f"  {math.exp(token.logprob):.2f} {token.token.strip()}", file=sys.stderr)
     elif fields["response_format"] == "verbose_json":
         print(result.model_dump_json(indent=2, exclude_none=True))
     else:

@@ -276,6 +276,11 @@ def test_openai_client(tiny_server: Server, voices, tmp_path: Path) -> None:
     assert speech.word_recall(speech.SENTENCES["window"], result.stdout) >= 0.8, result
     timed = re.findall(r"\[\s*([\d.]+) -\s*([\d.]+)\] (\S+)", result.stderr)
     assert [w.lower() for _, _, w in timed][:2] == ["open", "the"], result.stderr
+    rated = run(sys.executable, "openai_client.py", str(ogg), "--url", url, "--confidence")
+    assert rated.returncode == 0, rated.stderr
+    sure = re.findall(r"^  (\d\.\d\d) (\S+)$", rated.stderr, re.MULTILINE)
+    assert [w.lower() for _, w in sure][:2] == ["open", "the"], rated.stderr
+    assert all(0 < float(p) <= 1 for p, _ in sure), rated.stderr
     srt = run(sys.executable, "openai_client.py", str(ogg), "--url", url, "--format", "srt")
     assert srt.stdout.startswith("1\n00:00:00,000 --> "), srt
     refused = run(sys.executable, "openai_client.py", str(ogg), "--url", url, "--model", "x")
