@@ -128,8 +128,12 @@ class LimitsConfig:
     max_frame_bytes: Annotated[int, AtLeastOne] = 64 * 1024 * 1024
     """Largest recording upload: a batch WAV frame (larger ones are refused with 1009) or an
     HTTP request body (413, refused while it is read)."""
-    max_audio_seconds: Annotated[float, Positive] = 600.0
-    """Longest batch recording; longer ones get ``audio_too_long``."""
+    max_audio_seconds: Annotated[float, Positive] = 1800.0
+    """Longest recording (batch or HTTP); longer ones get ``audio_too_long``. 30 minutes: a
+    meeting's recording, and about what OpenAI's 25 MB upload limit holds of compressed speech
+    (until session 22 it was 10 minutes, and a 20-minute podcast was refused). Its float32
+    samples are 115 MB; faster-whisper's features of it, computed at once, take almost all of
+    the 1.8 GB it cost at its peak (BENCHMARKS.md, "A 29-minute upload")."""
     receive_timeout_seconds: Annotated[float, Positive] = 30.0
     """How long the server waits for a client's next expected message before ``timeout``."""
     send_timeout_seconds: Annotated[float, Positive] = 30.0
