@@ -249,6 +249,16 @@ def in_process_model(name: str = "tiny.en", workers: int = 1, threads: int = 1):
     )
 
 
+def sdk_transcribe(client, name: str, data: bytes, **fields) -> tuple[float, str]:
+    """One ``POST /v1/audio/transcriptions`` through the official ``openai`` SDK's ``client``
+    (English, ``whisper-1``, plus ``fields``): (seconds to the answer, its text)."""
+    started = time.perf_counter()
+    answer = client.audio.transcriptions.create(
+        model="whisper-1", file=(name, data), language="en", **fields
+    )
+    return time.perf_counter() - started, answer.text
+
+
 def gateway_transcribe(url: str, wav: bytes) -> tuple[float, str | None]:
     """One batch request as a client sees it: (seconds from connecting to the reply, the text,
     or None for an error reply)."""

@@ -27,7 +27,16 @@ import threading
 import time
 from pathlib import Path
 
-from _common import REPO, gateway_transcribe, normalise, recordings, served, tempdir, word_errors
+from _common import (
+    REPO,
+    gateway_transcribe,
+    normalise,
+    recordings,
+    sdk_transcribe,
+    served,
+    tempdir,
+    word_errors,
+)
 from openai import OpenAI
 
 from speechgw.media import decode_media
@@ -40,14 +49,6 @@ def to_mp3(wav: Path) -> bytes:
 
     mp3 = wav.with_suffix(".mp3")
     return speech.encode(wav, mp3, "mp3", 16000, "mono", 64_000).read_bytes()
-
-
-def http_transcribe(client: OpenAI, name: str, data: bytes) -> tuple[float, str]:
-    started = time.perf_counter()
-    text = client.audio.transcriptions.create(
-        model="whisper-1", file=(name, data), language="en"
-    ).text
-    return time.perf_counter() - started, text
 
 
 def throughput(call, pieces: list[tuple[bytes, bytes, float]], clients: int, seconds: float):
@@ -92,8 +93,8 @@ def main() -> int:
         client = OpenAI(base_url=url.replace("ws://", "http://") + "/v1", api_key="none")
         paths = {
             "ws": lambda p: gateway_transcribe(url, p[0]),
-            "http-wav": lambda p: http_transcribe(client, "a.wav", p[0]),
-            "http-mp3": lambda p: http_transcribe(client, "a.mp3", p[1]),
+            "http-wav": lambda p: sdk_transcribe(client, "a.wav", p[0]),
+            "http-mp3": lambda p: sdk_transcribe(client, "a.mp3", p[1]),
         }
         for call in paths.values():  # warm up
             call(pieces[0])

@@ -14,18 +14,20 @@ the model per 30 s window). Reported: each mode's latency p50 and its median rat
 ``json``, and how many words of its text differ from ``json``'s (word timing lets Whisper
 start each window after the last word, so a recording over 30 s can differ a little).
 
-    python bench/openai_words.py [--runs 3]
+    python bench/openai_words.py [--runs 3] [--recording FILE]
+
+``--recording`` sends that one file (any format) instead of the pieces: a recording over 30 s
+shows how much word timing changes the text.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, normalise, recordings, served, tempdir, word_errors
+from _common import REPO, normalise, recordings, sdk_transcribe, served, tempdir, word_errors
 from openai import OpenAI
 
 MODES: dict[str, dict[str, Any]] = {
@@ -35,33 +37,27 @@ MODES: dict[str, dict[str, Any]] = {
 }
 
 
-def transcribe(client: OpenAI, wav: bytes, fields: dict[str, Any]) -> tuple[float, str]:
-    started = time.perf_counter()
-    answer = client.audio.transcriptions.create(
-        model="whisper-1", file=("a.wav", wav), language="en", **fields
-    )
-    return time.perf_counter() - started, answer.text
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--recording", type=Path, help="one audio file instead of the pieces")
     args = parser.parse_args()
     latency: dict[str, list[float]] = {name: [] for name in MODES}
     ratios: dict[str, list[float]] = {name: [] for name in MODES if name != "json"}
     differing = dict.fromkeys(ratios, 0)
     words = total = 0
     with tempdir() as work, served(REPO / "bench" / "tiny.en.yaml") as url:
-        pieces = [path.read_bytes() for path in recordings(Path(work))]
+        files = [args.recording] if args.recording else recordings(Path(work))
+        pieces = [path.read_bytes() for path in files]
         client = OpenAI(base_url=url.replace("ws://", "http://") + "/v1", api_key="none")
         for fields in MODES.values():  # warm up
-            transcribe(client, pieces[0], fields)
+            sdk_transcribe(client, "a.wav", pieces[0], **fields)
         order = list(MODES)
         for run in range(args.runs):
             for i, wav in enumerate(pieces):
                 shift = (run + i) % len(order)
                 results = {
-                    name: transcribe(client, wav, MODES[name])
+                    name: sdk_transcribe(client, "a.wav", wav, **MODES[name])
                     for name in order[shift:] + order[:shift]
                 }
                 for name, (seconds, _) in results.items():
@@ -71,9 +67,8 @@ def main() -> int:
                     differing[name] += word_errors(results["json"][1], results[name][1])[0]
                 words += len(normalise(results["json"][1]))
                 total += 1
-                seconds = (len(wav) - 44) / 32000
                 print(
-                    f"run {run + 1} piece {i} ({seconds:.1f} s): "
+                    f"run {run + 1} piece {i}: "
                     + ", ".join(f"{n} {results[n][0]:.3f} s" for n in order),
                     flush=True,
                 )

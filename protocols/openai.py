@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from speechgw.early_answer import EarlyAnswer, refusal
+from speechgw.early_answer import ANY_METHOD, EarlyAnswer, refusal
 from speechgw.errors import (
     AudioTooLong,
     ClientGone,
@@ -61,7 +61,6 @@ INCLUDES = ("logprobs",)
 _LEAST_PROBABILITY = 1e-12  # its log (-27.6) stands for a word the model gave no chance
 _MAX_FIELD_BYTES = 64 * 1024  # prompt and the like; the file has its own limit
 _MAX_FIELDS = 32
-_ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 _STATUS = {
     "invalid_request": 400,
@@ -501,7 +500,7 @@ class OpenAIProtocol:
             Route(f"{BASE}/models/{{model:path}}", self.model, methods=["GET"]),
             # last: any other path or method under /v1 gets OpenAI's answer, not a plain 404/405
             *(
-                Route(path, self.unknown, methods=_ANY_METHOD, include_in_schema=False)
+                Route(path, self.unknown, methods=ANY_METHOD, include_in_schema=False)
                 for path in (
                     f"{BASE}/{{rest:path}}",
                     # the API's paths without /v1: a client whose base URL lacks it is told so

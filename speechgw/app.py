@@ -27,7 +27,7 @@ from . import __version__, silero
 from .auth import Keyring
 from .backend import Backend
 from .config import Config, ServerConfig, load_config, load_config_file
-from .early_answer import refusal
+from .early_answer import ANY_METHOD, refusal
 from .errors import ConfigError, start_failure
 from .gateway import Gateway
 from .metrics import GatewayMetrics
@@ -231,9 +231,6 @@ def build_app(config: Config, env: Mapping[str, str] | None = None) -> Starlette
     return app
 
 
-_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-
-
 def _wrong_method(path: str) -> Route:
     """A JSON 405 for any method but GET (and HEAD) at ``path``, where starlette's is plain
     text sent while an upload may still be on its way, and lost to the close that follows
@@ -244,7 +241,7 @@ def _wrong_method(path: str) -> Route:
         body = {"error": "method_not_allowed", "message": message}
         return refusal(body, 405, request.scope, headers={"Allow": "GET, HEAD"})
 
-    others = [m for m in _METHODS if m not in ("GET", "HEAD")]
+    others = [m for m in ANY_METHOD if m not in ("GET", "HEAD")]
     return Route(path, refuse, methods=others, include_in_schema=False)
 
 

@@ -18,7 +18,11 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["DISCARD_SECONDS", "EarlyAnswer", "drop_body", "refusal"]
+__all__ = ["ANY_METHOD", "DISCARD_SECONDS", "EarlyAnswer", "drop_body", "refusal"]
+
+ANY_METHOD = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+"""The methods a route that refuses the wrong ones in JSON takes, so that starlette's plain
+text 405 answers none of them."""
 
 DISCARD_SECONDS = 2.0
 """How long the rest of an unwanted body is read for, at most, before the connection closes

@@ -212,7 +212,7 @@ class SpeechEmulator:
         alternative = {
             "transcript": text,
             "confidence": 0.9,
-            "words": [] if self.untimed else _words(text, 0.0, seconds, config),
+            "words": [] if self.untimed else _words(text, *_voiced(pcm, config), config),
         }
         result = {"alternatives": [alternative], "result_end_time": _duration(seconds)}
         return kind(results=[result])
@@ -224,6 +224,18 @@ _MESSAGES = {
     "PERMISSION_DENIED": "Cloud Speech-to-Text API has not been used in this project",
     "ABORTED": "The stream was aborted.",
 }
+
+
+def _voiced(pcm: bytes, config: Any) -> tuple[float, float]:
+    """Where the speech in ``pcm`` starts and ends, in seconds, as the endpointer hears it
+    (Google times words where they are said, not from the start of the audio); all of it
+    when it hears none."""
+    rate = config.sample_rate_hertz or 16000
+    endpointer = Endpointer(rate, 0.5)
+    spans = endpointer.feed(pcm) + endpointer.flush()
+    if not spans:
+        return 0.0, len(pcm) / 2 / rate
+    return spans[0][1] / rate, spans[-1][2] / rate
 
 
 WORD_CONFIDENCE = 0.9

@@ -241,14 +241,15 @@ def test_openai_requests_without_a_language_go_past_google(
 
 
 def test_google_times_and_rates_words_when_asked(
-    fresh: SpeechEmulator, voices, emulator: SpeechEmulator
+    fresh: SpeechEmulator, voices, emulator: SpeechEmulator, tmp_path: Path
 ) -> None:
     """Word timestamps and logprobs from Google's own word offsets and confidences, asked
     for only when the client wants them: clients cannot tell Google from Whisper."""
     from openai import OpenAI
 
-    wav = voices["children"].read_bytes()
-    duration = voices_module.duration(voices["children"])
+    late = voices_module.convert(voices["children"], tmp_path / "late.wav", effects=("pad", "1"))
+    wav = late.read_bytes()
+    duration = voices_module.duration(late)
     with (
         google_alone(emulator) as server,
         OpenAI(base_url=server.http + "/v1", api_key="-", max_retries=0) as sdk,
@@ -266,7 +267,8 @@ def test_google_times_and_rates_words_when_asked(
             timestamp_granularities=["word", "segment"],
         )
         assert [w.word for w in timed.words] == ["hello", "from", "the", "emulator"]
-        assert 0 <= timed.words[0].start < timed.words[-1].end <= duration + 0.01
+        assert 0.9 <= timed.words[0].start < timed.words[-1].end <= duration + 0.01
+        # the segment starts where its first word does, not at the silence before it
         assert timed.segments[0].start == timed.words[0].start
         assert fresh.calls[-1].config.enable_word_time_offsets
         assert not fresh.calls[-1].config.enable_word_confidence
