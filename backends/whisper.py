@@ -409,6 +409,8 @@ class WhisperBackend(Backend):
     def _load(self) -> None:
         from faster_whisper import WhisperModel
 
+        from .whisper_features import BlockwiseFeatureExtractor
+
         opts = self.options
         device = opts.device
         if device == "auto":
@@ -434,6 +436,8 @@ class WhisperBackend(Backend):
             num_workers=opts.concurrency,
             local_files_only=opts.local_files_only,
         )
+        # the same features in a fraction of the memory for a long recording
+        self._model.feature_extractor = BlockwiseFeatureExtractor(**self._model.feat_kwargs)
         if batch_size > 1:
             self._batch(batch_size)
         else:

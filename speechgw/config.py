@@ -132,8 +132,9 @@ class LimitsConfig:
     """Longest recording (batch or HTTP); longer ones get ``audio_too_long``. 30 minutes: a
     meeting's recording, and about what OpenAI's 25 MB upload limit holds of compressed speech
     (until session 22 it was 10 minutes, and a 20-minute podcast was refused). Its float32
-    samples are 115 MB; faster-whisper's features of it, computed at once, take almost all of
-    the 1.8 GB it cost at its peak (BENCHMARKS.md, "A 29-minute upload")."""
+    samples are 115 MB; decoding it raised the server's memory by about 300 MB at its peak
+    (1.8 GB before the Whisper backend computed its features a block at a time; BENCHMARKS.md,
+    "A 29-minute upload")."""
     receive_timeout_seconds: Annotated[float, Positive] = 30.0
     """How long the server waits for a client's next expected message before ``timeout``."""
     send_timeout_seconds: Annotated[float, Positive] = 30.0
