@@ -1,10 +1,13 @@
 """Local Whisper through faster-whisper (CTranslate2), on CPU or GPU.
 
-One model is loaded at start and shared by every connection. Inference runs in worker threads
-under a capacity limiter sized to ``concurrency``, and the lazy segment generator that
-faster-whisper returns is consumed inside that thread, so the event loop only ever awaits.
-With ``batch_size`` > 1 (the default on CUDA), up to ``concurrency x batch_size`` jobs run at
-once and their model calls are batched (:mod:`speechgw.backends.whisper_batching`).
+One model is loaded at start and shared by every connection. Inference runs in worker threads,
+and the lazy segment generator that faster-whisper returns is consumed inside that thread, so
+the event loop only ever awaits. Jobs run in two lanes of ``concurrency`` each, recordings and a
+stream's utterances, so that an utterance never queues behind a long recording; their model
+calls then take turns by urgency, a stream's final first (a ``PriorityGate``: an utterance waits
+for the one call of a recording under way, not for the recording). With ``batch_size`` > 1 (the
+default on CUDA), each lane holds ``concurrency x batch_size`` jobs and their model calls are
+batched, most urgent first (:mod:`speechgw.backends.whisper_batching`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 
 from speechgw import silero
 from speechgw.backend import Backend, Capabilities, InterimSkipped
-from speechgw.batching import BatchStats, CallBatcher, JobContext, Priority
+from speechgw.batching import BatchStats, CallBatcher, JobContext, Priority, PriorityGate
 from speechgw.config import AtLeastOne, NonNegative, Range
 from speechgw.errors import BackendUnavailable, ConfigError
 from speechgw.jobs import SAMPLE_RATE, Decoding, JobSpec, Segment, Transcript, Word
@@ -75,8 +78,11 @@ class WhisperOptions:
         beam_size: beam search width (faster-whisper's default, 5; at most 64: 1000 took
             8.4 s and 835 MiB for 3 s of audio, for the same words).
         vad_filter: drop silence with faster-whisper's Silero VAD before decoding.
-        concurrency: transcriptions run at once; each is one CTranslate2 worker (at most
-            256: a slip such as 100000 made CTranslate2 abort the process without a word).
+        concurrency: model calls run at once; each is one CTranslate2 worker (at most 256:
+            a slip such as 100000 made CTranslate2 abort the process without a word). As many
+            recordings and as many stream utterances are under way at once, in two lanes, so
+            that a stream's final waits for one model call of a long recording (a 30 s
+            window), not for the whole recording.
         cpu_threads: threads per worker on CPU (0: CTranslate2's default; at most 1024, for
             the same reason: 100000 crashed it).
         cache_dir: where bundled models are assembled (default ``~/.cache/speechgw``).
@@ -377,8 +383,13 @@ class WhisperBackend(Backend):
         super().__init__(name, options)
         self._model = None
         self._capabilities = Capabilities(languages=frozenset(), tasks=frozenset())
-        self._limiter = anyio.CapacityLimiter(options.concurrency)
+        # Two lanes of jobs in flight: a stream's utterances never queue behind recordings
+        # (a 30-minute one holds its lane for minutes); the model's calls are then ordered
+        # by urgency, by the batcher or the gate
+        self._recordings = anyio.CapacityLimiter(options.concurrency)
+        self._utterances = anyio.CapacityLimiter(options.concurrency)
         self._batcher: CallBatcher | None = None
+        self._gate: PriorityGate | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._info: dict[str, object] = {}
         self._suppress_tokens: list[int] = [-1]
@@ -394,7 +405,11 @@ class WhisperBackend(Backend):
 
     @property
     def idle(self) -> bool:
-        return self._limiter.available_tokens > 0
+        """An utterance would start at once, and without batching no recording is under way
+        either (a glimpse then waits for no recording's call, nor delays one)."""
+        if self._utterances.available_tokens == 0:
+            return False
+        return self._batcher is not None or self._recordings.borrowed_tokens == 0
 
     @property
     def batch_stats(self) -> BatchStats | None:
@@ -404,7 +419,8 @@ class WhisperBackend(Backend):
     async def start(self) -> None:
         await anyio.to_thread.run_sync(self._load)
         if self._batcher is not None:  # batching: this many jobs at once (set on the loop)
-            self._limiter.total_tokens = self.options.concurrency * self._batcher.batch_size
+            jobs = self.options.concurrency * self._batcher.batch_size
+            self._recordings.total_tokens = self._utterances.total_tokens = jobs
 
     def _load(self) -> None:
         from faster_whisper import WhisperModel
@@ -441,9 +457,7 @@ class WhisperBackend(Backend):
         if batch_size > 1:
             self._batch(batch_size)
         else:
-            self._executor = ThreadPoolExecutor(
-                opts.concurrency, thread_name_prefix=f"whisper-{self.name}"
-            )
+            self._gated()
         self._prompt_tokens = (
             opts.prompt_tokens if opts.prompt_tokens is not None else 24 if batch_size > 1 else 0
         )
@@ -480,8 +494,19 @@ class WhisperBackend(Backend):
             name=f"whisper-{self.name}-batch",
         )
         self._model.model = BatchedWhisperModel(model, self._batcher)
-        jobs = opts.concurrency * batch_size
-        self._executor = ThreadPoolExecutor(jobs, thread_name_prefix=f"whisper-{self.name}")
+        jobs = opts.concurrency * batch_size  # in each lane
+        self._executor = ThreadPoolExecutor(2 * jobs, thread_name_prefix=f"whisper-{self.name}")
+
+    def _gated(self) -> None:
+        """Without batching: ``concurrency`` model calls at once, the most urgent first."""
+        from .whisper_batching import GatedWhisperModel
+
+        assert self._model is not None
+        slots = self.options.concurrency
+        self._gate = PriorityGate(slots)
+        self._model.model = GatedWhisperModel(self._model.model, self._gate)
+        # a thread per job in flight, in each lane
+        self._executor = ThreadPoolExecutor(2 * slots, thread_name_prefix=f"whisper-{self.name}")
 
     async def close(self) -> None:
         if self._batcher is not None:
@@ -512,21 +537,23 @@ class WhisperBackend(Backend):
             return await self._glimpse(audio, spec)
         if self._batcher is not None and self._splits(audio, spec):
             return await self._run_split(audio, spec, on_segment)
-        async with self._limiter:
+        async with self._utterances if spec.segmented else self._recordings:
             return await self._in_thread(audio, spec, on_segment)
 
     async def _glimpse(self, audio: np.ndarray, spec: JobSpec) -> Transcript:
-        """An interim or an early final takes a worker only if one is free this instant, so
-        nothing queued waits behind it: a job arriving while it runs waits at most one
-        decode of an utterance."""
+        """An interim or an early final runs on idle capacity only (:attr:`idle`), so nothing
+        queued waits behind it: a job arriving while it runs waits at most one decode of an
+        utterance."""
+        if not self.idle:
+            raise InterimSkipped
         try:
-            self._limiter.acquire_nowait()
+            self._utterances.acquire_nowait()
         except anyio.WouldBlock:
             raise InterimSkipped from None
         try:
             return await self._in_thread(audio, spec, None)
         finally:
-            self._limiter.release()
+            self._utterances.release()
 
     def _splits(self, audio: np.ndarray, spec: JobSpec) -> bool:
         from .whisper_batching import WINDOW_SECONDS
@@ -548,7 +575,7 @@ class WhisperBackend(Backend):
         spans = await anyio.to_thread.run_sync(speech_windows, audio)
 
         async def window(start: int, end: int) -> Transcript:
-            async with self._limiter:
+            async with self._recordings:
                 return await self._in_thread(audio[start:end], spec, None)
 
         runs = [asyncio.ensure_future(window(a, b)) for a, b in spans]
@@ -581,19 +608,20 @@ class WhisperBackend(Backend):
     async def _in_thread(
         self, audio: np.ndarray, spec: JobSpec, on_segment: OnSegment | None
     ) -> Transcript:
-        """The job in a worker thread of its own (its model calls batched with other jobs'
-        when batching). A job whose caller is cancelled (its client left) stops at its next
-        model call (batching) or its next segment, and the caller waits for its thread to
-        let go before the cancellation goes on, so the capacity it held stays counted."""
-        batcher = self._batcher
+        """The job in a worker thread of its own, its model calls batched with other jobs' or
+        made in their turn, by the job's urgency. A job whose caller is cancelled (its client
+        left) stops at its next model call or its next segment, and the caller waits for its
+        thread to let go before the cancellation goes on, so the capacity it held stays
+        counted."""
+        scheduler = self._batcher or self._gate
         cancelled = threading.Event()
         progress = _Progress(on_segment, spec.prompt, cancelled) if on_segment else None
 
         def job() -> Transcript:
-            if batcher is None:
+            if scheduler is None:
                 return self._transcribe_sync(audio, spec, progress)
             context = JobContext(priority=_priority(spec), cancelled=cancelled)
-            with batcher.job(context):
+            with scheduler.job(context):
                 return self._transcribe_sync(audio, spec, progress)
 
         future = asyncio.get_running_loop().run_in_executor(self._executor, job)
@@ -601,6 +629,8 @@ class WhisperBackend(Backend):
             return await asyncio.shield(future)
         except anyio.get_cancelled_exc_class():
             cancelled.set()
+            if self._gate is not None:
+                self._gate.wake()  # its call may be waiting for a turn
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await future
             raise

@@ -1,4 +1,5 @@
-"""Batched Whisper inference across requests and streams (``batch_size`` > 1).
+"""Whisper's model calls across requests and streams: batched (``batch_size`` > 1), or made
+one at a time in order of urgency (:class:`GatedWhisperModel`, without batching).
 
 faster-whisper's algorithm runs per job, unchanged, each job in its own thread: windows, seek,
 prompts, temperature fallback, word timestamps. What changes is the model underneath it:
@@ -8,6 +9,11 @@ which runs the calls of concurrent jobs as one batched call. ``encode`` is defer
 mel features go to ``generate`` (which accepts features as well as encoder output) and are
 encoded there, in the batch, so the encoder is batched too and nothing moves between host and
 device in between.
+
+Without batching, :class:`GatedWhisperModel` stands in for the model the same way and makes
+every call (``encode`` too, not deferred) through a :class:`~speechgw.batching.PriorityGate`:
+one call per model worker at a time, a stream's final first, so that it waits for one call of
+a long recording rather than for the whole recording.
 
 A job's texts are what they would be alone, up to batch numerics (BENCHMARKS.md). Calls that
 cannot share a batch run in separate ones: CTranslate2 requires the start-of-transcript token
@@ -22,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from speechgw.batching import CallBatcher
+from speechgw.batching import CallBatcher, PriorityGate
 
-__all__ = ["BatchedWhisperModel", "run_batch", "speech_windows"]
+__all__ = ["BatchedWhisperModel", "GatedWhisperModel", "run_batch", "speech_windows"]
 
 WINDOW_SECONDS = 30.0
 """Whisper's window: a recording longer than this is split when ``batch_split_recordings``."""
@@ -89,6 +95,30 @@ class BatchedWhisperModel:
         (prompt,) = prompts
         kind = ("generate", len(prompt), _frozen(options))
         return [self._batcher.call(kind, (features, prompt))]
+
+
+class GatedWhisperModel:
+    """The CTranslate2 Whisper model as faster-whisper sees it, each call made in its turn
+    (:class:`~speechgw.batching.PriorityGate`); every other attribute passes through."""
+
+    def __init__(self, inner: Any, gate: PriorityGate) -> None:
+        self._inner = inner
+        self._gate = gate
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def encode(self, *args: Any, **kwargs: Any) -> Any:
+        return self._gate.run(self._inner.encode, *args, **kwargs)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        return self._gate.run(self._inner.generate, *args, **kwargs)
+
+    def detect_language(self, *args: Any, **kwargs: Any) -> Any:
+        return self._gate.run(self._inner.detect_language, *args, **kwargs)
+
+    def align(self, *args: Any, **kwargs: Any) -> Any:
+        return self._gate.run(self._inner.align, *args, **kwargs)
 
 
 def _batch_of(features: Any) -> int:

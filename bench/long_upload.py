@@ -20,12 +20,13 @@ import threading
 import time
 import tracemalloc
 import urllib.request
-import uuid
 import wave
 from pathlib import Path
 
 import numpy as np
 from _common import SHARED_AUDIO, served, tempdir, whisper_gateway_config
+
+from tests.client import multipart_upload
 
 NASA = [
     SHARED_AUDIO
@@ -68,29 +69,10 @@ def long_recording(work: Path, minutes: float) -> Path:
     return speech.encode(raw, work / "long.mp3", "mp3", bit_rate=64000)
 
 
-def multipart(fields: dict[str, str], name: str, data: bytes) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-        for k, v in fields.items()
-    ]
-    parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n".encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
-
-
 def server_figures(recording: Path, work: Path) -> None:
     config = whisper_gateway_config(work / "long.yaml", model="tiny.en", cpu_threads=2)
     with served(config) as url:
-        body, kind = multipart(
-            {"model": "whisper-1", "response_format": "verbose_json"},
-            recording.name,
-            recording.read_bytes(),
-        )
+        body, kind = multipart_upload(recording.read_bytes(), response_format="verbose_json")
         before = url.rss_mib()
         peak = [before]
         done = threading.Event()

@@ -19,10 +19,16 @@ sees one call for many jobs.
 
 It is thread-based (the callers are worker threads; the batches run on ``workers`` dispatcher
 threads), so nothing here touches the event loop.
+
+Without batching, :class:`PriorityGate` keeps the same order of urgency: each model call of a
+job waits for one of the model's ``slots`` and the most urgent waiting call takes the next one,
+so a stream's final waits for the one call of a long recording under way, not for the whole
+recording (which makes one call per 30 s window).
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import threading
@@ -32,7 +38,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BatchCancelled", "BatchStats", "CallBatcher", "JobContext", "Priority"]
+__all__ = ["BatchCancelled", "BatchStats", "CallBatcher", "JobContext", "Priority", "PriorityGate"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -49,7 +55,8 @@ class Priority:
 
 
 class BatchCancelled(Exception):
-    """The job was cancelled (its client left) while it waited for a batch."""
+    """The job was cancelled (its client left) while it waited for a batch or for its turn at
+    the model."""
 
 
 @dataclass(slots=True)
@@ -259,3 +266,97 @@ class CallBatcher:
             self._lock.notify_all()
         for thread in self._threads:
             thread.join(timeout=60)
+
+
+class PriorityGate:
+    """At most ``slots`` model calls at once (the model's workers), taken in order of urgency:
+    by the job's priority, then by the job's arrival, so that recordings keep their
+    first-come order between their calls while a stream's final goes before all of them.
+
+    A more urgent job keeps a slot free for itself between its calls (while it computes its
+    features or reads what a call returned): a recording's call then starts only on a slot no
+    such job may need, so that a final's next call never waits behind a recording's.
+
+    A call runs in its job's own thread (nothing is batched or deferred): a job's results are
+    what they would be alone. :meth:`wake` lets the jobs cancelled meanwhile stop waiting.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self._free = slots
+        self._lock = threading.Condition()
+        self._waiting: list[tuple[int, int, int]] = []  # a heap of (priority, job, call)
+        self._between_calls: dict[int, int] = {}  # job -> its priority, while it holds no slot
+        self._jobs = itertools.count()
+        self._calls = itertools.count()
+        self._local = threading.local()
+
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for a slot now."""
+        with self._lock:
+            return len(self._waiting)
+
+    @contextmanager
+    def job(self, context: JobContext) -> Iterator[None]:
+        """Run a job in this thread: its calls carry ``context`` and its place in arrival."""
+        arrival = next(self._jobs)
+        self._local.job = (context, arrival)
+        with self._lock:
+            self._between_calls[arrival] = context.priority
+        try:
+            yield
+        finally:
+            self._local.job = None
+            with self._lock:
+                del self._between_calls[arrival]
+                self._lock.notify_all()  # a slot it kept may be free for others now
+
+    def run(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``call(*args, **kwargs)`` once a slot is this call's (blocking).
+
+        Raises:
+            BatchCancelled: the job was cancelled before its turn.
+        """
+        job = getattr(self._local, "job", None)
+        context, arrival = job if job is not None else (JobContext(), next(self._jobs))
+        ticket = (context.priority, arrival, next(self._calls))
+        with self._lock:
+            heapq.heappush(self._waiting, ticket)
+            try:
+                while not self._my_turn(ticket):
+                    if context.cancelled.is_set():
+                        raise BatchCancelled
+                    self._lock.wait()
+            except BaseException:
+                self._waiting.remove(ticket)
+                heapq.heapify(self._waiting)
+                self._lock.notify_all()  # the head may have changed
+                raise
+            heapq.heappop(self._waiting)
+            self._free -= 1
+            self._between_calls.pop(arrival, None)
+            if self._free and self._waiting:
+                self._lock.notify_all()  # the next head may take the next free slot
+        try:
+            return call(*args, **kwargs)
+        finally:
+            with self._lock:
+                self._free += 1
+                if job is not None:
+                    self._between_calls[arrival] = context.priority
+                self._lock.notify_all()
+
+    def _my_turn(self, ticket: tuple[int, int, int]) -> bool:
+        """Whether ``ticket`` heads the queue and a slot is free that no more urgent job
+        between its calls keeps (holding the lock)."""
+        if self._waiting[0] != ticket or not self._free:
+            return False
+        priority, arrival, _ = ticket
+        kept = sum(1 for job, p in self._between_calls.items() if p < priority and job != arrival)
+        return self._free > kept
+
+    def wake(self) -> None:
+        """Let waiting calls look again whether their job was cancelled."""
+        with self._lock:
+            self._lock.notify_all()

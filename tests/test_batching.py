@@ -16,12 +16,13 @@ import pytest
 from speechgw.backends.whisper import WhisperBackend, WhisperOptions
 
 from speechgw.audio import read_wav, to_16k_mono
-from speechgw.batching import BatchCancelled, CallBatcher, JobContext, Priority
+from speechgw.batching import BatchCancelled, CallBatcher, JobContext, Priority, PriorityGate
 from speechgw.jobs import Caller, JobSpec
 from tests import speech
 from tests.client import transcribe
 from tests.serving import running_server
 from tests.streaming_client import assert_sentences, read_pcm16, stream_pcm
+from tests.waiting import wait_for
 
 
 class Recorder:
@@ -161,6 +162,92 @@ def test_a_cancelled_jobs_waiting_call_is_dropped() -> None:
     assert [items for _, items in recorder.batches] == [[0]]  # 5 never ran
     with batcher.job(context), pytest.raises(BatchCancelled):
         batcher.call("decode", 6)  # and its later calls do not start
+
+
+def gated_job(
+    gate: PriorityGate,
+    priority: int,
+    name: str,
+    ran: list[str],
+    hold: threading.Event | None = None,
+    go: threading.Event | None = None,
+    context: JobContext | None = None,
+) -> threading.Thread:
+    """A job in its own thread that makes one model call through ``gate`` (after ``go``, when
+    given): the call notes ``name`` in ``ran``, then blocks until ``hold`` is set, if given."""
+    context = context or JobContext(priority=priority)
+
+    def call() -> None:
+        ran.append(name)
+        if hold is not None:
+            hold.wait(30)
+
+    def job() -> None:
+        with gate.job(context):
+            if go is not None:
+                go.wait(30)
+            try:
+                gate.run(call)
+            except BatchCancelled:
+                ran.append(f"{name} cancelled")
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    return thread
+
+
+def test_the_gate_runs_the_most_urgent_waiting_call_first() -> None:
+    """Without batching, one model call at a time: a stream's final before an interim before
+    the recordings, which keep the order they came in."""
+    gate, ran, hold = PriorityGate(1), [], threading.Event()
+    threads = [gated_job(gate, Priority.RECORDING, "running", ran, hold)]
+    wait_for(lambda: ran == ["running"])
+    queued = [
+        ("first recording", Priority.RECORDING),
+        ("second recording", Priority.RECORDING),
+        ("interim", Priority.INTERIM),
+        ("final", Priority.FINAL),
+    ]
+    for n, (name, priority) in enumerate(queued, 1):
+        threads.append(gated_job(gate, priority, name, ran))
+        wait_for(lambda n=n: gate.waiting == n)  # each has come, in this order
+    hold.set()
+    for thread in threads:
+        thread.join(30)
+    assert ran == ["running", "final", "interim", "first recording", "second recording"]
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_a_final_between_its_calls_keeps_a_slot_from_recordings(slots: int) -> None:
+    """A stream's final computing between its calls keeps a slot: a recording's call that
+    comes meanwhile waits for the final to end (one model worker), or takes another slot."""
+    gate, ran, go = PriorityGate(slots), [], threading.Event()
+    final = gated_job(gate, Priority.FINAL, "final", ran, go=go)
+    wait_for(lambda: gate._between_calls)  # the final is in flight, between its calls
+    recording = gated_job(gate, Priority.RECORDING, "recording", ran)
+    wait_for(lambda: ran or gate.waiting)  # the recording's call ran, or waits
+    go.set()
+    final.join(30)
+    recording.join(30)
+    assert ran == (["final", "recording"] if slots == 1 else ["recording", "final"])
+
+
+def test_a_cancelled_jobs_call_stops_waiting_for_its_turn() -> None:
+    gate, ran, hold = PriorityGate(1), [], threading.Event()
+    running = gated_job(gate, Priority.RECORDING, "running", ran, hold)
+    wait_for(lambda: ran == ["running"])
+    context = JobContext(priority=Priority.RECORDING)
+    waiting = gated_job(gate, Priority.RECORDING, "waiting", ran, context=context)
+    wait_for(lambda: gate.waiting == 1)
+    context.cancelled.set()  # its client left
+    gate.wake()
+    waiting.join(30)
+    assert ran == ["running", "waiting cancelled"] and gate.waiting == 0
+    hold.set()
+    running.join(30)
+    after = gated_job(gate, Priority.RECORDING, "after", ran)  # the slot is free again
+    after.join(30)
+    assert ran[-1] == "after"
 
 
 def test_batched_whisper_gives_the_unbatched_texts(voices, tiny_server, tmp_path) -> None:

@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import subprocess
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -495,3 +496,42 @@ def test_with_silero_each_sentence_in_steady_noise_gets_its_final_as_it_ends(
         assert speech.word_recall(speech.SENTENCES[name], reply) >= 0.6, result.replies
     second_said = spans[1][1] / 16000
     assert result.reply_times[0] - result.started < second_said, result.events
+
+
+def test_a_final_does_not_wait_for_a_long_recording(tiny_server: Server, voices, tmp_path) -> None:
+    """One model worker (the CPU default), a recording of several 30 s windows being decoded
+    through the OpenAI API, and then a stream's utterance: its reply comes while the recording
+    is still decoded (it waits for one model call of the recording, not for the recording),
+    and both answers have their words."""
+    from openai import OpenAI
+
+    names = list(speech.SENTENCES) * 8  # about 190 s: seven windows
+    long = speech.concat([voices[n] for n in names], tmp_path / "long.wav", silence_seconds=1.0)
+    pcm, rate = read_pcm16(voices["train"])
+    recording_done = threading.Event()
+    first_words = threading.Event()
+    answer: list[str] = []
+
+    def upload() -> None:
+        sdk = OpenAI(base_url=tiny_server.http + "/v1", api_key="none", max_retries=0)
+        with sdk, long.open("rb") as audio:
+            events = sdk.audio.transcriptions.create(model="whisper-1", file=audio, stream=True)
+            for event in events:
+                first_words.set()  # the first window is decoded; the rest is under way
+                if event.type == "transcript.text.done":
+                    answer.append(event.text)
+        recording_done.set()
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    try:
+        assert first_words.wait(120)
+        result = stream_pcm(tiny_server.ws, pcm, rate)
+        replied_before_the_recording_ended = not recording_done.is_set()
+    finally:
+        uploader.join(300)
+    assert result.replies, result
+    assert speech.word_recall(speech.SENTENCES["train"], result.replies[0]) >= 0.8, result
+    assert replied_before_the_recording_ended
+    said = " ".join(speech.SENTENCES[n] for n in names)
+    assert answer and speech.word_recall(said, answer[0]) > 0.8, answer

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""How long a stream's final takes while a long upload is being decoded.
+
+One ``speechgw serve`` on tiny.en with the Whisper backend's CPU defaults (one model worker,
+CTranslate2's threads), a 5-minute recording (the three NASA podcast parts of ../shared/audio,
+294 s; espeak-ng sentences repeated without it) sent through the OpenAI API, and, from 3 s
+after the upload, ``--streams`` streams one after the other (2 s apart), each sending one
+espeak-ng sentence and 1.5 s of silence at once, then ``{"type": "end"}``. Reported: each
+stream's reply time after its end message (whether the upload was still decoding), the
+upload's time to answer, and the same streams with no upload beside them.
+
+    python bench/final_beside_upload.py [--streams 3] [--runs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import subprocess
+import threading
+import time
+import urllib.request
+import wave
+from pathlib import Path
+
+import numpy as np
+from _common import SHARED_AUDIO, served, tempdir, whisper_gateway_config
+from websockets.sync.client import connect
+
+from tests.client import multipart_upload
+
+SENTENCE = "The train to London leaves from platform number four."
+NASA = [
+    SHARED_AUDIO / "transcription-benchmark" / f"real-world-nasa-podcast-science-in-space_{p}.mp3"
+    for p in ("part1", "part2", "part3")
+]
+
+
+def pcm16k(path: Path) -> bytes:
+    """Any file FFmpeg reads, as 16 kHz mono 16-bit samples."""
+    import av
+
+    out = []
+    with av.open(str(path)) as source:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+        for frame in [*source.decode(audio=0), None]:
+            out += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+    return np.concatenate(out).tobytes()
+
+
+def wav(pcm: bytes, path: Path) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(pcm)
+    return path
+
+
+def recording(work: Path) -> bytes:
+    """The 5-minute upload, as a 16 kHz WAV file's bytes."""
+    from tests import speech
+
+    if all(p.exists() for p in NASA):
+        pcm = b"".join(pcm16k(p) for p in NASA)
+    else:
+        parts = [speech.speak(t, work / f"{n}.wav") for n, t in speech.SENTENCES.items()]
+        joined = pcm16k(speech.concat(parts * 12, work / "sentences.wav", silence_seconds=1.0))
+        pcm = joined[: 300 * 16000 * 2]
+    return wav(pcm, work / "upload.wav").read_bytes()
+
+
+def utterance(work: Path) -> bytes:
+    """The stream's sentence (espeak-ng) and 1.5 s of silence, as 16 kHz samples."""
+    spoken = work / "sentence.wav"
+    subprocess.run(["espeak-ng", "-w", str(spoken), SENTENCE], check=True)
+    return pcm16k(spoken) + bytes(2 * 24000)
+
+
+def final_after_end(url: str, pcm: bytes) -> tuple[float, str]:
+    """One stream: the sentence in 100 ms messages at once, then end; (seconds from the end
+    message to the reply, the reply)."""
+    with connect(f"{url}/api/core/google/asr", open_timeout=30, ping_interval=None) as ws:
+        ws.recv(timeout=30)
+        for i in range(0, len(pcm), 3200):
+            ws.send(json.dumps({"audio": base64.b64encode(pcm[i : i + 3200]).decode()}))
+        sent = time.monotonic()
+        ws.send(json.dumps({"type": "end"}))
+        reply = json.loads(ws.recv(timeout=900))
+        return time.monotonic() - sent, reply.get("asr_reply", str(reply))
+
+
+def run(url: str, upload: bytes | None, pcm: bytes, streams: int) -> None:
+    done = threading.Event()
+    took: list[float] = []
+
+    def send_upload() -> None:
+        assert upload is not None
+        body, kind = multipart_upload(upload)
+        http = url.replace("ws://", "http://", 1)
+        request = urllib.request.Request(
+            f"{http}/v1/audio/transcriptions", body, {"Content-Type": kind}
+        )
+        started = time.monotonic()
+        with urllib.request.urlopen(request, timeout=3600) as response:
+            response.read()
+        took.append(time.monotonic() - started)
+        done.set()
+
+    uploader = threading.Thread(target=send_upload) if upload is not None else None
+    if uploader is not None:
+        uploader.start()
+        time.sleep(3)
+    for n in range(streams):
+        beside = uploader is not None and not done.is_set()
+        seconds, reply = final_after_end(url, pcm)
+        where = "while the upload decoded" if beside else "with no upload under way"
+        print(f"  stream {n}: final {seconds:.2f} s after its end, {where}: {reply!r}")
+        time.sleep(2)
+    if uploader is not None:
+        uploader.join()
+        print(f"  upload answered after {took[0]:.1f} s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=2)
+    args = parser.parse_args()
+    with tempdir() as folder:
+        work = Path(folder)
+        upload, pcm = recording(work), utterance(work)
+        config = whisper_gateway_config(work / "tiny.yaml", model="tiny.en")
+        with served(config) as url:
+            final_after_end(url, pcm)  # warm up
+            print("streams alone:")
+            run(url, None, pcm, args.streams)
+            for n in range(args.runs):
+                print(f"beside a {len(upload) / 32000:.0f} s upload, run {n + 1}:")
+                run(url, upload, pcm, args.streams)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
