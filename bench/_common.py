@@ -17,8 +17,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from websockets.sync.client import connect
+
+if TYPE_CHECKING:
+    import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -222,6 +226,26 @@ def segmented(samples, config=None) -> list:
     for i in range(0, len(samples), 1600):
         utterances += segmenter.feed(samples[i : i + 1600])
     return utterances + segmenter.flush()
+
+
+NASA_PODCAST = [
+    SHARED_AUDIO / "transcription-benchmark" / f"real-world-nasa-podcast-science-in-space_{p}.mp3"
+    for p in ("part1", "part2", "part3")
+]
+"""The NASA podcast's three consecutive parts in ../shared/audio: 294 s of conversation."""
+
+
+def pcm16k(path: Path) -> np.ndarray:
+    """Any file FFmpeg reads, as 16 kHz mono int16 samples, decoded by PyAV."""
+    import av
+    import numpy as np
+
+    out = []
+    with av.open(str(path)) as source:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+        for frame in [*source.decode(audio=0), None]:
+            out += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+    return np.concatenate(out)
 
 
 def tempdir() -> tempfile.TemporaryDirectory[str]:

@@ -24,29 +24,12 @@ import urllib.request
 import wave
 from pathlib import Path
 
-import numpy as np
-from _common import SHARED_AUDIO, served, tempdir, whisper_gateway_config
+from _common import NASA_PODCAST, pcm16k, served, tempdir, whisper_gateway_config
 from websockets.sync.client import connect
 
 from tests.client import multipart_upload
 
 SENTENCE = "The train to London leaves from platform number four."
-NASA = [
-    SHARED_AUDIO / "transcription-benchmark" / f"real-world-nasa-podcast-science-in-space_{p}.mp3"
-    for p in ("part1", "part2", "part3")
-]
-
-
-def pcm16k(path: Path) -> bytes:
-    """Any file FFmpeg reads, as 16 kHz mono 16-bit samples."""
-    import av
-
-    out = []
-    with av.open(str(path)) as source:
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
-        for frame in [*source.decode(audio=0), None]:
-            out += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
-    return np.concatenate(out).tobytes()
 
 
 def wav(pcm: bytes, path: Path) -> Path:
@@ -62,12 +45,12 @@ def recording(work: Path) -> bytes:
     """The 5-minute upload, as a 16 kHz WAV file's bytes."""
     from tests import speech
 
-    if all(p.exists() for p in NASA):
-        pcm = b"".join(pcm16k(p) for p in NASA)
+    if all(p.exists() for p in NASA_PODCAST):
+        pcm = b"".join(pcm16k(p).tobytes() for p in NASA_PODCAST)
     else:
         parts = [speech.speak(t, work / f"{n}.wav") for n, t in speech.SENTENCES.items()]
-        joined = pcm16k(speech.concat(parts * 12, work / "sentences.wav", silence_seconds=1.0))
-        pcm = joined[: 300 * 16000 * 2]
+        joined = speech.concat(parts * 12, work / "sentences.wav", silence_seconds=1.0)
+        pcm = pcm16k(joined)[: 300 * 16000].tobytes()
     return wav(pcm, work / "upload.wav").read_bytes()
 
 
@@ -75,7 +58,7 @@ def utterance(work: Path) -> bytes:
     """The stream's sentence (espeak-ng) and 1.5 s of silence, as 16 kHz samples."""
     spoken = work / "sentence.wav"
     subprocess.run(["espeak-ng", "-w", str(spoken), SENTENCE], check=True)
-    return pcm16k(spoken) + bytes(2 * 24000)
+    return pcm16k(spoken).tobytes() + bytes(2 * 24000)
 
 
 def final_after_end(url: str, pcm: bytes) -> tuple[float, str]:

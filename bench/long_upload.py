@@ -24,36 +24,17 @@ import wave
 from pathlib import Path
 
 import numpy as np
-from _common import SHARED_AUDIO, served, tempdir, whisper_gateway_config
+from _common import NASA_PODCAST, pcm16k, served, tempdir, whisper_gateway_config
 
 from tests.client import multipart_upload
-
-NASA = [
-    SHARED_AUDIO
-    / "transcription-benchmark"
-    / f"real-world-nasa-podcast-science-in-space_part{i}.mp3"
-    for i in (1, 2, 3)
-]
-
-
-def pcm16k(path: Path) -> np.ndarray:
-    """Any file FFmpeg reads, as 16 kHz mono int16."""
-    import av
-
-    out = []
-    with av.open(str(path)) as source:
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
-        for frame in [*source.decode(audio=0), None]:
-            out += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
-    return np.concatenate(out)
 
 
 def long_recording(work: Path, minutes: float) -> Path:
     """The NASA parts (or espeak-ng sentences) repeated to ``minutes``, as an mp3."""
     from tests import speech
 
-    if all(p.exists() for p in NASA):
-        one = np.concatenate([pcm16k(p) for p in NASA])
+    if all(p.exists() for p in NASA_PODCAST):
+        one = np.concatenate([pcm16k(p) for p in NASA_PODCAST])
     else:
         wavs = [speech.speak(t, work / f"{n}.wav") for n, t in speech.SENTENCES.items()]
         joined = speech.concat(wavs, work / "sentences.wav", silence_seconds=0.5)
