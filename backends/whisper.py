@@ -2,12 +2,13 @@
 
 One model is loaded at start and shared by every connection. Inference runs in worker threads,
 and the lazy segment generator that faster-whisper returns is consumed inside that thread, so
-the event loop only ever awaits. Jobs run in two lanes of ``concurrency`` each, recordings and a
-stream's utterances, so that an utterance never queues behind a long recording; their model
-calls then take turns by urgency, a stream's final first (a ``PriorityGate``: an utterance waits
-for the one call of a recording under way, not for the recording). With ``batch_size`` > 1 (the
-default on CUDA), each lane holds ``concurrency x batch_size`` jobs and their model calls are
-batched, most urgent first (:mod:`speechgw.backends.whisper_batching`).
+the event loop only ever awaits. Jobs run in two lanes, recordings (``RECORDINGS_PER_WORKER``
+per model worker) and a stream's utterances (one per worker), so that an utterance never queues
+behind a long recording; their model calls then take turns by urgency (a ``PriorityGate``): a
+stream's final first, then the shorter recording's. An utterance or a short request waits for
+the one call of a long recording under way (a 30 s window), not for the whole recording. With
+``batch_size`` > 1 (the default on CUDA), each lane holds ``concurrency x batch_size`` jobs and
+their model calls are batched, most urgent first (:mod:`speechgw.backends.whisper_batching`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,11 @@ __all__ = ["BUNDLED_MODELS", "WhisperBackend", "WhisperOptions", "resolve_model"
 
 _LOGGER = logging.getLogger(__name__)
 SegmentOrWord = TypeVar("SegmentOrWord", Segment, Word)
+RECORDINGS_PER_WORKER = 4
+"""Recordings under way at once per model worker (``concurrency``), their calls taking turns,
+the shorter recording's first: a short request that comes while long ones decode waits for a
+call of theirs, not for all of them. More would hold more recordings' features in memory (a
+30-minute one's are 56 MB) for a short one's sake only when all of these are long."""
 _FRAMES_PER_SECOND = 100
 """Whisper's mel frames (a hop of 160 samples at 16 kHz): the unit of a segment's ``seek``."""
 _UNSURE_LOG_PROB = -1.25
@@ -79,10 +85,11 @@ class WhisperOptions:
             8.4 s and 835 MiB for 3 s of audio, for the same words).
         vad_filter: drop silence with faster-whisper's Silero VAD before decoding.
         concurrency: model calls run at once; each is one CTranslate2 worker (at most 256:
-            a slip such as 100000 made CTranslate2 abort the process without a word). As many
-            recordings and as many stream utterances are under way at once, in two lanes, so
-            that a stream's final waits for one model call of a long recording (a 30 s
-            window), not for the whole recording.
+            a slip such as 100000 made CTranslate2 abort the process without a word). Without
+            batching, ``RECORDINGS_PER_WORKER`` (4) recordings and one stream utterance per
+            worker are under way at once, in two lanes, their calls taking turns (a final
+            first, then the shorter recording's), so that a final or a short request waits
+            for one model call of a long recording (a 30 s window), not for all of it.
         cpu_threads: threads per worker on CPU (0: CTranslate2's default; at most 1024, for
             the same reason: 100000 crashed it).
         cache_dir: where bundled models are assembled (default ``~/.cache/speechgw``).
@@ -384,9 +391,10 @@ class WhisperBackend(Backend):
         self._model = None
         self._capabilities = Capabilities(languages=frozenset(), tasks=frozenset())
         # Two lanes of jobs in flight: a stream's utterances never queue behind recordings
-        # (a 30-minute one holds its lane for minutes); the model's calls are then ordered
-        # by urgency, by the batcher or the gate
-        self._recordings = anyio.CapacityLimiter(options.concurrency)
+        # (a 30-minute one holds its lane for minutes), and a few recordings per model worker
+        # are under way so that a short one need not wait for a long one; the model's calls
+        # are then ordered by urgency, by the batcher or the gate
+        self._recordings = anyio.CapacityLimiter(options.concurrency * RECORDINGS_PER_WORKER)
         self._utterances = anyio.CapacityLimiter(options.concurrency)
         self._batcher: CallBatcher | None = None
         self._gate: PriorityGate | None = None
@@ -505,8 +513,8 @@ class WhisperBackend(Backend):
         slots = self.options.concurrency
         self._gate = PriorityGate(slots)
         self._model.model = GatedWhisperModel(self._model.model, self._gate)
-        # a thread per job in flight, in each lane
-        self._executor = ThreadPoolExecutor(2 * slots, thread_name_prefix=f"whisper-{self.name}")
+        jobs = slots * (RECORDINGS_PER_WORKER + 1)  # a thread per job in flight, in each lane
+        self._executor = ThreadPoolExecutor(jobs, thread_name_prefix=f"whisper-{self.name}")
 
     async def close(self) -> None:
         if self._batcher is not None:
@@ -620,7 +628,8 @@ class WhisperBackend(Backend):
         def job() -> Transcript:
             if scheduler is None:
                 return self._transcribe_sync(audio, spec, progress)
-            context = JobContext(priority=_priority(spec), cancelled=cancelled)
+            seconds = len(audio) / SAMPLE_RATE
+            context = JobContext(priority=_priority(spec), cancelled=cancelled, seconds=seconds)
             with scheduler.job(context):
                 return self._transcribe_sync(audio, spec, progress)
 

@@ -65,6 +65,9 @@ class JobContext:
 
     priority: int = Priority.RECORDING
     cancelled: threading.Event = field(default_factory=threading.Event)
+    seconds: float = 0.0
+    """The job's audio: among waiting calls of one priority, the gate lets the shorter job's
+    call go first (a short request between the calls of a long recording)."""
 
 
 @dataclass(slots=True)
@@ -270,8 +273,11 @@ class CallBatcher:
 
 class PriorityGate:
     """At most ``slots`` model calls at once (the model's workers), taken in order of urgency:
-    by the job's priority, then by the job's arrival, so that recordings keep their
-    first-come order between their calls while a stream's final goes before all of them.
+    by the job's priority, then the job's length (the shorter job first), then the job's
+    arrival. So a stream's final goes before every recording's call, and a short recording's
+    calls before those of a long one under way: it waits for one call of the long one (a 30 s
+    window), not for all of it; a recording's calls follow each other while nothing shorter
+    waits.
 
     A more urgent job keeps a slot free for itself between its calls (while it computes its
     features or reads what a call returned): a recording's call then starts only on a slot no
@@ -285,7 +291,7 @@ class PriorityGate:
         self.slots = slots
         self._free = slots
         self._lock = threading.Condition()
-        self._waiting: list[tuple[int, int, int]] = []  # a heap of (priority, job, call)
+        self._waiting: list[tuple[int, float, int, int]] = []  # (priority, seconds, job, call)
         self._between_calls: dict[int, int] = {}  # job -> its priority, while it holds no slot
         self._jobs = itertools.count()
         self._calls = itertools.count()
@@ -320,7 +326,7 @@ class PriorityGate:
         """
         job = getattr(self._local, "job", None)
         context, arrival = job if job is not None else (JobContext(), next(self._jobs))
-        ticket = (context.priority, arrival, next(self._calls))
+        ticket = (context.priority, context.seconds, arrival, next(self._calls))
         with self._lock:
             heapq.heappush(self._waiting, ticket)
             try:
@@ -347,12 +353,12 @@ class PriorityGate:
                     self._between_calls[arrival] = context.priority
                 self._lock.notify_all()
 
-    def _my_turn(self, ticket: tuple[int, int, int]) -> bool:
+    def _my_turn(self, ticket: tuple[int, float, int, int]) -> bool:
         """Whether ``ticket`` heads the queue and a slot is free that no more urgent job
         between its calls keeps (holding the lock)."""
         if self._waiting[0] != ticket or not self._free:
             return False
-        priority, arrival, _ = ticket
+        priority, _, arrival, _ = ticket
         kept = sum(1 for job, p in self._between_calls.items() if p < priority and job != arrival)
         return self._free > kept
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed
@@ -77,3 +79,39 @@ def post(url: str, body: bytes, content_type: str, api_key: str | None = None) -
     except urllib.error.HTTPError as refused:
         with refused:
             return refused.code, json.loads(refused.read())
+
+
+class UploadInBackground:
+    """A recording sent through the OpenAI API (``stream=true``) from a thread of its own, for
+    tests of what happens while it is decoded: entering waits for its first words (the first
+    30 s window is done, the rest is under way); ``done`` is set once its answer is in, and
+    ``text`` is then that answer; leaving waits for it."""
+
+    def __init__(self, http_url: str, path: Path) -> None:
+        self.done = threading.Event()
+        self.text: str | None = None
+        self._decoding = threading.Event()
+        self._thread = threading.Thread(target=self._upload, args=(http_url, path))
+
+    def _upload(self, http_url: str, path: Path) -> None:
+        from openai import OpenAI
+
+        sdk = OpenAI(base_url=http_url + "/v1", api_key="none", max_retries=0)
+        try:
+            with sdk, path.open("rb") as audio:
+                events = sdk.audio.transcriptions.create(model="whisper-1", file=audio, stream=True)
+                for event in events:
+                    self._decoding.set()
+                    if event.type == "transcript.text.done":
+                        self.text = event.text
+        finally:
+            self._decoding.set()
+            self.done.set()
+
+    def __enter__(self) -> UploadInBackground:
+        self._thread.start()
+        assert self._decoding.wait(120), "the upload's first words did not come"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._thread.join(300)

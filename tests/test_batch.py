@@ -15,7 +15,7 @@ from websockets.sync.client import connect
 
 import speechgw
 from tests import speech
-from tests.client import batch, drain, transcribe
+from tests.client import UploadInBackground, batch, drain, transcribe
 from tests.serving import Server
 
 FOX = speech.SENTENCES["children"]
@@ -274,3 +274,21 @@ def test_example_batch_client(tiny_server: Server, voices) -> None:
     )
     assert speech.word_recall(speech.SENTENCES["coffee"], result.stdout) >= 0.75, result
     assert "[" in result.stderr  # the timed segments
+
+
+def test_a_short_request_does_not_wait_for_a_long_one(
+    tiny_server: Server, voices, tmp_path: Path
+) -> None:
+    """One model worker (the CPU default), a recording of several 30 s windows being decoded
+    through the OpenAI API, and then a one-sentence batch request: its answer comes while the
+    long recording is still decoded (their calls take turns, the shorter recording's first),
+    and both have their words."""
+    names = list(speech.SENTENCES) * 8  # about 190 s: seven windows
+    long = speech.concat([voices[n] for n in names], tmp_path / "long.wav", silence_seconds=1.0)
+    with UploadInBackground(tiny_server.http, long) as upload:
+        reply = transcribe(tiny_server.ws, voices["market"].read_bytes()).reply
+        answered_before_the_long_one = not upload.done.is_set()
+    assert_heard(speech.SENTENCES["market"], reply["text"])
+    assert answered_before_the_long_one
+    said = " ".join(speech.SENTENCES[n] for n in names)
+    assert upload.text and speech.word_recall(said, upload.text) > 0.8, upload.text

@@ -217,6 +217,23 @@ def test_the_gate_runs_the_most_urgent_waiting_call_first() -> None:
     assert ran == ["running", "final", "interim", "first recording", "second recording"]
 
 
+def test_the_gate_runs_a_shorter_recordings_call_first() -> None:
+    """Recordings' calls take turns, the shorter recording's first, whatever came first: a
+    short request waits for one call of a long recording under way, not for the recording."""
+    gate, ran, hold = PriorityGate(1), [], threading.Event()
+    long = JobContext(priority=Priority.RECORDING, seconds=1800.0)
+    threads = [gated_job(gate, Priority.RECORDING, "long, running", ran, hold, context=long)]
+    wait_for(lambda: ran == ["long, running"])
+    for n, (name, seconds) in enumerate([("long", 1740.0), ("middle", 60.0), ("short", 5.0)], 1):
+        context = JobContext(priority=Priority.RECORDING, seconds=seconds)
+        threads.append(gated_job(gate, Priority.RECORDING, name, ran, context=context))
+        wait_for(lambda n=n: gate.waiting == n)
+    hold.set()
+    for thread in threads:
+        thread.join(30)
+    assert ran == ["long, running", "short", "middle", "long"]
+
+
 @pytest.mark.parametrize("slots", [1, 2])
 def test_a_final_between_its_calls_keeps_a_slot_from_recordings(slots: int) -> None:
     """A stream's final computing between its calls keeps a slot: a recording's call that

@@ -8,7 +8,6 @@ import json
 import logging
 import re
 import subprocess
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests import speech
+from tests.client import UploadInBackground
 from tests.serving import Server, running_server
 from tests.streaming_client import (
     StreamResult,
@@ -503,35 +503,14 @@ def test_a_final_does_not_wait_for_a_long_recording(tiny_server: Server, voices,
     through the OpenAI API, and then a stream's utterance: its reply comes while the recording
     is still decoded (it waits for one model call of the recording, not for the recording),
     and both answers have their words."""
-    from openai import OpenAI
-
     names = list(speech.SENTENCES) * 8  # about 190 s: seven windows
     long = speech.concat([voices[n] for n in names], tmp_path / "long.wav", silence_seconds=1.0)
     pcm, rate = read_pcm16(voices["train"])
-    recording_done = threading.Event()
-    first_words = threading.Event()
-    answer: list[str] = []
-
-    def upload() -> None:
-        sdk = OpenAI(base_url=tiny_server.http + "/v1", api_key="none", max_retries=0)
-        with sdk, long.open("rb") as audio:
-            events = sdk.audio.transcriptions.create(model="whisper-1", file=audio, stream=True)
-            for event in events:
-                first_words.set()  # the first window is decoded; the rest is under way
-                if event.type == "transcript.text.done":
-                    answer.append(event.text)
-        recording_done.set()
-
-    uploader = threading.Thread(target=upload)
-    uploader.start()
-    try:
-        assert first_words.wait(120)
+    with UploadInBackground(tiny_server.http, long) as upload:
         result = stream_pcm(tiny_server.ws, pcm, rate)
-        replied_before_the_recording_ended = not recording_done.is_set()
-    finally:
-        uploader.join(300)
+        replied_before_the_recording_ended = not upload.done.is_set()
     assert result.replies, result
     assert speech.word_recall(speech.SENTENCES["train"], result.replies[0]) >= 0.8, result
     assert replied_before_the_recording_ended
     said = " ".join(speech.SENTENCES[n] for n in names)
-    assert answer and speech.word_recall(said, answer[0]) > 0.8, answer
+    assert upload.text and speech.word_recall(said, upload.text) > 0.8, upload.text

@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
-"""How long a stream's final takes while a long upload is being decoded.
+"""How long a stream's final and a short request take while a long upload is being decoded.
 
 One ``speechgw serve`` on tiny.en with the Whisper backend's CPU defaults (one model worker,
 CTranslate2's threads), a 5-minute recording (the three NASA podcast parts of ../shared/audio,
 294 s; espeak-ng sentences repeated without it) sent through the OpenAI API, and, from 3 s
 after the upload, ``--streams`` streams one after the other (2 s apart), each sending one
-espeak-ng sentence and 1.5 s of silence at once, then ``{"type": "end"}``. Reported: each
-stream's reply time after its end message (whether the upload was still decoding), the
-upload's time to answer, and the same streams with no upload beside them.
+espeak-ng sentence and 1.5 s of silence at once, then ``{"type": "end"}``, then the same
+sentence as a short upload of its own. Reported: each stream's reply time after its end
+message and the short upload's time to answer (and whether the long upload was still
+decoding), the long upload's time to answer, and the same with no long upload beside them.
 
-    python bench/final_beside_upload.py [--streams 3] [--runs 2]
+    python bench/beside_long_upload.py [--streams 3] [--runs 2]
 """
 
 from __future__ import annotations
@@ -74,21 +75,25 @@ def final_after_end(url: str, pcm: bytes) -> tuple[float, str]:
         return time.monotonic() - sent, reply.get("asr_reply", str(reply))
 
 
-def run(url: str, upload: bytes | None, pcm: bytes, streams: int) -> None:
+def answer_time(url: str, audio: bytes) -> float:
+    """Seconds from sending ``audio`` through the OpenAI API to its whole answer."""
+    body, kind = multipart_upload(audio)
+    http = url.replace("ws://", "http://", 1)
+    headers = {"Content-Type": kind}
+    request = urllib.request.Request(f"{http}/v1/audio/transcriptions", body, headers)
+    started = time.monotonic()
+    with urllib.request.urlopen(request, timeout=3600) as response:
+        response.read()
+    return time.monotonic() - started
+
+
+def run(url: str, upload: bytes | None, pcm: bytes, short: bytes, streams: int) -> None:
     done = threading.Event()
     took: list[float] = []
 
     def send_upload() -> None:
         assert upload is not None
-        body, kind = multipart_upload(upload)
-        http = url.replace("ws://", "http://", 1)
-        request = urllib.request.Request(
-            f"{http}/v1/audio/transcriptions", body, {"Content-Type": kind}
-        )
-        started = time.monotonic()
-        with urllib.request.urlopen(request, timeout=3600) as response:
-            response.read()
-        took.append(time.monotonic() - started)
+        took.append(answer_time(url, upload))
         done.set()
 
     uploader = threading.Thread(target=send_upload) if upload is not None else None
@@ -101,6 +106,10 @@ def run(url: str, upload: bytes | None, pcm: bytes, streams: int) -> None:
         where = "while the upload decoded" if beside else "with no upload under way"
         print(f"  stream {n}: final {seconds:.2f} s after its end, {where}: {reply!r}")
         time.sleep(2)
+    beside = uploader is not None and not done.is_set()
+    seconds = answer_time(url, short)
+    where = "while the upload decoded" if beside else "with no upload under way"
+    print(f"  a {len(short) / 32000:.1f} s upload answered after {seconds:.2f} s, {where}")
     if uploader is not None:
         uploader.join()
         print(f"  upload answered after {took[0]:.1f} s")
@@ -114,14 +123,15 @@ def main() -> int:
     with tempdir() as folder:
         work = Path(folder)
         upload, pcm = recording(work), utterance(work)
+        short = wav(pcm, work / "short.wav").read_bytes()
         config = whisper_gateway_config(work / "tiny.yaml", model="tiny.en")
         with served(config) as url:
             final_after_end(url, pcm)  # warm up
             print("streams alone:")
-            run(url, None, pcm, args.streams)
+            run(url, None, pcm, short, args.streams)
             for n in range(args.runs):
                 print(f"beside a {len(upload) / 32000:.0f} s upload, run {n + 1}:")
-                run(url, upload, pcm, args.streams)
+                run(url, upload, pcm, short, args.streams)
     return 0
 
 
