@@ -29,6 +29,17 @@ def long_speech(voices, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
 
 
 @pytest.fixture(scope="session")
+def seven_windows(voices, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """About 190 s of speech (the six sentences eight times, a second of silence after each):
+    seven of Whisper's 30 s windows, decoded one model call at a time for many seconds, beside
+    which other requests are tested. Returns the file and its text."""
+    names = list(speech.SENTENCES) * 8
+    folder = tmp_path_factory.mktemp("seven")
+    path = speech.concat([voices[n] for n in names], folder / "long.wav", silence_seconds=1.0)
+    return path, " ".join(speech.SENTENCES[n] for n in names)
+
+
+@pytest.fixture(scope="session")
 def tiny_server() -> Server:
     """A real server on tiny.en, no keys, default limits; shared by tests that change nothing."""
     with running_server() as server:

@@ -277,18 +277,16 @@ def test_example_batch_client(tiny_server: Server, voices) -> None:
 
 
 def test_a_short_request_does_not_wait_for_a_long_one(
-    tiny_server: Server, voices, tmp_path: Path
+    tiny_server: Server, voices, seven_windows: tuple[Path, str]
 ) -> None:
     """One model worker (the CPU default), a recording of several 30 s windows being decoded
     through the OpenAI API, and then a one-sentence batch request: its answer comes while the
     long recording is still decoded (their calls take turns, the shorter recording's first),
     and both have their words."""
-    names = list(speech.SENTENCES) * 8  # about 190 s: seven windows
-    long = speech.concat([voices[n] for n in names], tmp_path / "long.wav", silence_seconds=1.0)
+    long, said = seven_windows
     with UploadInBackground(tiny_server.http, long) as upload:
         reply = transcribe(tiny_server.ws, voices["market"].read_bytes()).reply
         answered_before_the_long_one = not upload.done.is_set()
     assert_heard(speech.SENTENCES["market"], reply["text"])
     assert answered_before_the_long_one
-    said = " ".join(speech.SENTENCES[n] for n in names)
     assert upload.text and speech.word_recall(said, upload.text) > 0.8, upload.text

@@ -498,13 +498,14 @@ def test_with_silero_each_sentence_in_steady_noise_gets_its_final_as_it_ends(
     assert result.reply_times[0] - result.started < second_said, result.events
 
 
-def test_a_final_does_not_wait_for_a_long_recording(tiny_server: Server, voices, tmp_path) -> None:
+def test_a_final_does_not_wait_for_a_long_recording(
+    tiny_server: Server, voices, seven_windows: tuple[Path, str]
+) -> None:
     """One model worker (the CPU default), a recording of several 30 s windows being decoded
     through the OpenAI API, and then a stream's utterance: its reply comes while the recording
     is still decoded (it waits for one model call of the recording, not for the recording),
     and both answers have their words."""
-    names = list(speech.SENTENCES) * 8  # about 190 s: seven windows
-    long = speech.concat([voices[n] for n in names], tmp_path / "long.wav", silence_seconds=1.0)
+    long, said = seven_windows
     pcm, rate = read_pcm16(voices["train"])
     with UploadInBackground(tiny_server.http, long) as upload:
         result = stream_pcm(tiny_server.ws, pcm, rate)
@@ -512,5 +513,4 @@ def test_a_final_does_not_wait_for_a_long_recording(tiny_server: Server, voices,
     assert result.replies, result
     assert speech.word_recall(speech.SENTENCES["train"], result.replies[0]) >= 0.8, result
     assert replied_before_the_recording_ended
-    said = " ".join(speech.SENTENCES[n] for n in names)
     assert upload.text and speech.word_recall(said, upload.text) > 0.8, upload.text
