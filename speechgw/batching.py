@@ -8,8 +8,9 @@ result is what it would be alone (the same algorithm, the same calls), while an 
 sees one call for many jobs.
 
 - **Priority**: each job says how urgent it is (:class:`JobContext`): a batch is formed around
-  the most urgent waiting call (a stream's final before an interim before a recording), then
-  filled with calls of the same kind in that order.
+  the most urgent waiting call (a stream's final before an interim before a recording, a
+  shorter recording before a longer one), then filled with calls of the same kind in that
+  order.
 - **Failure isolation**: when a batched call raises, its calls are run again one by one, so
   only the call that fails gets the error.
 - **Cancellation**: a job whose client left is marked cancelled; its waiting calls are dropped
@@ -101,6 +102,12 @@ class _Call:
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
+
+
+def _urgency(call: _Call) -> tuple[int, float, int]:
+    """A waiting call's place: its job's priority, then its job's length (a short recording's
+    call before a long one's), then its arrival."""
+    return call.priority, call.context.seconds, call.seq
 
 
 RunBatch = Callable[[Hashable, Sequence[Any]], Sequence[Any]]
@@ -207,14 +214,14 @@ class CallBatcher:
             if not self._waiting:
                 self._lock.wait()
                 continue
-            head = min(self._waiting, key=lambda c: (c.priority, c.seq))
+            head = min(self._waiting, key=_urgency)
             same = [c for c in self._waiting if c.kind == head.kind]
             due = head.arrived + self.window
             # every job in flight is waiting here: no one else can join this batch
             everyone = len(self._waiting) >= self._active_jobs
             now = time.monotonic()
             if len(same) >= self.batch_size or everyone or now >= due or self._closed:
-                same.sort(key=lambda c: (c.priority, c.seq))
+                same.sort(key=_urgency)
                 batch = same[: self.batch_size]
                 taken = {id(c) for c in batch}
                 self._waiting = [c for c in self._waiting if id(c) not in taken]

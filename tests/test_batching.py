@@ -122,6 +122,35 @@ def test_the_most_urgent_calls_go_first() -> None:
     assert results == {1: 2, 2: 4, 3: 6, 4: 8}
 
 
+def test_a_shorter_recordings_calls_join_the_next_batch_first() -> None:
+    """Recordings' calls waiting for a full batch: the shorter recordings' go first, whatever
+    came first (a short request beside long ones waits for one batch)."""
+    recorder = Recorder(hold_first=True)
+    batcher = CallBatcher(recorder, batch_size=2, window=0.0)
+    blocker = threading.Thread(target=run_jobs, args=(batcher, [("decode", 0, 2)]))
+    blocker.start()
+    assert recorder.started.wait(10)  # the one worker is busy with the first batch
+    results: dict[Any, Any] = {}
+
+    def job(item: int, seconds: float) -> None:
+        with batcher.job(JobContext(priority=Priority.RECORDING, seconds=seconds)):
+            results[item] = batcher.call("decode", item)
+
+    lengths = {1: 1800.0, 2: 1740.0, 3: 5.0, 4: 60.0}  # item -> its recording's seconds
+    threads = []
+    for n, (item, seconds) in enumerate(lengths.items(), 1):
+        threads.append(threading.Thread(target=job, args=(item, seconds)))
+        threads[-1].start()
+        while batcher.waiting < n:  # each has come, in this order
+            time.sleep(0.01)
+    recorder.gate.set()
+    for thread in [blocker, *threads]:
+        thread.join(30)
+    batcher.close()
+    assert [sorted(items) for _, items in recorder.batches] == [[0], [3, 4], [1, 2]]
+    assert results == {1: 2, 2: 4, 3: 6, 4: 8}
+
+
 def test_a_failing_call_does_not_fail_its_batch_mates() -> None:
     recorder = Recorder()
     batcher = CallBatcher(recorder, batch_size=8, window=5.0)
