@@ -13,9 +13,9 @@ import threading
 import time
 import urllib.request
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -271,6 +271,63 @@ def in_process_model(name: str = "tiny.en", workers: int = 1, threads: int = 1):
         cpu_threads=threads,
         num_workers=workers,
     )
+
+
+@dataclass
+class PairedRounds:
+    """What :func:`paired_rounds` measured: per way of asking, each request's seconds; per way
+    other than the baseline, each request's time over the baseline's for the same piece, and
+    how often its text was the baseline's, and how many of the baseline's words it changed."""
+
+    latency: dict[str, list[float]]
+    ratios: dict[str, list[float]] = field(default_factory=dict)
+    same: dict[str, int] = field(default_factory=dict)
+    differing: dict[str, int] = field(default_factory=dict)
+    words: int = 0
+    """Words of the baseline's texts, all requests together."""
+    total: int = 0
+    """Requests per way."""
+
+
+def paired_rounds(
+    calls: dict[str, Callable[[object], tuple[float, str | None]]],
+    pieces: Sequence[object],
+    runs: int,
+    baseline: str,
+    label: Callable[[int, object], str] = lambda i, _: f"piece {i}",
+) -> PairedRounds:
+    """Each piece sent each way (``calls``: name -> (seconds, text)), ``runs`` times, the ways'
+    order rotating from piece to piece and run to run so that none always goes first on a
+    warm or cold machine; prints a line per piece and returns the figures, each way compared
+    with ``baseline`` on the same piece."""
+    order = list(calls)
+    others = [name for name in order if name != baseline]
+    out = PairedRounds(
+        latency={name: [] for name in order},
+        ratios={name: [] for name in others},
+        same=dict.fromkeys(others, 0),
+        differing=dict.fromkeys(others, 0),
+    )
+    for run in range(runs):
+        for i, piece in enumerate(pieces):
+            shift = (run + i) % len(order)
+            results = {name: calls[name](piece) for name in order[shift:] + order[:shift]}
+            for name, (seconds, _) in results.items():
+                out.latency[name].append(seconds)
+            base_seconds, base_text = results[baseline]
+            for name in others:
+                seconds, text = results[name]
+                out.ratios[name].append(seconds / base_seconds)
+                out.same[name] += text == base_text
+                out.differing[name] += word_errors(base_text or "", text or "")[0]
+            out.words += len(normalise(base_text or ""))
+            out.total += 1
+            print(
+                f"run {run + 1} {label(i, piece)}: "
+                + ", ".join(f"{n} {results[n][0]:.3f} s" for n in order),
+                flush=True,
+            )
+    return out
 
 
 def sdk_transcribe(client, name: str, data: bytes, **fields) -> tuple[float, str]:

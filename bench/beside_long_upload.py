@@ -9,6 +9,8 @@ espeak-ng sentence and 1.5 s of silence at once, then ``{"type": "end"}``, then 
 sentence as a short upload of its own. Reported: each stream's reply time after its end
 message and the short upload's time to answer (and whether the long upload was still
 decoding), the long upload's time to answer, and the same with no long upload beside them.
+Then, in this process, how long each ``generate`` call of the long upload takes (one per 30 s
+window): the most a final or a short request should wait for the upload.
 
     python bench/beside_long_upload.py [--streams 3] [--runs 2]
 """
@@ -25,7 +27,14 @@ import urllib.request
 import wave
 from pathlib import Path
 
-from _common import NASA_PODCAST, pcm16k, served, tempdir, whisper_gateway_config
+from _common import (
+    NASA_PODCAST,
+    in_process_model,
+    pcm16k,
+    served,
+    tempdir,
+    whisper_gateway_config,
+)
 from websockets.sync.client import connect
 
 from tests.client import multipart_upload
@@ -115,6 +124,37 @@ def run(url: str, upload: bytes | None, pcm: bytes, short: bytes, streams: int) 
         print(f"  upload answered after {took[0]:.1f} s")
 
 
+def window_calls(upload: bytes) -> None:
+    """The long upload decoded in this process as the gateway decodes it (tiny.en, CTranslate2's
+    threads, beam 5, English), each ``generate`` call of the model timed."""
+    import statistics
+
+    import numpy as np
+
+    model = in_process_model("tiny.en", threads=0)
+    inner, seconds = model.model, []
+
+    class Timed:
+        def __getattr__(self, name: str) -> object:
+            return getattr(inner, name)
+
+        def generate(self, *args: object, **kwargs: object) -> object:
+            started = time.perf_counter()
+            try:
+                return inner.generate(*args, **kwargs)
+            finally:
+                seconds.append(time.perf_counter() - started)
+
+    model.model = Timed()
+    audio = np.frombuffer(upload[44:], dtype=np.int16).astype(np.float32) / 32768
+    segments, _ = model.transcribe(audio, language="en", beam_size=5)
+    list(segments)
+    print(
+        f"in-process: {len(seconds)} generate calls for the upload, "
+        f"{min(seconds):.2f}-{max(seconds):.2f} s (median {statistics.median(seconds):.2f} s)"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=3)
@@ -132,6 +172,7 @@ def main() -> int:
             for n in range(args.runs):
                 print(f"beside a {len(upload) / 32000:.0f} s upload, run {n + 1}:")
                 run(url, upload, pcm, short, args.streams)
+        window_calls(upload)
     return 0
 
 

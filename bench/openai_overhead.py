@@ -30,12 +30,11 @@ from pathlib import Path
 from _common import (
     REPO,
     gateway_transcribe,
-    normalise,
+    paired_rounds,
     recordings,
     sdk_transcribe,
     served,
     tempdir,
-    word_errors,
 )
 from openai import OpenAI
 
@@ -79,11 +78,6 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=30.0)
     args = parser.parse_args()
-    latency: dict[str, list[float]] = {"ws": [], "http-wav": [], "http-mp3": []}
-    ratios: dict[str, list[float]] = {"http-wav": [], "http-mp3": []}
-    same = {"http-wav": 0, "http-mp3": 0}
-    differing = {"http-wav": 0, "http-mp3": 0}  # words that differ from the ws text
-    words = total = 0
     with tempdir() as work, served(REPO / "bench" / "tiny.en.yaml") as url:
         files = recordings(Path(work))
         pieces = []
@@ -98,26 +92,9 @@ def main() -> int:
         }
         for call in paths.values():  # warm up
             call(pieces[0])
-        order = list(paths)
-        for run in range(args.runs):
-            for i, piece in enumerate(pieces):
-                shift = (run + i) % len(order)
-                results = {}
-                for name in order[shift:] + order[:shift]:
-                    results[name] = paths[name](piece)
-                for name, (seconds, _) in results.items():
-                    latency[name].append(seconds)
-                for name in ratios:
-                    ratios[name].append(results[name][0] / results["ws"][0])
-                    same[name] += results[name][1] == results["ws"][1]
-                    differing[name] += word_errors(results["ws"][1], results[name][1])[0]
-                words += len(normalise(results["ws"][1]))
-                total += 1
-                print(
-                    f"run {run + 1} piece {i} ({piece[2]:.1f} s): "
-                    + ", ".join(f"{n} {results[n][0]:.3f} s" for n in order),
-                    flush=True,
-                )
+        rounds = paired_rounds(
+            paths, pieces, args.runs, "ws", lambda i, piece: f"piece {i} ({piece[2]:.1f} s)"
+        )
         decode_ms = []
         for _, mp3, seconds in pieces:
             started = time.perf_counter()
@@ -128,15 +105,16 @@ def main() -> int:
             for name, call in paths.items()
         }
         client.close()
-    print(f"\n{total} requests per path, {len(pieces)} recordings, tiny.en, 1 worker x 1 thread")
+    shape = f"{len(pieces)} recordings, tiny.en, 1 worker x 1 thread"
+    print(f"\n{rounds.total} requests per path, {shape}")
     print(f"mp3 decoding in-process (PyAV): median {statistics.median(decode_ms):.1f} ms per 10 s")
-    for name in order:
-        line = f"{name:9s} latency p50 {statistics.median(latency[name]):.3f} s"
-        if name in ratios:
+    for name in paths:
+        line = f"{name:9s} latency p50 {statistics.median(rounds.latency[name]):.3f} s"
+        if name in rounds.ratios:
             line += (
-                f", ratio to ws p50 {statistics.median(ratios[name]):.3f}"
-                f", same text as ws {same[name]}/{total}"
-                f" ({differing[name]} of {words} words differ)"
+                f", ratio to ws p50 {statistics.median(rounds.ratios[name]):.3f}"
+                f", same text as ws {rounds.same[name]}/{rounds.total}"
+                f" ({rounds.differing[name]} of {rounds.words} words differ)"
             )
         line += f"; throughput {rates[name]:.1f} audio s/s ({args.clients} clients)"
         print(line)

@@ -27,7 +27,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, normalise, recordings, sdk_transcribe, served, tempdir, word_errors
+from _common import REPO, paired_rounds, recordings, sdk_transcribe, served, tempdir
 from openai import OpenAI
 
 MODES: dict[str, dict[str, Any]] = {
@@ -42,44 +42,26 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--recording", type=Path, help="one audio file instead of the pieces")
     args = parser.parse_args()
-    latency: dict[str, list[float]] = {name: [] for name in MODES}
-    ratios: dict[str, list[float]] = {name: [] for name in MODES if name != "json"}
-    differing = dict.fromkeys(ratios, 0)
-    words = total = 0
     with tempdir() as work, served(REPO / "bench" / "tiny.en.yaml") as url:
         files = [args.recording] if args.recording else recordings(Path(work))
         pieces = [path.read_bytes() for path in files]
         client = OpenAI(base_url=url.replace("ws://", "http://") + "/v1", api_key="none")
         for fields in MODES.values():  # warm up
             sdk_transcribe(client, "a.wav", pieces[0], **fields)
-        order = list(MODES)
-        for run in range(args.runs):
-            for i, wav in enumerate(pieces):
-                shift = (run + i) % len(order)
-                results = {
-                    name: sdk_transcribe(client, "a.wav", wav, **MODES[name])
-                    for name in order[shift:] + order[:shift]
-                }
-                for name, (seconds, _) in results.items():
-                    latency[name].append(seconds)
-                for name in ratios:
-                    ratios[name].append(results[name][0] / results["json"][0])
-                    differing[name] += word_errors(results["json"][1], results[name][1])[0]
-                words += len(normalise(results["json"][1]))
-                total += 1
-                print(
-                    f"run {run + 1} piece {i}: "
-                    + ", ".join(f"{n} {results[n][0]:.3f} s" for n in order),
-                    flush=True,
-                )
+        calls = {
+            name: lambda wav, fields=fields: sdk_transcribe(client, "a.wav", wav, **fields)
+            for name, fields in MODES.items()
+        }
+        rounds = paired_rounds(calls, pieces, args.runs, "json")
         client.close()
-    print(f"\n{total} requests per mode, {len(pieces)} recordings, tiny.en, 1 worker x 1 thread")
-    for name in order:
-        line = f"{name:9s} latency p50 {statistics.median(latency[name]):.3f} s"
-        if name in ratios:
+    shape = f"{len(pieces)} recordings, tiny.en, 1 worker x 1 thread"
+    print(f"\n{rounds.total} requests per mode, {shape}")
+    for name in MODES:
+        line = f"{name:9s} latency p50 {statistics.median(rounds.latency[name]):.3f} s"
+        if name in rounds.ratios:
             line += (
-                f", ratio to json p50 {statistics.median(ratios[name]):.3f}"
-                f" ({differing[name]} of {words} words differ from json's)"
+                f", ratio to json p50 {statistics.median(rounds.ratios[name]):.3f}"
+                f" ({rounds.differing[name]} of {rounds.words} words differ from json's)"
             )
         print(line)
     return 0

@@ -295,7 +295,6 @@ class PriorityGate:
     """
 
     def __init__(self, slots: int) -> None:
-        self.slots = slots
         self._free = slots
         self._lock = threading.Condition()
         self._waiting: list[tuple[int, float, int, int]] = []  # (priority, seconds, job, call)
