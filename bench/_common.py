@@ -288,6 +288,16 @@ class PairedRounds:
     total: int = 0
     """Requests per way."""
 
+    def line(self, name: str, baseline: str) -> str:
+        """The start of a way's report line: its median latency, and its median ratio to
+        ``baseline``'s."""
+        import statistics
+
+        line = f"{name:9s} latency p50 {statistics.median(self.latency[name]):.3f} s"
+        if name in self.ratios:
+            line += f", ratio to {baseline} p50 {statistics.median(self.ratios[name]):.3f}"
+        return line
+
 
 def paired_rounds(
     calls: dict[str, Callable[[object], tuple[float, str | None]]],

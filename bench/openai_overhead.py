@@ -109,10 +109,9 @@ def main() -> int:
     print(f"\n{rounds.total} requests per path, {shape}")
     print(f"mp3 decoding in-process (PyAV): median {statistics.median(decode_ms):.1f} ms per 10 s")
     for name in paths:
-        line = f"{name:9s} latency p50 {statistics.median(rounds.latency[name]):.3f} s"
+        line = rounds.line(name, "ws")
         if name in rounds.ratios:
             line += (
-                f", ratio to ws p50 {statistics.median(rounds.ratios[name]):.3f}"
                 f", same text as ws {rounds.same[name]}/{rounds.total}"
                 f" ({rounds.differing[name]} of {rounds.words} words differ)"
             )

@@ -23,7 +23,6 @@ shows how much word timing changes the text.
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +56,9 @@ def main() -> int:
     shape = f"{len(pieces)} recordings, tiny.en, 1 worker x 1 thread"
     print(f"\n{rounds.total} requests per mode, {shape}")
     for name in MODES:
-        line = f"{name:9s} latency p50 {statistics.median(rounds.latency[name]):.3f} s"
+        line = rounds.line(name, "json")
         if name in rounds.ratios:
-            line += (
-                f", ratio to json p50 {statistics.median(rounds.ratios[name]):.3f}"
-                f" ({rounds.differing[name]} of {rounds.words} words differ from json's)"
-            )
+            line += f" ({rounds.differing[name]} of {rounds.words} words differ from json's)"
         print(line)
     return 0
 
