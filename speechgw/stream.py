@@ -54,6 +54,11 @@ __all__ = ["Stream"]
 
 _LOGGER = logging.getLogger(__name__)
 
+_PIECE_SECONDS = 8
+"""Audio fed at once beyond this much is taken a piece at a time, the event loop free for other
+connections between pieces: a client that sends a whole recording in one message (22 minutes,
+54 MiB) otherwise held every other client of the server for the segmenter's 0.7 s."""
+
 OnTranscript = Callable[[Transcript], Awaitable[None]]
 OnError = Callable[[SpeechGWError], Awaitable[None]]
 OnInterim = Callable[[str], Awaitable[None]]
@@ -216,24 +221,37 @@ class Stream:
         self._early: _EarlyFinal | None = None  # the open or next utterance's final, ahead
         # input samples the stream may still take (limits.max_stream_seconds)
         self._samples_left = float("inf") if max_seconds is None else max_seconds * rate
+        self._piece_samples = _PIECE_SECONDS * rate
 
-    async def feed(self, samples: np.ndarray) -> bool:
-        """Take native-rate samples (int16 PCM, or float32 in [-1, 1]); waits while the
-        stream's buffer is full (back-pressure). 16 kHz int16 goes to the segmenter or the
-        live buffer as it is: both work on int16, so it is never converted there and back.
+    async def feed(self, *chunks: np.ndarray) -> bool:
+        """Take native-rate samples (int16 PCM, or float32 in [-1, 1]), in one or more
+        consecutive chunks (a large message decoded in pieces); waits while the stream's
+        buffer is full (back-pressure). 16 kHz int16 goes to the segmenter or the live buffer
+        as it is: both work on int16, so it is never converted there and back. Audio beyond
+        ``_PIECE_SECONDS`` is taken a piece at a time, other connections running between.
 
         Returns False, taking nothing, when they would carry the stream past
         ``limits.max_stream_seconds``: the stream is over and only :meth:`end` remains.
         """
-        self._samples_left -= len(samples)
+        self._samples_left -= sum(len(chunk) for chunk in chunks)
         if self._samples_left < 0:
             return False
+        piece = self._piece_samples
+        if len(chunks) == 1 and len(chunks[0]) <= piece:  # every chunk of a live client
+            await self._take(chunks[0])
+            return True
+        for chunk in chunks:
+            for start in range(0, len(chunk), piece):
+                await self._take(chunk[start : start + piece])
+                await asyncio.sleep(0)  # the other connections' turn
+        return True
+
+    async def _take(self, samples: np.ndarray) -> None:
         if self.rate != SAMPLE_RATE:
             samples = self._resampler.feed(from_pcm16(samples))
         if self._live is not None and await self._live.put(samples):
-            return True
+            return
         await self._segment(samples)
-        return True
 
     async def end(self) -> None:
         """No more input: recognise what is buffered, then let :meth:`run` finish."""

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import threading
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,3 +119,39 @@ class UploadInBackground:
 
     def __exit__(self, *exc: object) -> None:
         self._thread.join(300)
+
+
+class HealthPoller:
+    """Another client of the server: asks ``GET /health`` back to back on one kept-alive
+    connection, from a thread of its own, and keeps how long each answer took. What it waits
+    is what any client of the server waits while the event loop is busy elsewhere."""
+
+    def __init__(self, http_url: str) -> None:
+        parts = urllib.parse.urlsplit(http_url)
+        self._connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        self._asked: list[tuple[float, float]] = []  # (asked at, answered after)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        with contextlib.closing(self._connection):
+            while not self._stop.is_set():
+                asked = time.monotonic()
+                self._connection.request("GET", "/health")
+                response = self._connection.getresponse()
+                response.read()
+                assert response.status == 200, response.status
+                self._asked.append((asked, time.monotonic() - asked))
+                self._stop.wait(0.002)
+
+    def waits_between(self, start: float, end: float) -> list[float]:
+        """How long each question asked between ``start`` and ``end`` (monotonic) waited."""
+        return [wait for asked, wait in self._asked if start <= asked <= end]
+
+    def __enter__(self) -> HealthPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)

@@ -3,6 +3,7 @@ documented error or a well-formed request, never another exception."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import json
@@ -11,12 +12,13 @@ import textwrap
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from speechgw.protocols.batch import parse_request, read_frame
 from speechgw.protocols.streaming import (
     audio_of,
     decode_base64,
+    decode_base64_in_pieces,
     parse_message,
     wire_message,
 )
@@ -112,6 +114,35 @@ def test_base64_as_other_encoders_write_it_gives_the_same_bytes(data: bytes, for
     """A client whose encoder wraps lines (GNU ``base64``, Python's ``encodebytes``, Java's
     MIME encoder), writes the URL-safe alphabet or leaves padding off sends the same audio."""
     assert decode_base64(BASE64_FORMS[form](data)) == data
+
+
+def _decoded(decode, text: str) -> bytes | str:
+    """What a decoder makes of ``text``: its bytes, or the error's wire message."""
+    try:
+        result = decode(text)
+    except InvalidAudio as refused:
+        return wire_message(refused)
+    return result if isinstance(result, bytes) else b"".join(result)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.binary(max_size=300).map(lambda data: base64.b64encode(data).decode())
+    | st.tuples(st.binary(max_size=300), st.sampled_from(sorted(BASE64_FORMS))).map(
+        lambda pair: BASE64_FORMS[pair[1]](pair[0])
+    )
+    | st.text(alphabet="AQgw+/=-_ \n*\u00e9", max_size=80),
+    st.sampled_from([4, 8, 12, 64]),
+)
+@example("AA==AAAA", 4)  # padding that ends a piece but not the text
+@example("AAA=AAAAAAAA", 8)
+@example("AAAAAAAAAAA", 4)  # padding left off
+@example("AAAA*AAAAAAA", 4)  # a character outside both alphabets, in a later piece
+def test_base64_decoded_in_pieces_is_decoded_as_in_one_call(text: str, piece_chars: int) -> None:
+    """A long ``audio`` decoded a piece at a time (so that one large message does not hold
+    the server) gives the same bytes as one call, or the same refusal, whatever its form."""
+    in_pieces = _decoded(lambda t: asyncio.run(decode_base64_in_pieces(t, piece_chars)), text)
+    assert in_pieces == _decoded(decode_base64, text)
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests import speech
-from tests.client import UploadInBackground
-from tests.serving import Server, running_server
+from tests.client import HealthPoller, UploadInBackground
+from tests.serving import ServeProcess, Server, running_server
 from tests.streaming_client import (
     StreamResult,
     assert_sentences,
@@ -514,3 +514,38 @@ def test_a_final_does_not_wait_for_a_long_recording(
     assert speech.word_recall(speech.SENTENCES["train"], result.replies[0]) >= 0.8, result
     assert replied_before_the_recording_ended
     assert upload.text and speech.word_recall(said, upload.text) > 0.8, upload.text
+
+
+def test_a_recording_sent_as_one_message_gets_every_reply(tiny_server: Server, three: Path) -> None:
+    """A client that sends a whole file in one message (10 s at 22.05 kHz: its base64 is
+    decoded, and its audio taken, a piece at a time) hears the same sentences as one that sends
+    100 ms chunks."""
+    pcm, rate = read_pcm16(three)
+    result = stream_pcm(tiny_server.ws, pcm, rate, chunk_ms=60_000)
+    assert_sentences(result, ORDER)
+    assert result.errors == []
+
+
+def test_one_large_message_does_not_hold_other_clients(tmp_path: Path, three: Path) -> None:
+    """15 minutes of audio in one message (53 MiB of base64), and another client asking
+    ``/health`` all along: it is answered throughout, never kept waiting for more than a third
+    of the time the message takes (decoding the whole message and cutting it into utterances
+    in one go kept it waiting 60-70 % of that time). Every reply comes."""
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "backends: {echo: {type: scripted, text: ok}}\n"
+        "routing: [{backend: echo}]\n"
+        "store: {path: null}\n"
+        "logging: {level: INFO}\n"
+    )
+    pcm, rate = read_pcm16(three)  # 3 sentences, 22.05 kHz: resampled, as many clients' are
+    pcm *= round(15 * 60 * rate * 2 / len(pcm))  # 15 minutes, 53 MiB of base64
+    with ServeProcess("--config", str(config)) as server:
+        in_chunks = stream_pcm(server.url, pcm, rate, chunk_ms=1000)
+        with HealthPoller(server.http) as poller:
+            whole = stream_pcm(server.url, pcm, rate, chunk_ms=20 * 60 * 1000)
+        taken = whole.reply_times[-1] - whole.started
+        waits = poller.waits_between(whole.started, whole.reply_times[-1])
+    assert whole.errors == [] and len(whole.replies) == len(in_chunks.replies) > 100
+    assert len(waits) > 10
+    assert max(waits) < taken / 3, (max(waits), taken)

@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""How long one large streaming message holds the server's event loop.
+
+A streaming client may send a whole recording in one message (the spec asks for 100 ms chunks,
+but a file is easiest sent at once): MINUTES of speech (the NASA podcast of ``../shared/audio``
+over and over; noise without it) as one base64 message, then ``{"type":"end"}``. Meanwhile
+another client polls ``GET /health`` on a kept-alive connection as fast as it is answered: each
+answer's wait is how long the event loop was busy with something else, the time every other
+client of the server waits too. Reported: the longest and the 99th-percentile wait while the
+message is taken, and the whole stream's time. The scripted backend answers each utterance at
+once (one reply per utterance), so only the gateway is measured.
+
+    python bench/large_messages.py [--minutes 22] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import io
+import json
+import threading
+import time
+import wave
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+from _common import NASA_PODCAST, pcm16k, served, tempdir
+from websockets.sync.client import connect
+
+
+def speech(minutes: float) -> np.ndarray:
+    """``minutes`` of 16 kHz int16 speech (noise when ../shared/audio is absent)."""
+    wanted = int(minutes * 60 * 16000)
+    if all(path.exists() for path in NASA_PODCAST):
+        podcast = np.concatenate([pcm16k(path) for path in NASA_PODCAST])
+        return np.resize(podcast, wanted)
+    return np.random.default_rng(0).normal(0, 3000, wanted).astype(np.int16)
+
+
+class HealthPoller(threading.Thread):
+    """Polls /health back to back and keeps each answer's wait with the time it was asked."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        parts = urlsplit(url.replace("ws://", "http://", 1))
+        self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        self.waits: list[tuple[float, float]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            asked = time.perf_counter()
+            self.connection.request("GET", "/health")
+            self.connection.getresponse().read()
+            self.waits.append((asked, time.perf_counter() - asked))
+            time.sleep(0.002)
+
+    def between(self, start: float, end: float) -> list[float]:
+        return [wait for asked, wait in self.waits if start <= asked <= end]
+
+
+def wav_of(samples: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(samples.tobytes())
+    return out.getvalue()
+
+
+def streamed(url: str, samples: np.ndarray) -> Callable[[], int]:
+    """The whole recording as one streaming message, then ``end``; returns the replies."""
+    message = json.dumps({"audio": base64.b64encode(samples.tobytes()).decode()})
+    print(f"streaming: one message of {len(message) / 2**20:.1f} MiB")
+
+    def send() -> int:
+        with connect(f"{url}/api/core/google/asr", max_size=None, ping_interval=None) as ws:
+            json.loads(ws.recv())  # the connection message
+            ws.send(message)
+            ws.send(json.dumps({"type": "end"}))
+            return sum("asr_reply" in json.loads(reply) for reply in ws)
+
+    return send
+
+
+def batched(url: str, samples: np.ndarray) -> Callable[[], int]:
+    """The recording as one batch request's WAV frame; returns its segments."""
+    wav = wav_of(samples)
+    print(f"batch: one WAV frame of {len(wav) / 2**20:.1f} MiB")
+
+    def send() -> int:
+        with connect(f"{url}/ws/transcribe", max_size=None, ping_interval=None) as ws:
+            ws.send(json.dumps({"type": "transcribe", "language": "en"}))
+            ws.send(wav)
+            return len(json.loads(ws.recv())["segments"])
+
+    return send
+
+
+def uploaded(url: str, samples: np.ndarray) -> Callable[[], int]:
+    """The recording as one OpenAI upload (multipart WAV); returns its segments."""
+    boundary = "large-messages-bench"
+
+    def field(name: str, extra: str = "") -> bytes:
+        return f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{extra}\r\n'.encode()
+
+    body = b"".join(
+        [
+            field("model") + b"\r\nwhisper-1\r\n",
+            field("response_format") + b"\r\nverbose_json\r\n",
+            field("file", '; filename="a.wav"') + b"Content-Type: audio/wav\r\n\r\n",
+            wav_of(samples),
+            f"\r\n--{boundary}--\r\n".encode(),
+        ]
+    )
+    print(f"openai: one upload of {len(body) / 2**20:.1f} MiB")
+    parts = urlsplit(url.replace("ws://", "http://", 1))
+
+    def send() -> int:
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        connection.request("POST", "/v1/audio/transcriptions", body, headers)
+        response = connection.getresponse()
+        return len(json.loads(response.read())["segments"])
+
+    return send
+
+
+PROTOCOLS = {"streaming": streamed, "batch": batched, "openai": uploaded}
+
+
+def one_round(url: str, send: Callable[[], int]) -> tuple[float, float, float, int]:
+    """(longest wait, p99 wait, seconds, replies) for one ``send``."""
+    poller = HealthPoller(url)
+    poller.start()
+    time.sleep(0.2)  # a few quiet polls first
+    start = time.perf_counter()
+    replies = send()
+    end = time.perf_counter()
+    poller.stop.set()
+    poller.join()
+    waits = sorted(poller.between(start, end))
+    return waits[-1], waits[int(0.99 * (len(waits) - 1))], end - start, replies
+
+
+def scripted_config(work: Path) -> Path:
+    path = work / "scripted.yaml"
+    path.write_text(
+        "backends: {scripted: {type: scripted, text: words}}\n"
+        "routing: [{backend: scripted}]\n"
+        "store: {path: null}\n"
+        "logging: {level: INFO}\n"
+    )
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=22.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--protocols", default="streaming,batch,openai")
+    args = parser.parse_args()
+    samples = speech(args.minutes)
+    with tempdir() as work, served(scripted_config(Path(work))) as url:
+        for protocol in args.protocols.split(","):
+            send = PROTOCOLS[protocol](url, samples)
+            for n in range(args.rounds):
+                longest, p99, seconds, replies = one_round(url, send)
+                print(
+                    f"  round {n + 1}: /health waited at most {longest * 1000:.0f} ms "
+                    f"(p99 {p99 * 1000:.0f} ms) while the request ran {seconds:.2f} s "
+                    f"({replies} replies or segments)"
+                )
+
+
+if __name__ == "__main__":
+    main()
