@@ -420,6 +420,17 @@ class WhisperBackend(Backend):
         return self._batcher is not None or self._recordings.borrowed_tokens == 0
 
     @property
+    def waiting(self) -> int:
+        """Jobs waiting for a place in either lane, and jobs under way waiting for the model
+        at the gate (or for a batch) between their calls."""
+        lanes = (
+            self._recordings.statistics().tasks_waiting
+            + self._utterances.statistics().tasks_waiting
+        )
+        model = self._batcher or self._gate
+        return lanes + (model.waiting if model is not None else 0)
+
+    @property
     def batch_stats(self) -> BatchStats | None:
         """How full the batches have been (None: not batching)."""
         return self._batcher.snapshot() if self._batcher is not None else None

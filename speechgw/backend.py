@@ -101,6 +101,15 @@ class Backend(ABC):
         return True
 
     @property
+    def waiting(self) -> int:
+        """Jobs handed to it that wait for its compute this instant: for a place among the
+        jobs it runs at once, or, a job under way, for the model between two of its calls (a
+        recording's next window while a stream's final goes first). Read at each scrape for
+        ``speechgw_backend_waiting``: the queue an operator adds capacity for. A backend that
+        queues nothing of its own (a remote service) answers 0."""
+        return 0
+
+    @property
     def batch_stats(self) -> BatchStats | None:
         """How full its batched model calls have been (``speechgw_batch_*`` metrics), for a
         backend that batches the calls of concurrent jobs; None for one that does not."""

@@ -125,6 +125,7 @@ class Gateway:
         self.metrics = metrics
         # read at each scrape, so a reload's new backends show up
         metrics.watch_batches(lambda: ((b.name, b.batch_stats) for b in self.backends.values()))
+        metrics.watch_backends(lambda: ((b.name, b.waiting) for b in self.backends.values()))
         self.store = store
         self.accounting = Accounting(
             metrics, store, lambda: self.config.limits.busy_retry_after_seconds

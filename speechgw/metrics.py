@@ -25,9 +25,10 @@ from prometheus_client.utils import floatToGoString
 from . import __version__
 from .batching import BatchStats
 
-__all__ = ["BatchSource", "GatewayMetrics"]
+__all__ = ["BatchSource", "GatewayMetrics", "WaitingSource"]
 
 BatchSource = Callable[[], Iterable[tuple[str, BatchStats | None]]]
+WaitingSource = Callable[[], Iterable[tuple[str, int]]]
 """Each backend's name and batch counts (None: it does not batch), read at each scrape."""
 
 _MACHINE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -136,9 +137,15 @@ class GatewayMetrics:
         )
         self._batches = _BatchCollector(lambda: ())  # until the gateway names its backends
         r.register(self._batches)
+        self._waiting = _WaitingCollector(lambda: ())
+        r.register(self._waiting)
         self._max_machine_ids = max_machine_ids
         self._machine_ids: set[str] = set()
         self._lock = threading.Lock()
+
+    def watch_backends(self, source: WaitingSource) -> None:
+        """Export how many jobs wait for each backend, read from ``source`` at each scrape."""
+        self._waiting.source = source
 
     def watch_batches(self, source: BatchSource) -> None:
         """Export the backends' batch counts, read from ``source`` at each scrape (nothing on
@@ -156,6 +163,31 @@ class GatewayMetrics:
                 return "other"
             self._machine_ids.add(machine_id)
         return machine_id
+
+
+class _WaitingCollector(Collector):
+    """``speechgw_backend_waiting``: jobs that wait for each backend's compute now."""
+
+    def __init__(self, source: WaitingSource) -> None:
+        self.source = source
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "speechgw_backend_waiting",
+            "Jobs waiting now for a backend's compute: for a place, or between their model "
+            "calls for the model",
+            labels=["backend"],
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for name, waiting in self.source():
+            family.add_metric([name], waiting)
+        yield family
 
 
 class _BatchCollector(Collector):

@@ -17,6 +17,7 @@ import speechgw
 from tests import speech
 from tests.client import UploadInBackground, batch, drain, transcribe
 from tests.serving import Server
+from tests.waiting import wait_for
 
 FOX = speech.SENTENCES["children"]
 
@@ -274,6 +275,27 @@ def test_example_batch_client(tiny_server: Server, voices) -> None:
     )
     assert speech.word_recall(speech.SENTENCES["coffee"], result.stdout) >= 0.75, result
     assert "[" in result.stderr  # the timed segments
+
+
+def test_the_queue_for_the_model_is_in_the_metrics(tiny_server: Server, voices) -> None:
+    """Six requests at once for one model worker: ``speechgw_backend_waiting`` shows the
+    jobs waiting for it (for one of its places, or at the model between calls) while they
+    are answered, and 0 once every answer is in; each answer has its words."""
+    wav = voices["market"].read_bytes()
+    seen: list[float] = []
+
+    def waiting() -> float:
+        seen.append(tiny_server.metric("speechgw_backend_waiting", backend="whisper"))
+        return seen[-1]
+
+    assert 'speechgw_backend_waiting{backend="whisper"} 0.0' in tiny_server.get("/metrics")[1]
+    with ThreadPoolExecutor(6) as pool:
+        answers = [pool.submit(transcribe, tiny_server.ws, wav) for _ in range(6)]
+        wait_for(lambda: waiting() >= 3, seconds=60)
+        replies = [answer.result().reply for answer in answers]
+    for reply in replies:
+        assert_heard(speech.SENTENCES["market"], reply["text"])
+    assert waiting() == 0, seen
 
 
 def test_a_short_request_does_not_wait_for_a_long_one(

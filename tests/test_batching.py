@@ -331,7 +331,9 @@ def test_batched_whisper_gives_the_unbatched_texts(voices, tiny_server, tmp_path
         singles = server.metric("speechgw_batch_size_bucket", backend="whisper", le="1.0")
         assert calls >= len(wavs) and batches > singles, (calls, batches, singles)
         # nothing left waiting once every reply is in (the sample is there, and it is 0)
-        assert 'speechgw_batch_waiting{backend="whisper"} 0.0' in server.get("/metrics")[1]
+        metrics = server.get("/metrics")[1]
+        assert 'speechgw_batch_waiting{backend="whisper"} 0.0' in metrics
+        assert 'speechgw_backend_waiting{backend="whisper"} 0.0' in metrics
 
         names = ["market", "window", "coffee"]
         three = speech.concat([voices[n] for n in names], tmp_path / "3.wav", silence_seconds=1.0)
