@@ -104,6 +104,13 @@ class ServerConfig:
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     """``auto``: uvloop where it is installed (Linux and macOS), else asyncio's own loop.
     uvloop takes a fifth off the GIL time a live stream costs (bench/gil_budget.py)."""
+    keep_alive_seconds: Annotated[float, Positive] = 5.0
+    """How long an idle HTTP connection is kept open for its next request (hypercorn's
+    default). A proxy or load balancer that keeps its connections to the gateway open for
+    reuse must give them up sooner than this (nginx: ``keepalive_timeout`` in the upstream
+    block, as the examples do), or raise this above its own idle timeout (AWS ALB: 60 s):
+    otherwise it may send a request on a connection the gateway is closing at that moment,
+    and its client gets a 502."""
     shutdown_grace_seconds: Annotated[float, NonNegative] = 30.0
     """0: stop at once, cutting off what is in flight."""
     retain_freed_memory_mib: Annotated[int | None, NonNegative] = 1024

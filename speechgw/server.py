@@ -113,6 +113,7 @@ def hypercorn_config(config: Config, sock: socket.socket | None = None) -> Hyper
     hc.websocket_max_message_size = config.limits.max_frame_bytes
     hc.send_timeout = config.limits.send_timeout_seconds
     hc.graceful_timeout = config.server.shutdown_grace_seconds
+    hc.keep_alive_timeout = config.server.keep_alive_seconds
     hc.accesslog = None  # the gateway writes its own access line per request
     hc.errorlog = logging.getLogger("hypercorn.error")  # through our handlers, once
     if config.server.certfile:

@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -163,3 +164,24 @@ def test_systemd_unit_runs_real_commands_and_is_valid(tmp_path) -> None:
         ["systemd-analyze", "verify", str(installed)], capture_output=True, text=True
     )
     assert verified.returncode == 0 and not verified.stderr.strip(), verified.stderr
+
+
+@pytest.mark.parametrize("keep_alive", [0.5, 1.5])
+def test_an_idle_http_connection_is_closed_after_keep_alive_seconds(keep_alive: float) -> None:
+    """``server.keep_alive_seconds``: how long the gateway keeps an idle HTTP/1.1 connection
+    for its next request, the figure a proxy that reuses connections must stay under (the
+    example nginx configs drop theirs after 4 s, under the default 5)."""
+    overrides = {"server": {"keep_alive_seconds": keep_alive}}
+    with (
+        running_server(overrides, backends={"null": {"type": "scripted"}}) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock,
+    ):
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        answer = b""
+        while b'"status"' not in answer:  # the JSON body, after the headers
+            answer += sock.recv(65536)
+        answered = time.monotonic()
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        assert sock.recv(65536) == b""  # the server closed it (a timeout would raise)
+        idle = time.monotonic() - answered
+    assert keep_alive - 0.1 < idle < keep_alive + 1.5, idle
