@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import secrets
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import numpy as np
@@ -211,6 +213,26 @@ async def decode_base64_in_pieces(text: str, piece_chars: int = DECODE_PIECE_CHA
     return pieces
 
 
+_TAKEN_IN_STEPS_CHARS = 1 << 16
+"""A message with more base64 than this (1.5 s of 16 kHz audio) may be taken in several steps
+(its base64 decoded a piece at a time beyond 6 s of 16 kHz audio, its audio fed 8 s at a time),
+so it is taken whole even if its reader is stopped between two steps."""
+
+
+async def _whole(taking: Coroutine[Any, Any, bool]) -> bool:
+    """Await ``taking`` to its end even if the caller is cancelled meanwhile, then pass the
+    cancellation on. A shutdown stops each stream's reader and then recognises what the stream
+    has: a message the reader had begun to take must be all of it, as one taken in one step
+    was (cut off between two pieces, the rest of it was never recognised)."""
+    task = asyncio.ensure_future(taking)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task  # a second cancellation (the grace period's end) stops it too
+        raise
+
+
 def _settings(asked: dict[str, Any]) -> tuple[int, str, str, bool]:
     """``(rate, language_code, iso_language, interim_results)`` from what the client sent."""
     rate = asked.get("rate")
@@ -368,18 +390,33 @@ class StreamingProtocol:
                             conn.asked.update(
                                 (name, parsed[name]) for name in _SETTINGS if name in parsed
                             )
-                        pieces = await audio_of_message(parsed)
-                        if conn.stream is None:
-                            conn.stream = self._open(conn)
-                            worker.append(asyncio.create_task(conn.stream.run()))
-                        deadline.reschedule(None)  # waiting out back-pressure is not idling
-                        if not await conn.stream.feed(*pieces):
+                        taking = self._take(conn, parsed, worker, deadline)
+                        audio = parsed.get("audio")
+                        if isinstance(audio, str) and len(audio) > _TAKEN_IN_STEPS_CHARS:
+                            taking = _whole(taking)
+                        if not await taking:
                             return "too_long"
                     except SpeechGWError as exc:
                         conn.session.refused(exc)
                         await conn.error(exc)
         except TimeoutError:
             return "idle"
+
+    async def _take(
+        self,
+        conn: _Connection,
+        message: dict[str, Any],
+        worker: list[asyncio.Task[None]],
+        deadline: asyncio.Timeout,
+    ) -> bool:
+        """Decode a message's audio and feed it to the stream (started with the first audio);
+        False once the stream is over its length limit."""
+        pieces = await audio_of_message(message)
+        if conn.stream is None:
+            conn.stream = self._open(conn)
+            worker.append(asyncio.create_task(conn.stream.run()))
+        deadline.reschedule(None)  # waiting out back-pressure is not idling
+        return await conn.stream.feed(*pieces)
 
     @staticmethod
     def _open(conn: _Connection) -> Stream:

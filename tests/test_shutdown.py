@@ -15,9 +15,11 @@ from pathlib import Path
 
 from websockets.exceptions import ConnectionClosed
 
+from tests import speech
 from tests.client import transcribe
 from tests.serving import ServeProcess
-from tests.streaming_client import open_stream, read_pcm16
+from tests.streaming_client import open_stream, read_pcm16, stream_pcm
+from tests.waiting import wait_for
 
 
 def test_sigterm_with_a_batch_job_and_a_stream_in_flight(tmp_path: Path, voices) -> None:
@@ -68,3 +70,37 @@ def test_sigterm_with_a_batch_job_and_a_stream_in_flight(tmp_path: Path, voices)
         .fetchall()
     )
     assert rows == [("batch",), ("streaming",)]
+
+
+def test_sigterm_while_a_large_message_is_taken_loses_none_of_it(tmp_path: Path, voices) -> None:
+    """A stream sends seven minutes in one message to a backend slower than the stream (its
+    queue fills, and the server has taken only part of the message when SIGTERM comes): every
+    utterance of the message is still recognised and answered before the 1001 close, as many
+    replies as the same audio gets without a shutdown."""
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "store: {path: null}\n"
+        "backends:\n  'null': {type: scripted, text: said, delay_seconds: 0.03}\n"
+        "routing:\n  - backend: 'null'\n"
+    )
+    parts = [voices[name] for name in ("children", "market", "window")]
+    pcm, rate = read_pcm16(speech.concat(parts, tmp_path / "three.wav", silence_seconds=1.0))
+    pcm *= 42  # seven minutes, 126 sentences
+    message = json.dumps({"audio": base64.b64encode(pcm).decode(), "rate": rate})
+    with ServeProcess("--config", str(config)) as server:
+        expected = stream_pcm(server.url, pcm, rate, chunk_ms=1000)
+        assert len(expected.replies) >= 100
+        full_before = server.log.count("Audio stream buffer full")
+        with open_stream(server.url) as stream:
+            stream.recv(timeout=10)
+            stream.send(message)
+            wait_for(lambda: server.log.count("Audio stream buffer full") > full_before)
+            server.process.send_signal(signal.SIGTERM)
+            replies = []
+            try:
+                while True:
+                    replies.append(json.loads(stream.recv(timeout=30)))
+            except ConnectionClosed as closed:
+                assert closed.rcvd is not None and closed.rcvd.code == 1001
+        assert server.process.wait(timeout=60) == 0
+    assert [r.get("asr_reply") for r in replies] == ["said"] * len(expected.replies)
