@@ -20,10 +20,11 @@ import base64
 import http.client
 import io
 import json
-import threading
+import multiprocessing
 import time
 import wave
 from collections.abc import Callable
+from multiprocessing.synchronize import Event
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -41,23 +42,40 @@ def speech(minutes: float) -> np.ndarray:
     return np.random.default_rng(0).normal(0, 3000, wanted).astype(np.int16)
 
 
-class HealthPoller(threading.Thread):
-    """Polls /health back to back and keeps each answer's wait with the time it was asked."""
+def _poll(url: str, stop: Event, results: multiprocessing.Queue) -> None:
+    parts = urlsplit(url.replace("ws://", "http://", 1))
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    waits = []
+    while not stop.is_set():
+        asked = time.monotonic()
+        connection.request("GET", "/health")
+        connection.getresponse().read()
+        waits.append((asked, time.monotonic() - asked))
+        time.sleep(0.002)
+    results.put(waits)
+
+
+class HealthPoller:
+    """Polls /health back to back from a process of its own (so that the sending client's
+    own holds of its GIL do not count) and keeps each answer's wait with the time it was
+    asked (``time.monotonic``, one clock for every process)."""
 
     def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
-        parts = urlsplit(url.replace("ws://", "http://", 1))
-        self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        self._stop = multiprocessing.Event()
+        self._results: multiprocessing.Queue = multiprocessing.Queue()
+        self._process = multiprocessing.Process(
+            target=_poll, args=(url, self._stop, self._results), daemon=True
+        )
         self.waits: list[tuple[float, float]] = []
-        self.stop = threading.Event()
 
-    def run(self) -> None:
-        while not self.stop.is_set():
-            asked = time.perf_counter()
-            self.connection.request("GET", "/health")
-            self.connection.getresponse().read()
-            self.waits.append((asked, time.perf_counter() - asked))
-            time.sleep(0.002)
+    def __enter__(self) -> HealthPoller:
+        self._process.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.waits = self._results.get(timeout=60)
+        self._process.join(timeout=60)
 
     def between(self, start: float, end: float) -> list[float]:
         return [wait for asked, wait in self.waits if start <= asked <= end]
@@ -136,14 +154,11 @@ PROTOCOLS = {"streaming": streamed, "batch": batched, "openai": uploaded}
 
 def one_round(url: str, send: Callable[[], int]) -> tuple[float, float, float, int]:
     """(longest wait, p99 wait, seconds, replies) for one ``send``."""
-    poller = HealthPoller(url)
-    poller.start()
-    time.sleep(0.2)  # a few quiet polls first
-    start = time.perf_counter()
-    replies = send()
-    end = time.perf_counter()
-    poller.stop.set()
-    poller.join()
+    with HealthPoller(url) as poller:
+        time.sleep(0.3)  # the poller's start, and a few quiet polls
+        start = time.monotonic()
+        replies = send()
+        end = time.monotonic()
     waits = sorted(poller.between(start, end))
     return waits[-1], waits[int(0.99 * (len(waits) - 1))], end - start, replies
 
