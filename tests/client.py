@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import multiprocessing
 import threading
 import time
 import urllib.error
@@ -121,37 +122,52 @@ class UploadInBackground:
         self._thread.join(300)
 
 
+def _poll_health(http_url: str, stop: Any, polling: Any, asked: Any) -> None:
+    parts = urllib.parse.urlsplit(http_url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    waits = []
+    with contextlib.closing(connection):
+        while not stop.is_set():
+            at = time.monotonic()
+            connection.request("GET", "/health")
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                break
+            waits.append((at, time.monotonic() - at))
+            polling.set()
+            stop.wait(0.002)
+    asked.put(waits)
+
+
 class HealthPoller:
     """Another client of the server: asks ``GET /health`` back to back on one kept-alive
-    connection, from a thread of its own, and keeps how long each answer took. What it waits
-    is what any client of the server waits while the event loop is busy elsewhere."""
+    connection, from a process of its own (a thread would wait for the test's own hold of its
+    GIL, which is not the server's), and keeps how long each answer took. What it waits is what
+    any client of the server waits while the event loop is busy elsewhere."""
 
     def __init__(self, http_url: str) -> None:
-        parts = urllib.parse.urlsplit(http_url)
-        self._connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-        self._asked: list[tuple[float, float]] = []  # (asked at, answered after)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def _poll(self) -> None:
-        with contextlib.closing(self._connection):
-            while not self._stop.is_set():
-                asked = time.monotonic()
-                self._connection.request("GET", "/health")
-                response = self._connection.getresponse()
-                response.read()
-                assert response.status == 200, response.status
-                self._asked.append((asked, time.monotonic() - asked))
-                self._stop.wait(0.002)
+        spawn = multiprocessing.get_context("spawn")  # no fork of a process with threads
+        self._stop, self._polling = spawn.Event(), spawn.Event()
+        self._asked = spawn.Queue()
+        self._process = spawn.Process(
+            target=_poll_health,
+            args=(http_url, self._stop, self._polling, self._asked),
+            daemon=True,
+        )
+        self._waits: list[tuple[float, float]] = []  # (asked at, answered after)
 
     def waits_between(self, start: float, end: float) -> list[float]:
-        """How long each question asked between ``start`` and ``end`` (monotonic) waited."""
-        return [wait for asked, wait in self._asked if start <= asked <= end]
+        """How long each question asked between ``start`` and ``end`` (monotonic: one clock
+        for every process) waited; once the poller has stopped."""
+        return [wait for at, wait in self._waits if start <= at <= end]
 
     def __enter__(self) -> HealthPoller:
-        self._thread.start()
+        self._process.start()
+        assert self._polling.wait(60), "the poller got no answer from /health"
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(60)
+        self._waits = self._asked.get(timeout=60)
+        self._process.join(60)
