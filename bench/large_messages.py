@@ -20,17 +20,17 @@ import base64
 import http.client
 import io
 import json
-import multiprocessing
 import time
 import wave
 from collections.abc import Callable
-from multiprocessing.synchronize import Event
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
 from _common import NASA_PODCAST, pcm16k, served, tempdir
 from websockets.sync.client import connect
+
+from tests.client import HealthPoller
 
 
 def speech(minutes: float) -> np.ndarray:
@@ -40,45 +40,6 @@ def speech(minutes: float) -> np.ndarray:
         podcast = np.concatenate([pcm16k(path) for path in NASA_PODCAST])
         return np.resize(podcast, wanted)
     return np.random.default_rng(0).normal(0, 3000, wanted).astype(np.int16)
-
-
-def _poll(url: str, stop: Event, results: multiprocessing.Queue) -> None:
-    parts = urlsplit(url.replace("ws://", "http://", 1))
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
-    waits = []
-    while not stop.is_set():
-        asked = time.monotonic()
-        connection.request("GET", "/health")
-        connection.getresponse().read()
-        waits.append((asked, time.monotonic() - asked))
-        time.sleep(0.002)
-    results.put(waits)
-
-
-class HealthPoller:
-    """Polls /health back to back from a process of its own (so that the sending client's
-    own holds of its GIL do not count) and keeps each answer's wait with the time it was
-    asked (``time.monotonic``, one clock for every process)."""
-
-    def __init__(self, url: str) -> None:
-        self._stop = multiprocessing.Event()
-        self._results: multiprocessing.Queue = multiprocessing.Queue()
-        self._process = multiprocessing.Process(
-            target=_poll, args=(url, self._stop, self._results), daemon=True
-        )
-        self.waits: list[tuple[float, float]] = []
-
-    def __enter__(self) -> HealthPoller:
-        self._process.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self.waits = self._results.get(timeout=60)
-        self._process.join(timeout=60)
-
-    def between(self, start: float, end: float) -> list[float]:
-        return [wait for asked, wait in self.waits if start <= asked <= end]
 
 
 def wav_of(samples: np.ndarray) -> bytes:
@@ -154,12 +115,12 @@ PROTOCOLS = {"streaming": streamed, "batch": batched, "openai": uploaded}
 
 def one_round(url: str, send: Callable[[], int]) -> tuple[float, float, float, int]:
     """(longest wait, p99 wait, seconds, replies) for one ``send``."""
-    with HealthPoller(url) as poller:
-        time.sleep(0.3)  # the poller's start, and a few quiet polls
+    with HealthPoller(url.replace("ws://", "http://", 1)) as poller:
+        time.sleep(0.2)  # a few quiet polls first
         start = time.monotonic()
         replies = send()
         end = time.monotonic()
-    waits = sorted(poller.between(start, end))
+    waits = sorted(poller.waits_between(start, end))
     return waits[-1], waits[int(0.99 * (len(waits) - 1))], end - start, replies
 
 
