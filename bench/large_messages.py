@@ -1,16 +1,16 @@
 #!/usr/bin/env python3
-"""How long one large streaming message holds the server's event loop.
+"""How long one large message holds the server's event loop, and so every other client.
 
 A streaming client may send a whole recording in one message (the spec asks for 100 ms chunks,
 but a file is easiest sent at once): MINUTES of speech (the NASA podcast of ``../shared/audio``
-over and over; noise without it) as one base64 message, then ``{"type":"end"}``. Meanwhile
-another client polls ``GET /health`` on a kept-alive connection as fast as it is answered: each
-answer's wait is how long the event loop was busy with something else, the time every other
-client of the server waits too. Reported: the longest and the 99th-percentile wait while the
-message is taken, and the whole stream's time. The scripted backend answers each utterance at
-once (one reply per utterance), so only the gateway is measured.
+over and over; noise without it) as one base64 message, then ``{"type":"end"}``; and, for
+comparison, the same recording as one batch WAV frame and as one OpenAI upload. Meanwhile
+another client, a process of its own, polls ``GET /health`` on a kept-alive connection as fast
+as it is answered: each answer's wait is how long the event loop was busy with something else.
+Reported: the longest and the 99th-percentile wait while the request runs, and its time. The
+scripted backend answers at once (one reply per utterance), so only the gateway is measured.
 
-    python bench/large_messages.py [--minutes 22] [--rounds 3]
+    python bench/large_messages.py [--minutes 22] [--rounds 3] [--protocols streaming,batch,openai]
 """
 
 from __future__ import annotations
