@@ -248,6 +248,20 @@ def pcm16k(path: Path) -> np.ndarray:
     return np.concatenate(out)
 
 
+def wav_bytes(pcm: bytes) -> bytes:
+    """16 kHz mono 16-bit PCM as a WAV file's bytes (a batch frame, an upload)."""
+    import io
+    import wave
+
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(pcm)
+    return out.getvalue()
+
+
 def tempdir() -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix="speechgw-bench-")
 

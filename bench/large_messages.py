@@ -18,16 +18,14 @@ from __future__ import annotations
 import argparse
 import base64
 import http.client
-import io
 import json
 import time
-import wave
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
-from _common import NASA_PODCAST, pcm16k, served, tempdir
+from _common import NASA_PODCAST, pcm16k, served, tempdir, wav_bytes
 from websockets.sync.client import connect
 
 from tests.client import HealthPoller
@@ -40,16 +38,6 @@ def speech(minutes: float) -> np.ndarray:
         podcast = np.concatenate([pcm16k(path) for path in NASA_PODCAST])
         return np.resize(podcast, wanted)
     return np.random.default_rng(0).normal(0, 3000, wanted).astype(np.int16)
-
-
-def wav_of(samples: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(samples.tobytes())
-    return out.getvalue()
 
 
 def streamed(url: str, samples: np.ndarray) -> Callable[[], int]:
@@ -69,7 +57,7 @@ def streamed(url: str, samples: np.ndarray) -> Callable[[], int]:
 
 def batched(url: str, samples: np.ndarray) -> Callable[[], int]:
     """The recording as one batch request's WAV frame; returns its segments."""
-    wav = wav_of(samples)
+    wav = wav_bytes(samples.tobytes())
     print(f"batch: one WAV frame of {len(wav) / 2**20:.1f} MiB")
 
     def send() -> int:
@@ -93,7 +81,7 @@ def uploaded(url: str, samples: np.ndarray) -> Callable[[], int]:
             field("model") + b"\r\nwhisper-1\r\n",
             field("response_format") + b"\r\nverbose_json\r\n",
             field("file", '; filename="a.wav"') + b"Content-Type: audio/wav\r\n\r\n",
-            wav_of(samples),
+            wav_bytes(samples.tobytes()),
             f"\r\n--{boundary}--\r\n".encode(),
         ]
     )

@@ -23,30 +23,21 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import io
 import json
 import os
 import statistics
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
-from _common import REPO, served
+from _common import REPO, served, wav_bytes
 from openai import AsyncOpenAI, OpenAIError
 from websockets.asyncio.client import connect
 
 
 def ten_second_wav() -> bytes:
     rng = np.random.default_rng(0)
-    samples = (rng.standard_normal(160_000) * 3000).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(samples.tobytes())
-    return buffer.getvalue()
+    return wav_bytes((rng.standard_normal(160_000) * 3000).astype("<i2").tobytes())
 
 
 async def batch_load(url: str, wav: bytes, clients: int, seconds: float) -> tuple[int, int, bool]:

@@ -15,28 +15,20 @@ with the default the frames reuse memory the request freed, and RSS says little)
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import threading
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
-from _common import served, tempdir, whisper_gateway_config
+from _common import served, tempdir, wav_bytes, whisper_gateway_config
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 
 def noise_wav(seconds: float) -> bytes:
     samples = np.random.default_rng(0).normal(0, 3000, int(16000 * seconds)).astype("<i2")
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(samples.tobytes())
-    return out.getvalue()
+    return wav_bytes(samples.tobytes())
 
 
 def held(

@@ -14,12 +14,24 @@ import urllib.request
 from pathlib import Path
 
 from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection
 
 from tests import speech
 from tests.client import transcribe
 from tests.serving import ServeProcess
 from tests.streaming_client import open_stream, read_pcm16, stream_pcm
 from tests.waiting import wait_for
+
+
+def replies_until_closed(stream: ClientConnection) -> list[dict]:
+    """Every message the server sends until it closes, which must be with 1001 (going away)."""
+    replies = []
+    try:
+        while True:
+            replies.append(json.loads(stream.recv(timeout=30)))
+    except ConnectionClosed as closed:
+        assert closed.rcvd is not None and closed.rcvd.code == 1001
+    return replies
 
 
 def test_sigterm_with_a_batch_job_and_a_stream_in_flight(tmp_path: Path, voices) -> None:
@@ -51,12 +63,7 @@ def test_sigterm_with_a_batch_job_and_a_stream_in_flight(tmp_path: Path, voices)
             while in_flight() < 1:
                 assert time.monotonic() < deadline, "the batch job never started"
             process.send_signal(signal.SIGTERM)
-            replies = []
-            try:
-                while True:
-                    replies.append(json.loads(stream.recv(timeout=30)))
-            except ConnectionClosed as closed:
-                assert closed.rcvd is not None and closed.rcvd.code == 1001
+            replies = replies_until_closed(stream)
             assert [r.get("asr_reply") for r in replies] == ["finished"]
         batch.join(timeout=30)
         assert batch_result[0].reply["text"] == "finished"
@@ -96,11 +103,6 @@ def test_sigterm_while_a_large_message_is_taken_loses_none_of_it(tmp_path: Path,
             stream.send(message)
             wait_for(lambda: server.log.count("Audio stream buffer full") > full_before)
             server.process.send_signal(signal.SIGTERM)
-            replies = []
-            try:
-                while True:
-                    replies.append(json.loads(stream.recv(timeout=30)))
-            except ConnectionClosed as closed:
-                assert closed.rcvd is not None and closed.rcvd.code == 1001
+            replies = replies_until_closed(stream)
         assert server.process.wait(timeout=60) == 0
     assert [r.get("asr_reply") for r in replies] == ["said"] * len(expected.replies)
