@@ -16,7 +16,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from speechgw.protocols.batch import parse_request, read_frame
 from speechgw.protocols.streaming import (
+    DECODE_PIECE_CHARS,
     audio_of,
+    audio_of_message,
     decode_base64,
     decode_base64_in_pieces,
     parse_message,
@@ -143,6 +145,22 @@ def test_base64_decoded_in_pieces_is_decoded_as_in_one_call(text: str, piece_cha
     the server) gives the same bytes as one call, or the same refusal, whatever its form."""
     in_pieces = _decoded(lambda t: asyncio.run(decode_base64_in_pieces(t, piece_chars)), text)
     assert in_pieces == _decoded(decode_base64, text)
+
+
+@pytest.mark.parametrize("size", [DECODE_PIECE_CHARS // 4 * 3 * 3 + 2, DECODE_PIECE_CHARS * 2 + 1])
+def test_a_long_audio_field_gives_the_samples_of_one_call_or_is_refused_whole(size: int) -> None:
+    """A message of several pieces of base64: its samples, piece after piece, are the samples
+    of one call; with half a sample at the end it is refused whole (none of it fed first)."""
+    pcm = random.Random(size).randbytes(size)
+    message = {"audio": base64.b64encode(pcm).decode()}
+    if size % 2:
+        with pytest.raises(InvalidAudio) as refused:
+            asyncio.run(audio_of_message(message))
+        assert wire_message(refused.value) == "Audio Decoding Error"
+        return
+    pieces = asyncio.run(audio_of_message(message))
+    assert len(pieces) > 1
+    assert np.concatenate(pieces).tobytes() == audio_of(message).tobytes() == pcm
 
 
 @pytest.mark.parametrize(
