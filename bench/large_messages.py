@@ -11,16 +11,18 @@ Reported: the longest and the 99th-percentile wait while the request runs, and i
 scripted backend answers at once (one reply per utterance), so only the gateway is measured.
 
     python bench/large_messages.py [--minutes 22] [--rounds 3] [--protocols streaming,batch,openai]
+    python bench/large_messages.py --base64-forms    # in-process: each form of base64, 60 MiB
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -112,6 +114,60 @@ def one_round(url: str, send: Callable[[], int]) -> tuple[float, float, float, i
     return waits[-1], waits[int(0.99 * (len(waits) - 1))], end - start, replies
 
 
+def base64_holds(mib: int = 60) -> None:
+    """In-process: the longest hold of the event loop while MIB MiB of ``audio`` in each form
+    (strict, MIME lines, no base64 at all) is decoded in one call and in pieces."""
+    import asyncio
+    import os
+
+    from speechgw.protocols.streaming import decode_base64, decode_base64_in_pieces
+
+    from speechgw.errors import InvalidAudio
+
+    data = os.urandom(mib * 2**20 * 3 // 4)
+    forms = {
+        "standard": base64.b64encode(data).decode(),
+        "MIME lines": base64.encodebytes(data).decode(),
+        "no base64": "*" * (mib * 2**20),
+    }
+
+    async def longest_hold(decode: Callable[[], Awaitable[object]]) -> float:
+        done, longest = False, 0.0
+
+        async def tick() -> None:
+            nonlocal longest
+            last = time.perf_counter()
+            while not done:
+                await asyncio.sleep(0)
+                now = time.perf_counter()
+                longest, last = max(longest, now - last), now
+
+        ticker = asyncio.create_task(tick())
+        await asyncio.sleep(0.01)
+        with contextlib.suppress(InvalidAudio):
+            await decode()
+        done = True
+        await ticker
+        return longest
+
+    async def measure() -> None:
+        for name, text in forms.items():
+
+            async def whole(text: str = text) -> bytes:
+                return decode_base64(text)
+
+            async def pieces(text: str = text) -> list[bytes]:
+                return await decode_base64_in_pieces(text)
+
+            print(
+                f"{name}, {len(text) / 2**20:.0f} MiB: one call held the loop "
+                f"{await longest_hold(whole) * 1000:.0f} ms, in pieces "
+                f"{await longest_hold(pieces) * 1000:.0f} ms"
+            )
+
+    asyncio.run(measure())
+
+
 def scripted_config(work: Path) -> Path:
     path = work / "scripted.yaml"
     path.write_text(
@@ -128,7 +184,13 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=22.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--protocols", default="streaming,batch,openai")
+    parser.add_argument(
+        "--base64-forms", action="store_true", help="only the in-process base64 measurement"
+    )
     args = parser.parse_args()
+    if args.base64_forms:
+        base64_holds()
+        return
     samples = speech(args.minutes)
     with tempdir() as work, served(scripted_config(Path(work))) as url:
         for protocol in args.protocols.split(","):
