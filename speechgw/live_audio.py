@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import logging
 import time
 from collections.abc import Callable
 
@@ -28,13 +29,16 @@ from .jobs import SAMPLE_RATE
 
 __all__ = ["LiveAudio", "Reader"]
 
+_LOGGER = logging.getLogger(__name__)
+
 _COMPACT_AT = 1024  # dropped chunk slots kept before the lists are compacted
 
 
 class LiveAudio:
     """Uncommitted audio of one stream, in arrival order, with its arrival times."""
 
-    def __init__(self, unread_limit: int, retained_limit: int) -> None:
+    def __init__(self, unread_limit: int, retained_limit: int, stream_id: str = "") -> None:
+        self._stream_id = stream_id  # for the log
         self._unread_limit = unread_limit
         self._retained_limit = max(retained_limit, unread_limit)
         # chunks from index _head on are live; _starts[i] is chunk i's first sample
@@ -58,15 +62,30 @@ class LiveAudio:
         caller takes it elsewhere. Cancelling the wait keeps nothing either."""
         if not len(samples):
             return not self._abandoned
+        if not (self._abandoned or self._has_room()):
+            _LOGGER.warning(
+                "stream %s: Audio stream buffer full (%.1f s not recognised yet); pausing "
+                "its input",
+                self._stream_id,
+                (self._end - self._committed) / SAMPLE_RATE,
+            )
         await self._changed.wait_for(lambda: self._abandoned or self._has_room())
         if self._abandoned:
             return False
+        self.put_nowait(samples)
+        return True
+
+    def put_nowait(self, samples: np.ndarray) -> None:
+        """Append samples whether or not the buffer has room, unless the audio has been
+        abandoned: for a caller that must not drop what it holds and cannot wait (a stream's
+        reader stopped by a shutdown with a message in hand); one message over the limit."""
+        if self._abandoned or not len(samples):
+            return
         self._starts.append(self._end)
         self._chunks.append(to_pcm16(samples))
         self._arrivals.append(time.monotonic())
         self._end += len(samples)
         self._changed.notify()
-        return True
 
     def _has_room(self) -> bool:
         position = self._reader.position if self._reader is not None else self._committed

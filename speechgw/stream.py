@@ -201,7 +201,8 @@ class Stream:
         buffer_samples = int(config.buffer_seconds * SAMPLE_RATE)
         self._live: LiveAudio | None = None
         if route[0].capabilities.streaming:
-            self._live = LiveAudio(buffer_samples, int(_RETAINED_SECONDS * SAMPLE_RATE))
+            retained = int(_RETAINED_SECONDS * SAMPLE_RATE)
+            self._live = LiveAudio(buffer_samples, retained, spec.request_id)
         self._live_closed = False  # end() has told the streaming backend there is no more
         # the utterance pipeline: from the start, or after a streaming backend gave up
         self._utterance_spec = dataclasses.replace(spec, segmented=True)
@@ -249,8 +250,16 @@ class Stream:
     async def _take(self, samples: np.ndarray) -> None:
         if self.rate != SAMPLE_RATE:
             samples = self._resampler.feed(from_pcm16(samples))
-        if self._live is not None and await self._live.put(samples):
-            return
+        if self._live is not None:
+            try:
+                taken = await self._live.put(samples)
+            except asyncio.CancelledError:
+                # a shutdown stops the reader while it waits for room: the samples it holds
+                # are the stream's all the same, recognised with the rest by end()
+                self._live.put_nowait(samples)
+                raise
+            if taken:
+                return
         await self._segment(samples)
 
     async def end(self) -> None:

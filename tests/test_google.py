@@ -7,6 +7,7 @@ import base64
 import contextlib
 import json
 import math
+import re
 import signal
 import sqlite3
 import threading
@@ -566,6 +567,45 @@ def test_sigterm_finalises_a_live_google_stream(fresh: SpeechEmulator, voices, t
         assert server.process.wait(timeout=30) == 0
     rows = sqlite3.connect(tmp_path / "ledger.db").execute("SELECT protocol, backend FROM usage")
     assert rows.fetchall() == [("streaming", "google")]
+
+
+def test_sigterm_while_google_lags_loses_no_message(
+    fresh: SpeechEmulator, voices, tmp_path
+) -> None:
+    """Google takes no audio for a while (the emulator sleeps), the client sends on: the
+    stream's buffer fills (``Audio stream buffer full`` in the log, with what it holds, as the
+    contract asks) and its reader waits with a message in hand when SIGTERM comes. That
+    message reaches Google with everything before it (it was dropped), and the stream's
+    replies come before the 1001 close."""
+    fresh.slow_seconds = 6.0
+    fresh.faults.append("SLOW")
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "store: {path: null}\n"
+        f"backends:\n  google: {json.dumps(google(fresh))}\n"
+        "routing:\n  - backend: google\n"
+        "streaming: {buffer_seconds: 5}\n"
+    )
+    pcm, rate = sentences(voices, ["children", "market", "window"] * 2, tmp_path / "six.wav")
+    second = rate * 2  # bytes
+    with ServeProcess("--config", str(config)) as server, open_stream(server.url) as ws:
+        ws.recv(timeout=10)
+        for i in range(0, len(pcm), second):
+            message = {"audio": base64.b64encode(pcm[i : i + second]).decode(), "rate": rate}
+            ws.send(json.dumps(message))
+        wait_for(lambda: "Audio stream buffer full" in server.log)
+        held = re.search(r"Audio stream buffer full \(([\d.]+) s", server.log)
+        server.process.send_signal(signal.SIGTERM)
+        replies = []
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                replies.append(json.loads(ws.recv(timeout=30)))
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        assert server.process.wait(timeout=30) == 0
+    # what the stream held, and the second the reader had in hand (bytes at 16 kHz)
+    taken = (float(held.group(1)) + 1.0) * 32000 - 6400  # the resampler keeps a bit back
+    assert sum(len(call.audio) for call in fresh.calls) >= taken
+    assert replies and all(r.get("asr_reply") == "hello from the emulator" for r in replies)
 
 
 def test_thousands_of_tiny_messages_reach_google_whole(
