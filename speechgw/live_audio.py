@@ -39,6 +39,7 @@ class LiveAudio:
 
     def __init__(self, unread_limit: int, retained_limit: int, stream_id: str = "") -> None:
         self._stream_id = stream_id  # for the log
+        self._pausing = False  # the input has waited for room since a put last found some
         self._unread_limit = unread_limit
         self._retained_limit = max(retained_limit, unread_limit)
         # chunks from index _head on are live; _starts[i] is chunk i's first sample
@@ -62,7 +63,10 @@ class LiveAudio:
         caller takes it elsewhere. Cancelling the wait keeps nothing either."""
         if not len(samples):
             return not self._abandoned
-        if not (self._abandoned or self._has_room()):
+        if self._abandoned or self._has_room():
+            self._pausing = False
+        elif not self._pausing:  # once while the client keeps the buffer full
+            self._pausing = True
             _LOGGER.warning(
                 "stream %s: Audio stream buffer full (%.1f s not recognised yet); pausing "
                 "its input",

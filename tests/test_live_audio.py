@@ -4,6 +4,7 @@ restarted session replays, what a fallback receives, and how it pushes back."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import numpy as np
 import pytest
@@ -123,3 +124,31 @@ def test_arrival_times_follow_the_samples() -> None:
         assert audio.arrival(150) == late  # a final that ends where it was committed
 
     run(scenario())
+
+
+def test_a_full_buffer_is_logged_once_while_the_client_keeps_it_full(caplog) -> None:
+    """``Audio stream buffer full`` once when the input starts waiting, not for every message
+    that waits after it; again once it has found room and filled up again."""
+
+    async def scenario() -> None:
+        audio = LiveAudio(unread_limit=100, retained_limit=10_000, stream_id="s1")
+        reader = audio.reader()
+        await audio.put(np.zeros(150, np.int16))  # over the limit: the next put waits
+        for _ in range(3):
+            waiting = asyncio.create_task(audio.put(np.zeros(50, np.int16)))
+            await asyncio.sleep(0)
+            assert not waiting.done()
+            assert await reader.read(60) is not None  # room, then full again
+            assert await waiting is True
+        await reader.read(10_000)
+        await audio.put(np.zeros(150, np.int16))  # found room
+        waiting = asyncio.create_task(audio.put(np.zeros(50, np.int16)))
+        await asyncio.sleep(0)
+        await reader.read(10_000)
+        await waiting
+
+    with caplog.at_level(logging.WARNING, logger="speechgw.live_audio"):
+        asyncio.run(scenario())
+    full = [r for r in caplog.records if "Audio stream buffer full" in r.getMessage()]
+    assert len(full) == 2, [r.getMessage() for r in full]
+    assert "stream s1:" in full[0].getMessage()
