@@ -28,8 +28,9 @@ from .batching import BatchStats
 __all__ = ["BatchSource", "GatewayMetrics", "WaitingSource"]
 
 BatchSource = Callable[[], Iterable[tuple[str, BatchStats | None]]]
-WaitingSource = Callable[[], Iterable[tuple[str, int]]]
 """Each backend's name and batch counts (None: it does not batch), read at each scrape."""
+WaitingSource = Callable[[], Iterable[tuple[str, int]]]
+"""Each backend's name and the jobs waiting for it now, read at each scrape."""
 
 _MACHINE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)

@@ -226,7 +226,7 @@ class Stream:
 
     async def feed(self, *chunks: np.ndarray) -> bool:
         """Take native-rate samples (int16 PCM, or float32 in [-1, 1]), in one or more
-        consecutive chunks (a large message decoded in pieces); waits while the stream's
+        consecutive chunks (a large input decoded in pieces); waits while the stream's
         buffer is full (back-pressure). 16 kHz int16 goes to the segmenter or the live buffer
         as it is: both work on int16, so it is never converted there and back. Audio beyond
         ``_PIECE_SECONDS`` is taken a piece at a time, other connections running between.
