@@ -135,3 +135,15 @@ def assert_sentences(
         recalls.append(speech.word_recall(speech.SENTENCES[name], reply))
         assert recalls[-1] >= floor, (name, reply)
     assert sum(recalls) / len(recalls) >= mean, list(zip(names, result.replies, strict=True))
+
+
+def replies_until_closed(ws: ClientConnection) -> list[dict[str, Any]]:
+    """Every message the server sends until it closes, which must be with 1001 (going away:
+    a server shutting down)."""
+    replies = []
+    try:
+        while True:
+            replies.append(json.loads(ws.recv(timeout=30)))
+    except ConnectionClosed as closed:
+        assert closed.rcvd is not None and closed.rcvd.code == 1001, closed
+    return replies

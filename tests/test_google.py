@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from google.cloud import speech
-from websockets.exceptions import ConnectionClosed
 
 from tests import speech as voices_module
 from tests.client import transcribe
@@ -30,6 +29,7 @@ from tests.streaming_client import (
     collect,
     open_stream,
     read_pcm16,
+    replies_until_closed,
     stream_pcm,
 )
 from tests.waiting import wait_for
@@ -558,11 +558,7 @@ def test_sigterm_finalises_a_live_google_stream(fresh: SpeechEmulator, voices, t
             wait_for(lambda: fresh.calls and len(fresh.calls[0].audio) >= sent, seconds=10)
             assert fresh.calls[0].finals == []
             server.process.send_signal(signal.SIGTERM)
-            replies = []
-            with pytest.raises(ConnectionClosed) as closed:
-                while True:
-                    replies.append(json.loads(ws.recv(timeout=30)))
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+            replies = replies_until_closed(ws)
         assert [r.get("asr_reply") for r in replies] == ["hello from the emulator"]
         assert server.process.wait(timeout=30) == 0
     rows = sqlite3.connect(tmp_path / "ledger.db").execute("SELECT protocol, backend FROM usage")
@@ -596,11 +592,7 @@ def test_sigterm_while_google_lags_loses_no_message(
         wait_for(lambda: "Audio stream buffer full" in server.log)
         held = re.search(r"Audio stream buffer full \(([\d.]+) s", server.log)
         server.process.send_signal(signal.SIGTERM)
-        replies = []
-        with pytest.raises(ConnectionClosed) as closed:
-            while True:
-                replies.append(json.loads(ws.recv(timeout=30)))
-        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        replies = replies_until_closed(ws)
         assert server.process.wait(timeout=30) == 0
     # what the stream held, and the second the reader had in hand (bytes at 16 kHz)
     taken = (float(held.group(1)) + 1.0) * 32000 - 6400  # the resampler keeps a bit back

@@ -13,25 +13,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection
-
 from tests import speech
 from tests.client import transcribe
 from tests.serving import ServeProcess
-from tests.streaming_client import open_stream, read_pcm16, stream_pcm
+from tests.streaming_client import open_stream, read_pcm16, replies_until_closed, stream_pcm
 from tests.waiting import wait_for
-
-
-def replies_until_closed(stream: ClientConnection) -> list[dict]:
-    """Every message the server sends until it closes, which must be with 1001 (going away)."""
-    replies = []
-    try:
-        while True:
-            replies.append(json.loads(stream.recv(timeout=30)))
-    except ConnectionClosed as closed:
-        assert closed.rcvd is not None and closed.rcvd.code == 1001
-    return replies
 
 
 def test_sigterm_with_a_batch_job_and_a_stream_in_flight(tmp_path: Path, voices) -> None:
