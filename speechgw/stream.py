@@ -234,7 +234,7 @@ class Stream:
         Returns False, taking nothing, when they would carry the stream past
         ``limits.max_stream_seconds``: the stream is over and only :meth:`end` remains.
         """
-        self._samples_left -= sum(len(chunk) for chunk in chunks)
+        self._samples_left -= len(chunks[0]) if len(chunks) == 1 else sum(map(len, chunks))
         if self._samples_left < 0:
             return False
         piece = self._piece_samples
