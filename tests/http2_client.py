@@ -113,6 +113,8 @@ class Http2Connection:
             data = self.sock.recv(1 << 20)
         except TimeoutError:
             return
+        except ConnectionResetError:
+            data = b""
         if not data:
             self.closed = True
             return
@@ -123,7 +125,10 @@ class Http2Connection:
                 if event.flow_controlled_length:
                     # the connection's window only: each stream's is the test's to open
                     self.h2.increment_flow_control_window(event.flow_controlled_length)
-        self._flush()
+        try:
+            self._flush()  # an answer to what came in: a SETTINGS or PING acknowledgement
+        except (BrokenPipeError, ConnectionResetError):
+            self.closed = True  # the server sent its last frames and closed: a client sees that
 
     def wait_for(self, condition: Callable[[], bool], seconds: float = 30) -> None:
         deadline = time.monotonic() + seconds
