@@ -80,26 +80,35 @@ class _UtteranceQueue:
         self._limit = limit
         self._closed = False
         self._changed = asyncio.Condition()
-        self._stream_id = stream_id
+        self._stream_id = stream_id  # for the log
+        self._pausing = False  # the input has waited for room since a put last found some
 
     @property
     def samples(self) -> int:
         return self._samples
 
     async def put(self, utterance: np.ndarray) -> None:
+        """Queue an utterance; waits while the queue is full. ``Audio stream buffer full`` is
+        logged once when the input starts waiting, not for every utterance of a client that
+        keeps it full (a line per few seconds of audio), as :class:`LiveAudio` does."""
         async with self._changed:
-            if self._items and self._samples + len(utterance) > self._limit:
-                _LOGGER.warning(
-                    "stream %s: Audio stream buffer full (%.1f s queued); pausing its input",
-                    self._stream_id,
-                    self._samples / SAMPLE_RATE,
-                )
-                await self._changed.wait_for(
-                    lambda: not self._items or self._samples + len(utterance) <= self._limit
-                )
+            if not self._has_room(utterance):
+                if not self._pausing:
+                    self._pausing = True
+                    _LOGGER.warning(
+                        "stream %s: Audio stream buffer full (%.1f s queued); pausing its input",
+                        self._stream_id,
+                        self._samples / SAMPLE_RATE,
+                    )
+                await self._changed.wait_for(lambda: self._has_room(utterance))
+            else:
+                self._pausing = False
             self._items.append(utterance)
             self._samples += len(utterance)
             self._changed.notify_all()
+
+    def _has_room(self, utterance: np.ndarray) -> bool:
+        return not self._items or self._samples + len(utterance) <= self._limit
 
     def put_nowait(self, utterance: np.ndarray) -> None:
         """Queue over the limit: for the consumer itself, which must not wait on its own

@@ -315,7 +315,10 @@ def test_a_slow_backend_pushes_back_instead_of_buffering_or_dropping(
         with caplog.at_level(logging.WARNING, logger="speechgw.stream"):
             result = stream_pcm(server.ws, pcm * 4, rate)  # 12 utterances at once
         assert result.replies == ["heard"] * 12
-        assert any("Audio stream buffer full" in r.getMessage() for r in caplog.records)
+        full = [r for r in caplog.records if "Audio stream buffer full" in r.getMessage()]
+        # logged when the input starts waiting, not again for each of the utterances that wait
+        # after it (10 lines before; 2 allowed: a freed longer utterance can leave room once)
+        assert 1 <= len(full) <= 2, [r.getMessage() for r in full]
 
 
 def _counted(tmp_path: Path) -> tuple[bytes, int]:
