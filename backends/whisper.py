@@ -5,7 +5,8 @@ and the lazy segment generator that faster-whisper returns is consumed inside th
 the event loop only ever awaits. Jobs run in two lanes, recordings (``RECORDINGS_PER_WORKER``
 per model worker) and a stream's utterances (one per worker), so that an utterance never queues
 behind a long recording; their model calls then take turns by urgency (a ``PriorityGate``): a
-stream's final first, then the shorter recording's. An utterance or a short request waits for
+stream's final first, then the shorter recording's (until a long one's call has waited its
+limit: ``speechgw.batching.passed_over_limit``). An utterance or a short request waits for
 the one call of a long recording under way (a 30 s window), not for the whole recording. With
 ``batch_size`` > 1 (the default on CUDA), each lane holds ``concurrency x batch_size`` jobs and
 their model calls are batched, most urgent first (:mod:`speechgw.backends.whisper_batching`).

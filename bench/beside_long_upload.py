@@ -13,6 +13,11 @@ Then, in this process, how long each ``generate`` call of the long upload takes 
 window): the most a final or a short request should wait for the upload.
 
     python bench/beside_long_upload.py [--streams 3] [--runs 2]
+
+With ``--steady N``: instead of the streams, N clients that send the short upload one after
+another for ``--steady-seconds`` (60), from 3 s after the long upload: the model is never
+free of short requests meanwhile. Reported: the long upload's time to answer (and whether it
+came while the short ones still flowed), alone and beside them, and the short ones' times.
 """
 
 from __future__ import annotations
@@ -124,6 +129,49 @@ def run(url: str, upload: bytes | None, pcm: bytes, short: bytes, streams: int) 
         print(f"  upload answered after {took[0]:.1f} s")
 
 
+def run_steady(url: str, upload: bytes, short: bytes, clients: int, seconds: float) -> None:
+    """The long upload beside ``clients`` clients that send ``short`` back to back for
+    ``seconds``."""
+    import statistics
+
+    alone = answer_time(url, upload)
+    print(f"  the {len(upload) / 32000:.0f} s upload alone: answered after {alone:.1f} s")
+    stop, times, beside = threading.Event(), [], []
+    took: list[float] = []
+
+    def client() -> None:
+        while not stop.is_set():
+            seconds = answer_time(url, short)
+            (times if took else beside).append(seconds)
+
+    uploader = threading.Thread(target=lambda: took.append(answer_time(url, upload)))
+    uploader.start()
+    time.sleep(3)
+    started = time.monotonic()
+    flow = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in flow:
+        thread.start()
+    uploader.join(timeout=seconds)
+    flowing = uploader.is_alive() is False and time.monotonic() - started < seconds
+    time.sleep(max(0.0, started + seconds - time.monotonic()))  # the flow lasts its seconds
+    stop.set()
+    for thread in flow:
+        thread.join()
+    uploader.join()
+    where = "while the short ones still came" if flowing else "after the short ones stopped"
+    print(f"  beside them: answered after {took[0]:.1f} s, {where}")
+    print(f"  short uploads ({clients} clients for {seconds:.0f} s):")
+    for name, some in [("while the long one decoded", beside), ("after it", times)]:
+        if len(some) < 2:
+            print(f"    {name}: {len(some)}")
+            continue
+        p95 = statistics.quantiles(some, n=20)[18]
+        print(
+            f"    {name}: {len(some)}, p50 {statistics.median(some):.2f} s, p95 {p95:.2f} s, "
+            f"max {max(some):.2f} s"
+        )
+
+
 def window_calls(upload: bytes) -> None:
     """The long upload decoded in this process as the gateway decodes it (tiny.en, CTranslate2's
     threads, beam 5, English), each ``generate`` call of the model timed."""
@@ -159,6 +207,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=3)
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--steady", type=int, default=0, metavar="N")
+    parser.add_argument("--steady-seconds", type=float, default=60.0)
     args = parser.parse_args()
     with tempdir() as folder:
         work = Path(folder)
@@ -167,6 +217,10 @@ def main() -> int:
         config = whisper_gateway_config(work / "tiny.yaml", model="tiny.en")
         with served(config) as url:
             final_after_end(url, pcm)  # warm up
+            if args.steady:
+                print(f"a long upload beside {args.steady} clients of short uploads:")
+                run_steady(url, upload, short, args.steady, args.steady_seconds)
+                return 0
             print("streams alone:")
             run(url, None, pcm, short, args.streams)
             for n in range(args.runs):

@@ -9,8 +9,8 @@ sees one call for many jobs.
 
 - **Priority**: each job says how urgent it is (:class:`JobContext`): a batch is formed around
   the most urgent waiting call (a stream's final before an interim before a recording, a
-  shorter recording before a longer one), then filled with calls of the same kind in that
-  order.
+  shorter recording before a longer one, for a while: see :func:`passed_over_limit`), then
+  filled with calls of the same kind in that order.
 - **Failure isolation**: when a batched call raises, its calls are run again one by one, so
   only the call that fails gets the error.
 - **Cancellation**: a job whose client left is marked cancelled; its waiting calls are dropped
@@ -39,7 +39,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BatchCancelled", "BatchStats", "CallBatcher", "JobContext", "Priority", "PriorityGate"]
+__all__ = [
+    "LONGEST_PASSED_OVER",
+    "PASSED_OVER_PER_AUDIO_SECOND",
+    "BatchCancelled",
+    "BatchStats",
+    "CallBatcher",
+    "JobContext",
+    "Priority",
+    "PriorityGate",
+    "passed_over_limit",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -55,6 +65,26 @@ class Priority:
     """A whole recording (batch protocol, HTTP upload)."""
 
 
+PASSED_OVER_PER_AUDIO_SECOND = 0.01
+"""How long a job's model call may be passed over by calls of shorter jobs of its priority,
+per second of its job's audio: a 5-minute recording's call 3 s, a 5-second request's 0.05 s."""
+LONGEST_PASSED_OVER = 10.0
+"""...and at most this long (a recording of 1,000 s and up)."""
+
+
+def passed_over_limit(seconds: float, longest: float = LONGEST_PASSED_OVER) -> float:
+    """How long a call of a job of ``seconds`` of audio may wait for calls of shorter jobs.
+
+    Calls of one priority go in order of their *due* time, their arrival plus this: a short
+    request's call comes before the next call of a long recording under way (it waits for one
+    call, not for the recording), as shortest-first would have it; but a call that has waited
+    its limit is passed over by no call that comes after, so a long recording beside a steady
+    flow of short requests still advances, by at least one 30 s window per ``longest`` seconds
+    and a call (under shortest-first alone it waited until the flow stopped: a 29-minute
+    upload could wait for ever and its client give up)."""
+    return min(seconds * PASSED_OVER_PER_AUDIO_SECOND, longest)
+
+
 class BatchCancelled(Exception):
     """The job was cancelled (its client left) while it waited for a batch or for its turn at
     the model."""
@@ -68,7 +98,8 @@ class JobContext:
     cancelled: threading.Event = field(default_factory=threading.Event)
     seconds: float = 0.0
     """The job's audio: among waiting calls of one priority, the gate lets the shorter job's
-    call go first (a short request between the calls of a long recording)."""
+    call go first (a short request between the calls of a long recording), until the longer
+    one's has waited :func:`passed_over_limit`."""
 
 
 @dataclass(slots=True)
@@ -99,15 +130,17 @@ class _Call:
     seq: int
     context: JobContext
     arrived: float
+    due: float
+    """Its place among calls of its priority: ``arrived`` plus :func:`passed_over_limit`."""
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
 
 
 def _urgency(call: _Call) -> tuple[int, float, int]:
-    """A waiting call's place: its job's priority, then its job's length (a short recording's
-    call before a long one's), then its arrival."""
-    return call.priority, call.context.seconds, call.seq
+    """A waiting call's place: its job's priority, then its due time (a short recording's call
+    before a long one's, until the long one's has waited its limit), then its arrival."""
+    return call.priority, call.due, call.seq
 
 
 RunBatch = Callable[[Hashable, Sequence[Any]], Sequence[Any]]
@@ -125,8 +158,10 @@ class CallBatcher:
         window: float,
         workers: int = 1,
         name: str = "batcher",
+        longest_passed_over: float = LONGEST_PASSED_OVER,
     ) -> None:
         self._run = run
+        self._longest_passed_over = longest_passed_over
         self.batch_size = batch_size
         self.window = window
         self.stats = BatchStats()
@@ -184,7 +219,9 @@ class CallBatcher:
         context: JobContext = getattr(self._local, "context", None) or JobContext()
         if context.cancelled.is_set():
             raise BatchCancelled
-        call = _Call(kind, item, context.priority, next(self._seq), context, time.monotonic())
+        now = time.monotonic()
+        due = now + passed_over_limit(context.seconds, self._longest_passed_over)
+        call = _Call(kind, item, context.priority, next(self._seq), context, now, due)
         with self._lock:
             if self._closed:
                 raise BatchCancelled
@@ -280,11 +317,12 @@ class CallBatcher:
 
 class PriorityGate:
     """At most ``slots`` model calls at once (the model's workers), taken in order of urgency:
-    by the job's priority, then the job's length (the shorter job first), then the job's
-    arrival. So a stream's final goes before every recording's call, and a short recording's
-    calls before those of a long one under way: it waits for one call of the long one (a 30 s
-    window), not for all of it; a recording's calls follow each other while nothing shorter
-    waits.
+    by the job's priority, then the call's due time (its arrival plus
+    :func:`passed_over_limit` of its job's length: the shorter job first, for a while), then
+    the job's arrival. So a stream's final goes before every recording's call, and a short
+    recording's calls before those of a long one under way: it waits for one call of the long
+    one (a 30 s window), not for all of it; a call that has waited its limit goes before
+    every call that comes after it (so two long recordings take turns, a call each).
 
     A more urgent job keeps a slot free for itself between its calls (while it computes its
     features or reads what a call returned): a recording's call then starts only on a slot no
@@ -294,10 +332,11 @@ class PriorityGate:
     what they would be alone. :meth:`wake` lets the jobs cancelled meanwhile stop waiting.
     """
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, longest_passed_over: float = LONGEST_PASSED_OVER) -> None:
         self._free = slots
+        self._longest_passed_over = longest_passed_over
         self._lock = threading.Condition()
-        self._waiting: list[tuple[int, float, int, int]] = []  # (priority, seconds, job, call)
+        self._waiting: list[tuple[int, float, int, int]] = []  # (priority, due, job, call)
         self._between_calls: dict[int, int] = {}  # job -> its priority, while it holds no slot
         self._jobs = itertools.count()
         self._calls = itertools.count()
@@ -332,7 +371,8 @@ class PriorityGate:
         """
         job = getattr(self._local, "job", None)
         context, arrival = job if job is not None else (JobContext(), next(self._jobs))
-        ticket = (context.priority, context.seconds, arrival, next(self._calls))
+        due = time.monotonic() + passed_over_limit(context.seconds, self._longest_passed_over)
+        ticket = (context.priority, due, arrival, next(self._calls))
         with self._lock:
             heapq.heappush(self._waiting, ticket)
             try:

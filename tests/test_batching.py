@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -261,6 +261,92 @@ def test_the_gate_runs_a_shorter_recordings_call_first() -> None:
     for thread in threads:
         thread.join(30)
     assert ran == ["long, running", "short", "middle", "long"]
+
+
+class SteadyShortRequests:
+    """Three clients that send one short recording after another for as long as the test
+    runs: one model call each, so that with one slot a short call always waits when one ends."""
+
+    def __init__(self, run_call: Callable[[JobContext], None]) -> None:
+        self.answered = 0
+        self.stop = threading.Event()
+        self._run_call = run_call
+        self._threads = [threading.Thread(target=self._client) for _ in range(3)]
+        for thread in self._threads:
+            thread.start()
+
+    def _client(self) -> None:
+        while not self.stop.is_set():
+            self._run_call(JobContext(priority=Priority.RECORDING, seconds=5.0))
+            self.answered += 1
+
+    def __enter__(self) -> SteadyShortRequests:
+        wait_for(lambda: self.answered >= 6)  # the flow is steady
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+
+def a_long_recording_beside(run_call: Callable[[JobContext], None], calls: int) -> float:
+    """The seconds a 30-minute recording's ``calls`` model calls take beside a steady flow of
+    short requests; fails if they are not done within 15 s while the flow goes on."""
+    long = JobContext(priority=Priority.RECORDING, seconds=1800.0)
+    done = threading.Event()
+
+    def recording() -> None:
+        for _ in range(calls):
+            run_call(long)
+        done.set()
+
+    with SteadyShortRequests(run_call) as short:
+        started = time.monotonic()
+        thread = threading.Thread(target=recording)
+        thread.start()
+        finished = done.wait(15)
+        took = time.monotonic() - started
+        answered = short.answered
+    thread.join(30)  # the flow has stopped: its calls run now if they had not
+    assert finished, "the long recording's calls waited for as long as short requests came"
+    assert answered > 2 * calls  # the short requests went on meanwhile
+    return took
+
+
+def test_a_long_recording_beside_a_steady_flow_of_short_requests_still_advances() -> None:
+    """Shortest first alone starved it: each of its calls waited for as long as short requests
+    kept coming. Now a call that has waited its limit (0.3 s here; 10 s for a long recording
+    by default) goes before the calls that come after it."""
+    gate = PriorityGate(1, longest_passed_over=0.3)
+
+    def run_call(context: JobContext) -> None:
+        with gate.job(context):
+            gate.run(time.sleep, 0.02)  # one model call
+
+    took = a_long_recording_beside(run_call, calls=5)
+    assert took < 5 * (0.3 + 0.2) + 2, took  # each call waited its limit and a few calls more
+
+
+def test_a_long_recordings_batched_calls_advance_beside_short_requests() -> None:
+    """The same with batching (batches of one call: with one dispatcher, a short call is
+    always waiting for the next)."""
+    batcher = CallBatcher(
+        lambda kind, items: [time.sleep(0.02) for _ in items],
+        batch_size=1,
+        window=0.0,
+        longest_passed_over=0.3,
+    )
+
+    def run_call(context: JobContext) -> None:
+        with batcher.job(context):
+            batcher.call("decode", None)
+
+    try:
+        took = a_long_recording_beside(run_call, calls=5)
+    finally:
+        batcher.close()
+    assert took < 5 * (0.3 + 0.2) + 2, took
 
 
 @pytest.mark.parametrize("slots", [1, 2])
