@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from speechgw.early_answer import ANY_METHOD, EarlyAnswer, refusal
+from speechgw.early_answer import EarlyAnswer, any_method_route, refusal
 from speechgw.errors import (
     AudioTooLong,
     ClientGone,
@@ -500,7 +500,7 @@ class OpenAIProtocol:
             Route(f"{BASE}/models/{{model:path}}", self.model, methods=["GET"]),
             # last: any other path or method under /v1 gets OpenAI's answer, not a plain 404/405
             *(
-                Route(path, self.unknown, methods=ANY_METHOD, include_in_schema=False)
+                any_method_route(path, self.unknown)
                 for path in (
                     f"{BASE}/{{rest:path}}",
                     # the API's paths without /v1: a client whose base URL lacks it is told so

@@ -27,7 +27,7 @@ from . import __version__, silero
 from .auth import Keyring
 from .backend import Backend
 from .config import Config, ServerConfig, load_config, load_config_file
-from .early_answer import ANY_METHOD, refusal
+from .early_answer import any_method_route, refusal
 from .errors import ConfigError, start_failure
 from .gateway import Gateway
 from .metrics import GatewayMetrics
@@ -241,8 +241,7 @@ def _wrong_method(path: str) -> Route:
         body = {"error": "method_not_allowed", "message": message}
         return refusal(body, 405, request.scope, headers={"Allow": "GET, HEAD"})
 
-    others = [m for m in ANY_METHOD if m not in ("GET", "HEAD")]
-    return Route(path, refuse, methods=others, include_in_schema=False)
+    return any_method_route(path, refuse)
 
 
 def _not_found(routes: list[BaseRoute]) -> ASGIApp:

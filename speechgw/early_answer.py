@@ -11,18 +11,38 @@ reading the rest after the response (a background task) is too late.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, request_response
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["ANY_METHOD", "DISCARD_SECONDS", "EarlyAnswer", "drop_body", "refusal"]
+__all__ = ["DISCARD_SECONDS", "EarlyAnswer", "any_method_route", "drop_body", "refusal"]
 
-ANY_METHOD = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-"""The methods a route that refuses the wrong ones in JSON takes, so that starlette's plain
-text 405 answers none of them."""
+
+class _AnyMethod:
+    """A request-response endpoint as an ASGI app: starlette gives a route of an ASGI app
+    every method, where a route of a function takes the methods it lists (``GET`` when it
+    lists none), and any other method met starlette's plain-text 405."""
+
+    def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
+        self.__name__ = getattr(endpoint, "__name__", type(self).__name__)
+        self._app = request_response(endpoint)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._app(scope, receive, send)
+
+
+def any_method_route(path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> Route:
+    """A route at ``path`` for every method, whatever its name (``PROPFIND`` or ``BREW`` as
+    well as ``DELETE``), listed after the routes of the methods a path serves: the JSON answer
+    to a method or a path that is not served."""
+    return Route(path, _AnyMethod(endpoint), include_in_schema=False)
+
 
 DISCARD_SECONDS = 2.0
 """How long the rest of an unwanted body is read for, at most, before the connection closes

@@ -213,6 +213,16 @@ def test_a_wrong_method_gets_json_naming_the_one_to_use(tiny_server: Server) -> 
         "error": "method_not_allowed",
         "message": "/health answers GET, not POST",
     }
+    # and a method outside HTTP's usual seven, which starlette answered in plain text
+    for path in ("/health", "/metrics"):
+        request = urllib.request.Request(tiny_server.http + path, method="PROPFIND")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 405 and refused.value.headers["Allow"] == "GET, HEAD"
+        assert json.loads(refused.value.read()) == {
+            "error": "method_not_allowed",
+            "message": f"{path} answers GET, not PROPFIND",
+        }
 
 
 def test_plain_http_to_a_websocket_path_is_told_to_upgrade(tiny_server: Server) -> None:

@@ -431,6 +431,13 @@ def test_a_wrong_path_or_method_gets_openais_invalid_url(server: Server, voices)
     assert refused.value.code == 404
     error = json.loads(refused.value.read())["error"]
     assert error["message"] == "Invalid URL (POST /v1/audio/transcriptions/)"
+    # a method outside HTTP's usual seven: the same JSON, not starlette's plain-text 405
+    request = urllib.request.Request(server.http + "/v1/models", method="PROPFIND")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 404
+    error = json.loads(refused.value.read())["error"]
+    assert error["message"] == "Invalid URL (PROPFIND /v1/models)"
     # a base URL without /v1, a common slip: the SDK shows where the API is
     lost = OpenAI(base_url=server.http, api_key=KEY, max_retries=0)
     _CLIENTS.append(lost)
