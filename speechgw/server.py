@@ -27,7 +27,7 @@ from ._hypercorn_compat import (
 from ._wsproto_compat import unmask_with_numpy
 from .config import Config
 from .errors import ConfigError
-from .tuning import limit_blas_threads, retain_freed_memory
+from .tuning import limit_blas_threads, raise_open_files_limit, retain_freed_memory
 
 __all__ = ["CannotListen", "bind", "event_loop_factory", "hypercorn_config", "run", "serve_app"]
 
@@ -202,6 +202,7 @@ def run(
         retain_freed_memory(config.server.retain_freed_memory_mib)
     if config.server.blas_threads is not None:
         limit_blas_threads(config.server.blas_threads)
+    raise_open_files_limit(config.limits.max_connections)
     factory = loop_factory or event_loop_factory(config.server.event_loop)
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(_serve_until_signalled(app, config, path, sockets or []))

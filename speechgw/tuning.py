@@ -15,6 +15,12 @@ per 10 s request on tiny.en, about 200,000 on base, on the inference threads. Ke
 memory in one heap makes those faults disappear after the first request (tiny.en, two
 workers on 2 cores: 43.8 -> 57.8 audio s/s). The price is that the process keeps its peak
 footprint (up to the configured amount of free memory) instead of shrinking between requests.
+
+**Open files.** Every connection is a file descriptor, and a shell's ``ulimit -n`` is 1024 on
+Debian (its hard limit far higher). When they run out, the kernel still completes handshakes
+the server cannot accept, and clients see resets with nothing in the log (measured: a soft
+limit of 60 and 80 idle connections; ``/health`` was reset until they closed). Go programs,
+nginx (``worker_rlimit_nofile``) and others raise the soft limit themselves; so does this.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ from __future__ import annotations
 import ctypes
 import logging
 import platform
+import resource
 
-__all__ = ["limit_blas_threads", "retain_freed_memory"]
+__all__ = ["limit_blas_threads", "raise_open_files_limit", "retain_freed_memory"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -58,3 +65,42 @@ def limit_blas_threads(threads: int) -> None:
 
     threadpool_limits(limits=threads, user_api="blas")
     _LOGGER.info("BLAS libraries limited to %d thread(s)", threads)
+
+
+_MOST_OPEN_FILES = 1 << 20
+"""Linux's default ceiling (``fs.nr_open``); a hard limit above it (some container runtimes
+set about 2^30) is not taken whole."""
+OWN_FILES = 64
+"""Descriptors the server holds besides its connections: listening sockets, the model's
+files, the store, the event loop's, with room to spare (about 15 at start)."""
+
+
+def raise_open_files_limit(max_connections: int) -> int:
+    """Raise the soft limit on open files to the hard one, and warn when even that is under
+    ``max_connections`` and the server's own files. Returns the soft limit now.
+
+    Nothing in the process waits with ``select()`` (which fails above descriptor 1023): the
+    event loop uses epoll, psycopg and gRPC poll or epoll too."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = _MOST_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, _MOST_OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            _LOGGER.warning("open files: the limit stays %d (raising it failed: %s)", soft, exc)
+        else:
+            _LOGGER.info("open files: limit raised from %d to %d", soft, target)
+            soft = target
+    needed = max_connections + OWN_FILES
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        _LOGGER.warning(
+            "open files limited to %d (hard limit %d): under the %d that limits.max_connections "
+            "%d needs; connections beyond it are reset before the server sees them. Raise the "
+            "hard limit (systemd: LimitNOFILE=, as in examples/deploy/speechgw.service; a "
+            "shell: ulimit -n as root) or lower max_connections",
+            soft,
+            hard,
+            needed,
+            max_connections,
+        )
+    return soft

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import socket
 import subprocess
 import sys
@@ -154,10 +155,20 @@ class ServeProcess:
     """``python -m speechgw serve`` as a real process on a free port, its log collected."""
 
     def __init__(
-        self, *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None
+        self,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        open_files: tuple[int, int] | None = None,
     ) -> None:
         """``cwd``: where relative paths of the config (the ledger) land; the checkout by
-        default, so a test of the shipped config should pass a temporary directory."""
+        default, so a test of the shipped config should pass a temporary directory.
+        ``open_files``: the (soft, hard) limit on open files it starts with (``ulimit -n``)."""
+
+        def limits() -> None:
+            if open_files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, open_files)
+
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -175,6 +186,7 @@ class ServeProcess:
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
+            preexec_fn=limits if open_files is not None else None,
         )
         self.lines: list[str] = []
         self.ready = threading.Event()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import ssl
@@ -22,7 +23,7 @@ from tests import speech
 from tests.certificates import self_signed
 from tests.client import multipart_upload, transcribe
 from tests.fleet import running_nginx
-from tests.serving import REPO, free_port, running_server
+from tests.serving import REPO, ServeProcess, free_port, running_server
 from tests.waiting import wait_for
 
 DEPLOY = REPO / "examples" / "deploy"
@@ -185,3 +186,51 @@ def test_an_idle_http_connection_is_closed_after_keep_alive_seconds(keep_alive: 
         assert sock.recv(65536) == b""  # the server closed it (a timeout would raise)
         idle = time.monotonic() - answered
     assert keep_alive - 0.1 < idle < keep_alive + 1.5, idle
+
+
+def _idle_connections(port: int, count: int) -> list[socket.socket]:
+    return [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(count)]
+
+
+def _health(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=30) as answer:
+        return answer.status
+
+
+def test_the_server_raises_its_open_files_limit_to_serve_its_connections(tmp_path) -> None:
+    """Started under a low ``ulimit -n`` (a shell's is 1024), the server raises its soft limit
+    to the hard one: 80 idle connections and /health beside them, where a limit of 60 reset
+    /health (and every new client) with nothing in the log."""
+    config = tmp_path / "scripted.yaml"
+    config.write_text(
+        "backends: {echo: {type: scripted, text: ok}}\nrouting: [{backend: echo}]\n"
+        "store: {path: null}\n"
+    )
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 1024:
+        pytest.skip(f"this machine's hard limit on open files is {hard}")
+    with ServeProcess("--config", str(config), open_files=(60, hard)) as server:
+        connections = _idle_connections(server.port, 80)
+        try:
+            assert _health(server.port) == 200
+        finally:
+            for connection in connections:
+                connection.close()
+        raised = min(hard, 1 << 20) if hard != resource.RLIM_INFINITY else 1 << 20
+        assert f"open files: limit raised from 60 to {raised}" in server.log
+
+
+def test_an_open_files_limit_under_max_connections_is_said_at_start(tmp_path) -> None:
+    """A hard limit the server cannot raise past: the log says what it holds, what
+    max_connections needs, and where to raise it, and the server serves what it can."""
+    config = tmp_path / "scripted.yaml"
+    config.write_text(
+        "backends: {echo: {type: scripted, text: ok}}\nrouting: [{backend: echo}]\n"
+        "store: {path: null}\nlimits: {max_connections: 100}\n"
+    )
+    with ServeProcess("--config", str(config), open_files=(100, 100)) as server:
+        assert _health(server.port) == 200
+        assert (
+            "open files limited to 100 (hard limit 100): under the 164 that "
+            "limits.max_connections 100 needs" in server.log
+        ), server.log
