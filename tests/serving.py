@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import re
-import resource
 import socket
 import subprocess
 import sys
@@ -163,14 +162,12 @@ class ServeProcess:
     ) -> None:
         """``cwd``: where relative paths of the config (the ledger) land; the checkout by
         default, so a test of the shipped config should pass a temporary directory.
-        ``open_files``: the (soft, hard) limit on open files it starts with (``ulimit -n``)."""
-
-        def limits() -> None:
-            if open_files is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, open_files)
-
+        ``open_files``: the (soft, hard) limit on open files it starts with (``ulimit -n``),
+        set by util-linux's ``prlimit`` (a ``preexec_fn`` may deadlock in a threaded parent)."""
+        limit = [] if open_files is None else ["prlimit", "--nofile={}:{}".format(*open_files)]
         self.process = subprocess.Popen(
             [
+                *limit,
                 sys.executable,
                 "-m",
                 "speechgw",
@@ -186,7 +183,6 @@ class ServeProcess:
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
-            preexec_fn=limits if open_files is not None else None,
         )
         self.lines: list[str] = []
         self.ready = threading.Event()
