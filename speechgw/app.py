@@ -33,6 +33,7 @@ from .gateway import Gateway
 from .metrics import GatewayMetrics
 from .registry import resolve
 from .store import SQLiteStore, Store
+from .tuning import check_open_files
 
 _LOGGER = logging.getLogger(__name__)
 _WEB = Path(__file__).parent / "web"
@@ -122,6 +123,8 @@ async def reload_gateway(gateway: Gateway, path: str, env: Mapping[str, str]) ->
     for section in ("server", "store", "metrics"):
         if getattr(config, section) != getattr(gateway.config, section):
             _LOGGER.warning("config reload: the %r section changes only on a restart", section)
+    if config.limits.max_connections > gateway.config.limits.max_connections:
+        check_open_files(config.limits.max_connections)
     gateway.reconfigure(config, backends, Keyring.from_config(config.auth, env, gateway.store))
     _LOGGER.info("config reloaded from %s", path)
     return True

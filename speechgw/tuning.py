@@ -30,7 +30,12 @@ import logging
 import platform
 import resource
 
-__all__ = ["limit_blas_threads", "raise_open_files_limit", "retain_freed_memory"]
+__all__ = [
+    "check_open_files",
+    "limit_blas_threads",
+    "raise_open_files_limit",
+    "retain_freed_memory",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -77,7 +82,8 @@ files, the store, the event loop's, with room to spare (about 15 at start)."""
 
 def raise_open_files_limit(max_connections: int) -> int:
     """Raise the soft limit on open files to the hard one, and warn when even that is under
-    ``max_connections`` and the server's own files. Returns the soft limit now.
+    ``max_connections`` and the server's own files (:func:`check_open_files`). Returns the
+    soft limit now.
 
     Nothing in the process waits with ``select()`` (which fails above descriptor 1023): the
     event loop uses epoll, psycopg and gRPC poll or epoll too."""
@@ -91,6 +97,14 @@ def raise_open_files_limit(max_connections: int) -> int:
         else:
             _LOGGER.info("open files: limit raised from %d to %d", soft, target)
             soft = target
+    check_open_files(max_connections)
+    return soft
+
+
+def check_open_files(max_connections: int) -> None:
+    """Warn when the limit on open files is under ``max_connections`` and the server's own
+    (at start, and when a reloaded config raises ``max_connections``)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     needed = max_connections + OWN_FILES
     if soft != resource.RLIM_INFINITY and soft < needed:
         _LOGGER.warning(
@@ -103,4 +117,3 @@ def raise_open_files_limit(max_connections: int) -> int:
             needed,
             max_connections,
         )
-    return soft

@@ -7,6 +7,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -220,17 +221,23 @@ def test_the_server_raises_its_open_files_limit_to_serve_its_connections(tmp_pat
         assert f"open files: limit raised from 60 to {raised}" in server.log
 
 
-def test_an_open_files_limit_under_max_connections_is_said_at_start(tmp_path) -> None:
+@pytest.mark.parametrize("when", ["at start", "on a reload that raises max_connections"])
+def test_an_open_files_limit_under_max_connections_is_said(tmp_path, when: str) -> None:
     """A hard limit the server cannot raise past: the log says what it holds, what
     max_connections needs, and where to raise it, and the server serves what it can."""
     config = tmp_path / "scripted.yaml"
-    config.write_text(
+    scripted = (
         "backends: {echo: {type: scripted, text: ok}}\nrouting: [{backend: echo}]\n"
-        "store: {path: null}\nlimits: {max_connections: 100}\n"
+        "store: {path: null}\nlimits: {max_connections: %d}\n"
     )
+    config.write_text(scripted % (100 if when == "at start" else 30))
+    warning = "open files limited to 100 (hard limit 100): under the 164 that "
+    warning += "limits.max_connections 100 needs"
     with ServeProcess("--config", str(config), open_files=(100, 100)) as server:
         assert _health(server.port) == 200
-        assert (
-            "open files limited to 100 (hard limit 100): under the 164 that "
-            "limits.max_connections 100 needs" in server.log
-        ), server.log
+        if when != "at start":
+            assert "open files limited" not in server.log  # 30 + 64 fit
+            config.write_text(scripted % 100)
+            server.process.send_signal(signal.SIGHUP)
+            wait_for(lambda: "config reloaded from" in server.log)
+        assert warning in server.log, server.log
