@@ -14,6 +14,7 @@ import anyio
 import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -228,10 +229,32 @@ def build_app(config: Config, env: Mapping[str, str] | None = None) -> Starlette
         finally:
             await gateway.close()
 
-    app = Starlette(routes=routes, middleware=_cors(config.server), lifespan=lifespan)
+    app = Starlette(
+        routes=routes,
+        middleware=_cors(config.server),
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error},
+    )
     app.router.default = _not_found(routes)
     app.state.gateway = gateway
     return app
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """starlette's own HTTP errors (the demo page's files: one that is not there, a method
+    other than GET) in JSON like every other answer of the server, not its plain text."""
+    assert isinstance(exc, HTTPException)
+    path = request.url.path[:200]
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers.setdefault("Allow", "GET, HEAD")
+        body = {"error": "method_not_allowed", "message": f"{path} answers GET, not "}
+        body["message"] += request.method[:16]
+    elif exc.status_code == 404:
+        body = {"error": "not_found", "message": f"no file at '{path}'"}
+    else:
+        body = {"error": "http_error", "message": f"{path}: {exc.detail}"}
+    return refusal(body, exc.status_code, request.scope, headers=headers)
 
 
 def _wrong_method(path: str) -> Route:

@@ -225,6 +225,27 @@ def test_a_wrong_method_gets_json_naming_the_one_to_use(tiny_server: Server) -> 
         }
 
 
+def test_the_pages_files_answer_errors_in_json(tiny_server: Server) -> None:
+    """The demo page's files: one that is not there, or a method other than GET, in the JSON
+    shape of every other answer (starlette's static files answered in plain text)."""
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(tiny_server.http + "/static/nope.js", timeout=10)
+    assert refused.value.code == 404
+    assert json.loads(refused.value.read()) == {
+        "error": "not_found",
+        "message": "no file at '/static/nope.js'",
+    }
+    request = urllib.request.Request(tiny_server.http + "/static/app.js", data=bytes(300_000))
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 405 and refused.value.headers["Allow"] == "GET, HEAD"
+    assert json.loads(refused.value.read()) == {
+        "error": "method_not_allowed",
+        "message": "/static/app.js answers GET, not POST",
+    }
+    assert urllib.request.urlopen(tiny_server.http + "/static/app.js", timeout=10).status == 200
+
+
 def test_plain_http_to_a_websocket_path_is_told_to_upgrade(tiny_server: Server) -> None:
     """curl, or a proxy that drops the Upgrade header (nginx without ``proxy_set_header
     Upgrade``): told what the path is, not that it does not exist."""
