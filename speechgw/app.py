@@ -245,27 +245,29 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     other than GET) in JSON like every other answer of the server, not its plain text."""
     assert isinstance(exc, HTTPException)
     path = request.url.path[:200]
-    headers = dict(exc.headers or {})
     if exc.status_code == 405:
-        headers.setdefault("Allow", "GET, HEAD")
-        body = {"error": "method_not_allowed", "message": f"{path} answers GET, not "}
-        body["message"] += request.method[:16]
-    elif exc.status_code == 404:
+        return _get_only(request, path)
+    if exc.status_code == 404:
         body = {"error": "not_found", "message": f"no file at '{path}'"}
     else:
         body = {"error": "http_error", "message": f"{path}: {exc.detail}"}
-    return refusal(body, exc.status_code, request.scope, headers=headers)
+    return refusal(body, exc.status_code, request.scope, headers=dict(exc.headers or {}))
+
+
+def _get_only(request: Request, path: str) -> Response:
+    """The JSON 405 of a path that answers GET (and HEAD) only, where starlette's is plain
+    text sent while an upload may still be on its way, and lost to the close that follows
+    (:func:`~speechgw.early_answer.refusal`)."""
+    message = f"{path} answers GET, not {request.method[:16]}"
+    body = {"error": "method_not_allowed", "message": message}
+    return refusal(body, 405, request.scope, headers={"Allow": "GET, HEAD"})
 
 
 def _wrong_method(path: str) -> Route:
-    """A JSON 405 for any method but GET (and HEAD) at ``path``, where starlette's is plain
-    text sent while an upload may still be on its way, and lost to the close that follows
-    (:func:`~speechgw.early_answer.refusal`)."""
+    """:func:`_get_only` for every method but GET (and HEAD) at ``path``."""
 
     async def refuse(request: Request) -> Response:
-        message = f"{path} answers GET, not {request.method[:16]}"
-        body = {"error": "method_not_allowed", "message": message}
-        return refusal(body, 405, request.scope, headers={"Allow": "GET, HEAD"})
+        return _get_only(request, path)
 
     return any_method_route(path, refuse)
 
