@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.sync.client import connect
@@ -203,46 +204,39 @@ def test_health(tiny_server: Server) -> None:
     assert tiny_server.metric("speechgw_build_info", version=speechgw.__version__) == 1
 
 
-def test_a_wrong_method_gets_json_naming_the_one_to_use(tiny_server: Server) -> None:
-    """An upload to ``/health`` is answered in JSON, after its body is read (not lost)."""
-    request = urllib.request.Request(tiny_server.http + "/health", data=bytes(300_000))
+def _refused(url: str, method: str = "GET", data: bytes | None = None) -> tuple[int, Any, Any]:
+    """An HTTP request the server refuses: (status, headers, its JSON body)."""
+    request = urllib.request.Request(url, data=data, method=method)
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
-    assert refused.value.code == 405 and refused.value.headers["Allow"] == "GET, HEAD"
-    assert json.loads(refused.value.read()) == {
-        "error": "method_not_allowed",
-        "message": "/health answers GET, not POST",
-    }
-    # and a method outside HTTP's usual seven, which starlette answered in plain text
+    return refused.value.code, refused.value.headers, json.loads(refused.value.read())
+
+
+def _get_only(path: str, method: str) -> dict[str, str]:
+    return {"error": "method_not_allowed", "message": f"{path} answers GET, not {method}"}
+
+
+def test_a_wrong_method_gets_json_naming_the_one_to_use(tiny_server: Server) -> None:
+    """An upload to ``/health`` is answered in JSON, after its body is read (not lost); and a
+    method outside HTTP's usual seven, which starlette answered in plain text."""
+    upload = _refused(tiny_server.http + "/health", "POST", bytes(300_000))
+    assert upload[0] == 405 and upload[1]["Allow"] == "GET, HEAD"
+    assert upload[2] == _get_only("/health", "POST")
     for path in ("/health", "/metrics"):
-        request = urllib.request.Request(tiny_server.http + path, method="PROPFIND")
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(request, timeout=10)
-        assert refused.value.code == 405 and refused.value.headers["Allow"] == "GET, HEAD"
-        assert json.loads(refused.value.read()) == {
-            "error": "method_not_allowed",
-            "message": f"{path} answers GET, not PROPFIND",
-        }
+        status, headers, body = _refused(tiny_server.http + path, "PROPFIND")
+        assert status == 405 and headers["Allow"] == "GET, HEAD"
+        assert body == _get_only(path, "PROPFIND")
 
 
 def test_the_pages_files_answer_errors_in_json(tiny_server: Server) -> None:
     """The demo page's files: one that is not there, or a method other than GET, in the JSON
     shape of every other answer (starlette's static files answered in plain text)."""
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(tiny_server.http + "/static/nope.js", timeout=10)
-    assert refused.value.code == 404
-    assert json.loads(refused.value.read()) == {
-        "error": "not_found",
-        "message": "no file at '/static/nope.js'",
-    }
-    request = urllib.request.Request(tiny_server.http + "/static/app.js", data=bytes(300_000))
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(request, timeout=10)
-    assert refused.value.code == 405 and refused.value.headers["Allow"] == "GET, HEAD"
-    assert json.loads(refused.value.read()) == {
-        "error": "method_not_allowed",
-        "message": "/static/app.js answers GET, not POST",
-    }
+    status, _, body = _refused(tiny_server.http + "/static/nope.js")
+    assert status == 404
+    assert body == {"error": "not_found", "message": "no file at '/static/nope.js'"}
+    status, headers, body = _refused(tiny_server.http + "/static/app.js", "POST", bytes(300_000))
+    assert status == 405 and headers["Allow"] == "GET, HEAD"
+    assert body == _get_only("/static/app.js", "POST")
     assert urllib.request.urlopen(tiny_server.http + "/static/app.js", timeout=10).status == 200
 
 
