@@ -253,18 +253,18 @@ class CallBatcher:
                 continue
             head = min(self._waiting, key=_urgency)
             same = [c for c in self._waiting if c.kind == head.kind]
-            due = head.arrived + self.window
+            window_ends = head.arrived + self.window
             # every job in flight is waiting here: no one else can join this batch
             everyone = len(self._waiting) >= self._active_jobs
             now = time.monotonic()
-            if len(same) >= self.batch_size or everyone or now >= due or self._closed:
+            if len(same) >= self.batch_size or everyone or now >= window_ends or self._closed:
                 same.sort(key=_urgency)
                 batch = same[: self.batch_size]
                 taken = {id(c) for c in batch}
                 self._waiting = [c for c in self._waiting if id(c) not in taken]
                 self._count(batch)
                 return batch
-            self._lock.wait(timeout=due - now)
+            self._lock.wait(timeout=window_ends - now)
 
     def _drop_cancelled(self) -> None:
         for call in [c for c in self._waiting if c.context.cancelled.is_set()]:
