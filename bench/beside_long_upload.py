@@ -152,7 +152,7 @@ def run_steady(url: str, upload: bytes, short: bytes, clients: int, seconds: flo
     for thread in flow:
         thread.start()
     uploader.join(timeout=seconds)
-    flowing = uploader.is_alive() is False and time.monotonic() - started < seconds
+    flowing = not uploader.is_alive() and time.monotonic() - started < seconds
     time.sleep(max(0.0, started + seconds - time.monotonic()))  # the flow lasts its seconds
     stop.set()
     for thread in flow:

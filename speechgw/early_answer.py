@@ -30,7 +30,6 @@ class _AnyMethod:
     lists none), and any other method met starlette's plain-text 405."""
 
     def __init__(self, endpoint: Callable[[Request], Awaitable[Response]]) -> None:
-        self.__name__ = getattr(endpoint, "__name__", type(self).__name__)
         self._app = request_response(endpoint)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -27,9 +27,37 @@ import numpy as np
 from .audio import from_pcm16, to_pcm16
 from .jobs import SAMPLE_RATE
 
-__all__ = ["LiveAudio", "Reader"]
+__all__ = ["FullBufferLog", "LiveAudio", "Reader"]
 
 _LOGGER = logging.getLogger(__name__)
+
+
+class FullBufferLog:
+    """The contract's ``Audio stream buffer full`` line for one stream's input buffer: once
+    each time the input starts waiting for room, not for every message or utterance that
+    waits while a fast client keeps the buffer full (a line per few seconds of audio)."""
+
+    def __init__(self, logger: logging.Logger, stream_id: str, held: str) -> None:
+        self._logger = logger
+        self._stream_id = stream_id
+        self._held = held  # what the seconds in the line are, e.g. "queued"
+        self._pausing = False  # the input has waited for room since it last found some
+
+    def room(self) -> None:
+        """The input found room without waiting."""
+        self._pausing = False
+
+    def full(self, held_seconds: float) -> None:
+        """The input waits for room, the buffer holding ``held_seconds`` of audio."""
+        if not self._pausing:
+            self._pausing = True
+            self._logger.warning(
+                "stream %s: Audio stream buffer full (%.1f s %s); pausing its input",
+                self._stream_id,
+                held_seconds,
+                self._held,
+            )
+
 
 _COMPACT_AT = 1024  # dropped chunk slots kept before the lists are compacted
 
@@ -38,8 +66,7 @@ class LiveAudio:
     """Uncommitted audio of one stream, in arrival order, with its arrival times."""
 
     def __init__(self, unread_limit: int, retained_limit: int, stream_id: str = "") -> None:
-        self._stream_id = stream_id  # for the log
-        self._pausing = False  # the input has waited for room since a put last found some
+        self._full_log = FullBufferLog(_LOGGER, stream_id, "not recognised yet")
         self._unread_limit = unread_limit
         self._retained_limit = max(retained_limit, unread_limit)
         # chunks from index _head on are live; _starts[i] is chunk i's first sample
@@ -64,15 +91,9 @@ class LiveAudio:
         if not len(samples):
             return not self._abandoned
         if self._abandoned or self._has_room():
-            self._pausing = False
-        elif not self._pausing:  # once while the client keeps the buffer full
-            self._pausing = True
-            _LOGGER.warning(
-                "stream %s: Audio stream buffer full (%.1f s not recognised yet); pausing "
-                "its input",
-                self._stream_id,
-                (self._end - self._committed) / SAMPLE_RATE,
-            )
+            self._full_log.room()
+        else:
+            self._full_log.full((self._end - self._committed) / SAMPLE_RATE)
         await self._changed.wait_for(lambda: self._abandoned or self._has_room())
         if self._abandoned:
             return False

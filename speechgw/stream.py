@@ -45,7 +45,7 @@ from .config import StreamingConfig
 from .errors import InternalError, SpeechGWError
 from .execution import as_outage, run_route
 from .jobs import SAMPLE_RATE, AudioJob, JobSpec, Transcript
-from .live_audio import LiveAudio
+from .live_audio import FullBufferLog, LiveAudio
 from .router import Route
 from .segmenter import Segmenter, StreamResampler
 from .text import join_text
@@ -80,29 +80,20 @@ class _UtteranceQueue:
         self._limit = limit
         self._closed = False
         self._changed = asyncio.Condition()
-        self._stream_id = stream_id  # for the log
-        self._pausing = False  # the input has waited for room since a put last found some
+        self._full_log = FullBufferLog(_LOGGER, stream_id, "queued")
 
     @property
     def samples(self) -> int:
         return self._samples
 
     async def put(self, utterance: np.ndarray) -> None:
-        """Queue an utterance; waits while the queue is full. ``Audio stream buffer full`` is
-        logged once when the input starts waiting, not for every utterance of a client that
-        keeps it full (a line per few seconds of audio), as :class:`LiveAudio` does."""
+        """Queue an utterance; waits while the queue is full (:class:`FullBufferLog`)."""
         async with self._changed:
-            if not self._has_room(utterance):
-                if not self._pausing:
-                    self._pausing = True
-                    _LOGGER.warning(
-                        "stream %s: Audio stream buffer full (%.1f s queued); pausing its input",
-                        self._stream_id,
-                        self._samples / SAMPLE_RATE,
-                    )
-                await self._changed.wait_for(lambda: self._has_room(utterance))
+            if self._has_room(utterance):
+                self._full_log.room()
             else:
-                self._pausing = False
+                self._full_log.full(self._samples / SAMPLE_RATE)
+                await self._changed.wait_for(lambda: self._has_room(utterance))
             self._items.append(utterance)
             self._samples += len(utterance)
             self._changed.notify_all()

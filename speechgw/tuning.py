@@ -80,10 +80,9 @@ OWN_FILES = 64
 files, the store, the event loop's, with room to spare (about 15 at start)."""
 
 
-def raise_open_files_limit(max_connections: int) -> int:
+def raise_open_files_limit(max_connections: int) -> None:
     """Raise the soft limit on open files to the hard one, and warn when even that is under
-    ``max_connections`` and the server's own files (:func:`check_open_files`). Returns the
-    soft limit now.
+    ``max_connections`` and the server's own files (:func:`check_open_files`).
 
     Nothing in the process waits with ``select()`` (which fails above descriptor 1023): the
     event loop uses epoll, psycopg and gRPC poll or epoll too."""
@@ -96,9 +95,7 @@ def raise_open_files_limit(max_connections: int) -> int:
             _LOGGER.warning("open files: the limit stays %d (raising it failed: %s)", soft, exc)
         else:
             _LOGGER.info("open files: limit raised from %d to %d", soft, target)
-            soft = target
     check_open_files(max_connections)
-    return soft
 
 
 def check_open_files(max_connections: int) -> None:
