@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import dataclasses
 import datetime
 import json
@@ -11,10 +13,15 @@ import os
 import sqlite3
 import sys
 import urllib.parse
+from collections.abc import Generator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__, logs
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .store import UsageRecord
 
 __all__ = ["main"]
 
@@ -58,20 +65,54 @@ def _parser() -> argparse.ArgumentParser:
     )
     revoke.add_argument("name")
 
-    usage = commands.add_parser("usage", help="usage totals per API key")
+    usage = commands.add_parser(
+        "usage", help="usage per API key: totals, or each billed request (--requests)"
+    )
     usage.add_argument("--config", help="config file naming the store (as for serve)")
-    usage.add_argument("--since", type=_date, help="only usage from this date (YYYY-MM-DD) on")
+    usage.add_argument(
+        "--since",
+        type=_moment,
+        metavar="WHEN",
+        help="only usage from this moment on: a date (YYYY-MM-DD, its midnight UTC) or an "
+        "ISO 8601 time (2026-11-01T09:00:00+01:00; without an offset, UTC)",
+    )
+    usage.add_argument(
+        "--until",
+        type=_moment,
+        metavar="WHEN",
+        help="only usage before this moment (as --since; the moment itself is not included, "
+        "so --since 2026-11-01 --until 2026-12-01 is November, and the next period starts "
+        "where this one ends)",
+    )
     usage.add_argument("--key", help="only this key name")
+    usage.add_argument(
+        "--requests",
+        action="store_true",
+        help="each billed request instead of totals, oldest first: CSV with a header line, "
+        "or one JSON object a line with --json",
+    )
     usage.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
-def _date(text: str) -> float:
+def _moment(text: str) -> float:
+    """A date (its midnight UTC) or an ISO 8601 time (UTC unless it has an offset), as a Unix
+    time: ledger rows are stamped in UTC, whatever the server's time zone."""
     try:
         day = datetime.date.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
-    return datetime.datetime.combine(day, datetime.time(), datetime.UTC).timestamp()
+        pass
+    else:
+        return datetime.datetime.combine(day, datetime.time(), datetime.UTC).timestamp()
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a date (YYYY-MM-DD) or an ISO 8601 time (YYYY-MM-DDTHH:MM[:SS][+HH:MM]): {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
 
 
 def _load(args: argparse.Namespace):  # -> Config
@@ -126,7 +167,9 @@ def _keys(args: argparse.Namespace) -> int:
 def _usage(args: argparse.Namespace) -> int:
     store = _open_store(args)
     try:
-        totals = store.totals(since=args.since, key=args.key)
+        if args.requests:
+            return _print_requests(store.records(args.since, args.until, args.key), args.json)
+        totals = store.totals(args.since, args.until, args.key)
     finally:
         store.close()
     per_key: dict[str, dict] = {}
@@ -147,17 +190,67 @@ def _usage(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(list(per_key.values()), indent=2))
         return 0
-    print(f"{'key':<20} {'protocol':<10} {'backend':<12} {'requests':>9} {'audio min':>10}")
+    # columns as wide as their longest value, so that long key names keep them aligned
+    wide_key = max([20, *(len(t.key_name) for t in totals)])
+    wide_backend = max([12, *(len(t.backend) for t in totals)])
+    print(
+        f"{'key':<{wide_key}} {'protocol':<10} {'backend':<{wide_backend}} {'requests':>9} "
+        f"{'audio min':>10}"
+    )
     for entry in per_key.values():
         for part in entry["by"]:
             print(
-                f"{entry['key']:<20} {part['protocol']:<10} {part['backend']:<12} "
-                f"{part['requests']:>9} {part['audio_minutes']:>10.2f}"
+                f"{entry['key']:<{wide_key}} {part['protocol']:<10} "
+                f"{part['backend']:<{wide_backend}} {part['requests']:>9} "
+                f"{part['audio_minutes']:>10.2f}"
             )
         print(
-            f"{entry['key']:<20} {'total':<10} {'':<12} {entry['requests']:>9} "
-            f"{entry['audio_minutes']:>10.2f}"
+            f"{entry['key']:<{wide_key}} {'total':<10} {'':<{wide_backend}} "
+            f"{entry['requests']:>9} {entry['audio_minutes']:>10.2f}"
         )
+    return 0
+
+
+_REQUEST_FIELDS = (
+    "request_id",
+    "time",
+    "key",
+    "protocol",
+    "backend",
+    "task",
+    "language",
+    "machine_id",
+    "audio_seconds",
+    "processing_seconds",
+)
+
+
+def _print_requests(records: Generator[UsageRecord, None, None], as_json: bool) -> int:
+    """Each ledger row, one a line, written as it is read (a ledger of millions of rows streams
+    through; a reader that stops early, ``| head``, closes the query on the way out)."""
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    with contextlib.closing(records):
+        if not as_json:
+            out.writerow(_REQUEST_FIELDS)
+        for r in records:
+            time = datetime.datetime.fromtimestamp(r.at, datetime.UTC)
+            row = (
+                r.request_id,
+                time.isoformat(timespec="milliseconds"),
+                r.key_name,
+                r.protocol,
+                r.backend,
+                r.task,
+                r.language,
+                r.machine_id,
+                round(r.audio_seconds, 3),
+                round(r.processing_seconds, 3),
+            )
+            if as_json:
+                print(json.dumps(dict(zip(_REQUEST_FIELDS, row, strict=True))))
+            else:
+                out.writerow(row)
+    sys.stdout.flush()
     return 0
 
 
@@ -284,7 +377,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    bounds = (getattr(args, "since", None), getattr(args, "until", None))
+    if None not in bounds and bounds[1] <= bounds[0]:
+        parser.error("usage: --until must come after --since")
     from .store import StoreUnavailable
 
     command = {"serve": _serve, "check": _check, "keys": _keys, "usage": _usage}[args.command]

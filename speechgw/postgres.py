@@ -26,7 +26,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import astuple
 from typing import Any, TypeVar
 
@@ -34,7 +34,16 @@ import psycopg
 import psycopg_pool
 
 from .auth import hash_key
-from .store import KeyInfo, KeyLookup, Store, StoreUnavailable, UsageRecord, UsageTotal, new_api_key
+from .store import (
+    USAGE_COLUMNS,
+    KeyInfo,
+    KeyLookup,
+    Store,
+    StoreUnavailable,
+    UsageRecord,
+    UsageTotal,
+    new_api_key,
+)
 
 __all__ = ["MIGRATIONS", "PostgresLimits", "PostgresStore", "migrate"]
 
@@ -118,9 +127,10 @@ _LOOKUP = (
     "SELECT (SELECT name FROM api_keys WHERE digest = %s AND revoked IS NULL), "
     "EXISTS (SELECT 1 FROM api_keys)"
 )
-_INSERT = (
-    "INSERT INTO usage (request_id, at, key_name, protocol, backend, task, language, "
-    "machine_id, audio_seconds, processing_seconds) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_INSERT = f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_WHERE = (
+    "WHERE at >= %(since)s AND (%(until)s::float8 IS NULL OR at < %(until)s) "
+    "AND (%(key)s::text IS NULL OR key_name = %(key)s)"
 )
 _TAKE_TOKEN = "SELECT tokens, admitted FROM speechgw_take_token(%(key)s, %(burst)s, %(rate)s)"
 
@@ -470,15 +480,34 @@ class PostgresStore(Store):
             raise
         return db
 
-    def totals(self, since: float | None = None, key: str | None = None) -> list[UsageTotal]:
+    def totals(
+        self, since: float | None = None, until: float | None = None, key: str | None = None
+    ) -> list[UsageTotal]:
         with self._admin() as db:
             rows = db.execute(
                 "SELECT key_name, protocol, backend, COUNT(*), SUM(audio_seconds) FROM usage "
-                "WHERE at >= %s AND (%s::text IS NULL OR key_name = %s) "
+                f"{_WHERE} "
                 "GROUP BY key_name, protocol, backend ORDER BY key_name, protocol, backend",
-                (since or 0.0, key, key),
+                {"since": since or 0.0, "until": until, "key": key},
             ).fetchall()
         return [UsageTotal(*row) for row in rows]
+
+    def records(
+        self, since: float | None = None, until: float | None = None, key: str | None = None
+    ) -> Generator[UsageRecord, None, None]:
+        # a server-side cursor (inside a transaction): the rows come a few thousand at a time
+        with (
+            self._admin() as db,
+            db.transaction(),
+            db.cursor(name="speechgw_usage_records") as rows,
+        ):
+            rows.itersize = 5000
+            rows.execute(
+                f"SELECT {USAGE_COLUMNS} FROM usage {_WHERE} ORDER BY id",
+                {"since": since or 0.0, "until": until, "key": key},
+            )
+            for row in rows:
+                yield UsageRecord(*row)
 
     def create_key(self, name: str) -> str:
         key = new_api_key()

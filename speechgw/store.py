@@ -24,7 +24,8 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from dataclasses import astuple, dataclass
+from collections.abc import Generator
+from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from .admission import FleetLimits
 
 __all__ = [
+    "USAGE_COLUMNS",
     "KeyInfo",
     "KeyLookup",
     "SQLiteStore",
@@ -83,6 +85,10 @@ class UsageRecord:
     machine_id: str
     audio_seconds: float
     processing_seconds: float
+
+
+USAGE_COLUMNS = ", ".join(f.name for f in fields(UsageRecord))
+"""The ledger's columns in :class:`UsageRecord`'s order (both stores write and read them so)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,8 +177,20 @@ class Store(ABC):
         """
 
     @abstractmethod
-    def totals(self, since: float | None = None, key: str | None = None) -> list[UsageTotal]:
-        """Requests and audio seconds per key, protocol and backend."""
+    def totals(
+        self, since: float | None = None, until: float | None = None, key: str | None = None
+    ) -> list[UsageTotal]:
+        """Requests and audio seconds per key, protocol and backend, of the rows from
+        ``since`` (inclusive) to ``until`` (exclusive), Unix times: so that consecutive
+        periods (one month, the next) bill every row exactly once."""
+
+    @abstractmethod
+    def records(
+        self, since: float | None = None, until: float | None = None, key: str | None = None
+    ) -> Generator[UsageRecord, None, None]:
+        """The rows themselves, in the order they were committed, read as they are consumed
+        (a ledger of millions of rows is never held in memory): what a client disputing an
+        invoice is shown, each with the request id its replies carried."""
 
     @abstractmethod
     def create_key(self, name: str) -> str: ...
@@ -257,9 +275,7 @@ class SQLiteStore(Store):
             try:
                 db.execute("BEGIN IMMEDIATE")
                 db.executemany(
-                    "INSERT INTO usage (request_id, at, key_name, protocol, backend, task, "
-                    "language, machine_id, audio_seconds, processing_seconds) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [astuple(record) for record, _ in batch],
                 )
                 db.execute("COMMIT")
@@ -278,14 +294,25 @@ class SQLiteStore(Store):
             for _, (loop, done) in batch:
                 loop.call_soon_threadsafe(_settle, done, error)
 
-    def totals(self, since: float | None = None, key: str | None = None) -> list[UsageTotal]:
+    _WHERE = "WHERE at >= ? AND (? IS NULL OR at < ?) AND (? IS NULL OR key_name = ?)"
+
+    def totals(
+        self, since: float | None = None, until: float | None = None, key: str | None = None
+    ) -> list[UsageTotal]:
         sql = (
             "SELECT key_name, protocol, backend, COUNT(*), SUM(audio_seconds) FROM usage "
-            "WHERE at >= ? AND (? IS NULL OR key_name = ?) "
+            f"{self._WHERE} "
             "GROUP BY key_name, protocol, backend ORDER BY key_name, protocol, backend"
         )
-        rows = self._connection().execute(sql, (since or 0.0, key, key)).fetchall()
-        return [UsageTotal(*row) for row in rows]
+        rows = self._connection().execute(sql, (since or 0.0, until, until, key, key))
+        return [UsageTotal(*row) for row in rows.fetchall()]
+
+    def records(
+        self, since: float | None = None, until: float | None = None, key: str | None = None
+    ) -> Generator[UsageRecord, None, None]:
+        sql = f"SELECT {USAGE_COLUMNS} FROM usage {self._WHERE} ORDER BY id"
+        for row in self._connection().execute(sql, (since or 0.0, until, until, key, key)):
+            yield UsageRecord(*row)
 
     # --- keys -------------------------------------------------------------------------------
 

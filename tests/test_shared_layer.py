@@ -3,19 +3,28 @@ LLM post-processing, each through a real server."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import csv
+import datetime
+import io
 import json
 import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from speechgw.app import load_app_config, open_store
+from speechgw.store import UsageRecord
 from tests import speech
 from tests.client import transcribe
 from tests.llm_server import base_url, llm_server
+from tests.postgres import fresh_database
 from tests.serving import ServeProcess, running_server
 from tests.streaming_client import open_stream, read_pcm16, stream_pcm
 from tests.test_config import run_cli
@@ -112,6 +121,115 @@ def test_usage_ledger_records_both_protocols_and_the_cli_totals_them(
         json.loads(cli("usage", "--config", str(config), "--json", "--since", "2999-01-01").stdout)
         == []
     )
+
+
+@contextlib.contextmanager
+def _ledger_store(kind: str, tmp_path: Path, postgres_server: str | None) -> Iterator[Path]:
+    """A config naming a fresh store of ``kind`` (``sqlite`` or ``postgres``)."""
+    config = tmp_path / "speechgw.yaml"
+    if kind == "sqlite":
+        config.write_text(f"store:\n  path: {tmp_path / 'ledger.db'}\n")
+        yield config
+        return
+    assert postgres_server is not None
+    with fresh_database(postgres_server) as url:
+        config.write_text(f"store:\n  url: {url}\n")
+        yield config
+
+
+def _bill(config: Path, rows: list[UsageRecord]) -> None:
+    """``rows`` into the config's ledger, through the store's own write path."""
+
+    async def write() -> None:
+        store = open_store(load_app_config(str(config)))
+        assert store is not None
+        store.prepare()
+        await store.open()
+        try:
+            for row in rows:
+                await store.record(row)
+        finally:
+            await store.aclose()
+
+    asyncio.run(write())
+
+
+def _utc(text: str) -> float:
+    return datetime.datetime.fromisoformat(text).replace(tzinfo=datetime.UTC).timestamp()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_usage_bills_each_period_once_and_lists_its_requests(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """An admin bills November, then December: each row in exactly one of them (a request at
+    midnight is December's), and can list the requests behind a total."""
+    server = request.getfixturevalue("postgres_server") if kind == "postgres" else None
+    times = {
+        "oct": "2026-10-31T23:59:59.999",
+        "nov-first": "2026-11-01T00:00:00",
+        "nov-last": "2026-11-30T23:59:59.999",
+        "dec-midnight": "2026-12-01T00:00:00",
+        "dec-morning": "2026-12-01T08:30:00",
+    }
+    rows = [
+        UsageRecord(
+            name,
+            _utc(at),
+            key,
+            "batch" if key == "alice" else "streaming",
+            "whisper",
+            "transcribe",
+            "en",
+            "m,1",
+            10.0,
+            0.5,
+        )
+        for name, at in times.items()
+        for key in ("alice", "a-key-name-longer-than-twenty-characters")
+    ]
+    with _ledger_store(kind, tmp_path, server) as config:
+        _bill(config, rows)
+
+        def usage(*args: str) -> str:
+            done = cli("usage", "--config", str(config), *args)
+            assert done.returncode == 0, done.stderr
+            return done.stdout
+
+        def requests(*args: str) -> int:
+            (alice,) = json.loads(usage("--key", "alice", "--json", *args))
+            return alice["requests"]
+
+        assert requests("--since", "2026-11-01", "--until", "2026-12-01") == 2
+        assert requests("--since", "2026-12-01") == 2
+        assert requests("--until", "2026-11-01") == 1
+        assert requests() == 5
+        # a time with an offset: 09:00 in UTC+1 is 08:00 UTC, before the morning request
+        assert requests("--since", "2026-12-01T09:00:00+01:00") == 1
+        assert requests("--since", "2026-12-01T08:30:00") == 1  # no offset: UTC, inclusive
+        # a key name longer than the column: every line of the table as wide as its header
+        table = usage("--since", "2026-11-01", "--until", "2026-12-01").splitlines()
+        assert len(table) == 5 and len({len(line) for line in table}) == 1, table
+        # the requests behind November's total, oldest first, as CSV and as JSON lines
+        listed = usage("--since", "2026-11-01", "--until", "2026-12-01", "--requests")
+        parsed = list(csv.DictReader(io.StringIO(listed)))
+        assert [(r["request_id"], r["key"]) for r in parsed] == [
+            (name, key)
+            for name in ("nov-first", "nov-last")
+            for key in ("alice", "a-key-name-longer-than-twenty-characters")
+        ]
+        assert parsed[2]["time"] == "2026-11-30T23:59:59.999+00:00"
+        assert parsed[0]["machine_id"] == "m,1" and parsed[0]["audio_seconds"] == "10.0"
+        lines = usage("--key", "alice", "--requests", "--json").splitlines()
+        assert [json.loads(line)["request_id"] for line in lines] == list(times)
+        assert json.loads(lines[0])["protocol"] == "batch"
+        refused = cli(
+            "usage", "--config", str(config), "--since", "2026-12-01", "--until", "2026-11-01"
+        )
+        assert refused.returncode == 2
+        assert "--until must come after --since" in refused.stderr
+        bad = cli("usage", "--config", str(config), "--since", "November")
+        assert bad.returncode == 2 and "not a date (YYYY-MM-DD)" in bad.stderr
 
 
 def test_machine_id_label_values_are_bounded(voices) -> None:
