@@ -92,6 +92,21 @@ def _parser() -> argparse.ArgumentParser:
         "or one JSON object a line with --json",
     )
     usage.add_argument("--json", action="store_true", help="machine-readable output")
+
+    prune = commands.add_parser(
+        "prune-usage",
+        help="delete the usage ledger's rows from before a moment (keep them first with "
+        "usage --requests --until the same moment)",
+    )
+    prune.add_argument("--config", help="config file naming the store (as for serve)")
+    prune.add_argument(
+        "--before",
+        type=_moment,
+        metavar="WHEN",
+        required=True,
+        help="delete the rows committed before this moment, a date (YYYY-MM-DD, its midnight "
+        "UTC) or an ISO 8601 time, as usage --until takes it",
+    )
     return parser
 
 
@@ -254,6 +269,17 @@ def _print_requests(records: Generator[UsageRecord, None, None], as_json: bool) 
     return 0
 
 
+def _prune_usage(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    try:
+        deleted = store.prune(args.before)
+    finally:
+        store.close()
+    before = datetime.datetime.fromtimestamp(args.before, datetime.UTC).isoformat()
+    print(f"deleted {deleted} usage rows from before {before}")
+    return 0
+
+
 def _check(args: argparse.Namespace) -> int:
     """``speechgw check``: the config's verdict without loading a model or opening a port."""
     config, path = _load(args)
@@ -376,6 +402,15 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+_COMMANDS = {
+    "serve": _serve,
+    "check": _check,
+    "keys": _keys,
+    "usage": _usage,
+    "prune-usage": _prune_usage,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -384,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("usage: --until must come after --since")
     from .store import StoreUnavailable
 
-    command = {"serve": _serve, "check": _check, "keys": _keys, "usage": _usage}[args.command]
+    command = _COMMANDS[args.command]
     try:
         code = command(args)
         sys.stdout.flush()  # here, where a closed pipe is caught below, not at exit

@@ -35,6 +35,7 @@ import psycopg_pool
 
 from .auth import hash_key
 from .store import (
+    PRUNE_BATCH,
     USAGE_COLUMNS,
     KeyInfo,
     KeyLookup,
@@ -508,6 +509,19 @@ class PostgresStore(Store):
             )
             for row in rows:
                 yield UsageRecord(*row)
+
+    def prune(self, before: float) -> int:
+        deleted = 0
+        with self._admin() as db:  # autocommit: each batch its own transaction
+            while True:
+                gone = db.execute(
+                    "DELETE FROM usage WHERE id IN "
+                    "(SELECT id FROM usage WHERE at < %s ORDER BY id LIMIT %s)",
+                    (before, PRUNE_BATCH),
+                ).rowcount
+                deleted += gone
+                if gone < PRUNE_BATCH:
+                    return deleted
 
     def create_key(self, name: str) -> str:
         key = new_api_key()

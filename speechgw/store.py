@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .admission import FleetLimits
 
 __all__ = [
+    "PRUNE_BATCH",
     "USAGE_COLUMNS",
     "KeyInfo",
     "KeyLookup",
@@ -123,6 +124,16 @@ transaction in the sqlite3 shell, say) before its requests are refused with ``se
 every reply waits on the ledger's commit, so the wait is every client's."""
 
 
+PRUNE_BATCH = 5000
+"""Ledger rows deleted per statement by :meth:`Store.prune` (SQLite: about 8 ms of them)."""
+PRUNE_HOLD_SECONDS = 0.05
+"""How long :meth:`SQLiteStore.prune` holds the file's write lock at a time."""
+_PRUNE_PAUSE_SECONDS = 0.12
+"""...and how long it leaves it free: longer than SQLite's longest sleep between tries for a
+lock (100 ms), so that a writer waiting meanwhile gets it."""
+_PRUNE_SQLITE = "DELETE FROM usage WHERE id IN (SELECT id FROM usage WHERE at < ? LIMIT ?)"
+
+
 class StoreUnavailable(Exception):
     """The store cannot be reached now (a restart, the network): the request is refused with
     ``server_busy`` and the client retries; never answered without its ledger row."""
@@ -191,6 +202,13 @@ class Store(ABC):
         """The rows themselves, in the order they were committed, read as they are consumed
         (a ledger of millions of rows is never held in memory): what a client disputing an
         invoice is shown, each with the request id its replies carried."""
+
+    @abstractmethod
+    def prune(self, before: float) -> int:
+        """Delete the ledger's rows from before ``before`` (a Unix time); how many went.
+
+        Deletes a few thousand rows per transaction, so that a serving gateway's ledger
+        writes, which every reply waits for, never wait long behind it."""
 
     @abstractmethod
     def create_key(self, name: str) -> str: ...
@@ -313,6 +331,32 @@ class SQLiteStore(Store):
         sql = f"SELECT {USAGE_COLUMNS} FROM usage {self._WHERE} ORDER BY id"
         for row in self._connection().execute(sql, (since or 0.0, until, until, key, key)):
             yield UsageRecord(*row)
+
+    def prune(self, before: float) -> int:
+        # SQLite's lock is not fair: a gateway's writer waiting for it sleeps between tries
+        # (up to 100 ms), so a deleter that took the lock back at once would keep it from
+        # the writer for the whole deletion (a reply waited 1.1 s for a million rows). Each
+        # transaction deletes for about PRUNE_HOLD_SECONDS, then the lock is left free for
+        # longer than a waiter sleeps.
+        db = self._connection()
+        deleted = 0
+        while True:
+            db.execute("BEGIN IMMEDIATE")
+            held = time.monotonic() + PRUNE_HOLD_SECONDS
+            try:
+                while True:
+                    gone = db.execute(_PRUNE_SQLITE, (before, PRUNE_BATCH)).rowcount
+                    deleted += gone
+                    if gone < PRUNE_BATCH or time.monotonic() >= held:
+                        break
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+            if gone < PRUNE_BATCH:
+                return deleted
+            time.sleep(_PRUNE_PAUSE_SECONDS)
 
     # --- keys -------------------------------------------------------------------------------
 

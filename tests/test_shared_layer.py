@@ -20,7 +20,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from speechgw.app import load_app_config, open_store
-from speechgw.store import UsageRecord
+from speechgw.store import USAGE_COLUMNS, SQLiteStore, UsageRecord
 from tests import speech
 from tests.client import transcribe
 from tests.llm_server import base_url, llm_server
@@ -223,6 +223,11 @@ def test_usage_bills_each_period_once_and_lists_its_requests(
         lines = usage("--key", "alice", "--requests", "--json").splitlines()
         assert [json.loads(line)["request_id"] for line in lines] == list(times)
         assert json.loads(lines[0])["protocol"] == "batch"
+        # the rows kept, then pruned: November and before go, December stays
+        pruned = cli("prune-usage", "--config", str(config), "--before", "2026-12-01")
+        assert pruned.returncode == 0, pruned.stderr
+        assert pruned.stdout == "deleted 6 usage rows from before 2026-12-01T00:00:00+00:00\n"
+        assert requests() == 2 and len(usage("--requests").splitlines()) == 1 + 4
         refused = cli(
             "usage", "--config", str(config), "--since", "2026-12-01", "--until", "2026-11-01"
         )
@@ -230,6 +235,55 @@ def test_usage_bills_each_period_once_and_lists_its_requests(
         assert "--until must come after --since" in refused.stderr
         bad = cli("usage", "--config", str(config), "--since", "November")
         assert bad.returncode == 2 and "not a date (YYYY-MM-DD)" in bad.stderr
+
+
+def test_pruning_a_large_ledger_keeps_a_serving_gateway_answering(tmp_path: Path, voices) -> None:
+    """A million old rows deleted while requests come: the ledger's writes, which every reply
+    waits for, never wait long behind the deletion (one DELETE of them all held the file's
+    lock for over a second here, and past 5 s on a larger ledger the gateway answers
+    ``server_busy``)."""
+    ledger = tmp_path / "ledger.db"
+    SQLiteStore(ledger).close()  # the schema
+    old = _utc("2026-01-01T00:00:00")
+    with sqlite3.connect(ledger) as db:
+        db.executemany(
+            f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                (f"old-{i}", old + i, "k", "batch", "null", "transcribe", "en", "m", 3.0, 0.2)
+                for i in range(1_000_000)
+            ),
+        )
+    config = store_config(tmp_path)
+    wav = voices["children"].read_bytes()
+    with running_server({"store": {"path": str(ledger)}}, backends=NULL) as server:
+        replies: list[tuple[float, str]] = []
+        pruning = threading.Event()
+        done = threading.Event()
+
+        def client() -> None:
+            while not done.is_set():
+                started = time.monotonic()
+                reply = transcribe(server.ws, wav).reply
+                if pruning.is_set():
+                    replies.append((time.monotonic() - started, reply.get("text", str(reply))))
+
+        thread = threading.Thread(target=client)
+        thread.start()
+        try:
+            pruning.set()
+            pruned = cli("prune-usage", "--config", str(config), "--before", "2027-01-01")
+        finally:
+            done.set()
+            thread.join(timeout=30)
+    assert pruned.returncode == 0, pruned.stderr
+    assert pruned.stdout.startswith("deleted ") and " usage rows from before 2027-01-01" in (
+        pruned.stdout
+    )
+    deleted = int(pruned.stdout.split()[1])
+    assert 1_000_000 <= deleted <= 1_000_000 + len(replies) + 1  # and what came meanwhile
+    assert replies and all(text == "hello from the null backend" for _, text in replies)
+    slowest = max(seconds for seconds, _ in replies)
+    assert slowest < 0.5, f"a reply waited {slowest:.2f} s behind the pruning"
 
 
 def test_machine_id_label_values_are_bounded(voices) -> None:
