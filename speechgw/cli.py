@@ -248,10 +248,10 @@ def _print_requests(records: Generator[UsageRecord, None, None], as_json: bool) 
         if not as_json:
             out.writerow(_REQUEST_FIELDS)
         for r in records:
-            time = datetime.datetime.fromtimestamp(r.at, datetime.UTC)
+            committed = datetime.datetime.fromtimestamp(r.at, datetime.UTC)
             row = (
                 r.request_id,
-                time.isoformat(timespec="milliseconds"),
+                committed.isoformat(timespec="milliseconds"),
                 r.key_name,
                 r.protocol,
                 r.backend,
@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     bounds = (getattr(args, "since", None), getattr(args, "until", None))
     if None not in bounds and bounds[1] <= bounds[0]:
-        parser.error("usage: --until must come after --since")
+        parser.error("--until must come after --since")
     from .store import StoreUnavailable
 
     command = _COMMANDS[args.command]
