@@ -21,7 +21,7 @@ from . import __version__, logs
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .store import UsageRecord
+    from .store import KeyInfo, UsageRecord
 
 __all__ = ["main"]
 
@@ -59,7 +59,14 @@ def _parser() -> argparse.ArgumentParser:
         "create", parents=[config_after], help="create a key and print it (only once)"
     )
     create.add_argument("name", help="the name logs and usage will show")
-    key_commands.add_parser("list", parents=[config_after], help="list key names (never the keys)")
+    listing = key_commands.add_parser(
+        "list", parents=[config_after], help="list key names (never the keys)"
+    )
+    listing.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON array: name, active, created and revoked (ISO 8601 UTC, or null)",
+    )
     revoke = key_commands.add_parser(
         "revoke", parents=[config_after], help="revoke a key; it stops working at once"
     )
@@ -167,16 +174,40 @@ def _keys(args: argparse.Namespace) -> int:
             print(key)
             print(f"created key {args.name!r}; it is shown only this once", file=sys.stderr)
         elif args.keys_command == "list":
-            for info in store.list_keys():
-                created = datetime.datetime.fromtimestamp(info.created, datetime.UTC)
-                state = "active" if info.revoked is None else "revoked"
-                print(f"{info.name}\t{state}\tcreated {created:%Y-%m-%d %H:%M} UTC")
+            _print_keys(store.list_keys(), args.json)
         elif not store.revoke_key(args.name):
             print(f"speechgw: no active key named {args.name!r}", file=sys.stderr)
             return 1
         return 0
     finally:
         store.close()
+
+
+def _print_keys(keys: list[KeyInfo], as_json: bool) -> None:
+    """The keys' names, states and dates (never the keys, which are not kept): a line each,
+    or one JSON array of ``{name, active, created, revoked}`` (ISO 8601 UTC, or null)."""
+
+    def when(moment: float | None) -> str | None:
+        if moment is None:
+            return None
+        return datetime.datetime.fromtimestamp(moment, datetime.UTC).isoformat(timespec="seconds")
+
+    if as_json:
+        entries = [
+            {
+                "name": info.name,
+                "active": info.revoked is None,
+                "created": when(info.created),
+                "revoked": when(info.revoked),
+            }
+            for info in keys
+        ]
+        print(json.dumps(entries, indent=2))
+        return
+    for info in keys:
+        created = datetime.datetime.fromtimestamp(info.created, datetime.UTC)
+        state = "active" if info.revoked is None else "revoked"
+        print(f"{info.name}\t{state}\tcreated {created:%Y-%m-%d %H:%M} UTC")
 
 
 def _usage(args: argparse.Namespace) -> int:

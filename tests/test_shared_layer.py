@@ -65,6 +65,14 @@ def test_keys_created_with_the_cli_work_at_once_and_revoking_stops_them(
         assert alice not in listed
         assert cli("keys", "--config", str(config), "revoke", "alice").returncode == 0
         assert transcribe(server.ws, wav, api_key=alice).reply["error"] == "unauthorized"
+        # for scripts: names, states and dates as JSON (never the keys)
+        listed = cli("keys", "list", "--json", "--config", str(config)).stdout
+        entries = {entry["name"]: entry for entry in json.loads(listed)}
+        assert entries["alice"]["active"] is False and entries["bob"]["active"] is True
+        assert entries["bob"]["revoked"] is None and alice not in listed
+        revoked = datetime.datetime.fromisoformat(entries["alice"]["revoked"])
+        assert abs(datetime.datetime.now(datetime.UTC) - revoked).total_seconds() < 60
+        assert entries["alice"]["created"] <= entries["alice"]["revoked"]
         assert cli("keys", "--config", str(config), "revoke", "bob").returncode == 0
         # every key revoked: the gateway stays closed, it does not fall open
         assert transcribe(server.ws, wav).reply["error"] == "unauthorized"
