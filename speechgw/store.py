@@ -126,12 +126,14 @@ every reply waits on the ledger's commit, so the wait is every client's."""
 
 PRUNE_BATCH = 5000
 """Ledger rows deleted per statement by :meth:`Store.prune` (SQLite: about 8 ms of them)."""
-PRUNE_HOLD_SECONDS = 0.05
+_PRUNE_HOLD_SECONDS = 0.05
 """How long :meth:`SQLiteStore.prune` holds the file's write lock at a time."""
 _PRUNE_PAUSE_SECONDS = 0.12
 """...and how long it leaves it free: longer than SQLite's longest sleep between tries for a
 lock (100 ms), so that a writer waiting meanwhile gets it."""
 _PRUNE_SQLITE = "DELETE FROM usage WHERE id IN (SELECT id FROM usage WHERE at < ? LIMIT ?)"
+_USAGE_WHERE = "WHERE at >= ? AND (? IS NULL OR at < ?) AND (? IS NULL OR key_name = ?)"
+"""The rows of a period (``since``, ``until``, ``until``) and a key (``key``, ``key``)."""
 
 
 class StoreUnavailable(Exception):
@@ -312,14 +314,12 @@ class SQLiteStore(Store):
             for _, (loop, done) in batch:
                 loop.call_soon_threadsafe(_settle, done, error)
 
-    _WHERE = "WHERE at >= ? AND (? IS NULL OR at < ?) AND (? IS NULL OR key_name = ?)"
-
     def totals(
         self, since: float | None = None, until: float | None = None, key: str | None = None
     ) -> list[UsageTotal]:
         sql = (
             "SELECT key_name, protocol, backend, COUNT(*), SUM(audio_seconds) FROM usage "
-            f"{self._WHERE} "
+            f"{_USAGE_WHERE} "
             "GROUP BY key_name, protocol, backend ORDER BY key_name, protocol, backend"
         )
         rows = self._connection().execute(sql, (since or 0.0, until, until, key, key))
@@ -328,7 +328,7 @@ class SQLiteStore(Store):
     def records(
         self, since: float | None = None, until: float | None = None, key: str | None = None
     ) -> Generator[UsageRecord, None, None]:
-        sql = f"SELECT {USAGE_COLUMNS} FROM usage {self._WHERE} ORDER BY id"
+        sql = f"SELECT {USAGE_COLUMNS} FROM usage {_USAGE_WHERE} ORDER BY id"
         for row in self._connection().execute(sql, (since or 0.0, until, until, key, key)):
             yield UsageRecord(*row)
 
@@ -336,13 +336,13 @@ class SQLiteStore(Store):
         # SQLite's lock is not fair: a gateway's writer waiting for it sleeps between tries
         # (up to 100 ms), so a deleter that took the lock back at once would keep it from
         # the writer for the whole deletion (a reply waited 1.1 s for a million rows). Each
-        # transaction deletes for about PRUNE_HOLD_SECONDS, then the lock is left free for
+        # transaction deletes for about _PRUNE_HOLD_SECONDS, then the lock is left free for
         # longer than a waiter sleeps.
         db = self._connection()
         deleted = 0
         while True:
             db.execute("BEGIN IMMEDIATE")
-            held = time.monotonic() + PRUNE_HOLD_SECONDS
+            held = time.monotonic() + _PRUNE_HOLD_SECONDS
             try:
                 while True:
                     gone = db.execute(_PRUNE_SQLITE, (before, PRUNE_BATCH)).rowcount
