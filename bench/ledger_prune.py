@@ -7,7 +7,8 @@ and its ledger are measured); CLIENTS clients sending one-second batch requests 
 First a few seconds of requests alone, then the same while the old rows are deleted: by
 ``speechgw prune-usage`` (the default), or by one ``DELETE`` statement (``--one-statement``,
 what an admin's ``sqlite3 speechgw.db "DELETE FROM usage WHERE at < ..."`` does). Prints the
-deletion's time and the replies' latency (p50, p95, longest) and errors in each phase.
+ledger's bytes per row, the deletion's time and the replies' latency (p50, p95, longest) and
+errors in each phase.
 
     python bench/ledger_prune.py [--rows 1000000] [--clients 2] [--one-statement]
 """
@@ -34,7 +35,8 @@ CUTOFF = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
 def fill(ledger: Path, rows: int) -> None:
     SQLiteStore(ledger).close()  # the schema
-    with sqlite3.connect(ledger) as db:
+    db = sqlite3.connect(ledger)
+    with db:
         db.executemany(
             f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -53,6 +55,7 @@ def fill(ledger: Path, rows: int) -> None:
                 for i in range(rows)
             ),
         )
+    db.close()  # the last connection: the write-ahead log goes into the file
 
 
 def summary(latencies: list[float], errors: int) -> str:
@@ -77,7 +80,9 @@ def main() -> int:
         ledger = Path(work) / "ledger.db"
         started = time.perf_counter()
         fill(ledger, args.rows)
-        print(f"ledger: {args.rows} rows in {time.perf_counter() - started:.1f} s")
+        took = time.perf_counter() - started
+        per_row = ledger.stat().st_size / max(1, args.rows)
+        print(f"ledger: {args.rows} rows in {took:.1f} s, {per_row:.0f} bytes a row (indexes too)")
         config = Path(work) / "speechgw.yaml"
         config.write_text(
             "backends: {echo: {type: scripted, text: ok}}\nrouting: [{backend: echo}]\n"

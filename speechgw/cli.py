@@ -137,6 +137,11 @@ def _moment(text: str) -> float:
     return moment.timestamp()
 
 
+def _utc(moment: float) -> datetime.datetime:
+    """A Unix time as the command line shows it: in UTC, as the ledger counts."""
+    return datetime.datetime.fromtimestamp(moment, datetime.UTC)
+
+
 def _load(args: argparse.Namespace):  # -> Config
     from .app import load_app_config
 
@@ -188,9 +193,7 @@ def _print_keys(keys: list[KeyInfo], as_json: bool) -> None:
     or one JSON array of ``{name, active, created, revoked}`` (ISO 8601 UTC, or null)."""
 
     def when(moment: float | None) -> str | None:
-        if moment is None:
-            return None
-        return datetime.datetime.fromtimestamp(moment, datetime.UTC).isoformat(timespec="seconds")
+        return None if moment is None else _utc(moment).isoformat(timespec="seconds")
 
     if as_json:
         entries = [
@@ -205,7 +208,7 @@ def _print_keys(keys: list[KeyInfo], as_json: bool) -> None:
         print(json.dumps(entries, indent=2))
         return
     for info in keys:
-        created = datetime.datetime.fromtimestamp(info.created, datetime.UTC)
+        created = _utc(info.created)
         state = "active" if info.revoked is None else "revoked"
         print(f"{info.name}\t{state}\tcreated {created:%Y-%m-%d %H:%M} UTC")
 
@@ -214,7 +217,8 @@ def _usage(args: argparse.Namespace) -> int:
     store = _open_store(args)
     try:
         if args.requests:
-            return _print_requests(store.records(args.since, args.until, args.key), args.json)
+            _print_requests(store.records(args.since, args.until, args.key), args.json)
+            return 0
         totals = store.totals(args.since, args.until, args.key)
     finally:
         store.close()
@@ -271,7 +275,7 @@ _REQUEST_FIELDS = (
 )
 
 
-def _print_requests(records: Generator[UsageRecord, None, None], as_json: bool) -> int:
+def _print_requests(records: Generator[UsageRecord, None, None], as_json: bool) -> None:
     """Each ledger row, one a line, written as it is read (a ledger of millions of rows streams
     through; a reader that stops early, ``| head``, closes the query on the way out)."""
     out = csv.writer(sys.stdout, lineterminator="\n")
@@ -279,10 +283,9 @@ def _print_requests(records: Generator[UsageRecord, None, None], as_json: bool) 
         if not as_json:
             out.writerow(_REQUEST_FIELDS)
         for r in records:
-            committed = datetime.datetime.fromtimestamp(r.at, datetime.UTC)
             row = (
                 r.request_id,
-                committed.isoformat(timespec="milliseconds"),
+                _utc(r.at).isoformat(timespec="milliseconds"),
                 r.key_name,
                 r.protocol,
                 r.backend,
@@ -296,8 +299,6 @@ def _print_requests(records: Generator[UsageRecord, None, None], as_json: bool) 
                 print(json.dumps(dict(zip(_REQUEST_FIELDS, row, strict=True))))
             else:
                 out.writerow(row)
-    sys.stdout.flush()
-    return 0
 
 
 def _prune_usage(args: argparse.Namespace) -> int:
@@ -306,8 +307,7 @@ def _prune_usage(args: argparse.Namespace) -> int:
         deleted = store.prune(args.before)
     finally:
         store.close()
-    before = datetime.datetime.fromtimestamp(args.before, datetime.UTC).isoformat()
-    print(f"deleted {deleted} usage rows from before {before}")
+    print(f"deleted {deleted} usage rows from before {_utc(args.before).isoformat()}")
     return 0
 
 
