@@ -11,13 +11,16 @@ real time (PARALLEL recordings at once, each at real-time pace), with the server
 ``--multilingual``, the other languages too, with the base model; with ``--english-model
 base``, English on the shipped default model instead of tiny.en. With ``--rate 8000``, a
 telephone line's band: each recording resampled to 8 kHz, streamed with ``rate: 8000``, and the
-whole file decoded from the same 8 kHz audio (as the gateway upsamples it). Reported: a table per
+whole file decoded from the same 8 kHz audio (as the gateway upsamples it). With
+``--microphone dc=0.01`` or ``hum=50@-45``, a cheap microphone's DC offset or mains hum added
+to every recording (whole file and stream alike). Reported: a table per
 recording, totals, and totals without the 1949 interview (its old disc recording dominates any
 average; ../shared/audio's README), and how many replies only repeated the replies just before
 them (a context prompt carried over).
 
     python bench/stream_accuracy.py [--context-chars N] [--parallel 3] [--multilingual]
                                     [--english-model base] [--print-replies TEXT] [--rate 8000]
+                                    [--microphone dc=FRACTION|hum=HZ@DBFS ...]
 """
 
 from __future__ import annotations
@@ -128,6 +131,24 @@ def server_config(
     return out
 
 
+def with_microphone(samples: np.ndarray, faults: list[str]) -> np.ndarray:
+    """``samples`` (16 kHz) as a cheap microphone would have caught them: ``dc=0.01`` adds a DC
+    offset of 1 % of full scale, ``hum=50@-45`` a 50 Hz sine at -45 dBFS rms."""
+    out = samples.astype(np.float32)
+    for fault in faults:
+        kind, _, value = fault.partition("=")
+        if kind == "dc":
+            out = out + np.float32(float(value))
+        elif kind == "hum":
+            hz, _, dbfs = value.partition("@")
+            t = np.arange(len(out), dtype=np.float64) / 16000
+            amplitude = np.sqrt(2) * 10 ** (float(dbfs) / 20)
+            out = out + (amplitude * np.sin(2 * np.pi * float(hz) * t)).astype(np.float32)
+        else:
+            raise SystemExit(f"--microphone {fault}: dc=FRACTION or hum=HZ@DBFS")
+    return np.clip(out, -1.0, 1.0)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--context-chars", type=int, default=None)
@@ -154,6 +175,11 @@ def main() -> int:
         "--rate", type=int, default=16000,
         help="stream (and decode the whole file) at this rate: 8000 is a telephone line's",
     )  # fmt: skip
+    parser.add_argument(
+        "--microphone", action="append", default=[], metavar="dc=FRACTION|hum=HZ@DBFS",
+        help="add a cheap microphone's DC offset (of full scale) or mains hum (a sine at HZ, "
+        "DBFS rms) to every recording, for both the whole file and the stream (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args()
     if not (SHARED_AUDIO / "MANIFEST.tsv").exists():
         print("../shared/audio is absent: no real speech to score")
@@ -172,6 +198,7 @@ def main() -> int:
                 if (r["language"] == "en") == (which == "en")
             ]
             audio = {r["file"]: decode_audio(str(SHARED_AUDIO / r["file"])) for r in rows}
+            audio = {f: with_microphone(a, args.microphone) for f, a in audio.items()}
             sent = audio  # what the stream sends, at args.rate
             if args.rate != 16000:
                 sent = {
@@ -232,6 +259,7 @@ def main() -> int:
             print(
                 f"\n{which} ({model_name}, {args.rate} Hz), streaming settings: "
                 f"{settings or 'defaults'}, "
+                f"microphone: {', '.join(args.microphone) or 'as recorded'}, "
                 f"whisper settings: {whisper or 'as ' + base.name}"
             )
             print("| recording | words | " + " | ".join(paths) + " |")
