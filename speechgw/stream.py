@@ -48,7 +48,7 @@ from .jobs import SAMPLE_RATE, AudioJob, JobSpec, Transcript
 from .live_audio import FullBufferLog, LiveAudio
 from .router import Route
 from .segmenter import Segmenter, StreamResampler
-from .text import join_text
+from .text import hesitation_only, join_text
 
 __all__ = ["Stream"]
 
@@ -427,13 +427,14 @@ class Stream:
                 _LOGGER.debug("stream %s: interim failed: %r", self.spec.request_id, exc)
                 self._interim_due = (number, len(audio) + _INTERIM_RETRY_SAMPLES)
                 continue
+            text = transcript.text if self._repliable(transcript.text) else ""
             # nothing heard yet (a word just begun): look again soon, not a whole interval later
-            grow = every if transcript.text else _INTERIM_RETRY_SAMPLES
+            grow = every if text else _INTERIM_RETRY_SAMPLES
             self._interim_due = (number, len(audio) + grow)
             still_open = self._segmenter.speaking and self._segmenter.utterances_started == number
-            if transcript.text and still_open:
+            if text and still_open:
                 self._accounting.interim(self.spec.protocol)
-                await self._on_interim(transcript.text)
+                await self._on_interim(text)
             self._wake_interims()  # audio that came during the decode may already be due
             self._start_early_final()  # the pause may have begun while this held the worker
 
@@ -494,7 +495,7 @@ class Stream:
 
     async def _deliver_interim(self, transcript: Transcript) -> None:
         """A natively streaming backend's interim: passed on (not billed) when asked for."""
-        if self._on_interim is not None and transcript.text:
+        if self._on_interim is not None and self._repliable(transcript.text):
             self._accounting.interim(self.spec.protocol)
             await self._on_interim(transcript.text)
 
@@ -508,9 +509,17 @@ class Stream:
         self._accounting.backend_time(backend, books.elapsed)
         await self._settle(books, transcript)
 
+    def _repliable(self, text: str) -> bool:
+        """Whether ``text`` is worth sending the client: words, and unless
+        ``hesitation_replies``, not hesitations alone ("Um.")."""
+        return bool(text) and (self.config.hesitation_replies or not hesitation_only(text))
+
     async def _settle(self, books: Books, transcript: Transcript) -> bool:
-        """Bill and count an utterance, then reply (an utterance without words gets none).
-        True when the client was answered."""
+        """Bill and count an utterance, then reply (an utterance without words gets none, nor
+        one of hesitations alone unless ``hesitation_replies``). True when the client was
+        answered."""
+        if not self._repliable(transcript.text):
+            transcript = dataclasses.replace(transcript, text="", segments=())
         try:
             answered = await self._accounting.settle(books, transcript)
         except SpeechGWError as exc:

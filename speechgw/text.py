@@ -9,9 +9,15 @@ a script written without them (Chinese, Japanese, Thai, Lao, Khmer, Burmese) non
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
-__all__ = ["as_whisper_writes", "join_text", "separator"]
+__all__ = ["HESITATIONS", "as_whisper_writes", "hesitation_only", "join_text", "separator"]
+
+HESITATIONS = frozenset({"um", "umm", "uhm", "uh", "uhh", "erm", "äh", "ähm", "öhm", "euh"})
+"""Sounds a speaker makes while thinking, as Whisper writes them: not words a client acts on.
+Only these, as the services that strip hesitations do (Deepgram strips "uh" and "um");
+"mm-hmm", "uh-huh" and "hmm" answer something and stay."""
 
 _UNSPACED = (
     (0x0E00, 0x0EFF),  # Thai, Lao
@@ -41,6 +47,12 @@ def separator(before: str, after: str) -> str:
     if not before or not after or _unspaced(before[-1]) or _unspaced(after[0]):
         return ""
     return " "
+
+
+def hesitation_only(text: str) -> bool:
+    """Whether ``text`` holds words and all of them are :data:`HESITATIONS` ("Um.", "Uh, um...")."""
+    words = re.findall(r"[\w'-]+", text.lower())
+    return bool(words) and all(word in HESITATIONS for word in words)
 
 
 def join_text(pieces: Iterable[str]) -> str:

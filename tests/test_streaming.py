@@ -552,3 +552,33 @@ def test_one_large_message_does_not_hold_other_clients(tmp_path: Path, three: Pa
     assert whole.errors == [] and len(whole.replies) == len(in_chunks.replies) > 100
     assert len(waits) > 10
     assert max(waits) < taken / 3, (max(waits), taken)
+
+
+@pytest.mark.parametrize(
+    ("text", "hesitation_replies", "replied"),
+    [("Um, uh...", False, False), ("Um, uh...", True, True), ("Um, yes.", False, True)],
+)
+def test_an_utterance_of_hesitations_alone_gets_no_reply(
+    three: Path, text: str, hesitation_replies: bool, replied: bool
+) -> None:
+    """Whisper writes an "um" said alone between pauses as "Um." (the NASA podcast of
+    ../shared/audio has one, with tiny.en and base), which a voice agent would take for a turn.
+    Such an utterance gets no reply (nor interim results) and is neither billed nor counted, as
+    one without words; with ``hesitation_replies`` on it is answered, and a hesitation before
+    words always is.
+    (The scripted backend says ``text`` for each of three utterances: the model's "um" depends
+    on the context prompt and on temperature fallback, this test is of the gateway's rule.)"""
+    backends = {"null": {"type": "scripted", "text": text}}
+    settings = {"streaming": {"hesitation_replies": hesitation_replies}}
+    with running_server(settings, backends=backends) as server:
+        pcm, rate = read_pcm16(three)
+        result = stream_pcm(server.ws, pcm, rate, realtime=3.0, interim_results=True)
+        counted = server.metric(
+            "asr_requests_total", machine_id="unknown", task="transcribe", status="ok"
+        )
+        billed = server.metric("asr_audio_seconds_total", machine_id="unknown", task="transcribe")
+    assert result.errors == []
+    assert result.replies == ([text] * 3 if replied else []), result.replies
+    assert set(result.interims) == ({text} if replied else set()), result.interims
+    assert counted == (3 if replied else 0)
+    assert (billed > 2) == replied, billed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from speechgw.text import as_whisper_writes, join_text, separator
+from speechgw.text import as_whisper_writes, hesitation_only, join_text, separator
 
 
 @pytest.mark.parametrize(
@@ -42,3 +42,11 @@ def test_segments_as_whisper_writes_them() -> None:
     assert as_whisper_writes("Hello there.") == " Hello there."
     assert as_whisper_writes("今天天气很好。") == "今天天气很好。"
     assert as_whisper_writes("") == ""
+
+
+def test_hesitations_alone_are_told_from_words() -> None:
+    """What the streaming path holds back (``streaming.hesitation_replies``): an utterance
+    Whisper wrote as hesitations only; never one with a word in it, nor an answer."""
+    alone = ["Um.", " Um,", "Um. Um.", "Uh, um...", "umm", "Ähm.", "Euh..."]
+    answers = ["Um, yes.", "Hmm.", "Mm-hmm.", "Uh-huh.", "So.", "I'm...", "", "..."]
+    assert [text for text in alone + answers if hesitation_only(text)] == alone
