@@ -581,4 +581,4 @@ def test_an_utterance_of_hesitations_alone_gets_no_reply(
     assert result.replies == ([text] * 3 if replied else []), result.replies
     assert set(result.interims) == ({text} if replied else set()), result.interims
     assert counted == (3 if replied else 0)
-    assert (billed > 2) == replied, billed
+    assert (billed > 0) == replied, billed
