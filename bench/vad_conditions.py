@@ -14,7 +14,10 @@ two other speech decisions would, each put in its place frame by frame (tried; n
 an energy gate over a tracked noise floor, and Silero VAD v6 as faster-whisper ships it; and
 prints what the gateway's own Silero listener (``streaming.silero_vad_after_seconds``) costs.
 
-    python bench/vad_conditions.py [--alternatives]
+``--microphones`` counts the cuts of every English recording with a cheap microphone's DC
+offset or mains hum added (BENCHMARKS.md, "A cheap microphone").
+
+    python bench/vad_conditions.py [--alternatives | --microphones]
 """
 
 from __future__ import annotations
@@ -160,11 +163,53 @@ def listener_cost(audio: np.ndarray) -> None:
         )
 
 
+MICROPHONES = [[], ["dc=0.01"], ["dc=0.05"], ["hum=50@-45"], ["hum=60@-40"]]
+"""The faults of ``--microphones``, as ``bench/stream_accuracy.py --microphone`` adds them."""
+
+
+def microphones() -> None:
+    """How a cheap microphone's DC offset or mains hum moves the cuts: the English recordings
+    of ../shared/audio (up to 300 s each) and jfk.flac after a second of silence, cut with each
+    fault of :data:`MICROPHONES`; the mean wait is how long a second of speech waits for its
+    utterance's end (half an utterance's length, weighted by length)."""
+    import csv
+
+    from stream_accuracy import with_microphone
+
+    with open(SHARED_AUDIO / "MANIFEST.tsv", encoding="utf-8") as f:
+        names = [
+            r["file"]
+            for r in csv.DictReader(f, delimiter="\t")
+            if r["language"] == "en" and "stereo" not in r["file"]
+        ]
+    audio = {name: load(name, 300) for name in names}
+    jfk = np.concatenate([np.zeros(16000, np.float32), load(RECORDINGS[0])])
+    print("| microphone | utterances | mean wait s | longest s | jfk.flac after 1 s of silence |")
+    print("|---|---|---|---|---|")
+    for faults in MICROPHONES:
+        cut = [s for name in names for s in utterances(with_microphone(audio[name], faults))]
+        wait = sum(s * s / 2 for s in cut) / sum(cut)
+        jfk_cut = ", ".join(f"{s:.1f}" for s in utterances(with_microphone(jfk, faults)))
+        print(
+            f"| {', '.join(faults) or 'as recorded'} | {len(cut)} | {wait:.2f} | "
+            f"{max(cut):.1f} | {jfk_cut} |",
+            flush=True,
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alternatives", action="store_true")
-    if parser.parse_args().alternatives:
+    parser.add_argument(
+        "--microphones", action="store_true",
+        help="count the cuts of every English recording with a DC offset or mains hum added",
+    )  # fmt: skip
+    args = parser.parse_args()
+    if args.alternatives:
         alternatives()
+        return 0
+    if args.microphones:
+        microphones()
         return 0
     print("| recording (first 60 s) | level (RMS dBFS) | utterances | seconds kept |")
     print("|---|---|---|---|")
