@@ -289,7 +289,7 @@ class StreamingConfig:
     """Whether an utterance whose words are only hesitations ("Um.", "Uh, um.": see
     ``speechgw.text.HESITATIONS``) gets a reply. Off: it gets none and is not billed, as an
     utterance without words: a voice agent would take "Um." for a turn, and Google's
-    recogniser does not write hesitations at all. Hesitations inside a sentence stay."""
+    recogniser leaves hesitations out. Hesitations inside a sentence stay."""
     early_finals: bool = True
     """Start decoding an utterance's final once the pause after it reaches
     ``end_padding_ms``: the audio is then what the final will be decoded from, so when the

@@ -1,4 +1,5 @@
-"""Recognised text put together from pieces (segments, windows, replies) as its script writes.
+"""Recognised text put together from pieces (segments, windows, replies) as its script writes,
+and told from hesitations alone (:func:`hesitation_only`).
 
 Backends hand over pieces without the space before them (Whisper's segments stripped, Google's
 results, a long recording's windows). Between two pieces of a script written with spaces
@@ -49,9 +50,13 @@ def separator(before: str, after: str) -> str:
     return " "
 
 
+_WORD = re.compile(r"[\w'-]+")
+"""A word as hesitations are told from answers: "uh-huh" is one word, not "uh" and "huh"."""
+
+
 def hesitation_only(text: str) -> bool:
     """Whether ``text`` holds words and all of them are :data:`HESITATIONS` ("Um.", "Uh, um...")."""
-    words = re.findall(r"[\w'-]+", text.lower())
+    words = _WORD.findall(text.lower())
     return bool(words) and all(word in HESITATIONS for word in words)
 
 
