@@ -18,16 +18,14 @@ faster-whisper's ``pad_or_trim`` in this process only.
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 
 import faster_whisper.transcribe
 import numpy as np
-from _common import SHARED_AUDIO, in_process_model, segmented, word_errors
+from _common import in_process_model, segmented, word_errors
 from faster_whisper.audio import pad_or_trim
+from stream_accuracy import OLD_DISC, recordings
 from vad_conditions import load
-
-OLD_DISC = "fountain-hughes"
 
 
 def padder(window: str):
@@ -51,12 +49,7 @@ def main() -> int:
     parser.add_argument("--model", default="base")
     parser.add_argument("--windows", default="3000,+256,+500,min1000")
     args = parser.parse_args()
-    with open(SHARED_AUDIO / "MANIFEST.tsv", encoding="utf-8") as f:
-        rows = [
-            r
-            for r in csv.DictReader(f, delimiter="\t")
-            if r["language"] == "en" and "stereo" not in r["file"]
-        ]
+    rows = recordings(multilingual=False)  # the English recordings, as streamed there
     utterances = {r["file"]: segmented(load(r["file"], 400)) for r in rows}
     model = in_process_model(args.model, workers=1, threads=2)
     print(f"{args.model}: {sum(len(u) for u in utterances.values())} utterances")

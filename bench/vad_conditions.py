@@ -172,16 +172,9 @@ def microphones() -> None:
     of ../shared/audio (up to 300 s each) and jfk.flac after a second of silence, cut with each
     fault of :data:`MICROPHONES`; the mean wait is how long a second of speech waits for its
     utterance's end (half an utterance's length, weighted by length)."""
-    import csv
+    from stream_accuracy import recordings, with_microphone
 
-    from stream_accuracy import with_microphone
-
-    with open(SHARED_AUDIO / "MANIFEST.tsv", encoding="utf-8") as f:
-        names = [
-            r["file"]
-            for r in csv.DictReader(f, delimiter="\t")
-            if r["language"] == "en" and "stereo" not in r["file"]
-        ]
+    names = [r["file"] for r in recordings(multilingual=False)]
     audio = {name: load(name, 300) for name in names}
     jfk = np.concatenate([np.zeros(16000, np.float32), load(RECORDINGS[0])])
     print("| microphone | utterances | mean wait s | longest s | jfk.flac after 1 s of silence |")
