@@ -13,14 +13,15 @@ base``, English on the shipped default model instead of tiny.en. With ``--rate 8
 telephone line's band: each recording resampled to 8 kHz, streamed with ``rate: 8000``, and the
 whole file decoded from the same 8 kHz audio (as the gateway upsamples it). With
 ``--microphone dc=0.01`` or ``hum=50@-45``, a cheap microphone's DC offset or mains hum added
-to every recording (whole file and stream alike). Reported: a table per
+to every recording (whole file and stream alike); ``room=0.6``, a room's reverberation (RT60 in
+seconds) as a microphone a few metres away hears it. Reported: a table per
 recording, totals, and totals without the 1949 interview (its old disc recording dominates any
 average; ../shared/audio's README), and how many replies only repeated the replies just before
 them (a context prompt carried over).
 
     python bench/stream_accuracy.py [--context-chars N] [--parallel 3] [--multilingual]
                                     [--english-model base] [--print-replies TEXT] [--rate 8000]
-                                    [--microphone dc=FRACTION|hum=HZ@DBFS ...]
+                                    [--microphone dc=FRACTION|hum=HZ@DBFS|room=RT60 ...]
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from _common import (
     tempdir,
     word_errors,
 )
-from scipy.signal import resample_poly
+from scipy.signal import fftconvolve, resample_poly
 from websockets.sync.client import connect
 
 from speechgw.audio import to_16k_mono, to_pcm16
@@ -144,9 +145,27 @@ def with_microphone(samples: np.ndarray, faults: list[str]) -> np.ndarray:
             t = np.arange(len(out), dtype=np.float64) / 16000
             amplitude = np.sqrt(2) * 10 ** (float(dbfs) / 20)
             out = out + (amplitude * np.sin(2 * np.pi * float(hz) * t)).astype(np.float32)
+        elif kind == "room":
+            out = in_a_room(out, float(value))
         else:
-            raise SystemExit(f"--microphone {fault}: dc=FRACTION or hum=HZ@DBFS")
+            raise SystemExit(f"--microphone {fault}: dc=FRACTION, hum=HZ@DBFS or room=RT60")
     return np.clip(out, -1.0, 1.0)
+
+
+def in_a_room(samples: np.ndarray, rt60: float) -> np.ndarray:
+    """``samples`` as a microphone a few metres away hears them in a room whose reverberation
+    falls 60 dB in ``rt60`` seconds: the direct sound plus a tail of exponentially decaying
+    noise (a seeded synthetic impulse response) holding as much energy as the direct sound,
+    as at about the critical distance; the level of the loudest sample is kept."""
+    rng = np.random.default_rng(60)
+    t = np.arange(int(rt60 * 16000)) / 16000
+    tail = rng.standard_normal(len(t)) * np.exp(-6.9 * t / rt60)
+    tail[: int(0.005 * 16000)] = 0.0  # the first reflections arrive after 5 ms
+    response = tail / np.sqrt(np.sum(tail**2))
+    response[0] = 1.0
+    wet = fftconvolve(samples.astype(np.float64), response)[: len(samples)]
+    peak = np.max(np.abs(samples)) or 1.0
+    return (wet * (peak / (np.max(np.abs(wet)) or 1.0))).astype(np.float32)
 
 
 def main() -> int:
@@ -176,9 +195,10 @@ def main() -> int:
         help="stream (and decode the whole file) at this rate: 8000 is a telephone line's",
     )  # fmt: skip
     parser.add_argument(
-        "--microphone", action="append", default=[], metavar="dc=FRACTION|hum=HZ@DBFS",
-        help="add a cheap microphone's DC offset (of full scale) or mains hum (a sine at HZ, "
-        "DBFS rms) to every recording, for both the whole file and the stream (repeatable)",
+        "--microphone", action="append", default=[], metavar="dc=FRACTION|hum=HZ@DBFS|room=RT60",
+        help="add a cheap microphone's DC offset (of full scale), mains hum (a sine at HZ, "
+        "DBFS rms) or a room's reverberation (RT60 s) to every recording, for both the whole "
+        "file and the stream (repeatable)",
     )  # fmt: skip
     args = parser.parse_args()
     if not (SHARED_AUDIO / "MANIFEST.tsv").exists():

@@ -15,7 +15,8 @@ an energy gate over a tracked noise floor, and Silero VAD v6 as faster-whisper s
 prints what the gateway's own Silero listener (``streaming.silero_vad_after_seconds``) costs.
 
 ``--microphones`` counts the cuts of every English recording with a cheap microphone's DC
-offset or mains hum added (BENCHMARKS.md, "A cheap microphone").
+offset or mains hum added, or heard through a room (BENCHMARKS.md, "A cheap microphone", "A
+room's reverberation").
 
     python bench/vad_conditions.py [--alternatives | --microphones]
 """
@@ -163,15 +164,18 @@ def listener_cost(audio: np.ndarray) -> None:
         )
 
 
-MICROPHONES = [[], ["dc=0.01"], ["dc=0.05"], ["hum=50@-45"], ["hum=60@-40"]]
+MICROPHONES = [
+    [], ["dc=0.01"], ["dc=0.05"], ["hum=50@-45"], ["hum=60@-40"], ["room=0.3"], ["room=0.6"],
+    ["room=1.0"],
+]  # fmt: skip
 """The faults of ``--microphones``, as ``bench/stream_accuracy.py --microphone`` adds them."""
 
 
 def microphones() -> None:
-    """How a cheap microphone's DC offset or mains hum moves the cuts: the English recordings
-    of ../shared/audio (up to 300 s each) and jfk.flac after a second of silence, cut with each
-    fault of :data:`MICROPHONES`; the mean wait is how long a second of speech waits for its
-    utterance's end (half an utterance's length, weighted by length)."""
+    """How a cheap microphone's DC offset or mains hum, or a room, moves the cuts: the English
+    recordings of ../shared/audio (up to 300 s each) and jfk.flac after a second of silence, cut
+    with each fault of :data:`MICROPHONES`; the mean wait is how long a second of speech waits
+    for its utterance's end (half an utterance's length, weighted by length)."""
     from stream_accuracy import recordings, with_microphone
 
     names = [r["file"] for r in recordings(multilingual=False)]
@@ -195,7 +199,8 @@ def main() -> int:
     parser.add_argument("--alternatives", action="store_true")
     parser.add_argument(
         "--microphones", action="store_true",
-        help="count the cuts of every English recording with a DC offset or mains hum added",
+        help="count the cuts of every English recording with a DC offset or mains hum added, "
+        "or through a room",
     )  # fmt: skip
     args = parser.parse_args()
     if args.alternatives:
