@@ -247,6 +247,10 @@ class StreamingConfig:
     """How the webrtcvad segmenter cuts a live stream into utterances."""
 
     vad_aggressiveness: Literal[0, 1, 2, 3] = 3
+    vad_remove_dc_offset: bool = True
+    """webrtcvad judges the stream less a microphone's DC offset (``segmenter.DcBlocker``; the
+    audio decoded is left as it came): an offset of 1 % of full scale hid the pauses from
+    webrtcvad, and all of a soft speaker's speech. False: it judges the audio as sent."""
     vad_max_gain_db: Annotated[float, NonNegative] = 30.0
     """How much webrtcvad's copy of a quiet stream may be raised (the audio decoded is not
     touched): webrtcvad misses quiet speech, and streams 20 dB quieter than the recordings of
