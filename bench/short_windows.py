@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import faster_whisper.transcribe
 import numpy as np
@@ -26,6 +27,8 @@ from _common import in_process_model, segmented, word_errors
 from faster_whisper.audio import pad_or_trim
 from stream_accuracy import OLD_DISC, recordings
 from vad_conditions import load
+
+from speechgw.stream import _context
 
 
 def padder(window: str):
@@ -44,6 +47,34 @@ def padder(window: str):
     return pad
 
 
+def decode_recordings(
+    rows: list[dict],
+    utterances: dict[str, list[np.ndarray]],
+    decode: Callable[[np.ndarray, str], str],
+    context_chars: int = 0,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Each recording's utterances decoded in order by ``decode(utterance, context)``, the
+    context being the last ``context_chars`` of the texts before it (as a stream sends it):
+    the word errors of each recording's texts joined, (errors, words) in all and without the
+    1949 interview, and the mean decode time."""
+    errors, without_disc, seconds, count = np.zeros(2, int), np.zeros(2, int), 0.0, 0
+    for r in rows:
+        texts: list[str] = []
+        context = ""
+        for utterance in utterances[r["file"]]:
+            started = time.perf_counter()
+            text = decode(utterance, context)
+            seconds += time.perf_counter() - started
+            count += 1
+            texts.append(text)
+            context = _context(context, text, context_chars)
+        found = np.array(word_errors(r["reference_transcript"], " ".join(texts)))
+        errors += found
+        if OLD_DISC not in r["file"]:
+            without_disc += found
+    return errors, without_disc, seconds / count
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="base")
@@ -57,23 +88,16 @@ def main() -> int:
     print("|---|---|---|---|")
     for window in args.windows.split(","):
         faster_whisper.transcribe.pad_or_trim = padder(window)
-        errors, without_disc, seconds, count = np.zeros(2, int), np.zeros(2, int), 0.0, 0
-        for r in rows:
-            texts = []
-            for utterance in utterances[r["file"]]:
-                started = time.perf_counter()
-                segments, _ = model.transcribe(
-                    utterance, language="en", beam_size=5, condition_on_previous_text=False
-                )
-                texts.append("".join(s.text for s in segments))
-                seconds += time.perf_counter() - started
-                count += 1
-            found = np.array(word_errors(r["reference_transcript"], " ".join(texts)))
-            errors += found
-            if OLD_DISC not in r["file"]:
-                without_disc += found
+
+        def decode(utterance: np.ndarray, _context: str) -> str:
+            segments, _ = model.transcribe(
+                utterance, language="en", beam_size=5, condition_on_previous_text=False
+            )
+            return "".join(s.text for s in segments)
+
+        errors, without_disc, seconds = decode_recordings(rows, utterances, decode)
         print(
-            f"| {window} | {seconds / count:.3f} | {errors[0]}/{errors[1]} | "
+            f"| {window} | {seconds:.3f} | {errors[0]}/{errors[1]} | "
             f"{without_disc[0]}/{without_disc[1]} |",
             flush=True,
         )

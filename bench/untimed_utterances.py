@@ -18,15 +18,13 @@ of each recording's utterances joined.
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 import numpy as np
-from _common import in_process_model, segmented, word_errors
-from stream_accuracy import OLD_DISC, recordings
+from _common import in_process_model, segmented
+from short_windows import decode_recordings
+from stream_accuracy import recordings
 from vad_conditions import load
-
-from speechgw.stream import _context
 
 CONTEXT_CHARS = 200  # the shipped streaming.context_chars
 
@@ -67,30 +65,21 @@ def main() -> int:
         for context_chars in (0, CONTEXT_CHARS):
             for untimed in (False, True):
                 counted = model.model = CountedModel(inner)
-                errors, seconds, count = np.zeros(2, int), 0.0, 0
-                without_disc = np.zeros(2, int)
-                for r in rows:
-                    texts: list[str] = []
-                    context = ""
-                    for utterance in utterances[r["file"]]:
-                        started = time.perf_counter()
-                        segments, _ = model.transcribe(
-                            utterance, language="en", beam_size=5,
-                            condition_on_previous_text=False,
-                            initial_prompt=context or None, without_timestamps=untimed,
-                        )  # fmt: skip
-                        text = "".join(s.text for s in segments).strip()
-                        seconds += time.perf_counter() - started
-                        count += 1
-                        texts.append(text)
-                        context = _context(context, text, context_chars)
-                    found = np.array(word_errors(r["reference_transcript"], " ".join(texts)))
-                    errors += found
-                    if OLD_DISC not in r["file"]:
-                        without_disc += found
+
+                def decode(utterance: np.ndarray, context: str, untimed: bool = untimed) -> str:
+                    segments, _ = model.transcribe(
+                        utterance, language="en", beam_size=5,
+                        condition_on_previous_text=False,
+                        initial_prompt=context or None, without_timestamps=untimed,
+                    )  # fmt: skip
+                    return "".join(s.text for s in segments).strip()
+
+                errors, without_disc, seconds = decode_recordings(
+                    rows, utterances, decode, context_chars
+                )
                 print(
                     f"| {context_chars} chars | {'no' if untimed else 'yes'} | "
-                    f"{seconds / count:.3f} | {counted.encodes} | {counted.generates} | "
+                    f"{seconds:.3f} | {counted.encodes} | {counted.generates} | "
                     f"{errors[0]}/{errors[1]} ({without_disc[0]} without the 1949 interview) |",
                     flush=True,
                 )
