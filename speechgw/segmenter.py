@@ -186,8 +186,10 @@ class DcBlocker:
         if self._state is None:
             self._state = np.array([-float(np.median(x))])
         y, self._state = lfilter(self._B, self._A, x, zi=self._state)
+        # ufuncs in place, as audio.to_pcm16: np.clip's dispatch costs more than its work here
         np.rint(y, out=y)
-        np.clip(y, -32768.0, 32767.0, out=y)
+        np.minimum(y, 32767.0, out=y)
+        np.maximum(y, -32768.0, out=y)
         return y.astype(np.int16)
 
 
@@ -322,12 +324,13 @@ class Segmenter:
         closed (float32), of the samples as fed (webrtcvad's copy alone is less the DC offset
         and raised for a quiet speaker)."""
         pcm = to_pcm16(samples)
-        judged = pcm if self._dc_blocker is None else self._dc_blocker.feed(pcm)
+        judged = None if self._dc_blocker is None else self._dc_blocker.feed(pcm)
         if len(self._pending):
             pcm = np.concatenate((self._pending, pcm))
-            judged = (
-                pcm if self._dc_blocker is None else np.concatenate((self._pending_judged, judged))
-            )
+            if judged is not None:
+                judged = np.concatenate((self._pending_judged, judged))
+        if judged is None:  # webrtcvad judges the samples as fed
+            judged = pcm
         whole = len(pcm) // self._frame * self._frame
         self._pending, self._pending_judged = pcm[whole:], judged[whole:]
         done: list[np.ndarray] = []
