@@ -329,9 +329,8 @@ class WhisperBackend(Backend):
             self._recordings.total_tokens = self._utterances.total_tokens = jobs
 
     def _load(self) -> None:
-        from faster_whisper import WhisperModel
-
         from .whisper_features import BlockwiseFeatureExtractor
+        from .whisper_languages import WindowLanguageModel
 
         opts = self.options
         device = opts.device
@@ -350,7 +349,7 @@ class WhisperBackend(Backend):
             compute_type,
             batch_size,
         )
-        self._model = WhisperModel(
+        self._model = WindowLanguageModel(
             path,
             device=device,
             compute_type=compute_type,
@@ -598,11 +597,14 @@ class WhisperBackend(Backend):
         )
         spoken = _SpeechCheck(self.options, audio) if spec.segmented else None
         kept = []
-        for segment in segments_iter:
-            if _has_words(segment.text) and (spoken is None or spoken(segment)):
-                kept.append(segment)
-                if progress is not None:
-                    progress.add(_segment(segment), prompt)
+        # a recording in no named language may change language from one window to the next
+        hearing = spec.language is None and not spec.segmented
+        with self._model.hearing_each_window(hearing):  # type: ignore[union-attr]
+            for segment in segments_iter:
+                if _has_words(segment.text) and (spoken is None or spoken(segment)):
+                    kept.append(segment)
+                    if progress is not None:
+                        progress.add(_segment(segment), prompt)
         return kept, info.language
 
 

@@ -3,6 +3,7 @@ it: real servers, the real model, a real SQLite ledger."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import select
@@ -660,6 +661,72 @@ def test_language_is_detected_when_not_given(multilingual_server: Server, german
             model="whisper-1", file=audio, language=verbose.language
         )
     assert speech.words(named.text) == speech.words(verbose.text)
+
+
+MINUTES = (
+    "The committee met on Monday morning to review the budget for the coming year. Several "
+    "members asked whether the new library could open before the winter, and the treasurer "
+    "explained that the builders needed three more months. After a short break, the group "
+    "discussed the summer festival, the repairs to the old bridge, and the plan to plant trees "
+    "along the river. Everyone agreed to meet again next week. The meeting closed at noon, and "
+    "the minutes will be sent to every member by email before Friday."
+)
+EVENING = (
+    "Am Abend gingen wir gemeinsam in die Stadt. Das Wetter war schön, und wir tranken Kaffee "
+    "auf dem Marktplatz. Danach fuhren wir mit dem Zug nach Hause."
+)
+
+
+@pytest.fixture(scope="module")
+def english_then_german(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Over 30 s of English, then German: the German is in Whisper's second window."""
+    speech.require_tools()
+    folder = tmp_path_factory.mktemp("two-languages")
+    english = speech.speak(MINUTES, folder / "en.wav", words_per_minute=150)
+    assert speech.duration(english) > 30.0
+    german = speech.speak(EVENING, folder / "de.wav", voice="de", words_per_minute=150)
+    return speech.concat([english, german], folder / "both.wav")
+
+
+@pytest.mark.parametrize("batch_size", [None, 4])
+def test_a_recording_that_changes_language_is_written_in_each(
+    multilingual_server: Server, english_then_german: Path, batch_size: int | None
+) -> None:
+    """No language named: each 30 s window is heard for its own. Decoded on the English
+    window's text, the German came back translated ("we drank coffee at the market place").
+    Batching, the windows' language detections go to the model in batches."""
+    with contextlib.ExitStack() as stack:
+        server = multilingual_server
+        if batch_size is not None:
+            batching = {"whisper": {**BASE["whisper"], "batch_size": batch_size}}
+            server = stack.enter_context(running_server(AUTH, backends=batching))
+        with english_then_german.open("rb") as audio:
+            verbose = client(server).audio.transcriptions.create(
+                model="whisper-1", file=audio, response_format="verbose_json"
+            )
+    heard = set(speech.words(verbose.text))
+    assert speech.word_recall(MINUTES, verbose.text) > 0.8, verbose.text
+    assert speech.word_recall(EVENING, verbose.text) > 0.6, verbose.text
+    assert not heard & {"coffee", "market", "evening", "train"}, verbose.text
+    assert verbose.language == "english"  # the language it begins in
+
+
+def test_a_recording_in_one_language_decodes_the_same_named_or_not(
+    multilingual_server: Server, tmp_path: Path
+) -> None:
+    """Each window is heard for its language, but the English windows keep the text before
+    them as their prompt: the words are those of the language named."""
+    speech.require_tools()
+    english = speech.speak(MINUTES, tmp_path / "en.wav", words_per_minute=150)
+    sdk = client(multilingual_server)
+    texts = []
+    for language in ("en", openai.NOT_GIVEN):
+        with english.open("rb") as audio:
+            texts.append(
+                sdk.audio.transcriptions.create(model="whisper-1", file=audio, language=language)
+            )
+    assert texts[0].text == texts[1].text
+    assert speech.word_recall(MINUTES, texts[1].text) > 0.8, texts[1].text
 
 
 @pytest.fixture(scope="module")
