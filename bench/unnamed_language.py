@@ -28,6 +28,7 @@ Word errors per group of recordings, and the seconds each way took.
 from __future__ import annotations
 
 import contextlib
+import csv
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -39,9 +40,9 @@ from scipy.signal import resample_poly
 from speechgw.backends.whisper_languages import WindowLanguageModel
 from speechgw.backends.whisper_models import resolve_model
 from stream_accuracy import in_a_room, recordings
+from vad_conditions import load
 
-from speechgw.audio import to_16k_mono, to_pcm16
-from speechgw.media import decode_media
+from speechgw.audio import to_pcm16
 from speechgw.tuning import limit_blas_threads, retain_freed_memory
 
 MIXED = "faster-whisper/multilingual.mp3"
@@ -73,12 +74,8 @@ def group(name: str, language: str) -> str:
 def main() -> int:
     rows = recordings(multilingual=True)
     with open(SHARED_AUDIO / "MANIFEST.tsv", encoding="utf-8") as f:
-        mixed = next(line.split("\t") for line in f if line.startswith(MIXED + "\t"))
-    rows.append({"file": MIXED, "language": "en+de", "reference_transcript": mixed[7]})
-    audio: dict[str, np.ndarray] = {}
-    for row in rows:
-        samples, rate = decode_media((SHARED_AUDIO / row["file"]).read_bytes(), 3600)
-        audio[row["file"]] = to_16k_mono(samples, rate).astype(np.float32)
+        rows += [row for row in csv.DictReader(f, delimiter="\t") if row["file"] == MIXED]
+    audio = {row["file"]: load(row["file"], 600) for row in rows}
     interview = next(row for row in rows if row["file"] == INTERVIEW)
     for how, samples in changed(audio[INTERVIEW]):
         name = f"{INTERVIEW} | {how}"

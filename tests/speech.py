@@ -93,6 +93,16 @@ def under_white_noise(audio: np.ndarray, dbfs: float = -25.0) -> np.ndarray:
     return audio + noise * np.float32(10 ** (dbfs / 20))
 
 
+def on_a_cheap_microphone(samples: np.ndarray, quieter_db: float, offset: float) -> np.ndarray:
+    """``samples`` (float, full scale 1) ``quieter_db`` quieter, over a faint hiss (-60 dBFS,
+    the same for the same length), all of it ``offset`` (of full scale) off zero, as int16: a
+    soft speaker on a microphone with a DC offset, as cheap ones have."""
+    from speechgw.audio import to_pcm16
+
+    hiss = np.random.default_rng(60).normal(0, 10 ** (-60 / 20), len(samples))
+    return to_pcm16((samples * 10 ** (-quieter_db / 20) + hiss + offset).astype(np.float32))
+
+
 def duration(path: Path) -> float:
     """Seconds of audio in a WAV file."""
     import wave

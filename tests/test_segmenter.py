@@ -361,10 +361,9 @@ def test_a_dc_offset_hides_no_pause(voices, tmp_path, chunk: int) -> None:
     and the utterances hold the samples as they came, offset and all (only webrtcvad's copy
     is filtered). Judging the stream as sent (``vad_remove_dc_offset: false``), webrtcvad
     heard under a second of its three sentences (one utterance of 0.6 s)."""
-    audio = _speech_and_silence(voices, tmp_path) * np.float32(10 ** (-30 / 20))
-    hiss = np.random.default_rng(60).normal(0, 10 ** (-60 / 20), len(audio))
-    clean = from_pcm16(to_pcm16((audio + hiss).astype(np.float32)))
-    mic = from_pcm16(to_pcm16((audio + hiss + 0.01).astype(np.float32)))
+    audio = _speech_and_silence(voices, tmp_path)
+    clean = from_pcm16(speech.on_a_cheap_microphone(audio, 30, 0.0))
+    mic = from_pcm16(speech.on_a_cheap_microphone(audio, 30, 0.01))
     as_clean = _cut(clean, StreamingConfig(), chunk)
     heard = _cut(mic, StreamingConfig(), chunk)
     assert len(as_clean) == len(heard) == 3

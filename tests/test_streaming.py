@@ -70,15 +70,6 @@ def test_other_rates_are_resampled(
         assert_sentences(stream_pcm(tiny_server.ws, pcm, rate), ORDER)
 
 
-def _on_a_cheap_microphone(pcm: bytes, quieter_db: float, offset: float) -> bytes:
-    """``pcm`` (int16) ``quieter_db`` quieter, over a faint hiss (-60 dBFS), all of it
-    ``offset`` (of full scale) off zero: a soft speaker on a microphone with a DC offset."""
-    samples = np.frombuffer(pcm, np.int16) / 32768.0 * 10 ** (-quieter_db / 20)
-    hiss = np.random.default_rng(60).normal(0, 10 ** (-60 / 20), len(samples))
-    mic = np.clip((samples + hiss + offset) * 32768, -32768, 32767)
-    return np.rint(mic).astype("<i2").tobytes()
-
-
 @pytest.mark.parametrize("rate", [16000, 22050])
 def test_a_soft_speaker_on_a_microphone_with_a_dc_offset_is_heard(
     tiny_server: Server, three: Path, tmp_path: Path, rate: int
@@ -89,7 +80,9 @@ def test_a_soft_speaker_on_a_microphone_with_a_dc_offset_is_heard(
     hears this quiet speech only in its raised copy of the stream, heard none."""
     pcm, got_rate = read_pcm16(speech.convert(three, tmp_path / "r.wav", "-r", str(rate)))
     assert got_rate == rate
-    result = stream_pcm(tiny_server.ws, _on_a_cheap_microphone(pcm, 30, 0.01), rate)
+    samples = np.frombuffer(pcm, np.int16) / 32768.0
+    mic = speech.on_a_cheap_microphone(samples, 30, 0.01)
+    result = stream_pcm(tiny_server.ws, mic.tobytes(), rate)
     assert_sentences(result, ORDER)
     assert result.errors == []
 
