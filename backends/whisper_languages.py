@@ -14,33 +14,97 @@ when its detection is sure (:data:`SWITCH_PROBABILITY`; the switches measured we
 up), and only that window is decoded without the text before it, which is in the other
 language. A recording that stays in one language gets the prompts it got before (BENCHMARKS.md, "A
 recording in no named language").
+
+A change of language rarely falls on a window's start. A window that holds both is heard as
+one of the two, less surely, and was decoded all in it: 6 s of English and then German, heard
+as English at 0.72, had the German written as English sounds ("I'm armed gang" for "Am Abend
+gingen"); a Spanish sentence and then jfk, heard as Spanish at 0.80, had jfk left out (Whisper
+ends such a window after the first language and skips the rest of it). So a window heard less
+surely than :data:`MIXED_BELOW` is looked into once decoded. The audio from a late segment's
+start to the window's end is heard on its own, and the audio before it: when either is surely
+another language than the other, each segment is heard for which of the two it is more like,
+the change is put at the segment start that leaves the fewest on the wrong side, and the
+window is decoded again in its first part's language with its audio up to the change only
+(as if the recording ended there); the next window begins at the change and is heard in its
+own language. A window with no change costs one to four encoder passes more; one with a
+change, a pass per segment and one more decoding.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from faster_whisper import WhisperModel
+from faster_whisper.audio import pad_or_trim
 
-__all__ = ["SWITCH_PROBABILITY", "WindowLanguageModel"]
+__all__ = ["MIXED_BELOW", "SWITCH_PROBABILITY", "WindowLanguageModel"]
+
+_LOGGER = logging.getLogger(__name__)
 
 SWITCH_PROBABILITY = 0.8
 """How sure the detection of a window's language must be to change the language from the
 window before's. Measured with base: a real change (English to German) 0.91-1.00; an English
-window of a hard recording heard as another language 0.32-0.45."""
+window of a hard recording heard as another language 0.29 (``bench/unnamed_language.py
+--detections``), and 0.32-0.45 where the windows fell elsewhere."""
+MIXED_BELOW = 0.98
+"""A window whose language is heard less surely than this may hold two, and is looked into
+once decoded. Joined in one window (``bench/unnamed_language.py``, base): 13 s of English and
+10 s of German were heard as English at 0.76, 22 s and 10 s at 0.93, jfk and a sentence in
+another language at 0.69-0.97 (jfk and Portuguese just under 0.97 in-process, just over it
+through the gateway, as 16-bit audio: hence 0.98), the other way round at 0.80-0.96. The
+windows of ../shared/audio's one-language recordings were heard at 0.92-1.00, but for the
+hardest stretch of a 1949 interview (0.29-0.88: no stretch of it from a segment on was surely
+another language) and a 4 s tail (0.80); 19 of their 54 windows are looked into, for 12-26 %
+more time on those recordings (the conversations and the interview in five versions, 31-38
+extra encoder passes)."""
+LAST_STARTS_HEARD = 3
+"""In a window looked into, how many segment starts (from the last) the rest of the window is
+heard from before it is taken to hold no change."""
+SHORTEST_REST_SECONDS = 4.0
+"""The least audio heard on its own to tell a window's languages: the language of a shorter
+stretch is heard less reliably."""
+
+
+@dataclass
+class _Hearing:
+    """What one thread knows of the window it decodes, between faster-whisper's calls."""
+
+    encoded: Any = None
+    """The window's encoder output, until its language is heard (in :meth:`get_prompt`)."""
+    features: np.ndarray | None = None
+    """The window's mel features, to hear a stretch of it on its own."""
+    before: str | None = None
+    """The language of the text before the window (its prompt)."""
+    unsure: bool = False
+    """Heard less surely than ``mixed_below``: looked into once decoded."""
+    again: tuple[str, int] | None = None
+    """Decode the window again, in this language, and end it at this mel frame."""
+    end_at: int | None = None
+    """The window decoded again ends at this mel frame."""
+    again_at: int = -1
+    """The ``seek`` of the window last decoded again (once per window)."""
 
 
 class WindowLanguageModel(WhisperModel):
     """faster-whisper's :class:`WhisperModel`, which, inside :meth:`hearing_each_window`, hears
-    each window's language before it decodes it.
+    each window's language before it decodes it, and where a window holds a change of
+    language, ends it there.
 
     faster-whisper decodes a recording's windows one after another in the thread that consumes
     its segments, encoding each window (:meth:`encode`) just before asking for its prompt
-    (:meth:`get_prompt`); the window's encoding is kept for that thread in between.
+    (:meth:`get_prompt`), and splitting what it decoded into segments and the next window's
+    start (:meth:`_split_segments_by_timestamps`); what is heard is kept for that thread in
+    between (a :class:`_Hearing`).
     """
+
+    mixed_below: float = MIXED_BELOW
+    """:data:`MIXED_BELOW` for this model (0: no window is looked into, as in session 29)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -50,29 +114,197 @@ class WindowLanguageModel(WhisperModel):
     def hearing_each_window(self, enabled: bool = True) -> Iterator[None]:
         """Within this block, the windows this thread decodes are heard for their language
         (consume the segments inside it)."""
-        state = self._thread
-        state.hearing, state.encoded = enabled, None
+        self._thread.hearing = _Hearing() if enabled else None
         try:
             yield
         finally:
-            state.hearing, state.encoded = False, None
+            self._thread.hearing = None
 
-    def encode(self, *args: Any, **kwargs: Any) -> Any:
-        encoded = super().encode(*args, **kwargs)
-        if getattr(self._thread, "hearing", False):
-            self._thread.encoded = encoded
+    def encode(self, features: np.ndarray) -> Any:
+        encoded = super().encode(features)
+        hearing: _Hearing | None = getattr(self._thread, "hearing", None)
+        if hearing is not None:
+            hearing.encoded, hearing.features = encoded, features
         return encoded
 
     def get_prompt(
         self, tokenizer: Any, previous_tokens: list[int], *args: Any, **kwargs: Any
     ) -> list[int]:
-        encoded = getattr(self._thread, "encoded", None)
-        if encoded is not None and tokenizer.language is not None:
-            self._thread.encoded = None
+        hearing: _Hearing | None = getattr(self._thread, "hearing", None)
+        if hearing is None or tokenizer.language is None:
+            pass
+        elif hearing.again is not None:  # the window again, in its first part's language
+            language, hearing.end_at = hearing.again
+            hearing.again = hearing.encoded = None
+            _use(tokenizer, language)
+            if language != hearing.before:
+                previous_tokens = []
+            _LOGGER.debug("window decoded again as %s, up to where it changes", language)
+        elif hearing.encoded is not None:
+            encoded, hearing.encoded = hearing.encoded, None
+            hearing.before = tokenizer.language_code
             token, probability = self.model.detect_language(encoded)[0][0]
             language = token[2:-2]  # "<|de|>"
+            hearing.unsure = probability < self.mixed_below
             if language != tokenizer.language_code and probability >= SWITCH_PROBABILITY:
-                tokenizer.language = tokenizer.tokenizer.token_to_id(token)
-                tokenizer.language_code = language
+                _use(tokenizer, language)
                 previous_tokens = []  # the other language's text
+            # For whoever asks why a window came out in the language it did (and for
+            # bench/unnamed_language.py --detections, which prints these).
+            _LOGGER.debug(
+                "window heard as %s at %.2f: decoded as %s",
+                language,
+                probability,
+                tokenizer.language_code,
+            )
         return super().get_prompt(tokenizer, previous_tokens, *args, **kwargs)
+
+    def _split_segments_by_timestamps(  # type: ignore[override]
+        self,
+        tokenizer: Any,
+        tokens: list[int],
+        time_offset: float,
+        segment_size: int,
+        segment_duration: float,
+        seek: int,
+    ) -> tuple[list[dict[str, Any]], int, bool]:
+        """faster-whisper's split of a decoded window into segments and its next ``seek``; a
+        window that holds a change of language ends at the segment where it changes."""
+        split = super()._split_segments_by_timestamps(
+            tokenizer=tokenizer,
+            tokens=tokens,
+            time_offset=time_offset,
+            segment_size=segment_size,
+            segment_duration=segment_duration,
+            seek=seek,
+        )
+        segments = split[0]
+        hearing: _Hearing | None = getattr(self._thread, "hearing", None)
+        if hearing is None:
+            return split
+        if hearing.end_at is not None:  # decoded again, its audio up to the change only
+            end, hearing.end_at = hearing.end_at, None
+            ends = time_offset + end / self.frames_per_second
+            return [s for s in segments if s["start"] < ends], seek + end, False
+        if not hearing.unsure:
+            return split
+        hearing.unsure = False
+        pieces = self._pieces(split, time_offset, segment_size)
+        languages = self._two_languages(tokenizer.language_code, pieces, segment_size)
+        change = None if languages is None else self._where_it_changes(*languages, pieces)
+        if change is None or hearing.again_at == seek:
+            return split
+        first, frame = languages[0], change  # type: ignore[index]
+        _LOGGER.debug(
+            "the language changes at %.2f s: the window is decoded again up to there, as %s",
+            time_offset + frame / self.frames_per_second,
+            first,
+        )
+        hearing.again, hearing.again_at = (first, frame), seek
+        return [], seek, False  # faster-whisper decodes the window again
+
+    def generate_with_fallback(self, encoder_output: Any, *args: Any, **kwargs: Any) -> Any:
+        hearing: _Hearing | None = getattr(self._thread, "hearing", None)
+        if hearing is not None and hearing.end_at is not None and hearing.features is not None:
+            # the window decoded again hears its audio up to the change only, as if the
+            # recording ended there: none of the other language's sounds to write
+            head = pad_or_trim(hearing.features[..., : hearing.end_at])
+            encoder_output = super().encode(head)  # not self.encode
+        return super().generate_with_fallback(encoder_output, *args, **kwargs)
+
+    def add_word_timestamps(
+        self, segments: list[list[dict[str, Any]]], *args: Any, **kwargs: Any
+    ) -> Any:
+        if not any(segments):  # a window to decode again (faster-whisper expects segments)
+            return kwargs.get("last_speech_timestamp")
+        return super().add_word_timestamps(segments, *args, **kwargs)
+
+    def _pieces(
+        self, split: tuple[list[dict[str, Any]], int, bool], time_offset: float, length: int
+    ) -> list[tuple[int, int, int]]:
+        """A decoded window's stretches of audio, as (segment index, first and end mel
+        frame): each segment's, and the rest of the window after the last segment when Whisper
+        ended the window there and enough is left to hear (it skips that rest: a second
+        language after the first was often left out so)."""
+        segments, _, single_timestamp_ending = split
+        fps = self.frames_per_second
+        starts = [round((s["start"] - time_offset) * fps) for s in segments]
+        ends = [*starts[1:], round((segments[-1]["end"] - time_offset) * fps)] if segments else []
+        pieces = [
+            (i, max(0, a), min(b, length))
+            for i, (a, b) in enumerate(zip(starts, ends, strict=True))
+        ]
+        least = round(SHORTEST_REST_SECONDS * fps)
+        if single_timestamp_ending and pieces and length - pieces[-1][2] >= least:
+            pieces.append((len(segments), pieces[-1][2], length))
+        return [(i, a, b) for i, a, b in pieces if b > a]
+
+    def _two_languages(
+        self, language: str, pieces: list[tuple[int, int, int]], length: int
+    ) -> tuple[str, str] | None:
+        """The languages of a window decoded in ``language`` (``length`` mel frames of audio)
+        before and after a change, when Whisper is surely of a change; else None.
+
+        The audio from the last piece's start to the window's end is heard first, then from
+        the one before (a longer stretch is heard more surely), up to
+        :data:`LAST_STARTS_HEARD` of them, while at least :data:`SHORTEST_REST_SECONDS`
+        remain. When it is surely in another language than ``language``, the window changes
+        from ``language`` to that one. When it is surely in ``language``, the audio before it
+        is heard too: when that is surely the same language, the window holds no change (one
+        to four extra encoder passes in such a window)."""
+        least = round(SHORTEST_REST_SECONDS * self.frames_per_second)
+        starts = [a for _, a, _ in pieces[1:] if a <= length - least]
+        then, where = None, len(starts)
+        while then is None and where > max(0, len(starts) - LAST_STARTS_HEARD):
+            where -= 1
+            then = self._heard(starts[where], length)
+        if then is None:
+            return None
+        if then != language:
+            return language, then
+        heads = [a for a in starts[: where + 1] if a >= least]
+        first = self._heard(0, heads[-1]) if heads else then
+        if first is None and heads[0] != heads[-1]:  # the longest part before was mixed
+            first = self._heard(0, heads[0])
+        return None if first is None or first == then else (first, then)
+
+    def _where_it_changes(
+        self, first: str, then: str, pieces: list[tuple[int, int, int]]
+    ) -> int | None:
+        """The mel frame where a window goes from language ``first`` to ``then``, at a
+        piece's start: each piece is heard on its own, for which of the two it is the more
+        like, and the change is put where the fewest pieces are on the wrong side of it (a
+        piece of a few seconds is heard less surely than a long stretch, but which of two
+        languages it is more like is clear enough)."""
+        leans = [self._leans_to(then, first, a, b) for _, a, b in pieces]
+        # pieces before the change that lean to ``then``, and after it to ``first``
+        wrong = [sum(leans[:t]) + len(leans) - t - sum(leans[t:]) for t in range(1, len(leans))]
+        if not wrong:
+            return None
+        frame = pieces[1 + wrong.index(min(wrong))][1]
+        return frame if frame > 0 else None
+
+    def _heard(self, start: int, end: int) -> str | None:
+        """The language of the window's mel frames ``start:end`` on their own, when Whisper
+        is sure of it (:data:`SWITCH_PROBABILITY`)."""
+        token, probability = self._languages(start, end)[0]
+        return token[2:-2] if probability >= SWITCH_PROBABILITY else None
+
+    def _leans_to(self, language: str, other: str, start: int, end: int) -> bool:
+        """Whether mel frames ``start:end`` of the window sound more like ``language`` than
+        ``other``."""
+        probabilities = dict(self._languages(start, end))
+        return probabilities.get(f"<|{language}|>", 0.0) > probabilities.get(f"<|{other}|>", 0.0)
+
+    def _languages(self, start: int, end: int) -> list[tuple[str, float]]:
+        """Whisper's language tokens for the window's mel frames ``start:end`` heard on their
+        own, with their probabilities, the likeliest first (one encoder pass)."""
+        features = self._thread.hearing.features
+        encoded = super().encode(pad_or_trim(features[..., start:end]))  # not self.encode
+        return self.model.detect_language(encoded)[0]
+
+
+def _use(tokenizer: Any, language: str) -> None:
+    """Decode in ``language`` from here on (faster-whisper's tokenizer is the job's own)."""
+    tokenizer.language = tokenizer.tokenizer.token_to_id(f"<|{language}|>")
+    tokenizer.language_code = language

@@ -7,28 +7,37 @@ and the two-channel one, plus ``faster-whisper/multilingual.mp3`` (the MIT licen
 English, then in German, 60 s; its reference is whisper-tiny's output, errors and all, so
 only large differences there mean anything), and the 1949 interview (the hardest recording)
 changed four ways (10 dB quieter, under a -50 dBFS hiss, in a room of RT60 0.3 s, through an
-8 kHz line), decoded whole by the bundled base model with no language given:
+8 kHz line), and jfk joined to each read sentence in another language, both ways round (the
+change inside the first window), decoded whole by the bundled base model with no language
+given:
 
 - ``gateway``: ``POST /v1/audio/transcriptions`` through the official ``openai`` SDK, without
   ``language`` (bench/base.yaml: base, one worker, one thread), as OpenAI's clients call
-  (the interview's changed versions are sent too, as 16 kHz WAV);
+  (the recordings made here are sent as 16 kHz WAV);
 - in-process, the gateway's model class
   (:class:`~speechgw.backends.whisper_languages.WindowLanguageModel`): ``each window, if
-  sure`` as the gateway decodes; ``first window`` as it did before (the language detected
-  once, faster-whisper's way); ``each window, no earlier text`` (``multilingual=True,
-  condition_on_previous_text=False``: tried, not kept). Where a window falls back to
-  sampling (a temperature over 0), its words differ from run to run whatever the way:
-  CTranslate2's sampling is not seeded from here.
+  sure, decoded again where it changes`` as the gateway decodes; ``each window, if sure, whole`` as
+  it decoded in session 29 (a window heard less surely not looked into); ``first window`` as
+  it did before that (the language detected once, faster-whisper's way); ``each window, no
+  earlier text`` (``multilingual=True, condition_on_previous_text=False``: tried, not kept).
+  Where a window falls back to sampling (a temperature over 0), its words differ from run to
+  run whatever the way: CTranslate2's sampling is not seeded from here.
 
-Word errors per group of recordings, and the seconds each way took.
+Word errors per group of recordings, and the seconds each way took. ``--detections``
+instead prints, for every recording, the language each 30 s window was heard as and how sure
+Whisper was (in-process, as the gateway decodes), and the windows heard as another language
+than the recording's, which :data:`~speechgw.backends.whisper_languages.SWITCH_PROBABILITY`
+keeps apart from real changes.
 
-    python bench/unnamed_language.py
+    python bench/unnamed_language.py [--detections]
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -37,17 +46,25 @@ import numpy as np
 from _common import REPO, SHARED_AUDIO, served, wav_bytes, word_errors
 from openai import OpenAI
 from scipy.signal import resample_poly
-from speechgw.backends.whisper_languages import WindowLanguageModel
+from speechgw.backends.whisper_languages import MIXED_BELOW, WindowLanguageModel
 from speechgw.backends.whisper_models import resolve_model
 from stream_accuracy import in_a_room, recordings
 from vad_conditions import load
 
 from speechgw.audio import to_pcm16
+from speechgw.jobs import SAMPLE_RATE
 from speechgw.tuning import limit_blas_threads, retain_freed_memory
 
 MIXED = "faster-whisper/multilingual.mp3"
 INTERVIEW = "transcription-benchmark/real-world-fountain-hughes-interview.mp3"
-WAYS = ["gateway", "each window, if sure", "first window", "each window, no earlier text"]
+JFK = "faster-whisper/jfk.flac"
+WAYS = [
+    "gateway",
+    "each window, if sure, decoded again where it changes",
+    "each window, if sure, whole",
+    "first window",
+    "each window, no earlier text",
+]
 
 
 def changed(samples: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
@@ -59,9 +76,38 @@ def changed(samples: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
     yield "8 kHz line", resample_poly(resample_poly(samples, 1, 2), 2, 1).astype(np.float32)
 
 
+def base_model() -> WindowLanguageModel:
+    """The bundled base as bench/base.yaml's server loads it: int8, one thread."""
+    retain_freed_memory(1024)
+    limit_blas_threads(1)
+    return WindowLanguageModel(
+        resolve_model("base"), device="cpu", compute_type="int8", cpu_threads=1
+    )
+
+
+def joined(rows: list[dict[str, str]], audio: dict[str, np.ndarray]) -> list[dict[str, str]]:
+    """jfk (11 s) and each read sentence of another language (4-9 s), 0.3 s apart, in both
+    orders: a change of language inside Whisper's first window."""
+    english = next(row for row in rows if row["file"] == JFK)
+    pause = np.zeros(SAMPLE_RATE * 3 // 10, dtype=np.float32)
+    added = []
+    for other in [row for row in rows if row["language"] not in ("en", "en+de")]:
+        for first, then in ((english, other), (other, english)):
+            name = f"{first['file']} + {then['file']}"
+            audio[name] = np.concatenate([audio[first["file"]], pause, audio[then["file"]]])
+            reference = f"{first['reference_transcript']} {then['reference_transcript']}"
+            language = f"{first['language']}+{then['language']}"
+            added.append({"file": name, "language": language, "reference_transcript": reference})
+    return added
+
+
 def group(name: str, language: str) -> str:
     if name == MIXED:
         return "English, then German (multilingual.mp3)"
+    if " + " in name:
+        if language.startswith("en"):
+            return "English (jfk), then es, de, fr, fr, it or pt (6, joined)"
+        return "es, de, fr, fr, it or pt, then English (jfk) (6, joined)"
     if "|" in name:
         return "the 1949 interview, changed (4)"
     if language != "en":
@@ -71,7 +117,55 @@ def group(name: str, language: str) -> str:
     return "English read speech (11)"
 
 
+class HeardWindows(logging.Handler):
+    """Each window's language and probability, from the model's debug line about it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.windows: list[tuple[str, float]] = []
+        self.changes: list[str] = []  # windows decoded again up to a change of language
+
+    def emit(self, record: logging.LogRecord) -> None:
+        assert isinstance(record.args, tuple)
+        if record.msg.startswith("window heard as"):
+            self.windows.append(record.args[:2])  # type: ignore[arg-type]
+        elif record.msg.startswith("the language changes"):
+            self.changes.append(f"{record.args[1]} until {record.args[0]:.1f} s")
+
+
+def print_detections(model: WindowLanguageModel, rows: list[dict[str, str]], audio) -> None:
+    """Every window's language as the gateway hears it, recording by recording."""
+    heard = HeardWindows()
+    source = logging.getLogger(WindowLanguageModel.__module__)
+    source.addHandler(heard)
+    source.setLevel(logging.DEBUG)
+    others: list[str] = []
+    for row in rows:
+        heard.windows.clear()
+        heard.changes.clear()
+        segments, info = model.transcribe(audio[row["file"]], beam_size=5)
+        starts: list[float] = []  # the first segment's start after each window's detection
+        with model.hearing_each_window():
+            for segment in segments:
+                if len(starts) < len(heard.windows):
+                    starts += [segment.start] * (len(heard.windows) - len(starts))
+        cells = [f"{language} {p:.2f}" for language, p in heard.windows]
+        cells += [f"decoded again as {change}" for change in heard.changes]
+        print(
+            f"{row['file']} ({row['language']}, first window {info.language}): {', '.join(cells)}"
+        )
+        for (language, p), start in zip(heard.windows, starts, strict=False):
+            if language != row["language"].split("+")[0]:
+                others.append(f"{p:.2f} {language} from {start:.0f} s of {row['file']}")
+    print("\nwindows heard as another language than the recording's first (>= 0.8 switches):")
+    for line in sorted(others, reverse=True):
+        print("  " + line)
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--detections", action="store_true", help="each window's language")
+    args = parser.parse_args()
     rows = recordings(multilingual=True)
     with open(SHARED_AUDIO / "MANIFEST.tsv", encoding="utf-8") as f:
         rows += [row for row in csv.DictReader(f, delimiter="\t") if row["file"] == MIXED]
@@ -81,6 +175,10 @@ def main() -> int:
         name = f"{INTERVIEW} | {how}"
         audio[name] = np.clip(samples, -1.0, 1.0)
         rows.append({**interview, "file": name})
+    rows += joined(rows, audio)
+    if args.detections:
+        print_detections(base_model(), rows, audio)
+        return 0
     errors: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     seconds: dict[str, float] = defaultdict(float)
 
@@ -94,33 +192,31 @@ def main() -> int:
         client = OpenAI(base_url=url.replace("ws://", "http://") + "/v1", api_key="none")
         for row in rows:
             name = row["file"]
+            made = "|" in name or " + " in name  # changed or joined here: sent as WAV
             data = (
                 wav_bytes(to_pcm16(audio[name]).tobytes())
-                if "|" in name
+                if made
                 else (SHARED_AUDIO / name).read_bytes()
             )
             started = time.perf_counter()
             text = client.audio.transcriptions.create(
-                model="whisper-1", file=(name.split(" |")[0], data)
+                model="whisper-1", file=("made.wav" if made else name, data)
             ).text
             seconds["gateway"] += time.perf_counter() - started
             count("gateway", row, text)
         client.close()
-    retain_freed_memory(1024)
-    limit_blas_threads(1)
-    model = WindowLanguageModel(
-        resolve_model("base"), device="cpu", compute_type="int8", cpu_threads=1
-    )
+    model = base_model()
     for way in WAYS[1:]:
         options = (
             {"multilingual": True, "condition_on_previous_text": False}
             if way == "each window, no earlier text"
             else {}
         )
+        model.mixed_below = MIXED_BELOW if way.endswith("decoded again where it changes") else 0.0
         for row in rows:
             started = time.perf_counter()
             segments, _ = model.transcribe(audio[row["file"]], beam_size=5, **options)
-            hearing = model.hearing_each_window() if way == "each window, if sure" else None
+            hearing = model.hearing_each_window() if way.startswith("each window, if") else None
             with hearing or contextlib.nullcontext():
                 text = " ".join(s.text for s in segments)
             seconds[way] += time.perf_counter() - started
