@@ -25,9 +25,10 @@ given:
 
 Word errors per group of recordings, and the seconds each way took. ``--detections``
 instead prints, for every recording, the language each 30 s window was heard as and how sure
-Whisper was (in-process, as the gateway decodes), and the windows heard as another language
-than the recording's, which :data:`~speechgw.backends.whisper_languages.SWITCH_PROBABILITY`
-keeps apart from real changes.
+Whisper was (in-process, as the gateway decodes) and the windows decoded again up to a
+change of language, then the windows heard as another language than the recording's, which
+:data:`~speechgw.backends.whisper_languages.SWITCH_PROBABILITY` keeps apart from real
+changes.
 
     python bench/unnamed_language.py [--detections]
 """
@@ -133,7 +134,9 @@ class HeardWindows(logging.Handler):
             self.changes.append(f"{record.args[1]} until {record.args[0]:.1f} s")
 
 
-def print_detections(model: WindowLanguageModel, rows: list[dict[str, str]], audio) -> None:
+def print_detections(
+    model: WindowLanguageModel, rows: list[dict[str, str]], audio: dict[str, np.ndarray]
+) -> None:
     """Every window's language as the gateway hears it, recording by recording."""
     heard = HeardWindows()
     source = logging.getLogger(WindowLanguageModel.__module__)
