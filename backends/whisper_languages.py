@@ -60,9 +60,9 @@ another language at 0.69-0.97 (jfk and Portuguese just under 0.97 in-process, ju
 through the gateway, as 16-bit audio: hence 0.98), the other way round at 0.80-0.96. The
 windows of ../shared/audio's one-language recordings were heard at 0.92-1.00, but for the
 hardest stretch of a 1949 interview (0.29-0.88: no stretch of it from a segment on was surely
-another language) and a 4 s tail (0.80); 19 of their 54 windows are looked into, for 12-26 %
-more time on those recordings (the conversations and the interview in five versions, 31-38
-extra encoder passes)."""
+another language) and a 4 s tail (0.80); 19 of their 54 windows are looked into, for 27-33 %
+more time on those recordings (the conversations and the interview in five versions, 38 extra
+encoder passes: ``bench/unnamed_language.py --cost``)."""
 LAST_STARTS_HEARD = 3
 """In a window looked into, how many segment starts (from the last) the rest of the window is
 heard from before it is taken to hold no change."""
@@ -109,6 +109,7 @@ class WindowLanguageModel(WhisperModel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._thread = threading.local()
+        self._least = round(SHORTEST_REST_SECONDS * self.frames_per_second)
 
     @contextlib.contextmanager
     def hearing_each_window(self, enabled: bool = True) -> Iterator[None]:
@@ -139,7 +140,6 @@ class WindowLanguageModel(WhisperModel):
             _use(tokenizer, language)
             if language != hearing.before:
                 previous_tokens = []
-            _LOGGER.debug("window decoded again as %s, up to where it changes", language)
         elif hearing.encoded is not None:
             encoded, hearing.encoded = hearing.encoded, None
             hearing.before = tokenizer.language_code
@@ -234,8 +234,7 @@ class WindowLanguageModel(WhisperModel):
             (i, max(0, a), min(b, length))
             for i, (a, b) in enumerate(zip(starts, ends, strict=True))
         ]
-        least = round(SHORTEST_REST_SECONDS * fps)
-        if single_timestamp_ending and pieces and length - pieces[-1][2] >= least:
+        if single_timestamp_ending and pieces and length - pieces[-1][2] >= self._least:
             pieces.append((len(segments), pieces[-1][2], length))
         return [(i, a, b) for i, a, b in pieces if b > a]
 
@@ -252,8 +251,7 @@ class WindowLanguageModel(WhisperModel):
         from ``language`` to that one. When it is surely in ``language``, the audio before it
         is heard too: when that is surely the same language, the window holds no change (one
         to four extra encoder passes in such a window)."""
-        least = round(SHORTEST_REST_SECONDS * self.frames_per_second)
-        starts = [a for _, a, _ in pieces[1:] if a <= length - least]
+        starts = [a for _, a, _ in pieces[1:] if a <= length - self._least]
         then, where = None, len(starts)
         while then is None and where > max(0, len(starts) - LAST_STARTS_HEARD):
             where -= 1
@@ -262,7 +260,7 @@ class WindowLanguageModel(WhisperModel):
             return None
         if then != language:
             return language, then
-        heads = [a for a in starts[: where + 1] if a >= least]
+        heads = [a for a in starts[: where + 1] if a >= self._least]
         first = self._heard(0, heads[-1]) if heads else then
         if first is None and heads[0] != heads[-1]:  # the longest part before was mixed
             first = self._heard(0, heads[0])

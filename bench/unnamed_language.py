@@ -30,7 +30,11 @@ change of language, then the windows heard as another language than the recordin
 :data:`~speechgw.backends.whisper_languages.SWITCH_PROBABILITY` keeps apart from real
 changes.
 
-    python bench/unnamed_language.py [--detections]
+``--cost`` times the conversations and the interview's five versions in-process, with windows
+looked into and not (:data:`~speechgw.backends.whisper_languages.MIXED_BELOW` or 0), twice
+each, and counts the extra encoder passes.
+
+    python bench/unnamed_language.py [--detections | --cost]
 """
 
 from __future__ import annotations
@@ -77,13 +81,11 @@ def changed(samples: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
     yield "8 kHz line", resample_poly(resample_poly(samples, 1, 2), 2, 1).astype(np.float32)
 
 
-def base_model() -> WindowLanguageModel:
+def base_model(kind: type[WindowLanguageModel] = WindowLanguageModel) -> WindowLanguageModel:
     """The bundled base as bench/base.yaml's server loads it: int8, one thread."""
     retain_freed_memory(1024)
     limit_blas_threads(1)
-    return WindowLanguageModel(
-        resolve_model("base"), device="cpu", compute_type="int8", cpu_threads=1
-    )
+    return kind(resolve_model("base"), device="cpu", compute_type="int8", cpu_threads=1)
 
 
 def joined(rows: list[dict[str, str]], audio: dict[str, np.ndarray]) -> list[dict[str, str]]:
@@ -165,9 +167,39 @@ def print_detections(
         print("  " + line)
 
 
+class CountedPasses(WindowLanguageModel):
+    """The gateway's model class, counting the encoder passes spent hearing stretches of a
+    window on their own (beyond faster-whisper's one per window)."""
+
+    passes = 0
+
+    def _languages(self, start: int, end: int) -> list[tuple[str, float]]:
+        self.passes += 1
+        return super()._languages(start, end)
+
+
+def print_cost(rows: list[dict[str, str]], audio: dict[str, np.ndarray]) -> None:
+    """In-process seconds for the conversations and the interview's five versions (the
+    recordings with windows under MIXED_BELOW), windows looked into and not, twice each."""
+    model = base_model(CountedPasses)
+    assert isinstance(model, CountedPasses)
+    names = [row["file"] for row in rows if row["file"].startswith("transcription-benchmark/")]
+    for below in (MIXED_BELOW, 0.0, MIXED_BELOW, 0.0):
+        model.mixed_below, model.passes = below, 0
+        started = time.perf_counter()
+        for name in names:
+            segments, _ = model.transcribe(audio[name], beam_size=5)
+            with model.hearing_each_window():
+                for _ in segments:
+                    pass
+        seconds = time.perf_counter() - started
+        print(f"looked into below {below}: {seconds:.1f} s, {model.passes} extra encoder passes")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--detections", action="store_true", help="each window's language")
+    parser.add_argument("--cost", action="store_true", help="the time windows looked into cost")
     args = parser.parse_args()
     rows = recordings(multilingual=True)
     with open(SHARED_AUDIO / "MANIFEST.tsv", encoding="utf-8") as f:
@@ -178,6 +210,9 @@ def main() -> int:
         name = f"{INTERVIEW} | {how}"
         audio[name] = np.clip(samples, -1.0, 1.0)
         rows.append({**interview, "file": name})
+    if args.cost:
+        print_cost(rows, audio)
+        return 0
     rows += joined(rows, audio)
     if args.detections:
         print_detections(base_model(), rows, audio)
