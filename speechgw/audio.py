@@ -107,8 +107,9 @@ def read_wav(data: bytes | bytearray | memoryview) -> tuple[np.ndarray, WavInfo]
 
     Accepts PCM 8/16/24/32-bit, IEEE float 32/64 and G.711 mu-law/A-law, plain or
     WAVE_FORMAT_EXTENSIBLE, any number of channels (down-mixed by averaging). A data chunk
-    whose declared size runs past the end of the file (as streaming writers leave it) is read
-    up to the last whole frame. NaN and infinite float samples become silence, so that they
+    whose declared size runs past the end of the file (as streaming writers leave it), or is 0
+    with samples after it (a writer that never came back to its header), is read up to the last
+    whole frame, as FFmpeg reads it. NaN and infinite float samples become silence, so that they
     cannot poison a model.
 
     Raises:
@@ -132,7 +133,8 @@ def read_wav(data: bytes | bytearray | memoryview) -> tuple[np.ndarray, WavInfo]
         elif chunk_id == b"data":
             if info is None:
                 raise InvalidAudio("the data chunk comes before the fmt chunk")
-            end = len(view) if size == _UNKNOWN_SIZE else min(body + size, len(view))
+            unfinished = size == _UNKNOWN_SIZE or (size == 0 and not _chunk_at(view, body))
+            end = len(view) if unfinished else min(body + size, len(view))
             return _decode_samples(view[body:end], info), info
         pos = body + size + (size & 1)  # chunks are word-aligned
     else:
@@ -140,6 +142,18 @@ def read_wav(data: bytes | bytearray | memoryview) -> tuple[np.ndarray, WavInfo]
     if info is None:
         raise InvalidAudio("the WAV header is truncated: no fmt chunk")
     raise InvalidAudio("the WAV file has no data chunk")
+
+
+def _chunk_at(view: memoryview, pos: int) -> bool:
+    """Whether a chunk header (a four-character printable ASCII id and a size that fits the
+    file) begins at ``pos``: after a data chunk of size 0, such bytes are the next chunk of an
+    empty recording; anything else is the samples of a recording whose writer never came back
+    to fill in its sizes (killed mid-recording, or writing to a pipe)."""
+    if pos + 8 > len(view):
+        return True  # a few stray bytes: no recording's worth
+    chunk_id = bytes(view[pos : pos + 4])
+    (size,) = struct.unpack_from("<I", view, pos + 4)
+    return all(0x20 <= c <= 0x7E for c in chunk_id) and pos + 8 + size <= len(view)
 
 
 def _parse_fmt(fmt: memoryview) -> WavInfo:

@@ -149,6 +149,20 @@ def test_streaming_writers_unknown_data_size_is_read_to_the_end() -> None:
     assert len(samples) == 3
 
 
+def test_a_data_size_never_filled_in_is_read_to_the_end() -> None:
+    """A recorder killed before it came back to its header leaves the data size 0 with the
+    samples after it; FFmpeg reads them all, and so does the gateway. An empty data chunk
+    followed by another chunk is still an empty recording."""
+    pcm = np.arange(0, 8000, 100, dtype="<i2")
+    samples, _ = read_wav(_wav(1, 16, pcm.tobytes(), data_size=0))
+    np.testing.assert_allclose(samples, pcm / 32768)
+    empty_then_list = _wav(1, 16, b"LIST" + struct.pack("<I", 4) + b"INFO", data_size=0)
+    with pytest.raises(InvalidAudio, match="holds no samples"):
+        read_wav(empty_then_list)
+    with pytest.raises(InvalidAudio, match="holds no samples"):
+        read_wav(_wav(1, 16, b"", data_size=0))
+
+
 def test_nan_and_infinity_become_silence_and_loud_floats_are_clipped() -> None:
     payload = np.array([np.nan, np.inf, -np.inf, 7.0, -0.25], "<f4").tobytes()
     samples, _ = read_wav(_wav(3, 32, payload))
