@@ -61,6 +61,10 @@ INCLUDES = ("logprobs",)
 _LEAST_PROBABILITY = 1e-12  # its log (-27.6) stands for a word the model gave no chance
 _MAX_FIELD_BYTES = 64 * 1024  # prompt and the like; the file has its own limit
 _MAX_FIELDS = 32
+_NOT_A_FILE = (
+    "field 'file' must be sent as a file (a part with a filename, as curl -F file=@audio.wav "
+    "sends it), not as a text field"
+)
 
 _STATUS = {
     "invalid_request": 400,
@@ -160,6 +164,8 @@ def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
             format that has no place for them.
         UnsupportedLanguage: ``language`` is not an ISO 639-1 code.
     """
+    if isinstance(form.get("file"), str):
+        raise InvalidRequest(_NOT_A_FILE, field="file")
     if not isinstance(form.get("file"), UploadFile):
         raise InvalidRequest("field 'file' is required: the audio file to transcribe", field="file")
     model = _text(form, "model")
@@ -326,6 +332,11 @@ class _Exchange:
         try:
             return await parser.parse()
         except MultiPartException as exc:
+            if exc.message.startswith("Part exceeded maximum size"):
+                # most likely the audio sent as a text field (a part with no filename)
+                raise InvalidRequest(
+                    f"a text field is over {_MAX_FIELD_BYTES // 1024} KB (the audio? {_NOT_A_FILE})"
+                ) from None
             raise InvalidRequest(f"the multipart body is malformed: {exc.message}") from None
         except BaseException:
             # refused mid-upload (too large, stalled, gone): the parser closes its spooled

@@ -58,16 +58,19 @@ def transcribe(url: str, wav: bytes, **fields: Any) -> Exchange:
     return batch(url, metadata, wav)
 
 
-def multipart_upload(audio: bytes, model: str = "whisper-1", **fields: str) -> tuple[bytes, str]:
+def multipart_upload(
+    audio: bytes, model: str = "whisper-1", filename: str | None = "a.wav", **fields: str
+) -> tuple[bytes, str]:
     """An OpenAI transcription request's form (``model``, any other ``fields`` and ``file``) as
     a raw multipart/form-data body, for clients other than the SDK: the body and its
-    Content-Type."""
+    Content-Type. ``filename`` None sends ``file`` as a text field (a part with no filename)."""
     boundary = "b0undary"
     head = "".join(
         f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
         for name, value in {"model": model, **fields}.items()
     )
-    head += f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+    named = "" if filename is None else f'; filename="{filename}"'
+    head += f'--{boundary}\r\nContent-Disposition: form-data; name="file"{named}\r\n\r\n'
     body = head.encode() + audio + f"\r\n--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
 

@@ -21,7 +21,7 @@ import pytest
 from openai import OpenAI
 
 from tests import speech
-from tests.client import multipart_upload
+from tests.client import multipart_upload, post
 from tests.serving import Server, running_server
 from tests.waiting import wait_for
 
@@ -411,6 +411,24 @@ def test_request_errors_have_openais_shape(
     ):
         sdk.audio.translations.create(model="whisper-1", file=audio)
     assert failed.value.body["code"] == "unsupported_task"
+
+
+def test_audio_sent_as_a_text_field_is_told_to_come_as_a_file(server: Server, voices) -> None:
+    """``curl -F "file=<audio.wav"`` (and form builders given bytes without a name) send the
+    file as a text field: a short one was told that 'file' is required, a long one that a
+    part exceeded 64KB, neither what to do."""
+    wav = voices["coffee"].read_bytes()
+    assert len(wav) > 64 * 1024
+    for audio in (wav, wav[:20_000]):
+        body, content_type = multipart_upload(audio, filename=None)
+        status, answer = post(server.http + "/v1/audio/transcriptions", body, content_type, KEY)
+        assert status == 400, answer
+        assert answer["error"]["code"] == "invalid_request"
+        assert "'file' must be sent as a file" in answer["error"]["message"], answer
+        assert "curl -F file=@audio.wav" in answer["error"]["message"]
+    body, content_type = multipart_upload(wav)  # the same with a filename
+    status, answer = post(server.http + "/v1/audio/transcriptions", body, content_type, KEY)
+    assert status == 200 and "coffee" in answer["text"], answer
 
 
 def test_a_wrong_path_or_method_gets_openais_invalid_url(server: Server, voices) -> None:
