@@ -289,6 +289,7 @@ class WhisperBackend(Backend):
         self._info: dict[str, object] = {}
         self._suppress_tokens: list[int] = [-1]
         self._prompt_tokens = 0  # set at load: its default depends on the batch size
+        self._interims: set[anyio.CancelScope] = set()  # interims under way: finals stop them
 
     @property
     def ready(self) -> bool:
@@ -301,10 +302,22 @@ class WhisperBackend(Backend):
     @property
     def idle(self) -> bool:
         """An utterance would start at once, and without batching no recording is under way
-        either (a glimpse then waits for no recording's call, nor delays one)."""
+        either (an early final then waits for no recording's call, nor delays one)."""
         if self._utterances.available_tokens == 0:
             return False
         return self._batcher is not None or self._recordings.borrowed_tokens == 0
+
+    @property
+    def room_for_interim(self) -> bool:
+        """An utterance would start at once; without batching, beside recordings under way,
+        interims have taken less than their share of the model's time
+        (:data:`~speechgw.batching.INTERIM_SHARE`): a live stream beside a long upload still
+        shows its words as they are said."""
+        if self._utterances.available_tokens == 0:
+            return False
+        if self._batcher is not None or self._recordings.borrowed_tokens == 0:
+            return True
+        return self._gate is not None and self._gate.room_for_interim
 
     @property
     def waiting(self) -> int:
@@ -442,21 +455,33 @@ class WhisperBackend(Backend):
             return await self._glimpse(audio, spec)
         if self._batcher is not None and self._splits(audio, spec):
             return await self._run_split(audio, spec, on_segment)
+        if spec.segmented and not self._utterances.available_tokens:
+            for interim in self._interims:  # a final goes first: they stop at their next call
+                interim.cancel()
         async with self._utterances if spec.segmented else self._recordings:
             return await self._in_thread(audio, spec, on_segment)
 
     async def _glimpse(self, audio: np.ndarray, spec: JobSpec) -> Transcript:
-        """An interim or an early final runs on idle capacity only (:attr:`idle`), so nothing
-        queued waits behind it: a job arriving while it runs waits at most one decode of an
-        utterance."""
-        if not self.idle:
+        """An early final runs on idle capacity only (:attr:`idle`), and an interim where it
+        has room (:attr:`room_for_interim`), so nothing queued waits behind them: a final that
+        comes while an interim holds the worker stops it at its next model call, and one that
+        comes while an early final runs waits at most that one decode of an utterance."""
+        if not (self.room_for_interim if spec.interim else self.idle):
             raise InterimSkipped
         try:
             self._utterances.acquire_nowait()
         except anyio.WouldBlock:
             raise InterimSkipped from None
         try:
-            return await self._in_thread(audio, spec, None)
+            if not spec.interim:
+                return await self._in_thread(audio, spec, None)
+            with anyio.CancelScope() as scope:
+                self._interims.add(scope)
+                try:
+                    return await self._in_thread(audio, spec, None)
+                finally:
+                    self._interims.discard(scope)
+            raise InterimSkipped  # a final needed the worker
         finally:
             self._utterances.release()
 

@@ -14,6 +14,12 @@ window): the most a final or a short request should wait for the upload.
 
     python bench/beside_long_upload.py [--streams 3] [--runs 2]
 
+With ``--live``: instead, one stream at real time with interim results, the six espeak-ng
+test sentences 1.5 s apart (about 40 s), from 3 s after the upload (and alone, and the upload
+alone): the interims it got while the upload decoded, the longest wait for a text while its
+sentences were said (interim or final), its finals' time after each sentence's end, and the
+upload's time to answer. ``--model base`` for the shipped default's model.
+
 With ``--steady N``: instead of the streams, N clients that send the short upload one after
 another for ``--steady-seconds`` (60), from 3 s after the long upload: the model is never
 free of short requests meanwhile. Reported: the long upload's time to answer (and whether it
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import itertools
 import json
 import subprocess
 import threading
@@ -172,6 +179,68 @@ def run_steady(url: str, upload: bytes, short: bytes, clients: int, seconds: flo
         )
 
 
+def live_speech(work: Path) -> tuple[bytes, list[tuple[float, float]]]:
+    """The six test sentences 1.5 s apart (1 s of silence before, 2 s after), as 16 kHz PCM,
+    and each sentence's (start, end) in seconds."""
+    import numpy as np
+
+    from tests import speech
+
+    voices = {n: speech.speak(t, work / f"live-{n}.wav") for n, t in speech.SENTENCES.items()}
+    audio, spans = speech.sentences_apart(voices, list(voices), 1.5, work)
+    pcm = np.concatenate([np.zeros(16000), audio, np.zeros(32000)])
+    seconds = [((a + 16000) / 16000, (b + 16000) / 16000) for a, b in spans]
+    return (np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes(), seconds
+
+
+def run_live(url: str, upload: bytes, pcm: bytes, spans: list[tuple[float, float]]) -> None:
+    """The live stream alone, the upload alone, then both: the upload first, the stream 3 s
+    after."""
+    import statistics
+
+    from tests.streaming_client import stream_pcm
+
+    def live(done: threading.Event | None) -> None:
+        result = stream_pcm(url, pcm, 16000, realtime=1.0, interim_results=True)
+        started = result.started
+        texts = [(kind, at - started) for kind, _, at in result.events]
+        beside = [t for k, t in texts if k == "interim" and done is not None and t < ended[0]]
+        # the longest wait for a new text while a sentence was being said
+        waits = []
+        for a, b in spans:
+            times = [a] + [t for _, t in texts if a < t < b] + [b]
+            waits.append(max(y - x for x, y in itertools.pairwise(times)))
+        finals = [t for k, t in texts if k == "reply"]
+        after = [f - b for f, (_, b) in zip(finals, spans, strict=False)]
+        print(
+            f"  stream: {len(result.replies)} finals, {len(result.interims)} interims"
+            + (f" ({len(beside)} while the upload decoded)" if done is not None else "")
+            + f"; longest wait for a text while speaking: p50 {statistics.median(waits):.2f} s,"
+            f" max {max(waits):.2f} s; finals after each sentence's end: p50"
+            f" {statistics.median(after):.2f} s, max {max(after):.2f} s"
+        )
+
+    print("the stream alone:")
+    live(None)
+    alone = answer_time(url, upload)
+    print(f"the {len(upload) / 32000:.0f} s upload alone: answered after {alone:.1f} s")
+    print("both:")
+    done, took, ended = threading.Event(), [], [float("inf")]
+
+    def send_upload() -> None:
+        began = time.monotonic()
+        took.append(answer_time(url, upload))
+        ended[0] = time.monotonic() - began - 3.0  # on the stream's clock, near enough
+        done.set()
+
+    uploader = threading.Thread(target=send_upload)
+    uploader.start()
+    time.sleep(3)
+    live(done)
+    uploader.join()
+    print(f"  upload answered after {took[0]:.1f} s (alone {alone:.1f} s)")
+
+
 def window_calls(upload: bytes) -> None:
     """The long upload decoded in this process as the gateway decodes it (tiny.en, CTranslate2's
     threads, beam 5, English), each ``generate`` call of the model timed."""
@@ -209,14 +278,20 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--steady", type=int, default=0, metavar="N")
     parser.add_argument("--steady-seconds", type=float, default=60.0)
+    parser.add_argument("--live", action="store_true", help="a live stream with interims")
+    parser.add_argument("--model", default="tiny.en")
     args = parser.parse_args()
     with tempdir() as folder:
         work = Path(folder)
         upload, pcm = recording(work), utterance(work)
         short = wav(pcm, work / "short.wav").read_bytes()
-        config = whisper_gateway_config(work / "tiny.yaml", model="tiny.en")
+        config = whisper_gateway_config(work / "gateway.yaml", model=args.model)
         with served(config) as url:
             final_after_end(url, pcm)  # warm up
+            if args.live:
+                print(f"a live stream beside a long upload ({args.model}):")
+                run_live(url, upload, *live_speech(work))
+                return 0
             if args.steady:
                 print(f"a long upload beside {args.steady} clients of short uploads:")
                 run_steady(url, upload, short, args.steady, args.steady_seconds)

@@ -101,6 +101,13 @@ class Backend(ABC):
         return True
 
     @property
+    def room_for_interim(self) -> bool:
+        """:attr:`idle`, for an interim: a backend may also fit interims beside work that
+        would keep an early final waiting (a local model: between a recording's calls, within
+        a share of its time)."""
+        return self.idle
+
+    @property
     def waiting(self) -> int:
         """Jobs handed to it that wait for its compute this instant: for a place among the
         jobs it runs at once, or, a job under way, for the model between two of its calls (a

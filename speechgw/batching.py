@@ -68,6 +68,12 @@ class Priority:
 PASSED_OVER_PER_AUDIO_SECOND = 0.01
 """How long a job's model call may be passed over by calls of shorter jobs of its priority,
 per second of its job's audio: a 5-minute recording's call 3 s, a 5-second request's 0.05 s."""
+INTERIM_SHARE = 0.2
+"""Of the model's time while recordings are under way, the most that interims take (without
+batching): a live stream beside a long upload still shows its words as they are said, and the
+upload takes at most a quarter longer for them (``bench/beside_long_upload.py --live``)."""
+INTERIM_CREDIT_CAP = 1.0
+"""Seconds of model time interims may save up beside recordings: so many come at once at most."""
 LONGEST_PASSED_OVER = 10.0
 """...and at most this long (a recording of 1,000 s and up)."""
 
@@ -329,7 +335,12 @@ class PriorityGate:
     such job may need, so that a final's next call never waits behind a recording's.
 
     A call runs in its job's own thread (nothing is batched or deferred): a job's results are
-    what they would be alone. :meth:`wake` lets the jobs cancelled meanwhile stop waiting.
+    what they would be alone. :meth:`wake` lets the jobs cancelled meanwhile stop waiting; a
+    cancelled job stops at its next call, its turn or not.
+
+    While recordings are under way, interims take at most :data:`INTERIM_SHARE` of the
+    model's time (:attr:`room_for_interim`): each recording call earns them credit in
+    proportion, each interim call spends its own time.
     """
 
     def __init__(self, slots: int, longest_passed_over: float = LONGEST_PASSED_OVER) -> None:
@@ -341,6 +352,8 @@ class PriorityGate:
         self._jobs = itertools.count()
         self._calls = itertools.count()
         self._local = threading.local()
+        self._recordings = 0  # jobs of recordings under way
+        self._interim_credit = 0.0  # model seconds interims may still take beside them
 
     @property
     def waiting(self) -> int:
@@ -348,26 +361,39 @@ class PriorityGate:
         with self._lock:
             return len(self._waiting)
 
+    @property
+    def room_for_interim(self) -> bool:
+        """Whether an interim may start now: no recording is under way, or interims have taken
+        less than their share of the model's time beside the recordings."""
+        with self._lock:
+            return not self._recordings or self._interim_credit > 0
+
     @contextmanager
     def job(self, context: JobContext) -> Iterator[None]:
         """Run a job in this thread: its calls carry ``context`` and its place in arrival."""
         arrival = next(self._jobs)
         self._local.job = (context, arrival)
+        recording = context.priority == Priority.RECORDING
         with self._lock:
             self._between_calls[arrival] = context.priority
+            if recording:
+                if not self._recordings:
+                    self._interim_credit = 0.0  # earned anew beside each run of recordings
+                self._recordings += 1
         try:
             yield
         finally:
             self._local.job = None
             with self._lock:
                 del self._between_calls[arrival]
+                self._recordings -= recording
                 self._lock.notify_all()  # a slot it kept may be free for others now
 
     def run(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``call(*args, **kwargs)`` once a slot is this call's (blocking).
 
         Raises:
-            BatchCancelled: the job was cancelled before its turn.
+            BatchCancelled: the job was cancelled before the call.
         """
         job = getattr(self._local, "job", None)
         context, arrival = job if job is not None else (JobContext(), next(self._jobs))
@@ -376,9 +402,11 @@ class PriorityGate:
         with self._lock:
             heapq.heappush(self._waiting, ticket)
             try:
-                while not self._my_turn(ticket):
+                while True:
                     if context.cancelled.is_set():
                         raise BatchCancelled
+                    if self._my_turn(ticket):
+                        break
                     self._lock.wait()
             except BaseException:
                 self._waiting.remove(ticket)
@@ -390,13 +418,20 @@ class PriorityGate:
             self._between_calls.pop(arrival, None)
             if self._free and self._waiting:
                 self._lock.notify_all()  # the next head may take the next free slot
+        started = time.monotonic()
         try:
             return call(*args, **kwargs)
         finally:
+            took = time.monotonic() - started
             with self._lock:
                 self._free += 1
                 if job is not None:
                     self._between_calls[arrival] = context.priority
+                if context.priority == Priority.RECORDING:
+                    earned = took * INTERIM_SHARE / (1 - INTERIM_SHARE)
+                    self._interim_credit = min(INTERIM_CREDIT_CAP, self._interim_credit + earned)
+                elif context.priority == Priority.INTERIM and self._recordings:
+                    self._interim_credit -= took
                 self._lock.notify_all()
 
     def _my_turn(self, ticket: tuple[int, float, int, int]) -> bool:

@@ -412,7 +412,7 @@ class Stream:
         while True:
             await wake.wait()
             wake.clear()
-            if not self._interim_ready() or not backend.idle:
+            if not self._interim_ready() or not backend.room_for_interim:
                 continue
             segmenter = self._segmenter
             number = segmenter.utterances_started

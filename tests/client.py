@@ -93,11 +93,13 @@ class UploadInBackground:
     """A recording sent through the OpenAI API (``stream=true``) from a thread of its own, for
     tests of what happens while it is decoded: entering waits for its first words (the first
     30 s window is done, the rest is under way); ``done`` is set once its answer is in, and
-    ``text`` is then that answer; leaving waits for it."""
+    ``text`` is then that answer, ``finished`` its time (``time.monotonic()``); leaving waits
+    for it."""
 
     def __init__(self, http_url: str, path: Path) -> None:
         self.done = threading.Event()
         self.text: str | None = None
+        self.finished = float("inf")
         self._decoding = threading.Event()
         self._thread = threading.Thread(target=self._upload, args=(http_url, path))
 
@@ -113,6 +115,7 @@ class UploadInBackground:
                     if event.type == "transcript.text.done":
                         self.text = event.text
         finally:
+            self.finished = time.monotonic()
             self._decoding.set()
             self.done.set()
 

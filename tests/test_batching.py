@@ -7,6 +7,7 @@ word timings and detected languages of the unbatched backend, and the batch size
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -380,6 +381,53 @@ def test_a_cancelled_jobs_call_stops_waiting_for_its_turn() -> None:
     after = gated_job(gate, Priority.RECORDING, "after", ran)  # the slot is free again
     after.join(30)
     assert ran[-1] == "after"
+
+
+def test_interims_beside_recordings_take_at_most_their_share_of_the_model() -> None:
+    """With no recording under way an interim may always start; beside one, only while
+    interims have taken less than a fifth of the model's time: each call of a recording earns
+    them a quarter of its own, each interim call spends its own (measured, not estimated)."""
+    gate = PriorityGate(1)
+    calls: queue.Queue[float | None] = queue.Queue()
+    made = threading.Semaphore(0)
+
+    def recording() -> None:  # under way until told to end, a call of the given length each
+        with gate.job(JobContext(priority=Priority.RECORDING)):
+            made.release()
+            while (seconds := calls.get()) is not None:
+                gate.run(time.sleep, seconds)
+                made.release()
+
+    def interim_call(seconds: float) -> None:
+        def job() -> None:
+            with gate.job(JobContext(priority=Priority.INTERIM)):
+                gate.run(time.sleep, seconds)
+
+        thread = threading.Thread(target=job)
+        thread.start()
+        thread.join(30)
+
+    assert gate.room_for_interim  # nothing under way
+    interim_call(0.3)
+    assert gate.room_for_interim  # interims alone cost nothing
+    thread = threading.Thread(target=recording)
+    thread.start()
+    assert made.acquire(timeout=30)
+    assert not gate.room_for_interim  # a recording under way has earned nothing yet
+    calls.put(0.4)
+    assert made.acquire(timeout=30)
+    assert gate.room_for_interim  # 0.1 s earned
+    interim_call(0.3)
+    assert not gate.room_for_interim  # 0.2 s owed
+    calls.put(0.4)
+    assert made.acquire(timeout=30)
+    assert not gate.room_for_interim  # 0.1 s still owed
+    calls.put(0.8)
+    assert made.acquire(timeout=30)
+    assert gate.room_for_interim  # 0.1 s earned again
+    calls.put(None)
+    thread.join(30)
+    assert gate.room_for_interim
 
 
 def test_batched_whisper_gives_the_unbatched_texts(voices, tiny_server, tmp_path) -> None:

@@ -8,6 +8,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from speechgw.backends.whisper import WhisperBackend, WhisperOptions
 from websockets.sync.client import connect
@@ -16,6 +17,7 @@ from speechgw.audio import read_wav, to_16k_mono
 from speechgw.backend import InterimSkipped
 from speechgw.jobs import Caller, JobSpec
 from tests import speech
+from tests.client import UploadInBackground
 from tests.serving import Server, running_server
 from tests.streaming_client import assert_sentences, read_pcm16, stream_pcm
 
@@ -185,3 +187,55 @@ def test_a_busy_whisper_backend_says_so_and_skips_best_effort_jobs(voices) -> No
     assert busy and idle_after
     for heard in (text, interim_text):  # the interim is greedy: its words may differ a little
         assert speech.word_recall(speech.SENTENCES["children"], heard) >= 0.8, heard
+
+
+def test_a_final_stops_an_interim_that_holds_the_worker(voices, continuous: Path) -> None:
+    """One worker, held by an interim of a long utterance when a stream's final comes: the
+    interim stops at its next model call (skipped: its utterance is over, or another's final
+    is due) and the final has the worker, instead of waiting out the interim's decode."""
+    long = _samples(continuous)
+    short = _samples(voices["train"])
+    final = JobSpec("en", "transcribe", "google", Caller("k"), segmented=True)
+    interim = dataclasses.replace(final, interim=True)
+
+    async def run() -> str:
+        backend = WhisperBackend("w", WhisperOptions(model="tiny.en", cpu_threads=1))
+        await backend.start()
+        try:
+            glimpse = asyncio.ensure_future(backend.transcribe(long, interim))
+            while backend.idle and not glimpse.done():  # until the interim holds the worker
+                await asyncio.sleep(0)
+            text = (await backend.transcribe(short, final)).text
+            with pytest.raises(InterimSkipped):
+                await glimpse
+            assert backend.idle
+            return text
+        finally:
+            await backend.close()
+
+    text = asyncio.run(run())
+    assert speech.word_recall(speech.SENTENCES["train"], text) >= 0.8, text
+
+
+def test_interims_keep_coming_beside_a_long_upload(
+    tiny_server: Server, continuous: Path, seven_windows: tuple[Path, str]
+) -> None:
+    """One model worker (the CPU default), a recording of several 30 s windows being decoded
+    through the OpenAI API, and a live stream that asks for interims: they still come while
+    the recording is decoded (a share of the model's time between its calls), then the
+    stream's final; both answers have their words."""
+    long, said = seven_windows
+    pcm, rate = read_pcm16(continuous)
+    with UploadInBackground(tiny_server.http, long) as upload:
+        result = stream_pcm(tiny_server.ws, pcm, rate, realtime=1.0, interim_results=True)
+    assert len(result.replies) == 1, result.events
+    for name in CONTINUOUS:
+        assert speech.word_recall(speech.SENTENCES[name], result.replies[0]) >= 0.6, result
+    beside = [at for kind, _, at in result.events if kind == "interim" and at < upload.finished]
+    assert beside, (result.events, upload.finished)
+    assert upload.text and speech.word_recall(said, upload.text) > 0.8, upload.text
+
+
+def _samples(path: Path) -> np.ndarray:
+    samples, info = read_wav(path.read_bytes())
+    return to_16k_mono(samples, info.sample_rate)
