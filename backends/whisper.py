@@ -283,13 +283,15 @@ class WhisperBackend(Backend):
         # are then ordered by urgency, by the batcher or the gate
         self._recordings = anyio.CapacityLimiter(options.concurrency * RECORDINGS_PER_WORKER)
         self._utterances = anyio.CapacityLimiter(options.concurrency)
+        # and interims, a place of their own: a final never waits for one to end, its calls go
+        # before the interim's next (the gate's or the batcher's order)
+        self._interims = anyio.CapacityLimiter(options.concurrency)
         self._batcher: CallBatcher | None = None
         self._gate: PriorityGate | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._info: dict[str, object] = {}
         self._suppress_tokens: list[int] = [-1]
         self._prompt_tokens = 0  # set at load: its default depends on the batch size
-        self._interims: set[anyio.CancelScope] = set()  # interims under way: finals stop them
 
     @property
     def ready(self) -> bool:
@@ -309,11 +311,11 @@ class WhisperBackend(Backend):
 
     @property
     def room_for_interim(self) -> bool:
-        """An utterance would start at once; without batching, beside recordings under way,
-        interims have taken less than their share of the model's time
+        """An utterance, and an interim, would start at once; without batching, beside
+        recordings under way, interims have taken less than their share of the model's time
         (:data:`~speechgw.batching.INTERIM_SHARE`): a live stream beside a long upload still
         shows its words as they are said."""
-        if self._utterances.available_tokens == 0:
+        if self._utterances.available_tokens == 0 or self._interims.available_tokens == 0:
             return False
         if self._batcher is not None or self._recordings.borrowed_tokens == 0:
             return True
@@ -339,7 +341,8 @@ class WhisperBackend(Backend):
         await anyio.to_thread.run_sync(self._load)
         if self._batcher is not None:  # batching: this many jobs at once (set on the loop)
             jobs = self.options.concurrency * self._batcher.batch_size
-            self._recordings.total_tokens = self._utterances.total_tokens = jobs
+            for lane in (self._recordings, self._utterances, self._interims):
+                lane.total_tokens = jobs
 
     def _load(self) -> None:
         from .whisper_features import BlockwiseFeatureExtractor
@@ -413,7 +416,7 @@ class WhisperBackend(Backend):
         )
         self._model.model = BatchedWhisperModel(model, self._batcher)
         jobs = opts.concurrency * batch_size  # in each lane
-        self._executor = ThreadPoolExecutor(2 * jobs, thread_name_prefix=f"whisper-{self.name}")
+        self._executor = ThreadPoolExecutor(3 * jobs, thread_name_prefix=f"whisper-{self.name}")
 
     def _gated(self) -> None:
         """Without batching: ``concurrency`` model calls at once, the most urgent first."""
@@ -423,7 +426,7 @@ class WhisperBackend(Backend):
         slots = self.options.concurrency
         self._gate = PriorityGate(slots)
         self._model.model = GatedWhisperModel(self._model.model, self._gate)
-        jobs = slots * (RECORDINGS_PER_WORKER + 1)  # a thread per job in flight, in each lane
+        jobs = slots * (RECORDINGS_PER_WORKER + 2)  # a thread per job in flight, in each lane
         self._executor = ThreadPoolExecutor(jobs, thread_name_prefix=f"whisper-{self.name}")
 
     async def close(self) -> None:
@@ -455,35 +458,25 @@ class WhisperBackend(Backend):
             return await self._glimpse(audio, spec)
         if self._batcher is not None and self._splits(audio, spec):
             return await self._run_split(audio, spec, on_segment)
-        if spec.segmented and not self._utterances.available_tokens:
-            for interim in self._interims:  # a final goes first: they stop at their next call
-                interim.cancel()
         async with self._utterances if spec.segmented else self._recordings:
             return await self._in_thread(audio, spec, on_segment)
 
     async def _glimpse(self, audio: np.ndarray, spec: JobSpec) -> Transcript:
         """An early final runs on idle capacity only (:attr:`idle`), and an interim where it
         has room (:attr:`room_for_interim`), so nothing queued waits behind them: a final that
-        comes while an interim holds the worker stops it at its next model call, and one that
+        comes while an interim runs makes its calls before the interim's next one, and one that
         comes while an early final runs waits at most that one decode of an utterance."""
+        lane = self._interims if spec.interim else self._utterances
         if not (self.room_for_interim if spec.interim else self.idle):
             raise InterimSkipped
         try:
-            self._utterances.acquire_nowait()
+            lane.acquire_nowait()
         except anyio.WouldBlock:
             raise InterimSkipped from None
         try:
-            if not spec.interim:
-                return await self._in_thread(audio, spec, None)
-            with anyio.CancelScope() as scope:
-                self._interims.add(scope)
-                try:
-                    return await self._in_thread(audio, spec, None)
-                finally:
-                    self._interims.discard(scope)
-            raise InterimSkipped  # a final needed the worker
+            return await self._in_thread(audio, spec, None)
         finally:
-            self._utterances.release()
+            lane.release()
 
     def _splits(self, audio: np.ndarray, spec: JobSpec) -> bool:
         from .whisper_batching import WINDOW_SECONDS

@@ -216,6 +216,8 @@ class Stream:
         self._interim_wake = asyncio.Event() if on_interim is not None else None
         # (utterance number, its length in samples) at which its next interim is due
         self._interim_due = (0, _FIRST_INTERIM_SAMPLES)
+        # the interim being decoded, and its utterance: stopped once that utterance closes
+        self._interim_call: tuple[int, asyncio.Task[Transcript]] | None = None
         self._context = ""  # the last replies, for the next utterance's prompt
         self._final_running = False  # an utterance's final is being recognised
         self._backlog: deque[np.ndarray] = deque()  # closed utterances not yet queued
@@ -296,6 +298,10 @@ class Stream:
         open_number = segmenter.utterances_started if segmenter.speaking else None
         closed = segmenter.feed(samples) if samples is not None else segmenter.flush()
         self._backlog.extend(closed)
+        if closed and self._interim_call is not None:
+            number, call = self._interim_call
+            if not segmenter.speaking or segmenter.utterances_started != number:
+                call.cancel()  # its words come in the final: it stops at its next model call
         early = self._early
         if early is None or early.utterance is not None:
             return
@@ -401,8 +407,10 @@ class Stream:
         delay anyone's final; the next audio tries again).
 
         An interim is sent only while its utterance is still open, so it can never arrive
-        after that utterance's final; it goes to the route's first backend, with the same
-        context as a final, and failures are only logged: the final will say what it heard.
+        after that utterance's final, and one still being decoded when its utterance closes
+        is stopped (at its next model call): its words come in the final. It goes to the
+        route's first backend, with the same context as a final, and failures are only
+        logged: the final will say what it heard.
         """
         assert self._on_interim is not None and self._interim_wake is not None
         every = self.config.interim_interval_ms * SAMPLE_RATE // 1000
@@ -419,8 +427,20 @@ class Stream:
             audio = segmenter.open_utterance()
             assert audio is not None
             job_spec = dataclasses.replace(spec, prompt=self._context or None)
+            call = asyncio.ensure_future(backend.transcribe(audio, job_spec))
+            self._interim_call = (number, call)
             try:
-                transcript = await backend.transcribe(audio, job_spec)
+                await asyncio.wait([call])
+            except asyncio.CancelledError:  # the stream is over
+                call.cancel()
+                await asyncio.gather(call, return_exceptions=True)  # its worker let go
+                raise
+            finally:
+                self._interim_call = None
+            if call.cancelled():  # its utterance closed meanwhile
+                continue
+            try:
+                transcript = call.result()
             except InterimSkipped:
                 continue
             except Exception as exc:
