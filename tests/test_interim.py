@@ -117,6 +117,22 @@ def test_an_interim_that_comes_back_after_its_final_is_not_sent(voices, tmp_path
             assert kinds[-1] == "reply" and kinds.count("interim") >= 2, result.events
 
 
+def test_an_interim_still_decoded_when_its_utterance_closes_is_stopped(
+    continuous: Path, tmp_path: Path
+) -> None:
+    """A short word, a pause, then a long utterance; interims take 7 s each (a slow worker).
+    The word's interim is still being decoded when the word's utterance closes: it is stopped
+    there (its words come in the final), so the long utterance's first interim starts at once
+    and comes while that utterance is still being said. Waited out, the word's interim held
+    the stream's interims until 7 s in, and the long utterance's came after its final."""
+    word = speech.concat([speech.speak("Yes.", tmp_path / "yes.wav")], tmp_path / "w.wav", 2.0)
+    pcm, rate = read_pcm16(speech.concat([word, continuous], tmp_path / "both.wav"))
+    scripted = {"type": "scripted", "text": "heard", "interim_delay_seconds": 7.0}
+    with running_server({"routing": [{"backend": "s"}]}, backends={"s": scripted}) as server:
+        result = stream_pcm(server.ws, pcm, rate, realtime=1.0, interim_results=True)
+    assert [kind for kind, _, _ in result.events] == ["reply", "interim", "reply"], result.events
+
+
 def test_an_interim_waiting_on_a_final_comes_when_it_ends_without_more_audio(
     voices, tmp_path
 ) -> None:
