@@ -317,9 +317,7 @@ class WhisperBackend(Backend):
         shows its words as they are said."""
         if self._utterances.available_tokens == 0 or self._interims.available_tokens == 0:
             return False
-        if self._batcher is not None or self._recordings.borrowed_tokens == 0:
-            return True
-        return self._gate is not None and self._gate.room_for_interim
+        return self._gate is None or self._gate.room_for_interim  # None: batching
 
     @property
     def waiting(self) -> int:

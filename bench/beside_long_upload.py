@@ -184,13 +184,14 @@ def live_speech(work: Path) -> tuple[bytes, list[tuple[float, float]]]:
     and each sentence's (start, end) in seconds."""
     import numpy as np
 
+    from speechgw.audio import to_pcm16
     from tests import speech
 
     voices = {n: speech.speak(t, work / f"live-{n}.wav") for n, t in speech.SENTENCES.items()}
     audio, spans = speech.sentences_apart(voices, list(voices), 1.5, work)
-    pcm = np.concatenate([np.zeros(16000), audio, np.zeros(32000)])
+    pcm = np.concatenate([np.zeros(16000, np.float32), audio, np.zeros(32000, np.float32)])
     seconds = [((a + 16000) / 16000, (b + 16000) / 16000) for a, b in spans]
-    return (np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes(), seconds
+    return to_pcm16(pcm).tobytes(), seconds
 
 
 def run_live(url: str, upload: bytes, pcm: bytes, spans: list[tuple[float, float]]) -> None:
@@ -198,13 +199,11 @@ def run_live(url: str, upload: bytes, pcm: bytes, spans: list[tuple[float, float
     after."""
     import statistics
 
-    from tests.streaming_client import stream_pcm
+    from tests.streaming_client import StreamResult, stream_pcm
 
-    def live(done: threading.Event | None) -> None:
-        result = stream_pcm(url, pcm, 16000, realtime=1.0, interim_results=True)
-        started = result.started
-        texts = [(kind, at - started) for kind, _, at in result.events]
-        beside = [t for k, t in texts if k == "interim" and done is not None and t < ended[0]]
+    def report(result: StreamResult, upload_ended: float | None = None) -> None:
+        """``upload_ended``: when the upload beside it was answered (``time.monotonic()``)."""
+        texts = [(kind, at - result.started) for kind, _, at in result.events]
         # the longest wait for a new text while a sentence was being said
         waits = []
         for a, b in spans:
@@ -212,32 +211,35 @@ def run_live(url: str, upload: bytes, pcm: bytes, spans: list[tuple[float, float
             waits.append(max(y - x for x, y in itertools.pairwise(times)))
         finals = [t for k, t in texts if k == "reply"]
         after = [f - b for f, (_, b) in zip(finals, spans, strict=False)]
+        beside = ""
+        if upload_ended is not None:
+            count = sum(
+                1 for kind, _, at in result.events if kind == "interim" and at < upload_ended
+            )
+            beside = f" ({count} while the upload decoded)"
         print(
-            f"  stream: {len(result.replies)} finals, {len(result.interims)} interims"
-            + (f" ({len(beside)} while the upload decoded)" if done is not None else "")
+            f"  stream: {len(result.replies)} finals, {len(result.interims)} interims{beside}"
             + f"; longest wait for a text while speaking: p50 {statistics.median(waits):.2f} s,"
             f" max {max(waits):.2f} s; finals after each sentence's end: p50"
             f" {statistics.median(after):.2f} s, max {max(after):.2f} s"
         )
 
+    def live() -> StreamResult:
+        return stream_pcm(url, pcm, 16000, realtime=1.0, interim_results=True)
+
     print("the stream alone:")
-    live(None)
+    report(live())
     alone = answer_time(url, upload)
     print(f"the {len(upload) / 32000:.0f} s upload alone: answered after {alone:.1f} s")
     print("both:")
-    done, took, ended = threading.Event(), [], [float("inf")]
-
-    def send_upload() -> None:
-        began = time.monotonic()
-        took.append(answer_time(url, upload))
-        ended[0] = time.monotonic() - began - 3.0  # on the stream's clock, near enough
-        done.set()
-
-    uploader = threading.Thread(target=send_upload)
+    took: list[float] = []
+    uploader = threading.Thread(target=lambda: took.append(answer_time(url, upload)))
+    began = time.monotonic()
     uploader.start()
     time.sleep(3)
-    live(done)
+    result = live()
     uploader.join()
+    report(result, upload_ended=began + took[0])
     print(f"  upload answered after {took[0]:.1f} s (alone {alone:.1f} s)")
 
 

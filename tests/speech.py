@@ -103,6 +103,14 @@ def on_a_cheap_microphone(samples: np.ndarray, quieter_db: float, offset: float)
     return to_pcm16((samples * 10 ** (-quieter_db / 20) + hiss + offset).astype(np.float32))
 
 
+def samples_16k(path: Path) -> np.ndarray:
+    """A WAV file's samples as the gateway hands them to a backend: 16 kHz mono float32."""
+    from speechgw.audio import read_wav, to_16k_mono
+
+    samples, info = read_wav(path.read_bytes())
+    return to_16k_mono(samples, info.sample_rate)
+
+
 def duration(path: Path) -> float:
     """Seconds of audio in a WAV file."""
     import wave

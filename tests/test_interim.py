@@ -8,12 +8,10 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from speechgw.backends.whisper import WhisperBackend, WhisperOptions
 from websockets.sync.client import connect
 
-from speechgw.audio import read_wav, to_16k_mono
 from speechgw.backend import InterimSkipped
 from speechgw.jobs import Caller, JobSpec
 from tests import speech
@@ -178,8 +176,7 @@ def test_a_busy_whisper_backend_says_so_and_skips_best_effort_jobs(voices) -> No
     """While its one worker decodes, the backend is not ``idle`` and an interim is skipped at
     once (streams look at ``idle`` before they copy an utterance out for one); once the worker
     is free again, the same interim is decoded."""
-    samples, info = read_wav(voices["children"].read_bytes())
-    audio = to_16k_mono(samples, info.sample_rate)
+    audio = speech.samples_16k(voices["children"])
     final = JobSpec("en", "transcribe", "google", Caller("k"), segmented=True)
     interim = dataclasses.replace(final, interim=True)
 
@@ -209,8 +206,8 @@ def test_a_final_does_not_wait_for_an_interim_to_end(voices, continuous: Path) -
     """One worker, an interim of a long utterance under way when a stream's final comes: the
     final's model calls go before the interim's next one, so the final is answered first (it
     waited for the interim's whole decode before), and the interim still gets its words."""
-    long = _samples(continuous)
-    short = _samples(voices["train"])
+    long = speech.samples_16k(continuous)
+    short = speech.samples_16k(voices["train"])
     final = JobSpec("en", "transcribe", "google", Caller("k"), segmented=True)
     interim = dataclasses.replace(final, interim=True)
 
@@ -251,8 +248,3 @@ def test_interims_keep_coming_beside_a_long_upload(
     beside = [at for kind, _, at in result.events if kind == "interim" and at < upload.finished]
     assert beside, (result.events, upload.finished)
     assert upload.text and speech.word_recall(said, upload.text) > 0.8, upload.text
-
-
-def _samples(path: Path) -> np.ndarray:
-    samples, info = read_wav(path.read_bytes())
-    return to_16k_mono(samples, info.sample_rate)
