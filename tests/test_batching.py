@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from speechgw.backends.whisper import WhisperBackend, WhisperOptions
 
-from speechgw.audio import read_wav, to_16k_mono
 from speechgw.batching import BatchCancelled, CallBatcher, JobContext, Priority, PriorityGate
 from speechgw.jobs import Caller, JobSpec
 from tests import speech
@@ -478,8 +477,7 @@ def test_batched_whisper_gives_the_unbatched_texts(voices, tiny_server, tmp_path
 def test_batched_word_timestamps_and_detection_match_unbatched(voices) -> None:
     """Word timing (``align``, which takes the deferred features) and language detection go
     through the batched model too, and give what the unbatched backend gives."""
-    wavs = [read_wav(voices[n].read_bytes()) for n in ("children", "train")]
-    audio = [to_16k_mono(samples, info.sample_rate) for samples, info in wavs]
+    audio = [speech.samples_16k(voices[n]) for n in ("children", "train")]
     specs = [
         JobSpec("en", "transcribe", "openai", Caller("k"), word_timestamps=True),
         JobSpec(None, "transcribe", "openai", Caller("k")),
@@ -510,14 +508,12 @@ def test_a_long_recording_split_at_pauses_keeps_its_words_and_times(voices, tmp_
     progress (``stream=true``), the windows' segments are reported in the recording's order."""
     names = list(speech.SENTENCES)
     path = speech.concat([voices[n] for n in names], tmp_path / "long.wav", silence_seconds=3.0)
-    samples, info = read_wav(path.read_bytes())
-    audio = to_16k_mono(samples, info.sample_rate)
+    audio = speech.samples_16k(path)
     assert len(audio) / 16000 > 35
     starts, at = [], 0.0
     for name in names:
-        samples, part = read_wav(voices[name].read_bytes())
         starts.append(at)
-        at += len(samples) / part.sample_rate + 3.0
+        at += speech.duration(voices[name]) + 3.0
 
     async def run(split: bool) -> tuple:
         # a long window: both windows' calls wait for each other (their features take longer

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speechgw.audio import from_pcm16, read_wav, to_16k_mono, to_pcm16
+from speechgw.audio import from_pcm16, to_pcm16
 from speechgw.config import StreamingConfig
 from speechgw.segmenter import Segmenter
 from tests import speech
@@ -49,8 +49,7 @@ def _early(server: Server, outcome: str) -> float:
 def test_the_segmenter_foresees_the_utterance_its_pause_will_close(hesitant: Path) -> None:
     """While a pause runs past the end padding, closing_utterance() is exactly what the
     segmenter closes if the pause goes on; speech resuming takes it back."""
-    samples, info = read_wav(hesitant.read_bytes())
-    audio = to_16k_mono(samples, info.sample_rate)
+    audio = speech.samples_16k(hesitant)
     segmenter = Segmenter(StreamingConfig())
     foreseen: list[np.ndarray] = []
     closed: list[np.ndarray] = []
@@ -74,8 +73,7 @@ def test_a_stream_that_ends_in_a_pause_ends_its_utterance_as_the_pause_would(
     """Flushed during a pause of end_padding_ms or more, the utterance is the one the pause
     would have closed (so its early final answers it); flushed sooner, everything is kept."""
     ends_in_pause = speech.concat([voices["children"]], tmp_path / "p.wav", 0.1)  # 0.42 s
-    samples, info = read_wav(ends_in_pause.read_bytes())
-    whole = to_16k_mono(samples, info.sample_rate)
+    whole = speech.samples_16k(ends_in_pause)
     # ending 0.42 s into the pause, or 0.2 s into it; a partial frame pending either way
     for cut, pause_reached in ((100, True), (3300, False)):
         audio = whole[: len(whole) - cut]

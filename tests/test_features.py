@@ -13,7 +13,6 @@ from faster_whisper.feature_extractor import FeatureExtractor
 from speechgw.backends.whisper import WhisperBackend, WhisperOptions
 from speechgw.backends.whisper_features import BLOCK_FRAMES, BlockwiseFeatureExtractor
 
-from speechgw.audio import read_wav, to_16k_mono
 from speechgw.jobs import Caller, JobSpec
 from tests import speech
 
@@ -77,8 +76,7 @@ def test_the_backend_transcribes_five_minutes_in_little_memory(voices) -> None:
     words, and the Python-side memory of the whole transcription (features included; the
     model's own memory is not Python's) within a few copies of the recording's 19 MB, where
     the whole recording's STFT alone took 300 MB."""
-    samples, info = read_wav(voices["children"].read_bytes())
-    sentence = to_16k_mono(samples, info.sample_rate)
+    sentence = speech.samples_16k(voices["children"])
     audio = np.zeros(300 * 16000, dtype=np.float32)
     audio[16000 : 16000 + len(sentence)] = sentence
 

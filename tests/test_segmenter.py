@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.signal import lfilter, resample_poly
 
-from speechgw.audio import from_pcm16, read_wav, sample_ratio, to_16k_mono, to_pcm16
+from speechgw.audio import from_pcm16, sample_ratio, to_pcm16
 from speechgw.config import StreamingConfig
 from speechgw.segmenter import DcBlocker, Segmenter, StreamResampler
 from tests import speech
@@ -59,8 +59,7 @@ def test_the_dc_blocker_takes_out_the_offset_and_leaves_speech() -> None:
 def _speech_and_silence(voices, tmp_path) -> np.ndarray:
     names = ["children", "market", "window"]
     path = speech.concat([voices[n] for n in names], tmp_path / "s.wav", silence_seconds=1.2)
-    samples, info = read_wav(path.read_bytes())
-    return to_16k_mono(samples, info.sample_rate)
+    return speech.samples_16k(path)
 
 
 @pytest.mark.parametrize("chunk", [160, 1600, 4099])
@@ -105,8 +104,7 @@ def test_silence_gives_no_utterance() -> None:
 
 
 def test_lead_in_silence_is_added_at_the_stream_start_and_accounted(voices) -> None:
-    samples, info = read_wav(voices["children"].read_bytes())  # speech from the first frames
-    audio = to_16k_mono(samples, info.sample_rate)
+    audio = speech.samples_16k(voices["children"])  # speech from the first frames
     segmenter = Segmenter(StreamingConfig())
     (utterance,) = segmenter.feed(audio) + segmenter.flush()
     pad = segmenter.lead_in_padding
@@ -118,8 +116,7 @@ def test_lead_in_silence_is_added_at_the_stream_start_and_accounted(voices) -> N
 
 
 def _utterances(path, config: StreamingConfig) -> list[np.ndarray]:
-    samples, info = read_wav(path.read_bytes())
-    audio = to_16k_mono(samples, info.sample_rate)
+    audio = speech.samples_16k(path)
     segmenter = Segmenter(config)
     return segmenter.feed(audio) + segmenter.flush()
 
@@ -287,8 +284,7 @@ def test_speech_that_resumes_just_after_a_close_has_its_own_audio_as_lead_in(voi
     made up (billed as audio) and not shorter (Whisper mishears a word that begins at once)."""
     sentences = []
     for name in ("children", "market"):
-        samples, info = read_wav(voices[name].read_bytes())
-        audio = to_16k_mono(samples, info.sample_rate)
+        audio = speech.samples_16k(voices[name])
         loud = np.flatnonzero(np.abs(audio) > 0.01)
         sentences.append(audio[loud[0] : loud[-1] + 1])  # espeak-ng's own silence cut off
     first, second = sentences
