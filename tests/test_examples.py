@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import json
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -33,6 +36,52 @@ def assert_two_sentences(lines: list[str]) -> None:
     assert len(lines) == 2, lines
     for name, line in zip(["children", "coffee"], lines, strict=True):
         assert speech.word_recall(speech.SENTENCES[name], line) >= 0.6, lines
+
+
+def _imported_packages(script: Path) -> set[str]:
+    """The top-level names of what ``script`` imports from outside the standard library and
+    ``examples/`` (at any depth: an import inside a function is still needed when it runs)."""
+    local = {path.stem for path in EXAMPLES.glob("*.py")}
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - local - {"__future__"}
+
+
+def _distribution(requirement: str) -> str:
+    name = re.match(r"[A-Za-z0-9._-]+", requirement)
+    assert name is not None, requirement
+    return re.sub(r"[-_.]+", "-", name.group()).lower()
+
+
+def test_the_examples_extra_holds_what_the_python_examples_import() -> None:
+    """The README's ``.venv/bin/pip install -e '.[examples]'`` is all a gateway's ``.venv``
+    needs to run the Python examples: every package they import is a dependency of speechgw
+    or in its ``examples`` extra, but ``sounddevice`` (``--mic``), which the README names on
+    its own. (After ``scripts/serve.sh`` alone, ``batch_client.py`` stopped at
+    ``import websockets``.)"""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = {
+        _distribution(r)
+        for r in [*project["dependencies"], *project["optional-dependencies"]["examples"]]
+    }
+    modules = importlib.metadata.packages_distributions()
+    missing = {}
+    imported: set[str] = set()
+    for script in sorted(EXAMPLES.glob("*.py")):
+        for module in _imported_packages(script) - {"sounddevice"}:
+            imported.add(module)
+            owners = {_distribution(d) for d in modules.get(module, [module])}
+            if not owners & declared:
+                missing[module] = script.name
+    assert {"websockets", "openai", "av"} <= imported  # the check sees the examples' imports
+    assert missing == {}, (
+        f"imported by examples/, in no dependency nor the examples extra: {missing}"
+    )
+    assert "pip install sounddevice" in (REPO / "README.md").read_text()
 
 
 def test_machine_id_is_a_sha256() -> None:
