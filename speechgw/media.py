@@ -72,7 +72,7 @@ def _decode_ffmpeg(data: bytes, max_seconds: float) -> np.ndarray:
     chunks: list[np.ndarray] = []
     total = 0
     try:
-        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+        container = av.open(io.BytesIO(data), mode="r", **_tags_never_refused(av.__version__))
     except (av.error.FFmpegError, ValueError, IndexError) as exc:
         raise InvalidAudio(f"the file could not be decoded as audio ({_reason(exc)})") from None
     with container:
@@ -93,6 +93,16 @@ def _decode_ffmpeg(data: bytes, max_seconds: float) -> np.ndarray:
     if not any(chunk.size for chunk in chunks):
         raise InvalidAudio("the file holds no audio FFmpeg could decode")
     return np.concatenate(chunks).astype(np.float32, copy=False)
+
+
+def _tags_never_refused(version: str) -> dict[str, str]:
+    """``av.open``'s arguments that keep a tag which is not UTF-8 (a title in Latin-1, as
+    older taggers write them) from refusing the file: PyAV before 19 decodes the tags on open,
+    strictly unless told otherwise; 19 dropped the option (it decodes them with
+    surrogateescape) and refuses it as an unexpected argument, which failed every upload FFmpeg
+    decodes on Python 3.12 and later, where pip picks PyAV 19."""
+    major = int(version.split(".")[0])
+    return {"metadata_errors": "ignore"} if major < 19 else {}
 
 
 def _open_decoder(stream) -> None:  # type: ignore[no-untyped-def]
