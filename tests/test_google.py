@@ -9,7 +9,6 @@ import json
 import math
 import re
 import signal
-import sqlite3
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from google.cloud import speech
 from tests import speech as voices_module
 from tests.client import transcribe
 from tests.google_emulator import WORD_CONFIDENCE, SpeechEmulator, running_emulator
+from tests.ledger import rows as ledger_rows
 from tests.serving import ServeProcess, Server, running_server
 from tests.streaming_client import (
     StreamResult,
@@ -561,8 +561,8 @@ def test_sigterm_finalises_a_live_google_stream(fresh: SpeechEmulator, voices, t
             replies = replies_until_closed(ws)
         assert [r.get("asr_reply") for r in replies] == ["hello from the emulator"]
         assert server.process.wait(timeout=30) == 0
-    rows = sqlite3.connect(tmp_path / "ledger.db").execute("SELECT protocol, backend FROM usage")
-    assert rows.fetchall() == [("streaming", "google")]
+    rows = ledger_rows(tmp_path / "ledger.db", "SELECT protocol, backend FROM usage")
+    assert rows == [("streaming", "google")]
 
 
 def test_sigterm_while_google_lags_loses_no_message(

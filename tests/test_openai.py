@@ -8,7 +8,6 @@ import json
 import re
 import select
 import socket
-import sqlite3
 import threading
 import time
 import urllib.error
@@ -22,6 +21,7 @@ from openai import OpenAI
 
 from tests import speech
 from tests.client import multipart_upload, post
+from tests.ledger import rows as ledger_rows
 from tests.serving import Server, running_server
 from tests.waiting import wait_for
 
@@ -193,14 +193,11 @@ def test_ledger_and_metrics_count_the_protocol_by_key_name(
             model="whisper-1", file=audio, language="en"
         )
     request_id = raw.headers["x-request-id"]
-    row = (
-        sqlite3.connect(ledger)
-        .execute(
-            "SELECT key_name, protocol, backend, task, language, audio_seconds FROM usage "
-            "WHERE request_id = ?",
-            (request_id,),
-        )
-        .fetchone()
+    (row,) = ledger_rows(
+        ledger,
+        "SELECT key_name, protocol, backend, task, language, audio_seconds FROM usage "
+        "WHERE request_id = ?",
+        (request_id,),
     )
     assert row[:5] == ("alice", "openai", "whisper", "transcribe", "en")
     assert row[5] == pytest.approx(speech.duration(voices["coffee"]), abs=0.01)
@@ -232,10 +229,8 @@ def test_stream_sends_the_text_as_it_is_recognised(
     assert len(deltas) >= 2 and done.type == "transcript.text.done"
     assert "".join(d.delta for d in deltas) == done.text  # the deltas add up to the text
     assert speech.word_recall(said, done.text) > 0.9, done.text
-    (seconds,) = (
-        sqlite3.connect(ledger)
-        .execute("SELECT audio_seconds FROM usage WHERE request_id = ?", (request_id,))
-        .fetchone()
+    ((seconds,),) = ledger_rows(
+        ledger, "SELECT audio_seconds FROM usage WHERE request_id = ?", (request_id,)
     )
     assert seconds == pytest.approx(speech.duration(path), abs=0.01)
 
@@ -282,10 +277,8 @@ def test_a_client_that_leaves_a_stream_stops_it_unbilled(
     wait_for(lambda: f"request={request_id} " in caplog.text)
     (line,) = [r.getMessage() for r in caplog.records if f"request={request_id} " in r.message]
     assert line.endswith("outcome=abandoned"), line
-    rows = sqlite3.connect(ledger).execute(
-        "SELECT COUNT(*) FROM usage WHERE request_id = ?", (request_id,)
-    )
-    assert rows.fetchone() == (0,)
+    rows = ledger_rows(ledger, "SELECT COUNT(*) FROM usage WHERE request_id = ?", (request_id,))
+    assert rows == [(0,)]
     assert server.metric("asr_requests_total", **ok) == answered
     wait_for(lambda: server.metric("speechgw_requests_in_flight") == 0)
 

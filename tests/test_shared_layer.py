@@ -23,6 +23,7 @@ from speechgw.app import load_app_config, open_store
 from speechgw.store import USAGE_COLUMNS, SQLiteStore, UsageRecord
 from tests import speech
 from tests.client import transcribe
+from tests.ledger import rows as ledger_rows
 from tests.llm_server import base_url, llm_server
 from tests.postgres import fresh_database
 from tests.serving import ServeProcess, running_server
@@ -78,7 +79,7 @@ def test_keys_created_with_the_cli_work_at_once_and_revoking_stops_them(
         assert transcribe(server.ws, wav).reply["error"] == "unauthorized"
         with pytest.raises(InvalidStatus):
             open_stream(server.ws, api_key=bob)
-    digests = sqlite3.connect(tmp_path / "ledger.db").execute("SELECT digest FROM api_keys")
+    digests = ledger_rows(tmp_path / "ledger.db", "SELECT digest FROM api_keys")
     assert all(alice.encode() not in row[0] for row in digests)  # stored hashed
 
 
@@ -104,13 +105,10 @@ def test_usage_ledger_records_both_protocols_and_the_cli_totals_them(
         assert len(streamed.replies) == 3
         failed = transcribe(server.ws, b"not a wav", api_key=key)
         assert failed.reply["error"] == "invalid_audio"
-    rows = (
-        sqlite3.connect(tmp_path / "ledger.db")
-        .execute(
-            "SELECT request_id, key_name, protocol, backend, task, language, machine_id, "
-            "audio_seconds FROM usage ORDER BY id"
-        )
-        .fetchall()
+    rows = ledger_rows(
+        tmp_path / "ledger.db",
+        "SELECT request_id, key_name, protocol, backend, task, language, machine_id, "
+        "audio_seconds FROM usage ORDER BY id",
     )
     assert len(rows) == 4  # the failed request is not billed
     batch_row = rows[0]
@@ -253,7 +251,7 @@ def test_pruning_a_large_ledger_keeps_a_serving_gateway_answering(tmp_path: Path
     ledger = tmp_path / "ledger.db"
     SQLiteStore(ledger).close()  # the schema
     old = _utc("2026-01-01T00:00:00")
-    with sqlite3.connect(ledger) as db:
+    with contextlib.closing(sqlite3.connect(ledger)) as db, db:
         db.executemany(
             f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -425,10 +423,7 @@ def test_every_reply_survives_kill_9_in_the_ledger(tmp_path: Path, voices) -> No
     for w in workers:
         w.join(timeout=30)
     assert len(received) >= 200
-    rows = {
-        r
-        for (r,) in sqlite3.connect(tmp_path / "ledger.db").execute("SELECT request_id FROM usage")
-    }
+    rows = {r for (r,) in ledger_rows(tmp_path / "ledger.db", "SELECT request_id FROM usage")}
     missing = set(received) - rows
     assert not missing, f"{len(missing)} replies have no ledger row"
 
@@ -459,10 +454,11 @@ def test_a_ledger_locked_by_another_process_refuses_with_server_busy(
         assert created.returncode == 1 and "Traceback" not in created.stderr
         assert "the SQLite store could not be used: database is locked" in created.stderr
         admin.execute("COMMIT")
+        admin.close()
         answered = transcribe(server.ws, wav)
         assert answered.close_code == 1000
         assert server.metric("speechgw_store_errors_total", operation="ledger") == 1
-    billed = {r for (r,) in sqlite3.connect(ledger).execute("SELECT request_id FROM usage")}
+    billed = {r for (r,) in ledger_rows(ledger, "SELECT request_id FROM usage")}
     assert answered.reply["request_id"] in billed and len(billed) == 2
 
 

@@ -7,7 +7,6 @@ import base64
 import json
 import re
 import signal
-import sqlite3
 import threading
 import time
 import urllib.request
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from tests import speech
 from tests.client import transcribe
+from tests.ledger import rows as ledger_rows
 from tests.serving import ServeProcess
 from tests.streaming_client import open_stream, read_pcm16, replies_until_closed, stream_pcm
 from tests.waiting import wait_for
@@ -57,11 +57,7 @@ def test_sigterm_with_a_batch_job_and_a_stream_in_flight(tmp_path: Path, voices)
         assert process.wait(timeout=30) == 0
     finally:
         server.stop()
-    rows = (
-        sqlite3.connect(tmp_path / "ledger.db")
-        .execute("SELECT protocol FROM usage ORDER BY protocol")
-        .fetchall()
-    )
+    rows = ledger_rows(tmp_path / "ledger.db", "SELECT protocol FROM usage ORDER BY protocol")
     assert rows == [("batch",), ("streaming",)]
 
 
