@@ -71,7 +71,10 @@ def as_wav(data: bytes) -> bytes:
         for out in resampler.resample(frame):
             pcm.extend(out.to_ndarray().tobytes())
 
-    with av.open(io.BytesIO(data)) as container:
+    # a tag that is not UTF-8 (Latin-1, from an older tagger) must not stop the file: PyAV
+    # before 19 decodes tags strictly unless told; 19 has no such option and never refuses one
+    tags = {"metadata_errors": "ignore"} if int(av.__version__.split(".")[0]) < 19 else {}
+    with av.open(io.BytesIO(data), **tags) as container:
         for packet in container.demux(audio=0):
             try:
                 frames = packet.decode()

@@ -169,3 +169,14 @@ def encode(
                 out.mux(stream.encode(resampled))
         out.mux(stream.encode(None))
     return target
+
+
+def with_a_latin1_title(mp3: bytes) -> bytes:
+    """``mp3`` behind an ID3v2.3 tag whose title says UTF-8 but holds Latin-1 bytes, as older
+    taggers write them (PyAV before 19 refuses such a file unless told to ignore its tags)."""
+    import struct
+
+    body = b"\x03Caf\xe9 au lait \xff"  # text encoding 3 (UTF-8), then bytes that are not
+    frame = b"TIT2" + struct.pack(">I", len(body)) + b"\x00\x00" + body
+    size = bytes((len(frame) >> shift) & 0x7F for shift in (21, 14, 7, 0))  # syncsafe
+    return b"ID3\x03\x00\x00" + size + frame + mp3

@@ -314,6 +314,12 @@ def test_batch_client_decodes_any_audio_file(tiny_server: Server, voices, tmp_pa
     assert result.returncode == 0, result.stderr
     said = speech.SENTENCES["children"] + " " + speech.SENTENCES["window"]
     assert speech.word_recall(said, result.stdout) >= 0.8, result
+    # a title tag in Latin-1 where UTF-8 is declared: PyAV 18 refused the file
+    tagged = tmp_path / "tagged.mp3"
+    tagged.write_bytes(speech.with_a_latin1_title(mp3.read_bytes()))
+    result = run(sys.executable, "batch_client.py", str(tagged), "--url", tiny_server.ws)
+    assert result.returncode == 0, result.stderr
+    assert speech.word_recall(speech.SENTENCES["children"], result.stdout) >= 0.8, result
 
 
 def test_openai_client(tiny_server: Server, voices, tmp_path: Path) -> None:
