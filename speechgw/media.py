@@ -98,9 +98,10 @@ def _decode_ffmpeg(data: bytes, max_seconds: float) -> np.ndarray:
 def _tags_never_refused(version: str) -> dict[str, str]:
     """``av.open``'s arguments that keep a tag which is not UTF-8 (a title in Latin-1, as
     older taggers write them) from refusing the file: PyAV before 19 decodes the tags on open,
-    strictly unless told otherwise; 19 dropped the option (it decodes them with
-    surrogateescape) and refuses it as an unexpected argument, which failed every upload FFmpeg
-    decodes on Python 3.12 and later, where pip picks PyAV 19."""
+    strictly unless told otherwise. 19 dropped the option (it decodes them with
+    surrogateescape) and refuses it as an unexpected argument: every upload FFmpeg decodes was
+    an ``internal_error`` there. pyproject.toml keeps PyAV below 19 for a worse fault (its
+    comment says which); this lets a later release in once that one is mended."""
     major = int(version.split(".")[0])
     return {"metadata_errors": "ignore"} if major < 19 else {}
 

@@ -4,6 +4,8 @@ audio or a documented ``invalid_audio``, at once, never another error."""
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -138,6 +140,40 @@ def test_a_file_cut_short_keeps_what_came_before_the_cut(seeds) -> None:
     whole, _ = decode_media(seeds["ogg"], max_seconds=600)
     cut, _ = decode_media(seeds["ogg"][: len(seeds["ogg"]) * 2 // 3], max_seconds=600)
     assert 0.3 * len(whole) < len(cut) < len(whole)
+
+
+_DECODE_STDIN = """
+import sys
+from speechgw.errors import InvalidAudio
+from speechgw.media import decode_media
+try:
+    decode_media(sys.stdin.buffer.read(), 600)
+except InvalidAudio as refused:
+    print("refused:", refused)
+"""
+
+
+def test_a_decoder_that_will_not_start_is_refused_not_a_crash(seeds) -> None:
+    """Headers FFmpeg's decoder will not start on: a FLAC whose STREAMINFO has no sample
+    rate, an IMA ADPCM WAV of 65535 bits per sample. Each is ``invalid_audio``. PyAV 19's
+    ``CodecContext.open`` crashed the process on them (a segmentation fault, where PyAV 18
+    raises): one such upload would take the server down, hence ``av<19`` in pyproject.toml.
+    Decoded in a child process, so that a crash fails this test rather than ending the run."""
+    flac = bytearray(seeds["flac"])
+    assert flac[:4] == b"fLaC"
+    flac[18:22] = bytes(4)  # STREAMINFO's sample rate, channels and bits: all zero
+    adpcm = bytearray(seeds["adpcm"])
+    assert adpcm[12:16] == b"fmt " and adpcm[20:22] == b"\x11\x00"  # IMA ADPCM
+    adpcm[34:36] = b"\xff\xff"  # bits per sample
+    for upload in (flac, adpcm):
+        child = subprocess.run(
+            [sys.executable, "-c", _DECODE_STDIN],
+            input=bytes(upload),
+            capture_output=True,
+            timeout=60,
+        )
+        assert child.returncode == 0, child.stderr.decode(errors="replace")[-500:]
+        assert child.stdout.startswith(b"refused: "), child.stdout
 
 
 def test_a_tag_that_is_not_utf8_does_not_refuse_the_file(voices, tmp_path: Path) -> None:
