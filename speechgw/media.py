@@ -13,6 +13,7 @@ gigabytes.
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -95,6 +96,7 @@ def _decode_ffmpeg(data: bytes, max_seconds: float) -> np.ndarray:
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
+@functools.cache
 def _tags_never_refused(version: str) -> dict[str, str]:
     """``av.open``'s arguments that keep a tag which is not UTF-8 (a title in Latin-1, as
     older taggers write them) from refusing the file: PyAV before 19 decodes the tags on open,
