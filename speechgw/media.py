@@ -13,7 +13,6 @@ gigabytes.
 
 from __future__ import annotations
 
-import functools
 import io
 
 import numpy as np
@@ -73,7 +72,9 @@ def _decode_ffmpeg(data: bytes, max_seconds: float) -> np.ndarray:
     chunks: list[np.ndarray] = []
     total = 0
     try:
-        container = av.open(io.BytesIO(data), mode="r", **_tags_never_refused(av.__version__))
+        # a tag that is not UTF-8 (a Latin-1 title) must not refuse the file; PyAV 19 has no
+        # such argument, and is kept out for a worse fault (pyproject.toml says which)
+        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
     except (av.error.FFmpegError, ValueError, IndexError) as exc:
         raise InvalidAudio(f"the file could not be decoded as audio ({_reason(exc)})") from None
     with container:
@@ -94,18 +95,6 @@ def _decode_ffmpeg(data: bytes, max_seconds: float) -> np.ndarray:
     if not any(chunk.size for chunk in chunks):
         raise InvalidAudio("the file holds no audio FFmpeg could decode")
     return np.concatenate(chunks).astype(np.float32, copy=False)
-
-
-@functools.cache
-def _tags_never_refused(version: str) -> dict[str, str]:
-    """``av.open``'s arguments that keep a tag which is not UTF-8 (a title in Latin-1, as
-    older taggers write them) from refusing the file: PyAV before 19 decodes the tags on open,
-    strictly unless told otherwise. 19 dropped the option (it decodes them with
-    surrogateescape) and refuses it as an unexpected argument: every upload FFmpeg decodes was
-    an ``internal_error`` there. pyproject.toml keeps PyAV below 19 for a worse fault (its
-    comment says which); this lets a later release in once that one is mended."""
-    major = int(version.split(".")[0])
-    return {"metadata_errors": "ignore"} if major < 19 else {}
 
 
 def _open_decoder(stream) -> None:  # type: ignore[no-untyped-def]

@@ -178,8 +178,7 @@ def test_a_decoder_that_will_not_start_is_refused_not_a_crash(seeds) -> None:
 
 def test_a_tag_that_is_not_utf8_does_not_refuse_the_file(voices, tmp_path: Path) -> None:
     """An mp3 whose ID3 title says UTF-8 but holds Latin-1 bytes (as older taggers write
-    them) is heard, with whichever PyAV pip installed (18 on Python 3.11, 19 on 3.12 and
-    later, whose av.open takes no ``metadata_errors``)."""
+    them) is heard: PyAV 18 decodes tags strictly unless told to ignore what is not UTF-8."""
     mp3 = speech.encode(voices["coffee"], tmp_path / "coffee.mp3", "mp3", rate=16000)
     tagged = speech.with_a_latin1_title(mp3.read_bytes())
     samples, rate = decode_media(tagged, max_seconds=600)
