@@ -200,6 +200,7 @@ class ServeProcess:
                 self.tls = found.group(1) == "https"
                 self.port = int(found.group(2))
                 self.ready.set()
+        self.ready.set()  # the process ended (its stderr closed): no need to wait longer
 
     @property
     def url(self) -> str:
@@ -214,7 +215,7 @@ class ServeProcess:
         return "".join(self.lines)
 
     def __enter__(self) -> ServeProcess:
-        if not self.ready.wait(180):
+        if not self.ready.wait(180) or not self.port:
             self.stop()
             raise RuntimeError("the server did not start:\n" + self.log)
         return self
