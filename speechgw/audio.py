@@ -19,6 +19,7 @@ from scipy.signal import resample_poly
 
 from .errors import InvalidAudio
 from .jobs import SAMPLE_RATE
+from .rates import MAX_RATE, MIN_RATE, check_rate
 
 __all__ = [
     "MAX_RATE",
@@ -33,11 +34,6 @@ __all__ = [
     "to_16k_mono",
     "to_pcm16",
 ]
-
-MIN_RATE = 8_000
-MAX_RATE = 384_000
-"""The sample rates speechgw takes, from any protocol: below 8 kHz (telephony) no recogniser
-has the speech band it needs; 384 kHz is the highest rate audio interfaces record at."""
 
 _PCM16_SCALE = 32768.0
 """int16 <-> float: one scale both ways, so a sample survives the round trip exactly."""
@@ -214,16 +210,6 @@ def _decode_samples(raw: memoryview, info: WavInfo) -> np.ndarray:
     if info.channels > 1:
         samples = samples.reshape(frames, info.channels).mean(axis=1, dtype=np.float32)
     return samples
-
-
-def check_rate(rate: int, what: str = "the sample rate") -> None:
-    """Refuse a rate outside :data:`MIN_RATE`..:data:`MAX_RATE`.
-
-    Raises:
-        InvalidAudio: naming ``what`` and the accepted range.
-    """
-    if not MIN_RATE <= rate <= MAX_RATE:
-        raise InvalidAudio(f"{what} is {rate} Hz; {MIN_RATE} to {MAX_RATE} Hz are accepted")
 
 
 def from_pcm16(pcm: np.ndarray) -> np.ndarray:

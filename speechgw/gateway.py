@@ -49,6 +49,7 @@ from .errors import (
 )
 from .execution import run_route
 from .jobs import SAMPLE_RATE, AudioJob, Caller, JobRequest, JobSpec, Transcript
+from .media import DECODERS
 from .metrics import GatewayMetrics
 from .postprocess import OFF as POSTPROCESS_OFF
 from .postprocess import Postprocessor, PostprocessResult
@@ -331,6 +332,7 @@ class Gateway:
         """
         if self.store is not None:
             await self.store.open()
+        DECODERS.start()  # the first compressed upload should not wait for its process
         if self.config.streaming.silero_vad_after_seconds is not None:
             await anyio.to_thread.run_sync(silero.load)
         for backend in self.backends.values():

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import select
+import signal
 import socket
 import threading
 import time
@@ -19,6 +21,7 @@ import openai
 import pytest
 from openai import OpenAI
 
+from speechgw.media import DECODERS
 from tests import speech
 from tests.client import multipart_upload, post
 from tests.ledger import rows as ledger_rows
@@ -182,6 +185,39 @@ def test_a_wav_codec_the_wav_reader_lacks_goes_to_ffmpeg(
     with adpcm.open("rb") as audio:
         text = client(server).audio.transcriptions.create(model="whisper-1", file=audio).text
     assert speech.word_recall(CHILDREN, text) > 0.8, text
+
+
+def test_a_decoder_crash_fails_its_upload_and_the_server_serves_on(
+    server: Server, voices, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """FFmpeg decodes in a worker process: one that dies while it holds an upload (killed
+    here, as a decoder fault would end it) fails that upload with ``invalid_audio``, in
+    OpenAI's shape, and the server goes on with the next upload in a new process."""
+    mp3 = speech.encode(voices["children"], tmp_path / "children.mp3", "mp3").read_bytes()
+    sdk = client(server)
+    answers: list = []
+
+    def upload_long_file() -> None:  # 17 minutes of mp3: seconds of decoding
+        try:
+            sdk.audio.transcriptions.create(model="whisper-1", file=("long.mp3", mp3 * 400))
+        except openai.APIStatusError as exc:
+            answers.append(exc)
+
+    uploading = threading.Thread(target=upload_long_file)
+    uploading.start()
+    wait_for(lambda: DECODERS.pids()[1])
+    (decoder,) = DECODERS.pids()[1]
+    os.kill(decoder, signal.SIGKILL)
+    uploading.join(timeout=60)
+    (failed,) = answers
+    assert failed.status_code == 415 and failed.body["code"] == "invalid_audio"
+    assert failed.body["message"] == (
+        "the file could not be decoded as audio (the decoder crashed on it)"
+    )
+    assert f"decoder process {decoder} ended (signal SIGKILL)" in caplog.text
+    text = sdk.audio.transcriptions.create(model="whisper-1", file=("short.mp3", mp3)).text
+    assert speech.word_recall(CHILDREN, text) > 0.8, text
+    assert decoder not in DECODERS.pids()[0]
 
 
 def test_ledger_and_metrics_count_the_protocol_by_key_name(

@@ -13,6 +13,7 @@ import pytest
 from tests import speech
 from tests.client import multipart_upload, post, transcribe
 from tests.serving import ServeProcess
+from tests.waiting import wait_for
 
 KEY = "process-test-key-0123"
 
@@ -64,15 +65,54 @@ def test_default_config_translates_to_english(served: ServeProcess, multilingual
     assert reply["language"] == "de"
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the server's FFmpeg decoders)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended while listed
+            continue
+        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+            found.append(int(stat.parent.name))
+    return found
+
+
+def ended(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
 def test_sigterm_stops_the_server_cleanly_and_the_key_never_reaches_the_log(
     served: ServeProcess, voices
 ) -> None:
     assert transcribe(served.url, voices["children"].read_bytes(), api_key=KEY).close_code == 1000
+    decoders = children(served.process.pid)
+    assert len(decoders) == 1  # started with the server, for the first compressed upload
     served.process.send_signal(signal.SIGTERM)
     assert served.process.wait(timeout=60) == 0
+    wait_for(lambda: all(ended(pid) for pid in decoders), seconds=10)
     log = served.log
     assert "key=server" in log and "outcome=ok" in log
     assert KEY not in log
+
+
+def test_the_decoders_end_with_a_server_that_is_killed(tmp_path: Path) -> None:
+    """SIGKILL (the out-of-memory killer, ``kill -9``) gives the server no time to stop
+    its decoder processes: each ends on its own when its socket to the server closes."""
+    config = tmp_path / "scripted.yaml"
+    config.write_text(
+        f"store: {{path: {tmp_path / 'ledger.db'}}}\n"
+        "backends: {scripted: {type: scripted, text: words}}\n"
+        "routing: [{backend: scripted}]\n"
+    )
+    with ServeProcess("--config", str(config)) as server:
+        (decoder,) = children(server.process.pid)
+        server.process.kill()
+        server.process.wait(timeout=30)
+        wait_for(lambda: ended(decoder), seconds=10)
 
 
 def minor_faults(pid: int) -> int:
