@@ -66,6 +66,10 @@ class DecoderDied(Exception):
     """A worker process ended while it held a file."""
 
 
+class DecoderNotStarted(RuntimeError):
+    """A worker process ended before it said it was ready: nothing of a file reached it."""
+
+
 class DecoderFailed(InvalidAudio):
     """The decoder crashed on the file, or hung on it: ``invalid_audio`` for the client (the
     file is what did it), told apart from FFmpeg's own refusals only inside the server."""
@@ -137,10 +141,10 @@ class _Worker:
         try:
             answer, _ = _receive_header(self.socket, deadline)
         except (ConnectionError, EOFError):
-            code = self.process.wait(timeout=10)
-            raise RuntimeError(
-                f"the decoder process could not start (exit status {code}; its error is "
-                "in the server's log)"
+            self.process.wait(timeout=10)
+            raise DecoderNotStarted(
+                f"the decoder process could not start ({_exit_reason(self.process.returncode)}; "
+                "its error is in the server's log)"
             ) from None
         if not answer.get("ready"):
             raise RuntimeError(f"the decoder process said {answer!r} instead of ready")
@@ -193,9 +197,20 @@ class DecoderPool:
             InvalidAudio: as the decoder says; also when its process died holding the file,
                 or ran past :func:`decode_deadline` (the process is replaced).
             AudioTooLong: the audio lasts more than ``max_seconds``.
-            RuntimeError: a decoder process could not start.
+            RuntimeError: a decoder process could not start (twice), or failed in a way that
+                is not the file's fault.
         """
-        with self._slots, self._worker() as worker:
+        with self._slots:
+            try:
+                return self._decode_in_a_worker(data, max_seconds)
+            except DecoderNotStarted as exc:
+                # killed before it was ready (by the out-of-memory killer, or by hand):
+                # not the file's doing; a second that cannot start either is the server's
+                _LOGGER.warning("%s; starting another", exc)
+                return self._decode_in_a_worker(data, max_seconds)
+
+    def _decode_in_a_worker(self, data: bytes, max_seconds: float) -> np.ndarray:
+        with self._worker() as worker:
             deadline = time.monotonic() + self._deadline(max_seconds)
             try:
                 return worker.decode(data, max_seconds, deadline)

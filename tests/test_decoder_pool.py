@@ -148,6 +148,24 @@ def test_a_decoder_that_died_while_idle_is_replaced_without_failing_a_file(
     assert _only_pid(pool) != idle
 
 
+def test_a_decoder_that_dies_before_it_is_ready_is_replaced_for_the_same_file(
+    pool: DecoderPool, mp3: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing of the file reached a process that never said it was ready: the file goes
+    to another, and is decoded."""
+    pool.start()
+    starting = _only_pid(pool)
+    os.kill(starting, signal.SIGSTOP)  # held before "ready" (it takes 0.2 s)
+    thread, outcome = _decode_in_thread(pool, mp3)
+    wait_for(lambda: pool.pids()[1])
+    os.kill(starting, signal.SIGKILL)
+    thread.join(timeout=60)
+    (samples,) = outcome
+    assert np.array_equal(samples, ffmpeg.decode(mp3, 600))
+    assert "the decoder process could not start (signal SIGKILL" in caplog.text
+    assert _gone(starting) and _only_pid(pool) != starting
+
+
 def test_files_decode_side_by_side_up_to_the_pool_size(mp3: bytes, long_mp3: bytes) -> None:
     """A long file in one process does not hold up a short one in another; past ``size``,
     a file waits for a process rather than starting another."""
