@@ -63,6 +63,11 @@ __all__ = ["Gateway", "RecordingExchange", "RecordingResult", "StreamSession"]
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
 
+CUT_BEFORE_GRACE_ENDS = 1.0
+"""Seconds before the end of the shutdown's grace period (at most half of it) at which the
+recordings still running are stopped and answered ``server_busy``: time for each answer to
+reach its client before the server closes what is left."""
+
 
 class RecordingExchange(Protocol):
     """An adapter's side of one recording request: how to read it off the adapter's wire.
@@ -139,6 +144,8 @@ class Gateway:
             on_fallback=lambda limit: metrics.limit_fallbacks.labels(limit).inc(),
         )
         self._readers: set[asyncio.Task[Any]] = set()
+        self._recordings: set[anyio.CancelScope] = set()
+        self._cut = False
         self._retired: list[Backend] = []
         self.draining = False
         self.startup_error: StartupError | None = None
@@ -157,7 +164,7 @@ class Gateway:
         """
         books = Books(protocol)
         try:
-            transcript = await self._recognise_recording(books, exchange)
+            transcript = await self._recognise_before_the_cut(books, exchange)
             corrected = await self._postprocess(books, transcript)
             await _to_the_end(self.accounting.settle(books, transcript))
         except (ClientGone, anyio.get_cancelled_exc_class()):
@@ -176,6 +183,27 @@ class Gateway:
             raise error from None
         return RecordingResult(books.request_id, transcript, corrected, books.audio_seconds)
 
+    async def _recognise_before_the_cut(
+        self, books: Books, exchange: RecordingExchange
+    ) -> Transcript:
+        """The recording recognised, unless the shutdown's grace runs out first: then it is
+        stopped and answered ``server_busy`` with a retry hint, in its protocol's terms (a
+        503 with Retry-After, the batch protocol's error frame and 1013), rather than left
+        for the server to drop (an empty 500, or a WebSocket closed without a word)."""
+        if self._cut:
+            raise self._shutting_down()
+        with anyio.CancelScope() as scope:
+            self._recordings.add(scope)
+            try:
+                return await self._recognise_recording(books, exchange)
+            finally:
+                self._recordings.discard(scope)
+        raise self._shutting_down()  # reached only when the cut cancelled the scope
+
+    def _shutting_down(self) -> ServerBusy:
+        retry = self.config.limits.busy_retry_after_seconds
+        return ServerBusy.retry_in("the server is shutting down", retry)
+
     async def _recognise_recording(self, books: Books, exchange: RecordingExchange) -> Transcript:
         async with contextlib.AsyncExitStack() as held:
             held.enter_context(self.admission.connection())
@@ -188,7 +216,11 @@ class Gateway:
             data = await exchange.audio()
             books.start_clock()
             with self.admission.job():
-                audio = await anyio.to_thread.run_sync(self._decode, exchange.decode, data)
+                # abandoned on cancel: a client that left, or the shutdown's cut, does not wait
+                # for a long file's decode (the thread finishes it; the result is dropped)
+                audio = await anyio.to_thread.run_sync(
+                    self._decode, exchange.decode, data, abandon_on_cancel=True
+                )
                 books.audio_seconds = len(audio) / SAMPLE_RATE
                 job = AudioJob(books.spec, audio)
                 relay = SegmentRelay(on_segment) if on_segment is not None else None
@@ -297,13 +329,29 @@ class Gateway:
         self._readers.add(task)
         task.add_done_callback(self._readers.discard)
 
-    def drain(self) -> None:
-        """Shutdown has begun: stop reading live streams so that they flush and close."""
+    def drain(self, grace_seconds: float | None = None) -> None:
+        """Shutdown has begun: stop reading live streams so that they flush and close, and,
+        given the server's grace period, answer the recordings still running shortly before
+        it ends (:data:`CUT_BEFORE_GRACE_ENDS`) with ``server_busy``."""
+        if grace_seconds is not None and not self.draining:
+            cut_at = max(0.0, grace_seconds - min(CUT_BEFORE_GRACE_ENDS, grace_seconds / 2))
+            asyncio.get_running_loop().call_later(cut_at, self._cut_recordings)
         self.draining = True
         if self._readers:
             _LOGGER.info("shutting down: closing %d open streams", len(self._readers))
         for task in list(self._readers):
             task.cancel()
+
+    def _cut_recordings(self) -> None:
+        self._cut = True
+        if self._recordings:
+            _LOGGER.warning(
+                "shutting down: the grace period ends; %d recordings still running are "
+                "answered server_busy",
+                len(self._recordings),
+            )
+        for scope in list(self._recordings):
+            scope.cancel()
 
     # --- configuration and life-cycle -------------------------------------------------------
 

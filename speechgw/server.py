@@ -148,7 +148,7 @@ async def serve_app(
         await shutdown_trigger()
         # hypercorn now stops accepting and waits up to its grace period for connections;
         # open streams are told to flush and close instead of being cut off at its end
-        app.state.gateway.drain()
+        app.state.gateway.drain(config.server.shutdown_grace_seconds)
 
     main = serve(app, hypercorn_config(config, sock), shutdown_trigger=begin_shutdown)  # type: ignore[arg-type]
     if config.metrics.port is None:

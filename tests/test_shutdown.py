@@ -7,13 +7,15 @@ import base64
 import json
 import re
 import signal
+import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 from tests import speech
-from tests.client import transcribe
+from tests.client import multipart_upload, transcribe
 from tests.ledger import rows as ledger_rows
 from tests.serving import ServeProcess
 from tests.streaming_client import open_stream, read_pcm16, replies_until_closed, stream_pcm
@@ -88,3 +90,67 @@ def test_sigterm_while_a_large_message_is_taken_loses_none_of_it(tmp_path: Path,
             replies = replies_until_closed(stream)
         assert server.process.wait(timeout=60) == 0
     assert [r.get("asr_reply") for r in replies] == ["said"] * len(expected.replies)
+
+
+def test_recordings_still_running_as_the_grace_ends_are_told_to_retry(
+    tmp_path: Path, voices
+) -> None:
+    """A recording that would outlast ``shutdown_grace_seconds`` is stopped just before the
+    grace ends and answered ``server_busy`` with a retry hint, in its protocol's terms, so
+    that its client retries (elsewhere, behind a load balancer): not an empty 500 from the
+    HTTP server, nor a WebSocket closed without a word. Neither is billed, and the process
+    still exits 0 with no traceback in its log."""
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        f"store: {{path: {tmp_path / 'ledger.db'}}}\n"
+        "server: {shutdown_grace_seconds: 1}\n"
+        "backends: {slow: {type: scripted, text: too late, delay_seconds: 20}}\n"
+        "routing: [{backend: slow}]\n"
+    )
+    wav = voices["children"].read_bytes()
+    answers: dict[str, object] = {}
+    with ServeProcess("--config", str(config)) as server:
+
+        def upload() -> None:
+            body, kind = multipart_upload(wav)
+            request = urllib.request.Request(
+                f"{server.http}/v1/audio/transcriptions", body, {"Content-Type": kind}
+            )
+            try:
+                urllib.request.urlopen(request, timeout=60)
+            except urllib.error.HTTPError as refused:
+                answers["http"] = (refused.code, refused.headers, json.loads(refused.read()))
+
+        def batch() -> None:
+            answers["batch"] = transcribe(server.url, wav)
+
+        clients = [threading.Thread(target=upload), threading.Thread(target=batch)]
+        for client in clients:
+            client.start()
+        wait_for(lambda: _in_flight(server.port) == 2)
+        # and a connection still sending its request's headers: cut when the grace ends
+        slow = socket.create_connection(("127.0.0.1", server.port))
+        slow.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: speechgw\r\n")
+        server.process.send_signal(signal.SIGTERM)
+        for client in clients:
+            client.join(timeout=30)
+        assert server.process.wait(timeout=30) == 0
+        log = server.log
+        slow.close()
+    status, headers, body = answers["http"]
+    message = "the server is shutting down; retry in 5 s"
+    assert status == 503 and headers["Retry-After"] == "5"
+    assert body["error"]["code"] == "server_busy" and body["error"]["message"] == message
+    result = answers["batch"]
+    assert result.reply == {"error": "server_busy", "message": message, "retry_after": 5}
+    assert result.close_code == 1013
+    assert "2 recordings still running are answered server_busy" in log
+    assert log.count("outcome=server_busy") == 2
+    assert "Traceback" not in log and "ERROR" not in log
+    assert ledger_rows(tmp_path / "ledger.db", "SELECT COUNT(*) FROM usage") == [(0,)]
+
+
+def _in_flight(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return float(re.search(r"^speechgw_requests_in_flight (\S+)", text, re.M).group(1))
