@@ -5,8 +5,8 @@ caller's own process.
 For each file (jfk.flac, the first NASA podcast part and the 1949 interview of ../shared/audio,
 and the 29-minute mp3 of ``bench/long_upload.py``; espeak-ng sentences without that folder):
 the median of ``--rounds`` decodes by :func:`speechgw.ffmpeg.decode` in this process, and by
-a :class:`speechgw.decoder_pool.DecoderPool` of one process (its start not counted), the two
-ways taken in turn. Then, for
+a :class:`speechgw.decoder_pool.DecoderPool` of one process (its start not counted, but
+measured first: its first file's time less the next's), the two ways taken in turn. Then, for
 the 29-minute mp3, each way in a fresh interpreter: the caller's peak RSS growth, and the
 decoder process's RSS idle before and after the file.
 
@@ -70,6 +70,15 @@ def times(paths: dict[str, Path], rounds: int) -> None:
 
     pool = DecoderPool(size=1)
     try:
+        first = next(iter(paths.values())).read_bytes()
+        started = time.perf_counter()
+        pool.decode(first, 3600)  # the process starts, loads NumPy and PyAV, says ready
+        cold = time.perf_counter() - started
+        started = time.perf_counter()
+        pool.decode(first, 3600)
+        warm = time.perf_counter() - started
+        print(f"a new decoder process: ready in {cold - warm:.2f} s (its first file less the next)")
+        print()
         print("| file | audio | in-process | in a decoder process | difference |")
         print("|---|---|---|---|---|")
         for name, path in paths.items():

@@ -56,7 +56,7 @@ _REFUSALS: dict[str, type[SpeechGWError]] = {
 
 def decode_deadline(max_seconds: float) -> float:
     """How long one file may take to decode before its process is killed: 30 s, plus a
-    tenth of the longest audio taken. FFmpeg decodes and resamples mp3 at about 400 times
+    tenth of the longest audio taken. FFmpeg decodes and resamples mp3 at 300 to 400 times
     real time on one core of the machines in BENCHMARKS.md; this allows 10 times real time
     (210 s for the default 30-minute limit), so only a decoder that spins trips it."""
     return 30.0 + max_seconds / 10

@@ -329,11 +329,11 @@ class Gateway:
         self._readers.add(task)
         task.add_done_callback(self._readers.discard)
 
-    def drain(self, grace_seconds: float | None = None) -> None:
-        """Shutdown has begun: stop reading live streams so that they flush and close, and,
-        given the server's grace period, answer the recordings still running shortly before
-        it ends (:data:`CUT_BEFORE_GRACE_ENDS`) with ``server_busy``."""
-        if grace_seconds is not None and not self.draining:
+    def drain(self, grace_seconds: float) -> None:
+        """Shutdown has begun: stop reading live streams so that they flush and close, and
+        answer the recordings still running shortly before the server's grace period ends
+        (:data:`CUT_BEFORE_GRACE_ENDS`) with ``server_busy``."""
+        if not self.draining:
             cut_at = max(0.0, grace_seconds - min(CUT_BEFORE_GRACE_ENDS, grace_seconds / 2))
             asyncio.get_running_loop().call_later(cut_at, self._cut_recordings)
         self.draining = True

@@ -10,7 +10,6 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from speechgw import ffmpeg
 from speechgw.decoder_pool import DecoderFailed, DecoderPool
 from speechgw.errors import AudioTooLong, InvalidAudio
 from tests import speech
+from tests.processes import ended
 from tests.waiting import wait_for
 
 
@@ -40,15 +40,6 @@ def pool() -> Iterator[DecoderPool]:
     decoders = DecoderPool(size=1)
     yield decoders
     decoders.close()
-
-
-def _gone(pid: int) -> bool:
-    """The process has ended (a zombie whose parent has not reaped it yet counts)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state in ("Z", "X")
 
 
 def _only_pid(pool: DecoderPool, busy: bool = False) -> int:
@@ -97,7 +88,7 @@ def test_a_decoder_that_dies_holding_a_file_fails_that_file_only(
     assert isinstance(error, DecoderFailed) and isinstance(error, InvalidAudio)
     assert error.message == "the file could not be decoded as audio (the decoder crashed on it)"
     assert f"decoder process {crashed} ended (signal SIGKILL)" in caplog.text
-    assert _gone(crashed) and pool.pids() == ([], [])
+    assert ended(crashed) and pool.pids() == ([], [])
     # the next file gets a new process
     assert np.array_equal(pool.decode(mp3, max_seconds=600), ffmpeg.decode(mp3, 600))
     assert _only_pid(pool) != crashed
@@ -129,7 +120,7 @@ def test_a_decoder_that_hangs_is_killed_at_its_deadline(mp3: bytes) -> None:
         os.kill(hung, signal.SIGSTOP)
         with pytest.raises(DecoderFailed, match=r"decoding took more than 1.5 s"):
             pool.decode(mp3, max_seconds=600)
-        wait_for(lambda: _gone(hung), seconds=10)
+        wait_for(lambda: ended(hung), seconds=10)
         assert np.array_equal(pool.decode(mp3, max_seconds=600), ffmpeg.decode(mp3, 600))
     finally:
         pool.close()
@@ -143,7 +134,7 @@ def test_a_decoder_that_died_while_idle_is_replaced_without_failing_a_file(
     pool.decode(mp3, max_seconds=600)
     idle = _only_pid(pool)
     os.kill(idle, signal.SIGKILL)
-    wait_for(lambda: _gone(idle), seconds=10)
+    wait_for(lambda: ended(idle), seconds=10)
     assert np.array_equal(pool.decode(mp3, max_seconds=600), ffmpeg.decode(mp3, 600))
     assert _only_pid(pool) != idle
 
@@ -163,7 +154,7 @@ def test_a_decoder_that_dies_before_it_is_ready_is_replaced_for_the_same_file(
     (samples,) = outcome
     assert np.array_equal(samples, ffmpeg.decode(mp3, 600))
     assert "the decoder process could not start (signal SIGKILL" in caplog.text
-    assert _gone(starting) and _only_pid(pool) != starting
+    assert ended(starting) and _only_pid(pool) != starting
 
 
 def test_files_decode_side_by_side_up_to_the_pool_size(mp3: bytes, long_mp3: bytes) -> None:
@@ -187,4 +178,4 @@ def test_closing_the_pool_ends_its_processes(mp3: bytes) -> None:
     pool.decode(mp3, max_seconds=600)
     pid = _only_pid(pool)
     pool.close()
-    wait_for(lambda: _gone(pid), seconds=10)
+    wait_for(lambda: ended(pid), seconds=10)

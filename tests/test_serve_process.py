@@ -12,6 +12,7 @@ import pytest
 
 from tests import speech
 from tests.client import multipart_upload, post, transcribe
+from tests.processes import children, ended, stat_fields
 from tests.serving import ServeProcess
 from tests.waiting import wait_for
 
@@ -65,26 +66,6 @@ def test_default_config_translates_to_english(served: ServeProcess, multilingual
     assert reply["language"] == "de"
 
 
-def children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (the server's FFmpeg decoders)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # ended while listed
-            continue
-        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-            found.append(int(stat.parent.name))
-    return found
-
-
-def ended(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-
-
 def test_sigterm_stops_the_server_cleanly_and_the_key_never_reaches_the_log(
     served: ServeProcess, voices
 ) -> None:
@@ -116,7 +97,7 @@ def test_the_decoders_end_with_a_server_that_is_killed(tmp_path: Path) -> None:
 
 
 def minor_faults(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+    return int(stat_fields(pid)[7])
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")

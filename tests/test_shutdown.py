@@ -33,11 +33,6 @@ def test_sigterm_with_a_batch_job_and_a_stream_in_flight(tmp_path: Path, voices)
     process, port = server.process, server.port
     url = f"ws://127.0.0.1:{port}"
 
-    def in_flight() -> float:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        return float(re.search(r"^speechgw_requests_in_flight (\S+)", text, re.M).group(1))
-
     try:
         with open_stream(url) as stream:
             stream.recv(timeout=10)
@@ -48,7 +43,7 @@ def test_sigterm_with_a_batch_job_and_a_stream_in_flight(tmp_path: Path, voices)
             batch = threading.Thread(target=lambda: batch_result.append(transcribe(url, wav)))
             batch.start()
             deadline = time.monotonic() + 30
-            while in_flight() < 1:
+            while _in_flight(port) < 1:
                 assert time.monotonic() < deadline, "the batch job never started"
             process.send_signal(signal.SIGTERM)
             replies = replies_until_closed(stream)
@@ -151,6 +146,7 @@ def test_recordings_still_running_as_the_grace_ends_are_told_to_retry(
 
 
 def _in_flight(port: int) -> float:
+    """``speechgw_requests_in_flight`` as the server's /metrics says it now."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
         text = answer.read().decode()
     return float(re.search(r"^speechgw_requests_in_flight (\S+)", text, re.M).group(1))
