@@ -39,6 +39,7 @@ __all__ = [
     "RateLimited",
     "RetryLater",
     "ServerBusy",
+    "ShuttingDown",
     "SpeechGWError",
     "StartupError",
     "Unauthorized",
@@ -110,6 +111,10 @@ class ServerBusy(RetryLater):
     """The server is at a capacity limit."""
 
     error = "server_busy"
+
+
+class ShuttingDown(ServerBusy):
+    """The server is shutting down and its grace ran out for this work (try another replica)."""
 
 
 class RateLimited(RetryLater):

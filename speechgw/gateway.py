@@ -55,6 +55,7 @@ from .postprocess import OFF as POSTPROCESS_OFF
 from .postprocess import Postprocessor, PostprocessResult
 from .progress import OnSegment, SegmentRelay
 from .router import Router
+from .shutdown import GraceCut
 from .store import Store, StoreUnavailable
 from .stream import OnError, OnInterim, OnTranscript, Stream
 
@@ -62,11 +63,6 @@ __all__ = ["Gateway", "RecordingExchange", "RecordingResult", "StreamSession"]
 
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
-
-CUT_BEFORE_GRACE_ENDS = 1.0
-"""Seconds before the end of the shutdown's grace period (at most half of it) at which the
-recordings still running are stopped and answered ``server_busy``: time for each answer to
-reach its client before the server closes what is left."""
 
 
 class RecordingExchange(Protocol):
@@ -144,8 +140,7 @@ class Gateway:
             on_fallback=lambda limit: metrics.limit_fallbacks.labels(limit).inc(),
         )
         self._readers: set[asyncio.Task[Any]] = set()
-        self._recordings: set[anyio.CancelScope] = set()
-        self._cut = False
+        self.grace = GraceCut(lambda: self.config.limits.busy_retry_after_seconds)
         self._retired: list[Backend] = []
         self.draining = False
         self.startup_error: StartupError | None = None
@@ -190,19 +185,9 @@ class Gateway:
         stopped and answered ``server_busy`` with a retry hint, in its protocol's terms (a
         503 with Retry-After, the batch protocol's error frame and 1013), rather than left
         for the server to drop (an empty 500, or a WebSocket closed without a word)."""
-        if self._cut:
-            raise self._shutting_down()
-        with anyio.CancelScope() as scope:
-            self._recordings.add(scope)
-            try:
-                return await self._recognise_recording(books, exchange)
-            finally:
-                self._recordings.discard(scope)
-        raise self._shutting_down()  # reached only when the cut cancelled the scope
-
-    def _shutting_down(self) -> ServerBusy:
-        retry = self.config.limits.busy_retry_after_seconds
-        return ServerBusy.retry_in("the server is shutting down", retry)
+        async with self.grace.guard("recording"):
+            return await self._recognise_recording(books, exchange)
+        raise AssertionError("unreachable: the guard raises when it stops the block")
 
     async def _recognise_recording(self, books: Books, exchange: RecordingExchange) -> Transcript:
         async with contextlib.AsyncExitStack() as held:
@@ -331,27 +316,14 @@ class Gateway:
 
     def drain(self, grace_seconds: float) -> None:
         """Shutdown has begun: stop reading live streams so that they flush and close, and
-        answer the recordings still running shortly before the server's grace period ends
-        (:data:`CUT_BEFORE_GRACE_ENDS`) with ``server_busy``."""
-        if not self.draining:
-            cut_at = max(0.0, grace_seconds - min(CUT_BEFORE_GRACE_ENDS, grace_seconds / 2))
-            asyncio.get_running_loop().call_later(cut_at, self._cut_recordings)
+        answer the recordings and stream flushes still running shortly before the server's
+        grace period ends with ``server_busy`` (:class:`~speechgw.shutdown.GraceCut`)."""
+        self.grace.schedule(grace_seconds)
         self.draining = True
         if self._readers:
             _LOGGER.info("shutting down: closing %d open streams", len(self._readers))
         for task in list(self._readers):
             task.cancel()
-
-    def _cut_recordings(self) -> None:
-        self._cut = True
-        if self._recordings:
-            _LOGGER.warning(
-                "shutting down: the grace period ends; %d recordings still running are "
-                "answered server_busy",
-                len(self._recordings),
-            )
-        for scope in list(self._recordings):
-            scope.cancel()
 
     # --- configuration and life-cycle -------------------------------------------------------
 
@@ -470,6 +442,7 @@ class StreamSession:
             on_transcript,
             on_error,
             on_interim,
+            gateway.grace,
         )
 
     def refused(self, error: SpeechGWError) -> None:

@@ -42,12 +42,13 @@ from .accounting import Accounting, Books
 from .audio import from_pcm16
 from .backend import Backend, InterimSkipped
 from .config import StreamingConfig
-from .errors import InternalError, SpeechGWError
+from .errors import InternalError, ShuttingDown, SpeechGWError
 from .execution import as_outage, run_route
 from .jobs import SAMPLE_RATE, AudioJob, JobSpec, Transcript
 from .live_audio import FullBufferLog, LiveAudio
 from .router import Route
 from .segmenter import Segmenter, StreamResampler
+from .shutdown import GraceCut
 from .text import hesitation_only, join_text
 
 __all__ = ["Stream"]
@@ -191,8 +192,12 @@ class Stream:
         on_transcript: OnTranscript,
         on_error: OnError,
         on_interim: OnInterim | None = None,
+        grace: GraceCut | None = None,
     ) -> None:
         self._accounting = accounting
+        # the shutdown's end: finals still being recognised then are answered server_busy
+        self._grace = grace if grace is not None else GraceCut(lambda: 0)
+        self._told_of_the_cut = False  # the client has had its one server_busy of the cut
         self.spec = spec
         self.route = route
         self.config = config
@@ -465,7 +470,10 @@ class Stream:
         pipeline takes over."""
         backend = self.route[0]
         try:
-            async with contextlib.aclosing(backend.stream(live, self.spec)) as finals:
+            async with (
+                self._grace.guard("stream"),
+                contextlib.aclosing(backend.stream(live, self.spec)) as finals,
+            ):
                 async for transcript in finals:
                     if transcript.interim:
                         await self._deliver_interim(transcript)
@@ -499,7 +507,7 @@ class Stream:
             books = self._books(backend.name)
             books.audio_seconds = len(pending) / SAMPLE_RATE
             self._accounting.close(books, error)
-            await self._on_error(error)
+            await self._tell(error)
         if self._live_closed:  # the client had finished: nothing more will come
             self._cut(None)
             self._queue_backlog_now()
@@ -570,12 +578,13 @@ class Stream:
             books.audio_seconds = (len(utterance) - synthetic) / SAMPLE_RATE
             self._final_running = True
             try:
-                spec = dataclasses.replace(self._utterance_spec, prompt=self._context or None)
-                transcript = await self._early_transcript(utterance, books)
-                if transcript is None:
-                    transcript = await run_route(
-                        AudioJob(spec, utterance), self.route, books, self._accounting
-                    )
+                async with self._grace.guard("stream"):
+                    spec = dataclasses.replace(self._utterance_spec, prompt=self._context or None)
+                    transcript = await self._early_transcript(utterance, books)
+                    if transcript is None:
+                        transcript = await run_route(
+                            AudioJob(spec, utterance), self.route, books, self._accounting
+                        )
             except Exception as exc:
                 self._final_running = False
                 self._wake_interims()
@@ -585,7 +594,7 @@ class Stream:
                     _LOGGER.exception("stream %s: utterance failed", self.spec.request_id)
                     error = InternalError("internal server error")
                 self._accounting.close(books, error)
-                await self._on_error(error)
+                await self._tell(error)
                 continue
             try:
                 if await self._settle(books, transcript):
@@ -596,6 +605,15 @@ class Stream:
                 self._final_running = False
                 self._wake_interims()
                 self._start_early_final()
+
+    async def _tell(self, error: SpeechGWError) -> None:
+        """Send the client an utterance's error; the shutdown's, once: the utterances still
+        queued when it came all fail alike, and one message says it."""
+        if isinstance(error, ShuttingDown):
+            if self._told_of_the_cut:
+                return
+            self._told_of_the_cut = True
+        await self._on_error(error)
 
     async def _early_transcript(self, utterance: np.ndarray, books: Books) -> Transcript | None:
         """The utterance's final decoded ahead, if there is one for it (waiting for it to

@@ -600,6 +600,38 @@ def test_sigterm_while_google_lags_loses_no_message(
     assert replies and all(r.get("asr_reply") == "hello from the emulator" for r in replies)
 
 
+def test_a_google_stream_still_unanswered_as_the_grace_ends_is_told_to_retry(
+    fresh: SpeechEmulator, voices, tmp_path
+) -> None:
+    """Google lags past the whole shutdown grace: the stream is given up just before the grace
+    ends with one ``server_busy`` error message and the 1001 close, not a close 1011 without a
+    word when the server's grace runs out; nothing is billed."""
+    fresh.slow_seconds = 8.0
+    fresh.faults.append("SLOW")
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        f"store: {{path: {tmp_path / 'ledger.db'}}}\n"
+        "server: {shutdown_grace_seconds: 1}\n"
+        f"backends:\n  google: {json.dumps(google(fresh))}\n"
+        "routing:\n  - backend: google\n"
+    )
+    pcm, rate = sentences(voices, ["children", "market"], tmp_path / "two.wav")
+    with ServeProcess("--config", str(config)) as server, open_stream(server.url) as ws:
+        ws.recv(timeout=10)
+        ws.send(json.dumps({"audio": base64.b64encode(pcm).decode(), "rate": rate}))
+        wait_for(lambda: fresh.calls)
+        server.process.send_signal(signal.SIGTERM)
+        replies = replies_until_closed(ws)
+        assert server.process.wait(timeout=30) == 0
+        log = server.log
+    [told] = replies
+    assert told["message"] == "Speech Recognition Error" and told["error"] == "server_busy"
+    assert told["detail"] == "the server is shutting down; retry in 5 s"
+    assert "answering server_busy to what still runs: 1 stream" in log
+    assert "Traceback" not in log
+    assert ledger_rows(tmp_path / "ledger.db", "SELECT COUNT(*) FROM usage") == [(0,)]
+
+
 def test_thousands_of_tiny_messages_reach_google_whole(
     google_first: Server, fresh: SpeechEmulator, voices, tmp_path
 ) -> None:

@@ -93,8 +93,9 @@ def test_recordings_still_running_as_the_grace_ends_are_told_to_retry(
     """A recording that would outlast ``shutdown_grace_seconds`` is stopped just before the
     grace ends and answered ``server_busy`` with a retry hint, in its protocol's terms, so
     that its client retries (elsewhere, behind a load balancer): not an empty 500 from the
-    HTTP server, nor a WebSocket closed without a word. Neither is billed, and the process
-    still exits 0 with no traceback in its log."""
+    HTTP server, nor a WebSocket closed without a word. So is a live stream whose last
+    utterances are still being recognised: one error message, then the 1001 close. None is
+    billed, and the process still exits 0 with no traceback in its log."""
     config = tmp_path / "gw.yaml"
     config.write_text(
         f"store: {{path: {tmp_path / 'ledger.db'}}}\n"
@@ -119,10 +120,20 @@ def test_recordings_still_running_as_the_grace_ends_are_told_to_retry(
         def batch() -> None:
             answers["batch"] = transcribe(server.url, wav)
 
-        clients = [threading.Thread(target=upload), threading.Thread(target=batch)]
+        def stream() -> None:
+            with open_stream(server.url) as ws:
+                ws.recv(timeout=10)
+                # one utterance recognised as SIGTERM comes, one still buffered (it ends on
+                # speech): both are unanswered when the grace ends, and one message says so
+                ws.send(json.dumps({"audio": base64.b64encode(pcm).decode(), "rate": rate}))
+                answers["stream"] = replies_until_closed(ws)  # asserts the 1001
+
+        parts = [voices["children"], voices["coffee"]]
+        pcm, rate = read_pcm16(speech.concat(parts, tmp_path / "two.wav", silence_seconds=1.0))
+        clients = [threading.Thread(target=f) for f in (upload, batch, stream)]
         for client in clients:
             client.start()
-        wait_for(lambda: _in_flight(server.port) == 2)
+        wait_for(lambda: _in_flight(server.port) == 3)
         # and a connection still sending its request's headers: cut when the grace ends
         slow = socket.create_connection(("127.0.0.1", server.port))
         slow.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: speechgw\r\n")
@@ -139,8 +150,11 @@ def test_recordings_still_running_as_the_grace_ends_are_told_to_retry(
     result = answers["batch"]
     assert result.reply == {"error": "server_busy", "message": message, "retry_after": 5}
     assert result.close_code == 1013
-    assert "2 recordings still running are answered server_busy" in log
-    assert log.count("outcome=server_busy") == 2
+    [told] = answers["stream"]
+    assert told["type"] == "error" and told["message"] == "Speech Recognition Error"
+    assert told["error"] == "server_busy" and told["detail"] == message
+    assert "answering server_busy to what still runs: 2 recordings and 1 stream" in log
+    assert log.count("outcome=server_busy") == 4  # each utterance, logged and unbilled
     assert "Traceback" not in log and "ERROR" not in log
     assert ledger_rows(tmp_path / "ledger.db", "SELECT COUNT(*) FROM usage") == [(0,)]
 
