@@ -4,7 +4,6 @@ shared HTTP endpoints (``/health``, ``/metrics``)."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -27,13 +26,19 @@ from starlette.websockets import WebSocket
 from . import __version__, silero
 from .auth import Keyring
 from .backend import Backend
-from .config import Config, ServerConfig, load_config, load_config_file
+from .config import Config, ServerConfig
 from .early_answer import any_method_route, refusal
 from .errors import ConfigError, start_failure
 from .gateway import Gateway
+from .loading import (
+    backend_options,
+    backends_registry,
+    default_config,
+    load_app_config,
+    open_store,
+)
 from .metrics import GatewayMetrics
 from .registry import resolve
-from .store import SQLiteStore, Store
 from .tuning import check_open_files
 
 _LOGGER = logging.getLogger(__name__)
@@ -53,27 +58,6 @@ __all__ = [
 ]
 
 
-def _backends_registry() -> dict[str, str]:
-    from speechgw.backends import BACKENDS
-
-    return BACKENDS
-
-
-def backend_options(kind: str, path: str) -> type:
-    """The options dataclass of backend type ``kind`` (for :func:`load_config`)."""
-    return resolve(_backends_registry(), kind, "backend type", path).Options
-
-
-def default_config(env: Mapping[str, str] | None = None) -> Config:
-    """The embedded default: the bundled multilingual Whisper model on CPU, all defaults."""
-    from speechgw.backends import DEFAULT_BACKENDS
-
-    first = next(iter(DEFAULT_BACKENDS))
-    return load_config(
-        {"backends": DEFAULT_BACKENDS, "routing": [{"backend": first}]}, env, backend_options
-    )
-
-
 def build_backends(
     config: Config, existing: Mapping[str, Backend] | None = None
 ) -> dict[str, Backend]:
@@ -83,7 +67,7 @@ def build_backends(
         raise ConfigError("backends: no backend is configured")
     backends: dict[str, Backend] = {}
     for b in config.backends:
-        cls = resolve(_backends_registry(), b.type, "backend type", f"backends.{b.name}.type")
+        cls = resolve(backends_registry(), b.type, "backend type", f"backends.{b.name}.type")
         old = (existing or {}).get(b.name)
         if old is not None and type(old) is cls and old.options == b.options:
             backends[b.name] = old
@@ -131,18 +115,6 @@ async def reload_gateway(gateway: Gateway, path: str, env: Mapping[str, str]) ->
     return True
 
 
-def load_app_config(path: str | None, env: Mapping[str, str] | None = None) -> Config:
-    """The config ``path`` (or the embedded default when None), validated; a file that names
-    no backend gets the embedded default backends. The one loader for start and reload."""
-    if path is None:
-        return default_config(env)
-    config = load_config_file(path, env, backend_options)
-    if config.backends:
-        return config
-    defaults = default_config(env)
-    return dataclasses.replace(config, backends=defaults.backends, routing=defaults.routing)
-
-
 def build_gateway(config: Config, env: Mapping[str, str]) -> Gateway:
     backends = build_backends(config)
     store = open_store(config)
@@ -153,19 +125,6 @@ def build_gateway(config: Config, env: Mapping[str, str]) -> Gateway:
         GatewayMetrics(config.metrics.max_machine_ids),
         store,
     )
-
-
-def open_store(config: Config) -> Store | None:
-    """The configured key and usage store: PostgreSQL when ``store.url`` is set, else the
-    SQLite file ``store.path``, or None when that is null."""
-    store = config.store
-    if store.url is not None:
-        from .postgres import PostgresStore
-
-        return PostgresStore(store.url, store.pool_size, store.timeout_seconds)
-    if store.path is None:
-        return None
-    return SQLiteStore(store.path, store.synchronous)
 
 
 def metrics_endpoint(gateway: Gateway):  # -> an ASGI request handler

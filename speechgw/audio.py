@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from .errors import InvalidAudio
 from .jobs import SAMPLE_RATE
@@ -259,5 +258,9 @@ def to_16k_mono(samples: np.ndarray, rate: int) -> np.ndarray:
     """
     if rate == SAMPLE_RATE:
         return samples
+    # imported here: scipy.signal takes 0.8 s to import, which the command line's key and
+    # usage commands (they read the config, so they import the backends) have no use for
+    from scipy.signal import resample_poly
+
     up, down = sample_ratio(rate)
     return resample_poly(samples, up, down).astype(np.float32, copy=False)

@@ -143,7 +143,7 @@ def _utc(moment: float) -> datetime.datetime:
 
 
 def _load(args: argparse.Namespace):  # -> Config
-    from .app import load_app_config
+    from .loading import load_app_config
 
     path = args.config or os.environ.get("SPEECHGW_CONFIG")
     if path is None and _DEFAULT_CONFIG.is_file():
@@ -158,7 +158,7 @@ def _load(args: argparse.Namespace):  # -> Config
 
 
 def _open_store(args: argparse.Namespace):  # -> Store
-    from .app import open_store
+    from .loading import open_store
 
     config, _ = _load(args)
     store = open_store(config)
