@@ -678,6 +678,37 @@ def _check_routing(config: Config) -> None:
                 raise ConfigError(f"{where}: no backend named {name!r} (configured: {known})")
 
 
+class _KeyGivenTwice(yaml.YAMLError):
+    """A mapping of the config file names a key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping.
+
+    PyYAML keeps the last and drops the first without a word: a ``limits:`` section added at
+    the end of the file would silently undo every limit set in the one above it.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *defaults`` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = lines.get(key)
+            except TypeError:  # an unhashable key: PyYAML's own error says so
+                continue
+            if first is not None:
+                raise _KeyGivenTwice(
+                    f"line {line}: {key!r} is given twice in one mapping (first on line "
+                    f"{first}); only the later would count: give it once"
+                )
+            lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config_file(
     path: str | Path,
     env: Mapping[str, str] | None = None,
@@ -698,7 +729,9 @@ def load_config_file(
             f"{path}: not a YAML text file (byte {exc.start} is not UTF-8); is it the right file?"
         ) from None
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
+    except _KeyGivenTwice as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if document is not None and not isinstance(document, dict):

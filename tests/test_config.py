@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -730,3 +731,29 @@ def test_the_admin_commands_load_no_model_library_and_no_gateway(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "0 []"
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path: Path) -> None:
+    """A ``limits:`` section added at the end of a file that has one: PyYAML alone keeps the
+    second and drops every limit of the first without a word. A key repeated in one flow
+    mapping is refused too; YAML merge keys (``<<: *defaults``), which are meant to be
+    overridden, still work."""
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "limits:\n  max_streams: 10\n  max_pending_jobs: 4\nserver:\n  port: 9000\n"
+        "limits:\n  max_streams: 20\n"
+    )
+    message = "line 6: 'limits' is given twice in one mapping (first on line 1)"
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: {message}")):
+        load_config_file(path, env={}, backend_options=backend_options)
+    path.write_text("backends:\n  w: {type: whisper, model: tiny.en, model: base}\n")
+    with pytest.raises(ConfigError, match="line 2: 'model' is given twice"):
+        load_config_file(path, env={}, backend_options=backend_options)
+    path.write_text(
+        "backends:\n  a: &a {type: scripted, text: one, delay_seconds: 0.5}\n"
+        "  b:\n    <<: *a\n    text: two\n"
+        "routing: [{backend: a}]\n"
+    )
+    config = load_config_file(path, env={}, backend_options=backend_options)
+    b = config.backends[1].options
+    assert (b.text, b.delay_seconds) == ("two", 0.5)
