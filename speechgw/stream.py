@@ -470,11 +470,14 @@ class Stream:
         pipeline takes over."""
         backend = self.route[0]
         try:
-            async with (
-                self._grace.guard("stream"),
-                contextlib.aclosing(backend.stream(live, self.spec)) as finals,
-            ):
-                async for transcript in finals:
+            async with contextlib.aclosing(backend.stream(live, self.spec)) as finals:
+                while True:
+                    # the shutdown's cut stops the wait for the next result, never a delivery:
+                    # a final once recognised is billed and sent whole
+                    async with self._grace.guard("stream"):
+                        transcript = await anext(finals, None)
+                    if transcript is None:
+                        break
                     if transcript.interim:
                         await self._deliver_interim(transcript)
                     else:
