@@ -335,7 +335,8 @@ class _Exchange:
             if exc.message.startswith("Part exceeded maximum size"):
                 # most likely the audio sent as a text field (a part with no filename)
                 raise InvalidRequest(
-                    f"a text field is over {_MAX_FIELD_BYTES // 1024} KB (the audio? {_NOT_A_FILE})"
+                    f"a text field is over {_MAX_FIELD_BYTES // 1024} KB; if it is the audio, "
+                    f"{_NOT_A_FILE}"
                 ) from None
             raise InvalidRequest(f"the multipart body is malformed: {exc.message}") from None
         except BaseException:
