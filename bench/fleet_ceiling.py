@@ -32,7 +32,7 @@ from _common import REPO, served
 from protocol_ceiling import ten_second_wav
 from websockets.asyncio.client import connect
 
-from speechgw.app import load_app_config, open_store
+from speechgw.loading import load_app_config, open_store
 from tests.postgres import fresh_database
 
 

@@ -30,13 +30,7 @@ from .config import Config, ServerConfig
 from .early_answer import any_method_route, refusal
 from .errors import ConfigError, start_failure
 from .gateway import Gateway
-from .loading import (
-    backend_options,
-    backends_registry,
-    default_config,
-    load_app_config,
-    open_store,
-)
+from .loading import backends_registry, load_app_config, open_store
 from .metrics import GatewayMetrics
 from .registry import resolve
 from .tuning import check_open_files
@@ -46,14 +40,10 @@ _WEB = Path(__file__).parent / "web"
 """The page at ``/``: the microphone over the streaming protocol, a file over the batch one."""
 
 __all__ = [
-    "backend_options",
     "build_app",
     "build_backends",
     "build_gateway",
     "build_metrics_app",
-    "default_config",
-    "load_app_config",
-    "open_store",
     "reload_gateway",
 ]
 

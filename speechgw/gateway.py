@@ -159,7 +159,10 @@ class Gateway:
         """
         books = Books(protocol)
         try:
-            transcript = await self._recognise_before_the_cut(books, exchange)
+            # stopped by the shutdown's cut (then answered server_busy with a retry hint, in
+            # its protocol's terms) rather than dropped by the server as its grace ends
+            async with self.grace.guard("recording"):
+                transcript = await self._recognise_recording(books, exchange)
             corrected = await self._postprocess(books, transcript)
             await _to_the_end(self.accounting.settle(books, transcript))
         except (ClientGone, anyio.get_cancelled_exc_class()):
@@ -177,17 +180,6 @@ class Gateway:
             self.accounting.close(books, error)
             raise error from None
         return RecordingResult(books.request_id, transcript, corrected, books.audio_seconds)
-
-    async def _recognise_before_the_cut(
-        self, books: Books, exchange: RecordingExchange
-    ) -> Transcript:
-        """The recording recognised, unless the shutdown's grace runs out first: then it is
-        stopped and answered ``server_busy`` with a retry hint, in its protocol's terms (a
-        503 with Retry-After, the batch protocol's error frame and 1013), rather than left
-        for the server to drop (an empty 500, or a WebSocket closed without a word)."""
-        async with self.grace.guard("recording"):
-            return await self._recognise_recording(books, exchange)
-        raise AssertionError("unreachable: the guard raises when it stops the block")
 
     async def _recognise_recording(self, books: Books, exchange: RecordingExchange) -> Transcript:
         async with contextlib.AsyncExitStack() as held:

@@ -191,12 +191,12 @@ class Stream:
         max_seconds: float | None,
         on_transcript: OnTranscript,
         on_error: OnError,
-        on_interim: OnInterim | None = None,
-        grace: GraceCut | None = None,
+        on_interim: OnInterim | None,
+        grace: GraceCut,
     ) -> None:
         self._accounting = accounting
         # the shutdown's end: finals still being recognised then are answered server_busy
-        self._grace = grace if grace is not None else GraceCut(lambda: 0)
+        self._grace = grace
         self._told_of_the_cut = False  # the client has had its one server_busy of the cut
         self.spec = spec
         self.route = route

@@ -25,9 +25,10 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from speechgw.app import backend_options, build_app
+from speechgw.app import build_app
 from speechgw.config import load_config
 from speechgw.gateway import Gateway
+from speechgw.loading import backend_options
 from speechgw.server import event_loop_factory, serve_app
 
 TINY = {"whisper": {"type": "whisper", "model": "tiny.en", "cpu_threads": 1}}

@@ -15,11 +15,11 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from speechgw.app import backend_options
 from speechgw.backend import Backend
 from speechgw.config import load_config, load_config_file
 from speechgw.errors import ConfigError, UnsupportedLanguage, UnsupportedTask
 from speechgw.jobs import Caller, JobSpec
+from speechgw.loading import backend_options
 from speechgw.router import Router
 from tests.certificates import self_signed
 
@@ -285,7 +285,7 @@ def test_router_says_which_part_is_unsupported() -> None:
 
 
 def test_a_file_without_backends_gets_the_embedded_default(tmp_path: Path) -> None:
-    from speechgw.app import load_app_config
+    from speechgw.loading import load_app_config
 
     path = tmp_path / "only-limits.yaml"
     path.write_text("limits:\n  max_audio_seconds: 30\n")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from speechgw.app import load_app_config, open_store
+from speechgw.loading import load_app_config, open_store
 from speechgw.store import USAGE_COLUMNS, SQLiteStore, UsageRecord
 from tests import speech
 from tests.client import transcribe
