@@ -9,11 +9,15 @@ At each client level C, one list of JOBS recordings (the pieces, repeated) is ru
   batched over its own VAD chunks (``batch_size`` = the largest of BATCH_SIZES): what
   faster-whisper offers for one file;
 - the gateway: ``speechgw serve`` with ``concurrency: WORKERS`` and each ``batch_size`` of
-  BATCH_SIZES, C batch-protocol clients.
+  BATCH_SIZES, C batch-protocol clients; segments timed by Whisper's timestamp tokens, and with
+  ``--pauses-batch-sizes`` also by pauses (``segment_times: pauses``: text alone per window)
+  at each of those batch sizes.
 Reported: audio seconds per wall second, p50/p95 request latency, and how many texts differ
-from ``WhisperModel``'s for the same job.
+from ``WhisperModel``'s for the same job (and, in the log, from ``BatchedInferencePipeline``'s,
+which decodes text alone as ``segment_times: pauses`` does).
 
-    python bench/batching.py [--levels 1,4,16] [--batch-sizes 1,4] [--jobs 32]     # CPU
+    python bench/batching.py [--levels 1,4,16] [--batch-sizes 1,4] [--pauses-batch-sizes 1,4]
+        [--jobs 32]                                                                  # CPU
     python3 bench/batching.py --device cuda --compute-type float16 --model "$SPEECHGW_GPU_MODEL" \\
         --audio "$SPEECHGW_GPU_AUDIO" --levels 1,16,64 --batch-sizes 1,8,16,32 --jobs 256 \\
         --workers 1 --out "$OUT"                                                   # the GPU
@@ -79,6 +83,7 @@ def main() -> int:
     parser.add_argument("--audio", type=Path, help="folder of piece*.wav")
     parser.add_argument("--levels", default="1,4,16")
     parser.add_argument("--batch-sizes", default="1,4")
+    parser.add_argument("--pauses-batch-sizes", default="", help="segment_times: pauses")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--cpu-threads", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=32)
@@ -86,7 +91,9 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     levels = [int(x) for x in args.levels.split(",")]
-    batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
+    batch_sizes = [int(x) for x in args.batch_sizes.split(",") if x]
+    pauses_batch_sizes = [int(x) for x in args.pauses_batch_sizes.split(",") if x]
+    gateways = [("tokens", b) for b in batch_sizes] + [("pauses", b) for b in pauses_batch_sizes]
 
     work = Path(tempfile.mkdtemp(prefix="speechgw-batching-"))
     paths = sorted(args.audio.glob("piece*.wav")) if args.audio else recordings(work)
@@ -118,35 +125,54 @@ def main() -> int:
 
     def batched_pipeline(i: int) -> str:
         segments, _ = pipeline.transcribe(
-            pieces[i][1], language="en", beam_size=5, batch_size=max(batch_sizes)
+            pieces[i][1], language="en", beam_size=5, batch_size=max(b for _, b in gateways)
         )
         return "".join(s.text for s in segments).strip()
 
     results: dict[str, dict[int, dict]] = {}
     reference = {i: whisper(i) for i in range(len(pieces))}  # also warms the model up
-    for name, run in (("WhisperModel", whisper), ("BatchedInferencePipeline", batched_pipeline)):
-        results[name] = {c: measure(run, jobs, c, seconds) for c in levels}
-        print(f"{name}: done", flush=True)
+    untimed = {i: batched_pipeline(i) for i in range(len(pieces))}
 
-    for batch_size in batch_sizes:
+    def measured(name: str, run) -> dict[int, dict]:
+        """Each level's figures, each printed as soon as it is taken (a run cut short by its
+        time limit still leaves the levels it reached in the log)."""
+        by_level = {}
+        for c in levels:
+            r = by_level[c] = measure(run, jobs, c, seconds)
+            differ = sum(r["texts"][n] != reference[jobs[n]] for n in range(len(jobs)))
+            unlike = sum(r["texts"][n] != untimed[jobs[n]] for n in range(len(jobs)))
+            print(
+                f"{name}, {c} clients: {r['audio_s_per_s']:.1f} audio s/s, "
+                f"p50 {r['p50']:.2f} s, p95 {r['p95']:.2f} s, {differ} texts differ "
+                f"({unlike} from BatchedInferencePipeline's)",
+                flush=True,
+            )
+        return by_level
+
+    for name, run in (("WhisperModel", whisper), ("BatchedInferencePipeline", batched_pipeline)):
+        results[name] = measured(name, run)
+
+    for segment_times, batch_size in gateways:
         config = whisper_gateway_config(
-            work / f"gateway-b{batch_size}.yaml",
+            work / f"gateway-{segment_times}-b{batch_size}.yaml",
             model=model_path,
             device=args.device,
             compute_type=args.compute_type,
             cpu_threads=args.cpu_threads,
             concurrency=args.workers,
             batch_size=batch_size,
+            segment_times=segment_times,
         )
         name = f"gateway, batch_size {batch_size}"
+        if segment_times != "tokens":
+            name += f", segment_times {segment_times}"
         with served(config) as url:
             gateway_transcribe(url, pieces[0][0])  # warm up
 
             def gateway(i: int, url: str = url) -> str:
                 return gateway_transcribe(url, pieces[i][0])[1] or ""
 
-            results[name] = {c: measure(gateway, jobs, c, seconds) for c in levels}
-        print(f"{name}: done", flush=True)
+            results[name] = measured(name, gateway)
 
     lines = [
         f"{args.model} on {args.device} ({args.compute_type}), {args.workers} worker(s), "

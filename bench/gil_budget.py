@@ -79,6 +79,7 @@ def main() -> int:
     parser.add_argument("--compute-type", default="int8")
     parser.add_argument("--audio", type=Path, help="folder of piece*.wav")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--segment-times", default="tokens", choices=["tokens", "pauses"])
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--cpu-threads", type=int, default=2)
     parser.add_argument("--clients", type=int, default=16)
@@ -112,6 +113,7 @@ def main() -> int:
         cpu_threads=args.cpu_threads,
         concurrency=args.workers,
         batch_size=args.batch_size,
+        segment_times=args.segment_times,
     )
     raw = work / "gil.txt"
     done = {"audio": 0.0, "requests": 0}
@@ -171,6 +173,7 @@ def main() -> int:
     unit, units = ("reply", "replies") if args.streams else ("request", "requests")
     print(
         f"{args.model} on {args.device}, {args.event_loop} loop, batch_size {args.batch_size}, "
+        f"segment_times {args.segment_times}, "
         f"{args.workers} worker(s) x {args.cpu_threads} thread(s), {args.clients} {what}: "
         f"{audio / sampled:.1f} audio s/s, "
         f"{requests / sampled:.2f} {units}/s ({audio / max(requests, 1):.1f} s each) "

@@ -4,13 +4,19 @@
 #   bash ../shared/gpu/prep.sh
 #   .venv/bin/pip download --no-deps -d .gpu2 py-spy      # for the GIL figure (optional)
 #   run, carrying .gpu1:  bash .gpu1/setup.sh
-#   run, carrying .gpu2:  bash .gpu2/run.sh bash bench/gpu_issue17.sh     (timeout 600)
+#   run, carrying .gpu2:  bash .gpu2/run.sh bash bench/gpu_issue17.sh     (timeout 590)
 #
 # 1. bench/batching.py: in-process WhisperModel and BatchedInferencePipeline against the
-#    gateway at batch sizes 1, 8, 32; 1, 16 and 64 clients; texts compared.
-# 2. bench/gil_budget.py: the gateway's GIL time per audio second on the GPU, 64 clients.
-# 3. gpu_bench.py phase 5: 64 and 200 real-time streams through the batching gateway.
-# Everything printed goes to $OUT/issue17.log; tables to $OUT/batching.md, $OUT/gpu_results.txt.
+#    gateway, segments timed by timestamp tokens (batch_size 1) and by pauses (batch sizes 1,
+#    8, 32); 1, 16 and 64 clients; texts compared. (2026-12-04 measured tokens at 1, 8, 32:
+#    batching did not pay with timestamp tokens; BENCHMARKS.md "Batched Whisper on the GPU".)
+#    Then 2 model workers (two batches in flight: one is formed while the other runs), 64
+#    clients, pauses at batch sizes 16 and 32.
+# 2. bench/stream_capacity.py: 64 and 200 real-time streams (limits.max_streams raised from
+#    its default 64), batch_size 32, segments by pauses, then tokens at the default batch 8.
+# 3. bench/gil_budget.py: the gateway's GIL time per audio second on the GPU, 64 clients,
+#    batch_size 32, segments by pauses.
+# Everything printed goes to $OUT/issue17.log; tables to $OUT/batching.md.
 # Rehearse here first: bash ../shared/gpu/local.sh env QUICK=1 bash bench/gpu_issue17.sh
 # (the CPU, int8, a few jobs).
 set -u
@@ -19,12 +25,39 @@ mkdir -p "$out"
 model=$SPEECHGW_GPU_MODEL
 audio=$SPEECHGW_GPU_AUDIO
 log=$out/issue17.log
-cuda=(--device cuda --compute-type float16 --model "$model" --audio "$audio")
-levels=1,16,64 sizes=1,8,32 jobs=128 clients=64 batch=32 seconds=30 streams=64,200
+device=cuda compute=float16
+levels=1,16,64 tokens=1 pauses=1,8,32 jobs=128 clients=64 batch=32 seconds=20
+streams=64,200 stream_batch=32 top=64 pauses2=16,32
 if [ "${QUICK:-}" = 1 ]; then
-  cuda=(--device cpu --compute-type int8 --model "$model" --audio "$audio")
-  levels=1,2 sizes=1,2 jobs=4 clients=4 batch=2 seconds=5 streams=2
+  device=cpu compute=int8
+  levels=1,2 tokens=1 pauses=2 jobs=4 clients=4 batch=2 seconds=5 streams=1,2 stream_batch=2
+  top=2 pauses2=2
 fi
+cuda=(--device $device --compute-type $compute --model "$model" --audio "$audio")
+
+# a gateway config for the streams: the model, batching, segment times, room for 512 streams
+streams_config() { # FILE BATCH_SIZE SEGMENT_TIMES
+  cat >"$1" <<YAML
+backends:
+  whisper:
+    type: whisper
+    model: $model
+    device: $device
+    compute_type: $compute
+    concurrency: 1
+    batch_size: $2
+    segment_times: $3
+routing:
+  - backend: whisper
+store:
+  path: null
+limits:
+  max_streams: 512
+  max_connections: 1024
+logging:
+  level: INFO
+YAML
+}
 
 {
   if ls .gpu2/py_spy-*.whl >/dev/null 2>&1; then
@@ -32,19 +65,26 @@ fi
     export PATH=/tmp/pyspy/bin:$PATH
   fi
   echo "== batching ($(date +%T))"
-  timeout 300 python3 bench/batching.py "${cuda[@]}" --levels $levels --batch-sizes $sizes \
-    --jobs $jobs --workers 1 --out /tmp/issue17-batching
+  timeout 260 python3 bench/batching.py "${cuda[@]}" --levels $levels --batch-sizes $tokens \
+    --pauses-batch-sizes $pauses --jobs $jobs --workers 1 --out /tmp/issue17-batching
   cp /tmp/issue17-batching/batching.md /tmp/issue17-batching/batching.json "$out"/ 2>/dev/null
+  echo "== batching, 2 model workers, $top clients ($(date +%T))"
+  timeout 80 python3 bench/batching.py "${cuda[@]}" --levels $top --batch-sizes "" \
+    --pauses-batch-sizes $pauses2 --jobs $jobs --workers 2 --out /tmp/issue17-batching2
+  cp /tmp/issue17-batching2/batching.md "$out"/batching-2-workers.md 2>/dev/null
+  streams_config /tmp/issue17-pauses.yaml $stream_batch pauses
+  streams_config /tmp/issue17-tokens.yaml 8 tokens
+  for kind in pauses tokens; do
+    echo "== streams, segment_times $kind ($(date +%T))"
+    timeout 90 python3 bench/stream_capacity.py --config /tmp/issue17-$kind.yaml \
+      --audio "$audio" --clips 2 --levels $streams
+  done
   echo "== GIL budget ($(date +%T))"
   if command -v py-spy >/dev/null; then
-    timeout 90 python3 bench/gil_budget.py "${cuda[@]}" --batch-size $batch --clients $clients \
-      --seconds $seconds --detail 5
+    timeout 45 python3 bench/gil_budget.py "${cuda[@]}" --batch-size $batch --clients $clients \
+      --segment-times pauses --seconds $seconds --detail 5
   else
     echo "py-spy is not here: skipped"
   fi
-  echo "== streams ($(date +%T))"
-  timeout 140 python3 .gpu2/gpu_bench.py "${cuda[@]:0:4}" --workers 4 --levels 1 --rounds 1 \
-    --jobs 8 --streams $streams --stream-pieces 2 --deadline 130 --out /tmp/issue17-streams
-  cp /tmp/issue17-streams/gpu_results.txt "$out"/ 2>/dev/null
   echo "== done ($(date +%T))"
 } 2>&1 | tee "$log"

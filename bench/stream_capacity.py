@@ -7,10 +7,11 @@ per N: p95 of "last chunk of an utterance -> its asr_reply", utterances without 
 the server's resident memory. The capacity is the largest N whose p95 stays under 1.5 s.
 
     python bench/stream_capacity.py [--levels 1,2,3,4,6,8] [--clips 4] [--config bench/tiny.en.yaml]
-        [--interim]
+        [--interim] [--audio DIR]
 
 ``--interim``: every stream asks for interim results, which then compete with the finals for
-the worker (finals first).
+the worker (finals first). ``--audio DIR``: the ``piece*.wav`` there (16 kHz mono, as the GPU
+recipe carries them) instead of ../shared/audio's recordings.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import threading
+import wave
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import REPO, english_clips, served, tempdir
+from _common import REPO, Clip, english_clips, served, tempdir
 from stream_latency import run_once
 
 
@@ -47,15 +49,26 @@ class Peak:
         self._thread.join()
 
 
+def pieces(folder: Path) -> list[Clip]:
+    """The 16 kHz mono WAVs ``piece*.wav`` of ``folder``, in order (no references)."""
+    clips = []
+    for path in sorted(folder.glob("piece*.wav")):
+        with wave.open(str(path)) as w:
+            clips.append(Clip(path.stem, path, "", w.getnframes() / w.getframerate()))
+    return clips
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default="1,2,3,4,6,8")
     parser.add_argument("--clips", type=int, default=4)
     parser.add_argument("--config", type=Path, default=REPO / "bench" / "tiny.en.yaml")
     parser.add_argument("--interim", action="store_true")
+    parser.add_argument("--audio", type=Path, help="a folder of piece*.wav to stream")
     args = parser.parse_args()
     with tempdir() as work:
-        clips = english_clips(Path(work))[: args.clips]
+        clips = pieces(args.audio) if args.audio else english_clips(Path(work))
+        clips = clips[: args.clips]
         print(f"{len(clips)} clips per stream, {sum(c.seconds for c in clips):.1f} s of speech")
         with served(args.config) as url:
             run_once(url, clips[:1], 0)  # warm up
