@@ -133,6 +133,18 @@ class WhisperOptions:
             pauses into windows decoded at once, in the same batches (a long file then takes
             one window's time, not the sum); each window is decoded without the text before
             it, so texts can differ from the unbatched ones (BENCHMARKS.md measures it).
+        segment_times: how a segment's start and end are found. ``tokens``: Whisper writes
+            timestamp tokens between its segments (a segment per phrase or sentence, as
+            faster-whisper gives them). ``pauses``: a recording is cut at its pauses into
+            windows of speech of up to 30 s, each decoded as text alone and returned as one
+            segment from its first speech to its last (what faster-whisper's
+            ``BatchedInferencePipeline`` does); a stream's utterance is decoded as text
+            alone too (on base with the stream's context that lost some of the speaker's
+            words: BENCHMARKS.md, "A stream's utterance decoded without timestamps"). On a
+            GPU, CTranslate2 applies the timestamp rules one beam at a time, on the CPU, so
+            with ``tokens`` a batch costs about what its calls cost alone; ``pauses`` is the
+            setting under which batching can pay there (BENCHMARKS.md, "Batched Whisper on
+            the GPU"). Texts differ a little (each window without the text before it).
     """
 
     model: str = "base"
@@ -162,6 +174,7 @@ class WhisperOptions:
     batch_size: Annotated[int | None, AtLeastOne] = None
     batch_window_ms: Annotated[float, NonNegative] = 10.0
     batch_split_recordings: bool = False
+    segment_times: Literal["tokens", "pauses"] = "tokens"
     prompt_tokens: Annotated[int | None, NonNegative] = None
 
     def validate(self, path: str) -> None:
@@ -454,7 +467,7 @@ class WhisperBackend(Backend):
             raise BackendUnavailable(f"the Whisper model of backend {self.name!r} is not loaded")
         if spec.interim or spec.early_final:
             return await self._glimpse(audio, spec)
-        if self._batcher is not None and self._splits(audio, spec):
+        if self._splits(audio, spec):
             return await self._run_split(audio, spec, on_segment)
         async with self._utterances if spec.segmented else self._recordings:
             return await self._in_thread(audio, spec, on_segment)
@@ -477,11 +490,17 @@ class WhisperBackend(Backend):
             lane.release()
 
     def _splits(self, audio: np.ndarray, spec: JobSpec) -> bool:
+        """Whether a recording is decoded as windows cut at its pauses: always when segments
+        are timed by pauses, else when batching is asked to split one longer than a window."""
         from .whisper_batching import WINDOW_SECONDS
 
+        if spec.segmented:
+            return False
+        if self.options.segment_times == "pauses":
+            return True
         return (
-            self.options.batch_split_recordings
-            and not spec.segmented
+            self._batcher is not None
+            and self.options.batch_split_recordings
             and len(audio) > WINDOW_SECONDS * SAMPLE_RATE
         )
 
@@ -610,6 +629,8 @@ class WhisperBackend(Backend):
             # its second window on its first as well made tiny.en rate 19 s of clear speech
             # 0.57 "no speech" (NASA podcast part 1), which the filter below then dropped.
             condition_on_previous_text=not spec.segmented,
+            # text alone: the window (cut at pauses) is the segment
+            without_timestamps=self.options.segment_times == "pauses",
         )
         spoken = _SpeechCheck(self.options, audio) if spec.segmented else None
         kept = []

@@ -558,6 +558,58 @@ def test_a_long_recording_split_at_pauses_keeps_its_words_and_times(voices, tmp_
     assert all(s.decoding.seek / 100 <= s.start + 0.02 for s in transcript.segments)
 
 
+def test_segments_timed_by_pauses_each_cover_a_window_of_speech(voices, tmp_path) -> None:
+    """``segment_times: pauses`` (the GPU's batching setting): a 40 s recording of sentences 3 s
+    apart comes back as one segment per window of speech (up to 30 s, cut at a pause), each
+    running from its window's first speech to its last, holding the words said there; every
+    sentence is heard. A stream on the same server is heard as well."""
+    names = list(speech.SENTENCES)
+    path = speech.concat([voices[n] for n in names], tmp_path / "long.wav", silence_seconds=3.0)
+    spans, at = [], 0.0
+    for name in names:
+        spans.append((at, at + speech.duration(voices[name])))
+        at += speech.duration(voices[name]) + 3.0
+    backends = {
+        "whisper": {
+            "type": "whisper",
+            "model": "tiny.en",
+            "cpu_threads": 2,
+            "batch_size": 4,
+            "segment_times": "pauses",
+        }
+    }
+    with running_server(backends=backends) as server:
+        reply = transcribe(server.ws, path.read_bytes()).reply
+        segments = reply["segments"]
+        # 40 s of speech: more than one window, far fewer segments than sentences
+        assert 2 <= len(segments) < len(names), segments
+        assert " ".join(s["text"] for s in segments).split() == reply["text"].split()
+        said = " ".join(speech.SENTENCES[n] for n in names)
+        assert speech.word_recall(said, reply["text"]) >= 0.85, reply["text"]
+        for segment in segments:
+            assert segment["end"] - segment["start"] <= 30.0, segment
+            # it starts as a sentence starts and ends as one ends (espeak-ng's own quiet at
+            # either end of a sentence is trimmed), and holds those sentences' words
+            inside = [
+                n
+                for n, (a, b) in zip(names, spans, strict=True)
+                if a >= segment["start"] - 0.6 and b <= segment["end"] + 0.6
+            ]
+            assert inside and abs(spans[names.index(inside[0])][0] - segment["start"]) < 0.6
+            assert abs(spans[names.index(inside[-1])][1] - segment["end"]) < 0.6, segment
+            words = " ".join(speech.SENTENCES[n] for n in inside)
+            assert speech.word_recall(words, segment["text"]) >= 0.8, (inside, segment)
+        covered = sum(
+            any(a >= s["start"] - 0.6 and b <= s["end"] + 0.6 for s in segments) for a, b in spans
+        )
+        assert covered == len(names), (spans, segments)
+
+        three = ["market", "window", "coffee"]
+        short = speech.concat([voices[n] for n in three], tmp_path / "3.wav", silence_seconds=1.0)
+        pcm, rate = read_pcm16(short)
+        assert_sentences(stream_pcm(server.ws, pcm, rate), three)
+
+
 @pytest.mark.parametrize("model", ["tiny.en", "base"])
 def test_the_tokens_suppressed_once_are_faster_whispers_defaults(model: str) -> None:
     """The backend works out the suppressed tokens once per model (faster-whisper would encode
