@@ -10,14 +10,14 @@ At each client level C, one list of JOBS recordings (the pieces, repeated) is ru
   faster-whisper offers for one file;
 - the gateway: ``speechgw serve`` with ``concurrency: WORKERS`` and each ``batch_size`` of
   BATCH_SIZES, C batch-protocol clients; segments timed by Whisper's timestamp tokens, and with
-  ``--pauses-batch-sizes`` also by pauses (``segment_times: pauses``: text alone per window)
-  at each of those batch sizes.
+  ``--more-gateways TIMES:SIZE,...`` also with those ``segment_times`` and batch sizes
+  (``pauses``: text alone per window).
 Reported: audio seconds per wall second, p50/p95 request latency, and how many texts differ
 from ``WhisperModel``'s for the same job (and, in the log, from ``BatchedInferencePipeline``'s,
 which decodes text alone as ``segment_times: pauses`` does).
 
-    python bench/batching.py [--levels 1,4,16] [--batch-sizes 1,4] [--pauses-batch-sizes 1,4]
-        [--jobs 32]                                                                  # CPU
+    python bench/batching.py [--levels 1,4,16] [--batch-sizes 1,4] [--jobs 32]
+        [--more-gateways pauses:1,pauses:4]                                          # CPU
     python3 bench/batching.py --device cuda --compute-type float16 --model "$SPEECHGW_GPU_MODEL" \\
         --audio "$SPEECHGW_GPU_AUDIO" --levels 1,16,64 --batch-sizes 1,8,16,32 --jobs 256 \\
         --workers 1 --out "$OUT"                                                   # the GPU
@@ -83,7 +83,9 @@ def main() -> int:
     parser.add_argument("--audio", type=Path, help="folder of piece*.wav")
     parser.add_argument("--levels", default="1,4,16")
     parser.add_argument("--batch-sizes", default="1,4")
-    parser.add_argument("--pauses-batch-sizes", default="", help="segment_times: pauses")
+    parser.add_argument(
+        "--more-gateways", default="", help="SEGMENT_TIMES:BATCH_SIZE,... (pauses:8)"
+    )
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--cpu-threads", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=32)
@@ -92,8 +94,10 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     levels = [int(x) for x in args.levels.split(",")]
     batch_sizes = [int(x) for x in args.batch_sizes.split(",") if x]
-    pauses_batch_sizes = [int(x) for x in args.pauses_batch_sizes.split(",") if x]
-    gateways = [("tokens", b) for b in batch_sizes] + [("pauses", b) for b in pauses_batch_sizes]
+    gateways = [("tokens", b) for b in batch_sizes]
+    for item in filter(None, args.more_gateways.split(",")):
+        times, size = item.split(":")
+        gateways.append((times, int(size)))
 
     work = Path(tempfile.mkdtemp(prefix="speechgw-batching-"))
     paths = sorted(args.audio.glob("piece*.wav")) if args.audio else recordings(work)

@@ -26,12 +26,12 @@ model=$SPEECHGW_GPU_MODEL
 audio=$SPEECHGW_GPU_AUDIO
 log=$out/issue17.log
 device=cuda compute=float16
-levels=1,16,64 tokens=1 pauses=1,8,32 jobs=128 clients=64 batch=32 seconds=20
-streams=64,200 stream_batch=32 top=64 pauses2=16,32
+levels=1,16,64 tokens=1 more=pauses:1,pauses:8,pauses:32 jobs=128 clients=64 batch=32
+seconds=20 streams=64,200 stream_batch=32 top=64 more2=pauses:16,pauses:32
 if [ "${QUICK:-}" = 1 ]; then
   device=cpu compute=int8
-  levels=1,2 tokens=1 pauses=2 jobs=4 clients=4 batch=2 seconds=5 streams=1,2 stream_batch=2
-  top=2 pauses2=2
+  levels=1,2 tokens=1 more=pauses:2 jobs=4 clients=4 batch=2 seconds=5 streams=1,2
+  stream_batch=2 top=2 more2=pauses:2
 fi
 cuda=(--device $device --compute-type $compute --model "$model" --audio "$audio")
 
@@ -66,11 +66,11 @@ YAML
   fi
   echo "== batching ($(date +%T))"
   timeout 260 python3 bench/batching.py "${cuda[@]}" --levels $levels --batch-sizes $tokens \
-    --pauses-batch-sizes $pauses --jobs $jobs --workers 1 --out /tmp/issue17-batching
+    --more-gateways $more --jobs $jobs --workers 1 --out /tmp/issue17-batching
   cp /tmp/issue17-batching/batching.md /tmp/issue17-batching/batching.json "$out"/ 2>/dev/null
   echo "== batching, 2 model workers, $top clients ($(date +%T))"
   timeout 80 python3 bench/batching.py "${cuda[@]}" --levels $top --batch-sizes "" \
-    --pauses-batch-sizes $pauses2 --jobs $jobs --workers 2 --out /tmp/issue17-batching2
+    --more-gateways $more2 --jobs $jobs --workers 2 --out /tmp/issue17-batching2
   cp /tmp/issue17-batching2/batching.md "$out"/batching-2-workers.md 2>/dev/null
   streams_config /tmp/issue17-pauses.yaml $stream_batch pauses
   streams_config /tmp/issue17-tokens.yaml 8 tokens
