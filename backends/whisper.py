@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import re
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
@@ -145,6 +146,10 @@ class WhisperOptions:
             with ``tokens`` a batch costs about what its calls cost alone; ``pauses`` is the
             setting under which batching can pay there (BENCHMARKS.md, "Batched Whisper on
             the GPU"). Texts differ a little (each window without the text before it).
+            ``sentences``: as ``pauses``, then each window's text is aligned to its audio
+            (Whisper's cross-attention, as word timestamps are found) and cut into one
+            segment per sentence, timed by its words (as WhisperX does after batched
+            decoding): one more pass per window.
     """
 
     model: str = "base"
@@ -174,7 +179,7 @@ class WhisperOptions:
     batch_size: Annotated[int | None, AtLeastOne] = None
     batch_window_ms: Annotated[float, NonNegative] = 10.0
     batch_split_recordings: bool = False
-    segment_times: Literal["tokens", "pauses"] = "tokens"
+    segment_times: Literal["tokens", "pauses", "sentences"] = "tokens"
     prompt_tokens: Annotated[int | None, NonNegative] = None
 
     def validate(self, path: str) -> None:
@@ -496,7 +501,7 @@ class WhisperBackend(Backend):
 
         if spec.segmented:
             return False
-        if self.options.segment_times == "pauses":
+        if self.options.segment_times != "tokens":
             return True
         return (
             self._batcher is not None
@@ -590,7 +595,7 @@ class WhisperBackend(Backend):
             raw, language = self._decode(audio, spec, None, progress)
         if progress is not None:
             progress.flush()
-        segments = tuple(_segment(s) for s in raw)
+        segments = tuple(piece for s in raw for piece in self._segments(s, spec))
         # Whisper's segment texts carry their own leading spaces (none in Chinese or Japanese).
         text = "".join(s.text for s in raw).strip()
         return Transcript(text=text, segments=segments, language=language, backend=self.name)
@@ -607,12 +612,36 @@ class WhisperBackend(Backend):
         ).ids
         return tokens[-limit:]
 
+    def _segments(self, raw: Any, spec: JobSpec) -> list[Segment]:
+        """A kept faster-whisper segment as the gateway's: cut into its sentences with
+        ``segment_times: sentences`` (a recording's), its words kept only if asked for."""
+        if self.options.segment_times != "sentences" or spec.segmented or not raw.words:
+            return [_segment(raw)]
+        pieces = []
+        for words in _sentences(raw.words):
+            text = "".join(w.word for w in words).strip()
+            tokens = self._model.hf_tokenizer.encode(  # type: ignore[union-attr]
+                " " + text, add_special_tokens=False
+            ).ids
+            piece = dataclasses.replace(
+                raw, text=text, start=words[0].start, end=words[-1].end, tokens=tokens, words=words
+            )
+            pieces.append(_segment(piece))
+        if not (spec.word_timestamps or spec.word_probabilities):
+            pieces = [dataclasses.replace(p, words=()) for p in pieces]
+        return pieces
+
     def _decode(
         self, audio: np.ndarray, spec: JobSpec, prompt: str | None, progress: _Progress | None
     ) -> tuple[list, str]:
         """The segments worth keeping, and the language; decoding happens here, in the worker
         thread, as faster-whisper's segment generator is consumed (each kept segment goes to
         ``progress`` as it comes)."""
+        from .whisper_batching import WINDOW_SECONDS
+
+        untimed = self.options.segment_times != "tokens"
+        by_sentence = self.options.segment_times == "sentences" and not spec.segmented
+        one_window = untimed and len(audio) <= WINDOW_SECONDS * SAMPLE_RATE
         segments_iter, info = self._model.transcribe(  # type: ignore[union-attr]
             audio,
             language=spec.language,
@@ -623,14 +652,15 @@ class WhisperBackend(Backend):
             initial_prompt=self._prompt(prompt),
             suppress_tokens=self._suppress_tokens,
             temperature=(0.0,) if spec.interim else _temperatures(spec.temperature),
-            # a word's probability comes from the same alignment pass as its timing
-            word_timestamps=spec.word_timestamps or spec.word_probabilities,
+            # a word's probability comes from the same alignment pass as its timing, and a
+            # recording's sentences are timed by their words
+            word_timestamps=spec.word_timestamps or spec.word_probabilities or by_sentence,
             # An utterance's context is the stream's last replies (``prompt``). Conditioning
             # its second window on its first as well made tiny.en rate 19 s of clear speech
             # 0.57 "no speech" (NASA podcast part 1), which the filter below then dropped.
             condition_on_previous_text=not spec.segmented,
-            # text alone: the window (cut at pauses) is the segment
-            without_timestamps=self.options.segment_times == "pauses",
+            # text alone: the window (cut at pauses) is the segment, or its sentences are
+            without_timestamps=untimed,
         )
         spoken = _SpeechCheck(self.options, audio) if spec.segmented else None
         kept = []
@@ -641,7 +671,14 @@ class WhisperBackend(Backend):
                 if _has_words(segment.text) and (spoken is None or spoken(segment)):
                     kept.append(segment)
                     if progress is not None:
-                        progress.add(_segment(segment), prompt)
+                        for piece in self._segments(segment, spec):
+                            progress.add(piece, prompt)
+                if one_window:
+                    # Decoded as text alone, one window is one segment. With word timestamps
+                    # faster-whisper would go on from the last word's end and decode the rest
+                    # of the window again: the tail heard twice, or made up.
+                    segments_iter.close()
+                    break
         return kept, info.language
 
 
@@ -689,6 +726,27 @@ def _non_speech_tokens(model: object) -> list[int]:
         language="en",
     )
     return list(tokenizer.non_speech_tokens)
+
+
+_SENTENCE_END = ".?!。？！…"
+_NOT_AN_END = re.compile(
+    r"^(?:(?:[A-Za-z]\.)+|mr|mrs|ms|dr|prof|st|jr|sr|vs|etc|e\.g|i\.e|inc|ltd|co)\.?$",
+    re.IGNORECASE,
+)
+"""Words that end in a full stop without ending a sentence: initials ("U.S."), titles and the
+usual abbreviations."""
+
+
+def _sentences(words: Sequence[Any]) -> list[list[Any]]:
+    """Words (faster-whisper's, each with its leading space) grouped into sentences: a group
+    ends at a word whose text ends a sentence (``.``, ``?``, ``!`` and their CJK forms)."""
+    groups: list[list[Any]] = [[]]
+    for word in words:
+        groups[-1].append(word)
+        text = word.word.strip().rstrip("\"'”’)]")
+        if text and text[-1] in _SENTENCE_END and not _NOT_AN_END.match(text):
+            groups.append([])
+    return [g for g in groups if g]
 
 
 def _segment(raw: Any) -> Segment:

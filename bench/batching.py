@@ -11,7 +11,7 @@ At each client level C, one list of JOBS recordings (the pieces, repeated) is ru
 - the gateway: ``speechgw serve`` with ``concurrency: WORKERS`` and each ``batch_size`` of
   BATCH_SIZES, C batch-protocol clients; segments timed by Whisper's timestamp tokens, and with
   ``--more-gateways TIMES:SIZE,...`` also with those ``segment_times`` and batch sizes
-  (``pauses``: text alone per window).
+  (``pauses``: text alone per window; ``sentences``: those windows cut into sentences).
 Reported: audio seconds per wall second, p50/p95 request latency, and how many texts differ
 from ``WhisperModel``'s for the same job (and, in the log, from ``BatchedInferencePipeline``'s,
 which decodes text alone as ``segment_times: pauses`` does).

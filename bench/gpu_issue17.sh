@@ -11,7 +11,7 @@
 #    8, 32); 1, 16 and 64 clients; texts compared. (2026-12-04 measured tokens at 1, 8, 32:
 #    batching did not pay with timestamp tokens; BENCHMARKS.md "Batched Whisper on the GPU".)
 #    Then 2 model workers (two batches in flight: one is formed while the other runs), 64
-#    clients, pauses at batch sizes 16 and 32.
+#    clients, pauses at batch sizes 16 and 32, sentences at 32.
 # 2. bench/stream_capacity.py: 64 and 200 real-time streams (limits.max_streams raised from
 #    its default 64), batch_size 32, segments by pauses, then tokens at the default batch 8.
 # 3. bench/gil_budget.py: the gateway's GIL time per audio second on the GPU, 64 clients,
@@ -27,11 +27,11 @@ audio=$SPEECHGW_GPU_AUDIO
 log=$out/issue17.log
 device=cuda compute=float16
 levels=1,16,64 tokens=1 more=pauses:1,pauses:8,pauses:32 jobs=128 clients=64 batch=32
-seconds=20 streams=64,200 stream_batch=32 top=64 more2=pauses:16,pauses:32
+seconds=20 streams=64,200 stream_batch=32 top=64 more2=pauses:16,pauses:32,sentences:32
 if [ "${QUICK:-}" = 1 ]; then
   device=cpu compute=int8
   levels=1,2 tokens=1 more=pauses:2 jobs=4 clients=4 batch=2 seconds=5 streams=1,2
-  stream_batch=2 top=2 more2=pauses:2
+  stream_batch=2 top=2 more2=pauses:2,sentences:2
 fi
 cuda=(--device $device --compute-type $compute --model "$model" --audio "$audio")
 

@@ -2,12 +2,14 @@
 """Recordings decoded in windows cut at pauses: what it costs in words and gains in time, on the
 English recordings of ../shared/audio (longer than 30 s unless ``--min-seconds`` says less).
 
-Each recording is decoded by the Whisper backend in this process, three ways: unbatched and
+Each recording is decoded by the Whisper backend in this process, four ways: unbatched and
 whole (faster-whisper's sequential windows, each conditioned on the text before, timestamp
 tokens between segments); batched with ``batch_split_recordings`` (windows cut at pauses,
 decoded at once in shared batches, timestamp tokens as before); batched with ``segment_times:
 pauses`` (the same windows, each decoded as text alone and returned as one segment: the setting
-under which batching pays on a GPU). Word error rate against the reference, wall time, segments.
+under which batching pays on a GPU); and with ``segment_times: sentences`` (those windows cut
+into sentences by the times of their words). Word error rate against the reference, wall time,
+segments.
 
     python bench/split_accuracy.py [--model tiny.en] [--batch-size 8] [--cpu-threads 2]
         [--min-seconds 30]
@@ -66,6 +68,7 @@ def main() -> int:
         "whole": WhisperOptions(**base, batch_size=1),
         "split": WhisperOptions(**batched, batch_split_recordings=True),
         "pauses": WhisperOptions(**batched, segment_times="pauses"),
+        "sentences": WhisperOptions(**batched, segment_times="sentences"),
     }
     results = {name: asyncio.run(decode_all(options, clips)) for name, options in sides.items()}
     totals = {name: [0, 0, 0.0, 0] for name in sides}

@@ -19,7 +19,7 @@ from speechgw.backends.whisper import WhisperBackend, WhisperOptions
 from speechgw.batching import BatchCancelled, CallBatcher, JobContext, Priority, PriorityGate
 from speechgw.jobs import Caller, JobSpec
 from tests import speech
-from tests.client import transcribe
+from tests.client import multipart_upload, post, transcribe
 from tests.serving import running_server
 from tests.streaming_client import assert_sentences, read_pcm16, stream_pcm
 from tests.waiting import wait_for
@@ -558,28 +558,54 @@ def test_a_long_recording_split_at_pauses_keeps_its_words_and_times(voices, tmp_
     assert all(s.decoding.seek / 100 <= s.start + 0.02 for s in transcript.segments)
 
 
-def test_segments_timed_by_pauses_each_cover_a_window_of_speech(voices, tmp_path) -> None:
-    """``segment_times: pauses`` (the GPU's batching setting): a 40 s recording of sentences 3 s
-    apart comes back as one segment per window of speech (up to 30 s, cut at a pause), each
-    running from its window's first speech to its last, holding the words said there; every
-    sentence is heard. A stream on the same server is heard as well."""
+@pytest.fixture(scope="module")
+def sentences_3s_apart(voices, tmp_path_factory) -> tuple[bytes, list[str], list[tuple]]:
+    """40 s: the six sentences, each followed by 3 s of silence; the WAV, the names in order,
+    and each sentence's (start, end) in s."""
     names = list(speech.SENTENCES)
-    path = speech.concat([voices[n] for n in names], tmp_path / "long.wav", silence_seconds=3.0)
+    folder = tmp_path_factory.mktemp("apart")
+    path = speech.concat([voices[n] for n in names], folder / "long.wav", silence_seconds=3.0)
     spans, at = [], 0.0
     for name in names:
         spans.append((at, at + speech.duration(voices[name])))
         at += speech.duration(voices[name]) + 3.0
+    return path.read_bytes(), names, spans
+
+
+def segment_times_server(mode: str):
     backends = {
         "whisper": {
             "type": "whisper",
             "model": "tiny.en",
             "cpu_threads": 2,
             "batch_size": 4,
-            "segment_times": "pauses",
+            "segment_times": mode,
         }
     }
-    with running_server(backends=backends) as server:
-        reply = transcribe(server.ws, path.read_bytes()).reply
+    return running_server(backends=backends)
+
+
+def words_asked(server, wav: bytes) -> dict:
+    """The OpenAI API's answer with word timestamps asked for."""
+    body, content_type = multipart_upload(
+        wav, response_format="verbose_json", **{"timestamp_granularities[]": "word"}
+    )
+    status, verbose = post(server.http + "/v1/audio/transcriptions", body, content_type)
+    assert status == 200, verbose
+    return verbose
+
+
+def test_segments_timed_by_pauses_each_cover_a_window_of_speech(
+    voices, sentences_3s_apart, tmp_path
+) -> None:
+    """``segment_times: pauses`` (the GPU's batching setting): a 40 s recording of sentences 3 s
+    apart comes back as one segment per window of speech (up to 30 s, cut at a pause), each
+    running from its window's first speech to its last, holding the words said there; every
+    sentence is heard. Words asked for come once each, where they were said, and nothing after
+    them. A stream on the same server is heard as well."""
+    wav, names, spans = sentences_3s_apart
+    with segment_times_server("pauses") as server:
+        reply = transcribe(server.ws, wav).reply
         segments = reply["segments"]
         # 40 s of speech: more than one window, far fewer segments than sentences
         assert 2 <= len(segments) < len(names), segments
@@ -604,10 +630,53 @@ def test_segments_timed_by_pauses_each_cover_a_window_of_speech(voices, tmp_path
         )
         assert covered == len(names), (spans, segments)
 
+        # the words of the same text, each once (faster-whisper, left alone, would decode the
+        # rest of a window again after its last word), each sentence's first where it starts
+        verbose = words_asked(server, wav)
+        timed = [w["word"] for w in verbose["words"]]
+        assert speech.words(" ".join(timed)) == speech.words(reply["text"]), timed
+        firsts = [w for w in verbose["words"] if w["word"] in ("We", "Open", "My")]
+        for first, start in zip(firsts, [spans[1][0], spans[2][0], spans[4][0]], strict=True):
+            assert abs(first["start"] - start) < 0.6, (firsts, spans)
+
+        # one sentence alone: faster-whisper left alone wrote "Thank you very much." after it
+        window = speech.words(words_asked(server, voices["window"].read_bytes())["text"])
+        assert "thank" not in window and len(window) <= len(
+            speech.words(speech.SENTENCES["window"])
+        )
+        assert speech.word_recall(speech.SENTENCES["window"], " ".join(window)) >= 0.8, window
+
         three = ["market", "window", "coffee"]
         short = speech.concat([voices[n] for n in three], tmp_path / "3.wav", silence_seconds=1.0)
         pcm, rate = read_pcm16(short)
         assert_sentences(stream_pcm(server.ws, pcm, rate), three)
+
+
+def test_segments_timed_by_sentences_each_hold_one_sentence(sentences_3s_apart) -> None:
+    """``segment_times: sentences``: the same windows, each cut into its sentences by the
+    times of its words: one segment per sentence said, starting as it starts, no words in the
+    reply unless asked for. Words asked for through the OpenAI API come on the recording's
+    clock."""
+    wav, names, spans = sentences_3s_apart
+    with segment_times_server("sentences") as server:
+        reply = transcribe(server.ws, wav).reply
+        segments = reply["segments"]
+        assert len(segments) == len(names), segments
+        for name, (start, end), segment in zip(names, spans, segments, strict=True):
+            assert abs(segment["start"] - start) < 0.6, (name, start, segment)
+            # Whisper's last word of a sentence tends to run on into the pause after it
+            assert end - 0.6 < segment["end"] < end + 1.5, (name, end, segment)
+            assert speech.word_recall(speech.SENTENCES[name], segment["text"]) >= 0.7, segment
+        body, content_type = multipart_upload(
+            wav, response_format="verbose_json", **{"timestamp_granularities[]": "segment"}
+        )
+        status, verbose = post(server.http + "/v1/audio/transcriptions", body, content_type)
+        assert status == 200 and len(verbose["segments"]) == len(names), verbose
+        assert "words" not in verbose, verbose  # not asked for
+        words = words_asked(server, wav)["words"]
+        assert speech.words(" ".join(w["word"] for w in words)) == speech.words(reply["text"])
+        train = next(w for w in reversed(words) if w["word"] == "The")
+        assert abs(train["start"] - spans[-1][0]) < 0.6, train
 
 
 @pytest.mark.parametrize("model", ["tiny.en", "base"])
