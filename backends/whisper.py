@@ -730,11 +730,10 @@ def _non_speech_tokens(model: object) -> list[int]:
 
 _SENTENCE_END = ".?!。？！…"
 _NOT_AN_END = re.compile(
-    r"^(?:(?:[A-Za-z]\.)+|mr|mrs|ms|dr|prof|st|jr|sr|vs|etc|e\.g|i\.e|inc|ltd|co)\.?$",
-    re.IGNORECASE,
+    r"^(?:(?:[A-Za-z]\.){2,}|[A-HJ-Z]\.|(?i:mr|mrs|ms|dr|prof|st|jr|sr|vs|etc|inc|ltd)\.)$"
 )
-"""Words that end in a full stop without ending a sentence: initials ("U.S."), titles and the
-usual abbreviations."""
+"""Words that end in a full stop without ending a sentence: initials ("U.S.", "J." but not
+"I."), titles and the usual abbreviations."""
 
 
 def _sentences(words: Sequence[Any]) -> list[list[Any]]:

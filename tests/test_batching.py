@@ -679,6 +679,24 @@ def test_segments_timed_by_sentences_each_hold_one_sentence(sentences_3s_apart) 
         assert abs(train["start"] - spans[-1][0]) < 0.6, train
 
 
+def test_a_sentence_ends_at_its_stop_not_at_a_title_or_an_initial() -> None:
+    """How ``segment_times: sentences`` groups a window's words (faster-whisper's, each with its
+    leading space): "Mr." and "U.S." and "J." end no sentence, "I." and a quoted stop do."""
+    from types import SimpleNamespace
+
+    from speechgw.backends.whisper import _sentences
+
+    text = 'Mr. Smith went to the U.S. today. Neither do I. Then J. Doe said "yes." Done'
+    words = [SimpleNamespace(word=" " + w) for w in text.split()]
+    groups = [" ".join(w.word.strip() for w in group) for group in _sentences(words)]
+    assert groups == [
+        "Mr. Smith went to the U.S. today.",
+        "Neither do I.",
+        'Then J. Doe said "yes."',
+        "Done",
+    ]
+
+
 @pytest.mark.parametrize("model", ["tiny.en", "base"])
 def test_the_tokens_suppressed_once_are_faster_whispers_defaults(model: str) -> None:
     """The backend works out the suppressed tokens once per model (faster-whisper would encode
