@@ -429,22 +429,20 @@ def test_interims_beside_recordings_take_at_most_their_share_of_the_model() -> N
     assert gate.room_for_interim
 
 
+def batched_tiny(**options: object) -> dict:
+    """A server's backends: tiny.en batching up to 4 calls, with these options."""
+    whisper = {"type": "whisper", "model": "tiny.en", "cpu_threads": 2, "batch_size": 4}
+    return {"whisper": {**whisper, **options}}
+
+
 def test_batched_whisper_gives_the_unbatched_texts(voices, tiny_server, tmp_path) -> None:
     """The real model, batch_size 4: six recordings at once come back as they do one by one
     from an unbatched server, and they did share batches. A stream on the same server (its
     utterances carry their context as a prompt) is heard as well."""
     wavs = {name: path.read_bytes() for name, path in voices.items()}
     alone = {name: transcribe(tiny_server.ws, wav).reply["text"] for name, wav in wavs.items()}
-    backends = {
-        "whisper": {
-            "type": "whisper",
-            "model": "tiny.en",
-            "cpu_threads": 2,
-            "batch_size": 4,
-            "prompt_tokens": 8,  # the stream below: its contexts cut to one length
-        }
-    }
-    with running_server(backends=backends) as server:
+    # the stream below: its contexts cut to one length
+    with running_server(backends=batched_tiny(prompt_tokens=8)) as server:
         together: dict[str, str] = {}
         start = threading.Barrier(len(wavs))
 
@@ -573,16 +571,7 @@ def sentences_3s_apart(voices, tmp_path_factory) -> tuple[bytes, list[str], list
 
 
 def segment_times_server(mode: str):
-    backends = {
-        "whisper": {
-            "type": "whisper",
-            "model": "tiny.en",
-            "cpu_threads": 2,
-            "batch_size": 4,
-            "segment_times": mode,
-        }
-    }
-    return running_server(backends=backends)
+    return running_server(backends=batched_tiny(segment_times=mode))
 
 
 def words_asked(server, wav: bytes) -> dict:
