@@ -26,10 +26,23 @@ import warnings
 from openai import OpenAI, OpenAIError
 
 
+def base_url(url: str) -> str:
+    """The SDK's ``base_url`` (the address with ``/v1``) from what an integrator pastes: the
+    server's address, the SDK's base URL, or an endpoint's whole URL."""
+    url = url.rstrip("/")
+    for endpoint in ("/audio/transcriptions", "/audio/translations"):
+        url = url.removesuffix(endpoint)
+    return url if url.endswith("/v1") else url + "/v1"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("audio", help="an audio file")
-    parser.add_argument("--url", default="http://localhost:8765/v1")
+    parser.add_argument(
+        "--url",
+        default="http://localhost:8765/v1",
+        help="the gateway's address, with or without /v1, or an endpoint's whole URL",
+    )
     # the SDK insists on a key; any text does when the server has none configured
     parser.add_argument("--api-key", default=os.environ.get("SPEECHGW_API_KEY") or "none")
     parser.add_argument("--model", default="whisper-1", help="a name GET /v1/models lists")
@@ -44,6 +57,7 @@ def main() -> int:
     )
     parser.add_argument("--stream", action="store_true", help="print the text as it comes")
     args = parser.parse_args()
+    args.url = base_url(args.url)
     if not os.path.isfile(args.audio):
         parser.error(f"{args.audio}: no such file")
     if args.stream:

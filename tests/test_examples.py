@@ -149,6 +149,12 @@ def test_clients_take_an_endpoint_url_and_say_why_they_are_refused(voices) -> No
         assert stream.returncode == 1 and not stream.stdout
         assert stream.stderr.startswith("refused: HTTP 401: "), stream.stderr
         assert json.loads(stream.stderr.split(": ", 2)[2])["error"] == "unauthorized"
+        for url in (server.http, server.http + "/v1/audio/transcriptions"):  # not the SDK's
+            sdk = run(
+                sys.executable, "openai_client.py", coffee, "--url", url, "--api-key", "example-key"
+            )
+            assert sdk.returncode == 0, (url, sdk.stderr)
+            assert speech.word_recall(speech.SENTENCES["coffee"], sdk.stdout) >= 0.75, sdk
         lost = run(sys.executable, "batch_client.py", coffee, "--url", server.ws + "/asr")
         assert lost.returncode == 1 and lost.stderr.startswith("error: HTTP 404: "), lost.stderr
         assert "/ws/transcribe, /api/core/google/asr" in lost.stderr  # where to go instead
