@@ -374,12 +374,14 @@ class WhisperBackend(Backend):
         path = resolve_model(opts.model, opts.cache_dir)
         batch_size = opts.batch_size or (8 if device == "cuda" else 1)
         _LOGGER.info(
-            "loading Whisper model %r (%s) on %s, compute type %s, batch size %d",
+            "loading Whisper model %r (%s) on %s, compute type %s, batch size %d, segments "
+            "timed by %s",
             opts.model,
             path,
             device,
             compute_type,
             batch_size,
+            opts.segment_times,
         )
         self._model = WindowLanguageModel(
             path,
@@ -398,7 +400,12 @@ class WhisperBackend(Backend):
         self._prompt_tokens = (
             opts.prompt_tokens if opts.prompt_tokens is not None else 24 if batch_size > 1 else 0
         )
-        self._info = {"device": device, "compute_type": compute_type, "batch_size": batch_size}
+        self._info = {
+            "device": device,
+            "compute_type": compute_type,
+            "batch_size": batch_size,
+            "segment_times": opts.segment_times,
+        }
         self._suppress_tokens = _non_speech_tokens(self._model)
         if (
             opts.utterance_vad_no_speech_prob > opts.utterance_no_speech_prob

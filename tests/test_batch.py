@@ -197,7 +197,13 @@ def test_health(tiny_server: Server) -> None:
         "version": speechgw.__version__,
         # where each backend runs, for an operator: the model is on the CPU here
         "backends": {
-            "whisper": {"ready": True, "device": "cpu", "compute_type": "int8", "batch_size": 1}
+            "whisper": {
+                "ready": True,
+                "device": "cpu",
+                "compute_type": "int8",
+                "batch_size": 1,
+                "segment_times": "tokens",
+            }
         },
     }
     # the release, also as a metric: which replicas of a fleet run which
