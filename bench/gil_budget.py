@@ -79,7 +79,9 @@ def main() -> int:
     parser.add_argument("--compute-type", default="int8")
     parser.add_argument("--audio", type=Path, help="folder of piece*.wav")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--segment-times", default="tokens", choices=["tokens", "pauses"])
+    parser.add_argument(
+        "--segment-times", default="tokens", choices=["tokens", "pauses", "sentences"]
+    )
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--cpu-threads", type=int, default=2)
     parser.add_argument("--clients", type=int, default=16)
