@@ -38,6 +38,7 @@ from speechgw.jobs import SAMPLE_RATE, Decoding, JobSpec, Segment, Transcript, W
 from speechgw.progress import OnSegment
 from speechgw.text import join_text
 
+from .whisper_batching import WINDOW_SECONDS
 from .whisper_models import BUNDLED_MODELS, check_model, resolve_model
 
 __all__ = ["BUNDLED_MODELS", "WhisperBackend", "WhisperOptions", "resolve_model"]
@@ -504,8 +505,6 @@ class WhisperBackend(Backend):
     def _splits(self, audio: np.ndarray, spec: JobSpec) -> bool:
         """Whether a recording is decoded as windows cut at its pauses: always when segments
         are timed by pauses, else when batching is asked to split one longer than a window."""
-        from .whisper_batching import WINDOW_SECONDS
-
         if spec.segmented:
             return False
         if self.options.segment_times != "tokens":
@@ -644,8 +643,6 @@ class WhisperBackend(Backend):
         """The segments worth keeping, and the language; decoding happens here, in the worker
         thread, as faster-whisper's segment generator is consumed (each kept segment goes to
         ``progress`` as it comes)."""
-        from .whisper_batching import WINDOW_SECONDS
-
         untimed = self.options.segment_times != "tokens"
         by_sentence = self.options.segment_times == "sentences" and not spec.segmented
         one_window = untimed and len(audio) <= WINDOW_SECONDS * SAMPLE_RATE
