@@ -41,10 +41,24 @@ from speechgw.text import join_text
 from .whisper_batching import WINDOW_SECONDS
 from .whisper_models import BUNDLED_MODELS, check_model, resolve_model
 
-__all__ = ["BUNDLED_MODELS", "WhisperBackend", "WhisperOptions", "resolve_model"]
+__all__ = [
+    "BUNDLED_MODELS",
+    "WhisperBackend",
+    "WhisperOptions",
+    "decoding_defaults",
+    "resolve_model",
+]
 
 _LOGGER = logging.getLogger(__name__)
 SegmentOrWord = TypeVar("SegmentOrWord", Segment, Word)
+CUDA_CALLS_PER_WORKER = 2
+"""Model calls a worker is given at once on CUDA without batching: one running on the GPU and
+the next already queued inside CTranslate2, so the GPU does not idle while the thread whose
+turn is next wakes and takes the GIL from the other jobs' Python between calls (one slot per
+worker made the gateway 0.72 of in-process faster-whisper at 64 clients on the H200:
+BENCHMARKS.md). The price: a stream's final may wait for two calls of recordings, not one. On
+CPU the model's threads are the cores the jobs' Python needs too, so one call per worker."""
+
 RECORDINGS_PER_WORKER = 4
 """Recordings under way at once per model worker (``concurrency``), their calls taking turns,
 the shorter recording's first: a short request that comes while long ones decode waits for a
@@ -122,7 +136,9 @@ class WhisperOptions:
             Silero hears none of them as speech, and every answer said alone as speech.
             1.0 turns it off.
         batch_size: model calls of concurrent jobs run together, up to this many (1: no
-            batching). Null: 8 on CUDA, 1 on CPU (where batching measured no faster).
+            batching). Null: on CUDA 32 with ``segment_times`` ``pauses`` or ``sentences``
+            (921 audio s/s at 64 clients on an H200 against 589 at 8) and 8 with ``tokens``;
+            1 on CPU (where batching measured no faster).
         batch_window_ms: how long a call waits for others to share its batch, at most (it
             never waits when every job in flight is already waiting).
         prompt_tokens: a job's prompt (a live stream's context: its last replies) goes to the
@@ -150,7 +166,9 @@ class WhisperOptions:
             ``sentences``: as ``pauses``, then each window's text is aligned to its audio
             (Whisper's cross-attention, as word timestamps are found) and cut into one
             segment per sentence, timed by its words (as WhisperX does after batched
-            decoding): one more pass per window.
+            decoding): one more pass per window. ``auto``: ``tokens`` on CPU, ``sentences``
+            on CUDA (about as many segments as timestamp tokens give; 783 audio s/s at 64
+            clients on an H200, two workers, against about 80 with ``tokens``).
     """
 
     model: str = "base"
@@ -180,7 +198,7 @@ class WhisperOptions:
     batch_size: Annotated[int | None, AtLeastOne] = None
     batch_window_ms: Annotated[float, NonNegative] = 10.0
     batch_split_recordings: bool = False
-    segment_times: Literal["tokens", "pauses", "sentences"] = "tokens"
+    segment_times: Literal["auto", "tokens", "pauses", "sentences"] = "auto"
     prompt_tokens: Annotated[int | None, NonNegative] = None
 
     def validate(self, path: str) -> None:
@@ -277,6 +295,21 @@ def _temperatures(start: float | None) -> tuple[float, ...]:
     return tuple(round(first + 0.2 * i, 3) for i in range(steps + 1))
 
 
+def decoding_defaults(options: WhisperOptions, device: str) -> tuple[int, str]:
+    """``batch_size`` and ``segment_times`` on ``device`` ("cpu" or "cuda"), the ones left to
+    the backend resolved. On CUDA, timestamp tokens keep batching from paying (CTranslate2
+    applies their rules one beam row at a time, on the host): there segments are timed by
+    sentences and calls batched by 32 (the H200's figures: BENCHMARKS.md, "Batched Whisper on
+    the GPU"); on CPU, timestamp tokens and no batching (batching measured no faster)."""
+    segment_times = options.segment_times
+    if segment_times == "auto":
+        segment_times = "sentences" if device == "cuda" else "tokens"
+    batch_size = options.batch_size
+    if batch_size is None:
+        batch_size = 1 if device != "cuda" else 8 if segment_times == "tokens" else 32
+    return batch_size, segment_times
+
+
 def _cuda_available() -> bool:
     try:
         import ctranslate2
@@ -309,6 +342,7 @@ class WhisperBackend(Backend):
         self._gate: PriorityGate | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._info: dict[str, object] = {}
+        self._segment_times = "tokens"  # resolved at the start (``auto``)
         self._suppress_tokens: list[int] = [-1]
         self._prompt_tokens = 0  # set at load: its default depends on the batch size
 
@@ -373,7 +407,7 @@ class WhisperBackend(Backend):
         if compute_type == "auto":
             compute_type = "float16" if device == "cuda" else "int8"
         path = resolve_model(opts.model, opts.cache_dir)
-        batch_size = opts.batch_size or (8 if device == "cuda" else 1)
+        batch_size, self._segment_times = decoding_defaults(opts, device)
         _LOGGER.info(
             "loading Whisper model %r (%s) on %s, compute type %s, batch size %d, segments "
             "timed by %s",
@@ -382,7 +416,7 @@ class WhisperBackend(Backend):
             device,
             compute_type,
             batch_size,
-            opts.segment_times,
+            self._segment_times,
         )
         self._model = WindowLanguageModel(
             path,
@@ -397,7 +431,7 @@ class WhisperBackend(Backend):
         if batch_size > 1:
             self._batch(batch_size)
         else:
-            self._gated()
+            self._gated(device)
         self._prompt_tokens = (
             opts.prompt_tokens if opts.prompt_tokens is not None else 24 if batch_size > 1 else 0
         )
@@ -405,7 +439,7 @@ class WhisperBackend(Backend):
             "device": device,
             "compute_type": compute_type,
             "batch_size": batch_size,
-            "segment_times": opts.segment_times,
+            "segment_times": self._segment_times,
         }
         self._suppress_tokens = _non_speech_tokens(self._model)
         if (
@@ -442,15 +476,17 @@ class WhisperBackend(Backend):
         jobs = opts.concurrency * batch_size  # in each lane
         self._executor = ThreadPoolExecutor(3 * jobs, thread_name_prefix=f"whisper-{self.name}")
 
-    def _gated(self) -> None:
-        """Without batching: ``concurrency`` model calls at once, the most urgent first."""
+    def _gated(self, device: str) -> None:
+        """Without batching: ``concurrency`` model calls at once (on CUDA, twice as many: see
+        :data:`CUDA_CALLS_PER_WORKER`), the most urgent first."""
         from .whisper_batching import GatedWhisperModel
 
         assert self._model is not None
-        slots = self.options.concurrency
-        self._gate = PriorityGate(slots)
+        workers = self.options.concurrency
+        per_worker = CUDA_CALLS_PER_WORKER if device == "cuda" else 1
+        self._gate = PriorityGate(workers * per_worker)
         self._model.model = GatedWhisperModel(self._model.model, self._gate)
-        jobs = slots * (RECORDINGS_PER_WORKER + 2)  # a thread per job in flight, in each lane
+        jobs = workers * (RECORDINGS_PER_WORKER + 2)  # a thread per job in flight, in each lane
         self._executor = ThreadPoolExecutor(jobs, thread_name_prefix=f"whisper-{self.name}")
 
     async def close(self) -> None:
@@ -507,7 +543,7 @@ class WhisperBackend(Backend):
         are timed by pauses, else when batching is asked to split one longer than a window."""
         if spec.segmented:
             return False
-        if self.options.segment_times != "tokens":
+        if self._segment_times != "tokens":
             return True
         return (
             self._batcher is not None
@@ -621,7 +657,7 @@ class WhisperBackend(Backend):
     def _segments(self, raw: Any, spec: JobSpec) -> list[Segment]:
         """A kept faster-whisper segment as the gateway's: cut into its sentences with
         ``segment_times: sentences`` (a recording's), its words kept only if asked for."""
-        if self.options.segment_times != "sentences" or spec.segmented or not raw.words:
+        if self._segment_times != "sentences" or spec.segmented or not raw.words:
             return [_segment(raw)]
         pieces = []
         for words in _sentences(raw.words):
@@ -643,8 +679,8 @@ class WhisperBackend(Backend):
         """The segments worth keeping, and the language; decoding happens here, in the worker
         thread, as faster-whisper's segment generator is consumed (each kept segment goes to
         ``progress`` as it comes)."""
-        untimed = self.options.segment_times != "tokens"
-        by_sentence = self.options.segment_times == "sentences" and not spec.segmented
+        untimed = self._segment_times != "tokens"
+        by_sentence = self._segment_times == "sentences" and not spec.segmented
         one_window = untimed and len(audio) <= WINDOW_SECONDS * SAMPLE_RATE
         segments_iter, info = self._model.transcribe(  # type: ignore[union-attr]
             audio,

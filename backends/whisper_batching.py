@@ -12,8 +12,8 @@ device in between.
 
 Without batching, :class:`GatedWhisperModel` stands in for the model the same way and makes
 every call (``encode`` too, not deferred) through a :class:`~speechgw.batching.PriorityGate`:
-one call per model worker at a time, a stream's final first, so that it waits for one call of
-a long recording rather than for the whole recording.
+one call per model worker at a time (two on CUDA: one running, one queued), a stream's final
+first, so that it waits for a call of a long recording rather than for the whole recording.
 
 A job's texts are what they would be alone, up to batch numerics (BENCHMARKS.md). Calls that
 cannot share a batch run in separate ones: CTranslate2 requires the start-of-transcript token

@@ -693,6 +693,26 @@ def test_a_sentence_ends_at_its_stop_not_at_a_title_or_an_initial() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("device", "asked", "resolved"),
+    [
+        ("cpu", {}, (1, "tokens")),
+        ("cuda", {}, (32, "sentences")),
+        ("cuda", {"segment_times": "tokens"}, (8, "tokens")),
+        ("cuda", {"segment_times": "pauses"}, (32, "pauses")),
+        ("cuda", {"batch_size": 1}, (1, "sentences")),
+        ("cpu", {"segment_times": "sentences"}, (1, "sentences")),
+        ("cpu", {"batch_size": 8, "segment_times": "pauses"}, (8, "pauses")),
+    ],
+)
+def test_decoding_defaults_follow_the_device(device: str, asked: dict, resolved: tuple) -> None:
+    """What an admin leaves out is the device's measured best (on CUDA: sentences, batches of
+    32; 8 with timestamp tokens; on CPU: timestamp tokens, no batching); what they set stays."""
+    from speechgw.backends.whisper import decoding_defaults
+
+    assert decoding_defaults(WhisperOptions(**asked), device) == resolved
+
+
 @pytest.mark.parametrize("model", ["tiny.en", "base"])
 def test_the_tokens_suppressed_once_are_faster_whispers_defaults(model: str) -> None:
     """The backend works out the suppressed tokens once per model (faster-whisper would encode
