@@ -11,7 +11,9 @@ At each client level C, one list of JOBS recordings (the pieces, repeated) is ru
 - the gateway: ``speechgw serve`` with ``concurrency: WORKERS`` and each ``batch_size`` of
   BATCH_SIZES, C batch-protocol clients; segments timed by Whisper's timestamp tokens, and with
   ``--more-gateways TIMES:SIZE,...`` also with those ``segment_times`` and batch sizes
-  (``pauses``: text alone per window; ``sentences``: those windows cut into sentences).
+  (``pauses``: text alone per window; ``sentences``: those windows cut into sentences);
+  ``--processes N``: N ``speechgw serve`` processes of that config (each its own model and
+  GIL, on one GPU), the clients' requests dealt out among them in turn.
 Reported: audio seconds per wall second, p50/p95 request latency, and how many texts differ
 from ``WhisperModel``'s for the same job (and, in the log, from ``BatchedInferencePipeline``'s,
 which decodes text alone as ``segment_times: pauses`` does).
@@ -30,17 +32,27 @@ WAVs are read with ``wave`` (PyAV is a stub on the GPU machine).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
 import tempfile
 import time
 import wave
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-from _common import REPO, gateway_transcribe, recordings, served, whisper_gateway_config
+from _common import (
+    REPO,
+    ServerURL,
+    gateway_transcribe,
+    recordings,
+    served,
+    whisper_gateway_config,
+)
 
 
 def read_wav(path: Path) -> tuple[bytes, np.ndarray, float]:
@@ -87,6 +99,7 @@ def main() -> int:
         "--more-gateways", default="", help="SEGMENT_TIMES:BATCH_SIZE,... (pauses:8)"
     )
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--processes", type=int, default=1, help="gateway processes per row")
     parser.add_argument("--cpu-threads", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=32)
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "batching")
@@ -170,11 +183,16 @@ def main() -> int:
         name = f"gateway, batch_size {batch_size}"
         if segment_times != "tokens":
             name += f", segment_times {segment_times}"
-        with served(config) as url:
-            gateway_transcribe(url, pieces[0][0])  # warm up
+        if args.processes > 1:
+            name += f", {args.processes} processes"
+        with ExitStack() as stack:
+            urls = [stack.enter_context(served(config)) for _ in range(args.processes)]
+            for url in urls:
+                gateway_transcribe(url, pieces[0][0])  # warm up
+            turns = itertools.cycle(urls)  # next() on a cycle holds the GIL: thread-safe
 
-            def gateway(i: int, url: str = url) -> str:
-                return gateway_transcribe(url, pieces[i][0])[1] or ""
+            def gateway(i: int, turns: Iterator[ServerURL] = turns) -> str:
+                return gateway_transcribe(next(turns), pieces[i][0])[1] or ""
 
             results[name] = measured(name, gateway)
 

@@ -6,16 +6,19 @@
 #   run, carrying .gpu1:  bash .gpu1/setup.sh
 #   run, carrying .gpu2:  bash .gpu2/run.sh bash bench/gpu_issue17.sh     (timeout 590)
 #
-# 1. bench/batching.py: in-process WhisperModel and BatchedInferencePipeline against the
-#    gateway, segments timed by timestamp tokens (batch_size 1) and by pauses (batch sizes 1,
-#    8, 32); 1, 16 and 64 clients; texts compared. (2026-12-04 measured tokens at 1, 8, 32:
-#    batching did not pay with timestamp tokens; BENCHMARKS.md "Batched Whisper on the GPU".)
-#    Then 2 model workers (two batches in flight: one is formed while the other runs), 64
-#    clients, pauses at batch sizes 16 and 32, sentences at 32.
-# 2. bench/stream_capacity.py: 64 and 200 real-time streams (limits.max_streams raised from
-#    its default 64), batch_size 32, segments by pauses, then tokens at the default batch 8.
-# 3. bench/gil_budget.py: the gateway's GIL time per audio second on the GPU, 64 clients,
-#    batch_size 32, segments by pauses.
+# Measured 2026-12-04 (BENCHMARKS.md "Batched Whisper on the GPU", both runs): timestamp tokens
+# keep batching from paying; text alone (segment_times pauses/sentences) batched by 32 reached
+# 921 audio s/s at 64 clients on one worker, 1,336 on three, and levelled off there (the GIL,
+# 51% held); 200 streams p95 1.44 s on one process. This run, what comes next:
+# 1. bench/batching.py, one model worker: in-process WhisperModel and BatchedInferencePipeline
+#    against the gateway with sentences and pauses at batch 32 (the CUDA defaults now), 1, 16
+#    and 64 clients.
+# 2. The same with 2 model workers in each of 2 gateway processes (--processes 2), 64 and 128
+#    clients: past one interpreter's GIL.
+# 3. bench/stream_capacity.py: 200 and 300 real-time streams over 2 gateway processes (pauses,
+#    batch 32), then 200 on one process left to the CUDA defaults (no batch_size, no
+#    segment_times in its config).
+# 4. bench/gil_budget.py: the GIL per audio second with sentences, batch 32, 64 clients.
 # Everything printed goes to $OUT/issue17.log; tables to $OUT/batching.md.
 # Rehearse here first: bash ../shared/gpu/local.sh env QUICK=1 bash bench/gpu_issue17.sh
 # (the CPU, int8, a few jobs).
@@ -26,16 +29,17 @@ model=$SPEECHGW_GPU_MODEL
 audio=$SPEECHGW_GPU_AUDIO
 log=$out/issue17.log
 device=cuda compute=float16
-levels=1,16,64 tokens=1 more=pauses:1,pauses:8,pauses:32 jobs=128 clients=64 batch=32
-seconds=20 streams=64,200 stream_batch=32 top=64 more2=pauses:16,pauses:32,sentences:32
+levels=1,16,64 more=sentences:32,pauses:32 jobs=128 clients=64 batch=32
+seconds=20 streams=200,300 one_stream=200 top=64,128 jobs2=256
 if [ "${QUICK:-}" = 1 ]; then
   device=cpu compute=int8
-  levels=1,2 tokens=1 more=pauses:2 jobs=4 clients=4 batch=2 seconds=5 streams=1,2
-  stream_batch=2 top=2 more2=pauses:2,sentences:2
+  levels=1,2 more=sentences:2,pauses:2 jobs=4 clients=4 batch=2 seconds=5 streams=1,2
+  one_stream=2 top=2 jobs2=4
 fi
 cuda=(--device $device --compute-type $compute --model "$model" --audio "$audio")
 
-# a gateway config for the streams: the model, batching, segment times, room for 512 streams
+# a gateway config for the streams: the model, room for 512 streams; BATCH_SIZE and
+# SEGMENT_TIMES, or the device's defaults where they are empty
 streams_config() { # FILE BATCH_SIZE SEGMENT_TIMES
   cat >"$1" <<YAML
 backends:
@@ -45,8 +49,8 @@ backends:
     device: $device
     compute_type: $compute
     concurrency: 1
-    batch_size: $2
-    segment_times: $3
+${2:+    batch_size: $2}
+${3:+    segment_times: $3}
 routing:
   - backend: whisper
 store:
@@ -65,24 +69,25 @@ YAML
     export PATH=/tmp/pyspy/bin:$PATH
   fi
   echo "== batching ($(date +%T))"
-  timeout 260 python3 bench/batching.py "${cuda[@]}" --levels $levels --batch-sizes $tokens \
+  timeout 200 python3 bench/batching.py "${cuda[@]}" --levels $levels --batch-sizes "" \
     --more-gateways $more --jobs $jobs --workers 1 --out /tmp/issue17-batching
   cp /tmp/issue17-batching/batching.md /tmp/issue17-batching/batching.json "$out"/ 2>/dev/null
-  echo "== batching, 2 model workers, $top clients ($(date +%T))"
-  timeout 80 python3 bench/batching.py "${cuda[@]}" --levels $top --batch-sizes "" \
-    --more-gateways $more2 --jobs $jobs --workers 2 --out /tmp/issue17-batching2
-  cp /tmp/issue17-batching2/batching.md "$out"/batching-2-workers.md 2>/dev/null
-  streams_config /tmp/issue17-pauses.yaml $stream_batch pauses
-  streams_config /tmp/issue17-tokens.yaml 8 tokens
-  for kind in pauses tokens; do
-    echo "== streams, segment_times $kind ($(date +%T))"
-    timeout 90 python3 bench/stream_capacity.py --config /tmp/issue17-$kind.yaml \
-      --audio "$audio" --clips 2 --levels $streams
-  done
+  echo "== batching, 2 gateway processes of 2 model workers ($(date +%T))"
+  timeout 130 python3 bench/batching.py "${cuda[@]}" --levels $top --batch-sizes "" \
+    --more-gateways $more --jobs $jobs2 --workers 2 --processes 2 --out /tmp/issue17-batching2
+  cp /tmp/issue17-batching2/batching.md "$out"/batching-2-processes.md 2>/dev/null
+  streams_config /tmp/issue17-pauses.yaml $batch pauses
+  streams_config /tmp/issue17-defaults.yaml "" ""
+  echo "== streams, 2 gateway processes, segment_times pauses ($(date +%T))"
+  timeout 90 python3 bench/stream_capacity.py --config /tmp/issue17-pauses.yaml \
+    --audio "$audio" --clips 2 --levels $streams --processes 2
+  echo "== streams, 1 gateway process, the CUDA defaults ($(date +%T))"
+  timeout 75 python3 bench/stream_capacity.py --config /tmp/issue17-defaults.yaml \
+    --audio "$audio" --clips 2 --levels $one_stream
   echo "== GIL budget ($(date +%T))"
   if command -v py-spy >/dev/null; then
     timeout 45 python3 bench/gil_budget.py "${cuda[@]}" --batch-size $batch --clients $clients \
-      --segment-times pauses --seconds $seconds --detail 5
+      --segment-times sentences --seconds $seconds --detail 5
   else
     echo "py-spy is not here: skipped"
   fi

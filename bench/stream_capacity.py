@@ -11,7 +11,9 @@ the server's resident memory. The capacity is the largest N whose p95 stays unde
 
 ``--interim``: every stream asks for interim results, which then compete with the finals for
 the worker (finals first). ``--audio DIR``: the ``piece*.wav`` there (16 kHz mono, as the GPU
-recipe carries them) instead of ../shared/audio's recordings.
+recipe carries them) instead of ../shared/audio's recordings. ``--processes N``: N
+``speechgw serve`` processes of the config (each its own model and GIL), the streams dealt out
+among them in turn; the RSS is theirs summed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import argparse
 import statistics
 import threading
 import wave
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 from _common import REPO, Clip, english_clips, served, tempdir
@@ -65,23 +69,30 @@ def main() -> int:
     parser.add_argument("--config", type=Path, default=REPO / "bench" / "tiny.en.yaml")
     parser.add_argument("--interim", action="store_true")
     parser.add_argument("--audio", type=Path, help="a folder of piece*.wav to stream")
+    parser.add_argument("--processes", type=int, default=1, help="gateway processes")
     args = parser.parse_args()
     with tempdir() as work:
         clips = pieces(args.audio) if args.audio else english_clips(Path(work))
         clips = clips[: args.clips]
         print(f"{len(clips)} clips per stream, {sum(c.seconds for c in clips):.1f} s of speech")
-        with served(args.config) as url:
-            run_once(url, clips[:1], 0)  # warm up
-            idle = url.rss_mib()
+        with ExitStack() as stack:
+            urls = [stack.enter_context(served(args.config)) for _ in range(args.processes)]
+            for url in urls:
+                run_once(url, clips[:1], 0)  # warm up
+            idle = sum(url.rss_mib() for url in urls)
             print(f"server RSS idle (model loaded): {idle:.0f} MiB")
             print("streams | p50 | p95 | without reply | server peak RSS | early finals")
             for level in [int(x) for x in args.levels.split(",")]:
-                peak = Peak(url)
-                early = url.early_finals()
-                with peak, ThreadPoolExecutor(level) as pool:
+                peaks = [Peak(url) for url in urls]
+                early = [url.early_finals() for url in urls]
+                with ExitStack() as sampling, ThreadPoolExecutor(level) as pool:
+                    for peak in peaks:
+                        sampling.enter_context(peak)
                     results = list(
                         pool.map(
-                            lambda _: run_once(url, clips, 1.0, interim=args.interim),
+                            lambda n: run_once(
+                                urls[n % len(urls)], clips, 1.0, interim=args.interim
+                            ),
                             range(level),
                         )
                     )
@@ -89,10 +100,13 @@ def main() -> int:
                 latencies = [x for lat, _ in results for x in lat]
                 missed = sum(m for _, m in results)
                 p95 = statistics.quantiles(latencies, n=20)[18] if len(latencies) > 1 else 0
-                rss = peak.mib
+                rss = sum(peak.mib for peak in peaks)
+                finals: Counter[str] = Counter()
+                for url, since in zip(urls, early, strict=True):
+                    finals.update(url.early_finals(since=since))
                 print(
                     f"{level:7d} | {statistics.median(latencies):.2f} s | {p95:.2f} s | "
-                    f"{missed} | {rss:.0f} MiB | " + str(url.early_finals(since=early)),
+                    f"{missed} | {rss:.0f} MiB | " + str(dict(finals)),
                     flush=True,
                 )
     return 0
