@@ -343,7 +343,7 @@ class WhisperBackend(Backend):
         self._executor: ThreadPoolExecutor | None = None
         self._info: dict[str, object] = {}
         self._segment_times = "tokens"  # resolved at the start (``auto``)
-        self._suppress_tokens: list[int] = [-1]
+        self._suppress_tokens: tuple[int, ...] = (-1,)
         self._prompt_tokens = 0  # set at load: its default depends on the batch size
 
     @property
@@ -690,7 +690,10 @@ class WhisperBackend(Backend):
             beam_size=1 if spec.interim else self.options.beam_size,
             vad_filter=self.options.vad_filter,
             initial_prompt=self._prompt(prompt),
-            suppress_tokens=self._suppress_tokens,
+            # a copy each time: faster-whisper appends its special tokens to the list it is
+            # given, so a shared list grew by 6 at every decode (memory and a per-request
+            # sort without bound)
+            suppress_tokens=list(self._suppress_tokens),
             temperature=(0.0,) if spec.interim else _temperatures(spec.temperature),
             # a word's probability comes from the same alignment pass as its timing, and a
             # recording's sentences are timed by their words
@@ -751,7 +754,7 @@ class _SpeechCheck:
         return self._heard
 
 
-def _non_speech_tokens(model: object) -> list[int]:
+def _non_speech_tokens(model: object) -> tuple[int, ...]:
     """faster-whisper's default ``suppress_tokens`` ([-1]: symbols and speaker tags that are
     not speech), worked out once. Left to itself, faster-whisper builds a fresh tokenizer per
     call and encodes some 90 symbols again: about 1 ms of the GIL per request, a fifth of what
@@ -765,7 +768,7 @@ def _non_speech_tokens(model: object) -> list[int]:
         task="transcribe",
         language="en",
     )
-    return list(tokenizer.non_speech_tokens)
+    return tuple(tokenizer.non_speech_tokens)
 
 
 _SENTENCE_END = ".?!。？！…"

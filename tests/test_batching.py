@@ -739,6 +739,28 @@ def test_the_tokens_suppressed_once_are_faster_whispers_defaults(model: str) -> 
         asyncio.run(backend.close())
 
 
+def test_decoding_leaves_the_suppressed_tokens_as_they_were(voices) -> None:
+    """faster-whisper appends its special tokens to the ``suppress_tokens`` list it is given:
+    the backend's own, shared by every decode, grew by 6 per request (memory, and a sort of the
+    whole list per request, without bound). After decodes the words are right and the tokens
+    are what they were at the start."""
+    backend = WhisperBackend("w", WhisperOptions(model="tiny.en", cpu_threads=1))
+    asyncio.run(backend.start())
+    try:
+        before = tuple(backend._suppress_tokens)
+        audio = speech.samples_16k(voices["window"])
+        spec = JobSpec(language="en", task="transcribe", protocol="batch")
+
+        async def three() -> list[str]:
+            return [(await backend.transcribe(audio, spec)).text for _ in range(3)]
+
+        for text in asyncio.run(three()):
+            assert speech.word_recall(speech.SENTENCES["window"], text) >= 0.8
+        assert tuple(backend._suppress_tokens) == before
+    finally:
+        asyncio.run(backend.close())
+
+
 def test_a_long_prompt_goes_to_the_model_as_its_last_tokens() -> None:
     """``prompt_tokens``: a stream's context longer than N tokens reaches the model as exactly
     its last N tokens (so that streams under way share one prompt length); a shorter one goes
