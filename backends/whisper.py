@@ -659,19 +659,26 @@ class WhisperBackend(Backend):
         ``segment_times: sentences`` (a recording's), its words kept only if asked for."""
         if self._segment_times != "sentences" or spec.segmented or not raw.words:
             return [_segment(raw)]
-        pieces = []
-        for words in _sentences(raw.words):
-            text = "".join(w.word for w in words).strip()
-            tokens = self._model.hf_tokenizer.encode(  # type: ignore[union-attr]
-                " " + text, add_special_tokens=False
-            ).ids
-            piece = dataclasses.replace(
-                raw, text=text, start=words[0].start, end=words[-1].end, tokens=tokens, words=words
+        sentences = _sentences(raw.words)
+        texts = ["".join(w.word for w in words).strip() for words in sentences]
+        # one call for all of them: the tokenizer encodes the batch outside the GIL
+        encodings = self._model.hf_tokenizer.encode_batch(  # type: ignore[union-attr]
+            [" " + text for text in texts], add_special_tokens=False
+        )
+        asked = spec.word_timestamps or spec.word_probabilities
+        return [
+            _segment(
+                dataclasses.replace(
+                    raw,
+                    text=text,
+                    start=words[0].start,
+                    end=words[-1].end,
+                    tokens=encoding.ids,
+                    words=words if asked else None,
+                )
             )
-            pieces.append(_segment(piece))
-        if not (spec.word_timestamps or spec.word_probabilities):
-            pieces = [dataclasses.replace(p, words=()) for p in pieces]
-        return pieces
+            for words, text, encoding in zip(sentences, texts, encodings, strict=True)
+        ]
 
     def _decode(
         self, audio: np.ndarray, spec: JobSpec, prompt: str | None, progress: _Progress | None
