@@ -661,7 +661,7 @@ class WhisperBackend(Backend):
             return [_segment(raw)]
         sentences = _sentences(raw.words)
         texts = ["".join(w.word for w in words).strip() for words in sentences]
-        # one call for all of them: the tokenizer encodes the batch outside the GIL
+        # one tokenizer call for all of them, not one per sentence
         encodings = self._model.hf_tokenizer.encode_batch(  # type: ignore[union-attr]
             [" " + text for text in texts], add_special_tokens=False
         )
