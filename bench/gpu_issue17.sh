@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Issue 17's GPU figures in one call 2 of the ../shared/gpu recipe (about 7 minutes):
 #
-#   bash ../shared/gpu/prep.sh
-#   .venv/bin/pip download --no-deps -d .gpu2 py-spy      # for the GIL figure (optional)
+#   bash bench/gpu_prep.sh          # ../shared/gpu/prep.sh, and the uvloop and py-spy wheels
 #   run, carrying .gpu1:  bash .gpu1/setup.sh
 #   run, carrying .gpu2:  bash .gpu2/run.sh bash bench/gpu_issue17.sh     (timeout 590)
 #
@@ -68,6 +67,8 @@ YAML
     python3 -m pip install -q --no-index --no-deps --target /tmp/pyspy .gpu2/py_spy-*.whl
     export PATH=/tmp/pyspy/bin:$PATH
   fi
+  python3 -c "import uvloop; print('event loop: uvloop', uvloop.__version__)" 2>/dev/null ||
+    echo "event loop: asyncio's (uvloop is not here: bench/gpu_prep.sh carries it)"
   echo "== batching ($(date +%T))"
   timeout 200 python3 bench/batching.py "${cuda[@]}" --levels $levels --batch-sizes "" \
     --more-gateways $more --jobs $jobs --workers 1 --out /tmp/issue17-batching
