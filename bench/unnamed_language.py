@@ -34,7 +34,12 @@ changes.
 looked into and not (:data:`~speechgw.backends.whisper_languages.MIXED_BELOW` or 0), twice
 each, and counts the extra encoder passes.
 
-    python bench/unnamed_language.py [--detections | --cost]
+``--gateways A.yaml,B.yaml`` runs the ``gateway`` way once per config (named by its file) and
+no in-process way: e.g. ``bench/base.yaml,bench/base-sentences.yaml`` for what the GPU's
+``segment_times: sentences`` (text alone per window cut at pauses) does to a change of
+language.
+
+    python bench/unnamed_language.py [--detections | --cost | --gateways CONFIG,...]
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ import csv
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 from _common import REPO, SHARED_AUDIO, served, wav_bytes, word_errors
@@ -196,11 +202,45 @@ def print_cost(rows: list[dict[str, str]], audio: dict[str, np.ndarray]) -> None
         print(f"looked into below {below}: {seconds:.1f} s, {model.passes} extra encoder passes")
 
 
+def gateway(
+    way: str,
+    config: Path,
+    rows: list[dict[str, str]],
+    audio: dict[str, np.ndarray],
+    count: Callable[[str, dict[str, str], str], None],
+    seconds: dict[str, float],
+) -> None:
+    """Every recording through ``speechgw serve --config config``'s OpenAI API, no language."""
+    with served(config) as url:
+        client = OpenAI(base_url=url.replace("ws://", "http://") + "/v1", api_key="none")
+        for row in rows:
+            name = row["file"]
+            made = "|" in name or " + " in name  # changed or joined here: sent as WAV
+            data = (
+                wav_bytes(to_pcm16(audio[name]).tobytes())
+                if made
+                else (SHARED_AUDIO / name).read_bytes()
+            )
+            started = time.perf_counter()
+            text = client.audio.transcriptions.create(
+                model="whisper-1", file=("made.wav" if made else name, data)
+            ).text
+            seconds[way] += time.perf_counter() - started
+            count(way, row, text)
+        client.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--detections", action="store_true", help="each window's language")
     parser.add_argument("--cost", action="store_true", help="the time windows looked into cost")
+    parser.add_argument("--gateways", default="", help="gateway configs only: A.yaml,B.yaml")
     args = parser.parse_args()
+    configs = [REPO / "bench" / "base.yaml"]
+    ways = list(WAYS)
+    if args.gateways:
+        configs = [REPO / c if not c.startswith("/") else Path(c) for c in args.gateways.split(",")]
+        ways = [f"gateway, {c.stem}" for c in configs]
     rows = recordings(multilingual=True)
     with open(SHARED_AUDIO / "MANIFEST.tsv", encoding="utf-8") as f:
         rows += [row for row in csv.DictReader(f, delimiter="\t") if row["file"] == MIXED]
@@ -226,25 +266,10 @@ def main() -> int:
         tally[0] += wrong
         tally[1] += words
 
-    with served(REPO / "bench" / "base.yaml") as url:
-        client = OpenAI(base_url=url.replace("ws://", "http://") + "/v1", api_key="none")
-        for row in rows:
-            name = row["file"]
-            made = "|" in name or " + " in name  # changed or joined here: sent as WAV
-            data = (
-                wav_bytes(to_pcm16(audio[name]).tobytes())
-                if made
-                else (SHARED_AUDIO / name).read_bytes()
-            )
-            started = time.perf_counter()
-            text = client.audio.transcriptions.create(
-                model="whisper-1", file=("made.wav" if made else name, data)
-            ).text
-            seconds["gateway"] += time.perf_counter() - started
-            count("gateway", row, text)
-        client.close()
+    for way, config in zip(ways, configs, strict=False):
+        gateway(way, config, rows, audio, count, seconds)
     model = base_model()
-    for way in WAYS[1:]:
+    for way in ways[1:] if not args.gateways else []:
         options = (
             {"multilingual": True, "condition_on_previous_text": False}
             if way == "each window, no earlier text"
@@ -259,12 +284,12 @@ def main() -> int:
                 text = " ".join(s.text for s in segments)
             seconds[way] += time.perf_counter() - started
             count(way, row, text)
-    print(f"| recordings | words | {' | '.join(WAYS)} |")
-    print(f"|---|---|{'---|' * len(WAYS)}")
+    print(f"| recordings | words | {' | '.join(ways)} |")
+    print(f"|---|---|{'---|' * len(ways)}")
     for name, by_way in errors.items():
-        cells = " | ".join(str(by_way[way][0]) for way in WAYS)
-        print(f"| {name} | {by_way['gateway'][1]} | {cells} |")
-    print(f"| seconds, all | | {' | '.join(f'{seconds[way]:.0f}' for way in WAYS)} |")
+        cells = " | ".join(str(by_way[way][0]) for way in ways)
+        print(f"| {name} | {by_way[ways[0]][1]} | {cells} |")
+    print(f"| seconds, all | | {' | '.join(f'{seconds[way]:.0f}' for way in ways)} |")
     return 0
 
 

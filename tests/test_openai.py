@@ -754,23 +754,32 @@ def two_languages(
     return speech.concat(parts, folder / "both.wav"), english
 
 
-@pytest.mark.parametrize("batch_size", [None, 4])
+@pytest.mark.parametrize(
+    ("batch_size", "segment_times"), [(None, None), (4, None), (4, "sentences")]
+)
 def test_a_recording_that_changes_language_is_written_in_each(
-    multilingual_server: Server, two_languages: tuple[Path, str], batch_size: int | None
+    multilingual_server: Server,
+    two_languages: tuple[Path, str],
+    batch_size: int | None,
+    segment_times: str | None,
 ) -> None:
     """No language named: each 30 s window is heard for its own. Decoded on the English
     window's text, the German came back translated ("we drank coffee at the market place");
     in a window that held both, heard as English, as English sounds ("I'm armed gang" for
     "Am Abend gingen"): such a window is decoded again, up to where the language changes, in
     its first part's language, and the next begins there. Batching, the windows' language
-    detections go to the model in batches. Words are timed too (faster-whisper times a
-    window's words as it splits it)."""
+    detections go to the model in batches. With ``segment_times: sentences`` (the CUDA
+    default: windows cut at pauses, decoded as text alone) a window heard unsurely is decoded
+    with timestamps, so that the change is found the same way (as text alone, the German was
+    left out). Words are timed too (faster-whisper times a window's words as it splits it)."""
     recording, english = two_languages
     with contextlib.ExitStack() as stack:
         server = multilingual_server
         if batch_size is not None:
-            batching = {"whisper": {**BASE["whisper"], "batch_size": batch_size}}
-            server = stack.enter_context(running_server(AUTH, backends=batching))
+            options = {**BASE["whisper"], "batch_size": batch_size}
+            if segment_times is not None:
+                options["segment_times"] = segment_times
+            server = stack.enter_context(running_server(AUTH, backends={"whisper": options}))
         with recording.open("rb") as audio:
             verbose = client(server).audio.transcriptions.create(
                 model="whisper-1",
