@@ -691,7 +691,7 @@ class WhisperBackend(Backend):
         # a recording in no named language may change language from one window to the next
         hearing = spec.language is None and not spec.segmented
 
-        def transcribe(untimed: bool) -> tuple[Any, Any]:
+        def start_decoding(untimed: bool) -> tuple[Any, Any]:
             return self._model.transcribe(  # type: ignore[union-attr]
                 audio,
                 language=spec.language,
@@ -717,7 +717,7 @@ class WhisperBackend(Backend):
                 without_timestamps=untimed,
             )
 
-        segments_iter, info = transcribe(untimed)  # the language is heard here, nothing decoded
+        segments_iter, info = start_decoding(untimed)  # the language is heard, nothing decoded
         if untimed and hearing and info.language_probability < self._model.mixed_below:  # type: ignore[union-attr]
             # Heard unsurely, the window may hold a change of language, which is found by
             # the segments timestamp tokens give (whisper_languages); decoded as text alone,
@@ -725,7 +725,7 @@ class WhisperBackend(Backend):
             # sentence in another language: 143 errors in 192 words against 31 timed).
             segments_iter.close()
             untimed = False
-            segments_iter, info = transcribe(untimed)
+            segments_iter, info = start_decoding(untimed)
         one_window = untimed and len(audio) <= WINDOW_SECONDS * SAMPLE_RATE
         spoken = _SpeechCheck(self.options, audio) if spec.segmented else None
         kept = []
