@@ -626,7 +626,7 @@ class WhisperBackend(Backend):
     def _transcribe_sync(
         self, audio: np.ndarray, spec: JobSpec, progress: _Progress | None = None
     ) -> Transcript:
-        raw, language = self._decode(audio, spec, spec.prompt, progress)
+        raw, pieces, language = self._decode(audio, spec, spec.prompt, progress)
         if spec.prompt and raw and _echoes(raw, spec.prompt):
             # the model wrote out its prompt instead of the audio: hear the audio alone
             _LOGGER.info(
@@ -634,10 +634,10 @@ class WhisperBackend(Backend):
             )
             if progress is not None:
                 progress.restart()
-            raw, language = self._decode(audio, spec, None, progress)
+            raw, pieces, language = self._decode(audio, spec, None, progress)
         if progress is not None:
             progress.flush()
-        segments = tuple(piece for s in raw for piece in self._segments(s, spec))
+        segments = tuple(pieces)
         # Whisper's segment texts carry their own leading spaces (none in Chinese or Japanese).
         text = "".join(s.text for s in raw).strip()
         return Transcript(text=text, segments=segments, language=language, backend=self.name)
@@ -682,19 +682,20 @@ class WhisperBackend(Backend):
 
     def _decode(
         self, audio: np.ndarray, spec: JobSpec, prompt: str | None, progress: _Progress | None
-    ) -> tuple[list, str]:
-        """The segments worth keeping, and the language; decoding happens here, in the worker
-        thread, as faster-whisper's segment generator is consumed (each kept segment goes to
+    ) -> tuple[list, list[Segment], str]:
+        """The segments worth keeping (faster-whisper's, and as the gateway's: cut into
+        sentences where asked), and the language; decoding happens here, in the worker thread,
+        as faster-whisper's segment generator is consumed (each kept segment goes to
         ``progress`` as it comes)."""
         untimed = self._segment_times != "tokens"
         by_sentence = self._segment_times == "sentences" and not spec.segmented
         # a recording in no named language may change language from one window to the next
         hearing = spec.language is None and not spec.segmented
 
-        def start_decoding(untimed: bool) -> tuple[Any, Any]:
+        def start_decoding(untimed: bool, language: str | None) -> tuple[Any, Any]:
             return self._model.transcribe(  # type: ignore[union-attr]
                 audio,
-                language=spec.language,
+                language=language,
                 task=spec.task,
                 # an interim is a glimpse, replaced within a second: greedy, one temperature
                 beam_size=1 if spec.interim else self.options.beam_size,
@@ -717,24 +718,29 @@ class WhisperBackend(Backend):
                 without_timestamps=untimed,
             )
 
-        segments_iter, info = start_decoding(untimed)  # the language is heard, nothing decoded
+        # the language is heard here (when not named), nothing decoded yet
+        segments_iter, info = start_decoding(untimed, spec.language)
         if untimed and hearing and info.language_probability < self._model.mixed_below:  # type: ignore[union-attr]
             # Heard unsurely, the window may hold a change of language, which is found by
             # the segments timestamp tokens give (whisper_languages); decoded as text alone,
             # Whisper wrote the first language and left the other out (jfk joined to a
             # sentence in another language: 143 errors in 192 words against 31 timed).
+            # The language heard goes with it, not heard again: each window is still heard
+            # for its own (``hearing``), the first as faster-whisper had just heard it.
             segments_iter.close()
             untimed = False
-            segments_iter, info = start_decoding(untimed)
+            segments_iter, _ = start_decoding(untimed, info.language)
         one_window = untimed and len(audio) <= WINDOW_SECONDS * SAMPLE_RATE
         spoken = _SpeechCheck(self.options, audio) if spec.segmented else None
-        kept = []
+        kept, pieces = [], []
         with self._model.hearing_each_window(hearing):  # type: ignore[union-attr]
             for segment in segments_iter:
                 if _has_words(segment.text) and (spoken is None or spoken(segment)):
                     kept.append(segment)
+                    mine = self._segments(segment, spec)
+                    pieces += mine
                     if progress is not None:
-                        for piece in self._segments(segment, spec):
+                        for piece in mine:
                             progress.add(piece, prompt)
                 if one_window:
                     # Decoded as text alone, one window is one segment. With word timestamps
@@ -742,7 +748,7 @@ class WhisperBackend(Backend):
                     # of the window again: the tail heard twice, or made up.
                     segments_iter.close()
                     break
-        return kept, info.language
+        return kept, pieces, info.language
 
 
 class _SpeechCheck:
