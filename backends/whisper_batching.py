@@ -4,11 +4,12 @@ one at a time in order of urgency (:class:`GatedWhisperModel`, without batching)
 faster-whisper's algorithm runs per job, unchanged, each job in its own thread: windows, seek,
 prompts, temperature fallback, word timestamps. What changes is the model underneath it:
 :class:`BatchedWhisperModel` stands in for the CTranslate2 ``Whisper`` object and sends its
-``generate`` and ``detect_language`` calls through a :class:`~speechgw.batching.CallBatcher`,
-which runs the calls of concurrent jobs as one batched call. ``encode`` is deferred: a job's
-mel features go to ``generate`` (which accepts features as well as encoder output) and are
-encoded there, in the batch, so the encoder is batched too and nothing moves between host and
-device in between.
+``generate``, ``detect_language`` and ``align`` calls through a
+:class:`~speechgw.batching.CallBatcher`, which runs the calls of concurrent jobs as one batched
+call. ``encode`` is deferred: a job's mel features go to ``generate`` (which accepts features
+as well as encoder output) and are encoded there, in the batch, so the encoder is batched too
+and nothing moves between host and device in between; ``align`` (word timing) takes them the
+same way.
 
 Without batching, :class:`GatedWhisperModel` stands in for the model the same way and makes
 every call (``encode`` too, not deferred) through a :class:`~speechgw.batching.PriorityGate`:
@@ -62,6 +63,11 @@ def run_batch(model: Any, kind: Hashable, items: Sequence[Any]) -> list[Any]:
         return list(model.generate(features, prompts, **_thawed(kind[2])))
     if kind[0] == "detect":
         return list(model.detect_language(_stack(items)))
+    if kind[0] == "align":
+        features = _stack([mel for mel, _, _ in items])
+        tokens = [text for _, text, _ in items]
+        frames = [count for _, _, count in items]
+        return list(model.align(features, list(kind[1]), tokens, frames, **_thawed(kind[2])))
     raise ValueError(f"unknown batched call {kind!r}")
 
 
@@ -95,6 +101,29 @@ class BatchedWhisperModel:
         (prompt,) = prompts
         kind = ("generate", len(prompt), _frozen(options))
         return [self._batcher.call(kind, (features, prompt))]
+
+    def align(
+        self,
+        features: Any,
+        start_sequence: list[int],
+        text_tokens: list[list[int]],
+        num_frames: int | list[int],
+        **options: Any,
+    ) -> list[Any]:
+        # word timing (faster-whisper's find_alignment: one window's text against its
+        # features, which the deferred encode hands it, so align encodes them again): in the
+        # batch, so that the encoder runs once for the batch there too, and in order of urgency
+        # like every other model call. CTranslate2 takes texts of any lengths in one batch and
+        # gives each the alignment it gets alone (tests/test_batching.py)
+        if (
+            _batch_of(features) != 1
+            or len(text_tokens) != 1
+            or not text_tokens[0]
+            or not isinstance(num_frames, int)
+        ):
+            return self._inner.align(features, start_sequence, text_tokens, num_frames, **options)
+        kind = ("align", tuple(start_sequence), _frozen(options))
+        return [self._batcher.call(kind, (features, list(text_tokens[0]), num_frames))]
 
 
 class GatedWhisperModel:

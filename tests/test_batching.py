@@ -500,6 +500,65 @@ def test_batched_word_timestamps_and_detection_match_unbatched(voices) -> None:
     assert alone[1][0] == "en"
 
 
+def test_word_timing_calls_of_concurrent_jobs_share_a_batch(voices) -> None:
+    """Three jobs' ``align`` calls (word timing, the pass ``segment_times: sentences`` makes
+    per window) made at once run as one batched call of the real model, and each job gets the
+    alignment it gets alone: the same token-to-frame path (what word times come from)."""
+    from faster_whisper.audio import pad_or_trim
+    from faster_whisper.tokenizer import Tokenizer
+    from faster_whisper.transcribe import get_ctranslate2_storage
+    from speechgw.backends.whisper_batching import BatchedWhisperModel, run_batch
+    from speechgw.backends.whisper_languages import WindowLanguageModel
+    from speechgw.backends.whisper_models import resolve_model
+
+    whisper = WindowLanguageModel(resolve_model("tiny.en"), cpu_threads=1)
+    model = whisper.model
+    sot = Tokenizer(whisper.hf_tokenizer, False, task="transcribe", language="en").sot_sequence
+    names = ("children", "train", "coffee")
+    windows = []
+    for name in names:
+        mel = whisper.feature_extractor(speech.samples_16k(voices[name]))
+        text = whisper.hf_tokenizer.encode(" " + speech.SENTENCES[name], add_special_tokens=False)
+        windows.append((pad_or_trim(mel)[None], text.ids, mel.shape[-1]))
+    alone = [
+        model.align(get_ctranslate2_storage(mel), sot, [tokens], frames)[0]
+        for mel, tokens, frames in windows
+    ]
+
+    kinds: list[tuple[Any, int]] = []
+
+    def batch(kind: Any, items: Sequence[Any]) -> list[Any]:
+        kinds.append((kind[0], len(items)))
+        return run_batch(model, kind, items)
+
+    # a long window: the three calls come from three threads, and all of them wait for it
+    batcher = CallBatcher(batch, batch_size=8, window=5.0)
+    batched = BatchedWhisperModel(model, batcher)
+    results: dict[str, Any] = {}
+    start = threading.Barrier(len(names))
+
+    def job(name: str, mel: Any, tokens: list[int], frames: int) -> None:
+        with batcher.job(JobContext()):
+            start.wait()
+            storage = get_ctranslate2_storage(mel)
+            results[name] = batched.align(storage, sot, [tokens], frames, median_filter_width=7)
+
+    threads = [
+        threading.Thread(target=job, args=(name, *window))
+        for name, window in zip(names, windows, strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    batcher.close()
+    assert kinds == [("align", 3)]
+    for name, mine in zip(names, alone, strict=True):
+        (theirs,) = results[name]
+        assert theirs.alignments == mine.alignments, name
+        assert theirs.text_token_probs == pytest.approx(mine.text_token_probs, abs=0.05), name
+
+
 def test_a_long_recording_split_at_pauses_keeps_its_words_and_times(voices, tmp_path) -> None:
     """``batch_split_recordings``: a 40 s recording is cut at its pauses into windows that are
     decoded together; every sentence comes back, timed on the recording's clock. Asked for
