@@ -44,11 +44,14 @@ class ScriptedBackend(Backend):
     Options = ScriptedOptions
     options: ScriptedOptions
 
+    _CAPABILITIES = Capabilities(
+        languages=None, tasks=frozenset({"transcribe", "translate"}), detects_language=True
+    )
+
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(
-            languages=None, tasks=frozenset({"transcribe", "translate"}), detects_language=True
-        )
+        # one object, as the real backends keep theirs: the stream reads it per chunk
+        return self._CAPABILITIES
 
     async def transcribe(self, audio: np.ndarray, spec: JobSpec) -> Transcript:
         delay = self.options.delay_seconds

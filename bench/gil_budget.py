@@ -15,17 +15,20 @@ a known part. Needs py-spy (``.venv/bin/pip install py-spy``; not a dependency o
 
     .venv/bin/python bench/gil_budget.py [--batch-size 8] [--clients 16] [--seconds 30]
     .venv/bin/python bench/gil_budget.py --streams [--clients 4]     # real-time streams instead
+    .venv/bin/python bench/gil_budget.py --streams --scripted        # the gateway alone, no model
     python3 bench/gil_budget.py --device cuda --compute-type float16 --model "$SPEECHGW_GPU_MODEL" \
         --audio "$SPEECHGW_GPU_AUDIO" --batch-size 32 --clients 64               # the GPU
 
 ``--audio DIR``: 16 kHz mono WAV pieces (``piece*.wav``, the GPU recipe's); else the English
 recordings of ../shared/audio joined into 10-30 s pieces (espeak-ng sentences without it).
+Besides the GIL it prints the server's CPU time (all threads, from /proc) per audio second.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import os
 import shutil
 import subprocess
 import sys
@@ -36,6 +39,7 @@ import wave
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
 from _common import gateway_transcribe, recordings, served, whisper_gateway_config
 from stream_accuracy import stream
 
@@ -72,6 +76,12 @@ def _pcm16(path: Path) -> bytes:
         return w.readframes(w.getnframes())
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user and system, all threads) process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny.en")
@@ -88,6 +98,10 @@ def main() -> int:
     parser.add_argument(
         "--streams", action="store_true",
         help="clients stream the pieces at 1x over /api/core/google/asr instead of batch requests",
+    )  # fmt: skip
+    parser.add_argument(
+        "--scripted", action="store_true",
+        help="the scripted backend (answers at once): the gateway's own cost, no model beside it",
     )  # fmt: skip
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--event-loop", default="auto", help="server.event_loop")
@@ -117,6 +131,10 @@ def main() -> int:
         batch_size=args.batch_size,
         segment_times=args.segment_times,
     )
+    if args.scripted:  # the same server settings, the model's place taken by a fixed text
+        document = yaml.safe_load(config.read_text())
+        document["backends"] = {"whisper": {"type": "scripted", "text": "scripted words"}}
+        config.write_text(yaml.safe_dump(document))
     raw = work / "gil.txt"
     done = {"audio": 0.0, "requests": 0}
     lock = threading.Lock()
@@ -143,7 +161,7 @@ def main() -> int:
             time.sleep(2)  # every client under way before sampling starts
             with lock:
                 before = dict(done)
-            sampled_from = time.monotonic()
+            sampled_from, cpu_from = time.monotonic(), _cpu_seconds(url.pid)
             command = [spy, "record", "--gil", "--nonblocking", "-r", str(args.rate)]
             command += ["-d", str(int(args.seconds)), "-f", "raw", "-o", str(raw)]
             subprocess.run(
@@ -152,6 +170,7 @@ def main() -> int:
                 capture_output=True,
             )
             sampled = time.monotonic() - sampled_from
+            cpu = _cpu_seconds(url.pid) - cpu_from
             with lock:
                 audio = done["audio"] - before["audio"]
                 requests = done["requests"] - before["requests"]
@@ -182,6 +201,7 @@ def main() -> int:
         f"over {sampled:.0f} s"
     )
     print(f"GIL held {100 * held / sampled:.1f}% of the time: {per_audio:.3f} ms per audio second")
+    print(f"server CPU (all threads): {1000 * cpu / audio:.3f} ms per audio second")
     ceiling = f"{1000 / per_audio:.0f} " + ("real-time streams" if args.streams else "audio s/s")
     print(f"one interpreter's ceiling: {ceiling}\n")
     print(f"| part | ms per audio s | ms per {unit} | share |")

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""Two per-call costs, timed in-process without contention (BENCHMARKS.md quotes both):
+"""Per-call costs, timed in-process without contention (BENCHMARKS.md quotes them):
 
 - faster-whisper's ``get_suppressed_tokens`` on the backend's suppressed-token list as it was
   after N decodes, when faster-whisper's appending 6 tokens per decode made it grow (issue 17,
   session 36): the GIL time each decode spent on it;
 - the DC blocker webrtcvad's copy of a stream passes (``speechgw.segmenter.DcBlocker``), per
-  100 ms chunk, and scipy's ``lfilter`` inside it alone.
+  100 ms chunk, and scipy's ``lfilter`` inside it alone;
+- unmasking a client's WebSocket payload (``speechgw._wsproto_compat``) against wsproto's own
+  code, for the sizes hypercorn hands it: a streaming message, the 64 KB it reads at a time,
+  and 340 KB (a 10 s WAV) in one piece.
 
     python bench/small_costs.py
 """
@@ -59,6 +62,23 @@ def main() -> int:
     x, zi = chunk.astype(np.float64), np.array([0.0])
     seconds = timeit.timeit(lambda: lfilter(DcBlocker._B, DcBlocker._A, x, zi=zi), number=runs)
     print(f"scipy lfilter alone: {seconds / runs * 1e6:.1f} us")
+
+    from wsproto.frame_protocol import XorMaskerSimple
+
+    from speechgw._wsproto_compat import unmask_with_numpy
+
+    wsprotos = XorMaskerSimple.process
+    unmask_with_numpy()
+    ours = XorMaskerSimple.process
+    masker = XorMaskerSimple(b"\x01\x02\x03\x05")
+    for size in (4_300, 65_536, 340_000):
+        payload = np.random.default_rng(size).bytes(size)
+        runs = 2000
+        timed = [
+            timeit.timeit(lambda p=payload, f=f: f(masker, p), number=runs) / runs * 1e6
+            for f in (wsprotos, ours)
+        ]
+        print(f"unmasking {size} bytes: wsproto {timed[0]:.1f} us, speechgw {timed[1]:.1f} us")
     return 0
 
 

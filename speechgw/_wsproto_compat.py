@@ -42,9 +42,15 @@ def unmask_with_numpy() -> None:
             return original(self, data)
         out = bytearray(data)
         key = bytes(self._masking_key)
-        mask = np.frombuffer(key * (size // 4 + 1), dtype=np.uint8, count=size)
-        payload = np.frombuffer(out, dtype=np.uint8)
-        np.bitwise_xor(payload, mask, out=payload)
+        # four bytes at a time against the key read as one word (the same bytes in memory
+        # either way, whatever the byte order), with no mask the payload's size to build:
+        # 4.5 us against 6.4 for the 64 KB hypercorn reads at a time, 14 us against 300 for
+        # 340 KB in one piece (``bench/small_costs.py``)
+        whole = size // 4
+        words = np.frombuffer(out, dtype=np.uint32, count=whole)
+        np.bitwise_xor(words, np.frombuffer(key, dtype=np.uint32)[0], out=words)
+        for i in range(4 * whole, size):  # the last 0-3 bytes
+            out[i] ^= key[i % 4]
         turn = size % 4  # the next chunk continues with the key's next byte
         self._masking_key = key[turn:] + key[:turn]
         return out
