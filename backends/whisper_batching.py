@@ -119,11 +119,11 @@ class BatchedWhisperModel:
             _batch_of(features) != 1
             or len(text_tokens) != 1
             or not text_tokens[0]
-            or not isinstance(num_frames, int)
+            or isinstance(num_frames, list)
         ):
             return self._inner.align(features, start_sequence, text_tokens, num_frames, **options)
         kind = ("align", tuple(start_sequence), _frozen(options))
-        return [self._batcher.call(kind, (features, list(text_tokens[0]), num_frames))]
+        return [self._batcher.call(kind, (features, list(text_tokens[0]), int(num_frames)))]
 
 
 class GatedWhisperModel:

@@ -16,7 +16,9 @@ At each client level C, one list of JOBS recordings (the pieces, repeated) is ru
   GIL, on one GPU), the clients' requests dealt out among them in turn.
 Reported: audio seconds per wall second, p50/p95 request latency, and how many texts differ
 from ``WhisperModel``'s for the same job (and, in the log, from ``BatchedInferencePipeline``'s,
-which decodes text alone as ``segment_times: pauses`` does).
+which decodes text alone as ``segment_times: pauses`` does). ``--rounds R``: every side
+measured R times in turn instead, every gateway started at once, and each gateway's ratio to
+the better in-process side of each round (single runs at one client differ by 12%).
 
     python bench/batching.py [--levels 1,4,16] [--batch-sizes 1,4] [--jobs 32]
         [--more-gateways pauses:1,pauses:4]                                          # CPU
@@ -39,7 +41,7 @@ import sys
 import tempfile
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -87,6 +89,97 @@ def measure(run, jobs: list[int], clients: int, seconds: list[float]) -> dict:
     }
 
 
+def start_gateway(
+    stack: ExitStack,
+    args: argparse.Namespace,
+    model_path: str,
+    work: Path,
+    pieces: list,
+    segment_times: str,
+    batch_size: int,
+) -> tuple[str, Callable[[int], str]]:
+    """``--processes`` servers of one gateway config, warmed up, held open by ``stack``: the
+    row's name, and a function that sends job i to the next of them."""
+    config = whisper_gateway_config(
+        work / f"gateway-{segment_times}-b{batch_size}.yaml",
+        model=model_path,
+        device=args.device,
+        compute_type=args.compute_type,
+        cpu_threads=args.cpu_threads,
+        concurrency=args.workers,
+        batch_size=batch_size,
+        segment_times=segment_times,
+    )
+    name = f"gateway, batch_size {batch_size}"
+    if segment_times != "tokens":
+        name += f", segment_times {segment_times}"
+    if args.processes > 1:
+        name += f", {args.processes} processes"
+    urls = [stack.enter_context(served(config)) for _ in range(args.processes)]
+    for url in urls:
+        gateway_transcribe(url, pieces[0][0])  # warm up
+    turns = itertools.cycle(urls)  # next() on a cycle holds the GIL: thread-safe
+
+    def gateway(i: int, turns: Iterator[ServerURL] = turns) -> str:
+        return gateway_transcribe(next(turns), pieces[i][0])[1] or ""
+
+    return name, gateway
+
+
+def alternated(
+    args: argparse.Namespace,
+    in_process: dict[str, Callable[[int], str]],
+    gateways: list[tuple[str, int]],
+    model_path: str,
+    work: Path,
+    pieces: list,
+    jobs: list[int],
+    seconds: list[float],
+) -> int:
+    """``--rounds`` R: every side (in-process and each gateway, all started at once) measured
+    R times at each level, the sides taken in a rotated order each round, so that drift in the
+    machine falls on all of them. Printed: each measurement, then per level the median audio
+    s/s of each side and each gateway's ratio to the better in-process side of the same round
+    (issue 17 asks >= 0.97 at every level)."""
+    levels = [int(x) for x in args.levels.split(",")]
+    with ExitStack() as stack:
+        sides = dict(in_process)
+        for segment_times, batch_size in gateways:
+            name, gateway = start_gateway(
+                stack, args, model_path, work, pieces, segment_times, batch_size
+            )
+            sides[name] = gateway
+        names = list(sides)
+        figures: dict[tuple[str, int], list[float]] = {(n, c): [] for n in names for c in levels}
+        for r in range(args.rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for c in levels:
+                for name in order:
+                    rate = measure(sides[name], jobs, c, seconds)["audio_s_per_s"]
+                    figures[name, c].append(rate)
+                    print(f"round {r + 1}, {c} clients, {name}: {rate:.1f} audio s/s", flush=True)
+    lines = [
+        f"{args.model} on {args.device} ({args.compute_type}), {args.workers} worker(s), "
+        f"{args.jobs} jobs, {args.rounds} rounds; median audio s/s, then for a gateway its "
+        f"ratio to the better in-process side of each round"
+    ]
+    lines += ["| side | " + " | ".join(f"{c} clients" for c in levels) + " |"]
+    lines += ["|---" * (len(levels) + 1) + "|"]
+    for name in names:
+        cells = []
+        for c in levels:
+            cell = f"{statistics.median(figures[name, c]):.1f}"
+            if name not in in_process:
+                best = [max(v) for v in zip(*(figures[n, c] for n in in_process), strict=True)]
+                ratios = [g / b for g, b in zip(figures[name, c], best, strict=True)]
+                cell += " (" + ", ".join(f"{x:.2f}" for x in ratios) + ")"
+            cells.append(cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    print("\n".join(lines))
+    (args.out / "batching-rounds.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -102,6 +195,10 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=1, help="gateway processes per row")
     parser.add_argument("--cpu-threads", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=32)
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="measure every side this many times, alternating (every gateway started at once)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "batching")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -166,34 +263,17 @@ def main() -> int:
             )
         return by_level
 
-    for name, run in (("WhisperModel", whisper), ("BatchedInferencePipeline", batched_pipeline)):
+    in_process = {"WhisperModel": whisper, "BatchedInferencePipeline": batched_pipeline}
+    if args.rounds > 1:
+        return alternated(args, in_process, gateways, model_path, work, pieces, jobs, seconds)
+    for name, run in in_process.items():
         results[name] = measured(name, run)
 
     for segment_times, batch_size in gateways:
-        config = whisper_gateway_config(
-            work / f"gateway-{segment_times}-b{batch_size}.yaml",
-            model=model_path,
-            device=args.device,
-            compute_type=args.compute_type,
-            cpu_threads=args.cpu_threads,
-            concurrency=args.workers,
-            batch_size=batch_size,
-            segment_times=segment_times,
-        )
-        name = f"gateway, batch_size {batch_size}"
-        if segment_times != "tokens":
-            name += f", segment_times {segment_times}"
-        if args.processes > 1:
-            name += f", {args.processes} processes"
         with ExitStack() as stack:
-            urls = [stack.enter_context(served(config)) for _ in range(args.processes)]
-            for url in urls:
-                gateway_transcribe(url, pieces[0][0])  # warm up
-            turns = itertools.cycle(urls)  # next() on a cycle holds the GIL: thread-safe
-
-            def gateway(i: int, turns: Iterator[ServerURL] = turns) -> str:
-                return gateway_transcribe(next(turns), pieces[i][0])[1] or ""
-
+            name, gateway = start_gateway(
+                stack, args, model_path, work, pieces, segment_times, batch_size
+            )
             results[name] = measured(name, gateway)
 
     lines = [

@@ -531,7 +531,7 @@ def test_word_timing_calls_of_concurrent_jobs_share_a_batch(voices) -> None:
         kinds.append((kind[0], len(items)))
         return run_batch(model, kind, items)
 
-    # a long window: the three calls come from three threads, and all of them wait for it
+    # a long window, so that calls made first wait for the last of the three threads'
     batcher = CallBatcher(batch, batch_size=8, window=5.0)
     batched = BatchedWhisperModel(model, batcher)
     results: dict[str, Any] = {}
