@@ -12,7 +12,7 @@
 # 1. bench/batching.py, one model worker: in-process WhisperModel and BatchedInferencePipeline
 #    against the gateway with sentences and pauses at batch 32 (the CUDA defaults now), 1, 16
 #    and 64 clients. sentences' word timing (align) now joins the batches too (session 37):
-#    the first run had sentences 22% under pauses, one batch-of-one align per window.
+#    the last run had sentences 22% under pauses, one batch-of-one align per window.
 # 2. The same with 2 model workers in each of 2 gateway processes (--processes 2), 64 and 128
 #    clients: past one interpreter's GIL.
 # 3. bench/stream_capacity.py: 200 and 300 real-time streams over 2 gateway processes (pauses,
