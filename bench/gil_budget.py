@@ -16,6 +16,7 @@ a known part. Needs py-spy (``.venv/bin/pip install py-spy``; not a dependency o
     .venv/bin/python bench/gil_budget.py [--batch-size 8] [--clients 16] [--seconds 30]
     .venv/bin/python bench/gil_budget.py --streams [--clients 4]     # real-time streams instead
     .venv/bin/python bench/gil_budget.py --streams --scripted        # the gateway alone, no model
+    .venv/bin/python bench/gil_budget.py --streams --scripted --streaming vad_max_gain_db=0
     python3 bench/gil_budget.py --device cuda --compute-type float16 --model "$SPEECHGW_GPU_MODEL" \
         --audio "$SPEECHGW_GPU_AUDIO" --batch-size 32 --clients 64               # the GPU
 
@@ -103,6 +104,10 @@ def main() -> int:
         "--scripted", action="store_true",
         help="the scripted backend (answers at once): the gateway's own cost, no model beside it",
     )  # fmt: skip
+    parser.add_argument(
+        "--streaming", action="append", default=[], metavar="KEY=VALUE",
+        help="a streaming setting of the server (vad_max_gain_db=0); repeatable",
+    )  # fmt: skip
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--event-loop", default="auto", help="server.event_loop")
     parser.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
@@ -131,10 +136,13 @@ def main() -> int:
         batch_size=args.batch_size,
         segment_times=args.segment_times,
     )
+    document = yaml.safe_load(config.read_text())
     if args.scripted:  # the same server settings, the model's place taken by a fixed text
-        document = yaml.safe_load(config.read_text())
         document["backends"] = {"whisper": {"type": "scripted", "text": "scripted words"}}
-        config.write_text(yaml.safe_dump(document))
+    for setting in args.streaming:
+        key, _, value = setting.partition("=")
+        document.setdefault("streaming", {})[key] = yaml.safe_load(value)
+    config.write_text(yaml.safe_dump(document))
     raw = work / "gil.txt"
     done = {"audio": 0.0, "requests": 0}
     lock = threading.Lock()
