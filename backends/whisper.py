@@ -38,7 +38,7 @@ from speechgw.jobs import SAMPLE_RATE, Decoding, JobSpec, Segment, Transcript, W
 from speechgw.progress import OnSegment
 from speechgw.text import join_text
 
-from .whisper_batching import WINDOW_SECONDS
+from .whisper_batching import WINDOW_SECONDS, BatchedWhisperModel
 from .whisper_models import BUNDLED_MODELS, check_model, resolve_model
 
 __all__ = [
@@ -339,6 +339,7 @@ class WhisperBackend(Backend):
         # before the interim's next (the gate's or the batcher's order)
         self._interims = anyio.CapacityLimiter(options.concurrency)
         self._batcher: CallBatcher | None = None
+        self._batched: BatchedWhisperModel | None = None
         self._gate: PriorityGate | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._info: dict[str, object] = {}
@@ -460,7 +461,7 @@ class WhisperBackend(Backend):
 
     def _batch(self, batch_size: int) -> None:
         """Batch the model calls of up to ``concurrency x batch_size`` jobs at once."""
-        from .whisper_batching import BatchedWhisperModel, run_batch
+        from .whisper_batching import run_batch
 
         assert self._model is not None
         opts = self.options
@@ -472,7 +473,8 @@ class WhisperBackend(Backend):
             workers=opts.concurrency,
             name=f"whisper-{self.name}-batch",
         )
-        self._model.model = BatchedWhisperModel(model, self._batcher)
+        self._batched = BatchedWhisperModel(model, self._batcher)
+        self._model.model = self._batched
         jobs = opts.concurrency * batch_size  # in each lane
         self._executor = ThreadPoolExecutor(3 * jobs, thread_name_prefix=f"whisper-{self.name}")
 
@@ -626,21 +628,38 @@ class WhisperBackend(Backend):
     def _transcribe_sync(
         self, audio: np.ndarray, spec: JobSpec, progress: _Progress | None = None
     ) -> Transcript:
-        raw, pieces, language = self._decode(audio, spec, spec.prompt, progress)
-        if spec.prompt and raw and _echoes(raw, spec.prompt):
-            # the model wrote out its prompt instead of the audio: hear the audio alone
-            _LOGGER.info(
-                "request %s: output echoed its prompt; decoded again without", spec.request_id
-            )
-            if progress is not None:
-                progress.restart()
-            raw, pieces, language = self._decode(audio, spec, None, progress)
+        with self._encodings_kept(spec):
+            raw, pieces, language = self._decode(audio, spec, spec.prompt, progress)
+            if spec.prompt and raw and _echoes(raw, spec.prompt):
+                # the model wrote out its prompt instead of the audio: hear the audio alone
+                _LOGGER.info(
+                    "request %s: output echoed its prompt; decoded again without",
+                    spec.request_id,
+                )
+                if progress is not None:
+                    progress.restart()
+                raw, pieces, language = self._decode(audio, spec, None, progress)
         if progress is not None:
             progress.flush()
         segments = tuple(pieces)
         # Whisper's segment texts carry their own leading spaces (none in Chinese or Japanese).
         text = "".join(s.text for s in raw).strip()
         return Transcript(text=text, segments=segments, language=language, backend=self.name)
+
+    def _encodings_kept(self, spec: JobSpec) -> contextlib.AbstractContextManager[None]:
+        """When batching, a job that uses each window's encoder output more than once keeps
+        it (:meth:`BatchedWhisperModel.encodings_kept`): with word timing (``align`` after
+        ``generate``: every window of a recording with ``segment_times: sentences``), and
+        where a multilingual model hears each window's language before decoding it. One
+        encoder pass per window instead of one per call: BENCHMARKS.md, "One encoder pass
+        per window"."""
+        if self._batched is None:
+            return contextlib.nullcontext()
+        by_sentence = self._segment_times == "sentences" and not spec.segmented
+        timed = spec.word_timestamps or spec.word_probabilities or by_sentence
+        batched = self._batched
+        hearing = spec.language is None and not spec.segmented and batched.is_multilingual
+        return batched.encodings_kept(timed or hearing)
 
     def _prompt(self, prompt: str | None) -> str | list[int] | None:
         """``prompt`` as faster-whisper takes it: its text, or with ``prompt_tokens`` its

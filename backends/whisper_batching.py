@@ -6,10 +6,16 @@ prompts, temperature fallback, word timestamps. What changes is the model undern
 :class:`BatchedWhisperModel` stands in for the CTranslate2 ``Whisper`` object and sends its
 ``generate``, ``detect_language`` and ``align`` calls through a
 :class:`~speechgw.batching.CallBatcher`, which runs the calls of concurrent jobs as one batched
-call. ``encode`` is deferred: a job's mel features go to ``generate`` (which accepts features
-as well as encoder output) and are encoded there, in the batch, so the encoder is batched too
-and nothing moves between host and device in between; ``align`` (word timing) takes them the
-same way.
+call.
+
+``encode`` is deferred where a window's encoding is used once: a job's mel features go to
+``generate`` (which accepts features as well as encoder output) and are encoded there, in the
+batch, so the encoder is batched too and nothing moves between host and device in between.
+A job whose windows are used twice or more (word timing: ``align`` after ``generate``, which
+``segment_times: sentences`` makes for every window; each window's language heard before it
+is decoded) has its encodes batched as calls of their own instead, and their outputs kept on
+the host for each later call, so that each window goes through the encoder once, not once per
+call (:meth:`BatchedWhisperModel.encodings_kept`).
 
 Without batching, :class:`GatedWhisperModel` stands in for the model the same way and makes
 every call (``encode`` too, not deferred) through a :class:`~speechgw.batching.PriorityGate`:
@@ -19,12 +25,15 @@ first, so that it waits for a call of a long recording rather than for the whole
 A job's texts are what they would be alone, up to batch numerics (BENCHMARKS.md). Calls that
 cannot share a batch run in separate ones: CTranslate2 requires the start-of-transcript token
 at the same position in every prompt, so prompts are grouped by length (a stream's context
-makes its prompt longer), and the decoding options (beam, temperature, sampling) must match.
+makes its prompt longer), and the decoding options (beam, temperature, sampling) must match;
+mel features and encoder outputs do not share a batch either.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import contextlib
+import threading
+from collections.abc import Hashable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,17 +55,40 @@ def _thawed(frozen: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in frozen}
 
 
-def _stack(features: Sequence[Any]) -> Any:
-    """One StorageView of a batch's mel features, each ``[1, n_mels, frames]``."""
+def _stack(windows: Sequence[Any]) -> Any:
+    """One StorageView of a batch's windows: mel features, each ``[1, n_mels, frames]``, or
+    encoder outputs kept on the host, each ``[1, frames, width]`` (in the encoder's type)."""
     import ctranslate2
 
-    arrays = [np.asarray(f, dtype=np.float32) for f in features]
+    arrays = [np.asarray(w) for w in windows]
     return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.concatenate(arrays)))
+
+
+def _storage(window: Any) -> Any:
+    """A window as CTranslate2 takes it outside a batch: a kept encoder output (numpy, on the
+    host) as a StorageView; mel features as they came."""
+    if not isinstance(window, np.ndarray):
+        return window
+    import ctranslate2
+
+    return ctranslate2.StorageView.from_array(np.ascontiguousarray(window))
+
+
+def _form(window: Any) -> tuple[int, ...]:
+    """What a window is, as part of a batch's kind: mel features and encoder outputs differ
+    in shape, and CTranslate2 takes a batch of one or the other."""
+    return tuple(int(n) for n in window.shape[1:])
 
 
 def run_batch(model: Any, kind: Hashable, items: Sequence[Any]) -> list[Any]:
     """Run one batch of calls on the real CTranslate2 ``model`` (the batcher's function)."""
     assert isinstance(kind, tuple)
+    if kind[0] == "encode":
+        # on the host, where it can be cut per window (a view each) and go into any later
+        # batch; the next call moves it back to the device (as faster-whisper does with
+        # several GPUs), about a megabyte per window for tiny.en in float16
+        encoded = np.asarray(model.encode(_stack(items), to_cpu=True))
+        return [encoded[i : i + 1] for i in range(len(items))]
     if kind[0] == "generate":
         features = _stack([mel for mel, _ in items])
         prompts = [prompt for _, prompt in items]
@@ -81,25 +113,41 @@ class BatchedWhisperModel:
     def __init__(self, inner: Any, batcher: CallBatcher) -> None:
         self._inner = inner
         self._batcher = batcher
+        self._thread = threading.local()
+        # numpy reads CTranslate2's encoder outputs in every type but bfloat16
+        self._keepable = "bfloat16" not in str(getattr(inner, "compute_type", ""))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+    @contextlib.contextmanager
+    def encodings_kept(self, enabled: bool = True) -> Iterator[None]:
+        """Within this block, the windows this thread's job encodes are encoded at once, in a
+        batch of encodes, and kept for every call that takes them (use it where each window
+        is used more than once: word timing, a language heard per window)."""
+        self._thread.keep = enabled and self._keepable
+        try:
+            yield
+        finally:
+            self._thread.keep = False
+
     def encode(self, features: Any, to_cpu: bool = False) -> Any:
-        # deferred: generate and detect_language take the mel features and encode them in
-        # their batch (align does too); the "encoder output" is the features themselves
-        return features
+        if not getattr(self._thread, "keep", False) or _batch_of(features) != 1:
+            # deferred: the calls that take the window encode its mel features in their
+            # batch; the "encoder output" is the features themselves
+            return features
+        return self._batcher.call(("encode", _form(features)), features)
 
     def detect_language(self, features: Any) -> list[Any]:
         if _batch_of(features) != 1:
-            return self._inner.detect_language(features)
-        return [self._batcher.call(("detect",), features)]
+            return self._inner.detect_language(_storage(features))
+        return [self._batcher.call(("detect", _form(features)), features)]
 
     def generate(self, features: Any, prompts: list[list[int]], **options: Any) -> list[Any]:
         if _batch_of(features) != 1 or len(prompts) != 1 or options.get("asynchronous"):
-            return self._inner.generate(features, prompts, **options)
+            return self._inner.generate(_storage(features), prompts, **options)
         (prompt,) = prompts
-        kind = ("generate", len(prompt), _frozen(options))
+        kind = ("generate", len(prompt), _frozen(options), _form(features))
         return [self._batcher.call(kind, (features, prompt))]
 
     def align(
@@ -111,18 +159,20 @@ class BatchedWhisperModel:
         **options: Any,
     ) -> list[Any]:
         # word timing (faster-whisper's find_alignment: one window's text against its
-        # features, which the deferred encode hands it, so align encodes them again): in the
-        # batch, so that the encoder runs once for the batch there too, and in order of urgency
-        # like every other model call. CTranslate2 takes texts of any lengths in one batch and
-        # gives each the alignment it gets alone (tests/test_batching.py)
+        # encoder output, the one kept since generate when the job keeps its encodings): in
+        # the batch, in order of urgency like every other model call. CTranslate2 takes texts
+        # of any lengths in one batch and gives each the alignment it gets alone
+        # (tests/test_batching.py)
         if (
             _batch_of(features) != 1
             or len(text_tokens) != 1
             or not text_tokens[0]
             or isinstance(num_frames, list)
         ):
-            return self._inner.align(features, start_sequence, text_tokens, num_frames, **options)
-        kind = ("align", tuple(start_sequence), _frozen(options))
+            return self._inner.align(
+                _storage(features), start_sequence, text_tokens, num_frames, **options
+            )
+        kind = ("align", tuple(start_sequence), _frozen(options), _form(features))
         return [self._batcher.call(kind, (features, list(text_tokens[0]), int(num_frames)))]
 
 

@@ -11,7 +11,8 @@
 # 51% held); 200 streams p95 1.44 s on one process. This run, what comes next:
 # 1. bench/batching.py, one model worker: in-process WhisperModel and BatchedInferencePipeline
 #    against the gateway with sentences and pauses at batch 32 (the CUDA defaults now), 1, 16
-#    and 64 clients. sentences' word timing (align) now joins the batches too (session 37):
+#    and 64 clients. sentences' word timing (align) now joins the batches too (session 37),
+#    on the window's kept encoder output (session 38: one encoder pass per window, not two):
 #    the last run had sentences 22% under pauses, one batch-of-one align per window.
 # 2. The same with 2 model workers in each of 2 gateway processes (--processes 2), 64 and 128
 #    clients: past one interpreter's GIL.
@@ -19,6 +20,8 @@
 #    batch 32), then 200 on one process left to the CUDA defaults (no batch_size, no
 #    segment_times in its config).
 # 4. bench/gil_budget.py: the GIL per audio second with sentences, batch 32, 64 clients.
+# 5. bench/kept_encodings.py: sentences in-process, unbatched and batched by 32, 128 jobs: the
+#    same segments in float16, and the time (session 38: each window encoded once).
 # Everything printed goes to $OUT/issue17.log; tables to $OUT/batching.md.
 # Rehearse here first: bash ../shared/gpu/local.sh env QUICK=1 bash bench/gpu_issue17.sh
 # (the CPU, int8, a few jobs).
@@ -93,5 +96,8 @@ YAML
   else
     echo "py-spy is not here: skipped"
   fi
+  echo "== sentences in-process, unbatched and batched: kept encodings ($(date +%T))"
+  timeout 75 python3 bench/kept_encodings.py --model "$model" --audio "$audio" \
+    --batch-size $batch --jobs $jobs --rounds 1
   echo "== done ($(date +%T))"
 } 2>&1 | tee "$log"

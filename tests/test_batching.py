@@ -559,6 +559,59 @@ def test_word_timing_calls_of_concurrent_jobs_share_a_batch(voices) -> None:
         assert theirs.text_token_probs == pytest.approx(mine.text_token_probs, abs=0.05), name
 
 
+def test_a_job_that_keeps_its_encodings_encodes_each_window_once(voices) -> None:
+    """With word timing a window is used twice (``generate``, then ``align``). Deferred, each
+    call took the mel features and encoded them again; a job that keeps its encodings has its
+    window encoded in a batch of encodes, and both calls take that encoder output. The words
+    and their times are faster-whisper's alone, either way."""
+    from faster_whisper.audio import pad_or_trim
+    from faster_whisper.tokenizer import Tokenizer
+    from faster_whisper.transcribe import get_ctranslate2_storage
+    from speechgw.backends.whisper_batching import BatchedWhisperModel, run_batch
+    from speechgw.backends.whisper_languages import WindowLanguageModel
+    from speechgw.backends.whisper_models import resolve_model
+
+    whisper = WindowLanguageModel(resolve_model("tiny.en"), cpu_threads=1)
+    model = whisper.model
+    audio = speech.samples_16k(voices["children"])
+
+    def words() -> list[tuple[str, float, float]]:
+        segments, _ = whisper.transcribe(audio, language="en", word_timestamps=True)
+        return [(w.word, w.start, w.end) for s in segments for w in s.words]
+
+    alone = words()
+    calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def batch(kind: Any, items: Sequence[Any]) -> list[Any]:
+        calls.append((kind[0], kind[-1]))  # the call, and what it was given: its form
+        return run_batch(model, kind, items)
+
+    batcher = CallBatcher(batch, batch_size=4, window=0.0)
+    batched = BatchedWhisperModel(model, batcher)
+    whisper.model = batched
+    made: dict[bool, list[tuple[str, tuple[int, ...]]]] = {}
+    try:
+        for keep in (True, False):
+            with batcher.job(JobContext()), batched.encodings_kept(keep):
+                assert words() == alone, keep
+            made[keep], calls[:] = list(calls), []
+        # a call that passes the batcher by (no text to align) takes a kept output too
+        with batcher.job(JobContext()), batched.encodings_kept():
+            window = get_ctranslate2_storage(pad_or_trim(whisper.feature_extractor(audio))[None])
+            sot = Tokenizer(whisper.hf_tokenizer, False, task="transcribe", language="en")
+            assert len(batched.align(batched.encode(window), sot.sot_sequence, [[]], 300)) == 1
+    finally:
+        whisper.model = model
+        batcher.close()
+    mel, encoded = (80, 3000), (1500, 384)  # tiny.en's window before and after its encoder
+    kept = made[True]
+    assert kept[0] == ("encode", mel) and {"generate", "align"} <= {c for c, _ in kept}
+    assert all(form == encoded for call, form in kept if call != "encode"), kept
+    assert sum(call == "encode" for call, _ in kept) == sum(c == "generate" for c, _ in kept)
+    assert made[False] and all(form == mel for _, form in made[False]), made[False]
+    assert "encode" not in {c for c, _ in made[False]}
+
+
 def test_a_long_recording_split_at_pauses_keeps_its_words_and_times(voices, tmp_path) -> None:
     """``batch_split_recordings``: a 40 s recording is cut at its pauses into windows that are
     decoded together; every sentence comes back, timed on the recording's clock. Asked for
