@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -189,6 +190,23 @@ def served(config: Path) -> Iterator[ServerURL]:
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every model benchmark takes alike: ``--model``, ``--device``,
+    ``--compute-type`` and ``--audio`` (the GPU recipe's pieces)."""
+    parser.add_argument("--model", default="tiny.en", help="tiny.en, base, or a model folder")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compute-type", default="int8")
+    parser.add_argument("--audio", type=Path, help="folder of piece*.wav")
+
+
+def settings(items: Sequence[str]) -> dict[str, object]:
+    """``KEY=VALUE`` command-line settings as a config section's mapping, each value read as
+    YAML (``vad_max_gain_db=0`` gives the number 0)."""
+    import yaml
+
+    return {key: yaml.safe_load(value) for key, value in (i.split("=", 1) for i in items)}
 
 
 def whisper_gateway_config(

@@ -19,15 +19,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import REPO, english_clips, pcm16k
+from _common import REPO, add_model_arguments, english_clips, pcm16k
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny.en")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--compute-type", default="int8")
-    parser.add_argument("--audio", type=Path, help="folder of piece*.wav")
+    add_model_arguments(parser)
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()

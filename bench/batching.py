@@ -50,6 +50,7 @@ import numpy as np
 from _common import (
     REPO,
     ServerURL,
+    add_model_arguments,
     gateway_transcribe,
     recordings,
     served,
@@ -182,10 +183,7 @@ def alternated(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--compute-type", default="int8")
-    parser.add_argument("--model", default="tiny.en", help="tiny.en, base, or a model folder")
-    parser.add_argument("--audio", type=Path, help="folder of piece*.wav")
+    add_model_arguments(parser)
     parser.add_argument("--levels", default="1,4,16")
     parser.add_argument("--batch-sizes", default="1,4")
     parser.add_argument(

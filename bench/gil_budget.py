@@ -41,7 +41,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
-from _common import gateway_transcribe, recordings, served, whisper_gateway_config
+from _common import (
+    add_model_arguments,
+    gateway_transcribe,
+    recordings,
+    served,
+    settings,
+    whisper_gateway_config,
+)
 from stream_accuracy import stream
 
 # (part, what a frame's file path contains), deepest frame first wins; order matters
@@ -85,10 +92,7 @@ def _cpu_seconds(pid: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny.en")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--compute-type", default="int8")
-    parser.add_argument("--audio", type=Path, help="folder of piece*.wav")
+    add_model_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
         "--segment-times", default="tokens", choices=["tokens", "pauses", "sentences"]
@@ -139,9 +143,7 @@ def main() -> int:
     document = yaml.safe_load(config.read_text())
     if args.scripted:  # the same server settings, the model's place taken by a fixed text
         document["backends"] = {"whisper": {"type": "scripted", "text": "scripted words"}}
-    for setting in args.streaming:
-        key, _, value = setting.partition("=")
-        document.setdefault("streaming", {})[key] = yaml.safe_load(value)
+    document.setdefault("streaming", {}).update(settings(args.streaming))
     config.write_text(yaml.safe_dump(document))
     raw = work / "gil.txt"
     done = {"audio": 0.0, "requests": 0}

@@ -43,6 +43,7 @@ from _common import (
     in_process_model,
     normalise,
     served,
+    settings,
     tempdir,
     word_errors,
 )
@@ -234,17 +235,11 @@ def main() -> int:
                 )
                 texts[r["file"]]["whole file"] = "".join(s.text for s in segments)
             del model
-            settings: dict[str, object] = {
-                key: yaml.safe_load(value)
-                for key, value in (item.split("=", 1) for item in args.streaming)
-            }
+            streaming = settings(args.streaming)
             if args.context_chars is not None:
-                settings["context_chars"] = args.context_chars
-            whisper = {
-                key: yaml.safe_load(value)
-                for key, value in (item.split("=", 1) for item in args.whisper)
-            }
-            config = server_config(base, settings, Path(work), whisper)
+                streaming["context_chars"] = args.context_chars
+            whisper = settings(args.whisper)
+            config = server_config(base, streaming, Path(work), whisper)
             repeated = 0
             early: dict[str, dict[str, int]] = {}
             with served(config) as url:
@@ -278,7 +273,7 @@ def main() -> int:
             without_disc = {p: np.zeros(2, int) for p in paths}
             print(
                 f"\n{which} ({model_name}, {args.rate} Hz), streaming settings: "
-                f"{settings or 'defaults'}, "
+                f"{streaming or 'defaults'}, "
                 f"microphone: {', '.join(args.microphone) or 'as recorded'}, "
                 f"whisper settings: {whisper or 'as ' + base.name}"
             )
