@@ -257,7 +257,7 @@ def main() -> int:
                         str(messages[:1]),
                     )
                     code = openai_not_audio()
-                    note("openai not audio", code == "415 invalid_audio", code)
+                    note("openai not audio", code == "400 invalid_audio", code)
                     replies = stream(
                         url, [json.dumps({"audio": "@@@"}), json.dumps({"audio": "AA=="})]
                     )

@@ -70,10 +70,10 @@ _STATUS = {
     "invalid_request": 400,
     "unsupported_language": 400,
     "unsupported_task": 400,
+    "invalid_audio": 400,  # OpenAI's "Invalid file format" and "could not be decoded" are 400
+    "audio_too_long": 400,  # a recording over the duration limit, as OpenAI's; see _BodyTooLarge
     "unauthorized": 401,
     "timeout": 408,
-    "audio_too_long": 413,
-    "invalid_audio": 415,
     "rate_limited": 429,
     "internal_error": 500,
     "server_busy": 503,
@@ -82,8 +82,17 @@ _STATUS = {
 _TYPE = {401: "authentication_error", 429: "rate_limit_error"}
 
 
+class _BodyTooLarge(AudioTooLong):
+    """A body over ``limits.max_frame_bytes``: 413, as OpenAI answers one over its 25 MB
+    (the code stays ``audio_too_long``, the batch protocol's for a frame too big)."""
+
+
 def status_of(error: SpeechGWError) -> int:
-    """The HTTP status that OpenAI's SDKs act on for ``error`` (they retry 408, 429, 5xx)."""
+    """The HTTP status that OpenAI's SDKs act on for ``error`` (they retry 408, 429, 5xx), the
+    one OpenAI gives the same fault, so that code catching ``openai.BadRequestError`` for a bad
+    upload works here too."""
+    if isinstance(error, _BodyTooLarge):
+        return 413
     return _STATUS.get(error.error, 400)
 
 
@@ -370,7 +379,7 @@ class _Exchange:
         return message
 
     def _too_large(self) -> AudioTooLong:
-        return AudioTooLong(f"the request body is larger than the limit of {self.max_bytes} bytes")
+        return _BodyTooLarge(f"the request body is larger than the limit of {self.max_bytes} bytes")
 
     async def close(self) -> None:
         if self.form is not None:

@@ -200,7 +200,7 @@ def test_a_decoder_crash_fails_its_upload_and_the_server_serves_on(
     def upload_long_file() -> None:  # 17 minutes of mp3: seconds of decoding
         try:
             sdk.audio.transcriptions.create(model="whisper-1", file=("long.mp3", mp3 * 400))
-        except openai.APIStatusError as exc:
+        except openai.BadRequestError as exc:  # what OpenAI answers an undecodable file
             answers.append(exc)
 
     uploading = threading.Thread(target=upload_long_file)
@@ -210,7 +210,7 @@ def test_a_decoder_crash_fails_its_upload_and_the_server_serves_on(
     os.kill(decoder, signal.SIGKILL)
     uploading.join(timeout=60)
     (failed,) = answers
-    assert failed.status_code == 415 and failed.body["code"] == "invalid_audio"
+    assert failed.status_code == 400 and failed.body["code"] == "invalid_audio"
     assert failed.body["message"] == (
         "the file could not be decoded as audio (the decoder crashed on it)"
     )
@@ -418,9 +418,11 @@ def test_request_errors_have_openais_shape(
         assert line.endswith(f"outcome={code}"), line
     text = tmp_path / "notes.txt"
     text.write_text("not audio at all")
-    with pytest.raises(openai.APIStatusError) as failed, text.open("rb") as notes:
+    # OpenAI's status for a file that is not audio: code written against it catches the SDK's
+    # BadRequestError
+    with pytest.raises(openai.BadRequestError) as failed, text.open("rb") as notes:
         sdk.audio.transcriptions.create(model="whisper-1", file=notes)
-    assert failed.value.status_code == 415
+    assert failed.value.status_code == 400
     assert failed.value.body["code"] == "invalid_audio"
     # a header no recording has: refused from the header, not after seconds of resampling
     absurd = tmp_path / "absurd.wav"
@@ -428,9 +430,9 @@ def test_request_errors_have_openais_shape(
     header = bytearray(absurd.read_bytes())
     header[24:28] = (989_871_744).to_bytes(4, "little")  # the fmt chunk's sample rate
     absurd.write_bytes(header)
-    with pytest.raises(openai.APIStatusError) as failed, absurd.open("rb") as upload:
+    with pytest.raises(openai.BadRequestError) as failed, absurd.open("rb") as upload:
         sdk.audio.transcriptions.create(model="whisper-1", file=upload)
-    assert failed.value.status_code == 415
+    assert failed.value.body["code"] == "invalid_audio"
     assert "sample rate is 989871744 Hz" in failed.value.body["message"]
     # English-only model: no translation
     with (
@@ -550,6 +552,25 @@ def test_a_body_over_the_limit_is_refused_while_it_is_read(voices) -> None:
         # and the server serves the next client
         with voices["coffee"].open("rb") as audio:
             assert "coffee" in sdk.audio.transcriptions.create(model="whisper-1", file=audio).text
+
+
+def test_audio_over_the_duration_limit_is_openais_400(voices, tmp_path: Path) -> None:
+    """OpenAI answers a recording longer than a model takes with 400, as it does a file that
+    is not audio; only a body over the size limit is 413. A WAV is measured from its header,
+    an mp3 while FFmpeg decodes it (stopping there)."""
+    long = speech.concat([voices["children"]] * 3, tmp_path / "long.wav")
+    mp3 = speech.encode(long, tmp_path / "long.mp3", "mp3")
+    with running_server({**AUTH, "limits": {"max_audio_seconds": 5}}) as server:
+        sdk = client(server)
+        for upload in (long, mp3):
+            with pytest.raises(openai.BadRequestError) as failed, upload.open("rb") as audio:
+                sdk.audio.transcriptions.create(model="whisper-1", file=audio)
+            assert failed.value.body["code"] == "audio_too_long", upload.name
+            assert "the limit is 5 s" in failed.value.body["message"], upload.name
+            assert failed.value.body["type"] == "invalid_request_error"
+        with voices["children"].open("rb") as audio:
+            text = sdk.audio.transcriptions.create(model="whisper-1", file=audio).text
+        assert speech.word_recall(CHILDREN, text) > 0.8, text
 
 
 @pytest.mark.parametrize(
