@@ -113,9 +113,11 @@ def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
 
 
 class ServerURL(str):
-    """A running server's ws:// base URL, which also knows the server's process id."""
+    """A running server's ws:// base URL, which also knows the server's process ids."""
 
     pid: int
+    pids: list[int]
+    """The processes that serve: ``pid``, or with ``--processes`` its children."""
 
     def samples(self, metric: str) -> dict[str, float]:
         """The server's samples of one metric from ``/metrics``, by their label text
@@ -137,17 +139,33 @@ class ServerURL(str):
         }
 
     def rss_mib(self) -> float:
-        """The server process's resident memory."""
-        status = Path(f"/proc/{self.pid}/status").read_text()
-        kib = next(
-            int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")
-        )
+        """The server processes' resident memory."""
+        kib = 0
+        for pid in self.pids:
+            status = Path(f"/proc/{pid}/status").read_text()
+            kib += next(
+                int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")
+            )
         return kib / 1024
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (``/proc``)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 @contextmanager
-def served(config: Path) -> Iterator[ServerURL]:
-    """``speechgw serve --config config`` on a free port; yields its ws:// base URL."""
+def served(config: Path, processes: int = 1) -> Iterator[ServerURL]:
+    """``speechgw serve --config config --processes N`` on a free port, once every process
+    serves; yields its ws:// base URL."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -160,6 +178,8 @@ def served(config: Path) -> Iterator[ServerURL]:
             "127.0.0.1",
             "--port",
             "0",
+            "--processes",
+            str(processes),
         ],
         cwd=REPO,
         stderr=subprocess.PIPE,
@@ -176,7 +196,8 @@ def served(config: Path) -> Iterator[ServerURL]:
             found = re.search(r"Running on http://[\d.]+:(\d+)", line)
             if found:
                 port.append(int(found.group(1)))
-                ready.set()
+                if len(port) == processes:
+                    ready.set()
             elif "ERROR" in line or "Traceback" in line:
                 print(line, end="", file=sys.stderr)
 
@@ -186,6 +207,7 @@ def served(config: Path) -> Iterator[ServerURL]:
             raise RuntimeError("the server did not start")
         url = ServerURL(f"ws://127.0.0.1:{port[0]}")
         url.pid = process.pid
+        url.pids = [process.pid] if processes == 1 else _children(process.pid)
         yield url
     finally:
         process.terminate()

@@ -12,8 +12,8 @@ At each client level C, one list of JOBS recordings (the pieces, repeated) is ru
   BATCH_SIZES, C batch-protocol clients; segments timed by Whisper's timestamp tokens, and with
   ``--more-gateways TIMES:SIZE,...`` also with those ``segment_times`` and batch sizes
   (``pauses``: text alone per window; ``sentences``: those windows cut into sentences);
-  ``--processes N``: N ``speechgw serve`` processes of that config (each its own model and
-  GIL, on one GPU), the clients' requests dealt out among them in turn.
+  ``--processes N``: ``speechgw serve --processes N`` (N server processes on one port, each its
+  own model and GIL, on one GPU; the kernel deals the connections out among them).
 Reported: audio seconds per wall second, p50/p95 request latency, and how many texts differ
 from ``WhisperModel``'s for the same job (and, in the log, from ``BatchedInferencePipeline``'s,
 which decodes text alone as ``segment_times: pauses`` does). ``--rounds R``: every side
@@ -34,14 +34,13 @@ WAVs are read with ``wave`` (PyAV is a stub on the GPU machine).
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import statistics
 import sys
 import tempfile
 import time
 import wave
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -49,7 +48,6 @@ from pathlib import Path
 import numpy as np
 from _common import (
     REPO,
-    ServerURL,
     add_model_arguments,
     gateway_transcribe,
     recordings,
@@ -116,13 +114,12 @@ def start_gateway(
         name += f", segment_times {segment_times}"
     if args.processes > 1:
         name += f", {args.processes} processes"
-    urls = [stack.enter_context(served(config)) for _ in range(args.processes)]
-    for url in urls:
-        gateway_transcribe(url, pieces[0][0])  # warm up
-    turns = itertools.cycle(urls)  # next() on a cycle holds the GIL: thread-safe
+    url = stack.enter_context(served(config, args.processes))
+    for _ in range(2 * args.processes):  # warm up (the kernel deals the connections out)
+        gateway_transcribe(url, pieces[0][0])
 
-    def gateway(i: int, turns: Iterator[ServerURL] = turns) -> str:
-        return gateway_transcribe(next(turns), pieces[i][0])[1] or ""
+    def gateway(i: int) -> str:
+        return gateway_transcribe(url, pieces[i][0])[1] or ""
 
     return name, gateway
 

@@ -14,11 +14,12 @@
 #    and 64 clients. sentences' word timing (align) now joins the batches too (session 37),
 #    on the window's kept encoder output (session 38: one encoder pass per window, not two):
 #    the last run had sentences 22% under pauses, one batch-of-one align per window.
-# 2. The same with 2 model workers in each of 2 gateway processes (--processes 2), 64 and 128
-#    clients: past one interpreter's GIL.
+# 2. The same with 2 model workers in each of 2 gateway processes (`speechgw serve --processes
+#    2`, session 39: one port, the kernel deals the connections out), 64 and 128 clients: past
+#    one interpreter's GIL.
 # 3. bench/stream_capacity.py: 200 and 300 real-time streams over 2 gateway processes (pauses,
-#    batch 32), then 200 on one process left to the CUDA defaults (no batch_size, no
-#    segment_times in its config).
+#    batch 32; --processes 2 as above), then 200 on one process left to the CUDA defaults (no
+#    batch_size, no segment_times in its config).
 # 4. bench/gil_budget.py: the GIL per audio second with sentences, batch 32, 64 clients.
 # 5. bench/kept_encodings.py: sentences in-process, unbatched and batched by 32, 128 jobs: the
 #    same segments in float16, and the time (session 38: each window encoded once).

@@ -11,9 +11,9 @@ the server's resident memory. The capacity is the largest N whose p95 stays unde
 
 ``--interim``: every stream asks for interim results, which then compete with the finals for
 the worker (finals first). ``--audio DIR``: the ``piece*.wav`` there (16 kHz mono, as the GPU
-recipe carries them) instead of ../shared/audio's recordings. ``--processes N``: N
-``speechgw serve`` processes of the config (each its own model and GIL), the streams dealt out
-among them in turn; the RSS is theirs summed.
+recipe carries them) instead of ../shared/audio's recordings. ``--processes N``: ``speechgw
+serve --processes N`` (N server processes on one port, each its own model and GIL; the kernel
+deals the streams out among them); the RSS is theirs summed.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def main() -> int:
         clips = clips[: args.clips]
         print(f"{len(clips)} clips per stream, {sum(c.seconds for c in clips):.1f} s of speech")
         with ExitStack() as stack:
-            urls = [stack.enter_context(served(args.config)) for _ in range(args.processes)]
+            urls = [stack.enter_context(served(args.config, args.processes))]
             for url in urls:
                 run_once(url, clips[:1], 0)  # warm up
             idle = sum(url.rss_mib() for url in urls)

@@ -33,6 +33,7 @@ from .gateway import Gateway
 from .loading import backends_registry, load_app_config, open_store
 from .metrics import GatewayMetrics
 from .registry import resolve
+from .siblings import ProcessPlace, Siblings
 from .tuning import check_open_files
 
 _LOGGER = logging.getLogger(__name__)
@@ -117,23 +118,32 @@ def build_gateway(config: Config, env: Mapping[str, str]) -> Gateway:
     )
 
 
-def metrics_endpoint(gateway: Gateway):  # -> an ASGI request handler
+def metrics_endpoint(gateway: Gateway, siblings: Siblings | None = None):  # -> ASGI handler
+    """``/metrics``: this process's registry, or with ``siblings`` every process's, summed."""
+
     async def metrics(request: Request) -> Response:
+        if siblings is not None:
+            return Response(await siblings.exposition(), media_type=CONTENT_TYPE_LATEST)
         return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return metrics
 
 
-def build_metrics_app(gateway: Gateway) -> Starlette:
+def build_metrics_app(gateway: Gateway, siblings: Siblings | None = None) -> Starlette:
     """``/metrics`` alone, for ``metrics.port``."""
-    return Starlette(routes=[Route("/metrics", metrics_endpoint(gateway), methods=["GET"])])
+    endpoint = metrics_endpoint(gateway, siblings)
+    return Starlette(routes=[Route("/metrics", endpoint, methods=["GET"])])
 
 
-def build_app(config: Config, env: Mapping[str, str] | None = None) -> Starlette:
-    """The whole server as one ASGI app; models load in its lifespan, before it accepts."""
+def build_app(
+    config: Config, env: Mapping[str, str] | None = None, place: ProcessPlace | None = None
+) -> Starlette:
+    """The whole server as one ASGI app; models load in its lifespan, before it accepts.
+    ``place``: this process's among the processes of ``speechgw serve --processes N``."""
     from speechgw.protocols import PROTOCOLS
 
     gateway = build_gateway(config, os.environ if env is None else env)
+    siblings = None if place is None else Siblings(place, gateway.metrics.registry)
 
     async def health(request: Request) -> Response:
         # a replica whose store is unreachable can answer nobody (no key check, no ledger
@@ -152,9 +162,11 @@ def build_app(config: Config, env: Mapping[str, str] | None = None) -> Starlette
             name: {"ready": backend.ready, **backend.info}
             for name, backend in gateway.backends.items()
         }
+        if place is not None:  # which of the processes on this port answered
+            body["process"] = {"index": place.index, "of": place.count, "pid": os.getpid()}
         return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
-    metrics = metrics_endpoint(gateway)
+    metrics = metrics_endpoint(gateway, siblings)
 
     async def page(request: Request) -> Response:
         return FileResponse(_WEB / "index.html")
@@ -174,8 +186,13 @@ def build_app(config: Config, env: Mapping[str, str] | None = None) -> Starlette
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Gateway]]:
         await gateway.start()
         try:
+            if siblings is not None:
+                await siblings.start()
+                siblings.place.ready()  # the parent counts this process as serving
             yield {"gateway": gateway}
         finally:
+            if siblings is not None:
+                await siblings.aclose()
             await gateway.close()
 
     app = Starlette(
@@ -186,6 +203,7 @@ def build_app(config: Config, env: Mapping[str, str] | None = None) -> Starlette
     )
     app.router.default = _not_found(routes)
     app.state.gateway = gateway
+    app.state.siblings = siblings
     return app
 
 

@@ -40,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument(
+        "--processes",
+        type=_at_least_one,
+        help="server processes sharing the port, each with its own models (overrides "
+        "server.processes)",
+    )
+    serve.add_argument("--child", help=argparse.SUPPRESS)  # one of --processes' processes
 
     check = commands.add_parser(
         "check",
@@ -137,6 +144,13 @@ def _moment(text: str) -> float:
     return moment.timestamp()
 
 
+def _at_least_one(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {number}")
+    return number
+
+
 def _utc(moment: float) -> datetime.datetime:
     """A Unix time as the command line shows it: in UTC, as the ledger counts."""
     return datetime.datetime.fromtimestamp(moment, datetime.UTC)
@@ -154,6 +168,8 @@ def _load(args: argparse.Namespace):  # -> Config
         server = dataclasses.replace(server, host=args.host)
     if getattr(args, "port", None) is not None:
         server = dataclasses.replace(server, port=args.port)
+    if getattr(args, "processes", None) is not None:
+        server = dataclasses.replace(server, processes=args.processes)
     return dataclasses.replace(config, server=server), path
 
 
@@ -318,7 +334,8 @@ def _check(args: argparse.Namespace) -> int:
     server = config.server
     scheme = "https/wss" if server.certfile else "http/ws"
     print(f"{path or 'embedded default'}: valid")
-    print(f"listen: {server.host}:{server.port} ({scheme})")
+    processes = f", {server.processes} processes" if server.processes > 1 else ""
+    print(f"listen: {server.host}:{server.port} ({scheme}{processes})")
     for backend in config.backends:
         print(f"backend {backend.name}: {backend.type}{_options(backend.options)}")
     for number, rule in enumerate(config.routing, 1):
@@ -401,16 +418,32 @@ def _serve(args: argparse.Namespace) -> int:
     config, path = _load(args)
     logs.configure(config.logging.level, config.logging.format)
     from .app import build_app
-    from .server import CannotListen, bind, event_loop_factory, run
+    from .server import CannotListen, bind, bind_shared, event_loop_factory, run
 
     loop_factory = event_loop_factory(config.server.event_loop)
-    ports = [config.server.port] + ([] if config.metrics.port is None else [config.metrics.port])
+    place = None
+    if args.child:  # one of the processes of --processes, on the port its parent holds
+        from .processes import child_place
+
+        place = child_place(args.child)
+    host, shared = config.server.host, config.server.processes > 1
+    ports = [config.server.port]
+    if config.metrics.port is not None:
+        ports.append(config.metrics.port)
     try:  # before the models load: a taken port is said at once
-        sockets = [bind(config.server.host, port) for port in ports]
+        if shared and place is None:
+            sockets = [bind_shared(host, port) for port in ports]
+        else:
+            sockets = [bind(host, port, shared) for port in ports]
     except CannotListen as exc:
         print(f"speechgw: {exc}", file=sys.stderr)
         return 1
-    app = build_app(config)
+    if shared and place is None:
+        from .processes import serve_processes
+
+        port = sockets[0].getsockname()[1]  # chosen by the kernel where the config says 0
+        return serve_processes(config.server.processes, sockets, path, host, port)
+    app = build_app(config, place=place)
     store = app.state.gateway.store
     if store is not None:
         store.prepare()

@@ -91,7 +91,7 @@ Port = Range(ge=0, le=65535)
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    """Where and how the one server process listens."""
+    """Where and how the server listens."""
 
     host: str = "0.0.0.0"
     port: Annotated[int, Port] = 8765
@@ -113,6 +113,10 @@ class ServerConfig:
     and its client gets a 502."""
     shutdown_grace_seconds: Annotated[float, NonNegative] = 30.0
     """0: stop at once, cutting off what is in flight."""
+    processes: Annotated[int, AtLeastOne] = 1
+    """Server processes sharing the port, each a whole gateway with its own models (as the
+    replicas of a fleet, on one machine): for a GPU that one interpreter cannot keep busy
+    (``speechgw/processes.py``). ``/metrics`` answers for all of them."""
     retain_freed_memory_mib: Annotated[int | None, NonNegative] = 1024
     """glibc: keep up to this much freed memory for reuse instead of returning it to the
     kernel after each request (``speechgw/tuning.py``: it saves CTranslate2 ~53,000 page

@@ -29,7 +29,15 @@ from .config import Config
 from .errors import ConfigError
 from .tuning import limit_blas_threads, raise_open_files_limit, retain_freed_memory
 
-__all__ = ["CannotListen", "bind", "event_loop_factory", "hypercorn_config", "run", "serve_app"]
+__all__ = [
+    "CannotListen",
+    "bind",
+    "bind_shared",
+    "event_loop_factory",
+    "hypercorn_config",
+    "run",
+    "serve_app",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -77,13 +85,20 @@ class CannotListen(Exception):
     """A listening socket cannot be bound: its port is taken, or not this user's to take."""
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, shared: bool = False) -> socket.socket:
     """A socket bound to ``host``:``port`` with hypercorn's options, made before the models
     load, so that a taken port stops a start at once and in one line (:class:`CannotListen`),
-    not after the models have loaded and with hypercorn's traceback."""
+    not after the models have loaded and with hypercorn's traceback.
+
+    ``shared``: with ``SO_REUSEPORT``, for the processes of ``--processes``, each of which binds
+    the port so (:mod:`speechgw.processes`); the kernel then deals the connections out among
+    them by their addresses, rather than to whichever accepts first (a burst of streams all to
+    one process, which takes every connection waiting when it wakes)."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if shared:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:  # EADDRINUSE; EACCES below port 1024; EADDRNOTAVAIL
@@ -92,6 +107,16 @@ def bind(host: str, port: int) -> socket.socket:
         raise CannotListen(f"cannot listen on {_address(host, port)}: {reason}") from None
     sock.setblocking(False)
     return sock
+
+
+def bind_shared(host: str, port: int) -> socket.socket:
+    """:func:`bind` with ``shared``, for the parent of ``--processes``, which holds the port
+    while its processes serve it. First bound alone and let go: a port that another server's
+    processes share (``SO_REUSEPORT``, the same user) would let this one join them
+    silently, and two gateways would take turns answering each other's clients."""
+    if port != 0:
+        bind(host, port).close()  # CannotListen if anything holds it
+    return bind(host, port, shared=True)
 
 
 def _address(host: str, port: int) -> str:
@@ -159,7 +184,7 @@ async def serve_app(
     metrics_config = hypercorn_config(config, metrics_sock)
     if metrics_sock is None:
         metrics_config.bind = [_address(config.server.host, config.metrics.port)]
-    metrics_app = build_metrics_app(app.state.gateway)
+    metrics_app = build_metrics_app(app.state.gateway, app.state.siblings)
     await asyncio.gather(
         main,
         serve(metrics_app, metrics_config, shutdown_trigger=shutdown_trigger),  # type: ignore[arg-type]

@@ -311,6 +311,7 @@ LIMITS_AT_ZERO_OR_BELOW = [
     ("server", "shutdown_grace_seconds", -1, "must be >= 0"),
     ("server", "retain_freed_memory_mib", -1, "must be >= 0"),
     ("server", "blas_threads", 0, "must be >= 1"),
+    ("server", "processes", 0, "must be >= 1"),
     ("streaming", "end_silence_ms", 0, "must be > 0"),
     ("streaming", "start_padding_ms", -30, "must be >= 0"),
     ("streaming", "max_utterance_seconds", 0, "must be > 0"),

@@ -1,0 +1,121 @@
+"""``speechgw serve --processes 2``: two server processes on one port under one parent, as a
+user runs it (a real process tree, tiny.en, the SQLite ledger, signals)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tests import speech
+from tests.client import transcribe
+from tests.ledger import rows as ledger_rows
+from tests.processes import children, ended
+from tests.serving import ServeProcess
+from tests.waiting import wait_for
+
+KEY = "processes-test-key-0123"
+
+
+def _config(folder: Path, store: str | None = None) -> Path:
+    config = folder / "two.yaml"
+    config.write_text(
+        f"store: {store or '{path: ' + str(folder / 'ledger.db') + '}'}\n"
+        "backends: {whisper: {type: whisper, model: tiny.en, cpu_threads: 1}}\n"
+        "routing: [{backend: whisper}]\n"
+    )
+    return config
+
+
+def _get(url: str) -> tuple[int, str]:
+    """One request on a connection of its own (the kernel picks the process that accepts)."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:  # /health answers 503 while a process loads
+        return exc.code, exc.read().decode()
+
+
+def _serving_pids(server: ServeProcess, count: int) -> set[int]:
+    """The pids that answer ``/health``, asked until ``count`` different ones have."""
+    seen: set[int] = set()
+
+    def all_answered() -> bool:
+        status, body = _get(server.http + "/health")
+        if status == 200:
+            process = json.loads(body)["process"]
+            assert process["of"] == count
+            seen.add(process["pid"])
+        return len(seen) == count
+
+    wait_for(all_answered, seconds=120)
+    return seen
+
+
+def _counted(metrics: str, name: str) -> float:
+    found = re.search(
+        rf'^{name}{{machine_id="m1",status="ok",task="transcribe"}} (\S+)$', metrics, re.M
+    )
+    return float(found.group(1)) if found else 0.0
+
+
+def test_two_processes_share_the_port_and_answer_metrics_as_one(voices, tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    wav = voices["children"].read_bytes()
+    with ServeProcess(
+        "--config", str(config), "--processes", "2", env={"SERVER_API_KEY": KEY}
+    ) as server:
+        pids = _serving_pids(server, 2)
+        assert pids == set(children(server.process.pid))  # the parent's: decoders are theirs
+        for _ in range(4):
+            reply = transcribe(server.url, wav, api_key=KEY, machine_id="m1").reply
+            assert speech.word_recall(speech.SENTENCES["children"], reply["text"]) > 0.8, reply
+        # every scrape, whichever process takes it, counts the requests of both
+        for _ in range(6):
+            status, metrics = _get(server.http + "/metrics")
+            assert status == 200
+            assert _counted(metrics, "asr_requests_total") == 4, metrics
+            assert 'speechgw_backend_ready{backend="whisper"} 1.0' in metrics
+        (rows,) = ledger_rows(tmp_path / "ledger.db", "SELECT COUNT(*) FROM usage")
+        assert rows == (4,)
+        # a process that dies (a crash, the OOM killer) is replaced; the other serves meanwhile
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)
+        # reaped: its last thread is gone, and with it its socket (a connection the kernel
+        # queued to it until then is lost with it)
+        wait_for(lambda: "starting another" in server.log, seconds=30)
+        assert transcribe(server.url, wav, api_key=KEY).close_code == 1000
+        now = _serving_pids(server, 2)
+        assert victim not in now and len(now & pids) == 1
+        # SIGTERM: each process drains, the parent exits 0 after them
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=60) == 0
+        wait_for(lambda: all(ended(pid) for pid in now), seconds=10)
+    assert KEY not in server.log
+
+
+def test_a_process_that_cannot_start_stops_them_all(tmp_path: Path) -> None:
+    """A store that is down at start: each process says why in its own line and the parent
+    exits 1, rather than serve with fewer processes than asked for or retry for ever."""
+    config = _config(tmp_path, store="{url: 'postgresql://speechgw@127.0.0.1:9/none'}")
+    server = ServeProcess("--config", str(config), "--processes", "2")
+    try:
+        assert server.process.wait(timeout=120) == 1
+    finally:
+        server.stop()
+    assert "the store is unreachable" in server.log
+    assert "could not start" in server.log
+
+
+def test_the_processes_end_with_a_parent_that_is_killed(tmp_path: Path) -> None:
+    """``kill -9`` (the OOM killer) gives the parent no time to stop its processes: Linux
+    signals each one as its parent dies, and each drains and ends by itself."""
+    with ServeProcess("--config", str(_config(tmp_path)), "--processes", "2") as server:
+        pids = _serving_pids(server, 2)
+        server.process.kill()
+        server.process.wait(timeout=30)
+        wait_for(lambda: all(ended(pid) for pid in pids), seconds=60)
