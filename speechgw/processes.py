@@ -26,6 +26,7 @@ import ctypes
 import logging
 import os
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -75,106 +76,117 @@ def serve_processes(
     if not hasattr(os, "pidfd_open"):
         raise ConfigError("server.processes: more than one process needs Linux (5.3 or later)")
     folder = Path(tempfile.mkdtemp(prefix="speechgw-processes-"))
-    running: dict[int, _Process] = {}
-    selector = selectors.DefaultSelector()
-    ended: deque[float] = deque(maxlen=_RESTARTS + 1)
-    state = {"stopping": False, "failed": False}
+    try:
+        return _Supervisor(count, config_path, host, port, folder).run()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
-    def start(index: int) -> None:
-        read, write = os.pipe()
-        command = [sys.executable, "-m", "speechgw", "serve", "--host", host, "--port", str(port)]
-        command += ["--processes", str(count)]  # as its config says, though it starts none
+
+class _Supervisor:
+    """The parent's loop: it waits on each process's pidfd and "ready" pipe, and on signals."""
+
+    def __init__(
+        self, count: int, config_path: str | None, host: str, port: int, folder: Path
+    ) -> None:
+        self.count = count
+        self.command = [sys.executable, "-m", "speechgw", "serve", "--host", host]
+        self.command += ["--port", str(port), "--processes", str(count)]  # as its config says
         if config_path is not None:
-            command += ["--config", config_path]
-        command += ["--child", f"{index}:{count}:{write}:{os.getpid()}:{folder}"]
+            self.command += ["--config", config_path]
+        self.folder = folder
+        self.running: dict[int, _Process] = {}
+        self.selector = selectors.DefaultSelector()
+        self.ended: deque[float] = deque(maxlen=_RESTARTS + 1)
+        self.stopping = False
+        self.failed = False
+
+    def run(self) -> int:
+        handlers = {signal.SIGINT: self._on_stop, signal.SIGTERM: self._on_stop}
+        handlers[signal.SIGHUP] = self._on_reload
+        previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+        try:
+            for index in range(self.count):
+                self._start(index)
+            pids = ", ".join(str(p.popen.pid) for p in self.running.values())
+            _LOGGER.info("%d server processes share the port (pids %s)", self.count, pids)
+            while self.running:
+                for key, _ in self.selector.select(timeout=1.0):
+                    what, process = key.data
+                    if self.running.get(process.index) is not process:
+                        continue  # ended in this same round: its pipe is closed
+                    if what == "ready":
+                        self.selector.unregister(process.ready_pipe)
+                        process.ready = os.read(process.ready_pipe, 1) == b"1"
+                    else:
+                        self._ended(process)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            for process in self.running.values():  # only if the parent itself failed
+                process.popen.kill()
+                process.popen.wait()
+                process.close()
+            self.selector.close()
+        return 1 if self.failed else 0
+
+    def _start(self, index: int) -> None:
+        read, write = os.pipe()
+        child = f"{index}:{self.count}:{write}:{os.getpid()}:{self.folder}"
+        command = [*self.command, "--child", child]
         popen = subprocess.Popen(command, pass_fds=[write], stdin=subprocess.DEVNULL)
         os.close(write)
         process = _Process(index, popen, read)
-        running[index] = process
-        selector.register(process.pidfd, selectors.EVENT_READ, ("ended", process))
-        selector.register(process.ready_pipe, selectors.EVENT_READ, ("ready", process))
+        self.running[index] = process
+        self.selector.register(process.pidfd, selectors.EVENT_READ, ("ended", process))
+        self.selector.register(process.ready_pipe, selectors.EVENT_READ, ("ready", process))
+        if self.stopping:  # a stop signal came while it was being started
+            popen.send_signal(signal.SIGTERM)
 
-    def stop_all(sig: int = signal.SIGTERM) -> None:
-        for process in running.values():
+    def _ended(self, process: _Process) -> None:
+        self.selector.unregister(process.pidfd)
+        with contextlib.suppress(KeyError):  # still registered unless it said ready (or EOF)
+            self.selector.unregister(process.ready_pipe)
+        code = process.popen.wait()
+        process.close()
+        del self.running[process.index]
+        if self.stopping:
+            self.failed |= code != 0
+            return
+        if not process.ready:
+            # it said why on its own stderr (a config or model error, a store down)
+            _LOGGER.error("process %d could not start (exit code %s)", process.index, code)
+            self._fail()
+            return
+        self.ended.append(time.monotonic())
+        if len(self.ended) > _RESTARTS and self.ended[-1] - self.ended[0] < _RESTART_WINDOW:
+            _LOGGER.error(
+                "%d processes ended within %g s: stopping", len(self.ended), _RESTART_WINDOW
+            )
+            self._fail()
+            return
+        _LOGGER.warning(
+            "process %d (pid %d) ended with exit code %s; starting another",
+            process.index,
+            process.popen.pid,
+            code,
+        )
+        self._start(process.index)
+
+    def _fail(self) -> None:
+        self.failed = True
+        self._on_stop(signal.SIGTERM, None)
+
+    def _signal_all(self, sig: int) -> None:
+        for process in self.running.values():
             with contextlib.suppress(ProcessLookupError):
                 process.popen.send_signal(sig)
 
-    def on_stop(signum: int, frame: object) -> None:
-        state["stopping"] = True
-        stop_all()
+    def _on_stop(self, signum: int, frame: object) -> None:
+        self.stopping = True
+        self._signal_all(signal.SIGTERM)
 
-    def on_reload(signum: int, frame: object) -> None:
-        stop_all(signal.SIGHUP)
-
-    previous = {
-        sig: signal.signal(sig, handler)
-        for sig, handler in (
-            (signal.SIGINT, on_stop),
-            (signal.SIGTERM, on_stop),
-            (signal.SIGHUP, on_reload),
-        )
-    }
-    try:
-        for index in range(count):
-            start(index)
-        _LOGGER.info("%d server processes share the port (pids %s)", count, _pids(running))
-        while running:
-            for key, _ in selector.select(timeout=1.0):
-                what, process = key.data
-                if what == "ready":
-                    selector.unregister(process.ready_pipe)
-                    process.ready = os.read(process.ready_pipe, 1) == b"1"
-                    continue
-                selector.unregister(process.pidfd)
-                with contextlib.suppress(KeyError, ValueError):
-                    selector.unregister(process.ready_pipe)
-                code = process.popen.wait()
-                process.close()
-                del running[process.index]
-                if state["stopping"]:
-                    state["failed"] |= code != 0
-                    continue
-                if not process.ready:
-                    # it said why on its own stderr (a config or model error, a store down)
-                    _LOGGER.error("process %d could not start (exit code %s)", process.index, code)
-                    _fail(state, stop_all)
-                    continue
-                ended.append(time.monotonic())
-                if len(ended) > _RESTARTS and ended[-1] - ended[0] < _RESTART_WINDOW:
-                    _LOGGER.error(
-                        "%d processes ended within %g s: stopping", len(ended), _RESTART_WINDOW
-                    )
-                    _fail(state, stop_all)
-                    continue
-                _LOGGER.warning(
-                    "process %d (pid %d) ended with exit code %s; starting another",
-                    process.index,
-                    process.popen.pid,
-                    code,
-                )
-                start(process.index)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        for process in running.values():  # only if the parent itself failed
-            process.popen.kill()
-            process.popen.wait()
-            process.close()
-        selector.close()
-        for leftover in folder.glob("*"):
-            leftover.unlink(missing_ok=True)
-        folder.rmdir()
-    return 1 if state["failed"] else 0
-
-
-def _fail(state: dict[str, bool], stop_all: object) -> None:
-    state["stopping"] = True
-    state["failed"] = True
-    stop_all()  # type: ignore[operator]
-
-
-def _pids(running: dict[int, _Process]) -> str:
-    return ", ".join(str(p.popen.pid) for p in running.values())
+    def _on_reload(self, signum: int, frame: object) -> None:
+        self._signal_all(signal.SIGHUP)
 
 
 def child_place(spec: str) -> ProcessPlace:

@@ -56,6 +56,11 @@ def _serving_pids(server: ServeProcess, count: int) -> set[int]:
     return seen
 
 
+def _servers_of_requests(log: str) -> set[str]:
+    """The process tags of the request ids in the access log."""
+    return set(re.findall(r"request=([0-9a-f]+)-\d+ ", log))
+
+
 def _counted(metrics: str, name: str) -> float:
     found = re.search(
         rf'^{name}{{machine_id="m1",status="ok",task="transcribe"}} (\S+)$', metrics, re.M
@@ -71,17 +76,26 @@ def test_two_processes_share_the_port_and_answer_metrics_as_one(voices, tmp_path
     ) as server:
         pids = _serving_pids(server, 2)
         assert pids == set(children(server.process.pid))  # the parent's: decoders are theirs
-        for _ in range(4):
+        # requests until both processes have served some (each request id starts with its
+        # process's tag; the kernel deals connections out by their addresses)
+        sent = 0
+        while len(_servers_of_requests(server.log)) < 2:
+            assert sent < 20, server.log
             reply = transcribe(server.url, wav, api_key=KEY, machine_id="m1").reply
             assert speech.word_recall(speech.SENTENCES["children"], reply["text"]) > 0.8, reply
+            sent += 1
+        wait_for(lambda: server.log.count("outcome=ok") == sent)
         # every scrape, whichever process takes it, counts the requests of both
         for _ in range(6):
             status, metrics = _get(server.http + "/metrics")
             assert status == 200
-            assert _counted(metrics, "asr_requests_total") == 4, metrics
+            assert _counted(metrics, "asr_requests_total") == sent, metrics
             assert 'speechgw_backend_ready{backend="whisper"} 1.0' in metrics
         (rows,) = ledger_rows(tmp_path / "ledger.db", "SELECT COUNT(*) FROM usage")
-        assert rows == (4,)
+        assert rows == (sent,)
+        # SIGHUP (systemctl reload signals the parent alone): every process reloads
+        server.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: server.log.count("config reloaded from") == 2, seconds=30)
         # a process that dies (a crash, the OOM killer) is replaced; the other serves meanwhile
         victim = min(pids)
         os.kill(victim, signal.SIGKILL)
