@@ -13,7 +13,7 @@ takes every connection waiting when it wakes, and a burst of 8 streams went to o
 The parent serves nothing. It passes SIGINT, SIGTERM (each process then drains as a single
 server does) and SIGHUP (each reloads) on, starts a new process in place of one that ends
 while serving (a crash), and stops them all, exiting 1, if one cannot start (a config or
-model error, said in that process's own line) or if they keep ending (5 within a minute).
+model error, said in that process's own line) or if they keep ending (six within a minute).
 A process ends with its parent: Linux signals it (``PR_SET_PDEATHSIG``) when the parent dies.
 ``/metrics`` answers for them all (:mod:`speechgw.siblings`); limits and the ledger are each
 process's, as each replica's in a fleet (README, "Several processes").
