@@ -204,4 +204,4 @@ def child_place(spec: str) -> ProcessPlace:
             os.write(pipe, b"1")
             os.close(pipe)
 
-    return ProcessPlace(int(index), int(count), Path(folder), ready)
+    return ProcessPlace(int(index), int(count), Path(folder), int(parent), ready)

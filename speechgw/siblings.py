@@ -39,12 +39,17 @@ _SAME = frozenset({"speechgw_build_info"})
 
 class ProcessPlace:
     """Which of the ``count`` processes this one is (``index``, from 0), where the processes
-    find each other (``folder``), and how it tells its parent it is serving (``ready``)."""
+    find each other (``folder``, the parent's, mode 0700: no other user can connect, or take
+    a socket's name), which process is their parent (``parent``), and how this one tells it
+    that it is serving (``ready``)."""
 
-    def __init__(self, index: int, count: int, folder: Path, ready: Callable[[], None]) -> None:
+    def __init__(
+        self, index: int, count: int, folder: Path, parent: int, ready: Callable[[], None]
+    ) -> None:
         self.index = index
         self.count = count
         self.folder = folder
+        self.parent = parent
         self.ready = ready
 
     def socket_path(self, index: int) -> Path:
@@ -81,6 +86,11 @@ class Siblings:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
             self.place.socket_path(self.place.index).unlink(missing_ok=True)
+            if _ended(self.place.parent):
+                # the parent was killed (when it stops, it removes the folder itself), so the
+                # last process to end removes it (the others' sockets keep it until then)
+                with contextlib.suppress(OSError):
+                    self.place.folder.rmdir()
 
     async def exposition(self) -> bytes:
         """Every process's metrics as one registry's: this one's and those of the siblings
@@ -103,6 +113,17 @@ class Siblings:
         except (OSError, TimeoutError):  # not serving yet, or gone: left out of this scrape
             _LOGGER.debug("metrics of process %d: no answer", index)
             return None
+
+
+def _ended(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie counts). Not ``os.getppid()``: a child is
+    told of its parent's death (``PR_SET_PDEATHSIG``) when the thread that started it ends,
+    and until the parent's last thread has, the child's parent is still that process."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
 
 
 def merge_expositions(texts: list[bytes]) -> bytes:

@@ -130,6 +130,16 @@ def test_the_processes_end_with_a_parent_that_is_killed(tmp_path: Path) -> None:
     signals each one as its parent dies, and each drains and ends by itself."""
     with ServeProcess("--config", str(_config(tmp_path)), "--processes", "2") as server:
         pids = _serving_pids(server, 2)
+        folder = _metrics_folder(server.process.pid)
         server.process.kill()
         server.process.wait(timeout=30)
         wait_for(lambda: all(ended(pid) for pid in pids), seconds=60)
+    wait_for(lambda: not folder.exists(), seconds=10)  # the last one out removed it
+
+
+def _metrics_folder(parent: int) -> Path:
+    """The folder the processes' metrics sockets are in, from a child's command line."""
+    child = children(parent)[0]
+    argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+    spec = argv[argv.index(b"--child") + 1].decode()
+    return Path(spec.split(":", 4)[4])
