@@ -33,6 +33,9 @@ _LOGGER = logging.getLogger(__name__)
 
 _ASK_SECONDS = 1.0
 """How long the scraped process waits for a sibling's exposition."""
+_END = b"# end of this process's metrics\n"
+"""The last line a process sends its sibling (a comment to the parser): without it, the text
+was cut short."""
 _LEAST = frozenset({"speechgw_backend_ready", "speechgw_store_up"})
 _SAME = frozenset({"speechgw_build_info"})
 
@@ -73,7 +76,7 @@ class Siblings:
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            writer.write(generate_latest(self._registry))
+            writer.write(generate_latest(self._registry) + _END)
             await writer.drain()
         except ConnectionError:
             pass
@@ -107,12 +110,15 @@ class Siblings:
                     str(self.place.socket_path(index))
                 )
                 try:
-                    return await reader.read()
+                    text = await reader.read()
                 finally:
                     writer.close()
         except (OSError, TimeoutError):  # not serving yet, or gone: left out of this scrape
             _LOGGER.debug("metrics of process %d: no answer", index)
             return None
+        if not text.endswith(_END):  # it ended while it wrote: its counts would be partial
+            return None
+        return text
 
 
 def _ended(pid: int) -> bool:

@@ -11,6 +11,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from prometheus_client import generate_latest
+
+from speechgw.metrics import GatewayMetrics
+from speechgw.siblings import merge_expositions
 from tests import speech
 from tests.client import transcribe
 from tests.ledger import rows as ledger_rows
@@ -143,3 +147,33 @@ def _metrics_folder(parent: int) -> Path:
     argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
     spec = argv[argv.index(b"--child") + 1].decode()
     return Path(spec.split(":", 4)[4])
+
+
+def test_merged_metrics_add_counts_and_keep_the_least_readiness() -> None:
+    """What a scrape of any process shows, from two processes' registries: requests and
+    latency observations added up, a backend ready only if ready in both, one build line."""
+    first, second = GatewayMetrics(), GatewayMetrics()
+    first.requests.labels("m1", "transcribe", "ok").inc(2)
+    second.requests.labels("m1", "transcribe", "ok").inc(3)
+    second.requests.labels('odd"id\\', "translate", "ok").inc()
+    first.processing.labels("m1", "transcribe").observe(0.3)
+    second.processing.labels("m1", "transcribe").observe(3.0)
+    first.backend_ready.labels("whisper").set(1)
+    second.backend_ready.labels("whisper").set(0)
+    first.active_streams.set(2)
+    second.active_streams.set(5)
+    merged = merge_expositions(
+        [generate_latest(first.registry), generate_latest(second.registry)]
+    ).decode()
+    assert _counted(merged, "asr_requests_total") == 5
+    assert (
+        'asr_requests_total{machine_id="odd\\"id\\\\",status="ok",task="translate"} 1.0' in merged
+    )
+    assert 'asr_processing_seconds_bucket{le="0.5",machine_id="m1",task="transcribe"} 1.0' in merged
+    assert 'asr_processing_seconds_count{machine_id="m1",task="transcribe"} 2.0' in merged
+    assert 'speechgw_backend_ready{backend="whisper"} 0.0' in merged
+    assert "speechgw_active_streams 7.0" in merged
+    assert merged.count("speechgw_build_info{") == 1
+    # one process's text comes back as it was
+    alone = generate_latest(first.registry)
+    assert merge_expositions([alone]) == alone
