@@ -177,3 +177,23 @@ def test_merged_metrics_add_counts_and_keep_the_least_readiness() -> None:
     # one process's text comes back as it was
     alone = generate_latest(first.registry)
     assert merge_expositions([alone]) == alone
+
+
+def test_processes_that_keep_ending_stop_the_parent(tmp_path: Path) -> None:
+    """A process that ends while serving is replaced, but six ending within a minute say
+    something is wrong with every one of them: the parent stops them all and exits 1."""
+    config = tmp_path / "scripted.yaml"
+    config.write_text(
+        f"store: {{path: {tmp_path / 'ledger.db'}}}\n"
+        "backends: {scripted: {type: scripted, text: words}}\n"
+        "routing: [{backend: scripted}]\n"
+    )
+    with ServeProcess("--config", str(config), "--processes", "2") as server:
+        for killed in range(1, 7):
+            victim = min(_serving_pids(server, 2))
+            os.kill(victim, signal.SIGKILL)
+            if killed < 6:
+                wait_for(lambda n=killed: server.log.count("starting another") == n, seconds=30)
+        assert server.process.wait(timeout=60) == 1
+    assert "6 processes ended within 60 s: stopping" in server.log
+    assert server.log.count("starting another") == 5
