@@ -34,8 +34,46 @@ from speechgw.server import event_loop_factory, serve_app
 TINY = {"whisper": {"type": "whisper", "model": "tiny.en", "cpu_threads": 1}}
 
 
+class Endpoints:
+    """``GET`` of a running server's HTTP endpoints, for an in-process :class:`Server` and a
+    :class:`ServeProcess` alike (each has ``http``, its base URL)."""
+
+    http: str
+
+    def get(self, path: str) -> tuple[int, str]:
+        """One request on a connection of its own: its status and body, error or not."""
+        try:
+            with urllib.request.urlopen(self.http + path, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def get_json(self, path: str) -> Any:
+        status, body = self.get(path)
+        assert status == 200, body
+        return json.loads(body)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample in ``/metrics`` (0.0 when absent)."""
+        return metric_in(self.get("/metrics")[1], name, **labels)
+
+
+def metric_in(exposition: str, name: str, **labels: str) -> float:
+    """The value of one sample in a Prometheus text exposition (0.0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in exposition.splitlines():
+        if line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        metric, _, label_text = sample.partition("{")
+        got = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
+        if metric == name and got == want:
+            return float(value)
+    return 0.0
+
+
 @dataclass
-class Server:
+class Server(Endpoints):
     port: int
     app: Starlette
     loop: asyncio.AbstractEventLoop
@@ -55,32 +93,6 @@ class Server:
     def tasks(self) -> int:
         """Tasks alive on the server's event loop (a leak shows up as more after a test)."""
         return len(asyncio.all_tasks(self.loop))
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(self.http + path, timeout=10) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
-    def get_json(self, path: str) -> Any:
-        status, body = self.get(path)
-        assert status == 200, body
-        return json.loads(body)
-
-    def metric(self, name: str, **labels: str) -> float:
-        """The value of one sample in ``/metrics`` (0.0 when absent)."""
-        _, body = self.get("/metrics")
-        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        for line in body.splitlines():
-            if line.startswith("#"):
-                continue
-            sample, _, value = line.rpartition(" ")
-            metric, _, label_text = sample.partition("{")
-            got = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
-            if metric == name and got == want:
-                return float(value)
-        return 0.0
 
 
 def config_for(overrides: Mapping[str, Any] | None = None, backends: Mapping[str, Any] = TINY):
@@ -151,7 +163,7 @@ def running_server(
 REPO = Path(__file__).resolve().parents[1]
 
 
-class ServeProcess:
+class ServeProcess(Endpoints):
     """``python -m speechgw serve`` as a real process on a free port, its log collected."""
 
     def __init__(

@@ -7,8 +7,6 @@ import json
 import os
 import re
 import signal
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from prometheus_client import generate_latest
@@ -19,10 +17,11 @@ from tests import speech
 from tests.client import transcribe
 from tests.ledger import rows as ledger_rows
 from tests.processes import children, ended
-from tests.serving import ServeProcess
+from tests.serving import ServeProcess, metric_in
 from tests.waiting import wait_for
 
 KEY = "processes-test-key-0123"
+M1 = {"machine_id": "m1", "status": "ok", "task": "transcribe"}
 
 
 def _config(folder: Path, store: str | None = None) -> Path:
@@ -35,21 +34,12 @@ def _config(folder: Path, store: str | None = None) -> Path:
     return config
 
 
-def _get(url: str) -> tuple[int, str]:
-    """One request on a connection of its own (the kernel picks the process that accepts)."""
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:  # /health answers 503 while a process loads
-        return exc.code, exc.read().decode()
-
-
 def _serving_pids(server: ServeProcess, count: int) -> set[int]:
     """The pids that answer ``/health``, asked until ``count`` different ones have."""
     seen: set[int] = set()
 
     def all_answered() -> bool:
-        status, body = _get(server.http + "/health")
+        status, body = server.get("/health")  # a connection of its own: any process's
         if status == 200:
             process = json.loads(body)["process"]
             assert process["of"] == count
@@ -63,13 +53,6 @@ def _serving_pids(server: ServeProcess, count: int) -> set[int]:
 def _servers_of_requests(log: str) -> set[str]:
     """The process tags of the request ids in the access log."""
     return set(re.findall(r"request=([0-9a-f]+)-\d+ ", log))
-
-
-def _counted(metrics: str, name: str) -> float:
-    found = re.search(
-        rf'^{name}{{machine_id="m1",status="ok",task="transcribe"}} (\S+)$', metrics, re.M
-    )
-    return float(found.group(1)) if found else 0.0
 
 
 def test_two_processes_share_the_port_and_answer_metrics_as_one(voices, tmp_path: Path) -> None:
@@ -91,9 +74,9 @@ def test_two_processes_share_the_port_and_answer_metrics_as_one(voices, tmp_path
         wait_for(lambda: server.log.count("outcome=ok") == sent)
         # every scrape, whichever process takes it, counts the requests of both
         for _ in range(6):
-            status, metrics = _get(server.http + "/metrics")
+            status, metrics = server.get("/metrics")
             assert status == 200
-            assert _counted(metrics, "asr_requests_total") == sent, metrics
+            assert metric_in(metrics, "asr_requests_total", **M1) == sent, metrics
             assert 'speechgw_backend_ready{backend="whisper"} 1.0' in metrics
         (rows,) = ledger_rows(tmp_path / "ledger.db", "SELECT COUNT(*) FROM usage")
         assert rows == (sent,)
@@ -165,7 +148,7 @@ def test_merged_metrics_add_counts_and_keep_the_least_readiness() -> None:
     merged = merge_expositions(
         [generate_latest(first.registry), generate_latest(second.registry)]
     ).decode()
-    assert _counted(merged, "asr_requests_total") == 5
+    assert metric_in(merged, "asr_requests_total", **M1) == 5
     assert (
         'asr_requests_total{machine_id="odd\\"id\\\\",status="ok",task="translate"} 1.0' in merged
     )
