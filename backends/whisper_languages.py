@@ -89,6 +89,24 @@ class _Hearing:
     """The window decoded again ends at this mel frame."""
     again_at: int = -1
     """The ``seek`` of the window last decoded again (once per window)."""
+    heard: tuple[str, float] | None = None
+    """The window's language and its probability, when already heard (the first window)."""
+
+
+@dataclass
+class _FirstWindow:
+    """A recording's first window as encoded to hear its language, kept for its decoding."""
+
+    features: np.ndarray
+    """The window's mel features, as the encoder took them."""
+    encoded: Any
+    """Its encoder output."""
+    heard: tuple[str, float] | None = None
+    """The language heard in it, and how surely."""
+
+    def holds(self, features: np.ndarray) -> bool:
+        """Whether ``features`` is this window (decoding's copy of it, cut the same way)."""
+        return self.features.shape == features.shape and np.array_equal(self.features, features)
 
 
 class WindowLanguageModel(WhisperModel):
@@ -100,7 +118,8 @@ class WindowLanguageModel(WhisperModel):
     its segments, encoding each window (:meth:`encode`) just before asking for its prompt
     (:meth:`get_prompt`), and splitting what it decoded into segments and the next window's
     start (:meth:`_split_segments_by_timestamps`); what is heard is kept for that thread in
-    between (a :class:`_Hearing`).
+    between (a :class:`_Hearing`). A recording in no named language has its first window
+    encoded once, for its language and its words (:meth:`detect_language`).
     """
 
     mixed_below: float = MIXED_BELOW
@@ -119,13 +138,62 @@ class WindowLanguageModel(WhisperModel):
         try:
             yield
         finally:
-            self._thread.hearing = None
+            # and the first window's encoder output kept since its language was heard, if
+            # decoding ended before it (a GPU's memory, on CUDA)
+            self._thread.hearing = self._thread.first = None
+
+    def detect_language(
+        self,
+        audio: np.ndarray | None = None,
+        features: np.ndarray | None = None,
+        vad_filter: bool = False,
+        vad_parameters: Any = None,
+        language_detection_segments: int = 1,
+        language_detection_threshold: float = 0.5,
+    ) -> tuple[str, float, list[tuple[str, float]]]:
+        """faster-whisper hears a recording's language from its first window's encoder
+        output, then encodes that window again to decode it: 0.45 s of base's 0.6-1.4 s per
+        short request on two CPU cores (BENCHMARKS.md, "The first window encoded once"). Here
+        the window is heard as decoding will take it (its content frames: less the one frame
+        the feature extractor makes past the audio's end), and its encoder output and
+        language are kept (a :class:`_FirstWindow`) for decoding's first :meth:`encode` in
+        this thread."""
+        detecting = audio is None and features is not None and language_detection_segments == 1
+        if features is not None and detecting:
+            frames = min(self.feature_extractor.nb_max_frames, max(1, features.shape[-1] - 1))
+            features = features[..., :frames]
+        self._thread.detecting = detecting
+        try:
+            language, probability, languages = super().detect_language(
+                audio=audio,
+                features=features,
+                vad_filter=vad_filter,
+                vad_parameters=vad_parameters,
+                language_detection_segments=language_detection_segments,
+                language_detection_threshold=language_detection_threshold,
+            )
+        finally:
+            self._thread.detecting = False
+        first: _FirstWindow | None = getattr(self._thread, "first", None)
+        if detecting and first is not None:
+            first.heard = (language, probability)
+        return language, probability, languages
 
     def encode(self, features: np.ndarray) -> Any:
-        encoded = super().encode(features)
-        hearing: _Hearing | None = getattr(self._thread, "hearing", None)
+        thread = self._thread
+        if getattr(thread, "detecting", False):
+            encoded = super().encode(features)
+            thread.first = _FirstWindow(features, encoded)
+            return encoded  # heard before decoding starts: not yet the window's hearing
+        first: _FirstWindow | None = getattr(thread, "first", None)
+        thread.first = None
+        if first is not None and first.holds(features):
+            encoded, heard = first.encoded, first.heard
+        else:
+            encoded, heard = super().encode(features), None
+        hearing: _Hearing | None = getattr(thread, "hearing", None)
         if hearing is not None:
-            hearing.encoded, hearing.features = encoded, features
+            hearing.encoded, hearing.features, hearing.heard = encoded, features, heard
         return encoded
 
     def get_prompt(
@@ -143,8 +211,11 @@ class WindowLanguageModel(WhisperModel):
         elif hearing.encoded is not None:
             encoded, hearing.encoded = hearing.encoded, None
             hearing.before = tokenizer.language_code
-            token, probability = self.model.detect_language(encoded)[0][0]
-            language = token[2:-2]  # "<|de|>"
+            if hearing.heard is not None:  # the first window, heard for the recording
+                language, probability = hearing.heard
+            else:
+                token, probability = self.model.detect_language(encoded)[0][0]
+                language = token[2:-2]  # "<|de|>"
             hearing.unsure = probability < self.mixed_below
             if language != tokenizer.language_code and probability >= SWITCH_PROBABILITY:
                 _use(tokenizer, language)

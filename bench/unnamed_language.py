@@ -34,12 +34,18 @@ changes.
 looked into and not (:data:`~speechgw.backends.whisper_languages.MIXED_BELOW` or 0), twice
 each, and counts the extra encoder passes.
 
+``--latency`` times short requests through the gateway (bench/base.yaml, or the first of
+``--gateways``): each English read recording (1.5-11 s) sent ``--rounds`` times with
+``language="en"`` and without, in turn; the median seconds of each and their ratio. It is
+how the first window's second encoder pass was found and measured (BENCHMARKS.md, "The
+first window encoded once").
+
 ``--gateways A.yaml,B.yaml`` runs the ``gateway`` way once per config (named by its file) and
 no in-process way: e.g. ``bench/base.yaml,bench/base-sentences.yaml`` for what the GPU's
 ``segment_times: sentences`` (text alone per window cut at pauses) does to a change of
 language.
 
-    python bench/unnamed_language.py [--detections | --cost | --gateways CONFIG,...]
+    python bench/unnamed_language.py [--detections | --cost | --latency] [--gateways CONFIG,...]
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ import argparse
 import contextlib
 import csv
 import logging
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -230,11 +237,39 @@ def gateway(
         client.close()
 
 
+def print_latency(config: Path, rows: list[dict[str, str]], rounds: int) -> None:
+    """Each English read recording through the gateway's OpenAI API, named and not, in
+    turn; the median latency of each way."""
+    rows = [r for r in rows if r["language"] == "en" and "|" not in r["file"]]
+    rows = [r for r in rows if not r["file"].startswith("transcription-benchmark/")]
+    latencies: dict[str, list[float]] = {"named": [], "unnamed": []}
+    with served(config) as url:
+        client = OpenAI(base_url=url.replace("ws://", "http://") + "/v1", api_key="none")
+        for turn in range(rounds):
+            for row in rows:
+                data = (SHARED_AUDIO / row["file"]).read_bytes()
+                ways = ["named", "unnamed"] if turn % 2 == 0 else ["unnamed", "named"]
+                for way in ways:
+                    language = {"language": "en"} if way == "named" else {}
+                    started = time.perf_counter()
+                    client.audio.transcriptions.create(
+                        model="whisper-1", file=(row["file"], data), **language
+                    )
+                    latencies[way].append(time.perf_counter() - started)
+        client.close()
+    named, unnamed = (statistics.median(latencies[w]) for w in ("named", "unnamed"))
+    print(f"{len(rows)} recordings x {rounds} rounds ({config.name})")
+    print(f"median latency: language named {named:.3f} s, not named {unnamed:.3f} s")
+    print(f"not named / named: {unnamed / named:.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--detections", action="store_true", help="each window's language")
     parser.add_argument("--cost", action="store_true", help="the time windows looked into cost")
     parser.add_argument("--gateways", default="", help="gateway configs only: A.yaml,B.yaml")
+    parser.add_argument("--latency", action="store_true", help="short requests, named or not")
+    parser.add_argument("--rounds", type=int, default=3, help="--latency: each recording's")
     args = parser.parse_args()
     configs = [REPO / "bench" / "base.yaml"]
     ways = list(WAYS)
@@ -242,6 +277,9 @@ def main() -> int:
         configs = [REPO / c if not c.startswith("/") else Path(c) for c in args.gateways.split(",")]
         ways = [f"gateway, {c.stem}" for c in configs]
     rows = recordings(multilingual=True)
+    if args.latency:
+        print_latency(configs[0], rows, args.rounds)
+        return 0
     with open(SHARED_AUDIO / "MANIFEST.tsv", encoding="utf-8") as f:
         rows += [row for row in csv.DictReader(f, delimiter="\t") if row["file"] == MIXED]
     audio = {row["file"]: load(row["file"], 600) for row in rows}

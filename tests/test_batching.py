@@ -7,6 +7,7 @@ word timings and detected languages of the unbatched backend, and the batch size
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -610,6 +611,62 @@ def test_a_job_that_keeps_its_encodings_encodes_each_window_once(voices) -> None
     assert sum(call == "encode" for call, _ in kept) == sum(c == "generate" for c, _ in kept)
     assert made[False] and all(form == mel for _, form in made[False]), made[False]
     assert "encode" not in {c for c, _ in made[False]}
+
+
+@pytest.mark.parametrize("recording", ["one window", "two windows"])
+def test_a_recording_in_no_named_language_encodes_each_window_once(
+    voices, long_speech, recording: str
+) -> None:
+    """faster-whisper hears a recording's language from its first window's encoder output,
+    then encodes that window again to decode it (0.45 s of base's 0.6-1.4 s on a short
+    request on two CPU cores), and the gateway heard it once more, as it hears each window.
+    The window heard is kept for its decoding: one encoder pass and one hearing per window,
+    and the segments and language of faster-whisper alone."""
+    from faster_whisper import WhisperModel
+    from speechgw.backends.whisper_batching import BatchedWhisperModel, run_batch
+    from speechgw.backends.whisper_languages import WindowLanguageModel
+    from speechgw.backends.whisper_models import resolve_model
+
+    audio = speech.samples_16k(voices["garden"] if recording == "one window" else long_speech[0])
+    windows = 1 if recording == "one window" else 2
+    assert -(-len(audio) // (30 * 16000)) == windows
+
+    def heard(whisper: WhisperModel) -> tuple[list[tuple[str, float, float]], str, float]:
+        segments, info = whisper.transcribe(audio, beam_size=5)
+        each = getattr(whisper, "hearing_each_window", contextlib.nullcontext)
+        with each():  # as the gateway decodes: each window heard for its own language
+            timed = [(s.text, s.start, s.end) for s in segments]
+        return timed, info.language, info.language_probability
+
+    path = resolve_model("base")
+    alone = heard(WhisperModel(path, cpu_threads=2))  # faster-whisper's own
+    whisper = WindowLanguageModel(path, cpu_threads=2)
+    model = whisper.model
+    calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def batch(kind: Any, items: Sequence[Any]) -> list[Any]:
+        calls.append((kind[0], kind[-1]))
+        return run_batch(model, kind, items)
+
+    batcher = CallBatcher(batch, batch_size=4, window=0.0)
+    batched = BatchedWhisperModel(model, batcher)
+    whisper.model = batched
+    try:
+        with batcher.job(JobContext()), batched.encodings_kept():
+            ours = heard(whisper)
+    finally:
+        whisper.model = model
+        batcher.close()
+    assert ours[:2] == alone[:2], (ours, alone)
+    # heard on the window as decoded: its audio less the features' one frame past its end
+    assert ours[2] == pytest.approx(alone[2], abs=0.02)
+    said = speech.SENTENCES["garden"] if windows == 1 else long_speech[1]
+    assert alone[1] == "en" and speech.word_recall(said, " ".join(t for t, _, _ in ours[0])) > 0.9
+    mel, encoded = (80, 3000), (1500, 512)  # base's window before and after its encoder
+    made = [call for call, _ in calls]
+    assert made.count("encode") == windows and made.count("detect") == windows, calls
+    assert calls[:2] == [("encode", mel), ("detect", encoded)], calls
+    assert all(form == encoded for call, form in calls if call != "encode"), calls
 
 
 def test_a_long_recording_split_at_pauses_keeps_its_words_and_times(voices, tmp_path) -> None:
