@@ -32,7 +32,7 @@ import numpy as np
 from speechgw import silero
 from speechgw.backend import Backend, Capabilities, InterimSkipped
 from speechgw.batching import BatchStats, CallBatcher, JobContext, Priority, PriorityGate
-from speechgw.config import AtLeastOne, NonNegative, Range
+from speechgw.config import AtLeastOne, NonNegative, Positive, Range
 from speechgw.errors import BackendUnavailable, ConfigError
 from speechgw.jobs import SAMPLE_RATE, Decoding, JobSpec, Segment, Transcript, Word
 from speechgw.progress import OnSegment
@@ -169,6 +169,12 @@ class WhisperOptions:
             decoding): one more pass per window. ``auto``: ``tokens`` on CPU, ``sentences``
             on CUDA (about as many segments as timestamp tokens give; 783 audio s/s at 64
             clients on an H200, two workers, against about 80 with ``tokens``).
+        skip_non_speech_seconds: a recording decoded whole (``segment_times: tokens``) is
+            decoded from speech to speech: stretches in which Silero VAD hears no speech for
+            this long or longer, and over a second of it at the start or end, are left out
+            (:mod:`~speechgw.backends.whisper_clips`: Whisper wrote words into them and timed
+            the speech after them from where they began). Null: every second is decoded.
+            Windows cut at pauses (``pauses``, ``sentences``) hold no such stretch anyway.
     """
 
     model: str = "base"
@@ -200,6 +206,7 @@ class WhisperOptions:
     batch_split_recordings: bool = False
     segment_times: Literal["auto", "tokens", "pauses", "sentences"] = "auto"
     prompt_tokens: Annotated[int | None, NonNegative] = None
+    skip_non_speech_seconds: Annotated[float | None, Positive] = 3.0
 
     def validate(self, path: str) -> None:
         """The model must be one this machine has or can resolve
@@ -710,6 +717,7 @@ class WhisperBackend(Backend):
         by_sentence = self._segment_times == "sentences" and not spec.segmented
         # a recording in no named language may change language from one window to the next
         hearing = spec.language is None and not spec.segmented
+        clips = self._speech_clips(audio, spec) if not untimed else None
 
         def start_decoding(untimed: bool, language: str | None) -> tuple[Any, Any]:
             return self._model.transcribe(  # type: ignore[union-attr]
@@ -735,6 +743,7 @@ class WhisperBackend(Backend):
                 condition_on_previous_text=not spec.segmented,
                 # text alone: the window (cut at pauses) is the segment, or its sentences are
                 without_timestamps=untimed,
+                **({"clip_timestamps": clips} if clips else {}),
             )
 
         # the language is heard here (when not named), nothing decoded yet
@@ -768,6 +777,17 @@ class WhisperBackend(Backend):
                     segments_iter.close()
                     break
         return kept, pieces, info.language
+
+    def _speech_clips(self, audio: np.ndarray, spec: JobSpec) -> list[float] | None:
+        """A whole recording's stretches from speech to speech (``skip_non_speech_seconds``),
+        for ``clip_timestamps``; None to decode all of it. A stream's utterance was cut at
+        its pauses already, and ``vad_filter`` leaves out what has no speech itself."""
+        skip = self.options.skip_non_speech_seconds
+        if skip is None or spec.segmented or self.options.vad_filter:
+            return None
+        from .whisper_clips import speech_clips
+
+        return speech_clips(audio, skip)
 
 
 class _SpeechCheck:

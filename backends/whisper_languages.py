@@ -142,6 +142,19 @@ class WindowLanguageModel(WhisperModel):
             # decoding ended before it (a GPU's memory, on CUDA)
             self._thread.hearing = self._thread.first = None
 
+    def transcribe(self, audio: Any, *args: Any, **kwargs: Any) -> Any:
+        """faster-whisper's, its language heard (when not named) on the window it decodes
+        first: with ``clip_timestamps`` (:mod:`~speechgw.backends.whisper_clips`), the first
+        clip's."""
+        clips = kwargs.get("clip_timestamps")
+        if isinstance(clips, list) and len(clips) >= 2:
+            start, end = (round(t * self.frames_per_second) for t in clips[:2])
+            self._thread.first_clip_frames = end - start
+        try:
+            return super().transcribe(audio, *args, **kwargs)
+        finally:  # the language is heard in the call; decoding comes later
+            self._thread.first_clip_frames = None
+
     def detect_language(
         self,
         audio: np.ndarray | None = None,
@@ -161,7 +174,8 @@ class WindowLanguageModel(WhisperModel):
         detecting = audio is None and features is not None and language_detection_segments == 1
         if features is not None and detecting:
             frames = min(self.feature_extractor.nb_max_frames, max(1, features.shape[-1] - 1))
-            features = features[..., :frames]
+            clip: int | None = getattr(self._thread, "first_clip_frames", None)
+            features = features[..., : frames if clip is None else max(1, min(frames, clip))]
         self._thread.detecting = detecting
         try:
             language, probability, languages = super().detect_language(

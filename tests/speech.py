@@ -66,6 +66,18 @@ def concat(parts: list[Path], target: Path, silence_seconds: float = 0.0) -> Pat
     return target
 
 
+def made_sound(target: Path, seconds: float, *sound: str) -> Path:
+    """``seconds`` of sox's ``synth`` ``sound`` (e.g. ``"sine", "50", "vol", "0.05"``), or of
+    silence when none is given, as espeak-ng writes (22050 Hz mono 16-bit), to concat."""
+    effects = ["synth", str(seconds), *sound] if sound else ["trim", "0", str(seconds)]
+    subprocess.run(
+        ["sox", "-n", "-r", "22050", "-b", "16", "-c", "1", str(target), *effects],
+        check=True,
+        capture_output=True,
+    )
+    return target
+
+
 def sentences_apart(
     voices: dict[str, Path], names: list[str], gap_seconds: float, folder: Path
 ) -> tuple[np.ndarray, list[tuple[int, int]]]:

@@ -11,13 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from websockets.sync.client import connect
 
 import speechgw
 from tests import speech
 from tests.client import UploadInBackground, batch, drain, transcribe
-from tests.serving import Server
+from tests.serving import TINY, Server, running_server
 from tests.waiting import wait_for
 
 FOX = speech.SENTENCES["children"]
@@ -116,6 +117,74 @@ def test_stereo_is_mixed_down_not_left_channel_only(
         voices["children"], tmp_path / "right.wav", "-c", "2", effects=("remix", "0", "1")
     )
     assert_heard(FOX, transcribe(tiny_server.ws, stereo.read_bytes()).reply["text"])
+
+
+@pytest.fixture(scope="module")
+def long_stretches(voices, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[float]]:
+    """20 s of silence, a sentence, 40 s of mains hum, a sentence, 25 s of hiss: the file
+    and where its two sentences start."""
+    folder = tmp_path_factory.mktemp("stretches")
+    parts = [
+        speech.made_sound(folder / "silence.wav", 20),
+        voices["children"],
+        speech.made_sound(folder / "hum.wav", 40, "sine", "50", "vol", "0.05"),
+        voices["market"],
+        speech.made_sound(folder / "hiss.wav", 25, "whitenoise", "vol", "0.003"),
+    ]
+    second = 20 + speech.duration(voices["children"]) + 40
+    return speech.concat(parts, folder / "stretches.wav"), [20.0, second]
+
+
+def test_long_stretches_without_speech_are_not_decoded(
+    tiny_server: Server, long_stretches: tuple[Path, list[float]]
+) -> None:
+    """Decoded whole, a window that began in the silence had its sentence timed from the
+    window's start (Whisper puts a window's first timestamp within its first second), and
+    Whisper wrote words into the hum and the hiss. Left out, each sentence is timed where it
+    is said, and nothing else is written."""
+    path, starts = long_stretches
+    reply = transcribe(tiny_server.ws, path.read_bytes()).reply
+    said = speech.SENTENCES["children"] + " " + speech.SENTENCES["market"]
+    assert speech.word_recall(said, reply["text"]) > 0.85, reply["text"]
+    assert len(speech.words(reply["text"])) <= len(speech.words(said)), reply["text"]
+    segments = reply["segments"]
+    firsts = [
+        next(s for s in segments if speech.words(s["text"])[:2] == speech.words(sentence)[:2])
+        for sentence in (speech.SENTENCES["children"], speech.SENTENCES["market"])
+    ]
+    for segment, start in zip(firsts, starts, strict=True):
+        assert abs(segment["start"] - start) < 0.6, (segments, starts)
+    assert segments[-1]["end"] < starts[1] + 5, segments
+
+
+def test_every_second_is_decoded_when_asked(long_stretches: tuple[Path, list[float]]) -> None:
+    """``skip_non_speech_seconds: null``: the whole recording goes to Whisper, which times
+    the first sentence from the start of the recording."""
+    path, starts = long_stretches
+    backend = {"whisper": {**TINY["whisper"], "skip_non_speech_seconds": None}}
+    with running_server(backends=backend) as server:
+        segments = transcribe(server.ws, path.read_bytes()).reply["segments"]
+    assert segments[0]["start"] <= 1.0 < starts[0], segments
+
+
+def test_speech_across_a_block_of_silero_hearing_stays_one_clip(voices) -> None:
+    """Silero hears a long recording 5 minutes at a time (its memory); a sentence said across
+    the end of a block is one stretch of speech still, and the minutes of silence before it
+    and between two sentences are left out, on the recording's clock."""
+    from speechgw.backends.whisper_clips import speech_clips
+
+    sentence = speech.samples_16k(voices["children"])
+    silence = np.zeros(16000 * 298, np.float32)
+    gap = np.zeros(16000 * 10, np.float32)
+    audio = np.concatenate([silence, sentence, gap, sentence])
+    clips = speech_clips(audio, 3.0)
+    assert clips is not None and len(clips) == 4, clips
+    said = len(sentence) / 16000
+    assert 297.0 < clips[0] < 298.2 and 298 + said - 0.2 < clips[1] < 298 + said + 1.0, clips
+    second = 298 + said + 10
+    assert second - 1.0 < clips[2] < second + 0.2 and clips[3] == pytest.approx(
+        len(audio) / 16000, abs=0.02
+    )
 
 
 def test_defaults_language_null_means_english(tiny_server: Server, voices) -> None:

@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Long stretches without speech in a recording decoded whole: left out, or decoded.
+
+The Whisper backend in-process (base, ``segment_times: tokens`` as on the CPU, language
+named), each recording decoded with ``skip_non_speech_seconds`` at ``--skip`` (the default 3)
+and at null (every second decoded):
+
+- jfk (11 s) after 5, 15 or 25 s of silence, a -50 dBFS hiss or a 50 Hz hum; followed by 10
+  or 25 s of it; and twice, 3, 5, 8 or 40 s of it apart. Word errors against jfk's words (once
+  or twice), and how far each jfk's first segment starts from where jfk starts;
+- ../shared/audio's real recordings as recorded and the 1949 interview (the hardest) changed
+  six ways: the seconds left out, and word errors where any is left out (a recording with
+  nothing left out is decoded exactly as before: the same call).
+
+    python bench/long_stretches.py [--skip 3] [--model base]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+
+import numpy as np
+from _common import SHARED_AUDIO, word_errors
+from speechgw.backends.whisper import WhisperBackend, WhisperOptions
+from speechgw.backends.whisper_clips import speech_clips
+from stream_accuracy import in_a_room
+from vad_conditions import load
+
+from speechgw.jobs import Caller, JobSpec
+
+JFK = "faster-whisper/jfk.flac"
+INTERVIEW = "transcription-benchmark/real-world-fountain-hughes-interview.mp3"
+RATE = 16000
+
+
+def filler(kind: str, seconds: float, rng: np.random.Generator) -> np.ndarray:
+    n = int(seconds * RATE)
+    if kind == "silence":
+        return np.zeros(n, np.float32)
+    if kind == "hiss":
+        return rng.normal(0, 0.003, n).astype(np.float32)  # about -50 dBFS
+    return (0.05 * np.sin(2 * np.pi * 50 * np.arange(n) / RATE)).astype(np.float32)
+
+
+def made(jfk: np.ndarray) -> list[tuple[str, np.ndarray, list[float]]]:
+    """(name, audio, where each jfk starts)."""
+    rng = np.random.default_rng(0)
+    cases = []
+    for kind in ("silence", "hiss", "hum"):
+        for lead in (5, 15, 25):
+            audio = np.concatenate([filler(kind, lead, rng), jfk])
+            cases.append((f"{lead} s {kind}, jfk", audio, [float(lead)]))
+        for trail in (10, 25):
+            audio = np.concatenate([jfk, filler(kind, trail, rng)])
+            cases.append((f"jfk, {trail} s {kind}", audio, [0.0]))
+        for gap in (3, 5, 8, 40):
+            audio = np.concatenate([jfk, filler(kind, gap, rng), jfk])
+            cases.append((f"jfk, {gap} s {kind}, jfk", audio, [0.0, len(jfk) / RATE + gap]))
+    return cases
+
+
+def changed(samples: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    noise = np.random.default_rng(1).normal(0, 1, len(samples)).astype(np.float32)
+    versions = [
+        ("30 dB quieter", samples * np.float32(10 ** (-30 / 20))),
+        ("40 dB quieter", samples * np.float32(10 ** (-40 / 20))),
+        ("-25 dBFS noise", samples + noise * np.float32(10 ** (-25 / 20))),
+        ("-15 dBFS noise", samples + noise * np.float32(10 ** (-15 / 20))),
+        ("room 0.3 s", in_a_room(samples, 0.3)),
+        ("room 0.8 s", in_a_room(samples, 0.8)),
+    ]
+    return [(name, np.clip(a, -1.0, 1.0).astype(np.float32)) for name, a in versions]
+
+
+async def decode(backend: WhisperBackend, audio: np.ndarray) -> tuple[str, list]:
+    spec = JobSpec("en", "transcribe", "openai", Caller("bench"))
+    transcript = await backend.transcribe(audio, spec)
+    return transcript.text, list(transcript.segments)
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--skip", type=float, default=3.0, help="skip_non_speech_seconds")
+    parser.add_argument("--model", default="base")
+    args = parser.parse_args()
+    backends = {}
+    for skip in (args.skip, None):
+        options = WhisperOptions(model=args.model, cpu_threads=2, skip_non_speech_seconds=skip)
+        backends[skip] = WhisperBackend(f"skip {skip}", options)
+        await backends[skip].start()
+    with open(SHARED_AUDIO / "MANIFEST.tsv", encoding="utf-8") as f:
+        rows = {row["file"]: row for row in csv.DictReader(f, delimiter="\t")}
+    jfk = load(JFK, 600)
+    said = rows[JFK]["reference_transcript"]
+    totals = {skip: [0, 0.0] for skip in backends}
+    print(f"| recording | {args.skip} s: errors, start off by | null: errors, start off by |")
+    print("|---|---|---|")
+    for name, audio, starts in made(jfk):
+        cells = []
+        for skip, backend in backends.items():
+            text, segments = await decode(backend, audio)
+            wrong, _ = word_errors(" ".join([said] * len(starts)), text)
+            firsts = [s.start for s in segments if s.text.strip().lower().startswith("and so")]
+            off = max(
+                (min((abs(f - start) for f in firsts), default=99.0) for start in starts),
+                default=0.0,
+            )
+            totals[skip][0] += wrong
+            totals[skip][1] = max(totals[skip][1], off)
+            cells.append(f"{wrong}, {off:.1f} s")
+        print(f"| {name} | {' | '.join(cells)} |", flush=True)
+    summary = " | ".join(f"{errors}, {off:.1f} s" for errors, off in totals.values())
+    print(f"| all: errors, most off | {summary} |")
+
+    print("\n| recording | seconds | left out | errors, left out | errors, null |")
+    print("|---|---|---|---|---|")
+    interview = load(INTERVIEW, 600)
+    recordings = [(name, load(name, 600)) for name in rows if name != INTERVIEW]
+    recordings += [(f"{INTERVIEW} | {how}", a) for how, a in [("as recorded", interview)]]
+    recordings += [(f"{INTERVIEW} | {how}", a) for how, a in changed(interview)]
+    for name, audio in recordings:
+        clips = speech_clips(audio, args.skip)
+        seconds = len(audio) / RATE
+        if clips is None:
+            print(f"| {name} | {seconds:.1f} | 0 | (the same call) | |", flush=True)
+            continue
+        kept = sum(min(clips[i + 1], seconds) - clips[i] for i in range(0, len(clips), 2))
+        reference = rows[name.split(" | ")[0]]["reference_transcript"].replace(" || ", " ")
+        errors = [word_errors(reference, (await decode(b, audio))[0])[0] for b in backends.values()]
+        print(f"| {name} | {seconds:.1f} | {seconds - kept:.1f} | {errors[0]} | {errors[1]} |")
+    for backend in backends.values():
+        await backend.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))
