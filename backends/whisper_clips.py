@@ -28,8 +28,8 @@ times its first segment from up to a second into a window, so a shorter lead is 
 SPEECH_THRESHOLD = 0.2
 """Silero's speech probability that counts as speech here (its own default: 0.5). Leaving
 speech out costs its words, and decoding a silence costs at worst what it did before, so the
-line is low: at 0.5 Silero heard no speech in 4-23 s of the 1949 interview made 30-40 dB
-quieter, noisy or reverberant, and left out they cost words (1060 -> 1160 errors over five
+line is low: at 0.5 Silero heard no speech in 4-18 s of the 1949 interview made 30-40 dB
+quieter, noisy or reverberant, and left out they cost words (1061 -> 1140 errors over five
 such versions); at 0.2, with :data:`PEAK` as well, none of four of them, while 25 s of
 silence, hiss, mains hum or a steady tone between two sentences was still left out whole but
 for Silero's 0.4 s of padding (BENCHMARKS.md, "Long stretches without speech")."""

@@ -12,7 +12,12 @@ and at null (every second decoded):
   six ways: the seconds left out, and word errors where any is left out (a recording with
   nothing left out is decoded exactly as before: the same call).
 
-    python bench/long_stretches.py [--skip 3] [--model base]
+``--silero-defaults``: the second table only, with Silero at its own settings (a speech
+probability of 0.5, the recording as it is), which is why the backend listens more leniently.
+``--cost``: what finding the speech of a 29-minute recording (white noise) costs: seconds and
+peak traced memory, heard 5 minutes at a time (as the backend does) and whole.
+
+    python bench/long_stretches.py [--skip 3] [--model base] [--silero-defaults | --cost]
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import time
+import tracemalloc
 
 import numpy as np
 from _common import SHARED_AUDIO, word_errors
+from speechgw.backends import whisper_clips
 from speechgw.backends.whisper import WhisperBackend, WhisperOptions
 from speechgw.backends.whisper_clips import speech_clips
 from stream_accuracy import in_a_room
@@ -80,11 +88,34 @@ async def decode(backend: WhisperBackend, audio: np.ndarray) -> tuple[str, list]
     return transcript.text, list(transcript.segments)
 
 
+def print_cost(skip: float) -> None:
+    """Seconds and peak traced memory of :func:`speech_clips` on 29 minutes of white noise,
+    in blocks (as the backend hears) and whole."""
+    noise = np.random.default_rng(0).normal(0, 0.05, 1740 * RATE).astype(np.float32)
+    speech_clips(noise[:RATE], skip)  # Silero's model loaded first
+    for how, block in (("in blocks", whisper_clips.BLOCK_SECONDS), ("whole", 1e9)):
+        whisper_clips.BLOCK_SECONDS = block
+        tracemalloc.start()
+        started = time.perf_counter()
+        speech_clips(noise, skip)
+        seconds = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        print(f"29 minutes heard {how}: {seconds:.2f} s, peak {peak / 1e6:.0f} MB")
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip", type=float, default=3.0, help="skip_non_speech_seconds")
     parser.add_argument("--model", default="base")
+    parser.add_argument("--silero-defaults", action="store_true", help="threshold 0.5, no gain")
+    parser.add_argument("--cost", action="store_true", help="Silero's time and memory")
     args = parser.parse_args()
+    if args.cost:
+        print_cost(args.skip)
+        return 0
+    if args.silero_defaults:
+        whisper_clips.SPEECH_THRESHOLD, whisper_clips.PEAK = 0.5, 0.0  # 0: no gain
     backends = {}
     for skip in (args.skip, None):
         options = WhisperOptions(model=args.model, cpu_threads=2, skip_non_speech_seconds=skip)
@@ -92,14 +123,24 @@ async def main() -> int:
         await backends[skip].start()
     with open(SHARED_AUDIO / "MANIFEST.tsv", encoding="utf-8") as f:
         rows = {row["file"]: row for row in csv.DictReader(f, delimiter="\t")}
+    if not args.silero_defaults:
+        await print_made(backends, rows, args.skip)
+    await print_recordings(backends, rows, args.skip)
+    for backend in backends.values():
+        await backend.close()
+    return 0
+
+
+async def print_made(backends: dict, rows: dict[str, dict[str, str]], skip: float) -> None:
+    """The first table: jfk with stretches of silence, hiss or hum, left out and decoded."""
     jfk = load(JFK, 600)
     said = rows[JFK]["reference_transcript"]
-    totals = {skip: [0, 0.0] for skip in backends}
-    print(f"| recording | {args.skip} s: errors, start off by | null: errors, start off by |")
+    totals = {way: [0, 0.0] for way in backends}
+    print(f"| recording | {skip} s: errors, start off by | null: errors, start off by |")
     print("|---|---|---|")
     for name, audio, starts in made(jfk):
         cells = []
-        for skip, backend in backends.items():
+        for way, backend in backends.items():
             text, segments = await decode(backend, audio)
             wrong, _ = word_errors(" ".join([said] * len(starts)), text)
             firsts = [s.start for s in segments if s.text.strip().lower().startswith("and so")]
@@ -107,13 +148,16 @@ async def main() -> int:
                 (min((abs(f - start) for f in firsts), default=99.0) for start in starts),
                 default=0.0,
             )
-            totals[skip][0] += wrong
-            totals[skip][1] = max(totals[skip][1], off)
+            totals[way][0] += wrong
+            totals[way][1] = max(totals[way][1], off)
             cells.append(f"{wrong}, {off:.1f} s")
         print(f"| {name} | {' | '.join(cells)} |", flush=True)
     summary = " | ".join(f"{errors}, {off:.1f} s" for errors, off in totals.values())
     print(f"| all: errors, most off | {summary} |")
 
+
+async def print_recordings(backends: dict, rows: dict[str, dict[str, str]], skip: float) -> None:
+    """The second table: what is left out of real recordings, and what that costs."""
     print("\n| recording | seconds | left out | errors, left out | errors, null |")
     print("|---|---|---|---|---|")
     interview = load(INTERVIEW, 600)
@@ -121,7 +165,7 @@ async def main() -> int:
     recordings += [(f"{INTERVIEW} | {how}", a) for how, a in [("as recorded", interview)]]
     recordings += [(f"{INTERVIEW} | {how}", a) for how, a in changed(interview)]
     for name, audio in recordings:
-        clips = speech_clips(audio, args.skip)
+        clips = speech_clips(audio, skip)
         seconds = len(audio) / RATE
         if clips is None:
             print(f"| {name} | {seconds:.1f} | 0 | (the same call) | |", flush=True)
@@ -130,9 +174,6 @@ async def main() -> int:
         reference = rows[name.split(" | ")[0]]["reference_transcript"].replace(" || ", " ")
         errors = [word_errors(reference, (await decode(b, audio))[0])[0] for b in backends.values()]
         print(f"| {name} | {seconds:.1f} | {seconds - kept:.1f} | {errors[0]} | {errors[1]} |")
-    for backend in backends.values():
-        await backend.close()
-    return 0
 
 
 if __name__ == "__main__":
