@@ -40,6 +40,7 @@ from speechgw.text import join_text
 
 from .whisper_batching import WINDOW_SECONDS, BatchedWhisperModel
 from .whisper_models import BUNDLED_MODELS, check_model, resolve_model
+from .whisper_spoken import RecordingCheck, UtteranceCheck
 
 __all__ = [
     "BUNDLED_MODELS",
@@ -66,22 +67,6 @@ call of theirs, not for all of them. More would hold more recordings' features i
 30-minute one's are 56 MB) for a short one's sake only when all of these are long."""
 _FRAMES_PER_SECOND = 100
 """Whisper's mel frames (a hop of 160 samples at 16 kHz): the unit of a segment's ``seek``."""
-_UNSURE_LOG_PROB = -1.25
-"""Below this ``avg_logprob`` Whisper is unsure of its words. Below faster-whisper's own line
-(-1, where it tries a higher temperature), because a word said alone can end there: tiny.en
-heard "one" at -1.01, base "thanks" at -1.08, and words cut out of real recordings, heard
-right, went down to -1.21; words written into tones scored -1.29 to -2.04: the line is midway
-(``bench/non_speech.py``, also ``--real-words``)."""
-_SURE_LOG_PROB = -1.0
-"""At or above this ``avg_logprob`` Whisper is sure enough of its words that a second opinion on
-whether they were spoken may keep them: faster-whisper's own line, below which it decodes again
-at a higher temperature."""
-_HEARD_SPEECH_WINDOWS = 3
-"""Silero VAD windows (32 ms each, so about 0.1 s) rated as speech that make an utterance one
-with speech in it, for ``utterance_vad_no_speech_prob`` and ``utterance_unheard_no_speech_prob``:
-each of 465 answers said alone had 5 and more, most words clipped out of recordings 3 and more;
-of the sox noises and tones Whisper wrote words into, only a chord with tremolo had any
-(``bench/non_speech.py``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,9 +98,9 @@ class WhisperOptions:
             drop segments whose ``no_speech_prob`` is above this. Over noise that fooled the
             VAD, Whisper writes "You" or ". . ." rated 0.5 and more; the sentences of
             ../shared/audio cut the same way rated at most 0.39, but a word said alone can rate
-            0.65 (``utterance_vad_no_speech_prob`` keeps it). Whole recordings keep
-            faster-whisper's own rule (in context, real speech can rate 0.88 there). 1.0 turns
-            it off.
+            0.65 (``utterance_vad_no_speech_prob`` keeps it). Whole recordings have
+            ``recording_no_speech_prob`` (in context, real speech can rate 0.88 there). 1.0
+            turns it off.
         utterance_unsure_no_speech_prob: for utterances cut from a live stream, also drop
             segments rated above this as no speech whose words Whisper is unsure of as well
             (``avg_logprob`` below -1.25): tones and music heard as "BEEP", "I'll see you in
@@ -135,6 +120,13 @@ class WhisperOptions:
             noise and tones webrtcvad passes, rated 0.44-0.49 with words it is not unsure of;
             Silero hears none of them as speech, and every answer said alone as speech.
             1.0 turns it off.
+        recording_no_speech_prob: for a recording (not a stream's utterance), drop the
+            segments of a 30 s window Whisper rates above this as no speech when Silero VAD
+            hears no speech in that window (under about 0.1 s of it): into silence, a quiet
+            room's hiss or a click base wrote "You" (rated 0.65-0.95, with words faster-whisper's
+            own rule keeps), Spanish "y y y". Real speech rated as high is heard by Silero and
+            kept (:mod:`~speechgw.backends.whisper_spoken`). 1.0 turns it off: faster-whisper's
+            rule alone.
         batch_size: model calls of concurrent jobs run together, up to this many (1: no
             batching). Null: on CUDA 32 with ``segment_times`` ``pauses`` or ``sentences``
             (921 audio s/s at 64 clients on an H200 against 589 at 8) and 8 with ``tokens``;
@@ -201,6 +193,7 @@ class WhisperOptions:
     utterance_unsure_no_speech_prob: Annotated[float, Range(ge=0, le=1)] = 0.25
     utterance_vad_no_speech_prob: Annotated[float, Range(ge=0, le=1)] = 0.7
     utterance_unheard_no_speech_prob: Annotated[float, Range(ge=0, le=1)] = 0.4
+    recording_no_speech_prob: Annotated[float, Range(ge=0, le=1)] = 0.5
     batch_size: Annotated[int | None, AtLeastOne] = None
     batch_window_ms: Annotated[float, NonNegative] = 10.0
     batch_split_recordings: bool = False
@@ -759,13 +752,18 @@ class WhisperBackend(Backend):
             untimed = False
             segments_iter, _ = start_decoding(untimed, info.language)
         one_window = untimed and len(audio) <= WINDOW_SECONDS * SAMPLE_RATE
-        spoken = _SpeechCheck(self.options, audio) if spec.segmented else None
+        spoken = (
+            UtteranceCheck(self.options, audio)
+            if spec.segmented
+            else RecordingCheck(self.options.recording_no_speech_prob, audio)
+        )
+        duration = len(audio) / SAMPLE_RATE
         kept, pieces = [], []
         with self._model.hearing_each_window(hearing):  # type: ignore[union-attr]
             for segment in segments_iter:
-                if _has_words(segment.text) and (spoken is None or spoken(segment)):
+                if _has_words(segment.text) and spoken(segment):
                     kept.append(segment)
-                    mine = self._segments(segment, spec)
+                    mine = [_clamped(p, duration) for p in self._segments(segment, spec)]
                     pieces += mine
                     if progress is not None:
                         for piece in mine:
@@ -788,35 +786,6 @@ class WhisperBackend(Backend):
         from .whisper_clips import speech_clips
 
         return speech_clips(audio, skip)
-
-
-class _SpeechCheck:
-    """Whether a segment of a stream's utterance is speech worth a reply, by Whisper's own
-    scores (``no_speech_prob``, ``avg_logprob``) and, where those leave it in doubt, Silero
-    VAD's hearing of the utterance (asked once, and only if needed, which is rare)."""
-
-    def __init__(self, options: WhisperOptions, audio: np.ndarray) -> None:
-        self._limit = options.utterance_no_speech_prob
-        self._unsure_limit = options.utterance_unsure_no_speech_prob
-        self._vad_limit = options.utterance_vad_no_speech_prob
-        self._unheard_limit = options.utterance_unheard_no_speech_prob
-        self._audio = audio
-        self._heard: bool | None = None
-
-    def __call__(self, segment: Any) -> bool:
-        no_speech, log_prob = segment.no_speech_prob, segment.avg_logprob
-        if log_prob < _UNSURE_LOG_PROB and no_speech > self._unsure_limit:
-            return False
-        if no_speech <= self._limit:
-            return no_speech <= self._unheard_limit or self._heard_speech()
-        if no_speech > self._vad_limit or log_prob < _SURE_LOG_PROB:
-            return False
-        return self._heard_speech()
-
-    def _heard_speech(self) -> bool:
-        if self._heard is None:
-            self._heard = silero.speech_windows(self._audio) >= _HEARD_SPEECH_WINDOWS
-        return self._heard
 
 
 def _non_speech_tokens(model: object) -> tuple[int, ...]:
@@ -889,6 +858,19 @@ def _priority(spec: JobSpec) -> int:
     if spec.segmented:
         return Priority.FINAL
     return Priority.RECORDING
+
+
+def _clamped(part: SegmentOrWord, duration: float) -> SegmentOrWord:
+    """A segment (and its words) within the audio it was decoded from: Whisper's last
+    timestamp token can fall past the audio's end (a 0.97 s "Hello there." ended at 1.0 s,
+    and subtitles then outlast the recording)."""
+    if part.end <= duration and not (isinstance(part, Segment) and part.words):
+        return part
+    end = min(part.end, round(duration, 3))
+    moved = dataclasses.replace(part, start=min(part.start, end), end=end)
+    if isinstance(moved, Segment):
+        moved = dataclasses.replace(moved, words=tuple(_clamped(w, duration) for w in moved.words))
+    return moved
 
 
 def _shifted(part: SegmentOrWord, offset: float) -> SegmentOrWord:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["EDGE_SECONDS", "PEAK", "SPEECH_THRESHOLD", "speech_clips"]
+__all__ = ["EDGE_SECONDS", "PEAK", "SPEECH_THRESHOLD", "listening_gain", "speech_clips"]
 
 EDGE_SECONDS = 1.0
 """Audio without speech at a recording's start or end longer than this is left out (Whisper
@@ -45,6 +45,13 @@ take; a block at a time, 62 MB. Speech cut at a block's end joins the next block
 _FRAMES_PER_SECOND = 100  # Whisper's mel frames (10 ms hop)
 
 
+def listening_gain(audio: np.ndarray) -> np.float32:
+    """What brings ``audio`` up to :data:`PEAK` for Silero to hear it (never down, at most
+    40 dB up): Silero hears much less speech in a quiet recording than in the same one loud."""
+    loudest = float(np.percentile(np.abs(audio[::8]), 99.9)) if len(audio) else 0.0
+    return np.float32(min(100.0, max(1.0, PEAK / loudest)) if loudest > 0 else 1.0)
+
+
 def speech_clips(
     audio: np.ndarray, skip_seconds: float, sample_rate: int = 16000
 ) -> list[float] | None:
@@ -62,8 +69,7 @@ def speech_clips(
     """
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-    loudest = float(np.percentile(np.abs(audio[::8]), 99.9)) if len(audio) else 0.0
-    gain = np.float32(min(100.0, PEAK / loudest) if loudest > 0 else 1.0)
+    gain = listening_gain(audio)
     options = VadOptions(threshold=SPEECH_THRESHOLD)
     block = int(BLOCK_SECONDS * sample_rate)
     chunks = []

@@ -47,11 +47,11 @@ from pathlib import Path
 
 import numpy as np
 from _common import SHARED_AUDIO, in_process_model, normalise, segmented, word_errors
-from speechgw.backends.whisper import (
-    _HEARD_SPEECH_WINDOWS,
-    _SURE_LOG_PROB,
-    _UNSURE_LOG_PROB,
-    WhisperOptions,
+from speechgw.backends.whisper import WhisperOptions
+from speechgw.backends.whisper_spoken import (
+    HEARD_SPEECH_WINDOWS,
+    SURE_LOG_PROB,
+    UNSURE_LOG_PROB,
 )
 from stream_accuracy import recordings as scored_recordings
 from stream_candidates import _noise
@@ -67,8 +67,6 @@ NO_SPEECH, UNSURE_NO_SPEECH = (
 )
 VAD_NO_SPEECH = GATEWAY.utterance_vad_no_speech_prob
 UNHEARD_NO_SPEECH = GATEWAY.utterance_unheard_no_speech_prob
-UNSURE_LOG_PROB, SURE_LOG_PROB = _UNSURE_LOG_PROB, _SURE_LOG_PROB
-HEARD_SPEECH_WINDOWS = _HEARD_SPEECH_WINDOWS
 Segments = list[tuple[float, float, str, int]]
 """(no_speech_prob, avg_logprob, text, Silero's speech windows in its utterance) of each
 segment of a stream's utterances."""

@@ -187,6 +187,72 @@ def test_speech_across_a_block_of_silero_hearing_stays_one_clip(voices) -> None:
     )
 
 
+@pytest.fixture(scope="module")
+def nobody_speaking(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Recordings in which nobody speaks: tiny.en, left to faster-whisper's own rule, writes
+    "You" into each (measured)."""
+    folder = tmp_path_factory.mktemp("nobody")
+    return {
+        "silence": speech.made_sound(folder / "silence.wav", 10),
+        "45 s of silence": speech.made_sound(folder / "long.wav", 45),
+        "mains hum": speech.made_sound(folder / "hum.wav", 12, "sine", "50", "vol", "0.03"),
+    }
+
+
+@pytest.mark.parametrize("name", ["silence", "45 s of silence", "mains hum"])
+def test_a_recording_in_which_nobody_speaks_has_no_words(
+    tiny_server: Server, nobody_speaking: dict[str, Path], name: str
+) -> None:
+    """A muted microphone, a push-to-talk pressed with nothing said: Whisper rates the window
+    as probably holding no speech (0.8-0.95) yet writes "You", with words confident enough
+    that faster-whisper keeps them; Silero hears no speech in it, so nothing is kept."""
+    exchange = transcribe(tiny_server.ws, nobody_speaking[name].read_bytes())
+    assert exchange.reply["text"] == "", exchange.reply
+    assert exchange.reply["segments"] == []
+    assert exchange.reply["language"] == "en"
+    assert exchange.close_code == 1000
+
+
+def test_whispers_own_rule_alone_when_asked(nobody_speaking: dict[str, Path]) -> None:
+    """``recording_no_speech_prob: 1.0``: faster-whisper's rule alone, which keeps the words
+    Whisper writes into silence."""
+    backend = {"whisper": {**TINY["whisper"], "recording_no_speech_prob": 1.0}}
+    with running_server(backends=backend) as server:
+        reply = transcribe(server.ws, nobody_speaking["silence"].read_bytes()).reply
+    assert speech.words(reply["text"]), reply
+
+
+def test_a_window_whisper_doubts_is_kept_where_silero_hears_speech(voices) -> None:
+    """The rule on real Silero VAD: a window rated probably not speech is dropped only when
+    Silero hears none in it; a sentence, even 40 dB quieter, is heard, and a window Whisper
+    rates as speech is kept whatever Silero says."""
+    from types import SimpleNamespace
+
+    from speechgw.backends.whisper_spoken import RecordingCheck
+
+    sentence = speech.samples_16k(voices["children"])
+    silence = np.zeros(16000 * 35, np.float32)
+    audio = np.concatenate([silence, sentence, silence])
+    doubted = [SimpleNamespace(no_speech_prob=0.9, seek=seek) for seek in (0, 3000, 7000)]
+    check = RecordingCheck(0.5, audio)
+    # the windows from 0 s and 70 s hold silence alone, the one from 30 s the sentence (35 s)
+    assert [check(s) for s in doubted] == [False, True, False]
+    assert check(SimpleNamespace(no_speech_prob=0.5, seek=0))
+    quiet = RecordingCheck(0.5, audio * np.float32(0.01))
+    assert quiet(doubted[1]) and not quiet(doubted[0])
+
+
+def test_a_segment_ends_where_its_recording_does(tiny_server: Server, tmp_path: Path) -> None:
+    """Whisper's last timestamp falls on its 20 ms grid, and after a short recording often
+    past its end: the segment and its words end with the recording."""
+    spoken = speech.speak("Open the window.", tmp_path / "window.wav")  # tiny.en: 1.46 s -> 2.0
+    said = speech.convert(spoken, tmp_path / "16k.wav", "-r", "16000")
+    seconds = speech.duration(said)
+    reply = transcribe(tiny_server.ws, said.read_bytes()).reply
+    assert reply["segments"], reply
+    assert max(s["end"] for s in reply["segments"]) <= round(seconds, 3), (reply, seconds)
+
+
 def test_defaults_language_null_means_english(tiny_server: Server, voices) -> None:
     wav = voices["children"].read_bytes()
     exchange = batch(tiny_server.ws, {"type": "transcribe", "language": None}, wav)
