@@ -644,6 +644,10 @@ class WhisperBackend(Backend):
         segments = tuple(pieces)
         # Whisper's segment texts carry their own leading spaces (none in Chinese or Japanese).
         text = "".join(s.text for s in raw).strip()
+        if not text:
+            # nothing was said to hear a language in (Whisper heard silence as Welsh): the one
+            # asked for, else English, as a recording cut at its pauses answers
+            language = spec.language or "en"
         return Transcript(text=text, segments=segments, language=language, backend=self.name)
 
     def _encodings_kept(self, spec: JobSpec) -> contextlib.AbstractContextManager[None]:

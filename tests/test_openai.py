@@ -733,6 +733,20 @@ def test_language_is_detected_when_not_given(multilingual_server: Server, german
     assert speech.words(named.text) == speech.words(verbose.text)
 
 
+def test_silence_in_no_named_language_is_answered_in_english(
+    multilingual_server: Server, tmp_path: Path
+) -> None:
+    """No words, and no language to hear in them: base heard 10 s of silence as Welsh. The
+    answer is empty and in English, as a recording cut at its pauses (the CUDA default) is
+    answered."""
+    silence = speech.made_sound(tmp_path / "silence.wav", 10)
+    with silence.open("rb") as audio:
+        verbose = client(multilingual_server).audio.transcriptions.create(
+            model="whisper-1", file=audio, response_format="verbose_json"
+        )
+    assert (verbose.text, verbose.segments, verbose.language) == ("", [], "english")
+
+
 MINUTES = (
     "The committee met on Monday morning to review the budget for the coming year. Several "
     "members asked whether the new library could open before the winter, and the treasurer "
