@@ -123,8 +123,8 @@ class WhisperOptions:
         recording_no_speech_prob: for a recording (not a stream's utterance), drop the
             segments of a 30 s window Whisper rates above this as no speech when Silero VAD
             hears no speech in that window (under about 0.1 s of it): into silence, a quiet
-            room's hiss or a click base wrote "You" (rated 0.65-0.95, with words faster-whisper's
-            own rule keeps), Spanish "y y y". Real speech rated as high is heard by Silero and
+            room's hiss or a click Whisper wrote "You" (rated 0.65-0.96, with words
+            faster-whisper's own rule keeps). Real speech rated as high is heard by Silero and
             kept (:mod:`~speechgw.backends.whisper_spoken`). 1.0 turns it off: faster-whisper's
             rule alone.
         batch_size: model calls of concurrent jobs run together, up to this many (1: no

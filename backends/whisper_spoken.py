@@ -89,7 +89,7 @@ class RecordingCheck:
     only when Silero VAD hears about 0.1 s of speech in that window.
 
     Silence, a quiet room's hiss or one click came back from the default model as "You"
-    (rated 0.65-0.94: words written into nothing), which a user who sent a recording in which
+    (rated 0.65-0.96: words written into nothing), which a user who sent a recording in which
     nobody spoke reads as speech. Real speech can be rated as high (after a pause, in context),
     and Silero hears it: so the window is dropped only on both opinions. Silero hears the
     recording brought up to a normal level (:func:`~.whisper_clips.listening_gain`), as

@@ -204,7 +204,7 @@ def test_a_recording_in_which_nobody_speaks_has_no_words(
     tiny_server: Server, nobody_speaking: dict[str, Path], name: str
 ) -> None:
     """A muted microphone, a push-to-talk pressed with nothing said: Whisper rates the window
-    as probably holding no speech (0.8-0.95) yet writes "You", with words confident enough
+    as probably holding no speech (0.85-0.96) yet writes "You", with words confident enough
     that faster-whisper keeps them; Silero hears no speech in it, so nothing is kept."""
     exchange = transcribe(tiny_server.ws, nobody_speaking[name].read_bytes())
     assert exchange.reply["text"] == "", exchange.reply
@@ -244,7 +244,7 @@ def test_a_window_whisper_doubts_is_kept_where_silero_hears_speech(voices) -> No
 
 def test_a_segment_ends_where_its_recording_does(tiny_server: Server, tmp_path: Path) -> None:
     """Whisper's last timestamp falls on its 20 ms grid, and after a short recording often
-    past its end: the segment and its words end with the recording."""
+    past its end: the segment ends with the recording (and so would its words)."""
     spoken = speech.speak("Open the window.", tmp_path / "window.wav")  # tiny.en: 1.46 s -> 2.0
     said = speech.convert(spoken, tmp_path / "16k.wav", "-r", "16000")
     seconds = speech.duration(said)
