@@ -163,7 +163,7 @@ class WhisperOptions:
             clients on an H200, two workers, against about 80 with ``tokens``).
         skip_non_speech_seconds: a recording decoded whole (``segment_times: tokens``) is
             decoded from speech to speech: stretches in which Silero VAD hears no speech for
-            this long or longer, and over a second of it at the start or end, are left out
+            this long or longer, and over half a second of it at the start or end, are left out
             (:mod:`~speechgw.backends.whisper_clips`: Whisper wrote words into them and timed
             the speech after them from where they began). Null: every second is decoded.
             Windows cut at pauses (``pauses``, ``sentences``) hold no such stretch anyway.

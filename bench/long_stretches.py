@@ -17,7 +17,11 @@ probability of 0.5, the recording as it is), which is why the backend listens mo
 ``--cost``: what finding the speech of a 29-minute recording (white noise) costs: seconds and
 peak traced memory, heard 5 minutes at a time (as the backend does) and whole.
 
+``--edges 1.0,0.5``: how early the first segment starts after a short lead (under the
+skip), with each ``EDGE_SECONDS``, and the real recordings some edge clips.
+
     python bench/long_stretches.py [--skip 3] [--model base] [--silero-defaults | --cost]
+    python bench/long_stretches.py --edges 1.0,0.5
 """
 
 from __future__ import annotations
@@ -82,8 +86,10 @@ def changed(samples: np.ndarray) -> list[tuple[str, np.ndarray]]:
     return [(name, np.clip(a, -1.0, 1.0).astype(np.float32)) for name, a in versions]
 
 
-async def decode(backend: WhisperBackend, audio: np.ndarray) -> tuple[str, list]:
-    spec = JobSpec("en", "transcribe", "openai", Caller("bench"))
+async def decode(
+    backend: WhisperBackend, audio: np.ndarray, language: str | None = "en"
+) -> tuple[str, list]:
+    spec = JobSpec(language, "transcribe", "openai", Caller("bench"))
     transcript = await backend.transcribe(audio, spec)
     return transcript.text, list(transcript.segments)
 
@@ -104,13 +110,101 @@ def print_cost(skip: float) -> None:
         print(f"29 minutes heard {how}: {seconds:.2f} s, peak {peak / 1e6:.0f} MB")
 
 
+SENTENCES = (
+    "The meeting starts at nine tomorrow morning.",
+    "Please send the report to the office before Friday.",
+)
+"""``--edges``: said by espeak-ng, with jfk, after a short lead of silence or hiss."""
+
+
+def onset(audio: np.ndarray) -> float:
+    """Where Silero hears the speech begin (no padding), in seconds."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    found = get_speech_timestamps(audio, VadOptions(speech_pad_ms=0), sampling_rate=RATE)
+    return found[0]["start"] / RATE if found else 0.0
+
+
+def spoken(text: str) -> np.ndarray:
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from faster_whisper import decode_audio
+
+    with tempfile.TemporaryDirectory() as work:
+        path = Path(work) / "said.wav"
+        subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
+        return decode_audio(str(path))
+
+
+async def print_edges(edges: list[float], model: str, rows: dict[str, dict[str, str]]) -> None:
+    """How early the first segment starts after a short lead (silence or a -50 dBFS hiss),
+    and word errors, with each ``EDGE_SECONDS``; then the real recordings that some edge
+    clips: their errors."""
+    options = WhisperOptions(model=model, cpu_threads=2)
+    backend = WhisperBackend("edges", options)
+    await backend.start()
+    said = [(text, spoken(text)) for text in SENTENCES]
+    said.append((rows[JFK]["reference_transcript"], load(JFK, 600)))
+    rng = np.random.default_rng(0)
+    print("| lead | " + " | ".join(f"edge {e} s: early by, errors" for e in edges) + " |")
+    print("|---|" + "---|" * len(edges))
+    totals = {edge: [0.0, 0] for edge in edges}
+    for kind in ("silence", "hiss"):
+        for lead in (0.3, 0.6, 0.9, 1.2, 1.5, 2.0):
+            cells = {edge: [0.0, 0] for edge in edges}
+            for text, audio in said:
+                whole = np.concatenate([filler(kind, lead, rng), audio, filler(kind, 1.5, rng)])
+                starts = lead + onset(audio)
+                for edge in edges:
+                    whisper_clips.EDGE_SECONDS = edge
+                    heard, segments = await decode(backend, whole)
+                    early = starts - segments[0].start if segments else 0.0
+                    cells[edge][0] = max(cells[edge][0], early)
+                    cells[edge][1] += word_errors(text, heard)[0]
+            for edge, (early, errors) in cells.items():
+                totals[edge][0] = max(totals[edge][0], early)
+                totals[edge][1] += errors
+            row = " | ".join(f"{early:.2f} s, {errors}" for early, errors in cells.values())
+            print(f"| {lead} s of {kind} | {row} |", flush=True)
+    summary = " | ".join(f"{early:.2f} s, {errors}" for early, errors in totals.values())
+    print(f"| all: most early, errors | {summary} |")
+    print("\n| recording | " + " | ".join(f"edge {e} s: clips, errors" for e in edges) + " |")
+    print("|---|" + "---|" * len(edges))
+    for name, row in rows.items():
+        audio = load(name, 600)
+        clips = {}
+        for edge in edges:
+            whisper_clips.EDGE_SECONDS = edge
+            clips[edge] = speech_clips(audio, 3.0)
+        if not any(clips.values()):
+            continue
+        reference = row["reference_transcript"].replace(" || ", " ")
+        language = None if "+" in row["language"] else row["language"]
+        cells = []
+        for edge in edges:
+            whisper_clips.EDGE_SECONDS = edge
+            errors = word_errors(reference, (await decode(backend, audio, language))[0])[0]
+            shown = [round(c, 2) for c in clips[edge]] if clips[edge] else "whole"
+            cells.append(f"{shown}, {errors}")
+        print(f"| {name} | {' | '.join(cells)} |", flush=True)
+    await backend.close()
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip", type=float, default=3.0, help="skip_non_speech_seconds")
     parser.add_argument("--model", default="base")
     parser.add_argument("--silero-defaults", action="store_true", help="threshold 0.5, no gain")
     parser.add_argument("--cost", action="store_true", help="Silero's time and memory")
+    parser.add_argument("--edges", help="EDGE_SECONDS to compare, e.g. 1.0,0.5")
     args = parser.parse_args()
+    if args.edges:
+        with open(SHARED_AUDIO / "MANIFEST.tsv", encoding="utf-8") as f:
+            rows = {row["file"]: row for row in csv.DictReader(f, delimiter="\t")}
+        await print_edges([float(e) for e in args.edges.split(",")], args.model, rows)
+        return 0
     if args.cost:
         print_cost(args.skip)
         return 0

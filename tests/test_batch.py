@@ -187,6 +187,19 @@ def test_speech_across_a_block_of_silero_hearing_stays_one_clip(voices) -> None:
     )
 
 
+def test_a_first_segment_starts_near_its_speech_after_a_short_lead(
+    tiny_server: Server, voices, tmp_path: Path
+) -> None:
+    """1.2 s of silence, then a sentence: Whisper writes its first timestamp as 0.00 after a
+    short lead, so the segment started 1.2 s before the sentence; the lead is left out (over
+    half a second), and the segment starts at most Silero's padding early."""
+    lead = speech.made_sound(tmp_path / "lead.wav", 1.2)
+    recording = speech.concat([lead, voices["children"]], tmp_path / "late.wav")
+    reply = transcribe(tiny_server.ws, recording.read_bytes()).reply
+    assert_heard(FOX, reply["text"])
+    assert 0.6 <= reply["segments"][0]["start"] <= 1.3, reply["segments"]
+
+
 @pytest.fixture(scope="module")
 def nobody_speaking(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Recordings in which nobody speaks: tiny.en, left to faster-whisper's own rule, writes
