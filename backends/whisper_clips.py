@@ -11,8 +11,9 @@ stretches without speech"). Silero VAD (faster-whisper's, as its ``vad_filter`` 
 ``BatchedInferencePipeline`` use) finds the speech; the stretches between it that are long are
 left out with faster-whisper's ``clip_timestamps``, so each stretch of speech is decoded from
 its start, on the recording's clock, with the text before it as its prompt as before. Shorter
-pauses stay inside a clip: a recording with none that long decodes exactly as before (none of
-../shared/audio's real recordings has one).
+pauses stay inside a clip: a recording with none that long, and no more than
+:data:`EDGE_SECONDS` without speech at its ends, decodes exactly as before (all but two of
+../shared/audio's real recordings, which lose their first 0.65 and 0.78 s).
 """
 
 from __future__ import annotations
