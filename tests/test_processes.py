@@ -39,7 +39,10 @@ def _serving_pids(server: ServeProcess, count: int) -> set[int]:
     seen: set[int] = set()
 
     def all_answered() -> bool:
-        status, body = server.get("/health")  # a connection of its own: any process's
+        try:
+            status, body = server.get("/health")  # a connection of its own: any process's
+        except OSError as error:  # refused once in CI (session 41): say what the server said
+            raise AssertionError(f"/health: {error}\n{server.log}") from error
         if status == 200:
             process = json.loads(body)["process"]
             assert process["of"] == count
