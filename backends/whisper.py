@@ -39,8 +39,10 @@ from speechgw.progress import OnSegment
 from speechgw.text import join_text
 
 from .whisper_batching import WINDOW_SECONDS, BatchedWhisperModel
+from .whisper_clips import listen, speech_clips
 from .whisper_models import BUNDLED_MODELS, check_model, resolve_model
 from .whisper_spoken import RecordingCheck, UtteranceCheck
+from .whisper_vad import Heard, at_speech
 
 __all__ = [
     "BUNDLED_MODELS",
@@ -561,7 +563,7 @@ class WhisperBackend(Backend):
         window's segments are reported once it and every window before it are done."""
         from .whisper_batching import speech_windows
 
-        spans = await anyio.to_thread.run_sync(speech_windows, audio)
+        spans, heard = await anyio.to_thread.run_sync(speech_windows, audio)
 
         async def window(start: int, end: int) -> Transcript:
             async with self._recordings:
@@ -575,7 +577,7 @@ class WhisperBackend(Backend):
                 part = await run
                 parts.append(part)
                 offset = start / SAMPLE_RATE
-                shifted = [_shifted(s, offset) for s in part.segments]
+                shifted = [at_speech(_shifted(s, offset), heard) for s in part.segments]
                 segments += shifted
                 if on_segment is not None:
                     for segment in shifted:
@@ -714,7 +716,9 @@ class WhisperBackend(Backend):
         by_sentence = self._segment_times == "sentences" and not spec.segmented
         # a recording in no named language may change language from one window to the next
         hearing = spec.language is None and not spec.segmented
-        clips = self._speech_clips(audio, spec) if not untimed else None
+        skip = self.options.skip_non_speech_seconds
+        heard = self._heard(audio, spec) if not untimed else None
+        clips = None if heard is None or skip is None else speech_clips(audio, skip, heard)
 
         def start_decoding(untimed: bool, language: str | None) -> tuple[Any, Any]:
             return self._model.transcribe(  # type: ignore[union-attr]
@@ -759,7 +763,12 @@ class WhisperBackend(Backend):
         spoken = (
             UtteranceCheck(self.options, audio)
             if spec.segmented
-            else RecordingCheck(self.options.recording_no_speech_prob, audio)
+            else RecordingCheck(
+                self.options.recording_no_speech_prob,
+                audio,
+                # the level Silero heard the recording at, where it heard it already
+                gain=None if heard is None else heard.gain,
+            )
         )
         duration = len(audio) / SAMPLE_RATE
         kept, pieces = [], []
@@ -768,6 +777,8 @@ class WhisperBackend(Backend):
                 if _has_words(segment.text) and spoken(segment):
                     kept.append(segment)
                     mine = [_clamped(p, duration) for p in self._segments(segment, spec)]
+                    if heard is not None:
+                        mine = [at_speech(piece, heard) for piece in mine]
                     pieces += mine
                     if progress is not None:
                         for piece in mine:
@@ -780,16 +791,16 @@ class WhisperBackend(Backend):
                     break
         return kept, pieces, info.language
 
-    def _speech_clips(self, audio: np.ndarray, spec: JobSpec) -> list[float] | None:
-        """A whole recording's stretches from speech to speech (``skip_non_speech_seconds``),
-        for ``clip_timestamps``; None to decode all of it. A stream's utterance was cut at
-        its pauses already, and ``vad_filter`` leaves out what has no speech itself."""
-        skip = self.options.skip_non_speech_seconds
-        if skip is None or spec.segmented or self.options.vad_filter:
+    def _heard(self, audio: np.ndarray, spec: JobSpec) -> Heard | None:
+        """What Silero hears in a whole recording (``skip_non_speech_seconds``), to leave its
+        long stretches without speech out (``clip_timestamps``) and time its segments and
+        words by their speech; None to decode all of it as Whisper times it. A stream's
+        utterance was cut at its pauses already (and its reply is not timed), and
+        ``vad_filter`` leaves out what has no speech itself."""
+        options = self.options
+        if options.skip_non_speech_seconds is None or spec.segmented or options.vad_filter:
             return None
-        from .whisper_clips import speech_clips
-
-        return speech_clips(audio, skip)
+        return listen(audio)
 
 
 def _non_speech_tokens(model: object) -> tuple[int, ...]:

@@ -39,6 +39,9 @@ from typing import Any
 import numpy as np
 
 from speechgw.batching import CallBatcher, PriorityGate
+from speechgw.jobs import SAMPLE_RATE
+
+from .whisper_vad import Heard, hear
 
 __all__ = ["BatchedWhisperModel", "GatedWhisperModel", "run_batch", "speech_windows"]
 
@@ -205,21 +208,19 @@ def _batch_of(features: Any) -> int:
     return int(shape[0]) if shape else 1
 
 
-def speech_windows(audio: np.ndarray, sample_rate: int = 16000) -> list[tuple[int, int]]:
+def speech_windows(audio: np.ndarray) -> tuple[list[tuple[int, int]], Heard]:
     """Spans of ``audio`` (sample offsets) of at most :data:`WINDOW_SECONDS` each, cut at the
     pauses Silero VAD finds (faster-whisper's, as its ``BatchedInferencePipeline`` uses), each
     running from its first speech to its last: windows that can be decoded at once. Unlike
     that pipeline's chunks, a span keeps the pauses inside it, so its timestamps map back by
-    adding its start."""
-    from faster_whisper.vad import VadOptions, get_speech_timestamps
-
-    options = VadOptions(max_speech_duration_s=WINDOW_SECONDS, min_silence_duration_ms=160)
-    stamps = get_speech_timestamps(audio, options, sampling_rate=sample_rate)
-    limit = int(WINDOW_SECONDS * sample_rate)
+    adding its start. With them, what Silero heard (to time segments and words by their
+    speech)."""
+    heard = hear(audio, min_silence_ms=160, max_speech_s=WINDOW_SECONDS)
+    limit = int(WINDOW_SECONDS * SAMPLE_RATE)
     spans: list[tuple[int, int]] = []
-    for stamp in stamps:
-        if spans and stamp["end"] - spans[-1][0] <= limit:
-            spans[-1] = (spans[-1][0], stamp["end"])
+    for start, end in heard.spans:
+        if spans and end - spans[-1][0] <= limit:
+            spans[-1] = (spans[-1][0], end)
         else:
-            spans.append((stamp["start"], stamp["end"]))
-    return spans
+            spans.append((start, end))
+    return spans, heard

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["EDGE_SECONDS", "PEAK", "SPEECH_THRESHOLD", "listening_gain", "speech_clips"]
+from .whisper_vad import Heard, hear
+
+__all__ = ["EDGE_SECONDS", "PEAK", "SPEECH_THRESHOLD", "listen", "listening_gain", "speech_clips"]
 
 EDGE_SECONDS = 0.5
 """Audio without speech at a recording's start or end longer than this is left out. Whisper
@@ -56,14 +58,26 @@ def listening_gain(audio: np.ndarray) -> np.float32:
     return np.float32(min(100.0, max(1.0, PEAK / loudest)) if loudest > 0 else 1.0)
 
 
+def listen(audio: np.ndarray) -> Heard:
+    """Silero over a recording brought up to :data:`PEAK`, :data:`BLOCK_SECONDS` at a time:
+    its probabilities, and the stretches of speech :func:`speech_clips` joins."""
+    return hear(
+        audio,
+        gain=float(listening_gain(audio)),
+        block_seconds=BLOCK_SECONDS,
+        threshold=SPEECH_THRESHOLD,
+    )
+
+
 def speech_clips(
-    audio: np.ndarray, skip_seconds: float, sample_rate: int = 16000
+    audio: np.ndarray, skip_seconds: float, heard: Heard | None = None, sample_rate: int = 16000
 ) -> list[float] | None:
     """``clip_timestamps`` for faster-whisper (start, end, start, end... in seconds): the
     stretches of ``audio`` from its speech to its speech, split where Silero hears none for
     ``skip_seconds`` or longer, and without more than :data:`EDGE_SECONDS` of non-speech at
     either end. None where there is nothing to leave out (the whole recording is one clip) or
     no speech is heard at all (then Whisper's own no-speech rule decides, as before).
+    ``heard``: what :func:`listen` heard in ``audio``, if it has been asked already.
 
     Silero's chunks carry 0.4 s of padding either side and join across pauses under 2 s
     (faster-whisper's defaults for its ``vad_filter``), so a gap of ``skip_seconds`` between
@@ -71,25 +85,15 @@ def speech_clips(
     mel frame: faster-whisper reads a clip's start both by truncating (where it hears the
     language) and by rounding (where it decodes), and so both read the same frame.
     """
-    from faster_whisper.vad import VadOptions, get_speech_timestamps
-
-    gain = listening_gain(audio)
-    options = VadOptions(threshold=SPEECH_THRESHOLD)
-    block = int(BLOCK_SECONDS * sample_rate)
-    chunks = []
-    for at in range(0, len(audio), block):
-        part = audio[at : at + block]
-        heard = np.clip(part * gain, -1.0, 1.0) if gain > 1 else part
-        found = get_speech_timestamps(heard, options, sampling_rate=sample_rate)
-        chunks += [{"start": c["start"] + at, "end": c["end"] + at} for c in found]
+    chunks = (heard or listen(audio)).spans
     if not chunks:
         return None
     clips: list[list[int]] = []
-    for chunk in chunks:
-        if clips and chunk["start"] - clips[-1][1] < skip_seconds * sample_rate:
-            clips[-1][1] = chunk["end"]
+    for start, end in chunks:
+        if clips and start - clips[-1][1] < skip_seconds * sample_rate:
+            clips[-1][1] = end
         else:
-            clips.append([chunk["start"], chunk["end"]])
+            clips.append([start, end])
     edge = EDGE_SECONDS * sample_rate
     if clips[0][0] <= edge:
         clips[0][0] = 0

@@ -97,10 +97,11 @@ class RecordingCheck:
     whatever its segments.
     """
 
-    def __init__(self, limit: float, audio: np.ndarray) -> None:
+    def __init__(self, limit: float, audio: np.ndarray, gain: float | None = None) -> None:
+        """``gain``: :func:`~.whisper_clips.listening_gain` of ``audio``, where it is known."""
         self._limit = limit
         self._audio = audio
-        self._gain: np.float32 | None = None
+        self._gain = None if gain is None else np.float32(gain)
         self._heard: dict[int, bool] = {}
 
     def __call__(self, segment: Any) -> bool:
