@@ -1,15 +1,16 @@
 """Silero VAD heard once per recording: its speech probabilities, the stretches of speech that
-faster-whisper's rule finds in them, and where speech begins after a given time.
+faster-whisper's rule finds in them, and segments and words timed by them.
 
 faster-whisper's ``get_speech_timestamps`` runs Silero and turns its probabilities into
 stretches of speech in one call, and keeps the probabilities to itself. The Whisper backend
 needs both: the stretches to leave long silences out (:mod:`.whisper_clips`), the
 probabilities to time segments and words where their speech is (:func:`at_speech`).
-Running Silero a second time would cost what the first does (about 2 ms per audio second on
-two cores, an eighth of tiny.en's decoding), so the model is called here as
+Running Silero a second time would cost what the first does (about 2 ms per audio second:
+55 ms per 30 s window, BENCHMARKS.md "A recording in which nobody speaks"; tiny.en decodes a
+second of audio in about 30 ms on one thread), so the model is called here as
 ``get_speech_timestamps`` calls it (the same padding, one call per block, the same
 probabilities) and :func:`speech_spans` is its rule, line for line (faster-whisper 1.2.1,
-MIT licence); ``tests/test_batch.py`` checks the two give the same stretches.
+MIT licence); ``tests/test_segment_times.py`` checks the two give the same stretches.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ SegmentOrWord = TypeVar("SegmentOrWord", Segment, Word)
 
 SPEECH_THRESHOLD = 0.2
 """The speech probability at which a word's speech is taken to start and end: the line
-:data:`~.whisper_clips.SPEECH_THRESHOLD` draws for leaving audio out (Silero's own 0.5 heard
-espeak-ng's first word up to 0.1 s later than 0.2 did, and a start put late cuts the word)."""
+:data:`~.whisper_clips.SPEECH_THRESHOLD` draws for leaving audio out, below Silero's own 0.5
+because a lower line hears a word's beginning sooner, and a start put late cuts the word."""
 START_LEAD = 0.15
-"""A segment whose start is moved to its speech starts this many seconds before the window in
-which Silero first hears it: Silero hears a word's soft beginning (an "h", an "s") late, and a
+"""A start moved to its speech is put this many seconds before the window in which Silero
+first hears it: Silero hears a word's soft beginning (an "h", an "s") late, and a
 subtitle shown a moment early reads better than one shown late (``bench/segment_times.py``)."""
 PAUSE_WINDOWS = 8
 """Silero windows (32 ms each: a quarter of a second) without speech inside a word that make
@@ -74,7 +75,7 @@ class Heard:
                 stretches.append([run])
             else:
                 stretches[-1].append(run)
-        most = max(stretches, key=lambda runs: sum(b - a for a, b in runs))
+        most = max(stretches, key=lambda stretch: sum(b - a for a, b in stretch))
         per_second = SAMPLE_RATE / WINDOW
         return (first + most[0][0]) / per_second, (first + most[-1][1]) / per_second
 

@@ -1,8 +1,10 @@
-"""Where a recording's segments start: where their speech does, not in the pause before it.
+"""Where a recording's segments and words start and end: where their speech does, not in the
+pauses around it.
 
 Whisper times a segment that follows a pause from a point inside the pause (a third of a
-second early on average, up to 0.8 s), and its first word with it; subtitles then show a line
-before anyone says it. The backend moves such a start to where Silero hears the speech begin.
+second early on average, up to 0.8 s), and its first word with it; cut at pauses into windows,
+a word before a pause ran on into it. Subtitles then showed a line before anyone said it and
+kept it after. The backend moves such times to where Silero hears the speech begin and end.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def paused(voices) -> tuple[np.ndarray, list[tuple[float, float]]]:
 
 
 def test_silero_heard_once_gives_the_stretches_faster_whisper_finds(
-    paused: tuple[np.ndarray, list[float]],
+    paused: tuple[np.ndarray, list[tuple[float, float]]],
 ) -> None:
     """The backend calls Silero once per recording and finds the stretches of speech with
     faster-whisper's rule itself (it needs the probabilities too): the same stretches as
