@@ -39,8 +39,9 @@ subtitle shown a moment early reads better than one shown late (``bench/segment_
 PAUSE_WINDOWS = 8
 """Silero windows (32 ms each: a quarter of a second) without speech inside a word that make
 it a pause the word took in (a word's own stops, "p", "t", are far shorter): the word is
-taken to be the stretch with the most speech (the pause before "We" took in the tail of the
-sentence before it too, a window Silero still rated 0.23)."""
+taken to be the stretch with the most speech (in bench/segment_times.py's recordings a first
+word after a 4 s pause took in the tail of the sentence before it too, where Silero's rating
+had not yet fallen under the line)."""
 END_LAG = 0.15
 """An end moved to where its speech ends is put this many seconds after Silero's last window
 of speech: a word's soft end (a falling "s", a breath out) fades under what Silero hears."""
@@ -210,8 +211,8 @@ def at_speech(segment: Segment, heard: Heard) -> Segment:
     Whisper times a segment that follows a pause from a point inside the pause (a third of a
     second before its speech on average, up to 0.8 s; its first word with it), and from a
     window's or clip's very start after a short lead; a word before or after a pause inside a
-    segment takes the pause in ("here" of "...very hot in here." ended 2.3 s into the pause
-    after it). A segment with words runs from its first word's start to its last word's end;
+    segment takes the pause in (with tiny.en, a sentence's last word ended a second into the
+    pause after it). A segment with words runs from its first word's start to its last word's end;
     one without has only its ends looked at (the pauses inside it are between its words).
     Times only ever move inwards, never past the other end of the word or segment, and not at
     all where Silero hears no speech in it (then what Whisper wrote is all there is to go

@@ -85,7 +85,8 @@ def test_sentences_around_pauses_are_timed_where_they_are_said(
     its last word ends, within 0.3 s of its speech, and so does each segment that starts or
     ends a sentence. As Whisper timed them, a segment or word after a pause started up to 0.8 s
     early (from a window's start, with ``pauses``: Silero's 0.4 s of padding before it, or
-    from inside the pause), and a word before a pause ended up to 2.3 s into it."""
+    from inside the pause), and a word before a pause ended up to a second into it (1.01 s with
+    ``tokens``, the rule off)."""
     audio, spans = paused
     options = {**TINY["whisper"], "segment_times": segment_times}
     with running_server(backends={"whisper": options}) as server:
