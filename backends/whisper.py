@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
@@ -54,6 +54,8 @@ __all__ = [
 
 _LOGGER = logging.getLogger(__name__)
 SegmentOrWord = TypeVar("SegmentOrWord", Segment, Word)
+_Finish = Callable[[Transcript], Transcript]
+"""Work on a job's answer done in its worker thread, after its decoding."""
 CUDA_CALLS_PER_WORKER = 2
 """Model calls a worker is given at once on CUDA without batching: one running on the GPU and
 the next already queued inside CTranslate2, so the GPU does not idle while the thread whose
@@ -565,22 +567,31 @@ class WhisperBackend(Backend):
 
         spans, heard = await anyio.to_thread.run_sync(speech_windows, audio)
 
+        def placed(offset: float) -> _Finish:
+            """A window's segments on the recording's clock, timed by their speech there
+            (in the window's thread: the event loop only awaits)."""
+
+            def place(part: Transcript) -> Transcript:
+                segments = tuple(at_speech(_shifted(s, offset), heard) for s in part.segments)
+                return dataclasses.replace(part, segments=segments)
+
+            return place
+
         async def window(start: int, end: int) -> Transcript:
             async with self._recordings:
-                return await self._in_thread(audio[start:end], spec, None)
+                finish = placed(start / SAMPLE_RATE)
+                return await self._in_thread(audio[start:end], spec, None, finish)
 
         runs = [asyncio.ensure_future(window(a, b)) for a, b in spans]
         segments: list[Segment] = []
         parts: list[Transcript] = []
         try:
-            for (start, _), run in zip(spans, runs, strict=True):
+            for run in runs:
                 part = await run
                 parts.append(part)
-                offset = start / SAMPLE_RATE
-                shifted = [at_speech(_shifted(s, offset), heard) for s in part.segments]
-                segments += shifted
+                segments += part.segments
                 if on_segment is not None:
-                    for segment in shifted:
+                    for segment in part.segments:
                         on_segment(segment)
         finally:
             for run in runs:
@@ -597,24 +608,31 @@ class WhisperBackend(Backend):
         )
 
     async def _in_thread(
-        self, audio: np.ndarray, spec: JobSpec, on_segment: OnSegment | None
+        self,
+        audio: np.ndarray,
+        spec: JobSpec,
+        on_segment: OnSegment | None,
+        finish: _Finish | None = None,
     ) -> Transcript:
         """The job in a worker thread of its own, its model calls batched with other jobs' or
-        made in their turn, by the job's urgency. A job whose caller is cancelled (its client
-        left) stops at its next model call or its next segment, and the caller waits for its
-        thread to let go before the cancellation goes on, so the capacity it held stays
-        counted."""
+        made in their turn, by the job's urgency; ``finish`` is applied to its answer in that
+        thread too. A job whose caller is cancelled (its client left) stops at its next model
+        call or its next segment, and the caller waits for its thread to let go before the
+        cancellation goes on, so the capacity it held stays counted."""
         scheduler = self._batcher or self._gate
         cancelled = threading.Event()
         progress = _Progress(on_segment, spec.prompt, cancelled) if on_segment else None
 
         def job() -> Transcript:
             if scheduler is None:
-                return self._transcribe_sync(audio, spec, progress)
-            seconds = len(audio) / SAMPLE_RATE
-            context = JobContext(priority=_priority(spec), cancelled=cancelled, seconds=seconds)
-            with scheduler.job(context):
-                return self._transcribe_sync(audio, spec, progress)
+                answer = self._transcribe_sync(audio, spec, progress)
+            else:
+                seconds = len(audio) / SAMPLE_RATE
+                priority = _priority(spec)
+                context = JobContext(priority=priority, cancelled=cancelled, seconds=seconds)
+                with scheduler.job(context):
+                    answer = self._transcribe_sync(audio, spec, progress)
+            return answer if finish is None else finish(answer)
 
         future = asyncio.get_running_loop().run_in_executor(self._executor, job)
         try:
