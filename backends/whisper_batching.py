@@ -41,6 +41,7 @@ import numpy as np
 from speechgw.batching import CallBatcher, PriorityGate
 from speechgw.jobs import SAMPLE_RATE
 
+from .whisper_clips import BLOCK_SECONDS, listening_gain
 from .whisper_vad import Heard, hear
 
 __all__ = ["BatchedWhisperModel", "GatedWhisperModel", "run_batch", "speech_windows"]
@@ -214,8 +215,21 @@ def speech_windows(audio: np.ndarray) -> tuple[list[tuple[int, int]], Heard]:
     running from its first speech to its last: windows that can be decoded at once. Unlike
     that pipeline's chunks, a span keeps the pauses inside it, so its timestamps map back by
     adding its start. With them, what Silero heard (to time segments and words by their
-    speech)."""
-    heard = hear(audio, min_silence_ms=160, max_speech_s=WINDOW_SECONDS)
+    speech).
+
+    Silero hears the recording brought up to a normal level
+    (:func:`~.whisper_clips.listening_gain`), as for a recording decoded whole: as recorded,
+    it heard no speech in some of ../shared/audio's recordings made 50 dB quieter, and these
+    came back empty where Whisper, decoding them whole, had most of their words
+    (``bench/split_accuracy.py --quieter 50``)."""
+    gain = float(listening_gain(audio))
+    heard = hear(
+        audio,
+        gain=gain,
+        block_seconds=BLOCK_SECONDS,
+        min_silence_ms=160,
+        max_speech_s=WINDOW_SECONDS,
+    )
     limit = int(WINDOW_SECONDS * SAMPLE_RATE)
     spans: list[tuple[int, int]] = []
     for start, end in heard.spans:

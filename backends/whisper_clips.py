@@ -44,9 +44,11 @@ PEAK = 0.5
 40 dB louder at most): it heard far less of the interview 40 dB quieter than as recorded."""
 
 BLOCK_SECONDS = 300.0
-"""Silero hears a long recording this much at a time: over the whole of a 29-minute upload
-at once it held 362 MB (its windows, and the louder copy), more than the recording's features
-take; a block at a time, 62 MB. Speech cut at a block's end joins the next block's (no gap)."""
+"""Silero hears a long recording this much at a time (for its clips, and for the windows of
+one cut at its pauses): over the whole of a 29-minute upload at once it held 362 MB (its
+windows, and the louder copy), more than the recording's features take; a block at a time,
+62 MB. The stretches of speech are found in all the blocks' probabilities together, so none
+is cut where a block ends (only Silero's memory of the audio before starts afresh there)."""
 
 _FRAMES_PER_SECOND = 100  # Whisper's mel frames (10 ms hop)
 

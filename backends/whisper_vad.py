@@ -98,15 +98,19 @@ def hear(
     pad_ms: int = 400,
 ) -> Heard:
     """Silero over ``audio`` (brought up by ``gain``, clipped), a block of ``block_seconds`` at
-    a time (bounding the louder copy's memory; None: all at once), and the stretches of speech
-    in each block by faster-whisper's rule with these options (its ``VadOptions``' names and
-    defaults)."""
+    a time (bounding the louder copy's memory and the model's; None: all at once), and the
+    stretches of speech in all of it by faster-whisper's rule with these options (its
+    ``VadOptions``' names and defaults). The rule is applied once, to every block's
+    probabilities together, so that no stretch is cut where a block ends (a window of a
+    recording cut at its pauses would have been cut there mid-word)."""
     from faster_whisper.vad import get_vad_model
 
     model = get_vad_model()
-    block = int(block_seconds * SAMPLE_RATE) if block_seconds else max(len(audio), 1)
+    block = len(audio) or 1
+    if block_seconds:  # whole windows, so that every block's fall on the recording's grid
+        block = min(block, max(WINDOW, int(block_seconds * SAMPLE_RATE) // WINDOW * WINDOW))
     probabilities: list[np.ndarray] = []
-    spans: list[tuple[int, int]] = []
+    tail = np.zeros(0, np.float32)  # the padding's own windows, after the last block's
     for at in range(0, len(audio), block):
         part = audio[at : at + block]
         if gain > 1:
@@ -114,10 +118,13 @@ def hear(
         # as get_speech_timestamps pads it: a whole window of zeros even where none is needed
         padded = np.pad(part, (0, WINDOW - len(part) % WINDOW))
         heard = model(padded).reshape(-1)
-        found = speech_spans(heard, len(part), threshold, min_silence_ms, max_speech_s, pad_ms)
-        spans += [(start + at, end + at) for start, end in found]
-        probabilities.append(heard[: math.ceil(len(part) / WINDOW)])
+        windows = math.ceil(len(part) / WINDOW)
+        probabilities.append(heard[:windows])
+        tail = heard[windows:]
     whole = np.concatenate(probabilities) if probabilities else np.zeros(0, np.float32)
+    # the rule sees the padding's windows too, as in get_speech_timestamps
+    ruled = np.concatenate((whole, tail))
+    spans = speech_spans(ruled, len(audio), threshold, min_silence_ms, max_speech_s, pad_ms)
     return Heard(whole, spans, gain)
 
 

@@ -15,7 +15,8 @@ and at null (every second decoded):
 ``--silero-defaults``: the second table only, with Silero at its own settings (a speech
 probability of 0.5, the recording as it is), which is why the backend listens more leniently.
 ``--cost``: what finding the speech of a 29-minute recording (white noise) costs: seconds and
-peak traced memory, heard 5 minutes at a time (as the backend does) and whole.
+peak traced memory, heard 5 minutes at a time (as the backend does) and whole, and cut into
+windows at its pauses (``segment_times: pauses``, ``sentences``) as the backend does.
 
 ``--edges 1.0,0.5``: how early the first segment starts after a short lead (under the
 skip), with each ``EDGE_SECONDS``, and the real recordings some edge clips.
@@ -36,6 +37,7 @@ import numpy as np
 from _common import SHARED_AUDIO, word_errors
 from speechgw.backends import whisper_clips
 from speechgw.backends.whisper import WhisperBackend, WhisperOptions
+from speechgw.backends.whisper_batching import speech_windows
 from speechgw.backends.whisper_clips import speech_clips
 from stream_accuracy import in_a_room
 from vad_conditions import load
@@ -108,6 +110,14 @@ def print_cost(skip: float) -> None:
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         print(f"29 minutes heard {how}: {seconds:.2f} s, peak {peak / 1e6:.0f} MB")
+    # and cut into windows at its pauses (segment_times pauses or sentences), as shipped
+    tracemalloc.start()
+    started = time.perf_counter()
+    speech_windows(noise)
+    seconds = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    print(f"29 minutes cut into windows: {seconds:.2f} s, peak {peak / 1e6:.0f} MB")
 
 
 SENTENCES = (

@@ -12,7 +12,10 @@ into sentences by the times of their words). Word error rate against the referen
 segments.
 
     python bench/split_accuracy.py [--model tiny.en] [--batch-size 8] [--cpu-threads 2]
-        [--min-seconds 30]
+        [--min-seconds 30] [--sides whole,split,pauses,sentences] [--quieter 0]
+
+``--quieter DB``: every recording made that many decibels quieter first (a speaker far from
+the microphone, a recorder's gain set low), to see that each way still hears it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import asyncio
 import csv
 import time
 
+import numpy as np
 from _common import SHARED_AUDIO, word_errors
 from speechgw.backends.whisper import WhisperBackend, WhisperOptions
 
@@ -52,6 +56,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--cpu-threads", type=int, default=2)
     parser.add_argument("--min-seconds", type=float, default=30.0)
+    parser.add_argument("--sides", default="whole,split,pauses,sentences")
+    parser.add_argument("--quieter", type=float, default=0.0, help="decibels")
     args = parser.parse_args()
     rows = []
     with open(SHARED_AUDIO / "MANIFEST.tsv", encoding="utf-8") as f:
@@ -61,15 +67,16 @@ def main() -> int:
     clips = []
     for row in rows:
         samples, rate = decode_media((SHARED_AUDIO / row["file"]).read_bytes(), 3600)
-        clips.append(to_16k_mono(samples, rate))
+        clips.append(to_16k_mono(samples, rate) * np.float32(10 ** (-args.quieter / 20)))
     base = {"model": args.model, "cpu_threads": args.cpu_threads}
     batched = {**base, "batch_size": args.batch_size}
-    sides = {
+    ways = {
         "whole": WhisperOptions(**base, batch_size=1),
         "split": WhisperOptions(**batched, batch_split_recordings=True),
         "pauses": WhisperOptions(**batched, segment_times="pauses"),
         "sentences": WhisperOptions(**batched, segment_times="sentences"),
     }
+    sides = {name: ways[name] for name in args.sides.split(",")}
     results = {name: asyncio.run(decode_all(options, clips)) for name, options in sides.items()}
     totals = {name: [0, 0, 0.0, 0] for name in sides}
     header = " ".join(f"{name + ' WER':>11} {'s':>5} {'segs':>4}" for name in sides)
@@ -87,7 +94,7 @@ def main() -> int:
             cells.append(f"{errors / length:>11.3f} {seconds:>5.1f} {segments:>4}")
         print(f"{row['file']:<60} {' '.join(cells)}")
     cells = [f"{t[0] / t[1]:>11.3f} {t[2]:>5.1f} {t[3]:>4}" for t in totals.values()]
-    words = totals["whole"][1]
+    words = next(iter(totals.values()))[1]
     print(f"{'all (' + str(words) + ' words)':<60} {' '.join(cells)}")
     errors = ", ".join(f"{name} {t[0]}" for name, t in totals.items())
     print(f"errors: {errors}")

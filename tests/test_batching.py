@@ -767,8 +767,14 @@ def test_segments_timed_by_pauses_each_cover_a_window_of_speech(
     apart comes back as one segment per window of speech (up to 30 s, cut at a pause), each
     running from its window's first speech to its last, holding the words said there; every
     sentence is heard. Words asked for come once each, where they were said, and nothing after
-    them. A stream on the same server is heard as well."""
+    them. The same recording 60 dB quieter is heard too (Silero, asked where the pauses are,
+    heard it as recorded, found no speech, and the reply was empty). A stream on the same
+    server is heard as well."""
     wav, names, spans = sentences_3s_apart
+    loud = tmp_path / "loud.wav"
+    loud.write_bytes(wav)
+    # 16-bit still: sox dithers, so the quiet speech is a few steps of the samples under hiss
+    quiet = speech.convert(loud, tmp_path / "quiet.wav", effects=("vol", "-60dB")).read_bytes()
     with segment_times_server("pauses") as server:
         reply = transcribe(server.ws, wav).reply
         segments = reply["segments"]
@@ -803,6 +809,10 @@ def test_segments_timed_by_pauses_each_cover_a_window_of_speech(
         for word, start in (("we", spans[1][0]), ("open", spans[2][0]), ("my", spans[4][0])):
             first = first_word(verbose["words"], word)
             assert abs(first["start"] - start) < 0.6, (first, start)
+
+        said_quietly = transcribe(server.ws, quiet).reply
+        assert speech.word_recall(said, said_quietly["text"]) >= 0.8, said_quietly
+        assert len(said_quietly["segments"]) >= 2, said_quietly
 
         # one sentence alone: faster-whisper left alone wrote "Thank you very much." after it
         window = speech.words(words_asked(server, voices["window"].read_bytes())["text"])

@@ -17,6 +17,7 @@ import pytest
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 from openai import OpenAI
 from openai.types.audio import TranscriptionVerbose
+from speechgw.backends.whisper_batching import speech_windows
 from speechgw.backends.whisper_clips import SPEECH_THRESHOLD, listen, listening_gain
 from speechgw.backends.whisper_vad import END_LAG, START_LEAD, at_speech, hear
 
@@ -72,9 +73,29 @@ def test_silero_heard_once_gives_the_stretches_faster_whisper_finds(
         clips = get_speech_timestamps(louder, VadOptions(threshold=SPEECH_THRESHOLD))
         assert listen(samples).spans == [(c["start"], c["end"]) for c in clips]
         windows = VadOptions(max_speech_duration_s=30, min_silence_duration_ms=160)
-        found = [(c["start"], c["end"]) for c in get_speech_timestamps(samples, windows)]
-        assert hear(samples, min_silence_ms=160, max_speech_s=30).spans == found
+        found = [(c["start"], c["end"]) for c in get_speech_timestamps(louder, windows)]
+        assert hear(samples, gain=gain, min_silence_ms=160, max_speech_s=30).spans == found
+        assert speech_windows(samples)[1].spans == found
         assert len(found) >= len(NAMES)  # speech heard, at every level
+
+
+def test_silero_heard_in_blocks_finds_the_stretches_it_finds_at_once(
+    paused: tuple[np.ndarray, list[tuple[float, float]]],
+) -> None:
+    """A long recording is heard a block at a time (a 29-minute upload cut into windows at its
+    pauses held 251 MB heard at once, 63 MB in blocks: ``bench/long_stretches.py --cost``), and
+    its stretches of speech are still found as in one pass: none is cut where a block ends (a
+    window of speech would have been cut there, mid-word). Blocks of a second or so here, so
+    that they end inside every sentence; only Silero's memory starts afresh at each, which
+    moves an end by a window or so."""
+    audio, _ = paused
+    for options in ({"min_silence_ms": 160, "max_speech_s": 30}, {"threshold": SPEECH_THRESHOLD}):
+        whole = hear(audio, **options).spans
+        for seconds in (1.0, 2.0, 3.0):
+            blocked = hear(audio, block_seconds=seconds, **options).spans
+            assert len(blocked) == len(whole), (seconds, options, blocked, whole)
+            for (a, b), (c, d) in zip(blocked, whole, strict=True):
+                assert abs(a - c) <= 1024 and abs(b - d) <= 1024, (seconds, blocked, whole)
 
 
 @pytest.mark.parametrize("segment_times", ["tokens", "pauses", "sentences"])
