@@ -578,9 +578,11 @@ class WhisperBackend(Backend):
             return place
 
         async def window(start: int, end: int) -> Transcript:
+            # what Silero heard in the window (whole 32 ms windows: the one it starts in on)
+            heard_there = heard.probabilities[start // silero.WINDOW : -(-end // silero.WINDOW)]
             async with self._recordings:
                 finish = placed(start / SAMPLE_RATE)
-                return await self._in_thread(audio[start:end], spec, None, finish)
+                return await self._in_thread(audio[start:end], spec, None, finish, heard_there)
 
         runs = [asyncio.ensure_future(window(a, b)) for a, b in spans]
         segments: list[Segment] = []
@@ -613,25 +615,28 @@ class WhisperBackend(Backend):
         spec: JobSpec,
         on_segment: OnSegment | None,
         finish: _Finish | None = None,
+        heard: np.ndarray | None = None,
     ) -> Transcript:
         """The job in a worker thread of its own, its model calls batched with other jobs' or
         made in their turn, by the job's urgency; ``finish`` is applied to its answer in that
-        thread too. A job whose caller is cancelled (its client left) stops at its next model
-        call or its next segment, and the caller waits for its thread to let go before the
-        cancellation goes on, so the capacity it held stays counted."""
+        thread too. ``heard``: Silero's speech probabilities for ``audio``, where it was heard
+        already (a window of a recording cut at its pauses). A job whose caller is cancelled
+        (its client left) stops at its next model call or its next segment, and the caller
+        waits for its thread to let go before the cancellation goes on, so the capacity it
+        held stays counted."""
         scheduler = self._batcher or self._gate
         cancelled = threading.Event()
         progress = _Progress(on_segment, spec.prompt, cancelled) if on_segment else None
 
         def job() -> Transcript:
             if scheduler is None:
-                answer = self._transcribe_sync(audio, spec, progress)
+                answer = self._transcribe_sync(audio, spec, progress, heard)
             else:
                 seconds = len(audio) / SAMPLE_RATE
                 priority = _priority(spec)
                 context = JobContext(priority=priority, cancelled=cancelled, seconds=seconds)
                 with scheduler.job(context):
-                    answer = self._transcribe_sync(audio, spec, progress)
+                    answer = self._transcribe_sync(audio, spec, progress, heard)
             return answer if finish is None else finish(answer)
 
         future = asyncio.get_running_loop().run_in_executor(self._executor, job)
@@ -646,10 +651,14 @@ class WhisperBackend(Backend):
             raise
 
     def _transcribe_sync(
-        self, audio: np.ndarray, spec: JobSpec, progress: _Progress | None = None
+        self,
+        audio: np.ndarray,
+        spec: JobSpec,
+        progress: _Progress | None = None,
+        heard: np.ndarray | None = None,
     ) -> Transcript:
         with self._encodings_kept(spec):
-            raw, pieces, language = self._decode(audio, spec, spec.prompt, progress)
+            raw, pieces, language = self._decode(audio, spec, spec.prompt, progress, heard)
             if spec.prompt and raw and _echoes(raw, spec.prompt):
                 # the model wrote out its prompt instead of the audio: hear the audio alone
                 _LOGGER.info(
@@ -658,7 +667,7 @@ class WhisperBackend(Backend):
                 )
                 if progress is not None:
                     progress.restart()
-                raw, pieces, language = self._decode(audio, spec, None, progress)
+                raw, pieces, language = self._decode(audio, spec, None, progress, heard)
         if progress is not None:
             progress.flush()
         segments = tuple(pieces)
@@ -724,12 +733,19 @@ class WhisperBackend(Backend):
         ]
 
     def _decode(
-        self, audio: np.ndarray, spec: JobSpec, prompt: str | None, progress: _Progress | None
+        self,
+        audio: np.ndarray,
+        spec: JobSpec,
+        prompt: str | None,
+        progress: _Progress | None,
+        heard_already: np.ndarray | None = None,
     ) -> tuple[list, list[Segment], str]:
         """The segments worth keeping (faster-whisper's, and as the gateway's: cut into
         sentences where asked), and the language; decoding happens here, in the worker thread,
         as faster-whisper's segment generator is consumed (each kept segment goes to
-        ``progress`` as it comes)."""
+        ``progress`` as it comes). ``heard_already``: Silero's speech probabilities for
+        ``audio``, where it was heard before (not again here: it is asked only for the
+        recording's clips and times)."""
         untimed = self._segment_times != "tokens"
         by_sentence = self._segment_times == "sentences" and not spec.segmented
         # a recording in no named language may change language from one window to the next
@@ -784,8 +800,8 @@ class WhisperBackend(Backend):
             else RecordingCheck(
                 self.options.recording_no_speech_prob,
                 audio,
-                # the level Silero heard the recording at, where it heard it already
-                gain=None if heard is None else heard.gain,
+                # where Silero heard the recording already, what it heard is counted
+                heard_already if heard is None else heard.probabilities,
             )
         )
         duration = len(audio) / SAMPLE_RATE

@@ -8,11 +8,13 @@ words it is not unsure of (-0.75 to -0.99), and so keeps them. Whisper's scores 
 settle it: a word said briskly alone, or real speech after a pause in a long recording, is
 rated as likely not speech as that "You". Silero VAD (the model faster-whisper ships) tells the
 two apart, so where Whisper is in doubt it is asked, once per utterance or window, and only
-then (rarely, for speech).
+then (rarely, for speech); a recording's window is not heard again where Silero heard the
+whole recording already (for its clips and times, or to cut it at its pauses).
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -93,15 +95,20 @@ class RecordingCheck:
     nobody spoke reads as speech. Real speech can be rated as high (after a pause, in context),
     and Silero hears it: so the window is dropped only on both opinions. Silero hears the
     recording brought up to a normal level (:func:`~.whisper_clips.listening_gain`), as
-    ``skip_non_speech_seconds`` does, so that a quiet speaker is heard; a window is heard once,
-    whatever its segments.
+    ``skip_non_speech_seconds`` does, so that a quiet speaker is heard; where it has heard the
+    recording already (for its clips and times, or its windows), what it heard is counted,
+    and it is not asked again; else a window is heard once, whatever its segments.
     """
 
-    def __init__(self, limit: float, audio: np.ndarray, gain: float | None = None) -> None:
-        """``gain``: :func:`~.whisper_clips.listening_gain` of ``audio``, where it is known."""
+    def __init__(
+        self, limit: float, audio: np.ndarray, probabilities: np.ndarray | None = None
+    ) -> None:
+        """``probabilities``: Silero's for each 32 ms of ``audio`` brought up to a normal level
+        (:class:`~.whisper_vad.Heard`'s), where they are known."""
         self._limit = limit
         self._audio = audio
-        self._gain = None if gain is None else np.float32(gain)
+        self._probabilities = probabilities
+        self._gain: np.float32 | None = None
         self._heard: dict[int, bool] = {}
 
     def __call__(self, segment: Any) -> bool:
@@ -116,10 +123,15 @@ class RecordingCheck:
         """Whether Silero hears speech in the window that begins at frame ``seek`` (its 30 s,
         or to the recording's end: a clip's window may end sooner, and hearing more only keeps
         more)."""
+        start = seek * _SAMPLES_PER_FRAME
+        length = int(WINDOW_SECONDS * SAMPLE_RATE)
+        if self._probabilities is not None:
+            first = start // silero.WINDOW
+            heard = self._probabilities[first : first + math.ceil(length / silero.WINDOW)]
+            return silero.speech_count(heard) >= HEARD_SPEECH_WINDOWS
+        window = self._audio[start : start + length]
         if self._gain is None:
             self._gain = listening_gain(self._audio)
-        start = seek * _SAMPLES_PER_FRAME
-        window = self._audio[start : start + int(WINDOW_SECONDS * SAMPLE_RATE)]
         if self._gain > 1:
             window = np.clip(window * self._gain, -1.0, 1.0)
         return silero.speech_windows(window) >= HEARD_SPEECH_WINDOWS

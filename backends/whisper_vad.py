@@ -3,14 +3,16 @@ faster-whisper's rule finds in them, and segments and words timed by them.
 
 faster-whisper's ``get_speech_timestamps`` runs Silero and turns its probabilities into
 stretches of speech in one call, and keeps the probabilities to itself. The Whisper backend
-needs both: the stretches to leave long silences out (:mod:`.whisper_clips`), the
-probabilities to time segments and words where their speech is (:func:`at_speech`).
-Running Silero a second time would cost what the first does (about 2 ms per audio second:
-55 ms per 30 s window, BENCHMARKS.md "A recording in which nobody speaks"; tiny.en decodes a
-second of audio in about 30 ms on one thread), so the model is called here as
-``get_speech_timestamps`` calls it (the same padding, one call per block, the same
-probabilities) and :func:`speech_spans` is its rule, line for line (faster-whisper 1.2.1,
-MIT licence); ``tests/test_segment_times.py`` checks the two give the same stretches.
+needs both: the stretches to leave long silences out (:mod:`.whisper_clips`) or to cut a
+recording into windows at its pauses, the probabilities to time segments and words where
+their speech is (:func:`at_speech`) and to tell whether a window Whisper doubts holds speech
+(:class:`~.whisper_spoken.RecordingCheck`). Running Silero a second time would cost what the
+first does (about 2 ms per audio second: 40-55 ms per 30 s window, BENCHMARKS.md "A recording
+in which nobody speaks"; tiny.en decodes a second of audio in about 30 ms on one thread), so
+the model is called here as ``get_speech_timestamps`` calls it (the same padding, one call
+per block, the same probabilities) and :func:`speech_spans` is its rule, line for line
+(faster-whisper 1.2.1, MIT licence); ``tests/test_segment_times.py`` checks the two give the
+same stretches.
 """
 
 from __future__ import annotations

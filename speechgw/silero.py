@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["WINDOW", "SileroListener", "load", "speech_windows"]
+__all__ = ["WINDOW", "SileroListener", "load", "speech_count", "speech_windows"]
 
 WINDOW = 512
 """Samples per Silero window at 16 kHz (32 ms)."""
@@ -46,7 +46,11 @@ def load() -> Any:
 def speech_windows(samples: np.ndarray) -> int:
     """How many 32 ms windows of these 16 kHz samples Silero rates as speech (above 0.5): a
     second opinion on a whole utterance, where Whisper doubts that it holds speech."""
-    probabilities = SileroListener().feed(np.asarray(samples, dtype=np.float32))
+    return speech_count(SileroListener().feed(np.asarray(samples, dtype=np.float32)))
+
+
+def speech_count(probabilities: np.ndarray) -> int:
+    """How many of these windows' speech probabilities Silero's own line (0.5) calls speech."""
     return int(np.count_nonzero(probabilities > _ON))
 
 

@@ -238,21 +238,26 @@ def test_whispers_own_rule_alone_when_asked(nobody_speaking: dict[str, Path]) ->
 def test_a_window_whisper_doubts_is_kept_where_silero_hears_speech(voices) -> None:
     """The rule on real Silero VAD: a window rated probably not speech is dropped only when
     Silero hears none in it; a sentence, even 40 dB quieter, is heard, and a window Whisper
-    rates as speech is kept whatever Silero says."""
+    rates as speech is kept whatever Silero says. The same where Silero heard the whole
+    recording already (its clips and times), and what it heard is counted instead."""
     from types import SimpleNamespace
 
+    from speechgw.backends.whisper_clips import listen
     from speechgw.backends.whisper_spoken import RecordingCheck
 
     sentence = speech.samples_16k(voices["children"])
     silence = np.zeros(16000 * 35, np.float32)
     audio = np.concatenate([silence, sentence, silence])
     doubted = [SimpleNamespace(no_speech_prob=0.9, seek=seek) for seek in (0, 3000, 7000)]
-    check = RecordingCheck(0.5, audio)
-    # the windows from 0 s and 70 s hold silence alone, the one from 30 s the sentence (35 s)
-    assert [check(s) for s in doubted] == [False, True, False]
-    assert check(SimpleNamespace(no_speech_prob=0.5, seek=0))
-    quiet = RecordingCheck(0.5, audio * np.float32(0.01))
-    assert quiet(doubted[1]) and not quiet(doubted[0])
+    for heard in (None, listen(audio).probabilities):
+        check = RecordingCheck(0.5, audio, heard)
+        # the windows from 0 s and 70 s hold silence alone, the one from 30 s the sentence
+        assert [check(s) for s in doubted] == [False, True, False]
+        assert check(SimpleNamespace(no_speech_prob=0.5, seek=0))
+    quiet = audio * np.float32(0.01)
+    for heard in (None, listen(quiet).probabilities):
+        check = RecordingCheck(0.5, quiet, heard)
+        assert check(doubted[1]) and not check(doubted[0])
 
 
 def test_a_segment_ends_where_its_recording_does(tiny_server: Server, tmp_path: Path) -> None:
