@@ -744,8 +744,9 @@ class WhisperBackend(Backend):
         sentences where asked), and the language; decoding happens here, in the worker thread,
         as faster-whisper's segment generator is consumed (each kept segment goes to
         ``progress`` as it comes). ``heard_already``: Silero's speech probabilities for
-        ``audio``, where it was heard before (not again here: it is asked only for the
-        recording's clips and times)."""
+        ``audio`` where it heard them before this job (a window of a recording cut at its
+        pauses), for the no-speech check; a recording decoded whole is heard here
+        (:meth:`_heard`)."""
         untimed = self._segment_times != "tokens"
         by_sentence = self._segment_times == "sentences" and not spec.segmented
         # a recording in no named language may change language from one window to the next
