@@ -41,8 +41,8 @@ import numpy as np
 from speechgw.batching import CallBatcher, PriorityGate
 from speechgw.jobs import SAMPLE_RATE
 
-from .whisper_clips import BLOCK_SECONDS, listening_gain
-from .whisper_vad import Heard, hear
+from .whisper_clips import listen
+from .whisper_vad import Heard
 
 __all__ = ["BatchedWhisperModel", "GatedWhisperModel", "run_batch", "speech_windows"]
 
@@ -217,19 +217,12 @@ def speech_windows(audio: np.ndarray) -> tuple[list[tuple[int, int]], Heard]:
     adding its start. With them, what Silero heard (to time segments and words by their
     speech).
 
-    Silero hears the recording brought up to a normal level
-    (:func:`~.whisper_clips.listening_gain`), as for a recording decoded whole: as recorded,
+    Silero hears the recording brought up to a normal level, five minutes at a time
+    (:func:`~.whisper_clips.listen`), as for a recording decoded whole: as recorded,
     it heard no speech in some of ../shared/audio's recordings made 50 dB quieter, and these
     came back empty where Whisper, decoding them whole, had most of their words
     (``bench/split_accuracy.py --quieter 50``)."""
-    gain = float(listening_gain(audio))
-    heard = hear(
-        audio,
-        gain=gain,
-        block_seconds=BLOCK_SECONDS,
-        min_silence_ms=160,
-        max_speech_s=WINDOW_SECONDS,
-    )
+    heard = listen(audio, threshold=0.5, min_silence_ms=160, max_speech_s=WINDOW_SECONDS)
     limit = int(WINDOW_SECONDS * SAMPLE_RATE)
     spans: list[tuple[int, int]] = []
     for start, end in heard.spans:

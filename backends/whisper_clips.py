@@ -18,6 +18,8 @@ pauses stay inside a clip: a recording with none that long, and no more than
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .whisper_vad import Heard, hear
@@ -60,14 +62,24 @@ def listening_gain(audio: np.ndarray) -> np.float32:
     return np.float32(min(100.0, max(1.0, PEAK / loudest)) if loudest > 0 else 1.0)
 
 
-def listen(audio: np.ndarray) -> Heard:
+def listen(
+    audio: np.ndarray,
+    *,
+    threshold: float = SPEECH_THRESHOLD,
+    min_silence_ms: int = 2000,
+    max_speech_s: float = math.inf,
+) -> Heard:
     """Silero over a recording brought up to :data:`PEAK`, :data:`BLOCK_SECONDS` at a time:
-    its probabilities, and the stretches of speech :func:`speech_clips` joins."""
+    its probabilities, and the stretches of speech faster-whisper's rule finds with these
+    options (by default those :func:`speech_clips` joins; the windows of a recording cut at
+    its pauses ask for others)."""
     return hear(
         audio,
         gain=float(listening_gain(audio)),
         block_seconds=BLOCK_SECONDS,
-        threshold=SPEECH_THRESHOLD,
+        threshold=threshold,
+        min_silence_ms=min_silence_ms,
+        max_speech_s=max_speech_s,
     )
 
 

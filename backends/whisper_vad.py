@@ -52,7 +52,7 @@ of speech: a word's soft end (a falling "s", a breath out) fades under what Sile
 @dataclasses.dataclass(frozen=True, slots=True)
 class Heard:
     """What Silero heard in a recording: the speech probability of each 32 ms window (the
-    recording at the level it was heard at), and the stretches of speech each block gave."""
+    recording at the level it was heard at), and the stretches of speech found in them."""
 
     probabilities: np.ndarray
     spans: list[tuple[int, int]]
