@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -484,3 +485,35 @@ def test_metrics_on_a_separate_port(voices) -> None:
                 time.sleep(0.05)
         assert 'asr_requests_total{machine_id="sep01",status="ok",task="transcribe"} 1.0' in body
         assert server.get("/metrics")[0] == 200  # still on the main port
+
+
+def _open_ledger(path: Path, ready: Any, results: Any) -> None:
+    """One process's start (``ready``, ``results``: a multiprocessing barrier and queue): the
+    ledger opened, or why not, for the test below."""
+    ready.wait()
+    try:
+        SQLiteStore(path).close()
+        results.put("opened")
+    except Exception as exc:
+        results.put(str(exc))
+
+
+def test_processes_starting_together_on_a_new_ledger_all_open_it(tmp_path: Path) -> None:
+    """Two processes (``--processes 2``) opening a new SQLite ledger at the same moment both
+    open it. Each puts the file in WAL mode, which SQLite refuses to one while the other does
+    it ("database is locked", without waiting): one process of the pair exited, 24 times in
+    40 tries, before it waited its turn."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    outcomes = []
+    for attempt in range(20):
+        ready, results = context.Barrier(2), context.Queue()
+        path = tmp_path / f"ledger-{attempt}.db"
+        pair = [context.Process(target=_open_ledger, args=(path, ready, results)) for _ in range(2)]
+        for process in pair:
+            process.start()
+        outcomes += [results.get(timeout=30) for _ in pair]
+        for process in pair:
+            process.join(timeout=30)
+    assert outcomes == ["opened"] * 40, [o for o in outcomes if o != "opened"]
