@@ -44,11 +44,14 @@ def test_interims_come_while_speaking_and_the_final_closes_the_utterance(
         "asr_requests_total", machine_id="unknown", task="transcribe", status="ok"
     )
     pcm, rate = read_pcm16(continuous)
-    result = stream_pcm(tiny_server.ws, pcm, rate, realtime=2.0, interim_results=True)
+    # At real time, as a live client speaks: how many interims fit depends on how long one
+    # decode takes (an AMD EPYC of 2 vCPUs, tiny.en's encoder 0.75 s: 4 in this 10 s
+    # utterance, at 2x one or two), so at least two, the later holding more words.
+    result = stream_pcm(tiny_server.ws, pcm, rate, realtime=1.0, interim_results=True)
     assert len(result.replies) == 1, result.events
     kinds = [kind for kind, _, _ in result.events]
     # words while the utterance was open, then its final, and nothing after it
-    assert kinds.count("interim") >= 3, result.events
+    assert kinds.count("interim") >= 2, result.events
     assert kinds[-1] == "reply" and "reply" not in kinds[:-1]
     final = result.replies[0]
     for name in CONTINUOUS:
@@ -76,7 +79,7 @@ def test_a_client_that_did_not_ask_gets_no_interim(tiny_server: Server, continuo
 def test_interims_never_reorder_finals(tiny_server: Server, voices, paused: Path) -> None:
     names = ["children", "coffee", "train"]
     pcm, rate = read_pcm16(paused)
-    pace = 2.0
+    pace = 1.0  # at 2x, a machine as slow as above had no interim in these short utterances
     result = stream_pcm(tiny_server.ws, pcm, rate, realtime=pace, interim_results=True)
     assert_sentences(result, names)
     assert result.interims, "no interim for three utterances of 2-3 s"
