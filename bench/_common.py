@@ -173,7 +173,7 @@ def served(config: Path, processes: int = 1) -> Iterator[ServerURL]:
             "speechgw",
             "serve",
             "--config",
-            str(config),
+            str(Path(config).resolve()),  # the server runs in the repository, not here
             "--host",
             "127.0.0.1",
             "--port",
@@ -189,6 +189,7 @@ def served(config: Path, processes: int = 1) -> Iterator[ServerURL]:
     )
     port: list[int] = []
     ready = threading.Event()
+    said: list[str] = []  # what it wrote before it served, shown if it never does
 
     def read() -> None:
         assert process.stderr is not None
@@ -200,11 +201,14 @@ def served(config: Path, processes: int = 1) -> Iterator[ServerURL]:
                     ready.set()
             elif "ERROR" in line or "Traceback" in line:
                 print(line, end="", file=sys.stderr)
+            elif not ready.is_set():
+                said.append(line)
+        ready.set()  # it exited: stop waiting
 
     threading.Thread(target=read, daemon=True).start()
     try:
-        if not ready.wait(180):
-            raise RuntimeError("the server did not start")
+        if not ready.wait(180) or len(port) < processes:
+            raise RuntimeError("the server did not start:\n" + "".join(said[-20:]))
         url = ServerURL(f"ws://127.0.0.1:{port[0]}")
         url.pid = process.pid
         url.pids = [process.pid] if processes == 1 else _children(process.pid)
