@@ -45,7 +45,8 @@ def test_interims_come_while_speaking_and_the_final_closes_the_utterance(
     )
     pcm, rate = read_pcm16(continuous)
     # At real time, as a live client speaks: how many interims fit depends on how long one
-    # decode takes (an AMD EPYC of 2 vCPUs, tiny.en's encoder 0.75 s: 4 in this 10 s
+    # decode takes (on an AMD EPYC of 2 vCPUs, where tiny.en decodes a stream's utterance of
+    # under 8 s in 1.6 s, `bench/utterance_decode.py --model tiny.en`: 4 in this 10 s
     # utterance, at 2x one or two), so at least two, the later holding more words.
     result = stream_pcm(tiny_server.ws, pcm, rate, realtime=1.0, interim_results=True)
     assert len(result.replies) == 1, result.events
