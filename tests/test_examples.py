@@ -359,6 +359,8 @@ def continuous(voices, tmp_path_factory) -> Path:
 
 
 def assert_interims_then_final(result: subprocess.CompletedProcess) -> None:
+    """The client streamed the 10 s utterance at real time (``--speed 1``), as it does by
+    default: at twice that a slow machine has time for one interim (test_interim.py)."""
     assert result.returncode == 0, result.stderr
     interims = [line for line in result.stderr.splitlines() if line.startswith("... ")]
     assert len(interims) >= 2, result.stderr
@@ -375,7 +377,7 @@ def test_python_stream_client_shows_interims(tiny_server: Server, continuous: Pa
             "--url",
             tiny_server.ws,
             "--speed",
-            "2",
+            "1",
             "--interim",
         )
     )
@@ -391,7 +393,7 @@ def test_node_client_shows_interims(tiny_server: Server, node_client: Path, cont
             "--url",
             tiny_server.ws,
             "--speed",
-            "2",
+            "1",
             "--interim",
             cwd=node_client,
         )
