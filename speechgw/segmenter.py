@@ -315,6 +315,12 @@ class Segmenter:
         return frames - max(0, trailing_silence - self._end_pad_frames)
 
     @property
+    def trailing_silence(self) -> int:
+        """Samples of webrtcvad silence the utterance in progress ends with (0 while the last
+        frame was speech, or between utterances)."""
+        return self._silent_run * self._frame if self._utterance else 0
+
+    @property
     def buffered_samples(self) -> int:
         """Samples held for the utterance in progress (for back-pressure accounting)."""
         return len(self._utterance) * self._frame

@@ -70,6 +70,12 @@ and the first 0.2 s of speech); the next ones every ``interim_interval_ms`` of a
 0.3 s later when the last one heard no words yet."""
 _FIRST_INTERIM_SAMPLES = int(_FIRST_INTERIM_SECONDS * SAMPLE_RATE)
 _INTERIM_RETRY_SAMPLES = int(0.3 * SAMPLE_RATE)
+_INTERIM_HOLD_SAMPLES = int(0.1 * SAMPLE_RATE)
+"""An interim due while the utterance ends in this much silence waits for the next speech:
+gaps between words are shorter, and a pause that goes on wants the utterance's final 0.2 s
+later (an early final, at ``end_padding_ms``), whose first model call would wait for the
+interim's (on a machine where Whisper's encoder takes a second, most of that second) to send
+words the final sends a moment later."""
 
 
 class _UtteranceQueue:
@@ -395,6 +401,8 @@ class Stream:
             return False
         if self._early is not None:  # the pause has begun: its final is on the way
             return False
+        if segmenter.trailing_silence >= _INTERIM_HOLD_SAMPLES:  # a pause may be beginning
+            return False
         number, length = self._interim_due
         if number != segmenter.utterances_started:
             length = _FIRST_INTERIM_SAMPLES
@@ -409,7 +417,8 @@ class Stream:
         """Each time the utterance still being spoken has grown by ``interim_interval_ms`` of
         audio, decode it again and send its words so far, unless a final is waiting or running
         (finals go first) or the backend has no free worker (it skips the interim rather than
-        delay anyone's final; the next audio tries again).
+        delay anyone's final; the next audio tries again). One due in a pause of
+        :data:`_INTERIM_HOLD_SAMPLES` or more waits for the speaker to go on.
 
         An interim is sent only while its utterance is still open, so it can never arrive
         after that utterance's final, and one still being decoded when its utterance closes
