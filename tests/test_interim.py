@@ -132,6 +132,30 @@ def test_an_interim_that_comes_back_after_its_final_is_not_sent(voices, tmp_path
             assert kinds[-1] == "reply" and kinds.count("interim") >= 2, result.events
 
 
+def test_an_interim_due_in_a_pause_waits_for_the_next_speech(voices, tmp_path: Path) -> None:
+    """Interims due every 100 ms, answered at once (a scripted backend); the utterance closes
+    after 1 s of silence. Once the speaker has paused for 0.1 s no interim starts: a pause
+    that goes on wants the worker for the utterance's final, and the final says the words.
+    Before, interims kept coming through the pause, the last a chunk or two before the final."""
+    sentence = voices["children"]
+    pcm, rate = read_pcm16(speech.concat([sentence], tmp_path / "one.wav", silence_seconds=3.0))
+    config = {
+        "routing": [{"backend": "s"}],
+        "streaming": {
+            "interim_interval_ms": 100,
+            "end_silence_ms": 1000,
+            "fragment_silence_ms": 1000,
+        },
+    }
+    scripted = {"type": "scripted", "text": "heard"}
+    with running_server(config, backends={"s": scripted}) as server:
+        result = stream_pcm(server.ws, pcm, rate, realtime=1.0, interim_results=True)
+    interims = [t for kind, _, t in result.events if kind == "interim"]
+    finals = [t for kind, _, t in result.events if kind == "reply"]
+    assert len(finals) == 1 and len(interims) >= 5, result.events  # while it was spoken
+    assert finals[0] - interims[-1] >= 0.6, result.events
+
+
 def test_an_interim_still_decoded_when_its_utterance_closes_is_stopped(
     continuous: Path, tmp_path: Path
 ) -> None:
