@@ -32,12 +32,16 @@ def continuous(voices, tmp_path_factory: pytest.TempPathFactory) -> Path:
 PAUSED_AFTER = ["coffee", "train"]
 
 
+def paused_parts(voices, continuous: Path) -> list[Path]:
+    """The 9 s utterance, then two sentences of about 3 s."""
+    return [continuous, *(voices[n] for n in PAUSED_AFTER)]
+
+
 @pytest.fixture(scope="module")
 def paused(voices, continuous: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The 9 s utterance, then two sentences of about 3 s, each followed by 2 s of silence:
-    three utterances."""
+    """:func:`paused_parts`, each followed by 2 s of silence: three utterances."""
     folder = tmp_path_factory.mktemp("interim-paused")
-    parts = [continuous, *(voices[n] for n in PAUSED_AFTER)]
+    parts = paused_parts(voices, continuous)
     return speech.concat(parts, folder / "paused.wav", silence_seconds=2.0)
 
 
@@ -100,9 +104,10 @@ def test_interims_never_reorder_finals(
     assert result.events[-1][0] == "reply"
     # An interim after utterance k's final can only be utterance k+1's: it must come after
     # that utterance's audio began to arrive. A stale interim of k would come right after
-    # the final, about 0.3 s after k's silence closed it; the next utterance starts 1.5 s later.
+    # the final, about 0.3 s after k's silence closed it (0.5 s into the 2 s between them),
+    # when the next utterance is still a second away.
     starts, at = [], 0.0
-    for part in [continuous, *(voices[n] for n in PAUSED_AFTER)]:
+    for part in paused_parts(voices, continuous):
         starts.append(result.started + at)
         at += speech.duration(part) + 2.0
     finals = [t for kind, _, t in result.events if kind == "reply"]
