@@ -31,13 +31,15 @@ from speechgw.backend import Backend, Capabilities
 from speechgw.config import NonNegative, Positive, Range
 from speechgw.errors import BackendUnavailable, ConfigError
 from speechgw.jobs import SAMPLE_RATE, JobSpec, Segment, Transcript, Word
-from speechgw.languages import BATCH_LANGUAGES, DEFAULT_REGION, to_bcp47
+from speechgw.languages import BATCH_LANGUAGES, DEFAULT_REGION, from_bcp47, to_bcp47
 from speechgw.live_audio import LiveAudio, Reader
 from speechgw.text import join_text
 
 __all__ = ["GoogleBackend", "GoogleOptions"]
 
 _LOGGER = logging.getLogger(__name__)
+_MAX_ALTERNATIVES = 3
+"""``alternative_language_codes``: Google takes up to three besides ``language_code``."""
 _RECOGNIZE_LIMIT_SECONDS = 60.0
 _STREAM_CHUNK_SAMPLES = SAMPLE_RATE // 10  # 100 ms per StreamingRecognizeRequest, Google's advice
 _STREAM_LIMIT_SECONDS = 305.0  # Google ends a stream here
@@ -125,6 +127,8 @@ class GoogleBackend(Backend):
             tasks=frozenset({"transcribe"}),
             streaming=options.native_streaming,
             word_timestamps=True,
+            # language_code and alternative_language_codes (at most 3)
+            detects_among=1 + _MAX_ALTERNATIVES,
         )
         unknown = [code for code in options.languages if code not in DEFAULT_REGION]
         if unknown:
@@ -177,16 +181,23 @@ class GoogleBackend(Backend):
         from google.cloud import speech
 
         opts = self.options
+        # a job in no named language names those it may be in: Google is told them all
+        candidates = self._capabilities.among(spec.languages) if spec.language is None else ()
         return speech.RecognitionConfig(
             **extra,
             encoding=speech.RecognitionConfig.AudioEncoding.LINEAR16,
             sample_rate_hertz=SAMPLE_RATE,
             audio_channel_count=1,
-            language_code=_language_code(spec),
+            language_code=_language_code(spec, candidates),
+            alternative_language_codes=[to_bcp47(code) for code in candidates[1:]],
             enable_automatic_punctuation=opts.enable_automatic_punctuation,
             profanity_filter=opts.profanity_filter,
             use_enhanced=opts.use_enhanced,
             model=opts.model or "",
+            # the client's words to listen for, as phrase hints
+            speech_contexts=[speech.SpeechContext(phrases=list(spec.keywords))]
+            if spec.keywords
+            else [],
         )
 
     def _retry(self):  # -> AsyncRetry
@@ -209,9 +220,9 @@ class GoogleBackend(Backend):
         pcm = to_pcm16(audio)
         try:
             if len(pcm) <= _RECOGNIZE_LIMIT_SECONDS * SAMPLE_RATE:
-                segments = await self._recognize(pcm, spec)
+                segments, heard = await self._recognize(pcm, spec)
             else:
-                segments = await self._recognize_long(pcm, spec)
+                segments, heard = await self._recognize_long(pcm, spec)
         except exceptions.GoogleAPICallError as exc:
             raise BackendUnavailable(f"Google Speech failed: {_describe(exc)}") from None
         except exceptions.RetryError as exc:
@@ -222,7 +233,8 @@ class GoogleBackend(Backend):
         return Transcript(
             text=join_text(s.text for s in segments),
             segments=tuple(segments),
-            language=spec.language,
+            # nothing heard in no named language: the first it may be in
+            language=heard or spec.language or self._capabilities.among(spec.languages)[0],
             backend=self.name,
         )
 
@@ -235,7 +247,7 @@ class GoogleBackend(Backend):
             enable_word_confidence=spec.word_probabilities,
         )
 
-    async def _recognize(self, pcm: np.ndarray, spec: JobSpec) -> list[Segment]:
+    async def _recognize(self, pcm: np.ndarray, spec: JobSpec) -> tuple[list[Segment], str | None]:
         from google.cloud import speech
 
         response = await self._client.recognize(  # type: ignore[union-attr]
@@ -244,9 +256,12 @@ class GoogleBackend(Backend):
             retry=self._retry(),
             timeout=self.options.timeout_seconds,
         )
-        return _segments(response.results, 0.0, len(pcm) / SAMPLE_RATE, spec)
+        segments = _segments(response.results, 0.0, len(pcm) / SAMPLE_RATE, spec)
+        return segments, _heard(response.results, spec)
 
-    async def _recognize_long(self, pcm: np.ndarray, spec: JobSpec) -> list[Segment]:
+    async def _recognize_long(
+        self, pcm: np.ndarray, spec: JobSpec
+    ) -> tuple[list[Segment], str | None]:
         """StreamingRecognize in sessions of ``session_seconds``; each session's results are
         timed from its own start, so they are shifted by where it began. A session that fails
         transiently is sent again whole, from a fresh request stream."""
@@ -256,11 +271,13 @@ class GoogleBackend(Backend):
         streaming_config = speech.StreamingRecognitionConfig(config=self._recording_config(spec))
         send_session = self._retry()(self._stream_session)
         segments: list[Segment] = []
+        heard = None
         for start in range(0, len(pcm), session):
             part = pcm[start : start + session]
             finals = await send_session(part, streaming_config)
             segments += _segments(finals, start / SAMPLE_RATE, len(part) / SAMPLE_RATE, spec)
-        return segments
+            heard = heard or _heard(finals, spec)
+        return segments, heard
 
     async def _stream_session(self, part: np.ndarray, streaming_config) -> list:
         from google.cloud import speech
@@ -446,13 +463,28 @@ _REGIONAL = re.compile(r"^[a-z]{2,3}(-[A-Z][a-z]{3})?-([A-Z]{2}|[0-9]{3})$")
 """language[-Script]-Region, the shape of every code in Google's list of languages."""
 
 
-def _language_code(spec: JobSpec) -> str:
+def _language_code(spec: JobSpec, candidates: tuple[str, ...] = ()) -> str:
     """What Google is asked to hear: the client's own tag where it names a region
     (``pt-BR``, ``es-419``, ``cmn-Hans-CN``: Google has a model for each),
-    else the language's usual region (``de`` -> ``de-DE``), since Google wants one."""
+    else the language's usual region (``de`` -> ``de-DE``), since Google wants one; for a job
+    in no named language, the first of the ``candidates`` it may be in."""
+    if spec.language is None:
+        return to_bcp47(candidates[0])
     if spec.locale is not None and _REGIONAL.match(spec.locale):
         return spec.locale
     return to_bcp47(spec.language)
+
+
+def _heard(results, spec: JobSpec) -> str | None:
+    """The language a job named, or for one that named only those it may be in, the one
+    Google heard (each result says which of them it heard: ``"sv-se"``) in the first result
+    with words; None where it heard no words."""
+    if spec.language is not None:
+        return spec.language
+    for result in results:
+        if result.alternatives and result.alternatives[0].transcript.strip():
+            return from_bcp47(result.language_code) if result.language_code else None
+    return None
 
 
 def _describe(exc: BaseException | None) -> str:

@@ -657,7 +657,8 @@ class WhisperBackend(Backend):
         progress: _Progress | None = None,
         heard: np.ndarray | None = None,
     ) -> Transcript:
-        with self._encodings_kept(spec):
+        among = self._model.detecting_among(spec.languages)  # type: ignore[union-attr]
+        with self._encodings_kept(spec), among:
             raw, pieces, language = self._decode(audio, spec, spec.prompt, progress, heard)
             if spec.prompt and raw and _echoes(raw, spec.prompt):
                 # the model wrote out its prompt instead of the audio: hear the audio alone
@@ -764,6 +765,8 @@ class WhisperBackend(Backend):
                 beam_size=1 if spec.interim else self.options.beam_size,
                 vad_filter=self.options.vad_filter,
                 initial_prompt=self._prompt(prompt),
+                # the client's words to listen for, before the prompt in every window
+                hotwords=", ".join(spec.keywords) or None,
                 # a copy each time: faster-whisper appends its special tokens to the list it
                 # is given, so a shared list grew by 6 at every decode (memory and a
                 # per-request sort without bound)

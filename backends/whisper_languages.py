@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +129,30 @@ class WindowLanguageModel(WhisperModel):
         super().__init__(*args, **kwargs)
         self._thread = threading.local()
         self._least = round(SHORTEST_REST_SECONDS * self.frames_per_second)
+
+    @property
+    def model(self) -> Any:
+        """The CTranslate2 model (or the gate or batcher before it) as this thread's job sees
+        it: within :meth:`detecting_among`, one that hears languages among the job's only.
+        Every detection here and in faster-whisper asks it, so they all choose among them."""
+        inner = self._ct2
+        thread = self.__dict__.get("_thread")
+        among = getattr(thread, "among", None) if thread is not None else None
+        return inner if among is None else _Among(inner, among)
+
+    @model.setter
+    def model(self, model: Any) -> None:
+        self._ct2 = model
+
+    @contextlib.contextmanager
+    def detecting_among(self, languages: Iterable[str]) -> Iterator[None]:
+        """Within this block, the language this thread's job is heard in (its recording's,
+        and each window's) is one of ``languages`` (ISO 639-1; all Whisper's when empty)."""
+        self._thread.among = frozenset(f"<|{code}|>" for code in languages) or None
+        try:
+            yield
+        finally:
+            self._thread.among = None
 
     @contextlib.contextmanager
     def hearing_each_window(self, enabled: bool = True) -> Iterator[None]:
@@ -385,6 +409,32 @@ class WindowLanguageModel(WhisperModel):
         features = self._thread.hearing.features
         encoded = super().encode(pad_or_trim(features[..., start:end]))  # not self.encode
         return self.model.detect_language(encoded)[0]
+
+
+class _Among:
+    """A CTranslate2 Whisper model whose language detection answers among some languages
+    only, their probabilities scaled to sum to 1 (the thresholds that decide a window's
+    language then weigh them against each other); every other call passes through."""
+
+    def __init__(self, inner: Any, tokens: frozenset[str]) -> None:
+        self._inner = inner
+        self._tokens = tokens
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def detect_language(self, *args: Any, **kwargs: Any) -> list[list[tuple[str, float]]]:
+        found = self._inner.detect_language(*args, **kwargs)
+        return [_among(heard, self._tokens) for heard in found]
+
+
+def _among(heard: list[tuple[str, float]], tokens: frozenset[str]) -> list[tuple[str, float]]:
+    """``heard`` (language tokens and probabilities, the likeliest first) among ``tokens``."""
+    kept = [(token, p) for token, p in heard if token in tokens]
+    total = sum(p for _, p in kept)
+    if total <= 0.0:  # none of them is a language the model knows: what it heard
+        return heard
+    return [(token, p / total) for token, p in kept]
 
 
 def _use(tokenizer: Any, language: str) -> None:

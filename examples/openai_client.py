@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Transcribe (or translate) an audio file with a speechgw server through OpenAI's own SDK.
 
-    python examples/openai_client.py talk.m4a [--language de] [--translate]
-        [--format verbose_json] [--words] [--confidence] [--stream] [--model whisper-1]
-        [--url http://localhost:8765/v1] [--api-key KEY]
+    python examples/openai_client.py talk.m4a [--language de | --languages sv,no,da]
+        [--keyword Postgres --keyword Valkey] [--translate] [--format verbose_json] [--words]
+        [--confidence] [--stream] [--model whisper-1] [--url http://localhost:8765/v1]
+        [--api-key KEY]
 
 speechgw speaks OpenAI's transcription API, so the official ``openai`` package (``pip install
 openai``) works unchanged: only ``base_url`` points at the gateway. Any audio file FFmpeg
 decodes goes as it is (wav, mp3, m4a, flac, ogg/opus, webm...). Without ``--language`` the
-server detects it (Whisper backends). Prints the text, or the whole response for the subtitle
+server detects it (Whisper backends), among ``--languages`` when given (``languages[]``);
+``--keyword`` names a word or phrase the speaker is likely to say (``keywords[]``: names,
+jargon), as often as you like. Prints the text, or the whole response for the subtitle
 and JSON formats; ``--words`` prints each word with its time; ``--confidence`` each word with
 how sure the recogniser is of it (``include=["logprobs"]``); ``--stream`` prints the text as
 the server recognises it (OpenAI's ``stream=True``: a long recording shows its first words
@@ -47,6 +50,12 @@ def main() -> int:
     parser.add_argument("--api-key", default=os.environ.get("SPEECHGW_API_KEY") or "none")
     parser.add_argument("--model", default="whisper-1", help="a name GET /v1/models lists")
     parser.add_argument("--language", default=None, help="ISO 639-1 code (default: detect)")
+    parser.add_argument(
+        "--languages", default=None, help="detect among these, comma-separated: sv,no,da"
+    )
+    parser.add_argument(
+        "--keyword", action="append", default=[], help="a word or phrase to listen for"
+    )
     parser.add_argument("--translate", action="store_true", help="into English")
     parser.add_argument(
         "--format", default="json", choices=["json", "text", "srt", "vtt", "verbose_json"]
@@ -58,6 +67,8 @@ def main() -> int:
     parser.add_argument("--stream", action="store_true", help="print the text as it comes")
     args = parser.parse_args()
     args.url = base_url(args.url)
+    if args.language and args.languages:
+        parser.error("--language names it; --languages lists what it may be: one or the other")
     if not os.path.isfile(args.audio):
         parser.error(f"{args.audio}: no such file")
     if args.stream:
@@ -74,6 +85,7 @@ def main() -> int:
         fields["timestamp_granularities"] = ["word"]
     if args.confidence:
         fields["include"] = ["logprobs"]
+    fields.update(hints(args))
     try:
         with client, open(args.audio, "rb") as audio:
             if args.translate:
@@ -104,11 +116,22 @@ def main() -> int:
     return 0
 
 
+def hints(args: argparse.Namespace) -> dict:
+    """``languages[]`` and ``keywords[]``, where given (the SDK sends each list as repeated
+    form fields)."""
+    fields: dict = {}
+    if args.languages:
+        fields["languages"] = [code.strip() for code in args.languages.split(",")]
+    if args.keyword:
+        fields["keywords"] = args.keyword
+    return fields
+
+
 def stream(args: argparse.Namespace) -> int:
     """Print each piece of text as the server sends it (``transcript.text.delta``), then a
     newline once the whole is done (``transcript.text.done`` holds it all again)."""
     client = OpenAI(base_url=args.url, api_key=args.api_key)
-    fields: dict = {"model": args.model, "stream": True}
+    fields: dict = {"model": args.model, "stream": True, **hints(args)}
     if args.language:
         fields["language"] = args.language
     try:

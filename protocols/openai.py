@@ -3,8 +3,9 @@
 unchanged (``OpenAI(base_url="http://HOST:8765/v1", api_key=KEY)``).
 
 A request is ``multipart/form-data`` as OpenAI documents it: ``file`` (any container and codec
-FFmpeg decodes), ``model``, ``language`` (absent: detected), ``prompt``, ``response_format``,
-``temperature``, ``timestamp_granularities[]`` and ``include[]``; the key comes as
+FFmpeg decodes), ``model``, ``language`` (absent: detected, among ``languages[]`` when sent),
+``prompt``, ``keywords[]``, ``response_format``, ``temperature``, ``timestamp_granularities[]``
+and ``include[]``; the key comes as
 ``Authorization: Bearer KEY``. This module holds the wire format only: reading the form under
 the upload limit, rendering the five response formats, and OpenAI's error shape with the
 statuses its SDKs act on. Admission, keys, routing (``model`` is a routing condition), the
@@ -42,7 +43,7 @@ from speechgw.errors import (
     UnsupportedLanguage,
 )
 from speechgw.gateway import Gateway, RecordingResult
-from speechgw.jobs import Decoding, JobRequest, Segment, Task
+from speechgw.jobs import Decoding, JobRequest, Segment, Task, Transcript
 from speechgw.languages import canonical_tag, language_name, language_of
 from speechgw.media import decode_media
 from speechgw.progress import OnSegment
@@ -58,9 +59,14 @@ STREAM_FORMATS = ("json", "text")
 GRANULARITIES = ("segment", "word")
 INCLUDES = ("logprobs",)
 """What ``include[]`` may ask for: each word's log probability with the text."""
+MAX_KEYWORDS = 100
+"""The most ``keywords[]`` a request may send: a vocabulary, not a dictionary (Whisper reads at
+most 223 tokens of them, Google up to 5,000 phrases)."""
+MAX_KEYWORD_CHARS = 100
+"""The longest keyword or phrase, in characters (Google's limit for a phrase hint)."""
 _LEAST_PROBABILITY = 1e-12  # its log (-27.6) stands for a word the model gave no chance
 _MAX_FIELD_BYTES = 64 * 1024  # prompt and the like; the file has its own limit
-_MAX_FIELDS = 32
+_MAX_FIELDS = 32 + MAX_KEYWORDS  # a part each: a keyword, a language, an include
 _NOT_A_FILE = (
     "field 'file' must be sent as a file (a part with a filename, as curl -F file=@audio.wav "
     "sends it), not as a text field"
@@ -161,6 +167,9 @@ class Reply:
     logprobs: bool = False
     """``include[]=logprobs``: the text's words with their log probabilities (``json`` and
     the events of ``stream=true``), where the backend gives them."""
+    languages: bool = False
+    """``json`` (and the done event) name the language heard, in ``languages``, as OpenAI's
+    ``gpt-transcribe`` answers: transcriptions only (a translation is written in English)."""
 
 
 def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
@@ -168,10 +177,11 @@ def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
 
     Raises:
         InvalidRequest: no ``file`` or ``model``; a bad ``response_format``,
-            ``temperature``, ``timestamp_granularities[]`` or ``include[]``; ``stream=true``
-            with a format whose timed segments its events cannot carry; ``logprobs`` for a
-            format that has no place for them.
-        UnsupportedLanguage: ``language`` is not an ISO 639-1 code.
+            ``temperature``, ``timestamp_granularities[]``, ``include[]`` or ``keywords[]``;
+            ``stream=true`` with a format whose timed segments its events cannot carry;
+            ``logprobs`` for a format that has no place for them.
+        UnsupportedLanguage: ``language`` or one of ``languages[]`` is not an ISO 639-1 code
+            (nor a language's English name).
     """
     if isinstance(form.get("file"), str):
         raise InvalidRequest(_NOT_A_FILE, field="file")
@@ -197,10 +207,7 @@ def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
             field="stream",
         )
     temperature = _temperature(_text(form, "temperature"))
-    granularities = [
-        g for name in ("timestamp_granularities[]", "timestamp_granularities")
-        for g in form.getlist(name)
-    ]  # fmt: skip
+    granularities = _listed(form, "timestamp_granularities")
     for granularity in granularities:
         if granularity not in GRANULARITIES:
             raise InvalidRequest(
@@ -223,6 +230,10 @@ def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
                 "English name)",
                 field="language",
             )
+    candidates = () if language is not None else _candidate_languages(form)
+    if len(candidates) == 1:  # one language the audio may be in is the language it is in
+        ((language_raw, language),) = candidates
+        candidates = ()
     request = JobRequest(
         language=language,
         locale=None if language_raw is None else canonical_tag(language_raw),
@@ -232,18 +243,82 @@ def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
         temperature=temperature,
         word_timestamps=words,
         word_probabilities=with_logprobs,
+        languages=tuple(code for _, code in candidates),
+        keywords=_keywords(form),
     )
     segments = "segment" in granularities or not words
     reply = Reply(
-        response_format, segments=segments, words=words, stream=stream, logprobs=with_logprobs
+        response_format,
+        segments=segments,
+        words=words,
+        stream=stream,
+        logprobs=with_logprobs,
+        languages=task == "transcribe",
     )
     return request, reply
+
+
+def _listed(form: FormData, name: str) -> list[str]:
+    """A list field's values, as the SDKs send it (``name[]``, repeated) or as a hand-written
+    form may (``name``, repeated)."""
+    values = [v for key in (f"{name}[]", name) for v in form.getlist(key)]
+    for value in values:
+        if not isinstance(value, str):
+            raise InvalidRequest(f"field '{name}[]' must be text, not a file", field=name)
+    return values  # type: ignore[return-value]
+
+
+def _candidate_languages(form: FormData) -> tuple[tuple[str, str], ...]:
+    """``languages[]``: the languages the audio may be in, each as sent and as its ISO 639-1
+    code, once each, in the order sent (blank ones left out).
+
+    Raises:
+        UnsupportedLanguage: one is neither a code nor a language's English name.
+    """
+    found: dict[str, str] = {}
+    for raw in _listed(form, "languages"):
+        if not raw.strip():
+            continue
+        code = language_of(raw)
+        if code is None:
+            raise UnsupportedLanguage(
+                f"languages[] {raw[:32]!r} is not an ISO 639-1 code (nor a language's "
+                "English name)",
+                field="languages",
+            )
+        found.setdefault(code, raw)
+    return tuple((raw, code) for code, raw in found.items())
+
+
+def _keywords(form: FormData) -> tuple[str, ...]:
+    """``keywords[]``: words or phrases to listen for, trimmed, once each, in the order sent
+    (blank ones left out).
+
+    Raises:
+        InvalidRequest: more than :data:`MAX_KEYWORDS`, or one longer than
+            :data:`MAX_KEYWORD_CHARS` characters.
+    """
+    found: dict[str, None] = {}
+    for raw in _listed(form, "keywords"):
+        keyword = " ".join(raw.split())
+        if len(keyword) > MAX_KEYWORD_CHARS:
+            raise InvalidRequest(
+                f"keywords[] {keyword[:32]!r}... is longer than {MAX_KEYWORD_CHARS} characters",
+                field="keywords",
+            )
+        if keyword:
+            found[keyword] = None
+    if len(found) > MAX_KEYWORDS:
+        raise InvalidRequest(
+            f"{len(found)} keywords[] sent; at most {MAX_KEYWORDS} are taken", field="keywords"
+        )
+    return tuple(found)
 
 
 def _includes_logprobs(form: FormData, response_format: str, stream: bool) -> bool:
     """Whether ``include[]`` asks for ``logprobs``, which OpenAI returns with ``json`` (and in
     stream events) only: the other formats have no field for them."""
-    included = [v for name in ("include[]", "include") for v in form.getlist(name)]
+    included = _listed(form, "include")
     for item in included:
         if item not in INCLUDES:
             raise InvalidRequest(
@@ -484,8 +559,16 @@ def _json(result: RecordingResult, reply: Reply) -> dict[str, Any]:
     body: dict[str, Any] = {"text": _final_text(result)}
     if reply.logprobs and (tokens := logprobs(result.transcript.segments)) is not None:
         body["logprobs"] = tokens
+    if reply.languages:
+        body["languages"] = _languages(result.transcript)
     body["usage"] = _usage(result)
     return body
+
+
+def _languages(transcript: Transcript) -> list[dict[str, str]]:
+    """OpenAI's ``languages``: the language heard, as ``[{"code": ISO 639-1}]``; empty for a
+    recording without words, as OpenAI answers when no language could be heard."""
+    return [{"code": transcript.language}] if transcript.text else []
 
 
 def _final_text(result: RecordingResult) -> str:

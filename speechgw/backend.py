@@ -44,6 +44,10 @@ class Capabilities:
     otherwise the gateway cuts streams into utterances with a voice-activity detector."""
     detects_language: bool = False
     """It takes jobs whose language is None and says in the transcript which one it heard."""
+    detects_among: int = 0
+    """It takes jobs whose language is None when they name the languages the audio may be in
+    (:attr:`JobSpec.languages`), up to this many of those it recognises, and says which it
+    heard: Google, told a language and up to three alternatives."""
     word_timestamps: bool = False
     """It times each word when a job asks (``JobSpec.word_timestamps``)."""
     early_finals: bool = False
@@ -51,17 +55,28 @@ class Capabilities:
     decodes to no other backend: for one billed per call (a cloud API), each final decoded
     ahead that the speaker's next words make worthless would cost money."""
 
-    def supports(self, language: str | None, task: Task) -> bool:
-        """Whether it recognises ``language`` (None: detects it) and does ``task``."""
+    def supports(self, language: str | None, task: Task, among: tuple[str, ...] = ()) -> bool:
+        """Whether it recognises ``language`` (None: detects it, among the languages
+        ``among`` when any are given: at least one of them it must recognise) and does
+        ``task``."""
         if task not in self.tasks:
             return False
         if language is None:
-            return self.detects_language
+            known = self.among(among)
+            return (self.detects_language and (known or not among)) or (
+                0 < len(known) <= self.detects_among
+            )
         return self.languages is None or language in self.languages
+
+    def among(self, languages: tuple[str, ...]) -> tuple[str, ...]:
+        """Those of ``languages`` it recognises, in their order."""
+        if self.languages is None:
+            return languages
+        return tuple(code for code in languages if code in self.languages)
 
     def serves(self, spec: JobSpec) -> bool:
         """Whether it can do everything ``spec`` asks."""
-        return self.supports(spec.language, spec.task) and (
+        return self.supports(spec.language, spec.task, spec.languages) and (
             self.word_timestamps or not spec.word_timestamps
         )
 

@@ -228,6 +228,8 @@ class Gateway:
             temperature=asked.temperature,
             word_timestamps=asked.word_timestamps,
             word_probabilities=asked.word_probabilities,
+            languages=asked.languages,
+            keywords=asked.keywords,
         )
 
     async def _postprocess(self, books: Books, transcript: Transcript) -> PostprocessResult:

@@ -55,6 +55,8 @@ class JobRequest:
     temperature: float | None = None
     word_timestamps: bool = False
     word_probabilities: bool = False
+    languages: tuple[str, ...] = ()
+    keywords: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,15 @@ class JobSpec:
     ``logprobs``): a backend that can tell (Whisper, Google) gives its segments' words with
     :attr:`Word.probability`; one that cannot answers as usual. Best-effort, so no job is
     routed or refused for it: OpenAI's whisper-1 gives no logprobs either."""
+    languages: tuple[str, ...] = ()
+    """For a job whose ``language`` is None: the languages (ISO 639-1) the client says the audio
+    is in, one or more of them (OpenAI's ``languages[]``). A backend that detects the language
+    chooses among these only, so a hard recording is not heard as a language nobody speaks in
+    it; only backends that recognise at least one of them are routed the job. Empty: any."""
+    keywords: tuple[str, ...] = ()
+    """Words or phrases the client expects in the audio (OpenAI's ``keywords[]``: names,
+    jargon): a recogniser that can be biased toward them (Whisper's hotwords, Google's phrase
+    hints) is; one that cannot answers as usual."""
     interim: bool = False
     """A best-effort look at an utterance still being spoken (an interim result): a backend
     decodes it cheaply, and raises :class:`~speechgw.backend.InterimSkipped` rather than make

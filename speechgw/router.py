@@ -11,12 +11,19 @@ from .jobs import JobSpec
 
 __all__ = ["DEFAULT_MODELS", "Route", "Router"]
 
-DEFAULT_MODELS: tuple[str, ...] = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
+DEFAULT_MODELS: tuple[str, ...] = (
+    "whisper-1",
+    "gpt-transcribe",
+    "gpt-4o-transcribe",
+    "gpt-4o-mini-transcribe",
+    "gpt-4o-mini-transcribe-2025-12-15",
+)
 """The model names clients may send when no routing rule names any (``match.model``): OpenAI's
-transcription models, whose names its SDKs' examples and the tools built on them send
-(``whisper-1``; OpenAI's own quickstart now uses ``gpt-4o-transcribe``), so that such a tool
-works unchanged. Its diarizing model is not among them: a client asking for speakers gets a
-400, not a transcript without them. An admin who names models in the rules names all."""
+transcription models, as its SDK lists them (``AudioModel``), whose names its examples and the
+tools built on them send (``whisper-1``; OpenAI's quickstart used ``gpt-4o-transcribe``, and
+``gpt-transcribe`` is the one its SDK names to replace them all), so that such a tool works
+unchanged. Its diarizing model is not among them: a client asking for speakers gets a 400, not
+a transcript without them. An admin who names models in the rules names all."""
 
 Route = tuple[Backend, ...]
 """The backend to try first, then its fallbacks in order: only ones that can serve the job."""
@@ -65,11 +72,12 @@ class Router:
                 continue
             chain = [self._backends[name] for name in (rule.backend, *rule.fallback)]
             capable = tuple(b for b in chain if b.capabilities.serves(spec))
+            among = spec.languages
             language_known = language_known or any(
-                b.capabilities.supports(spec.language, "transcribe") for b in chain
+                b.capabilities.supports(spec.language, "transcribe", among) for b in chain
             )
             task_known = task_known or any(
-                b.capabilities.supports(spec.language, spec.task) for b in chain
+                b.capabilities.supports(spec.language, spec.task, among) for b in chain
             )
             if capable and capable[0] is chain[0]:
                 return capable
@@ -79,6 +87,12 @@ class Router:
             )
         if language_known:
             raise UnsupportedTask(f"task {spec.task!r} is not available for this request")
+        if spec.language is None and spec.languages:
+            raise UnsupportedLanguage(
+                f"language detection among {', '.join(spec.languages)} is not available for "
+                "this request: name the language",
+                field="languages",
+            )
         if spec.language is None:
             raise UnsupportedLanguage(
                 "language detection is not available for this request: name the language",

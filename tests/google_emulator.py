@@ -56,6 +56,11 @@ class Call:
 class SpeechEmulator:
     text: str = "hello from the emulator"
     recognizer: Callable[[bytes, str], str] | None = None
+    hears: Callable[[bytes, list[str]], str] | None = None
+    """Which of the languages a config names (``language_code``, then
+    ``alternative_language_codes``) the audio is in, which each result then says in its
+    ``language_code`` (lower case, as Google writes it) and ``recognizer`` is given; None:
+    the first."""
     slow_seconds: float = 3.0
     endpoint_seconds: float = 0.5
     untimed: bool = False
@@ -80,8 +85,12 @@ class SpeechEmulator:
 
     def _transcript(self, pcm: bytes, config: Any) -> str:
         if self.recognizer is not None:
-            return self.recognizer(pcm, config.language_code)
+            return self.recognizer(pcm, self._language(pcm, config))
         return self.text
+
+    def _language(self, pcm: bytes, config: Any) -> str:
+        named = [config.language_code, *config.alternative_language_codes]
+        return self.hears(pcm, named) if self.hears is not None else named[0]
 
     @staticmethod
     def _seconds(pcm: bytes, config: Any) -> float:
@@ -197,7 +206,11 @@ class SpeechEmulator:
         if not self.untimed:
             alternative["words"] = _words(text, start / rate, end / rate, config)
         call.finals.append(text)
-        result = {"alternatives": [alternative], "is_final": True}
+        result = {
+            "alternatives": [alternative],
+            "is_final": True,
+            "language_code": self._language(pcm, config).lower(),
+        }
         if not self.untimed:
             result["result_end_time"] = _duration(end / rate)
         return speech.StreamingRecognizeResponse.pb(
@@ -214,7 +227,11 @@ class SpeechEmulator:
             "confidence": 0.9,
             "words": [] if self.untimed else _words(text, *_voiced(pcm, config), config),
         }
-        result = {"alternatives": [alternative], "result_end_time": _duration(seconds)}
+        result = {
+            "alternatives": [alternative],
+            "result_end_time": _duration(seconds),
+            "language_code": self._language(pcm, config).lower(),
+        }
         return kind(results=[result])
 
 

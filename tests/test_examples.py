@@ -349,6 +349,14 @@ def test_openai_client(tiny_server: Server, voices, tmp_path: Path) -> None:
     streamed = run(sys.executable, "openai_client.py", str(ogg), "--url", url, "--stream")
     assert streamed.returncode == 0, streamed.stderr
     assert speech.word_recall(speech.SENTENCES["window"], streamed.stdout) >= 0.8, streamed
+    # gpt-transcribe's fields reach the server: tiny.en hears English only, so among German
+    # and French it refuses, and among English and German it answers
+    hinted = [str(ogg), "--url", url, "--model", "gpt-transcribe", "--keyword", "window"]
+    among = run(sys.executable, "openai_client.py", *hinted, "--languages", "en,de")
+    assert among.returncode == 0, among.stderr
+    assert speech.word_recall(speech.SENTENCES["window"], among.stdout) >= 0.8, among
+    foreign = run(sys.executable, "openai_client.py", *hinted, "--languages", "de,fr", "--stream")
+    assert foreign.returncode == 1 and "detection among de, fr" in foreign.stderr, foreign
 
 
 @pytest.fixture(scope="module")

@@ -48,6 +48,7 @@ def fresh(emulator: SpeechEmulator) -> SpeechEmulator:
     emulator.faults.clear()
     emulator.calls.clear()
     emulator.untimed = False
+    emulator.hears = None
     return emulator
 
 
@@ -239,6 +240,60 @@ def test_openai_requests_without_a_language_go_past_google(
         assert undetected.value.body["code"] == "unsupported_language"
         assert "language detection is not available" in undetected.value.body["message"]
         assert len(fresh.calls) == 1
+
+
+def test_google_hears_which_of_the_languages_sent_the_audio_is_in(
+    fresh: SpeechEmulator, voices, emulator: SpeechEmulator
+) -> None:
+    """OpenAI's ``languages[]`` with Google alone: told the first as its language and the rest
+    as alternatives, Google says in each result which it heard, and the answer names that one;
+    ``keywords[]`` go as phrase hints. Five languages are more than Google takes (one and three
+    alternatives): refused, and Google never asked."""
+    from openai import BadRequestError, OpenAI
+
+    wav = voices["children"].read_bytes()
+    fresh.hears = lambda pcm, named: named[-1]
+    with (
+        google_alone(emulator) as server,
+        OpenAI(base_url=server.http + "/v1", api_key="-", max_retries=0) as sdk,
+    ):
+        answer = sdk.audio.transcriptions.create(
+            model="gpt-transcribe",
+            file=("a.wav", wav),
+            languages=["de", "fr", "en"],
+            keywords=["football", "park"],
+        )
+        assert answer.text == "hello from the emulator"
+        assert [language.code for language in answer.languages] == ["en"]
+        config = fresh.calls[-1].config
+        assert config.language_code == "de-DE"
+        assert list(config.alternative_language_codes) == ["fr-FR", "en-US"]
+        assert [list(context.phrases) for context in config.speech_contexts] == [
+            ["football", "park"]
+        ]
+        verbose = sdk.audio.transcriptions.create(
+            model="gpt-transcribe",
+            file=("a.wav", wav),
+            languages=["German", "English"],
+            response_format="verbose_json",
+        )
+        assert verbose.language == "english"
+        config = fresh.calls[-1].config
+        assert (config.language_code, list(config.alternative_language_codes)) == (
+            "de-DE",
+            ["en-US"],
+        )
+        assert list(config.speech_contexts) == []  # no keywords: no hints
+        with pytest.raises(BadRequestError) as five:
+            sdk.audio.transcriptions.create(
+                model="gpt-transcribe",
+                file=("a.wav", wav),
+                languages=["de", "fr", "en", "es", "it"],
+            )
+        assert five.value.body["code"] == "unsupported_language"
+        assert five.value.body["param"] == "languages"
+        assert "language detection among de, fr, en, es, it" in five.value.body["message"]
+        assert len(fresh.calls) == 2
 
 
 def test_google_times_and_rates_words_when_asked(

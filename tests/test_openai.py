@@ -346,7 +346,13 @@ def test_stream_from_a_backend_that_answers_at_once(voices) -> None:
 
 def test_models_lists_what_may_be_sent_and_needs_the_key(server: Server) -> None:
     # OpenAI's transcription models, so that a tool written for any of them works unchanged
-    names = ["whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"]
+    names = [
+        "whisper-1",
+        "gpt-transcribe",
+        "gpt-4o-transcribe",
+        "gpt-4o-mini-transcribe",
+        "gpt-4o-mini-transcribe-2025-12-15",
+    ]
     assert [m.id for m in client(server).models.list()] == names
     assert client(server).models.retrieve("whisper-1").id == "whisper-1"
     with pytest.raises(openai.NotFoundError):
@@ -368,6 +374,38 @@ def test_a_tool_written_for_gpt_4o_transcribe_works_unchanged(server: Server, vo
     # billed as the plain answer is, in the same usage object
     assert events[-1].usage.type == "duration"
     assert events[-1].usage.seconds == pytest.approx(speech.duration(voices["children"]), abs=0.01)
+
+
+def test_a_tool_written_for_gpt_transcribe_works_unchanged(server: Server, tmp_path: Path) -> None:
+    """The SDK's newest model name, with its ``keywords[]`` (names the speaker will say) and
+    its answer's ``languages``."""
+    speech.require_tools()
+    said = "Our new database is called Postgres, and the cache is Valkey."
+    audio = speech.speak(said, tmp_path / "names.wav")
+    sdk = client(server)
+    with audio.open("rb") as upload:
+        answer = sdk.audio.transcriptions.create(
+            model="gpt-transcribe", file=upload, keywords=["Postgres", "Valkey"]
+        )
+    # without them tiny.en wrote "Our new NATO base is Gold Coast, because, and the cash is
+    # my kid." (base: "...is called PostGun and the cash is my key.")
+    assert "postgres" in speech.words(answer.text), answer.text
+    assert [language.code for language in answer.languages] == ["en"]
+    # a stream of deltas hears them too
+    with audio.open("rb") as upload:
+        events = list(
+            sdk.audio.transcriptions.create(
+                model="gpt-transcribe", file=upload, keywords=["Postgres", "Valkey"], stream=True
+            )
+        )
+    assert "postgres" in speech.words(events[-1].text)
+    assert [language.code for language in events[-1].languages] == ["en"]
+    # a recording without words: no language heard
+    silent = tmp_path / "silent.wav"
+    speech.convert(audio, silent, effects=("vol", "0"))
+    with silent.open("rb") as upload:
+        nothing = sdk.audio.transcriptions.create(model="gpt-transcribe", file=upload)
+    assert nothing.text == "" and nothing.languages == []
 
 
 def test_request_errors_have_openais_shape(
@@ -400,6 +438,35 @@ def test_request_errors_have_openais_shape(
             "invalid_request",
             "needs response_format 'json'",
             "include",
+        ),
+        (
+            {"languages": ["en", "klingon"]},
+            400,
+            "unsupported_language",
+            "'klingon' is not an ISO 639-1 code",
+            "languages",
+        ),
+        (  # tiny.en hears English only
+            {"languages": ["de", "fr"]},
+            400,
+            "unsupported_language",
+            "language detection among de, fr is not available for this request",
+            "languages",
+        ),
+        ({"languages": ["German"]}, 400, "unsupported_language", "'de'", "language"),
+        (
+            {"keywords": ["Kubernetes", "x" * 101]},
+            400,
+            "invalid_request",
+            "longer than 100 characters",
+            "keywords",
+        ),
+        (
+            {"keywords": [f"word{n}" for n in range(101)]},
+            400,
+            "invalid_request",
+            "101 keywords[] sent; at most 100",
+            "keywords",
         ),
     ]
     for fields, status, code, words, param in cases:
@@ -731,6 +798,49 @@ def test_language_is_detected_when_not_given(multilingual_server: Server, german
             model="whisper-1", file=audio, language=verbose.language
         )
     assert speech.words(named.text) == speech.words(verbose.text)
+
+
+@pytest.mark.parametrize("batch_size", [None, 4])
+def test_languages_sent_are_the_ones_detection_chooses_among(
+    multilingual_server: Server,
+    tmp_path_factory: pytest.TempPathFactory,
+    batch_size: int | None,
+) -> None:
+    """``languages[]``: a short Swedish sentence, which base hears as Spanish (0.17; Swedish
+    0.01), is heard and written as Swedish when the client says it is Swedish, Norwegian or
+    Danish. Batching (with the CUDA default, a recording cut at its pauses), the detections
+    go to the model in batches and come back each to its own job."""
+    speech.require_tools()
+    folder = tmp_path_factory.mktemp("swedish")
+    swedish = speech.speak("Vi ses i morgon.", folder / "sv.wav", voice="sv")
+    stack = contextlib.ExitStack()
+    server = multilingual_server
+    if batch_size is not None:
+        options = {**BASE["whisper"], "batch_size": batch_size, "segment_times": "sentences"}
+        server = stack.enter_context(running_server(AUTH, backends={"whisper": options}))
+    with stack:
+        _swedish_among(client(server), swedish)
+
+
+def _swedish_among(sdk: OpenAI, swedish: Path) -> None:
+    with swedish.open("rb") as audio:
+        answer = sdk.audio.transcriptions.create(
+            model="gpt-transcribe", file=audio, languages=["sv", "no", "da"]
+        )
+    assert [language.code for language in answer.languages] == ["sv"]
+    assert speech.words(answer.text) == ["vi", "ses", "i", "morgon"]
+    with swedish.open("rb") as audio:
+        verbose = sdk.audio.transcriptions.create(
+            model="gpt-transcribe",
+            file=audio,
+            languages=["Swedish", "Norwegian", "Danish"],  # names as verbose_json writes them
+            response_format="verbose_json",
+        )
+    assert verbose.language == "swedish" and verbose.text == answer.text
+    # all of them: what base hears by itself (not Swedish; here Spanish, batched Polish)
+    with swedish.open("rb") as audio:
+        alone = sdk.audio.transcriptions.create(model="gpt-transcribe", file=audio)
+    assert [language.code for language in alone.languages] != ["sv"]
 
 
 def test_silence_in_no_named_language_is_answered_in_english(
