@@ -150,7 +150,13 @@ class _Supervisor:
         process.close()
         del self.running[process.index]
         if self.stopping:
-            self.failed |= code != 0
+            # one told to stop before it served (a stop while the processes load their
+            # models: ``systemctl stop`` just after a start) ends by the signal, as a single
+            # server does: the stop asked for, not a failure (it made the parent exit 1)
+            stopped_early = not process.ready and code == -signal.SIGTERM
+            if code != 0 and not stopped_early:
+                _LOGGER.error("process %d ended with exit code %s", process.index, code)
+                self.failed = True
             return
         if not process.ready:
             # it said why on its own stderr (a config or model error, a store down)

@@ -115,6 +115,21 @@ def test_a_process_that_cannot_start_stops_them_all(tmp_path: Path) -> None:
     assert "could not start" in server.log
 
 
+def test_a_stop_while_the_processes_start_is_a_clean_stop(tmp_path: Path) -> None:
+    """``systemctl stop`` just after a start: SIGTERM reaches the processes while they still
+    load their models, before they serve, and ends them. That is the stop asked for: the
+    parent exits 0 (it exited 1 without a word, and systemd marked the unit failed)."""
+    server = ServeProcess("--config", str(_config(tmp_path)), "--processes", "2")
+    try:
+        wait_for(lambda: "server processes share the port" in server.log, seconds=60)
+        assert "Running on" not in server.log  # neither serves yet: they load tiny.en
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=60) == 0, server.log
+    finally:
+        server.stop()
+    assert "ended with exit code" not in server.log and "could not start" not in server.log
+
+
 def test_the_processes_end_with_a_parent_that_is_killed(tmp_path: Path) -> None:
     """``kill -9`` (the OOM killer) gives the parent no time to stop its processes: Linux
     signals each one as its parent dies, and each drains and ends by itself."""
