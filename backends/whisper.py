@@ -602,11 +602,13 @@ class WhisperBackend(Backend):
             with anyio.CancelScope(shield=True):
                 await asyncio.gather(*runs, return_exceptions=True)
         language = next((p.language for p in parts if p.text), spec.language or "en")
+        heard = {code: None for p in parts if p.text for code in p.languages or (p.language,)}
         return Transcript(
             text=join_text(p.text for p in parts),
             segments=tuple(segments),
             language=language,
             backend=self.name,
+            languages=tuple(heard) if len(heard) > 1 else (),
         )
 
     async def _in_thread(
@@ -659,7 +661,9 @@ class WhisperBackend(Backend):
     ) -> Transcript:
         among = self._model.detecting_among(spec.languages)  # type: ignore[union-attr]
         with self._encodings_kept(spec), among:
-            raw, pieces, language = self._decode(audio, spec, spec.prompt, progress, heard)
+            raw, pieces, language, languages = self._decode(
+                audio, spec, spec.prompt, progress, heard
+            )
             if spec.prompt and raw and _echoes(raw, spec.prompt):
                 # the model wrote out its prompt instead of the audio: hear the audio alone
                 _LOGGER.info(
@@ -668,7 +672,7 @@ class WhisperBackend(Backend):
                 )
                 if progress is not None:
                     progress.restart()
-                raw, pieces, language = self._decode(audio, spec, None, progress, heard)
+                raw, pieces, language, languages = self._decode(audio, spec, None, progress, heard)
         if progress is not None:
             progress.flush()
         segments = tuple(pieces)
@@ -677,8 +681,14 @@ class WhisperBackend(Backend):
         if not text:
             # nothing was said to hear a language in (Whisper heard silence as Welsh): the one
             # asked for, else English, as a recording cut at its pauses answers
-            language = spec.language or "en"
-        return Transcript(text=text, segments=segments, language=language, backend=self.name)
+            language, languages = spec.language or "en", ()
+        return Transcript(
+            text=text,
+            segments=segments,
+            language=language,
+            backend=self.name,
+            languages=languages if len(languages) > 1 else (),
+        )
 
     def _encodings_kept(self, spec: JobSpec) -> contextlib.AbstractContextManager[None]:
         """When batching, a job that uses each window's encoder output more than once keeps
@@ -740,14 +750,15 @@ class WhisperBackend(Backend):
         prompt: str | None,
         progress: _Progress | None,
         heard_already: np.ndarray | None = None,
-    ) -> tuple[list, list[Segment], str]:
+    ) -> tuple[list, list[Segment], str, tuple[str, ...]]:
         """The segments worth keeping (faster-whisper's, and as the gateway's: cut into
-        sentences where asked), and the language; decoding happens here, in the worker thread,
-        as faster-whisper's segment generator is consumed (each kept segment goes to
-        ``progress`` as it comes). ``heard_already``: Silero's speech probabilities for
-        ``audio`` where it heard them before this job (a window of a recording cut at its
-        pauses), for the no-speech check; a recording decoded whole is heard here
-        (:meth:`_heard`)."""
+        sentences where asked), the language, and those the kept segments were decoded in
+        (in order: a recording that changes language, heard window by window); decoding
+        happens here, in the worker thread, as faster-whisper's segment generator is consumed
+        (each kept segment goes to ``progress`` as it comes). ``heard_already``: Silero's
+        speech probabilities for ``audio`` where it heard them before this job (a window of a
+        recording cut at its pauses), for the no-speech check; a recording decoded whole is
+        heard here (:meth:`_heard`)."""
         untimed = self._segment_times != "tokens"
         by_sentence = self._segment_times == "sentences" and not spec.segmented
         # a recording in no named language may change language from one window to the next
@@ -810,10 +821,13 @@ class WhisperBackend(Backend):
         )
         duration = len(audio) / SAMPLE_RATE
         kept, pieces = [], []
-        with self._model.hearing_each_window(hearing):  # type: ignore[union-attr]
+        languages: dict[str, None] = {}  # those the kept segments were decoded in, in order
+        model: Any = self._model
+        with model.hearing_each_window(hearing):
             for segment in segments_iter:
                 if _has_words(segment.text) and spoken(segment):
                     kept.append(segment)
+                    languages[model.window_language() or info.language] = None
                     mine = [_clamped(p, duration) for p in self._segments(segment, spec)]
                     if heard is not None:
                         mine = [at_speech(piece, heard) for piece in mine]
@@ -827,7 +841,7 @@ class WhisperBackend(Backend):
                     # of the window again: the tail heard twice, or made up.
                     segments_iter.close()
                     break
-        return kept, pieces, info.language
+        return kept, pieces, info.language, tuple(languages)
 
     def _heard(self, audio: np.ndarray, spec: JobSpec) -> Heard | None:
         """What Silero hears in a whole recording (``skip_non_speech_seconds``), to leave its

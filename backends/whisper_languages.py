@@ -91,6 +91,8 @@ class _Hearing:
     """The ``seek`` of the window last decoded again (once per window)."""
     heard: tuple[str, float] | None = None
     """The window's language and its probability, when already heard (the first window)."""
+    current: str | None = None
+    """The language the window is being decoded in, once decided (its segments' language)."""
 
 
 @dataclass
@@ -266,7 +268,15 @@ class WindowLanguageModel(WhisperModel):
                 probability,
                 tokenizer.language_code,
             )
+        if hearing is not None and tokenizer.language is not None:
+            hearing.current = tokenizer.language_code
         return super().get_prompt(tokenizer, previous_tokens, *args, **kwargs)
+
+    def window_language(self) -> str | None:
+        """The language this thread's window is decoded in, while its segments come (within
+        :meth:`hearing_each_window`); None where it is not heard window by window."""
+        hearing: _Hearing | None = getattr(self._thread, "hearing", None)
+        return hearing.current if hearing is not None else None
 
     def _split_segments_by_timestamps(  # type: ignore[override]
         self,

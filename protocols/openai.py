@@ -168,8 +168,9 @@ class Reply:
     """``include[]=logprobs``: the text's words with their log probabilities (``json`` and
     the events of ``stream=true``), where the backend gives them."""
     languages: bool = False
-    """``json`` (and the done event) name the language heard, in ``languages``, as OpenAI's
-    ``gpt-transcribe`` answers: transcriptions only (a translation is written in English)."""
+    """``json``, ``verbose_json`` and the done event name the languages heard, in
+    ``languages``, as OpenAI's ``gpt-transcribe`` answers: transcriptions only (a translation
+    is written in English)."""
 
 
 def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
@@ -494,6 +495,8 @@ def _verbose(result: RecordingResult, task: Task, reply: Reply) -> dict[str, Any
         "text": _final_text(result),
         "usage": _usage(result),
     }
+    if reply.languages:  # gpt-transcribe's field: every language heard, not the first alone
+        body["languages"] = _languages(transcript)
     if reply.segments:
         body["segments"] = [_verbose_segment(i, s) for i, s in enumerate(transcript.segments)]
     if reply.words:
@@ -566,9 +569,12 @@ def _json(result: RecordingResult, reply: Reply) -> dict[str, Any]:
 
 
 def _languages(transcript: Transcript) -> list[dict[str, str]]:
-    """OpenAI's ``languages``: the language heard, as ``[{"code": ISO 639-1}]``; empty for a
-    recording without words, as OpenAI answers when no language could be heard."""
-    return [{"code": transcript.language}] if transcript.text else []
+    """OpenAI's ``languages``: those heard, as ``[{"code": ISO 639-1}]``, in the order first
+    heard (a recording that changes language has two); empty for a recording without words,
+    as OpenAI answers when no language could be heard."""
+    if not transcript.text:
+        return []
+    return [{"code": code} for code in transcript.languages or (transcript.language,)]
 
 
 def _final_text(result: RecordingResult) -> str:

@@ -195,6 +195,10 @@ class Transcript:
     backend: str = ""
     interim: bool = False
     """Not final: the words so far of an utterance still being spoken (streams only)."""
+    languages: tuple[str, ...] = ()
+    """Every language its words were heard in, in the order first heard, where the backend
+    tells (a recording that changes language, heard window by window); empty: ``language``
+    alone."""
 
     @property
     def words(self) -> tuple[Word, ...]:

@@ -884,8 +884,8 @@ SAID = {  # what is said, in order, and in which voice
 @pytest.fixture(scope="module", params=list(SAID))
 def two_languages(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, str]:
-    """English and German, and the English said. Over 30 s of English puts the German in
+) -> tuple[Path, str, list[str]]:
+    """English and German, the English said, and the languages in the order said. Over 30 s of English puts the German in
     Whisper's second window, which may begin on the last English words; 13 s of English and
     10 s of German are one window, heard as English at 0.76 (0.77 the other way round)."""
     speech.require_tools()
@@ -896,7 +896,8 @@ def two_languages(
     ]
     english = next(text for text, voice in SAID[request.param] if voice == "en")
     assert (speech.duration(parts[0]) > 30.0) == (english == MINUTES)
-    return speech.concat(parts, folder / "both.wav"), english
+    voices = [voice for _, voice in SAID[request.param]]
+    return speech.concat(parts, folder / "both.wav"), english, voices
 
 
 @pytest.mark.parametrize(
@@ -904,7 +905,7 @@ def two_languages(
 )
 def test_a_recording_that_changes_language_is_written_in_each(
     multilingual_server: Server,
-    two_languages: tuple[Path, str],
+    two_languages: tuple[Path, str, list[str]],
     batch_size: int | None,
     segment_times: str | None,
 ) -> None:
@@ -917,7 +918,7 @@ def test_a_recording_that_changes_language_is_written_in_each(
     default: windows cut at pauses, decoded as text alone) a window heard unsurely is decoded
     with timestamps, so that the change is found the same way (as text alone, the German was
     left out). Words are timed too (faster-whisper times a window's words as it splits it)."""
-    recording, english = two_languages
+    recording, english, voices = two_languages
     with contextlib.ExitStack() as stack:
         server = multilingual_server
         if batch_size is not None:
@@ -939,6 +940,8 @@ def test_a_recording_that_changes_language_is_written_in_each(
     assert not heard & {"coffee", "market", "evening", "train"}, verbose.text
     assert heard & {"abend", "gingen", "gemeinsam", "stadt"}, verbose.text  # its first sentence
     assert verbose.language in ("english", "german")  # the first window's (OpenAI has one)
+    # gpt-transcribe's field names both, in the order heard
+    assert [language["code"] for language in verbose.languages] == voices, verbose.languages
 
 
 def test_a_recording_in_one_language_decodes_the_same_named_or_not(
