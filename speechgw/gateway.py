@@ -238,7 +238,7 @@ class Gateway:
         if spec is None or not self.postprocessor.wanted(spec.postprocess):
             return POSTPROCESS_OFF
         result = await self.postprocessor.correct(
-            transcript.text, spec.language or transcript.language
+            transcript.text, spec.language or transcript.language, spec.keywords
         )
         self.accounting.postprocessed(spec, result.milliseconds / 1000)
         if result.error:

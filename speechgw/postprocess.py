@@ -20,7 +20,10 @@ import anyio.to_thread
 
 from .config import PostprocessConfig
 
-__all__ = ["PostprocessResult", "Postprocessor"]
+__all__ = ["GLOSSARY", "PostprocessResult", "Postprocessor"]
+
+GLOSSARY = "\n\nThe speaker uses these names and terms; spell them exactly so: {}."
+"""Added to the system prompt for a request that names ``keywords``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +51,12 @@ class Postprocessor:
         """Whether a request gets the stage: its own choice, else the server default."""
         return self.config.enabled if requested is None else requested
 
-    async def correct(self, text: str, language: str) -> PostprocessResult:
+    async def correct(
+        self, text: str, language: str, keywords: tuple[str, ...] = ()
+    ) -> PostprocessResult:
+        """``text`` corrected by the LLM; ``keywords``: the names and terms the client said
+        the speaker uses (OpenAI's ``keywords[]``), told to the LLM as they are spelled, so
+        that it keeps what the recogniser got right from them instead of "correcting" it."""
         if not self.configured:
             return PostprocessResult(None, 0, "post-processing is not configured on this server")
         if not text.strip():
@@ -57,7 +65,12 @@ class Postprocessor:
         with anyio.move_on_after(self.config.timeout_seconds):
             try:
                 corrected = await anyio.to_thread.run_sync(
-                    self._call, text, language, limiter=self._limiter, abandon_on_cancel=True
+                    self._call,
+                    text,
+                    language,
+                    keywords,
+                    limiter=self._limiter,
+                    abandon_on_cancel=True,
                 )
             except _Failure as exc:
                 return PostprocessResult(None, _ms(started), str(exc))
@@ -66,13 +79,16 @@ class Postprocessor:
             None, _ms(started), f"timeout after {self.config.timeout_seconds:g} s"
         )
 
-    def _call(self, text: str, language: str) -> str:
+    def _call(self, text: str, language: str, keywords: tuple[str, ...]) -> str:
         config = self.config
+        system = config.prompts.get(language, config.prompt)
+        if keywords:
+            system += GLOSSARY.format(", ".join(keywords))
         body = {
             "model": config.model,
             "temperature": config.temperature,
             "messages": [
-                {"role": "system", "content": config.prompts.get(language, config.prompt)},
+                {"role": "system", "content": system},
                 {"role": "user", "content": text},
             ],
         }

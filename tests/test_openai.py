@@ -885,9 +885,10 @@ SAID = {  # what is said, in order, and in which voice
 def two_languages(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, str, list[str]]:
-    """English and German, the English said, and the languages in the order said. Over 30 s of English puts the German in
-    Whisper's second window, which may begin on the last English words; 13 s of English and
-    10 s of German are one window, heard as English at 0.76 (0.77 the other way round)."""
+    """English and German, the English said, and the languages in the order said. Over 30 s
+    of English puts the German in Whisper's second window, which may begin on the last
+    English words; 13 s of English and 10 s of German are one window, heard as English at
+    0.76 (0.77 the other way round)."""
     speech.require_tools()
     folder = tmp_path_factory.mktemp("two-languages")
     parts = [

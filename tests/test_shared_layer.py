@@ -347,6 +347,23 @@ def test_llm_postprocessing_and_its_failures(voices) -> None:
                 )
                 == 2
             )
+            # the names a client says the speaker uses (OpenAI's keywords[]) reach the LLM
+            # as spelled, so that it keeps what they made the recogniser get right
+            from openai import OpenAI
+
+            with OpenAI(base_url=server.http + "/v1", api_key="-", max_retries=0) as sdk:
+                answer = sdk.audio.transcriptions.create(
+                    model="gpt-transcribe",
+                    file=("a.wav", wav),
+                    keywords=["Siobhan", "Dun Laoghaire"],
+                )
+            assert answer.text == "HELLO FROM THE NULL BACKEND"
+            system = llm.requests[-1]["body"]["messages"][0]["content"]
+            assert system.startswith("You correct speech recognition output.")
+            assert system.endswith(
+                "The speaker uses these names and terms; spell them exactly so: Siobhan, "
+                "Dun Laoghaire."
+            )
         for model, error in [
             ("http500", "HTTP 500"),
             ("garbage", "malformed response"),
