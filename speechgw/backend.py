@@ -56,15 +56,16 @@ class Capabilities:
     ahead that the speaker's next words make worthless would cost money."""
 
     def supports(self, language: str | None, task: Task, among: tuple[str, ...] = ()) -> bool:
-        """Whether it recognises ``language`` (None: detects it, among the languages
-        ``among`` when any are given: at least one of them it must recognise) and does
-        ``task``."""
+        """Whether it recognises ``language`` and does ``task``. For ``language`` None: it
+        detects the language (among the languages ``among`` when any are given, at least one
+        of which it recognises), or, given ``among``, it recognises one to
+        :attr:`detects_among` of them."""
         if task not in self.tasks:
             return False
         if language is None:
-            known = self.among(among)
-            return (self.detects_language and (known or not among)) or (
-                0 < len(known) <= self.detects_among
+            known = len(self.among(among))
+            return (self.detects_language and (known > 0 or not among)) or (
+                0 < known <= self.detects_among
             )
         return self.languages is None or language in self.languages
 
