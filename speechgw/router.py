@@ -26,6 +26,14 @@ unchanged. Its diarizing model is not among them: a client asking for speakers g
 a transcript without them. An admin who names models in the rules names all."""
 
 Route = tuple[Backend, ...]
+
+
+def _in_languages(spec: JobSpec, languages: Sequence[str]) -> bool:
+    """Whether a job is in one of a rule's ``languages``: its own, or, in no named language,
+    every one it may be in (``languages[]``) is."""
+    if spec.language is not None:
+        return spec.language in languages
+    return bool(spec.languages) and all(code in languages for code in spec.languages)
 """The backend to try first, then its fallbacks in order: only ones that can serve the job."""
 
 
@@ -64,7 +72,7 @@ class Router:
             m = rule.match
             if (
                 (m.protocol and spec.protocol not in m.protocol)
-                or (m.language and spec.language not in m.language)
+                or (m.language and not _in_languages(spec, m.language))
                 or (m.task and spec.task not in m.task)
                 or (m.key and spec.caller.key_name not in m.key)
                 or (m.model and spec.model not in m.model)

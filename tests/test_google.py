@@ -296,6 +296,36 @@ def test_google_hears_which_of_the_languages_sent_the_audio_is_in(
         assert len(fresh.calls) == 2
 
 
+def test_a_rule_for_some_languages_takes_a_request_that_may_be_in_those_only(
+    fresh: SpeechEmulator, voices, emulator: SpeechEmulator
+) -> None:
+    """``match: {language: [de, fr, en]}``: a request in no named language takes the rule
+    when every language it may be in (``languages[]``) is among the rule's; one that may be in
+    another goes on to the next rule."""
+    from openai import OpenAI
+
+    wav = voices["children"].read_bytes()
+    backends = {
+        "google": google(emulator),
+        "null": {"type": "scripted", "text": "from the null backend"},
+    }
+    routing = [{"match": {"language": ["de", "fr", "en"]}, "backend": "google"}]
+    routing.append({"backend": "null"})
+    with (
+        running_server({"routing": routing}, backends=backends) as server,
+        OpenAI(base_url=server.http + "/v1", api_key="-", max_retries=0) as sdk,
+    ):
+        ours = sdk.audio.transcriptions.create(
+            model="gpt-transcribe", file=("a.wav", wav), languages=["fr", "en"]
+        )
+        assert ours.text == "hello from the emulator" and len(fresh.calls) == 1
+        assert fresh.calls[0].config.language_code == "fr-FR"
+        other = sdk.audio.transcriptions.create(
+            model="gpt-transcribe", file=("a.wav", wav), languages=["fr", "ja"]
+        )
+        assert other.text == "from the null backend" and len(fresh.calls) == 1
+
+
 def test_google_times_and_rates_words_when_asked(
     fresh: SpeechEmulator, voices, emulator: SpeechEmulator, tmp_path: Path
 ) -> None:
