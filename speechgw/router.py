@@ -20,12 +20,13 @@ DEFAULT_MODELS: tuple[str, ...] = (
 )
 """The model names clients may send when no routing rule names any (``match.model``): OpenAI's
 transcription models, as its SDK lists them (``AudioModel``), whose names its examples and the
-tools built on them send (``whisper-1``; OpenAI's quickstart used ``gpt-4o-transcribe``, and
-``gpt-transcribe`` is the one its SDK names to replace them all), so that such a tool works
+tools built on them send (``whisper-1``; OpenAI's quickstart used ``gpt-4o-transcribe``;
+``gpt-transcribe`` is the one its SDK does not mark deprecated), so that such a tool works
 unchanged. Its diarizing model is not among them: a client asking for speakers gets a 400, not
 a transcript without them. An admin who names models in the rules names all."""
 
 Route = tuple[Backend, ...]
+"""The backend to try first, then its fallbacks in order: only ones that can serve the job."""
 
 
 def _in_languages(spec: JobSpec, languages: Sequence[str]) -> bool:
@@ -34,7 +35,6 @@ def _in_languages(spec: JobSpec, languages: Sequence[str]) -> bool:
     if spec.language is not None:
         return spec.language in languages
     return bool(spec.languages) and all(code in languages for code in spec.languages)
-"""The backend to try first, then its fallbacks in order: only ones that can serve the job."""
 
 
 class Router:
