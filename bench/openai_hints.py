@@ -6,7 +6,8 @@ One ``speechgw serve`` (bench/tiny.en.yaml, or bench/base.yaml with ``--model ba
 
 - ``keywords``: espeak-ng sentences with names and jargon in them, each without and with the
   names as ``keywords[]``; printed: the text each time, and how many of the names it wrote;
-  then a sentence with none of them, without and with all of them as ``keywords[]``;
+  then a sentence with none of them, without and with all of them as ``keywords[]``, and
+  6 s of noise and of hum (sox) with all of them;
 - ``languages`` (base only: tiny.en hears English only): short espeak-ng sentences in Swedish,
   Norwegian, Danish and Portuguese, each without and with ``languages[]`` naming its language
   and two near it; printed: the language heard (``languages``) and the text each time.
@@ -80,6 +81,13 @@ def main() -> int:
         for fields in ({}, {"keywords": everyone}):
             text = ask(wav, **fields).text
             print(f"  none of them said, {'with' if fields else 'without'}: {text}")
+        # nobody speaking: 6 s of noise and of hum, with all nine (no name written into them)
+        for name, synth in (("noise", ["whitenoise", "vol", "0.05"]), ("hum", ["sine", "120"])):
+            path = Path(work) / f"{name}.wav"
+            command = ["sox", "-n", "-r", "16000", "-b", "16", "-c", "1", str(path), "synth"]
+            subprocess.run([*command, "6", *synth], check=True)
+            text = ask(path.read_bytes(), keywords=everyone).text
+            print(f"  {name}, with all of them: {text!r}")
         if args.model == "base":
             print("languages[], base:")
             right = [0, 0]
