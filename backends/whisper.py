@@ -608,7 +608,7 @@ class WhisperBackend(Backend):
             segments=tuple(segments),
             language=language,
             backend=self.name,
-            languages=tuple(heard) if len(heard) > 1 else (),
+            languages=tuple(heard),
         )
 
     async def _in_thread(
@@ -687,7 +687,7 @@ class WhisperBackend(Backend):
             segments=segments,
             language=language,
             backend=self.name,
-            languages=languages if len(languages) > 1 else (),
+            languages=languages,
         )
 
     def _encodings_kept(self, spec: JobSpec) -> contextlib.AbstractContextManager[None]:

@@ -18,11 +18,12 @@ One ``speechgw serve`` (bench/tiny.en.yaml, or bench/base.yaml with ``--model ba
 from __future__ import annotations
 
 import argparse
-import subprocess
 from pathlib import Path
 
 from _common import REPO, normalise, served, tempdir
 from openai import OpenAI
+
+from tests import speech
 
 NAMED = [  # (sentence, the names in it)
     ("Ask Siobhan to restart the Kubernetes cluster before noon.", ["Siobhan", "Kubernetes"]),
@@ -38,11 +39,6 @@ SPOKEN = [  # (espeak-ng voice, sentence, the languages the client says it may b
     ("da", "Tak for i dag.", ["da", "sv", "no"]),
     ("pt", "Muito obrigado pela ajuda.", ["pt", "es", "it"]),
 ]
-
-
-def speak(voice: str, text: str, path: Path) -> bytes:
-    subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True)
-    return path.read_bytes()
 
 
 def written(text: str, names: list[str]) -> int:
@@ -68,7 +64,7 @@ def main() -> int:
         totals = [0, 0]
         names = 0
         for number, (sentence, keywords) in enumerate(NAMED):
-            wav = speak("en", sentence, Path(work) / f"named{number}.wav")
+            wav = speech.speak(sentence, Path(work) / f"named{number}.wav").read_bytes()
             names += len(keywords)
             for i, fields in enumerate(({}, {"keywords": keywords})):
                 text = ask(wav, **fields).text
@@ -76,23 +72,22 @@ def main() -> int:
                 print(f"  {'with' if fields else 'without'}: {text}")
         print(f"  names written: {totals[0]} of {names} without, {totals[1]} with")
         # a sentence with none of the names in it, sent with all of them: nothing added
-        wav = speak("en", CONTROL, Path(work) / "control.wav")
+        wav = speech.speak(CONTROL, Path(work) / "control.wav").read_bytes()
         everyone = [name for _, keywords in NAMED for name in keywords]
         for fields in ({}, {"keywords": everyone}):
             text = ask(wav, **fields).text
             print(f"  none of them said, {'with' if fields else 'without'}: {text}")
         # nobody speaking: 6 s of noise and of hum, with all nine (no name written into them)
-        for name, synth in (("noise", ["whitenoise", "vol", "0.05"]), ("hum", ["sine", "120"])):
-            path = Path(work) / f"{name}.wav"
-            command = ["sox", "-n", "-r", "16000", "-b", "16", "-c", "1", str(path), "synth"]
-            subprocess.run([*command, "6", *synth], check=True)
-            text = ask(path.read_bytes(), keywords=everyone).text
+        for name, sound in (("noise", ["whitenoise", "vol", "0.05"]), ("hum", ["sine", "120"])):
+            made = speech.made_sound(Path(work) / f"{name}.wav", 6, *sound)
+            text = ask(made.read_bytes(), keywords=everyone).text
             print(f"  {name}, with all of them: {text!r}")
         if args.model == "base":
             print("languages[], base:")
             right = [0, 0]
             for number, (voice, sentence, languages) in enumerate(SPOKEN):
-                wav = speak(voice, sentence, Path(work) / f"spoken{number}.wav")
+                spoken = speech.speak(sentence, Path(work) / f"spoken{number}.wav", voice=voice)
+                wav = spoken.read_bytes()
                 print(f"  {voice}: {sentence}")
                 for i, fields in enumerate(({}, {"languages": languages})):
                     answer = ask(wav, **fields)

@@ -222,15 +222,7 @@ def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
         )
     with_logprobs = _includes_logprobs(form, response_format, stream)
     language_raw = _text(form, "language") or None
-    language = None
-    if language_raw is not None:
-        language = language_of(language_raw)
-        if language is None:
-            raise UnsupportedLanguage(
-                f"language {language_raw[:32]!r} is not an ISO 639-1 code (nor a language's "
-                "English name)",
-                field="language",
-            )
+    language = None if language_raw is None else _language_code(language_raw, "language")
     candidates = () if language is not None else _candidate_languages(form)
     if len(candidates) == 1:  # one language the audio may be in is the language it is in
         ((language_raw, language),) = candidates
@@ -280,15 +272,24 @@ def _candidate_languages(form: FormData) -> tuple[tuple[str, str], ...]:
     for raw in _listed(form, "languages"):
         if not raw.strip():
             continue
-        code = language_of(raw)
-        if code is None:
-            raise UnsupportedLanguage(
-                f"languages[] {raw[:32]!r} is not an ISO 639-1 code (nor a language's "
-                "English name)",
-                field="languages",
-            )
-        found.setdefault(code, raw)
+        found.setdefault(_language_code(raw, "languages[]"), raw)
     return tuple((raw, code) for code, raw in found.items())
+
+
+def _language_code(raw: str, name: str) -> str:
+    """The ISO 639-1 code of a language as a client named it in the form field ``name``
+    (:func:`language_of`).
+
+    Raises:
+        UnsupportedLanguage: neither a code, a tag nor a language's English name.
+    """
+    code = language_of(raw)
+    if code is None:
+        raise UnsupportedLanguage(
+            f"{name} {raw[:32]!r} is not an ISO 639-1 code (nor a language's English name)",
+            field=name.removesuffix("[]"),
+        )
+    return code
 
 
 def _keywords(form: FormData) -> tuple[str, ...]:

@@ -807,8 +807,9 @@ def test_languages_sent_are_the_ones_detection_chooses_among(
     tmp_path_factory: pytest.TempPathFactory,
     batch_size: int | None,
 ) -> None:
-    """``languages[]``: a short Swedish sentence, which base hears as Spanish (0.17; Swedish
-    0.01), is heard and written as Swedish when the client says it is Swedish, Norwegian or
+    """``languages[]``: a short Swedish sentence, which base left to itself hears as another
+    language (Spanish at 0.17, Swedish 0.01, in-process at espeak-ng's default speed; Polish
+    batched), is heard and written as Swedish when the client says it is Swedish, Norwegian or
     Danish. Batching (with the CUDA default, a recording cut at its pauses), the detections
     go to the model in batches and come back each to its own job."""
     speech.require_tools()
@@ -838,7 +839,7 @@ def _swedish_among(sdk: OpenAI, swedish: Path) -> None:
             response_format="verbose_json",
         )
     assert verbose.language == "swedish" and verbose.text == answer.text
-    # all of them: what base hears by itself (not Swedish; here Spanish, batched Polish)
+    # all of them: what base hears by itself (not Swedish)
     with swedish.open("rb") as audio:
         alone = sdk.audio.transcriptions.create(model="gpt-transcribe", file=audio)
     assert [language.code for language in alone.languages] != ["sv"]
