@@ -11,4 +11,5 @@ PROTOCOLS: dict[str, str] = {
     "batch": "speechgw.protocols.batch:BatchProtocol",
     "streaming": "speechgw.protocols.streaming:StreamingProtocol",
     "openai": "speechgw.protocols.openai:OpenAIProtocol",
+    "realtime": "speechgw.protocols.realtime:RealtimeProtocol",
 }

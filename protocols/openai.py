@@ -49,7 +49,20 @@ from speechgw.media import decode_media
 from speechgw.progress import OnSegment
 from speechgw.text import as_whisper_writes, separator
 
-__all__ = ["BASE", "OpenAIProtocol", "Reply", "error_response", "parse_form", "render"]
+__all__ = [
+    "BASE",
+    "OpenAIProtocol",
+    "Reply",
+    "candidate_languages",
+    "error_body",
+    "error_response",
+    "keywords_of",
+    "language_code",
+    "logprobs",
+    "parse_form",
+    "render",
+    "status_of",
+]
 
 BASE = "/v1"
 PROTOCOL = "openai"
@@ -119,7 +132,7 @@ def error_response(
     if error.request_id is not None:
         headers["X-Request-Id"] = error.request_id
     param = _PARAMS.get(error.field or "", error.field)  # the SDKs: APIStatusError.param
-    body = _error_body(status, error.message, error.error, param)
+    body = error_body(status, error.message, error.error, param)
     if body_unread:
         return EarlyAnswer(body, status, headers)
     return JSONResponse(body, status_code=status, headers=headers)
@@ -129,7 +142,7 @@ _PARAMS = {"word_timestamps": "timestamp_granularities"}
 """OpenAI's names (``param``) for the request fields errors are about, where they differ."""
 
 
-def _error_body(status: int, message: str, code: str | None, param: str | None = None) -> dict:
+def error_body(status: int, message: str, code: str | None, param: str | None = None) -> dict:
     kind = _TYPE.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
@@ -222,7 +235,7 @@ def parse_form(form: FormData, task: Task) -> tuple[JobRequest, Reply]:
         )
     with_logprobs = _includes_logprobs(form, response_format, stream)
     language_raw = _text(form, "language") or None
-    language = None if language_raw is None else _language_code(language_raw, "language")
+    language = None if language_raw is None else language_code(language_raw, "language")
     candidates = () if language is not None else _candidate_languages(form)
     if len(candidates) == 1:  # one language the audio may be in is the language it is in
         ((language_raw, language),) = candidates
@@ -262,6 +275,12 @@ def _listed(form: FormData, name: str) -> list[str]:
 
 
 def _candidate_languages(form: FormData) -> tuple[tuple[str, str], ...]:
+    return candidate_languages(_listed(form, "languages"))
+
+
+def candidate_languages(
+    values: Iterable[str], name: str = "languages[]"
+) -> tuple[tuple[str, str], ...]:
     """``languages[]``: the languages the audio may be in, each as sent and as its ISO 639-1
     code, once each, in the order sent (blank ones left out).
 
@@ -269,14 +288,14 @@ def _candidate_languages(form: FormData) -> tuple[tuple[str, str], ...]:
         UnsupportedLanguage: one is neither a code nor a language's English name.
     """
     found: dict[str, str] = {}
-    for raw in _listed(form, "languages"):
+    for raw in values:
         if not raw.strip():
             continue
-        found.setdefault(_language_code(raw, "languages[]"), raw)
+        found.setdefault(language_code(raw, name), raw)
     return tuple((raw, code) for code, raw in found.items())
 
 
-def _language_code(raw: str, name: str) -> str:
+def language_code(raw: str, name: str) -> str:
     """The ISO 639-1 code of a language as a client named it in the form field ``name``
     (:func:`language_of`).
 
@@ -293,6 +312,10 @@ def _language_code(raw: str, name: str) -> str:
 
 
 def _keywords(form: FormData) -> tuple[str, ...]:
+    return keywords_of(_listed(form, "keywords"))
+
+
+def keywords_of(values: Iterable[str]) -> tuple[str, ...]:
     """``keywords[]``: words or phrases to listen for, trimmed, once each, in the order sent
     (blank ones left out).
 
@@ -301,7 +324,7 @@ def _keywords(form: FormData) -> tuple[str, ...]:
             :data:`MAX_KEYWORD_CHARS` characters.
     """
     found: dict[str, None] = {}
-    for raw in _listed(form, "keywords"):
+    for raw in values:
         keyword = " ".join(raw.split())
         if len(keyword) > MAX_KEYWORD_CHARS:
             raise InvalidRequest(
@@ -680,7 +703,7 @@ class OpenAIProtocol:
         try:
             result = run.result()
         except SpeechGWError as exc:
-            body = _error_body(status_of(exc), exc.message, exc.error)
+            body = error_body(status_of(exc), exc.message, exc.error)
             yield _event("error", {"type": "error", **body})
             return
         yield _event("transcript.text.done", _json(result, exchange.reply))
@@ -700,7 +723,7 @@ class OpenAIProtocol:
         name = request.path_params["model"]
         if name not in names:
             message = f"model {name[:64]!r} does not exist (known: {', '.join(names)})"
-            body = _error_body(404, message, "model_not_found", param="model")
+            body = error_body(404, message, "model_not_found", param="model")
             return JSONResponse(body, status_code=404)
         return JSONResponse(_model(name))
 
@@ -713,7 +736,7 @@ class OpenAIProtocol:
         message = f"Invalid URL ({request.method} {path[:200]})"
         if not path.startswith(f"{BASE}/"):
             message += f": the OpenAI-compatible API is under {BASE} (a base URL ending in {BASE})"
-        return refusal(_error_body(404, message, None), 404, request.scope)  # OpenAI: no code
+        return refusal(error_body(404, message, None), 404, request.scope)  # OpenAI: no code
 
     async def _models(self, request: Request) -> tuple[str, ...]:
         return await self.gateway.models(PROTOCOL, bearer_key(request))

@@ -26,6 +26,7 @@ __all__ = [
     "UnknownWavEncoding",
     "WavInfo",
     "check_rate",
+    "from_g711",
     "from_pcm16",
     "linear16",
     "read_wav",
@@ -209,6 +210,11 @@ def _decode_samples(raw: memoryview, info: WavInfo) -> np.ndarray:
     if info.channels > 1:
         samples = samples.reshape(frames, info.channels).mean(axis=1, dtype=np.float32)
     return samples
+
+
+def from_g711(raw: bytes, law: str) -> np.ndarray:
+    """G.711 bytes (``law``: ``"mu-law"`` or ``"A-law"``), a sample each, as float32."""
+    return _G711[law][np.frombuffer(raw, dtype=np.uint8)]
 
 
 def from_pcm16(pcm: np.ndarray) -> np.ndarray:

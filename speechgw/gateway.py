@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ from .router import Router
 from .shutdown import GraceCut
 from .store import Store, StoreUnavailable
 from .stream import OnError, OnInterim, OnTranscript, Stream
+from .turns import TurnTaking
 
 __all__ = ["Gateway", "RecordingExchange", "RecordingResult", "StreamSession"]
 
@@ -401,19 +403,25 @@ class StreamSession:
 
     def start(
         self,
-        language: str,
+        language: str | None,
         rate: int,
         on_transcript: OnTranscript,
         on_error: OnError,
         on_interim: OnInterim | None = None,
         locale: str | None = None,
+        asked: JobRequest | None = None,
+        turns: TurnTaking | None = None,
     ) -> Stream:
         """Route the stream and open its pipeline for ``rate`` Hz audio in ``language`` (the
-        client's BCP-47 ``locale`` for it, if it gave one); with ``on_interim``, the client
-        also gets interim results (words so far).
+        client's BCP-47 ``locale`` for it, if it gave one; None: detected); with
+        ``on_interim``, the client also gets interim results (words so far). ``asked``: the
+        model, prompt (the first utterances' context), keywords and candidate languages the
+        client asked for, where its protocol has them; ``turns``: the client follows its turns
+        (:class:`~speechgw.stream.Stream`).
 
         Raises:
             UnsupportedLanguage: no routed backend recognises ``language``.
+            InvalidRequest: an unknown model.
         """
         gateway = self._gateway
         spec = JobSpec(
@@ -425,18 +433,28 @@ class StreamSession:
             request_id=self.stream_id,
             interim_results=on_interim is not None,
         )
+        if asked is not None:
+            spec = dataclasses.replace(
+                spec,
+                model=asked.model,
+                prompt=asked.prompt,
+                keywords=asked.keywords,
+                languages=asked.languages,
+            )
         route = gateway.router.route(spec)
+        config = gateway.config.streaming
         return Stream(
             gateway.accounting,
             spec,
             route,
             rate,
-            gateway.config.streaming,
+            config if turns is None else turns.applied_to(config),
             gateway.config.limits.max_stream_seconds,
             on_transcript,
             on_error,
             on_interim,
             gateway.grace,
+            turns,
         )
 
     def refused(self, error: SpeechGWError) -> None:

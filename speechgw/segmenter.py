@@ -19,6 +19,7 @@ from .audio import from_pcm16, sample_ratio, to_pcm16
 from .config import StreamingConfig
 from .jobs import SAMPLE_RATE
 from .silero import WINDOW, SileroListener
+from .turns import SpeechEdge
 
 __all__ = ["CUT_SEARCH_PART", "DcBlocker", "Segmenter", "StreamResampler", "VadLevel"]
 
@@ -216,7 +217,7 @@ class Segmenter:
     webrtcvad hears a pause itself again.
     """
 
-    def __init__(self, config: StreamingConfig) -> None:
+    def __init__(self, config: StreamingConfig, record_edges: bool = False) -> None:
         self._vad = webrtcvad.Vad(config.vad_aggressiveness)
         self._level = (
             VadLevel(config.vad_max_gain_db, config.frame_ms) if config.vad_max_gain_db else None
@@ -251,6 +252,12 @@ class Segmenter:
         self._silent_run = 0
         self.utterances_started = 0
         """How many utterances have begun: identifies the one in progress."""
+        self.edges: list[SpeechEdge] = []
+        """Where utterances began and ended, with ``record_edges``, until the caller takes
+        them (else always empty)."""
+        self._record_edges = record_edges
+        self._stepped = 0  # frames judged so far: the stream's position
+        self._start_frame = 0  # the position of the utterance in progress's first frame
         self._silero_after: int | None = None  # frames into an utterance; None: off
         if config.silero_vad_after_seconds is not None:
             self._silero_after = int(config.silero_vad_after_seconds * 1000) // ms
@@ -343,6 +350,7 @@ class Segmenter:
         for start in range(0, whole, self._frame):
             frame = pcm[start : start + self._frame]
             copy = judged[start : start + self._frame]
+            self._stepped += 1
             heard = copy.tobytes() if self._level is None else self._level.hear(copy)
             utterance = self._step(frame, self._vad.is_speech(heard, SAMPLE_RATE))
             if utterance is None and self._silero_after is not None:
@@ -421,6 +429,7 @@ class Segmenter:
                 self._silent_run = 0
                 self._ring.clear()
                 self._ring_voiced = 0
+                self._began(self._stepped - len(self._utterance))
             return None
         self._utterance.append(frame)
         self._flags.append(voiced)
@@ -455,6 +464,7 @@ class Segmenter:
         # ring; the rest goes on as the next utterance
         self._utterance, self._flags = frames[:cut], flags[:cut]
         self._voiced -= rest_voiced
+        rest_start = self._start_frame + cut
         closed = self._close(cut)
         if rest:
             self._utterance, self._flags = rest, rest_flags
@@ -463,7 +473,25 @@ class Segmenter:
             trailing = (i for i, voiced in enumerate(reversed(rest_flags)) if voiced)
             self._silent_run = next(trailing, len(rest_flags))
             self.utterances_started += 1
+            self._began(rest_start)
         return closed
+
+    def _began(self, start_frame: int) -> None:
+        """An utterance began at frame ``start_frame`` (before 0 where the stream's first has
+        silence put before it)."""
+        self._start_frame = start_frame
+        if self._record_edges:
+            at = max(0, start_frame) * self._frame
+            self.edges.append(SpeechEdge(self.utterances_started, True, at))
+
+    def discard(self) -> None:
+        """Forget the utterance in progress and what waits to begin the next (the client
+        cleared what it sent): the stream goes on from the next sample, as after a pause."""
+        self._utterance, self._flags, self._voiced, self._silent_run = [], [], 0, 0
+        self._listener, self._listened = None, 0
+        self._ring.clear()
+        self._ring_voiced = 0
+        self._pending = self._pending_judged = np.zeros(0, dtype=np.int16)
 
     def _quietest_boundary(self) -> int:
         """The boundary (frames before it) in the utterance's last ``_cut_search_frames``
@@ -486,6 +514,10 @@ class Segmenter:
         its last ``start_padding_ms`` wait in the ring as the next utterance's possible
         lead-in."""
         frames, flags, voiced = self._utterance, self._flags, self._voiced
+        kept = bool(frames) and speech and voiced >= self._min_voiced_frames
+        if frames and self._record_edges:
+            at = max(0, self._start_frame + keep) * self._frame
+            self.edges.append(SpeechEdge(self.utterances_started, False, at, kept=kept))
         self._utterance, self._flags, self._voiced, self._silent_run = [], [], 0, 0
         self._listener, self._listened = None, 0
         # the ring (empty while speaking) starts with the end of what is cut off: the next
@@ -493,7 +525,7 @@ class Segmenter:
         tail = slice(max(keep, len(frames) - self._start_frames), len(frames))
         self._ring.extend(zip(frames[tail], flags[tail], strict=True))
         self._ring_voiced = sum(flags[tail])
-        if not frames or not speech or voiced < self._min_voiced_frames:
+        if not kept:
             if not self._emitted:  # the stream's lead-in silence went with it
                 self.lead_in_padding = 0
             return None

@@ -50,6 +50,7 @@ from .router import Route
 from .segmenter import Segmenter, StreamResampler
 from .shutdown import GraceCut
 from .text import hesitation_only, join_text
+from .turns import ClientTurns, TurnTaking
 
 __all__ = ["Stream"]
 
@@ -199,7 +200,14 @@ class Stream:
         on_error: OnError,
         on_interim: OnInterim | None,
         grace: GraceCut,
+        turns: TurnTaking | None = None,
     ) -> None:
+        """With ``turns``, the client follows its turns: it is told where each utterance
+        began and ended (before the utterance's interims and its answer), every utterance kept
+        is answered once (its transcript, empty when it held no words, or its error), and the
+        gateway cuts the utterances itself whatever the backend (turns a natively streaming
+        backend kept to itself could not be reported); the client may end a turn
+        (:meth:`commit`) or take it back (:meth:`clear`)."""
         self._accounting = accounting
         # the shutdown's end: finals still being recognised then are answered server_busy
         self._grace = grace
@@ -211,13 +219,18 @@ class Stream:
         self._resampler = StreamResampler(rate)
         buffer_samples = int(config.buffer_seconds * SAMPLE_RATE)
         self._live: LiveAudio | None = None
-        if route[0].capabilities.streaming:
+        self._on_speech = None if turns is None else turns.on_speech
+        if route[0].capabilities.streaming and turns is None:
             retained = int(_RETAINED_SECONDS * SAMPLE_RATE)
             self._live = LiveAudio(buffer_samples, retained, spec.request_id)
         self._live_closed = False  # end() has told the streaming backend there is no more
         # the utterance pipeline: from the start, or after a streaming backend gave up
         self._utterance_spec = dataclasses.replace(spec, segmented=True)
-        self._segmenter = Segmenter(config)
+        self._segmenter: Segmenter | ClientTurns = (
+            ClientTurns(config)
+            if turns is not None and turns.client_ends_turns
+            else Segmenter(config, record_edges=turns is not None)
+        )
         self._queue = _UtteranceQueue(buffer_samples, spec.request_id)
         self._on_transcript = on_transcript
         self._on_error = on_error
@@ -229,7 +242,8 @@ class Stream:
         self._interim_due = (0, _FIRST_INTERIM_SAMPLES)
         # the interim being decoded, and its utterance: stopped once that utterance closes
         self._interim_call: tuple[int, asyncio.Task[Transcript]] | None = None
-        self._context = ""  # the last replies, for the next utterance's prompt
+        # the last replies, for the next utterance's prompt: at first, the client's own
+        self._context = spec.prompt or ""
         self._final_running = False  # an utterance's final is being recognised
         self._backlog: deque[np.ndarray] = deque()  # closed utterances not yet queued
         self._early: _EarlyFinal | None = None  # the open or next utterance's final, ahead
@@ -284,8 +298,37 @@ class Stream:
             return
         await self._segment(tail)
         self._cut(None)
+        await self._report_edges()
         await self._enqueue_backlog()
         await self._queue.close()
+
+    async def commit(self) -> None:
+        """End the utterance in progress now, as a pause would have (the client's turn is
+        over); it is recognised and answered as any other."""
+        self._cut(None)
+        await self._report_edges()
+        await self._enqueue_backlog()
+        self._start_early_final()
+
+    def clear(self) -> None:
+        """Forget the utterance in progress (the client takes it back): it is neither
+        recognised nor answered, and its interim or early final stops. Utterances already
+        ended are not touched."""
+        if self._interim_call is not None:
+            self._interim_call[1].cancel()
+        self._drop_early("discarded")
+        self._segmenter.discard()
+        self._segmenter.edges.clear()
+
+    async def _report_edges(self) -> None:
+        """Tell the client where utterances began and ended since the last time."""
+        edges = self._segmenter.edges
+        if self._on_speech is None or not edges:
+            return
+        taken = edges[:]
+        edges.clear()
+        for edge in taken:
+            await self._on_speech(edge)
 
     async def _enqueue_backlog(self) -> None:
         # An utterance leaves the backlog only once it is in the queue: if the wait for room
@@ -297,6 +340,7 @@ class Stream:
     async def _segment(self, samples: np.ndarray) -> None:
         if len(samples):
             self._cut(samples)
+            await self._report_edges()
         await self._enqueue_backlog()
         self._wake_interims()
         self._start_early_final()
@@ -566,7 +610,7 @@ class Stream:
             self._accounting.close(books, exc)
             await self._on_error(exc)
             return False
-        if answered:
+        if answered or self._on_speech is not None:  # a client following turns hears of each
             await self._on_transcript(transcript)
         return answered
 

@@ -66,8 +66,9 @@ def test_prometheus_scrapes_every_replica_and_grafana_sums_them() -> None:
 def test_nginx_config_terminates_tls_for_every_path(
     tmp_path, tiny_server, voices, long_speech
 ) -> None:
-    """The shipped nginx.conf, run by a real nginx in front of a real gateway: batch and
-    streaming over wss://, /health over https://, and no TLS session ticket for a client."""
+    """The shipped nginx.conf, run by a real nginx in front of a real gateway: batch,
+    streaming and a Realtime session over wss://, /health over https://, and no TLS session
+    ticket for a client."""
     text = (DEPLOY / "nginx.conf").read_text()
     assert "ws/transcribe" in text and "api/core/google/asr" in text
     if shutil.which("nginx") is None:
@@ -97,6 +98,9 @@ def test_nginx_config_terminates_tls_for_every_path(
         secret = "om1_live_" + "k" * 24  # ignored by this keyless gateway, not by nginx's log
         with connect(f"{url}/api/core/google/asr?api_key={secret}", ssl=context) as ws:
             assert json.loads(ws.recv(timeout=30))["type"] == "connection"
+        # OpenAI's Realtime API: upgraded too, not taken by the /v1/ location's plain HTTP
+        with connect(f"{url}/v1/realtime?intent=transcription", ssl=context) as ws:
+            assert json.loads(ws.recv(timeout=30))["type"] == "session.created"
         # nginx writes a WebSocket's line once the connection is over
         wait_for(lambda: access_log.exists() and "/api/core/google/asr" in access_log.read_text())
         assert secret not in access_log.read_text()

@@ -406,3 +406,51 @@ def test_node_client_shows_interims(tiny_server: Server, node_client: Path, cont
             cwd=node_client,
         )
     )
+
+
+def test_realtime_client(tiny_server: Server, two_sentences: Path) -> None:
+    """The official SDK's Realtime API, as the example drives it: a turn per sentence, then
+    the whole file as one push-to-talk turn; a refused key said as the server said it."""
+    url = tiny_server.http + "/v1"
+    result = run(
+        sys.executable,
+        "realtime_client.py",
+        str(two_sentences),
+        "--base-url",
+        url,
+        "--speed",
+        "0",
+        "--language",
+        "en",
+    )
+    assert result.returncode == 0, result.stderr
+    assert_two_sentences(result.stdout.splitlines())
+    held = run(
+        sys.executable,
+        "realtime_client.py",
+        str(two_sentences),
+        "--base-url",
+        url,
+        "--speed",
+        "0",
+        "--push-to-talk",
+    )
+    assert held.returncode == 0, held.stderr
+    (line,) = held.stdout.splitlines()
+    both = " ".join(speech.SENTENCES[name] for name in ("children", "coffee"))
+    assert speech.word_recall(both, line) >= 0.6, held.stdout
+
+
+def test_realtime_client_says_why_it_is_refused(two_sentences: Path) -> None:
+    with running_server({"auth": {"keys": [{"name": "a", "key": "right"}]}}) as server:
+        result = run(
+            sys.executable,
+            "realtime_client.py",
+            str(two_sentences),
+            "--base-url",
+            server.http + "/v1",
+            "--api-key",
+            "wrong",
+        )
+    assert result.returncode == 1
+    assert "refused (401)" in result.stderr and "invalid API key" in result.stderr, result

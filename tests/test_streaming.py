@@ -279,7 +279,9 @@ def test_a_websocket_to_no_endpoint_gets_404_naming_the_endpoints(tiny_server: S
         assert refused.value.response.status_code == 404, path
         body = json.loads(refused.value.response.body)
         assert body["error"] == "not_found" and repr(path) in body["message"]
-        assert body["message"].endswith("there are: /ws/transcribe, /api/core/google/asr")
+        assert body["message"].endswith(
+            "there are: /ws/transcribe, /api/core/google/asr, /v1/realtime"
+        )
 
 
 def test_a_client_that_just_closes_still_has_its_audio_recognised(
