@@ -379,6 +379,7 @@ class _Item:
     end_ms: int = 0
     sent: str = ""  # the text its deltas have carried so far
     heard: str = ""  # its last interim's words
+    dropped: bool = False  # too little speech to recognise: answered "" in its turn
 
 
 class _Session:
@@ -449,10 +450,15 @@ class _Session:
                 "input_audio_buffer.speech_stopped", audio_end_ms=edge.at_ms, item_id=item.id
             )
         await self._commit(item)
-        if edge.kept:
-            self._waiting.append(item)
-        else:  # too little speech to recognise (noise, a cough): no words
-            await self._complete(item, "", None)
+        # too little speech to recognise (noise, a cough): no words, answered in its turn
+        item.dropped = not edge.kept
+        self._waiting.append(item)
+        await self._answer_dropped()
+
+    async def _answer_dropped(self) -> None:
+        """Complete the dropped turns that no turn before them waits for."""
+        while self._waiting and self._waiting[0].dropped:
+            await self._complete(self._waiting.popleft(), "", None)
 
     async def _commit(self, item: _Item) -> None:
         previous, self._last_item = self._last_item, item.id
@@ -471,13 +477,20 @@ class _Session:
         )
 
     async def _answered_item(self) -> _Item:
-        """The turn an answer is for: the oldest ended one (answers come in order)."""
-        if self._waiting:
-            return self._waiting.popleft()
-        item = self._start_item(0)  # its end was not reported (a reader stopped meanwhile)
-        self._open_item = None
-        await self._commit(item)
-        return item
+        """The turn an answer is for: the oldest ended one (the stream answers in order). It
+        stays at the head of the queue until its answer is sent (:meth:`_answered`), so that
+        a dropped turn behind it is not completed first."""
+        if not self._waiting:
+            item = self._start_item(0)  # its end was not reported (a reader stopped meanwhile)
+            self._open_item = None
+            await self._commit(item)
+            self._waiting.appendleft(item)
+        return self._waiting[0]
+
+    async def _answered(self, item: _Item) -> None:
+        if self._waiting and self._waiting[0] is item:
+            self._waiting.popleft()
+        await self._answer_dropped()
 
     async def interim(self, text: str) -> None:
         """Words so far of the turn being spoken: those two interims in a row agree on (a
@@ -509,6 +522,7 @@ class _Session:
                 delta=text[len(item.sent) :],
             )
         await self._complete(item, text, transcript)
+        await self._answered(item)
 
     async def _complete(self, item: _Item, text: str, transcript: Transcript | None) -> None:
         event: dict[str, Any] = {
@@ -530,18 +544,21 @@ class _Session:
 
     async def failed(self, exc: SpeechGWError) -> None:
         """A turn could not be recognised; at a shutdown, every turn still waiting."""
-        items = [await self._answered_item()]
-        if isinstance(exc, ShuttingDown):
-            items.extend(self._waiting)
-            self._waiting.clear()
+        item = await self._answered_item()
+        everyone = isinstance(exc, ShuttingDown)  # the stream tells of the cut once
+        items = list(self._waiting) if everyone else [item]
         body = error_body(status_of(exc), exc.message, exc.error)["error"]
-        for item in items:
+        for each in items:
             await self.send(
                 "conversation.item.input_audio_transcription.failed",
-                item_id=item.id,
+                item_id=each.id,
                 content_index=0,
                 error=body,
             )
+        if everyone:
+            self._waiting.clear()
+        else:
+            await self._answered(item)
 
     def clear(self) -> None:
         """The client took back the turn being spoken: it becomes no item."""
@@ -668,7 +685,7 @@ class RealtimeProtocol:
                 conn.stream.clear()
             conn.clear()
             await conn.send("input_audio_buffer.cleared")
-        elif kind in ("session.update", "transcription_session.update"):
+        elif kind == "session.update":
             settings = updated(conn.settings, event.get("session"))
             if conn.stream is not None and settings != conn.settings:
                 raise EventError(

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from scipy.signal import resample_poly
 
 from tests import speech
 from tests.ledger import rows as ledger_rows
-from tests.serving import Server, running_server
+from tests.serving import ServeProcess, Server, running_server
 
 KEY = "realtime-test-key-0123"
 AUTH = {"auth": {"keys": [{"name": "carol", "key": KEY}]}}
@@ -142,6 +144,47 @@ def test_an_sdk_client_is_answered_turn_by_turn(server: Server, two_turns, ledge
         ledger, "SELECT count(*) FROM usage WHERE protocol = 'realtime' AND key_name = 'carol'"
     )
     assert billed == (2,)
+
+
+def test_the_pause_that_ends_a_turn_is_the_sessions(server: Server, two_turns) -> None:
+    """``silence_duration_ms``: 2 s makes the two sentences, a second apart, one turn."""
+    audio, _ = two_turns
+    update = {
+        "type": "transcription",
+        "audio": {
+            "input": {
+                "transcription": {"language": "en"},
+                "turn_detection": {"type": "server_vad", "silence_duration_ms": 2000},
+            }
+        },
+    }
+    ended = np.concatenate((audio, np.zeros(40000, np.float32)))  # 2.5 s more of silence
+    events = asyncio.run(session(server, update, appends(pcm24k(ended)), answers=1))
+    assert events[1]["session"]["audio"]["input"]["turn_detection"]["silence_duration_ms"] == 2000
+    assert len(of_type(events, "input_audio_buffer.speech_started")) == 1
+    (completed,) = of_type(events, COMPLETED)
+    both = " ".join(speech.SENTENCES[name] for name in NAMES)
+    assert speech.word_recall(both, completed["transcript"]) >= 0.8
+
+
+def test_a_cleared_turn_is_never_transcribed(server: Server, voices) -> None:
+    """server_vad: half a sentence, cleared while it is spoken, then another sentence: one
+    turn answered, the second; the first was started and never committed."""
+    market = pcm24k(speech.samples_16k(voices["market"]))
+    coffee = pcm24k(speech.samples_16k(voices["coffee"]))
+    silence = bytes(48000)  # a second
+    actions = [
+        *appends(market[: len(market) // 2 // 2 * 2]),
+        {"type": "input_audio_buffer.clear"},
+        *appends(silence + coffee + silence),
+    ]
+    events = asyncio.run(session(server, SPOKEN, actions, answers=1))
+    started = [e["item_id"] for e in of_type(events, "input_audio_buffer.speech_started")]
+    committed = [e["item_id"] for e in of_type(events, "input_audio_buffer.committed")]
+    (completed,) = of_type(events, COMPLETED)
+    assert len(started) == 2 and committed == started[1:] == [completed["item_id"]]
+    assert speech.word_recall(speech.SENTENCES["coffee"], completed["transcript"]) >= 0.8
+    assert "market" not in completed["transcript"].lower()
 
 
 def test_whisper_1_sends_the_whole_transcript_as_one_delta(server: Server, two_turns) -> None:
@@ -375,3 +418,64 @@ def test_the_key_is_checked_before_the_upgrade(server: Server, voices) -> None:
     )
     (completed,) = of_type(events, COMPLETED)
     assert speech.word_recall(speech.SENTENCES["coffee"], completed["transcript"]) >= 0.8
+
+
+def test_a_shutdown_answers_the_turn_being_spoken_then_closes_1001(tmp_path: Path, voices) -> None:
+    """SIGTERM mid-turn: the turn is committed and answered, billed, and the socket closes
+    1001; the process exits 0."""
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        f"store:\n  path: {tmp_path / 'ledger.db'}\n"
+        "backends:\n  'null': {type: scripted, text: finished, delay_seconds: 0.5}\n"
+        "routing:\n  - backend: 'null'\n"
+    )
+    push_to_talk = {"type": "transcription", "audio": {"input": {"turn_detection": None}}}
+    audio = pcm24k(speech.samples_16k(voices["coffee"]))
+
+    async def run(port: int, process: Any) -> tuple[list[dict[str, Any]], int | None]:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/v1/realtime") as ws:
+            await ws.send(json.dumps({"type": "session.update", "session": push_to_talk}))
+            for append in appends(audio):
+                await ws.send(json.dumps(append))
+            # events are taken in order: its answer says the audio has been taken
+            await ws.send(json.dumps({"type": "session.update", "session": push_to_talk}))
+            events: list[dict[str, Any]] = []
+            while len(of_type(events, "session.updated")) < 2:
+                events.append(json.loads(await ws.recv()))
+            process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(websockets.ConnectionClosed):
+                async with asyncio.timeout(60):
+                    while True:
+                        events.append(json.loads(await ws.recv()))
+            return events, ws.close_code
+
+    server = ServeProcess("--config", str(config)).__enter__()
+    try:
+        events, code = asyncio.run(run(server.port, server.process))
+        assert server.process.wait(timeout=30) == 0
+    finally:
+        server.stop()
+    (committed,) = of_type(events, "input_audio_buffer.committed")
+    (completed,) = of_type(events, COMPLETED)
+    assert completed["item_id"] == committed["item_id"] and completed["transcript"] == "finished"
+    assert code == 1001
+    rows = ledger_rows(tmp_path / "ledger.db", "SELECT protocol FROM usage")
+    assert rows == [("realtime",)]
+
+
+def test_a_turn_too_short_to_be_speech_is_answered_empty_in_its_turn(voices, tmp_path) -> None:
+    """A turn webrtcvad heard as less than ``min_speech_ms`` of speech is not transcribed, but
+    it was started, so it is committed and completed with "" (and in order)."""
+    oh = speech.samples_16k(speech.speak("Oh.", tmp_path / "oh.wav"))
+    gap = np.zeros(24000, np.float32)
+    children = speech.samples_16k(voices["children"])
+    audio = np.concatenate((gap, oh, gap, children, gap))
+    with running_server({"streaming": {"min_speech_ms": 900}}) as server:
+        events = asyncio.run(session(server, SPOKEN, appends(pcm24k(audio)), answers=2))
+    started = [e["item_id"] for e in of_type(events, "input_audio_buffer.speech_started")]
+    committed = [e["item_id"] for e in of_type(events, "input_audio_buffer.committed")]
+    completed = of_type(events, COMPLETED)
+    assert started == committed == [e["item_id"] for e in completed]
+    assert completed[0]["transcript"] == "" and completed[0]["usage"]["seconds"] == 0
+    assert completed[0]["languages"] == []
+    assert speech.word_recall(speech.SENTENCES["children"], completed[1]["transcript"]) >= 0.8
