@@ -5,7 +5,7 @@ client sends after that (a keepalive ping, audio still in flight) hits a closed 
 kernel answers with a reset, and a reset makes the client's kernel drop what it has received
 but not read yet: a stream's last replies, a batch result, the Close frame itself. (A client
 reading one message at a time while it pings lost the last of three replies every time:
-``tests/test_closing.py``.) So both WebSocket protocols close through :func:`close`: the Close
+``tests/test_closing.py``.) So every WebSocket protocol closes through :func:`close`: the Close
 frame goes out, and the handler reads on, dropping what comes, until the client's Close has
 arrived (then hypercorn closes the connection) or :data:`CLOSE_TIMEOUT` has passed.
 """

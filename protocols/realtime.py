@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import json
 import logging
 import secrets
@@ -48,7 +49,7 @@ from speechgw.jobs import JobRequest, Transcript
 from speechgw.stream import Stream
 from speechgw.turns import SpeechEdge, TurnTaking
 
-from ._closing import close, drop_until_closed
+from ._live import read_messages, serve_live
 from .openai import (
     BASE,
     candidate_languages,
@@ -569,6 +570,9 @@ class _Session:
     def speaking(self) -> bool:
         return self._open_item is not None
 
+    def gone(self) -> None:
+        self.open = False
+
 
 class RealtimeProtocol:
     """Serves ``/v1/realtime`` transcription sessions."""
@@ -604,72 +608,64 @@ class RealtimeProtocol:
         conn = _Session(websocket, session, self.gateway)
         _LOGGER.info("realtime session %s opened (key=%s)", conn.id, session.caller.key_name)
         await conn.describe("session.created")
-        worker: list[asyncio.Task[None]] = []
-        reader = asyncio.create_task(self._read(conn, worker))
-        self.gateway.track_reader(reader)
-        discard: asyncio.Task[None] | None = None
-        try:
-            try:
-                ending = await reader
-            except asyncio.CancelledError:
-                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                    raise
-                ending = "shutdown"
-            if conn.open:
-                discard = asyncio.create_task(drop_until_closed(websocket))
-            if conn.stream is not None:
-                if ending != "shutdown":
-                    # a turn the client never ended is not transcribed, as OpenAI's; at a
-                    # shutdown it is, so that what was said is not lost
-                    conn.stream.clear()
-                    conn.clear()
-                await conn.stream.end()
-            if worker:
-                await worker[0]
-            _LOGGER.info("realtime session %s closed (%s)", conn.id, ending)
-            close_with = _CLOSE.get(ending)
-            if close_with is not None and conn.open:
-                await close(websocket, *close_with, reading=discard)
-        finally:
-            if worker and not worker[0].done():
-                worker[0].cancel()
-            if discard is not None:
-                discard.cancel()
+        worker: list[asyncio.Task[None]] = []  # the stream's recogniser, once audio came
 
-    async def _read(self, conn: _Session, worker: list[asyncio.Task[None]]) -> str:
-        """Read and act on events until the session ends; returns why it ended."""
-        loop = asyncio.get_running_loop()
-        idle = self.gateway.config.limits.stream_idle_seconds
+        async def flush(ending: str) -> None:
+            if conn.stream is None:
+                return
+            if ending != "shutdown":
+                # a turn the client never ended is not transcribed, as OpenAI's; at a
+                # shutdown it is, so that what was said is not lost
+                conn.stream.clear()
+                conn.clear()
+            await conn.stream.end()
+
+        reading = read_messages(
+            websocket,
+            self.gateway.config.limits.stream_idle_seconds,
+            functools.partial(self._take_message, conn, worker),
+            conn.gone,
+        )
+        ending = await serve_live(
+            websocket,
+            reading,
+            self.gateway.track_reader,
+            lambda: conn.open,
+            flush,
+            _CLOSE,
+            worker,
+        )
+        _LOGGER.info("realtime session %s closed (%s)", conn.id, ending)
+
+    async def _take_message(
+        self,
+        conn: _Session,
+        worker: list[asyncio.Task[None]],
+        message: dict[str, Any],
+        deadline: asyncio.Timeout,
+    ) -> str | None:
+        """Act on one client event; the session's ending, or None to read on."""
+        event_id = None
         try:
-            async with asyncio.timeout(None) as deadline:
-                while True:
-                    deadline.reschedule(loop.time() + idle)
-                    message = await conn.websocket.receive()
-                    if message["type"] == "websocket.disconnect":
-                        conn.open = False
-                        return "disconnect"
-                    event_id = None
-                    try:
-                        event = _parse(message.get("text"))
-                        event_id = event.get("event_id")
-                        event_id = event_id if isinstance(event_id, str) else None
-                        deadline.reschedule(None)  # back-pressure is not idling
-                        if not await self._act(conn, event, worker):
-                            await conn.error(
-                                EventError(
-                                    "the session has reached its longest "
-                                    f"({self.gateway.config.limits.max_stream_seconds} s of "
-                                    "audio): open a new one",
-                                    "session_expired",
-                                ),
-                                event_id,
-                            )
-                            return "too_long"
-                    except SpeechGWError as exc:
-                        conn.session.refused(exc)
-                        await conn.error(exc, event_id)
-        except TimeoutError:
-            return "idle"
+            event = _parse(message.get("text"))
+            event_id = event.get("event_id")
+            event_id = event_id if isinstance(event_id, str) else None
+            deadline.reschedule(None)  # back-pressure is not idling
+            if not await self._act(conn, event, worker):
+                longest = self.gateway.config.limits.max_stream_seconds
+                await conn.error(
+                    EventError(
+                        f"the session has reached its longest ({longest} s of audio): open a "
+                        "new one",
+                        "session_expired",
+                    ),
+                    event_id,
+                )
+                return "too_long"
+        except SpeechGWError as exc:
+            conn.session.refused(exc)
+            await conn.error(exc, event_id)
+        return None
 
     async def _act(
         self, conn: _Session, event: dict[str, Any], worker: list[asyncio.Task[None]]

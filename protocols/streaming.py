@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -40,7 +41,7 @@ from speechgw.jobs import Transcript
 from speechgw.languages import canonical_tag, from_bcp47
 from speechgw.stream import Stream
 
-from ._closing import close, drop_until_closed
+from ._live import read_messages, serve_live
 
 __all__ = [
     "DECODE_PIECE_CHARS",
@@ -68,11 +69,6 @@ _CLOSE: dict[str, tuple[int, str]] = {
     "shutdown": (1001, "server shutting down"),
 }
 """How the server closes after each way a stream can end (a disconnect needs no close)."""
-
-
-def _being_cancelled() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 class MissingAudio(InvalidRequest):
@@ -307,6 +303,9 @@ class _Connection:
             except (WebSocketDisconnect, RuntimeError, OSError):
                 self.open = False  # the client left; its audio is still recognised and counted
 
+    def gone(self) -> None:
+        self.open = False
+
     async def reply(self, transcript: Transcript) -> None:
         await self.send({"asr_reply": transcript.text, "clientId": self.client_id})
 
@@ -366,68 +365,52 @@ class StreamingProtocol:
             }
         )
         worker: list[asyncio.Task[None]] = []  # the stream's recogniser, once configured
-        # The reading loop is a task of its own so that a server shutdown can stop it without
-        # stopping this handler, which then still flushes the stream.
-        reader = asyncio.create_task(self._read(conn, worker))
-        self.gateway.track_reader(reader)
-        discard: asyncio.Task[None] | None = None
-        try:
-            try:
-                ending = await reader
-            except asyncio.CancelledError:
-                if _being_cancelled():
-                    raise
-                ending = "shutdown"
-            # The client may still be sending (stopped early), and will send its pings and
-            # its Close: from here on its messages are read and dropped, or hypercorn's full
-            # queue would hold back our close.
-            if conn.open:
-                discard = asyncio.create_task(drop_until_closed(websocket))
+
+        async def flush(ending: str) -> None:
             if conn.stream is not None:
                 await conn.stream.end()
-            if worker:
-                await worker[0]
-            _LOGGER.info("stream %s closed (%s)", conn.client_id, ending)
-            close_with = _CLOSE.get(ending)
-            if close_with is not None and conn.open:
-                await close(websocket, *close_with, reading=discard)
-        finally:
-            if worker and not worker[0].done():
-                worker[0].cancel()
-            if discard is not None:
-                discard.cancel()
 
-    async def _read(self, conn: _Connection, worker: list[asyncio.Task[None]]) -> str:
-        """Read and feed messages until the stream ends; returns why it ended."""
-        loop = asyncio.get_running_loop()
-        idle = self.gateway.config.limits.stream_idle_seconds
+        reading = read_messages(
+            websocket,
+            self.gateway.config.limits.stream_idle_seconds,
+            functools.partial(self._take_message, conn, worker),
+            conn.gone,
+        )
+        ending = await serve_live(
+            websocket,
+            reading,
+            self.gateway.track_reader,
+            lambda: conn.open,
+            flush,
+            _CLOSE,
+            worker,
+        )
+        _LOGGER.info("stream %s closed (%s)", conn.client_id, ending)
+
+    async def _take_message(
+        self,
+        conn: _Connection,
+        worker: list[asyncio.Task[None]],
+        message: dict[str, Any],
+        deadline: asyncio.Timeout,
+    ) -> str | None:
+        """Act on one message; the stream's ending, or None to read on."""
         try:
-            async with asyncio.timeout(None) as deadline:
-                while True:
-                    deadline.reschedule(loop.time() + idle)  # one timer per connection
-                    message = await conn.websocket.receive()
-                    if message["type"] == "websocket.disconnect":
-                        conn.open = False
-                        return "disconnect"
-                    try:
-                        parsed = parse_message(message.get("text"))
-                        if parsed is None:
-                            return "end"
-                        if conn.stream is None:
-                            conn.asked.update(
-                                (name, parsed[name]) for name in _SETTINGS if name in parsed
-                            )
-                        taking = self._take(conn, parsed, worker, deadline)
-                        audio = parsed.get("audio")
-                        if isinstance(audio, str) and len(audio) > _TAKEN_IN_STEPS_CHARS:
-                            taking = _whole(taking)
-                        if not await taking:
-                            return "too_long"
-                    except SpeechGWError as exc:
-                        conn.session.refused(exc)
-                        await conn.error(exc)
-        except TimeoutError:
-            return "idle"
+            parsed = parse_message(message.get("text"))
+            if parsed is None:
+                return "end"
+            if conn.stream is None:
+                conn.asked.update((name, parsed[name]) for name in _SETTINGS if name in parsed)
+            taking = self._take(conn, parsed, worker, deadline)
+            audio = parsed.get("audio")
+            if isinstance(audio, str) and len(audio) > _TAKEN_IN_STEPS_CHARS:
+                taking = _whole(taking)
+            if not await taking:
+                return "too_long"
+        except SpeechGWError as exc:
+            conn.session.refused(exc)
+            await conn.error(exc)
+        return None
 
     async def _take(
         self,

@@ -410,31 +410,13 @@ def test_node_client_shows_interims(tiny_server: Server, node_client: Path, cont
 
 def test_realtime_client(tiny_server: Server, two_sentences: Path) -> None:
     """The official SDK's Realtime API, as the example drives it: a turn per sentence, then
-    the whole file as one push-to-talk turn; a refused key said as the server said it."""
+    the whole file as one push-to-talk turn."""
     url = tiny_server.http + "/v1"
-    result = run(
-        sys.executable,
-        "realtime_client.py",
-        str(two_sentences),
-        "--base-url",
-        url,
-        "--speed",
-        "0",
-        "--language",
-        "en",
-    )
+    client = (sys.executable, "realtime_client.py", str(two_sentences), "--base-url", url)
+    result = run(*client, "--speed", "0", "--language", "en")
     assert result.returncode == 0, result.stderr
     assert_two_sentences(result.stdout.splitlines())
-    held = run(
-        sys.executable,
-        "realtime_client.py",
-        str(two_sentences),
-        "--base-url",
-        url,
-        "--speed",
-        "0",
-        "--push-to-talk",
-    )
+    held = run(*client, "--speed", "0", "--push-to-talk")
     assert held.returncode == 0, held.stderr
     (line,) = held.stdout.splitlines()
     both = " ".join(speech.SENTENCES[name] for name in ("children", "coffee"))
