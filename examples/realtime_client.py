@@ -7,7 +7,7 @@ transcription session) with the official ``openai`` SDK, as a microphone would s
 
 The file (16-bit PCM, mono) is sent in 100 ms appends at real-time pace (``--speed 0``: as
 fast as the server takes it), at its own rate (OpenAI takes 24000 Hz only; speechgw any rate
-from 8000 to 48000). The server ends a turn at each pause (``server_vad``); with
+from 8000 to 384000). The server ends a turn at each pause (``server_vad``); with
 ``--push-to-talk`` (``turn_detection: null``) the whole file is one turn, ended by a commit.
 Each turn's transcript goes to stdout as it is completed; the words so far (deltas) go to
 stderr, marked ``...``. Needs ``pip install 'openai[realtime]'``.
