@@ -38,7 +38,7 @@ from speechgw.jobs import SAMPLE_RATE, Decoding, JobSpec, Segment, Transcript, W
 from speechgw.progress import OnSegment
 from speechgw.text import join_text
 
-from .whisper_batching import WINDOW_SECONDS, BatchedWhisperModel
+from .whisper_batching import WINDOW_SECONDS, BatchedWhisperModel, GatedWhisperModel
 from .whisper_clips import listen, speech_clips
 from .whisper_models import BUNDLED_MODELS, check_model, resolve_model
 from .whisper_spoken import RecordingCheck, UtteranceCheck
@@ -344,6 +344,7 @@ class WhisperBackend(Backend):
         self._interims = anyio.CapacityLimiter(options.concurrency)
         self._batcher: CallBatcher | None = None
         self._batched: BatchedWhisperModel | None = None
+        self._gated_model: GatedWhisperModel | None = None
         self._gate: PriorityGate | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._info: dict[str, object] = {}
@@ -485,13 +486,12 @@ class WhisperBackend(Backend):
     def _gated(self, device: str) -> None:
         """Without batching: ``concurrency`` model calls at once (on CUDA, twice as many: see
         :data:`CUDA_CALLS_PER_WORKER`), the most urgent first."""
-        from .whisper_batching import GatedWhisperModel
-
         assert self._model is not None
         workers = self.options.concurrency
         per_worker = CUDA_CALLS_PER_WORKER if device == "cuda" else 1
         self._gate = PriorityGate(workers * per_worker)
-        self._model.model = GatedWhisperModel(self._model.model, self._gate)
+        self._gated_model = GatedWhisperModel(self._model.model, self._gate)
+        self._model.model = self._gated_model
         jobs = workers * (RECORDINGS_PER_WORKER + 2)  # a thread per job in flight, in each lane
         self._executor = ThreadPoolExecutor(jobs, thread_name_prefix=f"whisper-{self.name}")
 
@@ -696,8 +696,13 @@ class WhisperBackend(Backend):
         ``generate``: every window of a recording with ``segment_times: sentences``), and
         where a multilingual model hears each window's language before decoding it. One
         encoder pass per window instead of one per call: BENCHMARKS.md, "One encoder pass
-        per window"."""
+        per window". Without batching, a job with a prompt keeps its first window's
+        encoding (:meth:`GatedWhisperModel.first_encoding_kept`): an output that echoes the
+        prompt is decoded again without it, on the same encoding."""
         if self._batched is None:
+            if spec.prompt and self._gated_model is not None:
+                # an output that echoes the prompt is decoded again, its window not encoded again
+                return self._gated_model.first_encoding_kept()
             return contextlib.nullcontext()
         by_sentence = self._segment_times == "sentences" and not spec.segmented
         timed = spec.word_timestamps or spec.word_probabilities or by_sentence

@@ -68,7 +68,11 @@ OnInterim = Callable[[str], Awaitable[None]]
 _FIRST_INTERIM_SECONDS = 0.5
 """An utterance's first interim is decoded once it holds this much audio (its 0.3 s lead-in
 and the first 0.2 s of speech); the next ones every ``interim_interval_ms`` of audio, or
-0.3 s later when the last one heard no words yet."""
+0.3 s later when the last one heard no words yet. Where the backend is busy (not
+:attr:`~speechgw.backend.Backend.idle`: a local model decoding a recording, which lets interims
+only a share of its time), both wait ``interim_interval_ms``: an interim there is spent on
+audio likely to hold words, not on the first 0.2 s of speech, whose decode (1.4 s on a slow
+2-vCPU machine) left a 10 s utterance no share for one that shows any."""
 _FIRST_INTERIM_SAMPLES = int(_FIRST_INTERIM_SECONDS * SAMPLE_RATE)
 _INTERIM_RETRY_SAMPLES = int(0.3 * SAMPLE_RATE)
 _INTERIM_HOLD_SAMPLES = int(0.1 * SAMPLE_RATE)
@@ -240,6 +244,7 @@ class Stream:
         self._interim_wake = asyncio.Event() if on_interim is not None else None
         # (utterance number, its length in samples) at which its next interim is due
         self._interim_due = (0, _FIRST_INTERIM_SAMPLES)
+        self._interim_every = config.interim_interval_ms * SAMPLE_RATE // 1000
         # the interim being decoded, and its utterance: stopped once that utterance closes
         self._interim_call: tuple[int, asyncio.Task[Transcript]] | None = None
         # the last replies, for the next utterance's prompt: at first, the client's own
@@ -449,7 +454,7 @@ class Stream:
             return False
         number, length = self._interim_due
         if number != segmenter.utterances_started:
-            length = _FIRST_INTERIM_SAMPLES
+            length = _FIRST_INTERIM_SAMPLES if self.route[0].idle else self._interim_every
         return segmenter.buffered_samples >= length
 
     def _wake_interims(self) -> None:
@@ -471,7 +476,7 @@ class Stream:
         logged: the final will say what it heard.
         """
         assert self._on_interim is not None and self._interim_wake is not None
-        every = self.config.interim_interval_ms * SAMPLE_RATE // 1000
+        every = self._interim_every
         spec = dataclasses.replace(self._utterance_spec, interim=True)
         backend = self.route[0]
         wake = self._interim_wake
@@ -506,8 +511,9 @@ class Stream:
                 self._interim_due = (number, len(audio) + _INTERIM_RETRY_SAMPLES)
                 continue
             text = transcript.text if self._repliable(transcript.text) else ""
-            # nothing heard yet (a word just begun): look again soon, not a whole interval later
-            grow = every if text else _INTERIM_RETRY_SAMPLES
+            # nothing heard yet (a word just begun): look again soon, not a whole interval
+            # later, unless interims are scarce (a busy backend)
+            grow = every if text or not backend.idle else _INTERIM_RETRY_SAMPLES
             self._interim_due = (number, len(audio) + grow)
             still_open = self._segmenter.speaking and self._segmenter.utterances_started == number
             if text and still_open:
