@@ -5,20 +5,32 @@ the stream answered to its end, then the close (:mod:`._closing`)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from starlette.websockets import WebSocket
 
+from speechgw.gateway import Gateway
+
 from ._closing import close, drop_until_closed
 
-__all__ = ["Take", "read_messages", "serve_live"]
+__all__ = ["LiveConnection", "Take", "serve_live"]
 
 Take = Callable[[dict[str, Any], asyncio.Timeout], Awaitable[str | None]]
 """Acts on one client message: returns the stream's ending, or None to read on."""
 
 
-async def read_messages(
+class LiveConnection(Protocol):
+    """What :func:`serve_live` needs of an adapter's connection."""
+
+    open: bool
+    """The client is still there to be answered."""
+
+    def gone(self) -> None:
+        """The client left (its disconnect was read)."""
+
+
+async def _read_messages(
     websocket: WebSocket, idle_seconds: float, take: Take, gone: Callable[[], None]
 ) -> str:
     """Hand each of the client's messages to ``take`` until it ends the stream (``take``'s
@@ -48,16 +60,17 @@ def _being_cancelled() -> bool:
 
 async def serve_live(
     websocket: WebSocket,
-    reading: Coroutine[Any, Any, str],
-    track: Callable[[asyncio.Task[str]], None],
-    still_open: Callable[[], bool],
+    gateway: Gateway,
+    conn: LiveConnection,
+    take: Take,
     flush: Callable[[str], Awaitable[None]],
     closes: dict[str, tuple[int, str]],
     worker: list[asyncio.Task[None]],
 ) -> str:
     """A live stream's connection from its first message to its close. The reading loop
-    (``reading``, returning why the stream ended) runs as a task of its own, handed to
-    ``track`` (the gateway's, which cancels it at a shutdown: then the ending is
+    hands each message to ``take`` until the stream ends (``take``'s ending, ``"disconnect"``,
+    or ``"idle"`` after the gateway's ``stream_idle_seconds`` without a message); it runs as
+    a task of its own, which the gateway cancels at a shutdown (then the ending is
     ``"shutdown"``), so that a shutdown stops the reading without stopping this handler. Once
     it ends, what the client still sends (audio in flight, pings, its Close) is read and
     dropped, or hypercorn's full queue would hold back the close; ``flush(ending)`` ends the
@@ -65,8 +78,10 @@ async def serve_live(
     socket closes with ``closes[ending]`` (none for an ending without one, such as a
     disconnect) while the client is there to hear it. Returns the ending. The recogniser is
     stopped if the handler is."""
+    idle = gateway.config.limits.stream_idle_seconds
+    reading = _read_messages(websocket, idle, take, conn.gone)
     reader = asyncio.create_task(reading)
-    track(reader)
+    gateway.track_reader(reader)
     discard: asyncio.Task[None] | None = None
     try:
         try:
@@ -75,13 +90,13 @@ async def serve_live(
             if _being_cancelled():
                 raise
             ending = "shutdown"
-        if still_open():
+        if conn.open:
             discard = asyncio.create_task(drop_until_closed(websocket))
         await flush(ending)
         if worker:
             await worker[0]
         close_with = closes.get(ending)
-        if close_with is not None and still_open():
+        if close_with is not None and conn.open:
             await close(websocket, *close_with, reading=discard)
         return ending
     finally:

@@ -15,7 +15,8 @@ an ``error`` event and the session goes on.
 A session is one live stream of the gateway (:meth:`speechgw.gateway.StreamSession.start`,
 with :class:`~speechgw.turns.TurnTaking`): ``server_vad`` turns are the gateway's webrtcvad
 utterances (a pause of ``silence_duration_ms`` ends one); ``turn_detection: null`` makes each
-commit end one. This module holds the wire format only.
+commit end one. This module holds the wire format only; the session's settings and the
+parser of ``session.update`` are in :mod:`._realtime_settings`.
 """
 
 from __future__ import annotations
@@ -35,9 +36,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from speechgw.audio import check_rate, from_g711, linear16
+from speechgw.audio import from_g711, linear16
 from speechgw.errors import (
-    InvalidRequest,
     RateLimited,
     RetryLater,
     ShuttingDown,
@@ -47,15 +47,13 @@ from speechgw.errors import (
 from speechgw.gateway import Gateway, StreamSession
 from speechgw.jobs import JobRequest, Transcript
 from speechgw.stream import Stream
-from speechgw.turns import SpeechEdge, TurnTaking
+from speechgw.turns import SpeechEdge
 
-from ._live import read_messages, serve_live
+from ._live import serve_live
+from ._realtime_settings import LOGPROBS, SESSION_FIELD, EventError, Settings, updated
 from .openai import (
     BASE,
-    candidate_languages,
     error_body,
-    keywords_of,
-    language_code,
     logprobs,
     status_of,
 )
@@ -65,20 +63,11 @@ __all__ = ["PATH", "RealtimeProtocol"]
 
 PATH = f"{BASE}/realtime"
 PROTOCOL = "realtime"
-DEFAULT_RATE = 24000
-"""OpenAI's one rate for ``audio/pcm``; other rates the gateway takes are accepted too."""
-G711_RATE = 8000
-FORMATS = {"audio/pcm": None, "audio/pcmu": "mu-law", "audio/pcma": "A-law"}
-"""The ``audio.input.format`` types, and the G.711 law of each companded one."""
 WHOLE_TEXT_MODEL = "whisper-1"
 """The model whose one delta per turn is the whole transcript, as OpenAI's whisper-1 sends it;
 a session with any other gets interim words as deltas while the turn is spoken."""
 MIN_COMMIT_MS = 100
 """The least audio a client-ended turn may hold (OpenAI's ``input_audio_buffer_commit_empty``)."""
-LOGPROBS = "item.input_audio_transcription.logprobs"
-MAX_SILENCE_MS = 10_000
-MAX_PREFIX_MS = 5_000
-_SESSION_FIELD = "session.audio.input"
 _CONVERSATION_EVENTS = (
     "conversation.item.create",
     "conversation.item.delete",
@@ -115,260 +104,6 @@ def _key(headers: Headers) -> tuple[str | None, str | None]:
         if protocol.startswith("openai-insecure-api-key."):
             return protocol.removeprefix("openai-insecure-api-key.") or None, accept
     return None, accept
-
-
-class EventError(InvalidRequest):
-    """A client event that cannot be taken, with OpenAI's ``code`` and ``param`` for it."""
-
-    def __init__(self, message: str, code: str, param: str | None = None) -> None:
-        super().__init__(message, field=param)
-        self.code = code
-
-
-@dataclasses.dataclass
-class Settings:
-    """A transcription session's configuration, as ``session.update`` sets it."""
-
-    format: str = "audio/pcm"
-    rate: int = DEFAULT_RATE
-    model: str | None = None
-    language: str | None = None
-    prompt: str | None = None
-    keywords: tuple[str, ...] = ()
-    languages: tuple[str, ...] = ()
-    turn_detection: dict[str, Any] | None = dataclasses.field(
-        default_factory=lambda: {"type": "server_vad"}
-    )
-    noise_reduction: dict[str, Any] | None = None
-    include: tuple[str, ...] = ()
-
-    @property
-    def client_ends_turns(self) -> bool:
-        return self.turn_detection is None
-
-    def describe(self, session_id: str, padding_ms: int, silence_ms: int) -> dict[str, Any]:
-        """The session object of ``session.created`` / ``session.updated``: what is in effect
-        (the server's own pause and lead-in where the client set none)."""
-        audio_format: dict[str, Any] = {"type": self.format}
-        if self.format == "audio/pcm":
-            audio_format["rate"] = self.rate
-        transcription: dict[str, Any] = {"model": self.model, "language": self.language}
-        if self.prompt is not None:
-            transcription["prompt"] = self.prompt
-        if self.keywords:
-            transcription["keywords"] = list(self.keywords)
-        if self.languages:
-            transcription["languages"] = list(self.languages)
-        turn = None
-        if self.turn_detection is not None:
-            turn = {
-                "threshold": 0.5,
-                "prefix_padding_ms": padding_ms,
-                "silence_duration_ms": silence_ms,
-                **self.turn_detection,
-            }
-        return {
-            "type": "transcription",
-            "object": "realtime.transcription_session",
-            "id": session_id,
-            "audio": {
-                "input": {
-                    "format": audio_format,
-                    "transcription": transcription,
-                    "noise_reduction": self.noise_reduction,
-                    "turn_detection": turn,
-                }
-            },
-            "include": list(self.include),
-        }
-
-    def turns(self, on_speech: Any) -> TurnTaking:
-        turn = self.turn_detection or {}
-        return TurnTaking(
-            on_speech,
-            client_ends_turns=self.client_ends_turns,
-            end_silence_ms=turn.get("silence_duration_ms"),
-            start_padding_ms=turn.get("prefix_padding_ms"),
-        )
-
-
-def updated(settings: Settings, session: Any) -> Settings:
-    """``settings`` with a ``session.update``'s ``session`` applied: only the fields present
-    change (``null`` turns turn detection off, as OpenAI's).
-
-    Raises:
-        EventError: not a transcription session, or a field of the wrong type or value.
-    """
-    if not isinstance(session, dict):
-        raise EventError("'session' must be an object", "invalid_type", "session")
-    kind = session.get("type")
-    if kind != "transcription":
-        raise EventError(
-            f"session.type {str(kind)[:32]!r} is not served here: this gateway serves "
-            "transcription sessions (session.type 'transcription', or connect with "
-            "?intent=transcription)",
-            "invalid_value",
-            "session.type",
-        )
-    new = dataclasses.replace(settings)
-    include = session.get("include")
-    if include is not None:
-        if not isinstance(include, list) or any(item != LOGPROBS for item in include):
-            raise EventError(
-                f"session.include may hold {LOGPROBS!r} only", "invalid_value", "session.include"
-            )
-        new.include = tuple(dict.fromkeys(include))
-    audio = _object(session, "audio", "session.audio")
-    given = _object(audio, "input", "session.audio.input")
-    if "format" in given:
-        new.format, new.rate = _format(given["format"])
-    if "noise_reduction" in given:
-        reduction = given["noise_reduction"]
-        if reduction is not None and not isinstance(reduction, dict):
-            raise EventError(
-                "noise_reduction must be an object or null",
-                "invalid_type",
-                f"{_SESSION_FIELD}.noise_reduction",
-            )
-        new.noise_reduction = reduction
-    if "transcription" in given:
-        _transcription(new, given["transcription"])
-    if "turn_detection" in given:
-        new.turn_detection = _turn_detection(given["turn_detection"])
-    return new
-
-
-def _object(parent: dict[str, Any], name: str, path: str) -> dict[str, Any]:
-    value = parent.get(name)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise EventError(f"'{path}' must be an object", "invalid_type", path)
-    return value
-
-
-def _format(given: Any) -> tuple[str, int]:
-    param = f"{_SESSION_FIELD}.format"
-    if not isinstance(given, dict):
-        raise EventError(
-            "format must be an object such as {'type': 'audio/pcm', 'rate': 24000}",
-            "invalid_type",
-            param,
-        )
-    kind = given.get("type", "audio/pcm")
-    if kind not in FORMATS:
-        raise EventError(
-            f"format.type {str(kind)[:32]!r} is not one of {', '.join(FORMATS)}",
-            "invalid_value",
-            f"{param}.type",
-        )
-    if kind != "audio/pcm":
-        return kind, G711_RATE
-    rate = given.get("rate", DEFAULT_RATE)
-    if isinstance(rate, float) and rate.is_integer():
-        rate = int(rate)
-    if not isinstance(rate, int) or isinstance(rate, bool):
-        raise EventError(
-            "format.rate must be an integer number of Hz", "invalid_type", f"{param}.rate"
-        )
-    try:
-        check_rate(rate, "format.rate")
-    except SpeechGWError as exc:
-        raise EventError(exc.message, "invalid_value", f"{param}.rate") from None
-    return kind, rate
-
-
-def _transcription(settings: Settings, given: Any) -> None:
-    param = f"{_SESSION_FIELD}.transcription"
-    if given is None:  # OpenAI's "off": a transcription session transcribes all the same
-        settings.model = settings.language = settings.prompt = None
-        settings.keywords = settings.languages = ()
-        return
-    if not isinstance(given, dict):
-        raise EventError("transcription must be an object", "invalid_type", param)
-    for name in ("model", "language", "prompt"):
-        if name in given and given[name] is not None and not isinstance(given[name], str):
-            raise EventError(
-                f"transcription.{name} must be a string", "invalid_type", f"{param}.{name}"
-            )
-    if "model" in given:
-        settings.model = given["model"] or None
-    if "language" in given:
-        raw = given["language"]
-        settings.language = None
-        if raw:
-            settings.language = _hinted(lambda: language_code(raw, "language"), param)
-    if "prompt" in given:
-        settings.prompt = given["prompt"] or None
-    for name in ("keywords", "languages"):
-        if name not in given:
-            continue
-        values = given[name] or []
-        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            raise EventError(
-                f"transcription.{name} must be a list of strings", "invalid_type", f"{param}.{name}"
-            )
-        if name == "keywords":
-            settings.keywords = _hinted(lambda v=values: keywords_of(v), param)
-        else:
-            found = _hinted(lambda v=values: candidate_languages(v, "languages"), param)
-            settings.languages = tuple(code for _, code in found)
-
-
-def _hinted(parse: Any, param: str) -> Any:
-    """Run one of the HTTP API's field parsers, its error said with this event's param."""
-    try:
-        return parse()
-    except SpeechGWError as exc:
-        field = exc.field or ""
-        raise EventError(exc.message, exc.error, f"{param}.{field}".rstrip(".")) from None
-
-
-def _turn_detection(given: Any) -> dict[str, Any] | None:
-    param = f"{_SESSION_FIELD}.turn_detection"
-    if given is None:
-        return None
-    if not isinstance(given, dict):
-        raise EventError("turn_detection must be an object or null", "invalid_type", param)
-    kind = given.get("type", "server_vad")
-    if kind not in ("server_vad", "semantic_vad"):
-        raise EventError(
-            f"turn_detection.type {str(kind)[:32]!r} is not server_vad or semantic_vad",
-            "invalid_value",
-            f"{param}.type",
-        )
-    turn: dict[str, Any] = {"type": kind}
-    for name, most in (
-        ("silence_duration_ms", MAX_SILENCE_MS),
-        ("prefix_padding_ms", MAX_PREFIX_MS),
-    ):
-        value = given.get(name)
-        if value is None or kind != "server_vad":
-            continue
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        least = 1 if name == "silence_duration_ms" else 0
-        if not isinstance(value, int) or isinstance(value, bool) or not least <= value <= most:
-            raise EventError(
-                f"turn_detection.{name} must be a whole number of ms from {least} to {most}",
-                "invalid_value",
-                f"{param}.{name}",
-            )
-        turn[name] = value
-    threshold = given.get("threshold")
-    if threshold is not None:
-        if (
-            not isinstance(threshold, int | float)
-            or isinstance(threshold, bool)
-            or not (0 <= threshold <= 1)
-        ):
-            raise EventError(
-                "turn_detection.threshold must be a number from 0 to 1",
-                "invalid_value",
-                f"{param}.threshold",
-            )
-        turn["threshold"] = threshold
-    return turn
 
 
 @dataclasses.dataclass
@@ -620,21 +355,8 @@ class RealtimeProtocol:
                 conn.clear()
             await conn.stream.end()
 
-        reading = read_messages(
-            websocket,
-            self.gateway.config.limits.stream_idle_seconds,
-            functools.partial(self._take_message, conn, worker),
-            conn.gone,
-        )
-        ending = await serve_live(
-            websocket,
-            reading,
-            self.gateway.track_reader,
-            lambda: conn.open,
-            flush,
-            _CLOSE,
-            worker,
-        )
+        take = functools.partial(self._take_message, conn, worker)
+        ending = await serve_live(websocket, self.gateway, conn, take, flush, _CLOSE, worker)
         _LOGGER.info("realtime session %s closed (%s)", conn.id, ending)
 
     async def _take_message(
@@ -713,7 +435,7 @@ class RealtimeProtocol:
         if not isinstance(audio, str):
             raise EventError("'audio' must be a base64 string", "invalid_value", "audio")
         pieces = await decode_base64_in_pieces(audio)
-        law = FORMATS[conn.settings.format]
+        law = conn.settings.law
         samples: list[np.ndarray] = []
         for piece in pieces:
             samples.append(linear16(piece) if law is None else from_g711(piece, law))
@@ -760,19 +482,18 @@ class RealtimeProtocol:
         )
         try:
             return conn.session.start(
-                settings.language,
+                asked,
                 settings.rate,
                 conn.transcript,
                 conn.failed,
                 # whisper-1's one delta is the whole transcript (OpenAI's); the others' carry
                 # the words as they are heard
                 None if settings.model == WHOLE_TEXT_MODEL else conn.interim,
-                asked=asked,
                 turns=settings.turns(conn.on_speech),
             )
         except SpeechGWError as exc:
             if exc.field in ("model", "language", "languages"):
-                exc.field = f"{_SESSION_FIELD}.transcription.{exc.field}"
+                exc.field = f"{SESSION_FIELD}.transcription.{exc.field}"
             raise
 
 

@@ -37,11 +37,11 @@ from speechgw.errors import (
     UnsupportedLanguage,
 )
 from speechgw.gateway import Gateway, StreamSession
-from speechgw.jobs import Transcript
+from speechgw.jobs import JobRequest, Transcript
 from speechgw.languages import canonical_tag, from_bcp47
 from speechgw.stream import Stream
 
-from ._live import read_messages, serve_live
+from ._live import serve_live
 
 __all__ = [
     "DECODE_PIECE_CHARS",
@@ -370,21 +370,8 @@ class StreamingProtocol:
             if conn.stream is not None:
                 await conn.stream.end()
 
-        reading = read_messages(
-            websocket,
-            self.gateway.config.limits.stream_idle_seconds,
-            functools.partial(self._take_message, conn, worker),
-            conn.gone,
-        )
-        ending = await serve_live(
-            websocket,
-            reading,
-            self.gateway.track_reader,
-            lambda: conn.open,
-            flush,
-            _CLOSE,
-            worker,
-        )
+        take = functools.partial(self._take_message, conn, worker)
+        ending = await serve_live(websocket, self.gateway, conn, take, flush, _CLOSE, worker)
         _LOGGER.info("stream %s closed (%s)", conn.client_id, ending)
 
     async def _take_message(
@@ -435,5 +422,5 @@ class StreamingProtocol:
         sends another: audio is never decoded with defaults it did not ask for."""
         rate, code, language, interim = _settings(conn.asked)
         on_interim = conn.interim if interim else None
-        locale = canonical_tag(code)
-        return conn.session.start(language, rate, conn.reply, conn.error, on_interim, locale)
+        asked = JobRequest(language, locale=canonical_tag(code))
+        return conn.session.start(asked, rate, conn.reply, conn.error, on_interim)

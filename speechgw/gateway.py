@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -403,44 +402,37 @@ class StreamSession:
 
     def start(
         self,
-        language: str | None,
+        asked: JobRequest,
         rate: int,
         on_transcript: OnTranscript,
         on_error: OnError,
         on_interim: OnInterim | None = None,
-        locale: str | None = None,
-        asked: JobRequest | None = None,
         turns: TurnTaking | None = None,
     ) -> Stream:
-        """Route the stream and open its pipeline for ``rate`` Hz audio in ``language`` (the
-        client's BCP-47 ``locale`` for it, if it gave one; None: detected); with
-        ``on_interim``, the client also gets interim results (words so far). ``asked``: the
-        model, prompt (the first utterances' context), keywords and candidate languages the
-        client asked for, where its protocol has them; ``turns``: the client follows its turns
-        (:class:`~speechgw.stream.Stream`).
+        """Route the stream and open its pipeline for ``rate`` Hz audio, as the client
+        ``asked``: its language (None: detected) and BCP-47 locale, and, where its protocol has
+        them, the model, prompt (the first utterances' context), keywords and candidate
+        languages; with ``on_interim``, the client also gets interim results (words so far);
+        ``turns``: the client follows its turns (:class:`~speechgw.stream.Stream`).
 
         Raises:
-            UnsupportedLanguage: no routed backend recognises ``language``.
+            UnsupportedLanguage: no routed backend recognises the language.
             InvalidRequest: an unknown model.
         """
         gateway = self._gateway
         spec = JobSpec(
-            language=language,
-            locale=locale,
+            language=asked.language,
+            locale=asked.locale,
             task="transcribe",
             protocol=self.protocol,
             caller=self.caller,
             request_id=self.stream_id,
             interim_results=on_interim is not None,
+            model=asked.model,
+            prompt=asked.prompt,
+            keywords=asked.keywords,
+            languages=asked.languages,
         )
-        if asked is not None:
-            spec = dataclasses.replace(
-                spec,
-                model=asked.model,
-                prompt=asked.prompt,
-                keywords=asked.keywords,
-                languages=asked.languages,
-            )
         route = gateway.router.route(spec)
         config = gateway.config.streaming
         return Stream(

@@ -482,7 +482,7 @@ class Segmenter:
         self._start_frame = start_frame
         if self._record_edges:
             at = max(0, start_frame) * self._frame
-            self.edges.append(SpeechEdge(self.utterances_started, True, at))
+            self.edges.append(SpeechEdge(True, at))
 
     def discard(self) -> None:
         """Forget the utterance in progress and what waits to begin the next (the client
@@ -517,7 +517,7 @@ class Segmenter:
         kept = bool(frames) and speech and voiced >= self._min_voiced_frames
         if frames and self._record_edges:
             at = max(0, self._start_frame + keep) * self._frame
-            self.edges.append(SpeechEdge(self.utterances_started, False, at, kept=kept))
+            self.edges.append(SpeechEdge(False, at, kept=kept))
         self._utterance, self._flags, self._voiced, self._silent_run = [], [], 0, 0
         self._listener, self._listened = None, 0
         # the ring (empty while speaking) starts with the end of what is cut off: the next

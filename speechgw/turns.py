@@ -26,7 +26,6 @@ class SpeechEdge:
     stream. An ended one was ``kept`` (it will be recognised, and answered once) or dropped
     (too little speech: noise, a cough)."""
 
-    number: int
     started: bool
     at_sample: int
     kept: bool = False
@@ -111,7 +110,7 @@ class ClientTurns:
         while len(pcm):
             if not self._pieces:
                 self.utterances_started += 1
-                self.edges.append(SpeechEdge(self.utterances_started, True, self._fed))
+                self.edges.append(SpeechEdge(True, self._fed))
             taken = pcm[: self._limit - self._held]
             self._pieces.append(taken)
             self._held += len(taken)
@@ -126,7 +125,7 @@ class ClientTurns:
             return []
         utterance = from_pcm16(np.concatenate(self._pieces))
         self._fed += self._held
-        self.edges.append(SpeechEdge(self.utterances_started, False, self._fed, kept=True))
+        self.edges.append(SpeechEdge(False, self._fed, kept=True))
         self._pieces, self._held = [], 0
         return [utterance]
 
