@@ -243,6 +243,22 @@ def _within(heard: list[str], prompt: str) -> bool:
     return f" {' '.join(heard)} " in f" {told} "
 
 
+_MARKUP = re.compile(r"<\|[^<>|]*\|>")
+"""Whisper's special tokens written out (``<|endoftext|>``, ``<|startoftranscript|>``,
+``<|0.00|>``): in a client's prompt or keywords they are text, which the tokenizer would turn
+into the control tokens themselves, steering the decode from inside the prompt."""
+
+
+def _as_text(told: str) -> str:
+    """A client's prompt or keyword without special-token markup."""
+    return _MARKUP.sub("", told)
+
+
+def _hotwords(keywords: tuple[str, ...]) -> str | None:
+    """The client's words to listen for, as faster-whisper's ``hotwords`` text."""
+    return ", ".join(k for k in map(_as_text, keywords) if k.strip()) or None
+
+
 class _Abandoned(Exception):
     """Raised in a worker thread to stop decoding a job whose caller was cancelled."""
 
@@ -713,10 +729,11 @@ class WhisperBackend(Backend):
     def _prompt(self, prompt: str | None) -> str | list[int] | None:
         """``prompt`` as faster-whisper takes it: its text, or with ``prompt_tokens`` its
         tokens (encoded once, here, as faster-whisper would encode the text), the last
-        ``prompt_tokens`` of them."""
+        ``prompt_tokens`` of them; special-token markup left out either way."""
         limit = self._prompt_tokens
+        prompt = _as_text(prompt).strip() if prompt else None
         if not prompt or not limit:
-            return prompt
+            return prompt or None
         tokens = self._model.hf_tokenizer.encode(  # type: ignore[union-attr]
             " " + prompt.strip(), add_special_tokens=False
         ).ids
@@ -782,7 +799,7 @@ class WhisperBackend(Backend):
                 vad_filter=self.options.vad_filter,
                 initial_prompt=self._prompt(prompt),
                 # the client's words to listen for, before the prompt in every window
-                hotwords=", ".join(spec.keywords) or None,
+                hotwords=_hotwords(spec.keywords),
                 # a copy each time: faster-whisper appends its special tokens to the list it
                 # is given, so a shared list grew by 6 at every decode (memory and a
                 # per-request sort without bound)

@@ -960,5 +960,8 @@ def test_a_long_prompt_goes_to_the_model_as_its_last_tokens() -> None:
         assert short == tokenizer.encode(" at nine", add_special_tokens=False).ids
         assert isinstance(short, list) and len(short) < 6
         assert backend._prompt(None) is None
+        # Whisper's special tokens written out in a prompt are left out, not sent as tokens
+        assert backend._prompt("<|endoftext|>at nine<|0.00|>") == short
+        assert backend._prompt("<|startoftranscript|><|en|>") is None
     finally:
         asyncio.run(backend.close())

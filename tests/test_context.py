@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from speechgw.backends.whisper import WhisperBackend, WhisperOptions, _echoes
+from speechgw.backends.whisper import WhisperBackend, WhisperOptions, _echoes, _hotwords
 from speechgw.backends.whisper_batching import GatedWhisperModel
 from speechgw.backends.whisper_models import resolve_model
 
@@ -39,6 +39,16 @@ def test_an_echo_of_the_prompt_is_recognised_and_new_words_are_not() -> None:
     assert not _echoes([Seg(" Eggs from the farm.")], prompt)
     assert not _echoes([Seg(" Market.")], prompt)  # one word may well be said again
     assert not _echoes([Seg(" milk bread")], prompt)  # not in that order there
+
+
+def test_special_tokens_written_in_keywords_are_left_out() -> None:
+    """A client's keywords go to Whisper as text; ``<|endoftext|>`` and the like written in
+    them would become the control tokens themselves, so they are left out."""
+    assert _hotwords(("Anthropic", "speechgw")) == "Anthropic, speechgw"
+    assert _hotwords(("<|endoftext|>Anthropic", "<|startoftranscript|><|en|>")) == "Anthropic"
+    assert _hotwords(("<|0.00|>",)) is None
+    assert _hotwords(()) is None
+    assert _hotwords(("a <b> c|d",)) == "a <b> c|d"  # only the markup of a special token
 
 
 def test_an_echo_is_decoded_again_without_the_prompt(voices, caplog) -> None:
