@@ -115,6 +115,6 @@ def test_a_window_decoded_again_is_encoded_once(voices, kept: bool) -> None:
         assert counted.encodes == 2
     other = speech.samples_16k(voices["train"])
     with gated.first_encoding_kept():  # other features: encoded anew
-        whisper.transcribe(audio, language="en")[0].__next__()
-        whisper.transcribe(other, language="en")[0].__next__()
+        next(whisper.transcribe(audio, language="en")[0])
+        next(whisper.transcribe(other, language="en")[0])
     assert counted.encodes == (3 if kept else 4)
