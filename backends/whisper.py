@@ -735,7 +735,7 @@ class WhisperBackend(Backend):
         if not prompt or not limit:
             return prompt or None
         tokens = self._model.hf_tokenizer.encode(  # type: ignore[union-attr]
-            " " + prompt.strip(), add_special_tokens=False
+            " " + prompt, add_special_tokens=False
         ).ids
         return tokens[-limit:]
 

@@ -197,8 +197,8 @@ class GatedWhisperModel:
         """Within this block, the first window this thread's job encodes is kept with its mel
         features, and encoding those features again returns it: a job decoded a second time
         from its start (its output echoed its prompt, so it is decoded again without) runs
-        the encoder once, where the encoder is most of an utterance's decode (1.2 s of a
-        slow CPU's 1.5 s for tiny.en)."""
+        the encoder once, where the encoder is most of an utterance's decode (1.23 s of a
+        slow CPU's 1.58 s for tiny.en)."""
         self._thread.keeping = True
         try:
             yield

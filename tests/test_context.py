@@ -53,8 +53,9 @@ def test_special_tokens_written_in_keywords_are_left_out() -> None:
 
 def test_an_echo_is_decoded_again_without_the_prompt(voices, caplog) -> None:
     """An utterance decoded with a prompt of exactly its own words writes that prompt out: the
-    backend hears the echo and decodes the utterance again without it (on the window's
-    encoding it kept), and the answer still has the utterance's words."""
+    backend hears the echo and decodes the utterance again without it, and the answer still
+    has the utterance's words (with the window's encoding kept for that second decode, which
+    the next test counts)."""
     audio = speech.samples_16k(voices["children"])
     said = speech.SENTENCES["children"]
     spec = JobSpec("en", "transcribe", "google", Caller("k"), segmented=True, prompt=said)
